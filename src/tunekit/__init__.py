@@ -1,0 +1,55 @@
+"""tunekit: a typed SDK for fine-tuning language models.
+
+Example:
+    >>> import tunekit as tk
+    >>> tuner = tk.Tuner("Qwen/Qwen2-0.5B", method=tk.LoRA(r=8), training=tk.Training(epochs=3))
+    >>> result = tuner.fit("train.jsonl")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from tunekit import testing
+from tunekit.errors import (
+    CheckpointError,
+    ConfigError,
+    DatasetError,
+    ExportError,
+    IncompatibleError,
+    MissingDependencyError,
+    TrainingError,
+    TunekitError,
+)
+from tunekit.hooks import Hook, RunContext
+from tunekit.methods import Full, LoRA, Method
+from tunekit.objectives import SFT, CausalLM, Objective
+from tunekit.results import FitResult
+from tunekit.saving import load
+from tunekit.training import Training
+from tunekit.tuner import Tuner
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "SFT",
+    "CausalLM",
+    "CheckpointError",
+    "ConfigError",
+    "DatasetError",
+    "ExportError",
+    "FitResult",
+    "Full",
+    "Hook",
+    "IncompatibleError",
+    "LoRA",
+    "Method",
+    "MissingDependencyError",
+    "Objective",
+    "RunContext",
+    "Training",
+    "TrainingError",
+    "Tuner",
+    "TunekitError",
+    "__version__",
+    "load",
+    "testing",
+]

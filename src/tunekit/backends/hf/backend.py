@@ -1,0 +1,205 @@
+"""The ``hf`` backend: transformers for models, peft for methods, trl for objectives."""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from tunekit._quiet import quiet
+from tunekit.backends.hf.callbacks import HookBridge
+from tunekit.backends.hf.models import load_model, load_tokenizer, resolve_device, resolve_precision, torch_dtype
+from tunekit.backends.hf.peft_map import apply_method, count_parameters
+from tunekit.backends.hf.trainers import build_trainer
+from tunekit.data.encoding import Encoded
+from tunekit.data.templates import PAD, ensure_template, render
+from tunekit.hooks import RunContext
+from tunekit.results import FitResult
+
+__all__ = ["HFBackend", "Loaded"]
+
+
+class Loaded:
+    """What the backend keeps per tuner once loaded."""
+
+    def __init__(self, model: Any, tokenizer: Any, template: Any, device: Any, precision: str) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.template = template
+        self.device = device
+        self.precision = precision
+
+
+@contextlib.contextmanager
+def _own_rng(seed: int | None = None) -> Any:
+    """Run with tunekit's own RNG state and give the caller's global state back afterwards."""
+    import random
+
+    import numpy as np
+    import torch
+
+    py_state, np_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []):
+        if seed is not None:
+            torch.manual_seed(seed)
+        try:
+            yield
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
+
+
+class HFBackend:
+    name = "hf"
+
+    def load(self, tuner: Any) -> Loaded:
+        import torch
+
+        training = tuner.training
+        device = resolve_device(training.device)
+        precision = resolve_precision(training.precision, device)
+        # Adapters keep a frozen base in the compute dtype; full training keeps fp32 master weights.
+        load_dtype = torch_dtype(precision) if (tuner.method.is_adapter and precision != "fp32") else torch.float32
+        with quiet():
+            ref = tuner.model_ref
+            if isinstance(ref, (str, Path)):
+                model = load_model(str(ref), dtype=load_dtype, trust_remote_code=training.trust_remote_code)
+                tok_ref = tuner.tokenizer_ref if isinstance(tuner.tokenizer_ref, (str, Path)) else str(ref)
+            else:
+                model = ref
+                tok_ref = tuner.tokenizer_ref if tuner.tokenizer_ref is not None else model.name_or_path
+            if tok_ref is None or not isinstance(tok_ref, (str, Path)):
+                tokenizer = tok_ref
+            else:
+                tokenizer = load_tokenizer(str(tok_ref), trust_remote_code=training.trust_remote_code)
+            template, added = ensure_template(tokenizer, tuner.template)
+            if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+                model.resize_token_embeddings(len(tokenizer))
+                model.config.vocab_size = len(tokenizer)
+            new_ids = [tokenizer.convert_tokens_to_ids(t) for t in added if t != PAD]
+            with _own_rng(training.seed):
+                if tuner.adapter_path is not None:
+                    from peft import PeftModel
+
+                    model = PeftModel.from_pretrained(model, str(tuner.adapter_path), is_trainable=True)
+                else:
+                    model = apply_method(model, tuner.method, new_ids)
+            gen = model.generation_config
+            gen.eos_token_id = sorted({template.end_of_turn_id, tokenizer.eos_token_id} - {None})
+            gen.pad_token_id = tokenizer.pad_token_id
+            model.config.pad_token_id = tokenizer.pad_token_id
+            model.to(device)
+        return Loaded(model, tokenizer, template, device, precision)
+
+    def fit(self, tuner: Any, loaded: Loaded, train: Encoded, eval_enc: Encoded | None) -> FitResult:
+        training = tuner.training
+        lr = training.learning_rate or tuner.method.default_learning_rate
+        ctx = RunContext(
+            output_dir=tuner.output_dir, objective=tuner.objective_used.name, method=tuner.method.name
+        )
+        bridge = HookBridge(list(tuner.hooks), ctx)
+        tuner._last_context = ctx
+        with contextlib.ExitStack() as stack:
+            if tuner.output_dir is not None:
+                out = Path(tuner.output_dir)
+                out.mkdir(parents=True, exist_ok=True)
+            else:
+                out = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tunekit-")))
+            stack.enter_context(quiet())
+            stack.enter_context(_own_rng())
+            loaded.model.train()
+            trainer = build_trainer(
+                tuner.objective_used,
+                model=loaded.model,
+                tokenizer=loaded.tokenizer,
+                train_dataset=train.to_dataset(),
+                eval_dataset=eval_enc.to_dataset() if eval_enc is not None else None,
+                training=training,
+                output_dir=str(out),
+                precision=loaded.precision,
+                device=loaded.device,
+                learning_rate=lr,
+                callbacks=[bridge],
+            )
+            start = time.perf_counter()
+            try:
+                output = trainer.train()
+                eval_metrics = trainer.evaluate() if eval_enc is not None else {}
+            except BaseException as err:
+                for h in tuner.hooks:
+                    h.on_exception(ctx, err)
+                raise
+            runtime = time.perf_counter() - start
+            tokens = int(getattr(trainer, "_total_train_tokens", 0))
+            loaded.model.eval()
+        losses = [h["loss"] for h in bridge.history if "loss" in h]
+        trainable, total = count_parameters(loaded.model)
+        metrics = {k: float(v) for k, v in output.metrics.items() if isinstance(v, (int, float))}
+        metrics["train_loss_mean"] = float(output.training_loss)
+        metrics.update({k: float(v) for k, v in eval_metrics.items() if isinstance(v, (int, float))})
+        steps = int(trainer.state.global_step)
+        return FitResult(
+            history=bridge.history,
+            metrics=metrics,
+            train_loss=float(losses[-1]) if losses else float(output.training_loss),
+            eval_loss=float(eval_metrics["eval_loss"]) if "eval_loss" in eval_metrics else None,
+            steps=steps,
+            epochs=float(trainer.state.epoch or 0.0),
+            runtime_s=runtime,
+            tokens_per_s=tokens / runtime if runtime > 0 else 0.0,
+            num_examples=len(train.input_ids),
+            num_tokens=train.num_tokens,
+            trainable_params=trainable,
+            total_params=total,
+            output_dir=Path(tuner.output_dir) if tuner.output_dir is not None else None,
+            stopped_early=ctx.stop_requested,
+            skipped_rows=sorted(r for r, _ in train.skipped),
+        )
+
+    def generate(self, loaded: Loaded, prompts: list[Any], *, chat: bool, options: dict[str, Any]) -> list[str]:
+        import torch
+
+        tok, model = loaded.tokenizer, loaded.model
+        texts = []
+        for p in prompts:
+            if chat:
+                msgs = [{"role": "user", "content": p}] if isinstance(p, str) else list(p)
+                texts.append(render(tok, msgs, add_generation_prompt=True))
+            else:
+                texts.append(p)
+        opts = {"max_new_tokens": 256, "do_sample": False}
+        opts.update(options)
+        if not opts.get("do_sample"):
+            opts.pop("temperature", None)
+            opts.pop("top_p", None)
+        batch_size = int(opts.pop("batch_size", 16))
+        was_training = model.training
+        model.eval()
+        out: list[str] = []
+        old_side = tok.padding_side
+        tok.padding_side = "left"
+        try:
+            with quiet(), torch.no_grad():
+                for i in range(0, len(texts), batch_size):
+                    enc = tok(texts[i : i + batch_size], return_tensors="pt", padding=True, add_special_tokens=not chat)
+                    enc = {k: v.to(loaded.device) for k, v in enc.items()}
+                    gen = model.generate(
+                        **enc,
+                        eos_token_id=model.generation_config.eos_token_id,
+                        pad_token_id=tok.pad_token_id,
+                        **opts,
+                    )
+                    new = gen[:, enc["input_ids"].shape[1] :]
+                    out += [s for s in tok.batch_decode(new, skip_special_tokens=True)]
+        finally:
+            tok.padding_side = old_side
+            if was_training:
+                model.train()
+        return out
+
+    def save(self, loaded: Loaded, path: Path) -> None:
+        with quiet():
+            loaded.model.save_pretrained(path)
+            loaded.tokenizer.save_pretrained(path)

@@ -1,0 +1,79 @@
+"""Model and tokenizer loading, device and precision choice."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tunekit.errors import ConfigError, IncompatibleError
+
+__all__ = ["load_model", "load_tokenizer", "resolve_device", "resolve_precision"]
+
+
+def resolve_device(pref: str) -> Any:
+    import torch
+
+    if pref == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(pref)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise IncompatibleError(f"Training(device={pref!r}): no CUDA device is available; use device='auto' or 'cpu'")
+    return dev
+
+
+def resolve_precision(pref: str, device: Any) -> str:
+    import torch
+
+    if pref != "auto":
+        if pref == "fp16" and device.type != "cuda":
+            raise IncompatibleError("Training(precision='fp16') needs a CUDA device; use 'fp32' on CPU")
+        return pref
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return "bf16"
+    return "fp32"
+
+
+def _check_ref(ref: str) -> None:
+    p = Path(ref)
+    looks_local = p.is_absolute() or ref.startswith((".", "~")) or p.exists() or ref.count("/") > 1
+    if looks_local and not p.exists():
+        raise ConfigError(f"model path does not exist: {ref!r}; pass a local model directory or a hub id")
+    if p.exists() and not (p / "config.json").exists():
+        raise ConfigError(f"{ref!r} is not a model directory (no config.json in it)")
+
+
+def load_tokenizer(ref: str, *, trust_remote_code: bool) -> Any:
+    from transformers import AutoTokenizer
+
+    _check_ref(ref)
+    try:
+        return AutoTokenizer.from_pretrained(ref, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"could not load the tokenizer of {ref!r}: {e}") from e
+
+
+def load_model(ref: str, *, dtype: Any, trust_remote_code: bool, auto_class: Any = None) -> Any:
+    from transformers import AutoModelForCausalLM
+
+    _check_ref(ref)
+    cls = auto_class or AutoModelForCausalLM
+    try:
+        return cls.from_pretrained(ref, dtype=dtype, trust_remote_code=trust_remote_code, use_safetensors=True)
+    except ValueError as e:
+        if "trust_remote_code" in str(e):
+            raise IncompatibleError(
+                f"{ref!r} needs its own Python code to load; if you trust it, pass "
+                "Training(trust_remote_code=True)"
+            ) from e
+        raise ConfigError(f"could not load model {ref!r}: {e}") from e
+    except OSError as e:
+        raise ConfigError(
+            f"could not load model {ref!r}: {e}. tunekit loads safetensors weights only; "
+            "convert .bin checkpoints with transformers' save_pretrained(safe_serialization=True)"
+        ) from e
+
+
+def torch_dtype(precision: str) -> Any:
+    import torch
+
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]

@@ -1,0 +1,89 @@
+"""Tokenise normalised examples into ``input_ids`` and position-masked ``labels``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from tunekit.data.formats import Example
+from tunekit.data.templates import render_segments
+from tunekit.errors import DatasetError
+
+__all__ = ["Encoded", "encode_examples"]
+
+IGNORE = -100
+
+
+@dataclass
+class Encoded:
+    input_ids: list[list[int]]
+    labels: list[list[int]]
+    rows: list[int]
+    skipped: list[tuple[int, str]] = field(default_factory=list)
+    truncated: int = 0
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(len(x) for x in self.input_ids)
+
+    def to_dataset(self) -> Any:
+        from datasets import Dataset
+
+        return Dataset.from_dict({"input_ids": self.input_ids, "labels": self.labels})
+
+
+def _encode_chat(tokenizer: Any, ex: Example, train_on_prompt: bool) -> tuple[list[int], list[int]]:
+    ids: list[int] = []
+    labels: list[int] = []
+    for text, is_assistant in render_segments(tokenizer, list(ex.messages or ())):
+        piece = tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids += piece
+        labels += piece if (is_assistant or train_on_prompt) else [IGNORE] * len(piece)
+    return ids, labels
+
+
+def _encode_text(tokenizer: Any, ex: Example, add_eos: bool) -> tuple[list[int], list[int]]:
+    ids = list(tokenizer(ex.text or "", add_special_tokens=True)["input_ids"])
+    if add_eos and tokenizer.eos_token_id is not None and (not ids or ids[-1] != tokenizer.eos_token_id):
+        ids.append(tokenizer.eos_token_id)
+    return ids, list(ids)
+
+
+def encode_examples(
+    tokenizer: Any,
+    examples: list[Example],
+    *,
+    max_length: int,
+    train_on_prompt: bool = False,
+    add_eos: bool = True,
+    on_bad_rows: str = "error",
+) -> Encoded:
+    """Encode, truncate to ``max_length`` and check every example keeps a supervised token."""
+    out = Encoded([], [], [])
+    for ex in examples:
+        if ex.messages is not None:
+            ids, labels = _encode_chat(tokenizer, ex, train_on_prompt)
+        else:
+            ids, labels = _encode_text(tokenizer, ex, add_eos)
+        if len(ids) > max_length:
+            ids, labels = ids[:max_length], labels[:max_length]
+            out.truncated += 1
+        # A causal LM never predicts the first token, so a label there alone supervises nothing.
+        if all(lab == IGNORE for lab in labels[1:]):
+            reason = (
+                f"row {ex.row}: no supervised token left after truncation to max_length={max_length} "
+                f"(the prompt alone is {len(ids)}+ tokens); raise Training(max_length=...) or shorten the prompt"
+            )
+            if on_bad_rows == "skip":
+                out.skipped.append((ex.row, reason))
+                continue
+            raise DatasetError(reason, row=ex.row)
+        out.input_ids.append(ids)
+        out.labels.append(labels)
+        out.rows.append(ex.row)
+    if not out.input_ids:
+        raise DatasetError(
+            f"no example has a supervised token after truncation to max_length={max_length}; "
+            "raise Training(max_length=...)"
+        )
+    return out

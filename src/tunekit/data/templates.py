@@ -1,0 +1,116 @@
+"""Chat templates: the one template used in training and in generation.
+
+A tokenizer that ships a chat template keeps it. One without gets tunekit's built-in ChatML
+template, whose markers are added to the vocabulary as special tokens (the embeddings are resized
+by the backend, and the new rows train with the adapter).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from tunekit.errors import DatasetError, IncompatibleError
+
+__all__ = ["CHATML_TEMPLATE", "Template", "ensure_template", "render_segments"]
+
+IM_START, IM_END, PAD = "<|im_start|>", "<|im_end|>", "<|pad|>"
+
+# ChatML, as used by Qwen and many others; prefix-stable, so prompt and completion split cleanly.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+@dataclass(frozen=True)
+class Template:
+    """The template in use: its Jinja source and the token that ends an assistant turn."""
+
+    chat_template: str
+    end_of_turn: str
+    end_of_turn_id: int
+    builtin: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"chat_template": self.chat_template, "end_of_turn": self.end_of_turn, "builtin": self.builtin}
+
+
+def render(tokenizer: Any, messages: list[dict[str, str]], *, add_generation_prompt: bool) -> str:
+    out = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    return str(out)
+
+
+def _find_end_of_turn(tokenizer: Any) -> str:
+    marker = "TUNEKIT_MARKER_7f3a"
+    text = render(
+        tokenizer,
+        [{"role": "user", "content": "hi"}, {"role": "assistant", "content": marker}],
+        add_generation_prompt=False,
+    )
+    tail = text[text.index(marker) + len(marker) :]
+    special = set(tokenizer.all_special_tokens) | {
+        t.content for t in getattr(tokenizer, "added_tokens_decoder", {}).values() if getattr(t, "special", False)
+    }
+    for tok in tokenizer.tokenize(tail):
+        if tok in special:
+            return str(tok)
+    if tokenizer.eos_token is None:
+        raise IncompatibleError(
+            "the chat template ends an assistant turn with no special token and the tokenizer has no EOS token; "
+            "pass template=... with an end-of-turn token"
+        )
+    return str(tokenizer.eos_token)
+
+
+def ensure_template(tokenizer: Any, chat_template: str | None = None) -> tuple[Template, list[str]]:
+    """Install the template and a distinct pad token; returns the template and tokens added."""
+    added: list[str] = []
+    builtin = False
+    if chat_template is not None:
+        tokenizer.chat_template = chat_template
+    elif not getattr(tokenizer, "chat_template", None):
+        builtin = True
+        tokenizer.chat_template = CHATML_TEMPLATE
+    if builtin or IM_START in (tokenizer.chat_template or ""):
+        missing = [t for t in (IM_START, IM_END) if t not in tokenizer.get_vocab()]
+        if missing:
+            tokenizer.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False)
+            added += missing
+    eot = _find_end_of_turn(tokenizer)
+    eot_id = tokenizer.convert_tokens_to_ids(eot)
+    if tokenizer.eos_token is None:
+        tokenizer.eos_token = eot
+    # The pad token must never be EOS or end-of-turn: collators that mask by pad id would hide them.
+    pad = tokenizer.pad_token
+    if pad is None or pad in (tokenizer.eos_token, eot):
+        if PAD not in tokenizer.get_vocab():
+            added.append(PAD)
+        tokenizer.add_special_tokens({"pad_token": PAD})
+    return Template(str(tokenizer.chat_template), eot, int(eot_id), builtin), added
+
+
+def render_segments(tokenizer: Any, messages: list[dict[str, str]]) -> list[tuple[str, bool]]:
+    """Split a rendered conversation into ``(text, is_assistant)`` pieces, in order.
+
+    Each assistant piece runs from after the generation prompt to the end of the rendered turn,
+    so it includes the end-of-turn token: the model learns to stop.
+    """
+    pieces: list[tuple[str, bool]] = []
+    done = ""
+    for i, msg in enumerate(messages):
+        if msg["role"] != "assistant":
+            continue
+        prefix = render(tokenizer, messages[:i], add_generation_prompt=True)
+        full = render(tokenizer, messages[: i + 1], add_generation_prompt=False)
+        if not prefix.startswith(done) or not full.startswith(prefix):
+            raise DatasetError(
+                "the chat template is not prefix-stable (rendering a longer conversation changes earlier text), "
+                "so prompt and answer cannot be told apart by position; pass template=... with a template that is"
+            )
+        pieces.append((prefix[len(done) :], False))
+        pieces.append((full[len(prefix) :], True))
+        done = full
+    return [(t, a) for t, a in pieces if t]

@@ -1,0 +1,75 @@
+"""The tunekit error tree.
+
+Every error tunekit raises on purpose is a :class:`TunekitError`::
+
+    TunekitError
+    ├── ConfigError (ValueError)        a config value is invalid or misspelled
+    ├── DatasetError (ValueError)       a data row or file is malformed (names the row and field)
+    ├── IncompatibleError (ValueError)  a combination that cannot work (method x objective x model)
+    ├── CheckpointError                 a checkpoint or saved tuner cannot be read or written
+    ├── TrainingError (RuntimeError)    training itself failed (non-finite loss, a hook that broke the run)
+    ├── ExportError                     an export failed or did not behave like the trained model
+    └── MissingDependencyError (ImportError)  an optional package is needed
+
+Messages say what is wrong, the value received and the fix, in the user's own option names.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CheckpointError",
+    "ConfigError",
+    "DatasetError",
+    "ExportError",
+    "IncompatibleError",
+    "MissingDependencyError",
+    "TrainingError",
+    "TunekitError",
+]
+
+
+class TunekitError(Exception):
+    """Base class of every error tunekit raises on purpose."""
+
+
+class ConfigError(TunekitError, ValueError):
+    """A configuration value is invalid, out of range or misspelled.
+
+    Example:
+        >>> import tunekit as tk
+        >>> tk.LoRA(r=0)  # doctest: +SKIP
+        ConfigError: LoRA(r=0): r must be at least 1 ...
+    """
+
+
+class DatasetError(TunekitError, ValueError):
+    """A data file or row is malformed.
+
+    ``row`` is the 1-based row number (``None`` for file-level problems) and ``field`` the offending
+    field, when there is one.
+    """
+
+    def __init__(self, message: str, *, row: int | None = None, field: str | None = None) -> None:
+        super().__init__(message)
+        self.row = row
+        self.field = field
+
+
+class IncompatibleError(TunekitError, ValueError):
+    """A combination of method, objective, model or device that cannot work."""
+
+
+class CheckpointError(TunekitError):
+    """A checkpoint or a saved tuner cannot be written or read back."""
+
+
+class TrainingError(TunekitError, RuntimeError):
+    """Training failed: a non-finite loss, or a hook that ended the run."""
+
+
+class ExportError(TunekitError):
+    """An export failed, or the exported model does not behave like the trained one."""
+
+
+class MissingDependencyError(TunekitError, ImportError):
+    """An optional dependency is needed for what was asked; the message names the pip command."""

@@ -1,0 +1,58 @@
+"""The Method base: which parameters train. Pure configuration, no torch or peft import."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from tunekit._config import Config
+
+__all__ = ["Method", "registry"]
+
+_REGISTRY: dict[str, type[Method]] = {}
+
+
+class Method(Config):
+    """Base class of methods. Subclasses declare their capabilities as class variables.
+
+    Capabilities (read by the backend and by ``tunekit methods``):
+
+    - ``mergeable``: the trained weights can be merged into the base weights.
+    - ``supports_gradient_checkpointing``: works with activation recomputation.
+    - ``needs_step_callback``: the backend must call it every step (AdaLoRA's budget).
+    - ``objectives``: names of the objectives it supports (``None`` means all).
+    - ``default_learning_rate``: used when ``Training.learning_rate`` is None.
+    - ``is_adapter``: saves as a small adapter beside a base model, rather than a whole model.
+    """
+
+    mergeable: ClassVar[bool] = True
+    supports_gradient_checkpointing: ClassVar[bool] = True
+    needs_step_callback: ClassVar[bool] = False
+    objectives: ClassVar[frozenset[str] | None] = None
+    default_learning_rate: ClassVar[float] = 2e-4
+    is_adapter: ClassVar[bool] = True
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        _REGISTRY[cls.__name__] = cls
+
+    @property
+    def name(self) -> str:
+        return type(self).__name__
+
+    def supports(self, objective_name: str) -> bool:
+        return self.objectives is None or objective_name in self.objectives
+
+    def describe(self) -> dict[str, object]:
+        """Capabilities as a plain dict, for tables and manifests."""
+        return {
+            "mergeable": self.mergeable,
+            "gradient_checkpointing": self.supports_gradient_checkpointing,
+            "needs_step_callback": self.needs_step_callback,
+            "objectives": sorted(self.objectives) if self.objectives is not None else "all",
+            "adapter": self.is_adapter,
+        }
+
+
+def registry() -> dict[str, type[Method]]:
+    """Every method class by name (a copy)."""
+    return dict(_REGISTRY)

@@ -1,0 +1,146 @@
+"""Save a trained tuner and load it back: adapter or model, tokenizer, template, manifest."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from tunekit.errors import CheckpointError
+from tunekit.methods import registry
+from tunekit.objectives import SFT, CausalLM
+from tunekit.training import Training
+
+__all__ = ["MANIFEST", "load", "save_tuner"]
+
+MANIFEST = "tunekit.json"
+_OBJECTIVES = {"SFT": SFT, "CausalLM": CausalLM}
+
+
+def _base_ref(tuner: Any) -> str | None:
+    ref = tuner.model_ref
+    if isinstance(ref, (str, Path)):
+        p = Path(ref)
+        return str(p.resolve()) if p.exists() else str(ref)
+    return getattr(ref, "name_or_path", None) or None
+
+
+def _replace_dir(tmp: Path, path: Path) -> None:
+    """Move ``tmp`` to ``path``; an existing tunekit save there is replaced only once the new one is whole."""
+    old = None
+    if path.exists():
+        old = path.with_name(f".{path.name}.old-{os.getpid()}-{time.time_ns()}")
+        _retry(lambda: os.replace(path, old))
+    _retry(lambda: os.replace(tmp, path))
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _retry(fn: Any, attempts: int = 5) -> None:
+    # Windows: antivirus and indexers briefly lock files; a rename then fails with PermissionError.
+    for i in range(attempts):
+        try:
+            fn()
+            return
+        except PermissionError:
+            if i == attempts - 1:
+                raise
+            time.sleep(0.05 * 2**i)
+
+
+def save_tuner(tuner: Any, path: Path) -> Path:
+    if path.exists() and not path.is_dir():
+        raise CheckpointError(f"save({str(path)!r}): a file is in the way; choose a directory path")
+    if path.is_dir() and any(path.iterdir()) and not (path / MANIFEST).exists():
+        raise CheckpointError(
+            f"save({str(path)!r}): the directory is not empty and is not a tunekit save; "
+            "choose a new or empty directory (tunekit never overwrites files it did not write)"
+        )
+    loaded = tuner.loaded
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        tuner.backend.save(loaded, tmp)
+        from tunekit import __version__
+
+        manifest = {
+            "tunekit_version": __version__,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "base_model": _base_ref(tuner) if tuner.method.is_adapter else None,
+            "method": {"name": tuner.method.name, "options": tuner.method.model_dump(mode="json")},
+            "objective": {"name": tuner.objective_used.name, "options": tuner.objective_used.model_dump(mode="json")},
+            "training": tuner.training.model_dump(mode="json"),
+            "template": loaded.template.to_dict(),
+            "vocab_size": len(loaded.tokenizer),
+        }
+        if tuner.adapter_path is not None and tuner.method.is_adapter:
+            prev = _read_manifest(tuner.adapter_path)
+            manifest["base_model"] = prev.get("base_model")
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        _replace_dir(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    f = Path(path) / MANIFEST
+    if not f.exists():
+        raise CheckpointError(f"{path} is not a tunekit save (no {MANIFEST}); save one with Tuner.save(path)")
+    try:
+        data = json.loads(f.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{f} is corrupt ({e}); save the tuner again") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{f} is corrupt: expected a JSON object")
+    return data
+
+
+def load(path: str | Path, *, base_model: Any = None, training: Training | None = None, hooks: Any = ()) -> Any:
+    """Load a tuner written by ``Tuner.save``, ready to generate or train further.
+
+    ``base_model`` overrides the base recorded in the manifest (for an adapter moved to another
+    machine). ``training`` replaces the saved training config for further training.
+
+    Example:
+        >>> import tunekit as tk
+        >>> tuner = tk.load("runs/qa/adapter")  # doctest: +SKIP
+        >>> tuner.generate("Translate to French: cheese")  # doctest: +SKIP
+    """
+    from tunekit.tuner import Tuner
+
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"load({str(path)!r}): no such directory")
+    m = _read_manifest(path)
+    methods = registry()
+    try:
+        method_cls = methods[m["method"]["name"]]
+        method = method_cls(**m["method"]["options"])
+        obj_cls = _OBJECTIVES[m["objective"]["name"]]
+        objective = obj_cls(**m["objective"]["options"])
+        saved_training = Training(**m["training"])
+    except KeyError as e:
+        raise CheckpointError(f"{path / MANIFEST}: unknown or missing entry {e}; was it written by a newer tunekit?") from None
+    if method.is_adapter:
+        base = base_model if base_model is not None else m.get("base_model")
+        if base is None:
+            raise CheckpointError(f"{path}: the manifest names no base model; pass tk.load(path, base_model=...)")
+        if isinstance(base, str) and Path(base).is_absolute() and not Path(base).exists():
+            raise CheckpointError(
+                f"{path}: the base model {base!r} recorded in the manifest is not there; "
+                "pass tk.load(path, base_model=...)"
+            )
+        tuner = Tuner(base, method=method, objective=objective, training=training or saved_training,
+                      tokenizer=str(path), template=m["template"]["chat_template"], hooks=hooks)
+        tuner.adapter_path = path
+    else:
+        tuner = Tuner(str(path), method=method, objective=objective, training=training or saved_training,
+                      template=m["template"]["chat_template"], hooks=hooks)
+    return tuner

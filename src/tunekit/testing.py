@@ -1,0 +1,153 @@
+"""Helpers for tests, examples and users' own tests: tiny local models, no network.
+
+Example:
+    >>> import tempfile, tunekit as tk
+    >>> path = tk.testing.tiny_model(tempfile.mkdtemp())  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Literal
+
+__all__ = ["DEFAULT_TEXTS", "reverse_task", "tiny_model"]
+
+DEFAULT_TEXTS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Fine-tuning adapts a pretrained language model to a narrow task.",
+    "Reverse the digits: 1 2 3 4 5 6 7 8 9 0",
+    "Answer with one word. Yes or no?",
+    "今天天气很好，我们去公园散步吧。",
+    "请把这句话翻译成英文。",
+    "Hello world! How are you today?",
+]
+
+_SPECIAL = ["<|endoftext|>", "<|pad|>", "<|im_start|>", "<|im_end|>"]
+
+CHATML = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def _train_tokenizer(texts: Iterable[str], vocab_size: int, chat_template: bool, pad_token: bool) -> Any:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    special = _SPECIAL if chat_template else [t for t in _SPECIAL if t not in ("<|im_start|>", "<|im_end|>")]
+    if not pad_token:
+        special = [t for t in special if t != "<|pad|>"]
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=special,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(list(texts), trainer=trainer)
+    kwargs: dict[str, Any] = {"eos_token": "<|endoftext|>", "bos_token": None}
+    if pad_token:
+        kwargs["pad_token"] = "<|pad|>"
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, **kwargs)
+    if chat_template:
+        fast.chat_template = CHATML
+    return fast
+
+
+def tiny_model(
+    path: str | Path,
+    arch: Literal["llama", "qwen2"] = "llama",
+    texts: Iterable[str] | None = None,
+    *,
+    vocab_size: int = 512,
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    intermediate_size: int | None = None,
+    max_position_embeddings: int = 512,
+    chat_template: bool = True,
+    pad_token: bool = True,
+    tie_word_embeddings: bool = False,
+    seed: int = 0,
+) -> Path:
+    """Write a tiny random causal LM, a BPE tokenizer trained on ``texts`` and a chat template.
+
+    Everything is local (no network): the tokenizer is trained with the ``tokenizers`` library and
+    the weights are random (seeded). ``chat_template=False`` writes a base model without a template
+    (tunekit then adds its built-in one); ``pad_token=False`` one without a pad token.
+
+    Returns ``path``, loadable by ``tk.Tuner(path)`` or ``transformers.AutoModelForCausalLM``.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    corpus = list(texts) if texts is not None else list(DEFAULT_TEXTS)
+    # Make every digit, letter and common CJK punctuation a token even if the corpus is small.
+    corpus += [" ".join("0123456789"), "abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ .,:;!?-\n"]
+    tokenizer = _train_tokenizer(corpus, vocab_size, chat_template, pad_token)
+    cfg_cls = {"llama": LlamaConfig, "qwen2": Qwen2Config}[arch]
+    config = cfg_cls(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size or hidden_size * 2,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=max(1, num_heads // 2),
+        max_position_embeddings=max_position_embeddings,
+        tie_word_embeddings=tie_word_embeddings,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=None,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(config)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    from tunekit._quiet import quiet
+
+    with quiet():
+        model.save_pretrained(path)
+        tokenizer.save_pretrained(path)
+    return path
+
+
+def reverse_task(n: int, *, seed: int = 0, length: tuple[int, int] = (3, 5), fmt: str = "prompt_completion") -> list[dict[str, Any]]:
+    """A toy task: reverse a short list of digits. Returns rows in the chosen data format."""
+    rng = random.Random(seed)
+    rows: list[dict[str, Any]] = []
+    for _ in range(n):
+        digits = [str(rng.randint(0, 9)) for _ in range(rng.randint(*length))]
+        prompt, answer = "reverse: " + " ".join(digits), " ".join(reversed(digits))
+        rows.append(_as_format(prompt, answer, fmt))
+    return rows
+
+
+def _as_format(prompt: str, answer: str, fmt: str) -> dict[str, Any]:
+    if fmt == "prompt_completion":
+        return {"prompt": prompt, "completion": answer}
+    if fmt == "alpaca":
+        return {"instruction": prompt, "input": "", "output": answer}
+    if fmt == "messages":
+        return {"messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]}
+    if fmt == "sharegpt":
+        return {"conversations": [{"from": "human", "value": prompt}, {"from": "gpt", "value": answer}]}
+    if fmt == "text":
+        return {"text": f"{prompt} = {answer}"}
+    raise ValueError(f"unknown format {fmt!r}")
+
+
+def write_jsonl(rows: list[dict[str, Any]], path: str | Path) -> Path:
+    """Write rows as UTF-8 JSON lines (a helper for tests and examples)."""
+    path = Path(path)
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path

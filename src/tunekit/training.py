@@ -1,0 +1,61 @@
+"""``tk.Training``: the hyper-parameters of one run, one flat, documented model."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from tunekit._config import Config
+
+__all__ = ["Training"]
+
+
+class Training(Config):
+    """How long and how hard to train. Every field has a safe default.
+
+    Example:
+        >>> import tunekit as tk
+        >>> tk.Training(epochs=3, learning_rate=2e-4, batch_size=8, max_length=1024).epochs
+        3.0
+    """
+
+    epochs: float = Field(3.0, gt=0, description="Passes over the training data (ignored when max_steps is set).")
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps; overrides epochs.")
+    learning_rate: float | None = Field(
+        None, gt=0, lt=1, description="Peak learning rate; None uses the method's default (LoRA 2e-4, Full 2e-5)."
+    )
+    batch_size: int = Field(8, ge=1, description="Examples per micro-batch on each device.")
+    grad_accum: int = Field(1, ge=1, description="Micro-batches accumulated per optimizer step.")
+    max_length: int = Field(1024, ge=8, description="Tokens per example; longer examples are truncated at the end.")
+    seed: int = Field(42, ge=0, description="Seed for data order, initialisation and dropout.")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="'auto': bf16 on GPUs that support it, else fp32."
+    )
+    device: str = Field("auto", description="'auto' (CUDA if available, else CPU), 'cpu', 'cuda' or 'cuda:N'.")
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = Field(
+        "linear", description="Learning-rate schedule after warm-up."
+    )
+    warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Share of the steps spent warming the rate up.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping norm; None disables clipping.")
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute activations in the backward pass: less memory, about 30% slower."
+    )
+    log_every: int = Field(10, ge=1, description="Record the loss in FitResult.history every N steps.")
+    eval_every: int | None = Field(None, ge=1, description="Evaluate on eval_data every N steps (and always at the end).")
+    save_every: int | None = Field(None, ge=1, description="Write a checkpoint into output_dir every N steps.")
+    on_bad_rows: Literal["error", "skip"] = Field(
+        "error", description="'error' stops at the first malformed row; 'skip' drops them and reports which."
+    )
+    trust_remote_code: bool = Field(False, description="Allow model repositories to run their own Python code.")
+
+    @model_validator(mode="after")
+    def _check(self) -> Training:
+        if self.precision == "fp16" and self.device == "cpu":
+            raise ValueError("fp16 needs a GPU; use precision='fp32' or 'bf16' on CPU")
+        if self.device != "auto" and not (
+            self.device == "cpu" or self.device == "cuda" or self.device.startswith("cuda:") or self.device == "mps"
+        ):
+            raise ValueError(f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', not {self.device!r}")
+        return self

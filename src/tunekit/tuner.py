@@ -1,0 +1,212 @@
+"""``tk.Tuner``: composes a model, a Method, an Objective and Training; holds no training logic."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tunekit.backends import get_backend
+from tunekit.data import encode_examples, load_rows, normalise
+from tunekit.data.encoding import Encoded
+from tunekit.data.formats import NormalisedData
+from tunekit.errors import ConfigError, IncompatibleError
+from tunekit.hooks import Hook, RunContext
+from tunekit.methods import LoRA, Method
+from tunekit.objectives import SFT, CausalLM, Objective
+from tunekit.results import FitResult
+from tunekit.training import Training
+
+__all__ = ["Tuner"]
+
+logger = logging.getLogger("tunekit")
+
+
+def _infer_objective(fmt: str) -> Objective:
+    return CausalLM() if fmt == "text" else SFT()
+
+
+class Tuner:
+    """Fine-tune a language model with one call.
+
+    Args:
+        model: a hub id, a local directory, or a transformers model object.
+        method: which parameters train (default ``LoRA()``).
+        objective: what signal trains them (default: inferred from the data's columns).
+        training: hyper-parameters (default ``Training()``).
+        hooks: application callbacks (:class:`tunekit.Hook`).
+        output_dir: where checkpoints and logs go (default: a temporary directory, removed after).
+        tokenizer: a tokenizer object or path, when it is not beside the model.
+        template: a Jinja chat template to use instead of the tokenizer's.
+        backend: ``"hf"``.
+
+    Example:
+        >>> import tunekit as tk
+        >>> tuner = tk.Tuner("Qwen/Qwen2-0.5B", method=tk.LoRA(r=8))  # loads nothing yet
+        >>> result = tuner.fit("train.jsonl")  # doctest: +SKIP
+        >>> tuner.generate("Translate to French: cheese")  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        *,
+        method: Method | None = None,
+        objective: Objective | None = None,
+        training: Training | None = None,
+        hooks: Sequence[Hook] = (),
+        output_dir: str | Path | None = None,
+        tokenizer: Any = None,
+        template: str | None = None,
+        backend: str = "hf",
+    ) -> None:
+        if model is None or (isinstance(model, str) and not model.strip()):
+            raise ConfigError("Tuner(model=...): pass a hub id, a local model directory or a model object")
+        for name, value, cls in (
+            ("method", method, Method),
+            ("objective", objective, Objective),
+            ("training", training, Training),
+        ):
+            if value is not None and not isinstance(value, cls):
+                raise ConfigError(
+                    f"Tuner({name}={value!r}): expected a tunekit {cls.__name__}, got {type(value).__name__}"
+                )
+        for h in hooks:
+            if not isinstance(h, Hook):
+                raise ConfigError(f"Tuner(hooks=...): {h!r} is not a tunekit.Hook subclass instance")
+        self.model_ref = model
+        self.method: Method = method or LoRA()
+        self.objective: Objective | None = objective
+        self.training: Training = training or Training()
+        self.hooks: list[Hook] = list(hooks)
+        self.output_dir = Path(output_dir) if output_dir is not None else None
+        self.tokenizer_ref = tokenizer
+        self.template = template
+        self.adapter_path: Path | None = None  # set by tk.load for adapter checkpoints
+        self.backend = get_backend(backend)
+        self._loaded: Any = None
+        self._objective_used: Objective | None = objective
+        self._last_context: RunContext | None = None
+        self.last_result: FitResult | None = None
+        if objective is not None:
+            self._check_compatible(objective)
+        if output_dir is not None and Path(output_dir).exists() and not Path(output_dir).is_dir():
+            raise ConfigError(f"Tuner(output_dir={str(output_dir)!r}): this path is a file, not a directory")
+
+    # --- lazily loaded escape hatches -------------------------------------------------------------
+    @property
+    def loaded(self) -> Any:
+        if self._loaded is None:
+            self._loaded = self.backend.load(self)
+        return self._loaded
+
+    @property
+    def model(self) -> Any:
+        """The underlying transformers (or peft) model, loaded on first use."""
+        return self.loaded.model
+
+    @property
+    def tokenizer(self) -> Any:
+        """The tokenizer, with the chat template and pad token tunekit installed."""
+        return self.loaded.tokenizer
+
+    @property
+    def objective_used(self) -> Objective:
+        """The objective given, or the one inferred from the last data seen (default SFT)."""
+        return self._objective_used or SFT()
+
+    # --- data -------------------------------------------------------------------------------------
+    def _check_compatible(self, objective: Objective) -> None:
+        if not self.method.supports(objective.name):
+            raise IncompatibleError(
+                f"{self.method.name} does not support the {objective.name} objective; "
+                f"it supports {sorted(self.method.objectives or [])}"
+            )
+
+    def _normalise(self, data: Any, what: str) -> NormalisedData:
+        norm = normalise(load_rows(data), on_bad_rows=self.training.on_bad_rows)
+        objective = self.objective_used if (self._objective_used is not None) else _infer_objective(norm.format)
+        if norm.format not in objective.data_formats:
+            raise IncompatibleError(
+                f"the {what} data is in the {norm.format!r} format, which {objective.name} cannot train on; "
+                f"{objective.name} takes {sorted(objective.data_formats)}"
+                + (" (raw text trains with tk.CausalLM())" if norm.format == "text" else "")
+            )
+        if self._objective_used is None:
+            self._check_compatible(objective)
+            self._objective_used = objective
+        for row, reason in norm.skipped:
+            logger.warning("skipped %s", reason)
+        return norm
+
+    def _encode(self, norm: NormalisedData) -> Encoded:
+        obj = self.objective_used
+        enc = encode_examples(
+            self.tokenizer,
+            norm.examples,
+            max_length=self.training.max_length,
+            train_on_prompt=getattr(obj, "train_on_prompt", False),
+            add_eos=getattr(obj, "add_eos", True),
+            on_bad_rows=self.training.on_bad_rows,
+        )
+        enc.skipped = norm.skipped + enc.skipped
+        if enc.truncated:
+            logger.warning(
+                "%d of %d examples were longer than max_length=%d and were truncated",
+                enc.truncated, len(enc.input_ids), self.training.max_length,
+            )
+        return enc
+
+    def prepare(self, data: Any) -> Encoded:
+        """Validate, template and tokenise ``data`` as ``fit`` would, without training."""
+        return self._encode(self._normalise(data, "training"))
+
+    # --- the verbs ----------------------------------------------------------------------------------
+    def fit(self, data: Any, *, eval_data: Any = None) -> FitResult:
+        """Train on ``data`` (a path, list of dicts, datasets.Dataset or DataFrame).
+
+        Returns a :class:`FitResult`; the trained weights stay in ``tuner.model``, ready for
+        :meth:`generate` and :meth:`save`.
+        """
+        train_norm = self._normalise(data, "training")
+        eval_norm = self._normalise(eval_data, "eval") if eval_data is not None else None
+        train = self._encode(train_norm)
+        eval_enc = self._encode(eval_norm) if eval_norm is not None else None
+        result: FitResult = self.backend.fit(self, self.loaded, train, eval_enc)
+        self.last_result = result
+        ctx = self._last_context or RunContext()
+        for h in self.hooks:
+            h.on_fit_end(ctx, result)
+        logger.info("%s", result)
+        return result
+
+    def generate(self, prompt: Any, **options: Any) -> Any:
+        """Continue ``prompt`` with the training template; returns only the new text.
+
+        ``prompt`` is a string, a list of chat messages, or a list of either (then a list comes
+        back). Options go to ``transformers``' ``generate`` (greedy by default, at most 256 new
+        tokens; ``max_new_tokens``, ``do_sample``, ``temperature``, ...). Generation stops at the
+        template's end-of-turn token.
+        """
+        single = isinstance(prompt, str) or (
+            isinstance(prompt, list) and bool(prompt) and isinstance(prompt[0], dict)
+        )
+        prompts = [prompt] if single else list(prompt)
+        if not prompts:
+            return []
+        for p in prompts:
+            if not isinstance(p, (str, list)):
+                raise ConfigError(f"generate(): expected a string or a list of chat messages, got {type(p).__name__}")
+        chat = options.pop("chat", not isinstance(self.objective_used, CausalLM))
+        outs = self.backend.generate(self.loaded, prompts, chat=chat, options=options)
+        return outs[0] if single else outs
+
+    def save(self, path: str | Path) -> Path:
+        """Write the adapter (or whole model for ``Full``), tokenizer, template and manifest."""
+        from tunekit.saving import save_tuner
+
+        return save_tuner(self, Path(path))
+
+    def __repr__(self) -> str:
+        return f"Tuner({self.model_ref!r}, method={self.method!r}, objective={self._objective_used!r})"
