@@ -13,13 +13,13 @@ from typing import Any
 
 from tunekit.errors import CheckpointError
 from tunekit.methods import registry
-from tunekit.objectives import SFT, CausalLM
+from tunekit.objectives import SFT, CausalLM, Objective
 from tunekit.training import Training
 
 __all__ = ["MANIFEST", "load", "save_tuner"]
 
 MANIFEST = "tunekit.json"
-_OBJECTIVES = {"SFT": SFT, "CausalLM": CausalLM}
+_OBJECTIVES: dict[str, type[Objective]] = {"SFT": SFT, "CausalLM": CausalLM}
 
 
 def _base_ref(tuner: Any) -> str | None:
@@ -127,7 +127,9 @@ def load(path: str | Path, *, base_model: Any = None, training: Training | None 
         objective = obj_cls(**m["objective"]["options"])
         saved_training = Training(**m["training"])
     except KeyError as e:
-        raise CheckpointError(f"{path / MANIFEST}: unknown or missing entry {e}; was it written by a newer tunekit?") from None
+        raise CheckpointError(
+            f"{path / MANIFEST}: unknown or missing entry {e}; was it written by a newer tunekit?"
+        ) from None
     if method.is_adapter:
         base = base_model if base_model is not None else m.get("base_model")
         if base is None:
@@ -137,10 +139,23 @@ def load(path: str | Path, *, base_model: Any = None, training: Training | None 
                 f"{path}: the base model {base!r} recorded in the manifest is not there; "
                 "pass tk.load(path, base_model=...)"
             )
-        tuner = Tuner(base, method=method, objective=objective, training=training or saved_training,
-                      tokenizer=str(path), template=m["template"]["chat_template"], hooks=hooks)
+        tuner = Tuner(
+            base,
+            method=method,
+            objective=objective,
+            training=training or saved_training,
+            tokenizer=str(path),
+            template=m["template"]["chat_template"],
+            hooks=hooks,
+        )
         tuner.adapter_path = path
     else:
-        tuner = Tuner(str(path), method=method, objective=objective, training=training or saved_training,
-                      template=m["template"]["chat_template"], hooks=hooks)
+        tuner = Tuner(
+            str(path),
+            method=method,
+            objective=objective,
+            training=training or saved_training,
+            template=m["template"]["chat_template"],
+            hooks=hooks,
+        )
     return tuner

@@ -75,13 +75,16 @@ def tiny_model(
     chat_template: bool = True,
     pad_token: bool = True,
     tie_word_embeddings: bool = False,
+    initializer_range: float = 0.02,
     seed: int = 0,
 ) -> Path:
     """Write a tiny random causal LM, a BPE tokenizer trained on ``texts`` and a chat template.
 
     Everything is local (no network): the tokenizer is trained with the ``tokenizers`` library and
     the weights are random (seeded). ``chat_template=False`` writes a base model without a template
-    (tunekit then adds its built-in one); ``pad_token=False`` one without a pad token.
+    (tunekit then adds its built-in one); ``pad_token=False`` one without a pad token. A larger
+    ``initializer_range`` (e.g. 0.2) gives random logits a usable scale, so that methods which
+    freeze the head (LoRA and other adapters) can learn a toy task quickly from scratch.
 
     Returns ``path``, loadable by ``tk.Tuner(path)`` or ``transformers.AutoModelForCausalLM``.
     """
@@ -104,6 +107,7 @@ def tiny_model(
         num_key_value_heads=max(1, num_heads // 2),
         max_position_embeddings=max_position_embeddings,
         tie_word_embeddings=tie_word_embeddings,
+        initializer_range=initializer_range,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=None,
@@ -121,7 +125,9 @@ def tiny_model(
     return path
 
 
-def reverse_task(n: int, *, seed: int = 0, length: tuple[int, int] = (3, 5), fmt: str = "prompt_completion") -> list[dict[str, Any]]:
+def reverse_task(
+    n: int, *, seed: int = 0, length: tuple[int, int] = (3, 5), fmt: str = "prompt_completion"
+) -> list[dict[str, Any]]:
     """A toy task: reverse a short list of digits. Returns rows in the chosen data format."""
     rng = random.Random(seed)
     rows: list[dict[str, Any]] = []

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import re
+from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
@@ -43,19 +44,46 @@ class Training(Config):
         False, description="Recompute activations in the backward pass: less memory, about 30% slower."
     )
     log_every: int = Field(10, ge=1, description="Record the loss in FitResult.history every N steps.")
-    eval_every: int | None = Field(None, ge=1, description="Evaluate on eval_data every N steps (and always at the end).")
+    eval_every: int | None = Field(
+        None, ge=1, description="Evaluate on eval_data every N steps (and always at the end)."
+    )
     save_every: int | None = Field(None, ge=1, description="Write a checkpoint into output_dir every N steps.")
     on_bad_rows: Literal["error", "skip"] = Field(
         "error", description="'error' stops at the first malformed row; 'skip' drops them and reports which."
     )
     trust_remote_code: bool = Field(False, description="Allow model repositories to run their own Python code.")
 
+    # Option names users bring from transformers / trl, so the error suggests the tunekit name.
+    _aliases: ClassVar[dict[str, str]] = {
+        "lr": "learning_rate",
+        "num_train_epochs": "epochs",
+        "num_epochs": "epochs",
+        "n_epochs": "epochs",
+        "per_device_train_batch_size": "batch_size",
+        "train_batch_size": "batch_size",
+        "bs": "batch_size",
+        "gradient_accumulation_steps": "grad_accum",
+        "gradient_accumulation": "grad_accum",
+        "max_seq_length": "max_length",
+        "max_seq_len": "max_length",
+        "seq_len": "max_length",
+        "bf16": "precision",
+        "fp16": "precision",
+        "dtype": "precision",
+        "torch_dtype": "precision",
+        "lr_scheduler_type": "lr_scheduler",
+        "scheduler": "lr_scheduler",
+        "warmup": "warmup_ratio",
+        "warmup_steps": "warmup_ratio",
+        "logging_steps": "log_every",
+        "eval_steps": "eval_every",
+        "save_steps": "save_every",
+    }
+
     @model_validator(mode="after")
     def _check(self) -> Training:
         if self.precision == "fp16" and self.device == "cpu":
             raise ValueError("fp16 needs a GPU; use precision='fp32' or 'bf16' on CPU")
-        if self.device != "auto" and not (
-            self.device == "cpu" or self.device == "cuda" or self.device.startswith("cuda:") or self.device == "mps"
-        ):
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
             raise ValueError(f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', not {self.device!r}")
         return self

@@ -136,7 +136,7 @@ class Tuner:
         if self._objective_used is None:
             self._check_compatible(objective)
             self._objective_used = objective
-        for row, reason in norm.skipped:
+        for _row, reason in norm.skipped:
             logger.warning("skipped %s", reason)
         return norm
 
@@ -154,7 +154,9 @@ class Tuner:
         if enc.truncated:
             logger.warning(
                 "%d of %d examples were longer than max_length=%d and were truncated",
-                enc.truncated, len(enc.input_ids), self.training.max_length,
+                enc.truncated,
+                len(enc.input_ids),
+                self.training.max_length,
             )
         return enc
 
@@ -189,9 +191,7 @@ class Tuner:
         tokens; ``max_new_tokens``, ``do_sample``, ``temperature``, ...). Generation stops at the
         template's end-of-turn token.
         """
-        single = isinstance(prompt, str) or (
-            isinstance(prompt, list) and bool(prompt) and isinstance(prompt[0], dict)
-        )
+        single = isinstance(prompt, str) or (isinstance(prompt, list) and bool(prompt) and isinstance(prompt[0], dict))
         prompts = [prompt] if single else list(prompt)
         if not prompts:
             return []

@@ -62,18 +62,28 @@ def encode_examples(
     out = Encoded([], [], [])
     for ex in examples:
         if ex.messages is not None:
-            ids, labels = _encode_chat(tokenizer, ex, train_on_prompt)
+            try:
+                ids, labels = _encode_chat(tokenizer, ex, train_on_prompt)
+            except DatasetError as e:  # a template problem, not a bad row: never skipped, but say where
+                raise DatasetError(f"row {ex.row}: {e}", row=ex.row) from None
         else:
             ids, labels = _encode_text(tokenizer, ex, add_eos)
-        if len(ids) > max_length:
+        truncated = len(ids) > max_length
+        if truncated:
             ids, labels = ids[:max_length], labels[:max_length]
             out.truncated += 1
         # A causal LM never predicts the first token, so a label there alone supervises nothing.
         if all(lab == IGNORE for lab in labels[1:]):
-            reason = (
-                f"row {ex.row}: no supervised token left after truncation to max_length={max_length} "
-                f"(the prompt alone is {len(ids)}+ tokens); raise Training(max_length=...) or shorten the prompt"
-            )
+            if truncated:
+                reason = (
+                    f"row {ex.row}: no supervised token left after truncation to max_length={max_length} "
+                    f"(the prompt alone is {len(ids)}+ tokens); raise Training(max_length=...) or shorten the prompt"
+                )
+            else:  # e.g. a one-token text without EOS: there is no next token to predict
+                reason = (
+                    f"row {ex.row}: nothing to learn: the example is {len(ids)} token(s) long and none after the "
+                    "first is supervised; use longer text (or keep CausalLM(add_eos=True))"
+                )
             if on_bad_rows == "skip":
                 out.skipped.append((ex.row, reason))
                 continue

@@ -45,11 +45,19 @@ class NormalisedData:
 
 
 def detect_format(rows: list[dict[str, Any]]) -> Format:
-    """The format whose columns the first row has."""
+    """The format whose columns the first row has (filled columns first, then any column)."""
+    if not rows:
+        raise DatasetError("the dataset is empty: it has no rows to train on")
+    if not isinstance(rows[0], dict):
+        raise DatasetError(f"row 1: expected an object with named fields, got {type(rows[0]).__name__}", row=1)
     keys = set(rows[0])
-    for fmt, cols in _SIGNATURES:
-        if all(c in keys for c in cols):
-            return fmt
+    # Tables (CSV, parquet, DataFrame, Dataset) give every row every column, empty ones as None:
+    # a text row in a table that also has prompt/completion columns is still a text row.
+    filled = {k for k, v in rows[0].items() if v is not None}
+    for candidates in (filled, keys):
+        for fmt, cols in _SIGNATURES:
+            if all(c in candidates for c in cols):
+                return fmt
     raise DatasetError(
         f"row 1: cannot tell the data format from its fields {sorted(keys)}; expected one of: "
         "'text' | 'prompt' + 'completion' | 'instruction' + 'output' (+ 'input') | 'messages' | 'conversations'",
@@ -76,20 +84,20 @@ def _check_messages(msgs: Any, i: int, name: str, *, role_key: str, content_key:
     out = []
     for j, m in enumerate(msgs):
         where = f"row {i}, field {name!r}, message {j + 1}"
-        if not isinstance(m, dict) or role_key not in m or content_key not in m:
-            raise DatasetError(
-                f"{where}: expected an object with {role_key!r} and {content_key!r}", row=i, field=name
-            )
-        raw_role = m[role_key]
-        role = _SHAREGPT_ROLES.get(raw_role) if role_key == "from" else raw_role
-        if role not in ROLES:
-            known = sorted(_SHAREGPT_ROLES) if role_key == "from" else list(ROLES)
+        rk, ck = role_key, content_key
+        if isinstance(m, dict) and rk not in m and "role" in m and "content" in m:
+            rk, ck = "role", "content"  # many ShareGPT-style datasets use OpenAI keys in "conversations"
+        if not isinstance(m, dict) or rk not in m or ck not in m:
+            raise DatasetError(f"{where}: expected an object with {rk!r} and {ck!r}", row=i, field=name)
+        raw_role = m[rk]
+        # ShareGPT names roles differently; a non-string role (a list, a dict) is simply unknown.
+        role = _SHAREGPT_ROLES.get(raw_role) if rk == "from" and isinstance(raw_role, str) else raw_role
+        if not isinstance(role, str) or role not in ROLES:
+            known = sorted(_SHAREGPT_ROLES) if rk == "from" else list(ROLES)
             raise DatasetError(f"{where}: unknown role {raw_role!r}; expected one of {known}", row=i, field=name)
-        content = m[content_key]
+        content = m[ck]
         if not isinstance(content, str):
-            raise DatasetError(
-                f"{where}: {content_key!r} must be a string, got {type(content).__name__}", row=i, field=name
-            )
+            raise DatasetError(f"{where}: {ck!r} must be a string, got {type(content).__name__}", row=i, field=name)
         if role == "assistant" and not content.strip():
             raise DatasetError(f"{where}: empty assistant message; nothing to learn from", row=i, field=name)
         out.append({"role": role, "content": content})
@@ -121,7 +129,10 @@ def _normalise_row(fmt: Format, row: dict[str, Any], i: int) -> Example:
     if fmt == "prompt_completion":
         prompt = _need_str(row, i, "prompt")
         completion = _need_str(row, i, "completion")
-        msgs = ({"role": "user", "content": prompt}, {"role": "assistant", "content": completion})
+        msgs: tuple[dict[str, str], ...] = (
+            {"role": "user", "content": prompt},
+            {"role": "assistant", "content": completion},
+        )
         if isinstance(row.get("system"), str) and row["system"].strip():
             msgs = ({"role": "system", "content": row["system"]}, *msgs)
         return Example(row=i, messages=msgs)
@@ -130,14 +141,16 @@ def _normalise_row(fmt: Format, row: dict[str, Any], i: int) -> Example:
         output = _need_str(row, i, "output")
         extra = row.get("input")
         if extra is not None and not isinstance(extra, str):
-            raise DatasetError(f"row {i}, field 'input': expected a string, got {type(extra).__name__}", row=i, field="input")
+            raise DatasetError(
+                f"row {i}, field 'input': expected a string, got {type(extra).__name__}", row=i, field="input"
+            )
         user = f"{instruction}\n\n{extra}" if extra and extra.strip() else instruction
         return Example(row=i, messages=({"role": "user", "content": user}, {"role": "assistant", "content": output}))
     if fmt == "messages":
-        return Example(row=i, messages=_check_messages(row.get("messages"), i, "messages", role_key="role", content_key="content"))
-    return Example(
-        row=i, messages=_check_messages(row.get("conversations"), i, "conversations", role_key="from", content_key="value")
-    )
+        msgs = _check_messages(row.get("messages"), i, "messages", role_key="role", content_key="content")
+        return Example(row=i, messages=msgs)
+    msgs = _check_messages(row.get("conversations"), i, "conversations", role_key="from", content_key="value")
+    return Example(row=i, messages=msgs)
 
 
 def normalise(rows: list[dict[str, Any]], fmt: Format | None = None, *, on_bad_rows: str = "error") -> NormalisedData:
@@ -150,6 +163,8 @@ def normalise(rows: list[dict[str, Any]], fmt: Format | None = None, *, on_bad_r
     examples, skipped = [], []
     for i, row in enumerate(rows, 1):
         try:
+            if not isinstance(row, dict):
+                raise DatasetError(f"row {i}: expected an object with named fields, got {type(row).__name__}", row=i)
             examples.append(_normalise_row(fmt, row, i))
         except DatasetError as e:
             if on_bad_rows != "skip":

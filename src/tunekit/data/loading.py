@@ -30,9 +30,14 @@ def _clean(value: Any) -> Any:
     return value
 
 
+# "utf-8-sig" is UTF-8 that also drops a leading byte-order mark, which Notepad and Excel write when
+# saving "UTF-8"; without it the first key of a .csv would be "\ufefftext" and a .jsonl line 1 invalid.
+UTF8 = "utf-8-sig"
+
+
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     rows = []
-    with path.open(encoding="utf-8") as f:
+    with path.open(encoding=UTF8) as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -47,6 +52,17 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def _where_not_utf8(path: Path) -> str:
+    # The decoder's own offset is relative to the chunk it was decoding, so find the byte again.
+    raw = path.read_bytes()
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        return f"line {line}, byte {e.start}: {raw[e.start : e.start + 4]!r}"
+    return "unknown position"
+
+
 def _read_file(path: Path) -> list[Any]:
     suffix = path.suffix.lower()
     try:
@@ -54,7 +70,7 @@ def _read_file(path: Path) -> list[Any]:
             return _read_jsonl(path)
         if suffix == ".json":
             try:
-                data = json.loads(path.read_text(encoding="utf-8"))
+                data = json.loads(path.read_text(encoding=UTF8))
             except json.JSONDecodeError as e:
                 raise DatasetError(
                     f"{path}: invalid JSON on line {e.lineno} ({e.msg}); a .json file must hold a list of objects",
@@ -66,15 +82,17 @@ def _read_file(path: Path) -> list[Any]:
                 raise DatasetError(f"{path}: expected a JSON list of objects, found {type(data).__name__}")
             return data
         if suffix == ".csv":
-            with path.open(encoding="utf-8", newline="") as f:
+            with path.open(encoding=UTF8, newline="") as f:
                 return [dict(r) for r in csv.DictReader(f)]
         if suffix == ".parquet":
             import pandas as pd
 
             return list(pd.read_parquet(path).to_dict("records"))
-    except UnicodeDecodeError as e:
+    except UnicodeDecodeError:
         raise DatasetError(
-            f"{path}: not valid UTF-8 (byte {e.start}); save the file as UTF-8 (tunekit never guesses the code page)"
+            f"{path}: not valid UTF-8 ({_where_not_utf8(path)}); save the file as UTF-8 "
+            "(tunekit never guesses the code page)",
+            row=None,
         ) from None
     raise DatasetError(f"{path}: unsupported file type {suffix!r}; use one of {', '.join(SUFFIXES)}")
 
@@ -94,6 +112,8 @@ def load_rows(data: DataInput) -> list[dict[str, Any]]:
         rows = list(data.to_dict("records"))
     elif hasattr(data, "to_list") and hasattr(data, "column_names"):  # datasets.Dataset
         rows = data.to_list()
+    elif hasattr(data, "keys") and hasattr(data, "column_names"):  # datasets.DatasetDict
+        raise DatasetError(f"got a DatasetDict with splits {sorted(data.keys())}; pass one split, e.g. data['train']")
     else:
         raise DatasetError(
             f"unsupported data of type {type(data).__name__}; pass a path (.jsonl, .json, .csv, .parquet), "

@@ -27,7 +27,11 @@ CHATML_TEMPLATE = (
 
 @dataclass(frozen=True)
 class Template:
-    """The template in use: its Jinja source and the token that ends an assistant turn."""
+    """The template in use: its Jinja source and the token that ends an assistant turn.
+
+    ``builtin`` is true when the template is tunekit's ChatML, whether it was installed by this call,
+    by an earlier one (the tokenizer was saved and loaded again) or shipped identical with the model.
+    """
 
     chat_template: str
     end_of_turn: str
@@ -68,12 +72,13 @@ def _find_end_of_turn(tokenizer: Any) -> str:
 def ensure_template(tokenizer: Any, chat_template: str | None = None) -> tuple[Template, list[str]]:
     """Install the template and a distinct pad token; returns the template and tokens added."""
     added: list[str] = []
-    builtin = False
     if chat_template is not None:
         tokenizer.chat_template = chat_template
     elif not getattr(tokenizer, "chat_template", None):
-        builtin = True
         tokenizer.chat_template = CHATML_TEMPLATE
+    # Compared, not remembered: a second call on the same tokenizer (or a saved and reloaded one)
+    # must still report the built-in template as built-in.
+    builtin = tokenizer.chat_template == CHATML_TEMPLATE
     if builtin or IM_START in (tokenizer.chat_template or ""):
         missing = [t for t in (IM_START, IM_END) if t not in tokenizer.get_vocab()]
         if missing:

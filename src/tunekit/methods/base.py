@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from tunekit._config import Config
 
@@ -31,9 +31,12 @@ class Method(Config):
     default_learning_rate: ClassVar[float] = 2e-4
     is_adapter: ClassVar[bool] = True
 
-    def __init_subclass__(cls, **kwargs: object) -> None:
+    def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        _REGISTRY[cls.__name__] = cls
+        # Only tunekit's own methods are registered: a user's subclass named like one of ours must
+        # not replace the entry that tk.load() reads.
+        if cls.__module__.startswith("tunekit.methods."):
+            _REGISTRY[cls.__name__] = cls
 
     @property
     def name(self) -> str:

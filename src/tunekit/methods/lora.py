@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -41,12 +41,35 @@ class LoRA(Method):
             raise ValueError("r must be at least 1 (typical values: 8, 16, 32)")
         return v
 
-    @field_validator("target_modules")
+    # Option names users bring from peft, so the error suggests the tunekit name.
+    _aliases: ClassVar[dict[str, str]] = {
+        "rank": "r",
+        "lora_r": "r",
+        "lora_rank": "r",
+        "lora_alpha": "alpha",
+        "lora_dropout": "dropout",
+        "use_dora": "dora",
+        "use_rslora": "rslora",
+        "init_lora_weights": "init",
+        "targets": "target_modules",
+        "target_module": "target_modules",
+        "modules": "target_modules",
+    }
+
+    @field_validator("target_modules", mode="before")
     @classmethod
     def _targets(cls, v: object) -> object:
-        if isinstance(v, list) and not v:
+        if v == "all-linear":
+            return v
+        if isinstance(v, str):
+            if v.lower().replace("_", "-").replace(" ", "-") in ("all-linear", "alllinear", "all"):
+                raise ValueError("target_modules must be 'all-linear' (with a hyphen) or a list of module names")
+            raise ValueError(f"target_modules must be 'all-linear' or a list of module names, e.g. [{v!r}]")
+        if not isinstance(v, (list, tuple)) or not all(isinstance(m, str) for m in v):
+            raise ValueError("target_modules must be 'all-linear' or a list of module names (strings)")
+        if not v:
             raise ValueError("target_modules is empty; use 'all-linear' or name at least one module")
-        return v
+        return list(v)
 
     @model_validator(mode="after")
     def _alpha(self) -> LoRA:

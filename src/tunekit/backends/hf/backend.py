@@ -96,9 +96,7 @@ class HFBackend:
     def fit(self, tuner: Any, loaded: Loaded, train: Encoded, eval_enc: Encoded | None) -> FitResult:
         training = tuner.training
         lr = training.learning_rate or tuner.method.default_learning_rate
-        ctx = RunContext(
-            output_dir=tuner.output_dir, objective=tuner.objective_used.name, method=tuner.method.name
-        )
+        ctx = RunContext(output_dir=tuner.output_dir, objective=tuner.objective_used.name, method=tuner.method.name)
         bridge = HookBridge(list(tuner.hooks), ctx)
         tuner._last_context = ctx
         with contextlib.ExitStack() as stack:

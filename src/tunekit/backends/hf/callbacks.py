@@ -64,7 +64,9 @@ class HookBridge(TrainerCallback):  # type: ignore[misc]
         for h in self.hooks:
             h.on_log(self.ctx, logs)
 
-    def on_evaluate(self, args: Any, state: Any, control: Any, metrics: dict[str, float] | None = None, **kw: Any) -> None:
+    def on_evaluate(
+        self, args: Any, state: Any, control: Any, metrics: dict[str, float] | None = None, **kw: Any
+    ) -> None:
         self._sync(state)
         metrics = dict(metrics or {})
         self.evals.append(metrics)

@@ -33,19 +33,19 @@ def resolve_precision(pref: str, device: Any) -> str:
     return "fp32"
 
 
-def _check_ref(ref: str) -> None:
+def _check_ref(ref: str, markers: tuple[str, ...] = ("config.json",), what: str = "model") -> None:
     p = Path(ref)
     looks_local = p.is_absolute() or ref.startswith((".", "~")) or p.exists() or ref.count("/") > 1
     if looks_local and not p.exists():
         raise ConfigError(f"model path does not exist: {ref!r}; pass a local model directory or a hub id")
-    if p.exists() and not (p / "config.json").exists():
-        raise ConfigError(f"{ref!r} is not a model directory (no config.json in it)")
+    if p.exists() and not any((p / m).exists() for m in markers):
+        raise ConfigError(f"{ref!r} is not a {what} directory (none of {list(markers)} in it)")
 
 
 def load_tokenizer(ref: str, *, trust_remote_code: bool) -> Any:
     from transformers import AutoTokenizer
 
-    _check_ref(ref)
+    _check_ref(ref, ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"), "tokenizer")
     try:
         return AutoTokenizer.from_pretrained(ref, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
@@ -62,8 +62,7 @@ def load_model(ref: str, *, dtype: Any, trust_remote_code: bool, auto_class: Any
     except ValueError as e:
         if "trust_remote_code" in str(e):
             raise IncompatibleError(
-                f"{ref!r} needs its own Python code to load; if you trust it, pass "
-                "Training(trust_remote_code=True)"
+                f"{ref!r} needs its own Python code to load; if you trust it, pass Training(trust_remote_code=True)"
             ) from e
         raise ConfigError(f"could not load model {ref!r}: {e}") from e
     except OSError as e:

@@ -52,7 +52,7 @@ def _lora(method: LoRA, model: Any, new_token_ids: list[int]) -> Any:
     targets: str | list[str] = method.target_modules
     if isinstance(targets, list):
         _check_targets(model, targets)
-    init: bool | str = {"default": True, "gaussian": "gaussian", "pissa": "pissa"}[method.init]
+    init: Any = True if method.init == "default" else method.init  # peft: True, "gaussian" or "pissa"
     return LoraConfig(
         task_type=TaskType.CAUSAL_LM,
         r=method.r,

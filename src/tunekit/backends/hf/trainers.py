@@ -52,6 +52,35 @@ def _sft_args(training: Training, *, output_dir: str, precision: str, device: An
     )
 
 
+def _plain_lm_head(model: Any) -> bool:
+    import torch
+
+    head = model.get_output_embeddings()
+    return type(head) is torch.nn.Linear
+
+
+def _model_loss_trainer() -> Any:
+    """SFTTrainer with the model's own loss.
+
+    trl's fused LM-head loss reads ``lm_head.weight`` directly, which skips whatever peft wrapped
+    around the head (trainable rows for added template tokens, LoRA on lm_head): those would get
+    no gradient. When the head is wrapped, use transformers' plain loss instead.
+    """
+    from transformers import Trainer
+    from trl import SFTTrainer
+
+    class ModelLossSFTTrainer(SFTTrainer):  # type: ignore[misc]
+        def compute_loss(
+            self, model: Any, inputs: Any, return_outputs: bool = False, num_items_in_batch: Any = None
+        ) -> Any:
+            if model.training and "attention_mask" in inputs:
+                # Same real-token count trl's own loss keeps, for FitResult.tokens_per_s.
+                self._total_train_tokens += int(inputs["attention_mask"].sum())
+            return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
+
+    return ModelLossSFTTrainer
+
+
 def build_trainer(
     objective: Objective,
     *,
@@ -72,12 +101,17 @@ def build_trainer(
     if not isinstance(objective, (SFT, CausalLM)):
         raise TrainingError(f"objective {objective.name} has no trainer in the hf backend yet")
     args = _sft_args(
-        training, output_dir=output_dir, precision=precision, device=device, lr=learning_rate,
+        training,
+        output_dir=output_dir,
+        precision=precision,
+        device=device,
+        lr=learning_rate,
         has_eval=eval_dataset is not None,
     )
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-    trainer = SFTTrainer(
+    cls = SFTTrainer if _plain_lm_head(model) else _model_loss_trainer()
+    trainer = cls(
         model=model,
         args=args,
         train_dataset=train_dataset,

@@ -1,0 +1,67 @@
+"""Shared fixtures: tiny local models (no network) and the reverse-digits toy task."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def task_texts() -> list[str]:
+    from tunekit.testing import reverse_task
+
+    return [r["prompt"] + " " + r["completion"] for r in reverse_task(300, seed=100)]
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory: pytest.TempPathFactory, task_texts: list[str]) -> Path:
+    from tunekit.testing import tiny_model
+
+    return tiny_model(tmp_path_factory.mktemp("tiny-llama"), arch="llama", texts=task_texts)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_init02(tmp_path_factory: pytest.TempPathFactory, task_texts: list[str]) -> Path:
+    """Random weights at a larger scale, so adapters (frozen head) can learn the toy task from scratch."""
+    from tunekit.testing import tiny_model
+
+    return tiny_model(tmp_path_factory.mktemp("tiny-llama-02"), arch="llama", texts=task_texts, initializer_range=0.2)
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen(tmp_path_factory: pytest.TempPathFactory, task_texts: list[str]) -> Path:
+    from tunekit.testing import tiny_model
+
+    return tiny_model(tmp_path_factory.mktemp("tiny-qwen"), arch="qwen2", texts=task_texts, tie_word_embeddings=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_base_no_template(tmp_path_factory: pytest.TempPathFactory, task_texts: list[str]) -> Path:
+    """A base model with no chat template and no pad token: tunekit must add both."""
+    from tunekit.testing import tiny_model
+
+    return tiny_model(
+        tmp_path_factory.mktemp("tiny-base"), arch="llama", texts=task_texts, chat_template=False, pad_token=False
+    )
+
+
+@pytest.fixture(scope="session")
+def full_reverse(tiny_llama):
+    """A Full fine-tune of the tiny llama on the reverse task, with its exact match before training."""
+    import tunekit as tk
+    from tunekit.testing import reverse_task
+
+    held = reverse_task(40, seed=2)
+    tuner = tk.Tuner(
+        tiny_llama,
+        method=tk.Full(),
+        training=tk.Training(max_steps=250, learning_rate=3e-3, batch_size=16, device="cpu", log_every=1),
+    )
+    outs = tuner.generate([r["prompt"] for r in held], max_new_tokens=16)
+    before = sum(o == r["completion"] for o, r in zip(outs, held)) / len(held)
+    result = tuner.fit(reverse_task(400, seed=1), eval_data=held)
+    return tuner, result, before, held

@@ -1,0 +1,61 @@
+"""The public surface is a contract: pin it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import tunekit as tk
+
+EXPECTED = {
+    "SFT",
+    "CausalLM",
+    "CheckpointError",
+    "ConfigError",
+    "DatasetError",
+    "ExportError",
+    "FitResult",
+    "Full",
+    "Hook",
+    "IncompatibleError",
+    "LoRA",
+    "Method",
+    "MissingDependencyError",
+    "Objective",
+    "RunContext",
+    "Training",
+    "TrainingError",
+    "Tuner",
+    "TunekitError",
+    "__version__",
+    "load",
+    "testing",
+}
+
+
+def test_all_is_pinned():
+    assert set(tk.__all__) == EXPECTED
+    for name in tk.__all__:
+        assert getattr(tk, name) is not None
+
+
+def test_import_is_light():
+    code = (
+        "import sys, tunekit; print(any(m.split('.')[0] in {'torch','transformers','trl','peft'} for m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_error_tree():
+    for cls in (tk.ConfigError, tk.DatasetError, tk.IncompatibleError):
+        assert issubclass(cls, tk.TunekitError) and issubclass(cls, ValueError)
+    for cls in (tk.CheckpointError, tk.TrainingError, tk.ExportError, tk.MissingDependencyError):
+        assert issubclass(cls, tk.TunekitError)
+
+
+def test_cli_version_and_help():
+    from tunekit.cli import main
+
+    assert main(["version"]) == 0
+    assert main([]) == 2

@@ -1,0 +1,223 @@
+"""Behaviour every config shares: frozen, extra="forbid", suggestions, round trips."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, ClassVar
+
+import pytest
+import yaml
+from pydantic import ValidationError
+
+import tunekit as tk
+from tunekit._config import Config, _suggest, format_validation_error
+from tunekit.methods import registry
+
+OBJECTIVES = [tk.SFT, tk.CausalLM]
+ALL_CONFIGS: list[type[Config]] = [*registry().values(), *OBJECTIVES, tk.Training]
+
+# One non-default, valid value per field, to check that round trips keep every option.
+NON_DEFAULTS: dict[type[Config], dict[str, Any]] = {
+    tk.LoRA: {
+        "r": 16,
+        "alpha": 8,
+        "dropout": 0.05,
+        "target_modules": ["q_proj", "v_proj"],
+        "dora": True,
+        "rslora": True,
+        "init": "pissa",
+    },
+    tk.Full: {},
+    tk.SFT: {"train_on_prompt": True},
+    tk.CausalLM: {"add_eos": False},
+    tk.Training: {
+        "epochs": 1.5,
+        "max_steps": 100,
+        "learning_rate": 1e-4,
+        "batch_size": 2,
+        "grad_accum": 4,
+        "max_length": 256,
+        "seed": 7,
+        "precision": "bf16",
+        "device": "cuda:1",
+        "lr_scheduler": "cosine",
+        "warmup_ratio": 0.1,
+        "weight_decay": 0.01,
+        "max_grad_norm": None,
+        "gradient_checkpointing": True,
+        "log_every": 5,
+        "eval_every": 50,
+        "save_every": 25,
+        "on_bad_rows": "skip",
+        "trust_remote_code": True,
+    },
+}
+
+
+def ids(cls: type) -> str:
+    return cls.__name__
+
+
+def test_every_config_is_covered_here() -> None:
+    # A new method, objective or config must get an entry in NON_DEFAULTS (and so these tests).
+    assert set(ALL_CONFIGS) == set(NON_DEFAULTS)
+
+
+@pytest.mark.parametrize("cls", ALL_CONFIGS, ids=ids)
+def test_non_defaults_cover_every_field(cls: type[Config]) -> None:
+    assert set(NON_DEFAULTS[cls]) == set(cls.model_fields)
+    obj = cls(**NON_DEFAULTS[cls])
+    assert obj.model_dump() == NON_DEFAULTS[cls]
+    defaults = cls()
+    for name in cls.model_fields:
+        assert getattr(obj, name) != getattr(defaults, name), name
+
+
+@pytest.mark.parametrize("cls", ALL_CONFIGS, ids=ids)
+@pytest.mark.parametrize("which", ["default", "custom"])
+def test_round_trip_through_dump_json_and_yaml(cls: type[Config], which: str) -> None:
+    obj = cls() if which == "default" else cls(**NON_DEFAULTS[cls])
+    assert cls(**obj.model_dump()) == obj
+    assert cls.from_dict(json.loads(obj.model_dump_json())) == obj
+    assert cls.model_validate_json(obj.model_dump_json()) == obj
+    assert cls.model_validate(obj.model_dump()) == obj
+    text = yaml.safe_dump(obj.model_dump(mode="json"))
+    assert cls.from_dict(yaml.safe_load(text)) == obj
+    # plain model_dump() is YAML-safe too (no tuples, enums or other Python-only types)
+    assert cls.from_dict(yaml.safe_load(yaml.safe_dump(obj.model_dump()))) == obj
+
+
+@pytest.mark.parametrize("cls", ALL_CONFIGS, ids=ids)
+def test_configs_are_frozen(cls: type[Config]) -> None:
+    obj = cls()
+    name = next(iter(cls.model_fields), "anything")
+    with pytest.raises(tk.ConfigError, match="frozen") as info:
+        setattr(obj, name, getattr(obj, name, 1))
+    assert str(info.value).startswith(f"{cls.__name__}({name}=")
+    assert "model_copy(update=" in str(info.value)
+    assert obj == cls()
+
+
+@pytest.mark.parametrize("cls", ALL_CONFIGS, ids=ids)
+def test_unknown_option_is_a_config_error(cls: type[Config]) -> None:
+    with pytest.raises(tk.ConfigError, match=r"unknown option 'no_such_option'") as info:
+        cls(no_such_option=1)
+    assert isinstance(info.value, ValueError)
+    assert str(info.value).startswith(f"{cls.__name__}(no_such_option=1): ")
+
+
+@pytest.mark.parametrize("cls", ALL_CONFIGS, ids=ids)
+def test_every_field_is_documented(cls: type[Config]) -> None:
+    assert cls.__doc__ and "Example:" in cls.__doc__
+    for name, field in cls.model_fields.items():
+        assert field.description, f"{cls.__name__}.{name} has no description"
+
+
+@pytest.mark.parametrize("cls", ALL_CONFIGS, ids=ids)
+def test_model_validate_raises_config_error_not_pydantic(cls: type[Config]) -> None:
+    with pytest.raises(tk.ConfigError) as info:
+        cls.model_validate({"no_such_option": 1})
+    assert not isinstance(info.value, ValidationError)
+    with pytest.raises(tk.ConfigError, match="unknown option 'no_such_option'"):
+        cls.model_validate_json('{"no_such_option": 1}')
+
+
+def test_model_validate_keeps_the_constructor_message() -> None:
+    with pytest.raises(tk.ConfigError) as info:
+        tk.LoRA.model_validate({"r": 0})
+    assert str(info.value) == "LoRA(r=0): r must be at least 1 (typical values: 8, 16, 32)"
+    with pytest.raises(tk.ConfigError) as info:
+        tk.LoRA.model_validate_json('{"r": 0}')
+    assert str(info.value) == "LoRA(r=0): r must be at least 1 (typical values: 8, 16, 32)"
+
+
+def test_invalid_json_is_a_config_error() -> None:
+    with pytest.raises(tk.ConfigError, match=r"^Training: invalid JSON \("):
+        tk.Training.model_validate_json("{epochs: 3")
+
+
+@pytest.mark.parametrize("data", [[1, 2], "epochs: 3", None, 3])
+def test_from_dict_needs_a_mapping(data: Any) -> None:
+    with pytest.raises(tk.ConfigError) as info:
+        tk.Training.from_dict(data)
+    assert str(info.value) == f"Training: expected a mapping of options, got {type(data).__name__}"
+
+
+def test_model_copy_update_is_validated() -> None:
+    lora = tk.LoRA(r=8)
+    assert lora.model_copy(update={"dora": True}) == tk.LoRA(r=8, alpha=16, dora=True)
+    assert lora.model_copy() == lora
+    assert lora.model_copy(deep=True) == lora
+    with pytest.raises(tk.ConfigError, match=r"^LoRA\(r=0\): r must be at least 1"):
+        lora.model_copy(update={"r": 0})
+    with pytest.raises(tk.ConfigError, match="unknown option 'rank'; did you mean 'r'"):
+        lora.model_copy(update={"rank": 4})
+
+
+def test_configs_compare_by_value() -> None:
+    assert tk.Training(epochs=2) == tk.Training(epochs=2.0)
+    assert tk.Training(epochs=2) != tk.Training(epochs=3)
+    assert tk.SFT() != tk.CausalLM()
+    assert hash(tk.Training(epochs=2)) == hash(tk.Training(epochs=2))
+
+
+def test_several_problems_give_one_line_each() -> None:
+    with pytest.raises(tk.ConfigError) as info:
+        tk.Training(epochs=0, batch_size=0, learnin_rate=1e-4)
+    assert str(info.value).splitlines() == [
+        "Training(epochs=0): epochs must be greater than 0",
+        "Training(batch_size=0): batch_size must be at least 1",
+        "Training(learnin_rate=0.0001): unknown option 'learnin_rate'; did you mean 'learning_rate'?",
+    ]
+
+
+def test_config_with_no_options_says_so() -> None:
+    with pytest.raises(tk.ConfigError) as info:
+        tk.Full(r=8)
+    assert str(info.value) == "Full(r=8): unknown option 'r'; Full takes no options"
+
+
+class TestSuggest:
+    OPTIONS: ClassVar[list[str]] = ["learning_rate", "batch_size", "epochs", "max_length"]
+
+    @pytest.mark.parametrize(
+        ("typed", "expected"),
+        [
+            ("learning_rat", "did you mean 'learning_rate'?"),
+            ("Learning_Rate", "did you mean 'learning_rate'?"),
+            ("learning-rate", "did you mean 'learning_rate'?"),
+            ("batchsize", "did you mean 'batch_size'?"),
+            ("epoch", "did you mean 'epochs'?"),
+        ],
+    )
+    def test_close_spellings(self, typed: str, expected: str) -> None:
+        assert _suggest(typed, self.OPTIONS) == expected
+
+    def test_alias_wins_over_spelling(self) -> None:
+        assert _suggest("lr", self.OPTIONS, {"lr": "learning_rate"}) == "did you mean 'learning_rate'?"
+        assert _suggest("LR", self.OPTIONS, {"lr": "learning_rate"}) == "did you mean 'learning_rate'?"
+
+    def test_nothing_close_lists_the_options(self) -> None:
+        assert _suggest("zzz", self.OPTIONS) == "valid options are batch_size, epochs, learning_rate, max_length"
+
+
+def test_format_validation_error_without_data_uses_pydantic_input() -> None:
+    from pydantic import BaseModel, Field
+
+    class M(BaseModel):
+        x: int = Field(1, ge=1)
+
+    with pytest.raises(ValidationError) as info:
+        M(x=0)
+    assert format_validation_error("M", ["x"], info.value) == "M(x=0): x must be at least 1"
+
+
+@pytest.mark.parametrize("cls", ALL_CONFIGS, ids=ids)
+def test_copy_deepcopy_and_pickle(cls: type[Config]) -> None:
+    import copy
+    import pickle
+
+    obj = cls(**NON_DEFAULTS[cls])
+    assert copy.copy(obj) == obj
+    assert copy.deepcopy(obj) == obj
+    assert pickle.loads(pickle.dumps(obj)) == obj
