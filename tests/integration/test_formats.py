@@ -73,3 +73,23 @@ def test_input_kinds(tiny_llama, tmp_path, kind):
     first = tuner.tokenizer.decode(enc.input_ids[0])
     assert "把这个序列倒过来：1 2 3" in first
     assert tuner.fit(data).steps == 2
+
+
+def test_model_object_and_tokenizer_object(tiny_llama):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    tuner = tk.Tuner(model, tokenizer=tokenizer, method=tk.Full(), training=cpu(max_steps=3, batch_size=4))
+    assert tuner.model is model and tuner.tokenizer is tokenizer
+    assert tuner.fit(reverse_task(8)).steps == 3
+
+
+def test_model_object_without_tokenizer_source():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    model = LlamaForCausalLM(
+        LlamaConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
+    )
+    with pytest.raises(tk.ConfigError, match="pass tokenizer="):
+        tk.Tuner(model).tokenizer  # noqa: B018

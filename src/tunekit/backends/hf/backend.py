@@ -15,6 +15,7 @@ from tunekit.backends.hf.peft_map import apply_method, count_parameters
 from tunekit.backends.hf.trainers import build_trainer
 from tunekit.data.encoding import Encoded
 from tunekit.data.templates import PAD, ensure_template, render
+from tunekit.errors import ConfigError
 from tunekit.hooks import RunContext
 from tunekit.results import FitResult
 
@@ -66,14 +67,20 @@ class HFBackend:
             ref = tuner.model_ref
             if isinstance(ref, (str, Path)):
                 model = load_model(str(ref), dtype=load_dtype, trust_remote_code=training.trust_remote_code)
-                tok_ref = tuner.tokenizer_ref if isinstance(tuner.tokenizer_ref, (str, Path)) else str(ref)
             else:
-                model = ref
-                tok_ref = tuner.tokenizer_ref if tuner.tokenizer_ref is not None else model.name_or_path
-            if tok_ref is None or not isinstance(tok_ref, (str, Path)):
-                tokenizer = tok_ref
-            else:
+                model = ref  # a transformers model object, used as it is
+            tok_ref = tuner.tokenizer_ref
+            if tok_ref is None:
+                tok_ref = str(ref) if isinstance(ref, (str, Path)) else getattr(model, "name_or_path", None)
+            if not tok_ref:
+                raise ConfigError(
+                    "Tuner(model=<model object>): the model has no name_or_path to find its tokenizer; "
+                    "pass tokenizer=... (a tokenizer object or a directory)"
+                )
+            if isinstance(tok_ref, (str, Path)):
                 tokenizer = load_tokenizer(str(tok_ref), trust_remote_code=training.trust_remote_code)
+            else:
+                tokenizer = tok_ref
             template, added = ensure_template(tokenizer, tuner.template)
             if len(tokenizer) > model.get_input_embeddings().num_embeddings:
                 model.resize_token_embeddings(len(tokenizer))
