@@ -30,6 +30,17 @@ EXPECTED = {
     "__version__",
     "load",
     "testing",
+    # the method catalogue (issue 3)
+    "AdaLoRA",
+    "Freeze",
+    "IA3",
+    "LoHa",
+    "LoKr",
+    "OFT",
+    "PTuning",
+    "PrefixTuning",
+    "PromptTuning",
+    "VeRA",
 }
 
 

@@ -20,7 +20,21 @@ from tunekit.errors import (
     TunekitError,
 )
 from tunekit.hooks import Hook, RunContext
-from tunekit.methods import Full, LoRA, Method
+from tunekit.methods import (
+    IA3,
+    OFT,
+    AdaLoRA,
+    Freeze,
+    Full,
+    LoHa,
+    LoKr,
+    LoRA,
+    Method,
+    PrefixTuning,
+    PromptTuning,
+    PTuning,
+    VeRA,
+)
 from tunekit.objectives import SFT, CausalLM, Objective
 from tunekit.results import FitResult
 from tunekit.saving import load
@@ -30,25 +44,35 @@ from tunekit.tuner import Tuner
 __version__ = "0.1.0"
 
 __all__ = [
+    "IA3",
+    "OFT",
     "SFT",
+    "AdaLoRA",
     "CausalLM",
     "CheckpointError",
     "ConfigError",
     "DatasetError",
     "ExportError",
     "FitResult",
+    "Freeze",
     "Full",
     "Hook",
     "IncompatibleError",
+    "LoHa",
+    "LoKr",
     "LoRA",
     "Method",
     "MissingDependencyError",
     "Objective",
+    "PTuning",
+    "PrefixTuning",
+    "PromptTuning",
     "RunContext",
     "Training",
     "TrainingError",
     "TunekitError",
     "Tuner",
+    "VeRA",
     "__version__",
     "load",
     "testing",

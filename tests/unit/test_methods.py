@@ -64,6 +64,7 @@ class TestLoRA:
             "dora": False,
             "rslora": False,
             "init": "default",
+            "quantize": None,
         }
 
     @pytest.mark.parametrize(("r", "alpha"), [(1, 2), (8, 16), (16, 32), (64, 128)])

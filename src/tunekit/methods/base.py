@@ -22,6 +22,9 @@ class Method(Config):
     - ``objectives``: names of the objectives it supports (``None`` means all).
     - ``default_learning_rate``: used when ``Training.learning_rate`` is None.
     - ``is_adapter``: saves as a small adapter beside a base model, rather than a whole model.
+    - ``family``: a short grouping for tables ("low-rank", "prompt", "scaling", ...).
+    - ``summary``: one line saying what trains, for tables.
+    - ``not_mergeable_because``: for methods that cannot merge, the reason, in the user's words.
     """
 
     mergeable: ClassVar[bool] = True
@@ -30,12 +33,15 @@ class Method(Config):
     objectives: ClassVar[frozenset[str] | None] = None
     default_learning_rate: ClassVar[float] = 2e-4
     is_adapter: ClassVar[bool] = True
+    family: ClassVar[str] = "other"
+    summary: ClassVar[str] = ""
+    not_mergeable_because: ClassVar[str] = ""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         # Only tunekit's own methods are registered: a user's subclass named like one of ours must
-        # not replace the entry that tk.load() reads.
-        if cls.__module__.startswith("tunekit.methods."):
+        # not replace the entry that tk.load() reads. Names starting with "_" are shared bases.
+        if cls.__module__.startswith("tunekit.methods.") and not cls.__name__.startswith("_"):
             _REGISTRY[cls.__name__] = cls
 
     @property
@@ -47,15 +53,20 @@ class Method(Config):
 
     def describe(self) -> dict[str, object]:
         """Capabilities as a plain dict, for tables and manifests."""
+        return type(self).capabilities()
+
+    @classmethod
+    def capabilities(cls) -> dict[str, object]:
+        """The class's capabilities as a plain dict (what ``tunekit methods`` lists)."""
         return {
-            "mergeable": self.mergeable,
-            "gradient_checkpointing": self.supports_gradient_checkpointing,
-            "needs_step_callback": self.needs_step_callback,
-            "objectives": sorted(self.objectives) if self.objectives is not None else "all",
-            "adapter": self.is_adapter,
+            "mergeable": cls.mergeable,
+            "gradient_checkpointing": cls.supports_gradient_checkpointing,
+            "needs_step_callback": cls.needs_step_callback,
+            "objectives": sorted(cls.objectives) if cls.objectives is not None else "all",
+            "adapter": cls.is_adapter,
         }
 
 
 def registry() -> dict[str, type[Method]]:
-    """Every method class by name (a copy)."""
+    """Every method class by name (a copy), in the order they are defined."""
     return dict(_REGISTRY)

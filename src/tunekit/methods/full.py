@@ -19,6 +19,12 @@ class Full(Method):
         'Full'
     """
 
+    summary: ClassVar[str] = "every weight trains"
+    family: ClassVar[str] = "full"
     default_learning_rate: ClassVar[float] = 2e-5
     is_adapter: ClassVar[bool] = False
     mergeable: ClassVar[bool] = False  # nothing to merge: the weights are the model
+    not_mergeable_because: ClassVar[str] = (
+        "it trains the model's own weights, so tuner.model already is the whole trained model; "
+        "save it with tuner.save(path)"
+    )

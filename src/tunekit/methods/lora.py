@@ -6,6 +6,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from tunekit.methods._targets import check_target_modules
 from tunekit.methods.base import Method
 
 __all__ = ["LoRA"]
@@ -16,11 +17,18 @@ class LoRA(Method):
     small trainable ``A`` (r x in) and ``B`` (out x r); ``W`` stays frozen. The adapter holds only
     ``A`` and ``B``, which is why it is a few MB however large the base model is.
 
+    Variants: ``dora=True`` (DoRA), ``rslora=True`` (rank-stabilised scaling), ``init="pissa"``
+    (PiSSA) and ``quantize="nf4"`` or ``"int8"`` (QLoRA: the frozen base is loaded quantized by
+    bitsandbytes; needs a CUDA GPU).
+
     Example:
         >>> import tunekit as tk
         >>> tk.LoRA(r=8).alpha
         16
     """
+
+    summary: ClassVar[str] = "low-rank update B @ A beside each frozen weight (DoRA, rsLoRA, PiSSA, QLoRA)"
+    family: ClassVar[str] = "low-rank"
 
     r: int = Field(8, ge=1, le=4096, description="Rank of the update; 8-64 covers most tasks.")
     alpha: int | None = Field(None, ge=1, description="Scaling numerator; None means 2 * r.")
@@ -32,6 +40,10 @@ class LoRA(Method):
     rslora: bool = Field(False, description="Rank-stabilised scaling alpha / sqrt(r) instead of alpha / r.")
     init: Literal["default", "gaussian", "pissa"] = Field(
         "default", description="Initialisation: 'default' (B=0), 'gaussian', or 'pissa' (principal singular vectors)."
+    )
+    quantize: Literal["nf4", "int8"] | None = Field(
+        None,
+        description="QLoRA: load the frozen base in 4-bit NF4 or 8-bit through bitsandbytes (needs a CUDA GPU).",
     )
 
     @field_validator("r", mode="before")
@@ -54,25 +66,34 @@ class LoRA(Method):
         "targets": "target_modules",
         "target_module": "target_modules",
         "modules": "target_modules",
+        "load_in_4bit": "quantize",
+        "load_in_8bit": "quantize",
+        "quantization": "quantize",
+        "qlora": "quantize",
+        "bits": "quantize",
     }
 
     @field_validator("target_modules", mode="before")
     @classmethod
     def _targets(cls, v: object) -> object:
-        if v == "all-linear":
+        return check_target_modules(v)
+
+    @field_validator("quantize", mode="before")
+    @classmethod
+    def _quantize(cls, v: object) -> object:
+        if v is None or v in ("nf4", "int8"):
             return v
-        if isinstance(v, str):
-            if v.lower().replace("_", "-").replace(" ", "-") in ("all-linear", "alllinear", "all"):
-                raise ValueError("target_modules must be 'all-linear' (with a hyphen) or a list of module names")
-            raise ValueError(f"target_modules must be 'all-linear' or a list of module names, e.g. [{v!r}]")
-        if not isinstance(v, (list, tuple)) or not all(isinstance(m, str) for m in v):
-            raise ValueError("target_modules must be 'all-linear' or a list of module names (strings)")
-        if not v:
-            raise ValueError("target_modules is empty; use 'all-linear' or name at least one module")
-        return list(v)
+        hint = {"4bit": "nf4", "4": "nf4", "fp4": "nf4", "8bit": "int8", "8": "int8", "int4": "nf4"}.get(str(v).lower())
+        fix = f"; did you mean {hint!r}?" if hint else ""
+        raise ValueError(f"quantize must be 'nf4' (4-bit QLoRA), 'int8' (8-bit) or None{fix}")
 
     @model_validator(mode="after")
     def _alpha(self) -> LoRA:
+        if self.init == "pissa" and self.quantize is not None:
+            raise ValueError(
+                "PiSSA initialisation reads the full-precision base weights, which a quantized base does not have; "
+                "use init='default' with quantize, or quantize=None with init='pissa'"
+            )
         if self.alpha is None:
             object.__setattr__(self, "alpha", 2 * self.r)
         return self
