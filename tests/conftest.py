@@ -9,6 +9,14 @@ import pytest
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+# The support matrix (docs/support-matrix.md): the `prove` fixture and the --support-matrix option.
+from tests.support_matrix import (
+    prove,  # noqa: F401
+    pytest_addoption,  # noqa: F401
+    pytest_runtest_makereport,  # noqa: F401
+    pytest_sessionfinish,  # noqa: F401
+)
+
 
 @pytest.fixture(scope="session")
 def task_texts() -> list[str]:

@@ -20,6 +20,55 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_methods(args: argparse.Namespace) -> int:
+    import json
+
+    from tunekit.methods import registry
+
+    rows = []
+    for name, cls in registry().items():
+        caps = cls.capabilities()
+        rows.append(
+            {
+                "method": name,
+                "family": cls.family,
+                "summary": cls.summary,
+                **caps,
+                "default_learning_rate": cls.default_learning_rate,
+            }
+        )
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    def yes(v: object) -> str:
+        return "yes" if v is True else "no" if v is False else str(v)
+
+    table = Table(title="tunekit methods", title_justify="left")
+    table.add_column("method", no_wrap=True)
+    table.add_column("summary")
+    for col in ("mergeable", "grad. checkpointing", "per-step call", "objectives", "saves"):
+        table.add_column(col, no_wrap=True)
+    for r in rows:
+        objectives = r["objectives"]
+        table.add_row(
+            str(r["method"]),
+            str(r["summary"]),
+            yes(r["mergeable"]),
+            yes(r["gradient_checkpointing"]),
+            yes(r["needs_step_callback"]),
+            ", ".join(objectives) if isinstance(objectives, list) else str(objectives),
+            "adapter" if r["adapter"] else "whole model",
+        )
+    console = Console()
+    if not console.is_terminal:  # piped or captured: room for the whole table rather than 80 columns
+        console = Console(width=160)
+    console.print(table)
+    return 0
+
+
 def _cmd_version(args: argparse.Namespace) -> int:
     from tunekit import __version__
 
@@ -36,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--output-dir", default="tunekit-demo", help="Where the base model and adapter are written.")
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=_cmd_demo)
+    methods = sub.add_parser("methods", help="List every fine-tuning method with its capabilities.")
+    methods.add_argument("--json", action="store_true", help="Print JSON instead of a table.")
+    methods.set_defaults(func=_cmd_methods)
     version = sub.add_parser("version", help="Print the tunekit version.")
     version.set_defaults(func=_cmd_version)
     return parser

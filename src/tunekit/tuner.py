@@ -202,6 +202,21 @@ class Tuner:
         outs = self.backend.generate(self.loaded, prompts, chat=chat, options=options)
         return outs[0] if single else outs
 
+    def merge(self) -> Any:
+        """The trained model with the adapter merged into the base weights: a plain transformers model.
+
+        It gives the same outputs as ``tuner.model`` and needs no peft to run or to export; save it
+        with ``merged.save_pretrained(path)``. The tuner is left as it is (the merge runs on a copy,
+        which needs memory for a second model), so it can still be saved as an adapter or trained on.
+
+        Raises :class:`IncompatibleError`, before loading anything, for methods that cannot merge:
+        prompt-based methods (their virtual tokens are inputs, not weights) and ``Full`` / ``Freeze``
+        (``tuner.model`` already is the whole model).
+        """
+        if not self.method.mergeable:
+            raise IncompatibleError(f"{self.method.name} cannot be merged: {self.method.not_mergeable_because}")
+        return self.backend.merge(self.loaded, self.method)
+
     def save(self, path: str | Path) -> Path:
         """Write the adapter (or whole model for ``Full``), tokenizer, template and manifest."""
         from tunekit.saving import save_tuner

@@ -11,7 +11,9 @@ from typing import Any
 from tunekit._quiet import quiet
 from tunekit.backends.hf.callbacks import HookBridge
 from tunekit.backends.hf.models import load_model, load_tokenizer, resolve_device, resolve_precision, torch_dtype
-from tunekit.backends.hf.peft_map import apply_method, count_parameters
+from tunekit.backends.hf.method_callbacks import method_callbacks
+from tunekit.backends.hf.peft_map import apply_method, count_parameters, load_adapter, merged_model, training_for
+from tunekit.backends.hf.quantization import check_before_load, load_quantized, quantize_of
 from tunekit.backends.hf.trainers import build_trainer
 from tunekit.data.encoding import Encoded
 from tunekit.data.templates import PAD, ensure_template, render
@@ -61,11 +63,20 @@ class HFBackend:
         training = tuner.training
         device = resolve_device(training.device)
         precision = resolve_precision(training.precision, device)
+        check_before_load(tuner.method, tuner.model_ref, device)  # e.g. QLoRA without CUDA: fail before loading
         # Adapters keep a frozen base in the compute dtype; full training keeps fp32 master weights.
         load_dtype = torch_dtype(precision) if (tuner.method.is_adapter and precision != "fp32") else torch.float32
         with quiet():
             ref = tuner.model_ref
-            if isinstance(ref, (str, Path)):
+            if isinstance(ref, (str, Path)) and quantize_of(tuner.method) is not None:
+                model = load_quantized(
+                    str(ref),
+                    tuner.method,
+                    compute_dtype=torch_dtype(precision),
+                    device=device,
+                    trust_remote_code=training.trust_remote_code,
+                )
+            elif isinstance(ref, (str, Path)):
                 model = load_model(str(ref), dtype=load_dtype, trust_remote_code=training.trust_remote_code)
             else:
                 model = ref  # a transformers model object, used as it is
@@ -88,11 +99,9 @@ class HFBackend:
             new_ids = [tokenizer.convert_tokens_to_ids(t) for t in added if t != PAD]
             with _own_rng(training.seed):
                 if tuner.adapter_path is not None:
-                    from peft import PeftModel
-
-                    model = PeftModel.from_pretrained(model, str(tuner.adapter_path), is_trainable=True)
+                    model = load_adapter(model, tuner.method, tuner.adapter_path, training=training)
                 else:
-                    model = apply_method(model, tuner.method, new_ids)
+                    model = apply_method(model, tuner.method, new_ids, tokenizer=tokenizer, training=training)
             gen = model.generation_config
             gen.eos_token_id = sorted({template.end_of_turn_id, tokenizer.eos_token_id} - {None})
             gen.pad_token_id = tokenizer.pad_token_id
@@ -101,7 +110,7 @@ class HFBackend:
         return Loaded(model, tokenizer, template, device, precision)
 
     def fit(self, tuner: Any, loaded: Loaded, train: Encoded, eval_enc: Encoded | None) -> FitResult:
-        training = tuner.training
+        training = training_for(tuner.method, tuner.training)  # e.g. no gradient checkpointing for prefix tuning
         lr = training.learning_rate or tuner.method.default_learning_rate
         ctx = RunContext(output_dir=tuner.output_dir, objective=tuner.objective_used.name, method=tuner.method.name)
         bridge = HookBridge(list(tuner.hooks), ctx)
@@ -126,7 +135,7 @@ class HFBackend:
                 precision=loaded.precision,
                 device=loaded.device,
                 learning_rate=lr,
-                callbacks=[bridge],
+                callbacks=[bridge, *method_callbacks(tuner.method, loaded.model)],
             )
             start = time.perf_counter()
             try:
@@ -203,6 +212,11 @@ class HFBackend:
             if was_training:
                 model.train()
         return out
+
+    def merge(self, loaded: Loaded, method: Any) -> Any:
+        """A merged copy of the trained model (adapter folded into the base weights)."""
+        with quiet():
+            return merged_model(loaded.model, method)
 
     def save(self, loaded: Loaded, path: Path) -> None:
         with quiet():

@@ -1,14 +1,69 @@
-"""One dispatch table: a tunekit Method to a peft config (or to plain full training)."""
+"""One dispatch table: a tunekit Method to a peft config (or to training the model's own weights).
+
+Adding a method: its module under ``tunekit/methods/`` and one entry in :data:`TRANSLATIONS`
+(a test over the registry fails until it has one). Everything a method needs beyond its peft
+config (a per-step call, gradient checkpointing off, a reload that differs) is driven by the
+capabilities the method declares, in the functions at the end of this module.
+"""
 
 from __future__ import annotations
 
+import fnmatch
+import logging
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from tunekit.errors import ConfigError
-from tunekit.methods import Full, LoRA, Method
+from tunekit.errors import ConfigError, IncompatibleError
+from tunekit.methods import (
+    IA3,
+    OFT,
+    AdaLoRA,
+    Freeze,
+    Full,
+    LoHa,
+    LoKr,
+    LoRA,
+    Method,
+    PrefixTuning,
+    PromptTuning,
+    PTuning,
+    VeRA,
+)
+from tunekit.training import Training
 
-__all__ = ["TRANSLATIONS", "apply_method", "count_parameters"]
+__all__ = [
+    "TRANSLATIONS",
+    "BuildContext",
+    "apply_method",
+    "count_parameters",
+    "load_adapter",
+    "merged_model",
+    "training_for",
+]
+
+logger = logging.getLogger("tunekit")
+
+
+@dataclass
+class BuildContext:
+    """What a translation may look at: the loaded model, its tokenizer, the tokens tunekit added."""
+
+    model: Any
+    tokenizer: Any = None
+    new_token_ids: list[int] = field(default_factory=list)
+    # Steps to run on the wrapped (peft) model once it exists, e.g. PromptTuning's text initialisation.
+    after: list[Callable[[Any], None]] = field(default_factory=list)
+
+
+# --- helpers ----------------------------------------------------------------------------------------
+def _task_type(model: Any) -> Any:
+    from peft import TaskType
+
+    # Reward models are sequence classifiers; peft then also trains their fresh score head.
+    name = type(model).__name__
+    return TaskType.SEQ_CLS if name.endswith("ForSequenceClassification") else TaskType.CAUSAL_LM
 
 
 def _embedding_names(model: Any) -> tuple[str | None, str | None]:
@@ -32,65 +87,449 @@ def _trainable_tokens(model: Any, new_token_ids: list[int]) -> dict[str, list[in
     return result or None
 
 
-def _check_targets(model: Any, targets: list[str]) -> None:
+def _embeddings_to_save(model: Any, new_token_ids: list[int]) -> list[str] | None:
+    """For adapters without peft's ``trainable_token_indices`` (only LoRA and AdaLoRA have it): train
+    the embedding matrices whole when tunekit added template tokens, or the model could never learn
+    to read or write them. Costs adapter size, so it is logged."""
+    tokens = _trainable_tokens(model, new_token_ids)
+    if tokens is None:
+        return None
+    logger.warning(
+        "the chat template added %d tokens; this method trains the embedding matrices %s whole so that "
+        "it can learn them (a larger adapter); LoRA trains only their rows",
+        len(new_token_ids),
+        sorted(tokens),
+    )
+    return sorted(tokens)
+
+
+def _linear_names(model: Any) -> list[str]:
     import torch
 
-    linear_names = sorted(
-        {n.split(".")[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and "." in n}
-    )
+    return sorted({n.split(".")[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and "." in n})
+
+
+def _check_targets(
+    model: Any, targets: list[str], method: Method | None = None, option: str = "target_modules"
+) -> None:
     missing = [t for t in targets if not any(n.split(".")[-1] == t for n, _ in model.named_modules())]
     if missing:
+        name = method.name if method is not None else "LoRA"
         raise ConfigError(
-            f"LoRA(target_modules={targets!r}): no module named {missing} in this model; "
-            f"its linear modules are {linear_names}"
+            f"{name}({option}={targets!r}): no module named {missing} in this model; "
+            f"its linear modules are {_linear_names(model)}"
         )
 
 
-def _lora(method: LoRA, model: Any, new_token_ids: list[int]) -> Any:
-    from peft import LoraConfig, TaskType
-
-    targets: str | list[str] = method.target_modules
+def _targets(method: Any, model: Any) -> Any:
+    targets = method.target_modules
     if isinstance(targets, list):
-        _check_targets(model, targets)
+        _check_targets(model, targets, method)
+    return targets
+
+
+# --- translations -----------------------------------------------------------------------------------
+def _lora(method: LoRA, ctx: BuildContext) -> Any:
+    from peft import LoraConfig
+
     init: Any = True if method.init == "default" else method.init  # peft: True, "gaussian" or "pissa"
     return LoraConfig(
-        task_type=TaskType.CAUSAL_LM,
+        task_type=_task_type(ctx.model),
         r=method.r,
         lora_alpha=method.alpha or 2 * method.r,
         lora_dropout=method.dropout,
-        target_modules=targets,
+        target_modules=_targets(method, ctx.model),
         use_dora=method.dora,
         use_rslora=method.rslora,
         init_lora_weights=init,
-        trainable_token_indices=_trainable_tokens(model, new_token_ids),
+        trainable_token_indices=_trainable_tokens(ctx.model, ctx.new_token_ids),
     )
 
 
-def _full(method: Full, model: Any, new_token_ids: list[int]) -> None:
-    return None
+def _loha(method: LoHa, ctx: BuildContext) -> Any:
+    from peft import LoHaConfig
+
+    return LoHaConfig(
+        task_type=_task_type(ctx.model),
+        r=method.r,
+        alpha=method.alpha or method.r,
+        rank_dropout=method.rank_dropout,
+        module_dropout=method.module_dropout,
+        target_modules=_targets(method, ctx.model),
+        modules_to_save=_embeddings_to_save(ctx.model, ctx.new_token_ids),
+    )
 
 
-# Method class -> builder of its peft config (None: train the model's own weights).
-TRANSLATIONS: dict[type[Method], Callable[[Any, Any, list[int]], Any]] = {
-    LoRA: _lora,
+def _lokr(method: LoKr, ctx: BuildContext) -> Any:
+    from peft import LoKrConfig
+
+    return LoKrConfig(
+        task_type=_task_type(ctx.model),
+        r=method.r,
+        alpha=method.alpha or method.r,
+        rank_dropout=method.rank_dropout,
+        module_dropout=method.module_dropout,
+        decompose_both=method.decompose_both,
+        decompose_factor=method.decompose_factor,
+        target_modules=_targets(method, ctx.model),
+        modules_to_save=_embeddings_to_save(ctx.model, ctx.new_token_ids),
+    )
+
+
+def _adalora(method: AdaLoRA, ctx: BuildContext) -> Any:
+    from peft import AdaLoraConfig
+
+    # total_step, tinit and tfinal depend on the run's schedule, which is known only when training
+    # starts; AdaLoraStep (method_callbacks.py) sets them then. peft insists on a value now.
+    return AdaLoraConfig(
+        task_type=_task_type(ctx.model),
+        init_r=method.init_r,
+        target_r=method.target_r,
+        lora_alpha=method.alpha or 2 * method.init_r,
+        lora_dropout=method.dropout,
+        target_modules=_targets(method, ctx.model),
+        deltaT=method.update_every,
+        beta1=method.beta1,
+        beta2=method.beta2,
+        orth_reg_weight=method.orth_reg_weight,
+        tinit=0,
+        tfinal=0,
+        total_step=1,
+        trainable_token_indices=_trainable_tokens(ctx.model, ctx.new_token_ids),
+    )
+
+
+def _vera(method: VeRA, ctx: BuildContext) -> Any:
+    from peft import VeraConfig
+
+    return VeraConfig(
+        task_type=_task_type(ctx.model),
+        r=method.r,
+        vera_dropout=method.dropout,
+        d_initial=method.d_initial,
+        target_modules=_targets(method, ctx.model),
+        projection_prng_key=method.projection_seed,
+        save_projection=method.save_projection,
+        modules_to_save=_embeddings_to_save(ctx.model, ctx.new_token_ids),
+    )
+
+
+def _oft(method: OFT, ctx: BuildContext) -> Any:
+    from peft import OFTConfig
+
+    return OFTConfig(
+        task_type=_task_type(ctx.model),
+        r=0,
+        oft_block_size=method.block_size,
+        module_dropout=method.module_dropout,
+        coft=method.constrained,
+        eps=method.eps,
+        block_share=method.block_share,
+        target_modules=_targets(method, ctx.model),
+        modules_to_save=_embeddings_to_save(ctx.model, ctx.new_token_ids),
+    )
+
+
+def _ia3(method: IA3, ctx: BuildContext) -> Any:
+    from peft import IA3Config
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING as FF_DEFAULTS
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING as TARGET_DEFAULTS
+
+    model_type = getattr(ctx.model.config, "model_type", None)
+    targets: Any = method.target_modules
+    if targets == "auto":
+        if model_type not in TARGET_DEFAULTS:
+            raise ConfigError(
+                f"IA3(target_modules='auto'): peft has no default IA3 targets for model type {model_type!r}; "
+                f"name them, e.g. IA3(target_modules=[...], feedforward_modules=[...]); "
+                f"this model's linear modules are {_linear_names(ctx.model)}"
+            )
+        targets = list(TARGET_DEFAULTS[model_type])
+    elif isinstance(targets, list):
+        _check_targets(ctx.model, targets, method)
+    ff: Any = method.feedforward_modules
+    if ff == "auto":
+        known = FF_DEFAULTS.get(str(model_type), [])
+        ff = [m for m in known if targets == "all-linear" or m in targets]
+    else:
+        _check_targets(ctx.model, ff, method, "feedforward_modules")
+    return IA3Config(
+        task_type=_task_type(ctx.model),
+        target_modules=targets,
+        feedforward_modules=ff,
+        modules_to_save=_embeddings_to_save(ctx.model, ctx.new_token_ids),
+    )
+
+
+def _no_new_tokens(method: Method, ctx: BuildContext) -> None:
+    """Prompt methods keep every base weight frozen, so the template tokens tunekit added could never be learned.
+
+    (peft embeds the input with the original embedding module, so even ``modules_to_save`` would
+    not train their input rows.)
+    """
+    if not ctx.new_token_ids:
+        return
+    names = [ctx.tokenizer.convert_ids_to_tokens(i) for i in ctx.new_token_ids] if ctx.tokenizer else ctx.new_token_ids
+    raise IncompatibleError(
+        f"{method.name} keeps every weight of the base model frozen, but this model has no chat template, so "
+        f"tunekit added the template tokens {names}, whose embeddings would have to train; use a model that has a "
+        "chat template, pass Tuner(template=...) with a template written in the tokenizer's own tokens, or use "
+        "tk.LoRA() (it trains just those rows)"
+    )
+
+
+def _prompt_tuning(method: PromptTuning, ctx: BuildContext) -> Any:
+    from peft import PromptTuningConfig
+
+    _no_new_tokens(method, ctx)
+
+    if method.init_text is not None:
+        if ctx.tokenizer is None:
+            raise ConfigError("PromptTuning(init_text=...): no tokenizer is available to encode the text")
+        ctx.after.append(lambda peft_model: _init_prompt_from_text(peft_model, ctx.tokenizer, method.init_text or ""))
+    return PromptTuningConfig(
+        task_type=_task_type(ctx.model),
+        num_virtual_tokens=method.num_virtual_tokens,
+    )
+
+
+def _init_prompt_from_text(peft_model: Any, tokenizer: Any, text: str) -> None:
+    """Start the virtual tokens from the embeddings of ``text`` (repeated or cut to length).
+
+    peft's own text initialisation (``prompt_tuning_init="TEXT"``) re-loads the tokenizer by path,
+    again on every trainable reload of the saved adapter, so the adapter would break whenever that
+    path moves. We hold the tokenizer already; these lines do what peft does with it.
+    """
+    import torch
+
+    encoder = peft_model.prompt_encoder[peft_model.active_adapter]
+    n = encoder.embedding.num_embeddings
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if not ids:
+        raise ConfigError(f"PromptTuning(init_text={text!r}): the text encodes to no tokens; use a longer text")
+    ids = (ids * (n // len(ids) + 1))[:n]
+    word_embeddings = peft_model.get_base_model().get_input_embeddings()
+    with torch.no_grad():
+        vectors = word_embeddings(torch.tensor(ids, device=word_embeddings.weight.device))
+        encoder.embedding.weight.copy_(vectors.to(encoder.embedding.weight.dtype))
+
+
+def _prefix_tuning(method: PrefixTuning, ctx: BuildContext) -> Any:
+    from peft import PrefixTuningConfig
+
+    _no_new_tokens(method, ctx)
+    return PrefixTuningConfig(
+        task_type=_task_type(ctx.model),
+        num_virtual_tokens=method.num_virtual_tokens,
+        prefix_projection=method.projection,
+        encoder_hidden_size=method.projection_hidden_size or ctx.model.config.hidden_size,
+    )
+
+
+def _p_tuning(method: PTuning, ctx: BuildContext) -> Any:
+    from peft import PromptEncoderConfig, PromptEncoderReparameterizationType
+
+    _no_new_tokens(method, ctx)
+    return PromptEncoderConfig(
+        task_type=_task_type(ctx.model),
+        num_virtual_tokens=method.num_virtual_tokens,
+        encoder_reparameterization_type=PromptEncoderReparameterizationType(method.encoder.upper()),
+        encoder_hidden_size=method.encoder_hidden_size or ctx.model.config.hidden_size,
+        encoder_num_layers=method.encoder_layers,
+        encoder_dropout=method.encoder_dropout,
+    )
+
+
+def _full(method: Full, ctx: BuildContext) -> None:
+    for p in ctx.model.parameters():
+        p.requires_grad_(True)
+
+
+def _freeze(method: Freeze, ctx: BuildContext) -> None:
+    # peft has no "train these blocks of the base model" method (its modules_to_save trains copies
+    # beside the originals), and Freeze saves a whole model anyway: requires_grad is all it takes.
+    model = ctx.model
+    chosen: dict[str, Any] = {}
+    if method.last_layers is not None:
+        list_name, blocks = _blocks(model)
+        if method.last_layers > len(blocks):
+            raise ConfigError(
+                f"Freeze(last_layers={method.last_layers}): this model has {len(blocks)} blocks ({list_name}); "
+                f"use last_layers={len(blocks)} or fewer, or tk.Full() to train every weight"
+            )
+        first = len(blocks) - method.last_layers
+        for i in range(first, len(blocks)):
+            chosen[f"{list_name}.{i}"] = blocks[i]
+    if method.modules is not None:
+        names = dict(model.named_modules())
+        for pattern in method.modules:
+            hits = {n: m for n, m in names.items() if n and _matches(n, pattern)}
+            if not hits:
+                tops = sorted({n.split(".")[-1] for n in names if n and not n.split(".")[-1].isdigit()})
+                raise ConfigError(
+                    f"Freeze(modules={method.modules!r}): no module matches {pattern!r}; this model's modules "
+                    f"are named {tops} (use a last name part, a full dotted name or a glob like 'model.layers.*.mlp')"
+                )
+            chosen.update(hits)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for module in chosen.values():
+        for p in module.parameters():
+            p.requires_grad_(True)
+    if _task_type(model).value == "SEQ_CLS":  # a reward model's fresh score head must train
+        head = getattr(model, "score", None) or getattr(model, "classifier", None)
+        if head is not None:
+            head.requires_grad_(True)
+    _train_new_token_rows(model, ctx.new_token_ids)
+
+
+def _matches(name: str, pattern: str) -> bool:
+    return name == pattern or name.split(".")[-1] == pattern or fnmatch.fnmatchcase(name, pattern)
+
+
+def _blocks(model: Any) -> tuple[str, Any]:
+    """The model's list of transformer blocks: the longest ``nn.ModuleList`` of same-typed modules."""
+    import torch
+
+    best: tuple[str, Any] | None = None
+    for name, m in model.named_modules():
+        if isinstance(m, torch.nn.ModuleList) and len(m) > 0 and len({type(c) for c in m}) == 1:
+            if best is None or len(m) > len(best[1]):
+                best = (name, m)
+    if best is None:
+        raise ConfigError(
+            "Freeze(last_layers=...): cannot find this model's list of transformer blocks; "
+            "name the modules to train instead, e.g. Freeze(modules=['model.layers.*'])"
+        )
+    return best
+
+
+def _train_new_token_rows(model: Any, new_token_ids: list[int]) -> None:
+    """Let the rows of tokens tunekit added train even when the embeddings are frozen.
+
+    A gradient mask keeps every other row at its value (with the default weight_decay=0; AdamW's
+    decoupled decay would still shrink frozen rows slightly when weight_decay > 0).
+    """
+    if not new_token_ids:
+        return
+    import torch
+
+    embeddings = (model.get_input_embeddings(), model.get_output_embeddings())
+    for emb in {id(e): e for e in embeddings if e is not None}.values():  # tied: one matrix
+        weight = emb.weight
+        if weight.requires_grad:
+            continue  # already trained whole
+        mask = torch.zeros(weight.shape[0], 1, dtype=weight.dtype, device=weight.device)
+        mask[new_token_ids] = 1
+        weight.requires_grad_(True)
+        weight.register_hook(lambda grad, mask=mask: grad * mask.to(grad.device, grad.dtype))
+
+
+# Method class -> builder of its peft config (None: the builder set which of the model's own weights train).
+TRANSLATIONS: dict[type[Method], Callable[[Any, BuildContext], Any]] = {
     Full: _full,
+    Freeze: _freeze,
+    LoRA: _lora,
+    LoHa: _loha,
+    LoKr: _lokr,
+    AdaLoRA: _adalora,
+    VeRA: _vera,
+    OFT: _oft,
+    IA3: _ia3,
+    PromptTuning: _prompt_tuning,
+    PrefixTuning: _prefix_tuning,
+    PTuning: _p_tuning,
 }
 
 
-def apply_method(model: Any, method: Method, new_token_ids: list[int]) -> Any:
-    """Wrap ``model`` for ``method``: a peft model, or the model itself with every weight trainable."""
+# --- what the backend calls --------------------------------------------------------------------------
+def _translation(method: Method) -> Callable[[Any, BuildContext], Any]:
     try:
-        build = TRANSLATIONS[type(method)]
+        return TRANSLATIONS[type(method)]
     except KeyError:
         raise ConfigError(f"method {method.name} has no translation in the hf backend") from None
-    peft_config = build(method, model, new_token_ids)
+
+
+def apply_method(
+    model: Any,
+    method: Method,
+    new_token_ids: list[int],
+    *,
+    tokenizer: Any = None,
+    training: Training | None = None,
+) -> Any:
+    """Wrap ``model`` for ``method``: a peft model, or the model itself with the chosen weights trainable."""
+    build = _translation(method)
+    ctx = BuildContext(model=model, tokenizer=tokenizer, new_token_ids=list(new_token_ids))
+    peft_config = build(method, ctx)
     if peft_config is None:
-        for p in model.parameters():
-            p.requires_grad_(True)
         return model
     from peft import get_peft_model
 
-    return get_peft_model(model, peft_config)
+    from tunekit.backends.hf.quantization import is_quantized, prepare_for_kbit_training
+
+    if is_quantized(model):
+        prepare_for_kbit_training(model, training)
+    wrapped = get_peft_model(model, peft_config)
+    for step in ctx.after:
+        step(wrapped)
+    return wrapped
+
+
+def load_adapter(model: Any, method: Method, path: str | Path, *, training: Training | None = None) -> Any:
+    """Put a saved adapter back on ``model``, trainable, giving the saved model's outputs."""
+    from peft import PeftConfig, PeftModel
+
+    from tunekit.backends.hf.quantization import is_quantized, prepare_for_kbit_training
+
+    _translation(method)  # an unknown method fails here, before peft guesses
+    if is_quantized(model):
+        prepare_for_kbit_training(model, training)
+    if not PeftConfig.from_pretrained(str(path)).is_prompt_learning:
+        return PeftModel.from_pretrained(model, str(path), is_trainable=True)
+    # peft refuses to reload prompt-learning adapters as trainable, and it saves P-tuning and
+    # projected prefixes as the encoder's *output*, which a trainable reload would feed through a
+    # fresh random encoder. Load them as plain virtual tokens (peft's inference layout) and let those
+    # tokens train directly: the saved model's outputs, and further training still works.
+    wrapped = PeftModel.from_pretrained(model, str(path), is_trainable=False)
+    for name, p in wrapped.named_parameters():
+        if "prompt_encoder" in name or "modules_to_save" in name:
+            p.requires_grad_(True)
+    return wrapped
+
+
+def training_for(method: Method, training: Training) -> Training:
+    """The run's Training adjusted to what ``method`` can do (e.g. no gradient checkpointing for prefix tuning)."""
+    if training.gradient_checkpointing and not method.supports_gradient_checkpointing:
+        logger.warning(
+            "%s does not work with gradient checkpointing; training without it (more memory, faster steps)",
+            method.name,
+        )
+        return training.model_copy(update={"gradient_checkpointing": False})
+    return training
+
+
+def merged_model(model: Any, method: Method) -> Any:
+    """A new plain transformers model with the trained adapter merged into the base weights.
+
+    The tuner's own model is left as it is (peft's ``merge_and_unload`` runs on a copy), so it can
+    still be saved as an adapter or trained further.
+    """
+    import copy
+
+    if not method.mergeable:
+        raise IncompatibleError(f"{method.name} cannot be merged: {method.not_mergeable_because}")
+    from tunekit.backends.hf.quantization import is_quantized
+
+    if is_quantized(model):
+        raise IncompatibleError(
+            f"{method.name}(quantize=...) cannot be merged into its quantized base without losing precision; "
+            "save the adapter, load the base in bf16 or fp32, and merge there: "
+            "PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), path).merge_and_unload()"
+        )
+    merged = copy.deepcopy(model).merge_and_unload()
+    merged.eval()
+    return merged
 
 
 def count_parameters(model: Any) -> tuple[int, int]:
