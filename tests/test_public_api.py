@@ -32,6 +32,7 @@ EXPECTED = {
     "testing",
     # the method catalogue (issue 3)
     "AdaLoRA",
+    "Comparison",
     "Freeze",
     "IA3",
     "LoHa",
@@ -41,6 +42,7 @@ EXPECTED = {
     "PrefixTuning",
     "PromptTuning",
     "VeRA",
+    "compare",
 }
 
 

@@ -9,6 +9,7 @@ Example:
 from __future__ import annotations
 
 from tunekit import testing
+from tunekit.compare import Comparison, compare
 from tunekit.errors import (
     CheckpointError,
     ConfigError,
@@ -50,6 +51,7 @@ __all__ = [
     "AdaLoRA",
     "CausalLM",
     "CheckpointError",
+    "Comparison",
     "ConfigError",
     "DatasetError",
     "ExportError",
@@ -74,6 +76,7 @@ __all__ = [
     "Tuner",
     "VeRA",
     "__version__",
+    "compare",
     "load",
     "testing",
 ]
