@@ -456,3 +456,20 @@ def test_cli_methods_lists_every_method_with_its_capabilities(capsys: pytest.Cap
     for name in NAMES:
         assert name in table
     assert "mergeable" in table and "per-step call" in table and "CausalLM, SFT" in table
+
+
+def test_prompt_tuning_starts_from_the_embeddings_of_its_init_text(tiny_dirs: Any) -> None:
+    import torch
+
+    tuner = tk.Tuner(
+        tiny_dirs["chat"],
+        method=tk.PromptTuning(num_virtual_tokens=7, init_text="Reverse the digits"),
+        training=tk.Training(device="cpu"),
+    )
+    model = tuner.model
+    ids = tuner.tokenizer("Reverse the digits", add_special_tokens=False)["input_ids"]
+    assert 1 < len(ids) < 7
+    expected = model.get_base_model().get_input_embeddings().weight[(ids * 7)[:7]]
+    torch.testing.assert_close(model.prompt_encoder["default"].embedding.weight, expected, rtol=0, atol=0)
+    # The saved adapter says nothing about a tokenizer path (peft's TEXT init would need one to reload).
+    assert model.peft_config["default"].prompt_tuning_init == "RANDOM"
