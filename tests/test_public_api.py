@@ -43,6 +43,13 @@ EXPECTED = {
     "PromptTuning",
     "VeRA",
     "compare",
+    # preference optimisation and RLHF (issue 4)
+    "DPO",
+    "GRPO",
+    "KTO",
+    "ORPO",
+    "RLOO",
+    "RewardModeling",
 }
 
 

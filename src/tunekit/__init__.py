@@ -36,7 +36,7 @@ from tunekit.methods import (
     PTuning,
     VeRA,
 )
-from tunekit.objectives import SFT, CausalLM, Objective
+from tunekit.objectives import DPO, GRPO, KTO, ORPO, RLOO, SFT, CausalLM, Objective, RewardModeling
 from tunekit.results import FitResult
 from tunekit.saving import load
 from tunekit.training import Training
@@ -45,8 +45,13 @@ from tunekit.tuner import Tuner
 __version__ = "0.1.0"
 
 __all__ = [
+    "DPO",
+    "GRPO",
     "IA3",
+    "KTO",
     "OFT",
+    "ORPO",
+    "RLOO",
     "SFT",
     "AdaLoRA",
     "CausalLM",
@@ -69,6 +74,7 @@ __all__ = [
     "PTuning",
     "PrefixTuning",
     "PromptTuning",
+    "RewardModeling",
     "RunContext",
     "Training",
     "TrainingError",

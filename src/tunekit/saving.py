@@ -13,13 +13,13 @@ from typing import Any
 
 from tunekit.errors import CheckpointError
 from tunekit.methods import registry
-from tunekit.objectives import SFT, CausalLM, Objective
+from tunekit.objectives import OBJECTIVES, Objective
 from tunekit.training import Training
 
 __all__ = ["MANIFEST", "load", "save_tuner"]
 
 MANIFEST = "tunekit.json"
-_OBJECTIVES: dict[str, type[Objective]] = {"SFT": SFT, "CausalLM": CausalLM}
+_OBJECTIVES: dict[str, type[Objective]] = dict(OBJECTIVES)  # every objective, by name
 
 
 def _base_ref(tuner: Any) -> str | None:
@@ -102,11 +102,19 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     return data
 
 
-def load(path: str | Path, *, base_model: Any = None, training: Training | None = None, hooks: Any = ()) -> Any:
+def load(
+    path: str | Path,
+    *,
+    base_model: Any = None,
+    training: Training | None = None,
+    hooks: Any = (),
+    objective: Objective | None = None,
+) -> Any:
     """Load a tuner written by ``Tuner.save``, ready to generate or train further.
 
     ``base_model`` overrides the base recorded in the manifest (for an adapter moved to another
-    machine). ``training`` replaces the saved training config for further training.
+    machine). ``training`` replaces the saved training config for further training, and
+    ``objective`` the saved objective (e.g. an SFT model trained on with ``tk.DPO()``).
 
     Example:
         >>> import tunekit as tk
@@ -123,8 +131,9 @@ def load(path: str | Path, *, base_model: Any = None, training: Training | None 
     try:
         method_cls = methods[m["method"]["name"]]
         method = method_cls(**m["method"]["options"])
-        obj_cls = _OBJECTIVES[m["objective"]["name"]]
-        objective = obj_cls(**m["objective"]["options"])
+        if objective is None:
+            obj_cls = _OBJECTIVES[m["objective"]["name"]]
+            objective = obj_cls(**m["objective"]["options"])
         saved_training = Training(**m["training"])
     except KeyError as e:
         raise CheckpointError(

@@ -11,10 +11,11 @@ from tunekit.backends import get_backend
 from tunekit.data import encode_examples, load_rows, normalise
 from tunekit.data.encoding import Encoded
 from tunekit.data.formats import NormalisedData
+from tunekit.data.rows import TrainerRows, prepare_rows
 from tunekit.errors import ConfigError, IncompatibleError
 from tunekit.hooks import Hook, RunContext
 from tunekit.methods import LoRA, Method
-from tunekit.objectives import SFT, CausalLM, Objective
+from tunekit.objectives import SFT, CausalLM, Objective, infer_objective
 from tunekit.results import FitResult
 from tunekit.training import Training
 
@@ -24,7 +25,7 @@ logger = logging.getLogger("tunekit")
 
 
 def _infer_objective(fmt: str) -> Objective:
-    return CausalLM() if fmt == "text" else SFT()
+    return infer_objective(fmt)  # text -> CausalLM, preference pairs -> DPO, labelled rows -> KTO, else SFT
 
 
 class Tuner:
@@ -118,6 +119,7 @@ class Tuner:
 
     # --- data -------------------------------------------------------------------------------------
     def _check_compatible(self, objective: Objective) -> None:
+        objective.check_ready()  # e.g. GRPO without a reward
         if not self.method.supports(objective.name):
             raise IncompatibleError(
                 f"{self.method.name} does not support the {objective.name} objective; "
@@ -140,8 +142,27 @@ class Tuner:
             logger.warning("skipped %s", reason)
         return norm
 
-    def _encode(self, norm: NormalisedData) -> Encoded:
+    def _encode(self, norm: NormalisedData) -> Encoded | TrainerRows:
         obj = self.objective_used
+        if not obj.tokenised_by_tunekit:  # preference and RL rows: trl renders them with the same template
+            rows = prepare_rows(
+                self.tokenizer,
+                norm,
+                max_length=self.training.max_length,
+                whole_pairs=obj.model_head == "sequence_classification",
+                on_bad_rows=self.training.on_bad_rows,
+            )
+            rows.skipped = norm.skipped + rows.skipped
+            for _row, reason in rows.skipped[len(norm.skipped) :]:
+                logger.warning("skipped %s", reason)
+            if rows.truncated:
+                logger.warning(
+                    "%d of %d rows are longer than max_length=%d; their answers will be truncated",
+                    rows.truncated,
+                    len(rows.records),
+                    self.training.max_length,
+                )
+            return rows
         enc = encode_examples(
             self.tokenizer,
             norm.examples,
@@ -160,7 +181,7 @@ class Tuner:
             )
         return enc
 
-    def prepare(self, data: Any) -> Encoded:
+    def prepare(self, data: Any) -> Encoded | TrainerRows:
         """Validate, template and tokenise ``data`` as ``fit`` would, without training."""
         return self._encode(self._normalise(data, "training"))
 
@@ -198,9 +219,41 @@ class Tuner:
         for p in prompts:
             if not isinstance(p, (str, list)):
                 raise ConfigError(f"generate(): expected a string or a list of chat messages, got {type(p).__name__}")
+        if self.objective_used.model_head == "sequence_classification":
+            raise IncompatibleError(
+                f"generate(): this tuner is a reward model ({self.objective_used.name}); it scores text and does "
+                "not generate: use tuner.score([...])"
+            )
         chat = options.pop("chat", not isinstance(self.objective_used, CausalLM))
         outs = self.backend.generate(self.loaded, prompts, chat=chat, options=options)
         return outs[0] if single else outs
+
+    def score(self, texts: Sequence[Any]) -> list[float]:
+        """Reward-model scores, one float per item (higher is better).
+
+        Items are ``(prompt, completion)`` pairs, ``{"prompt": ..., "completion": ...}`` dicts or
+        lists of chat messages, rendered with the chat template as in training; or plain strings,
+        scored exactly as given. Needs a reward model: a tuner trained with ``tk.RewardModeling()``
+        or ``tk.load`` of one.
+
+        Example:
+            >>> rm = tk.load("runs/reward-model")  # doctest: +SKIP
+            >>> rm.score([("2 + 2 =", "4"), ("2 + 2 =", "5")])  # doctest: +SKIP
+            [3.1, -2.7]
+        """
+        if self.objective_used.model_head != "sequence_classification":
+            raise IncompatibleError(
+                f"score() needs a reward model, and this tuner trains {self.objective_used.name}; train one with "
+                "objective=tk.RewardModeling() or load one with tk.load(path)"
+            )
+        if isinstance(texts, (str, tuple, dict)) or (isinstance(texts, list) and texts and isinstance(texts[0], dict)):
+            one = "conversation" if isinstance(texts, list) else type(texts).__name__
+            raise ConfigError(f"score(): pass a list of items, e.g. score([item]), not a single {one}")
+        items = list(texts)
+        if not items:
+            return []
+        return list(self.backend.score(self.loaded, items, max_length=self.training.max_length))
+
 
     def merge(self) -> Any:
         """The trained model with the adapter merged into the base weights: a plain transformers model.

@@ -55,14 +55,15 @@ def test_detect_format_reads_only_the_first_row() -> None:
     assert detect_format([{"text": "a"}, {"prompt": "a", "completion": "b"}]) == "text"
 
 
-@pytest.mark.parametrize("row", [{"prompt": "only a prompt"}, {"input": "x", "output": "y"}, {}])
+@pytest.mark.parametrize("row", [{"question": "only a prompt"}, {"input": "x", "output": "y"}, {}])
 def test_unknown_format_names_the_fields_and_the_options(row: dict[str, Any]) -> None:
     with pytest.raises(tk.DatasetError) as info:
         detect_format([row])
     assert info.value.row == 1
     assert str(info.value) == (
         f"row 1: cannot tell the data format from its fields {sorted(row)}; expected one of: "
-        "'text' | 'prompt' + 'completion' | 'instruction' + 'output' (+ 'input') | 'messages' | 'conversations'"
+        "'text' | 'prompt' + 'completion' | 'instruction' + 'output' (+ 'input') | 'messages' | 'conversations' "
+        "| 'prompt' + 'chosen' + 'rejected' | 'prompt' + 'completion' + 'label' | 'prompt' alone (RL prompts)"
     )
 
 

@@ -27,13 +27,29 @@ def test_causal_lm() -> None:
     assert clm.model_dump() == {"add_eos": True}
 
 
-def test_every_format_has_exactly_one_objective() -> None:
+def test_every_format_has_an_objective_and_a_default() -> None:
     from typing import get_args
 
     from tunekit.data.formats import Format
+    from tunekit.objectives import OBJECTIVES, infer_objective
 
-    covered = [f for cls in (tk.SFT, tk.CausalLM) for f in cls.data_formats]
-    assert sorted(covered) == sorted(get_args(Format))
+    covered = {f for cls in OBJECTIVES.values() for f in cls.data_formats}
+    assert covered == set(get_args(Format))
+    for fmt in get_args(Format):
+        if fmt == "prompt_only":  # online RL needs a reward, which data cannot name
+            with pytest.raises(tk.IncompatibleError, match=r"objective=tk\.GRPO\(reward=\.\.\.\)"):
+                infer_objective(fmt)
+            continue
+        assert fmt in infer_objective(fmt).data_formats
+    # demonstrations train SFT / CausalLM exactly as before
+    assert {f: infer_objective(f).name for f in ("text", "prompt_completion", "alpaca", "messages", "sharegpt")} == {
+        "text": "CausalLM",
+        "prompt_completion": "SFT",
+        "alpaca": "SFT",
+        "messages": "SFT",
+        "sharegpt": "SFT",
+    }
+    assert infer_objective("preference").name == "DPO" and infer_objective("unpaired_preference").name == "KTO"
 
 
 def test_misspelled_options() -> None:

@@ -1,8 +1,16 @@
 """Record formats: detect them from the columns and normalise rows into examples.
 
 Formats: ``text`` (raw text), ``prompt_completion``, ``alpaca`` (instruction, input, output),
-``messages`` (OpenAI style role/content) and ``sharegpt`` (conversations with from/value).
-Every chat-like format becomes a list of ``{"role", "content"}`` messages.
+``messages`` (OpenAI style role/content) and ``sharegpt`` (conversations with from/value) train
+language models on demonstrations. Three more carry preferences and prompts:
+
+- ``preference``: ``prompt``, ``chosen``, ``rejected`` (pairs for reward models, DPO, ORPO, KTO);
+- ``unpaired_preference``: ``prompt``, ``completion``, ``label`` (``True`` = desirable; KTO);
+- ``prompt_only``: ``prompt`` and any other columns, with no ``completion`` / ``chosen`` column
+  (prompts for online RL; the other columns go to the reward functions).
+
+Every chat-like format becomes a list of ``{"role", "content"}`` messages: a prompt given as a
+string is one user message, an answer given as a string one assistant message.
 """
 
 from __future__ import annotations
@@ -14,27 +22,62 @@ from tunekit.errors import DatasetError
 
 __all__ = ["Example", "NormalisedData", "detect_format", "normalise"]
 
-Format = Literal["text", "prompt_completion", "alpaca", "messages", "sharegpt"]
+Format = Literal[
+    "text",
+    "prompt_completion",
+    "alpaca",
+    "messages",
+    "sharegpt",
+    "preference",
+    "unpaired_preference",
+    "prompt_only",
+]
 
-# Column sets that identify a format, checked in order.
+# Column sets that identify a format, checked in order (the more specific first: a preference row
+# also has a prompt, a KTO row also has a prompt and a completion).
 _SIGNATURES: list[tuple[Format, tuple[str, ...]]] = [
     ("messages", ("messages",)),
     ("sharegpt", ("conversations",)),
     ("alpaca", ("instruction", "output")),
+    ("preference", ("chosen", "rejected")),
+    ("unpaired_preference", ("prompt", "completion", "label")),
     ("prompt_completion", ("prompt", "completion")),
     ("text", ("text",)),
+    ("prompt_only", ("prompt",)),
 ]
+# A prompt-only (RL) dataset is one whose rows have no column of the demonstration or preference
+# formats at all; a half-filled prompt/completion row is a bad SFT row, not an RL prompt.
+_NOT_PROMPT_ONLY = ("completion", "chosen", "rejected", "label", "text", "messages", "conversations", "output")
+# Keyword arguments trl gives reward functions itself: a data column of that name would be overwritten.
+RESERVED_COLUMNS = ("prompts", "completions", "completion_ids", "trainer_state", "log_extra", "log_metric")
 _SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
 ROLES = ("system", "user", "assistant")
 
 
+Messages = tuple[dict[str, str], ...]
+
+
 @dataclass(frozen=True)
 class Example:
-    """One normalised example: raw ``text`` or chat ``messages``; ``row`` is 1-based."""
+    """One normalised example; ``row`` is 1-based.
+
+    Demonstrations have raw ``text`` or chat ``messages``. Preference pairs have ``prompt``,
+    ``chosen`` and ``rejected``; unpaired preferences ``prompt``, ``completion`` and ``label``;
+    RL prompts ``prompt`` and the row's other ``columns``. ``prompt`` is the conversation so far
+    (ending with a user message); answers are assistant messages. ``prompt_text`` keeps a prompt
+    given as a plain string, which is what reward functions then receive.
+    """
 
     row: int
     text: str | None = None
-    messages: tuple[dict[str, str], ...] | None = None
+    messages: Messages | None = None
+    prompt: Messages | None = None
+    chosen: Messages | None = None
+    rejected: Messages | None = None
+    completion: Messages | None = None
+    label: bool | None = None
+    prompt_text: str | None = None
+    columns: dict[str, Any] | None = None
 
 
 @dataclass
@@ -56,11 +99,16 @@ def detect_format(rows: list[dict[str, Any]]) -> Format:
     filled = {k for k, v in rows[0].items() if v is not None}
     for candidates in (filled, keys):
         for fmt, cols in _SIGNATURES:
+            if fmt == "prompt_only" and any(c in keys for c in _NOT_PROMPT_ONLY):
+                continue
+            if fmt == "prompt_completion" and "label" in keys:
+                continue  # a label column makes KTO data, even when row 1's label is missing
             if all(c in candidates for c in cols):
                 return fmt
     raise DatasetError(
         f"row 1: cannot tell the data format from its fields {sorted(keys)}; expected one of: "
-        "'text' | 'prompt' + 'completion' | 'instruction' + 'output' (+ 'input') | 'messages' | 'conversations'",
+        "'text' | 'prompt' + 'completion' | 'instruction' + 'output' (+ 'input') | 'messages' | 'conversations' "
+        "| 'prompt' + 'chosen' + 'rejected' | 'prompt' + 'completion' + 'label' | 'prompt' alone (RL prompts)",
         row=1,
     )
 
@@ -78,7 +126,18 @@ def _need_str(row: dict[str, Any], i: int, name: str, *, allow_empty: bool = Fal
     return value
 
 
-def _check_messages(msgs: Any, i: int, name: str, *, role_key: str, content_key: str) -> tuple[dict[str, str], ...]:
+def _check_messages(
+    msgs: Any,
+    i: int,
+    name: str,
+    *,
+    role_key: str = "role",
+    content_key: str = "content",
+    first: str = "user",
+    last: str = "assistant",
+) -> Messages:
+    """Validate a message list whose turns alternate from ``first`` to ``last`` (a system message may lead
+    when ``first`` is the user): a whole conversation, a prompt (ending with the user) or an answer."""
     if not isinstance(msgs, list) or not msgs:
         raise DatasetError(f"row {i}, field {name!r}: expected a non-empty list of messages", row=i, field=name)
     out = []
@@ -102,28 +161,130 @@ def _check_messages(msgs: Any, i: int, name: str, *, role_key: str, content_key:
             raise DatasetError(f"{where}: empty assistant message; nothing to learn from", row=i, field=name)
         out.append({"role": role, "content": content})
     roles = [m["role"] for m in out]
-    body = roles[1:] if roles[0] == "system" else roles
+    body = roles[1:] if roles[0] == "system" and first == "user" else roles
     if "system" in body:
-        raise DatasetError(f"row {i}, field {name!r}: a system message may only come first", row=i, field=name)
+        where = "may only come first" if first == "user" else "cannot be part of an answer"
+        raise DatasetError(f"row {i}, field {name!r}: a system message {where}", row=i, field=name)
+    other = "assistant" if first == "user" else "user"
     for k, role in enumerate(body):
-        expected = "user" if k % 2 == 0 else "assistant"
+        expected = first if k % 2 == 0 else other
         if role != expected:
             raise DatasetError(
                 f"row {i}, field {name!r}: roles out of order at message {k + 1 + (len(roles) - len(body))} "
-                f"(got {role!r}, expected {expected!r}); turns must alternate user, assistant, ...",
+                f"(got {role!r}, expected {expected!r}); turns must alternate {first}, {other}, ...",
                 row=i,
                 field=name,
             )
-    if not body or body[-1] != "assistant":
-        raise DatasetError(
-            f"row {i}, field {name!r}: the conversation must end with an assistant message (the text to learn)",
-            row=i,
-            field=name,
-        )
+    if not body or body[-1] != last:
+        what = {
+            ("user", "assistant"): "the conversation must end with an assistant message (the text to learn)",
+            ("user", "user"): "the prompt must end with a user message (the turn to answer)",
+            ("assistant", "assistant"): "the answer must end with an assistant message",
+        }[(first, last)]
+        raise DatasetError(f"row {i}, field {name!r}: {what}", row=i, field=name)
     return tuple(out)
 
 
+def _system(row: dict[str, Any]) -> Messages:
+    system = row.get("system")
+    return ({"role": "system", "content": system},) if isinstance(system, str) and system.strip() else ()
+
+
+def _prompt(row: dict[str, Any], i: int) -> tuple[Messages, str | None]:
+    """The prompt as messages ending with a user turn, and the plain string when it was one."""
+    value = row.get("prompt")
+    if isinstance(value, list):
+        return _check_messages(value, i, "prompt", last="user"), None
+    if value is not None and not isinstance(value, str):
+        raise DatasetError(
+            f"row {i}, field 'prompt': expected a string or a list of chat messages, got {type(value).__name__} "
+            f"({value!r:.60})",
+            row=i,
+            field="prompt",
+        )
+    text = _need_str(row, i, "prompt")
+    return (*_system(row), {"role": "user", "content": text}), text
+
+
+def _answer(row: dict[str, Any], i: int, name: str) -> Messages:
+    """An answer: a string (one assistant message) or a list of messages from the assistant's turn on."""
+    value = row.get(name)
+    if isinstance(value, list):
+        return _check_messages(value, i, name, first="assistant", last="assistant")
+    if value is not None and not isinstance(value, str):
+        raise DatasetError(
+            f"row {i}, field {name!r}: expected a string or a list of chat messages, got {type(value).__name__} "
+            f"({value!r:.60})",
+            row=i,
+            field=name,
+        )
+    return ({"role": "assistant", "content": _need_str(row, i, name)},)
+
+
+_TRUE = {"true", "1", "yes", "y", "t"}
+_FALSE = {"false", "0", "no", "n", "f"}
+
+
+def _label(row: dict[str, Any], i: int) -> bool:
+    value = row.get("label")
+    if value is None:
+        raise DatasetError(f"row {i}: missing field 'label'", row=i, field="label")
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:  # CSV cells are strings
+        return value.strip().lower() in _TRUE
+    raise DatasetError(
+        f"row {i}, field 'label': expected True (a desirable completion) or False (an undesirable one), "
+        f"got {value!r:.60}; a 'label' column beside 'prompt' and 'completion' makes KTO data (for SFT, drop or "
+        "rename the column)",
+        row=i,
+        field="label",
+    )
+
+
+def _preference(row: dict[str, Any], i: int) -> Example:
+    prompt, text = _prompt(row, i)
+    chosen, rejected = _answer(row, i, "chosen"), _answer(row, i, "rejected")
+    if chosen == rejected:
+        raise DatasetError(
+            f"row {i}, field 'rejected': identical to 'chosen' ({_shown(chosen)}); a preference pair needs two "
+            "different answers: fix or drop the row",
+            row=i,
+            field="rejected",
+        )
+    return Example(row=i, prompt=prompt, chosen=chosen, rejected=rejected, prompt_text=text)
+
+
+def _shown(msgs: Messages) -> str:
+    content = msgs[0]["content"] if len(msgs) == 1 else str([m["content"] for m in msgs])
+    return repr(content) if len(content) <= 60 else repr(content[:57] + "...")
+
+
+def _prompt_only(row: dict[str, Any], i: int) -> Example:
+    prompt, text = _prompt(row, i)
+    for name in RESERVED_COLUMNS:
+        if name in row:
+            raise DatasetError(
+                f"row {i}, field {name!r}: this column name is reserved (trl passes its own {name!r} to reward "
+                "functions); rename the column",
+                row=i,
+                field=name,
+            )
+    columns = {k: v for k, v in row.items() if k not in ("prompt", "system")}
+    return Example(row=i, prompt=prompt, prompt_text=text, columns=columns)
+
+
 def _normalise_row(fmt: Format, row: dict[str, Any], i: int) -> Example:
+    if fmt == "preference":
+        return _preference(row, i)
+    if fmt == "unpaired_preference":
+        question, given = _prompt(row, i)
+        answer = _answer(row, i, "completion")
+        return Example(row=i, prompt=question, completion=answer, label=_label(row, i), prompt_text=given)
+    if fmt == "prompt_only":
+        return _prompt_only(row, i)
     if fmt == "text":
         return Example(row=i, text=_need_str(row, i, "text"))
     if fmt == "prompt_completion":
