@@ -96,11 +96,6 @@ def test_prompt_methods_cannot_learn_added_template_tokens(tiny_base_no_template
     assert "['<|im_start|>', '<|im_end|>']" in text and "tk.LoRA()" in text
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="trl's fused LM-head loss ignores outputs.loss, where peft adds AdaLoRA's orthogonal regulariser; "
-    "backends/hf/trainers.py should train AdaLoRA with the model's own loss (its ModelLossSFTTrainer)",
-)
 def test_adalora_orthogonal_regulariser_reaches_the_loss(tiny_llama_init02) -> None:
     losses = []
     for weight in (0.0, 50.0):

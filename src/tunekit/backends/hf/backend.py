@@ -10,12 +10,22 @@ from typing import Any
 
 from tunekit._quiet import quiet
 from tunekit.backends.hf.callbacks import HookBridge
-from tunekit.backends.hf.models import load_model, load_tokenizer, resolve_device, resolve_precision, torch_dtype
 from tunekit.backends.hf.method_callbacks import method_callbacks
+from tunekit.backends.hf.models import (
+    check_head,
+    head_kwargs,
+    load_model,
+    load_tokenizer,
+    resolve_device,
+    resolve_precision,
+    torch_dtype,
+)
 from tunekit.backends.hf.peft_map import apply_method, count_parameters, load_adapter, merged_model, training_for
 from tunekit.backends.hf.quantization import check_before_load, load_quantized, quantize_of
-from tunekit.backends.hf.trainers import build_trainer
+from tunekit.backends.hf.rewards import score_items
+from tunekit.backends.hf.trainers import build_trainer, release_trainer, tokens_seen
 from tunekit.data.encoding import Encoded
+from tunekit.data.rows import TrainerRows
 from tunekit.data.templates import PAD, ensure_template, render
 from tunekit.errors import ConfigError
 from tunekit.hooks import RunContext
@@ -77,9 +87,16 @@ class HFBackend:
                     trust_remote_code=training.trust_remote_code,
                 )
             elif isinstance(ref, (str, Path)):
-                model = load_model(str(ref), dtype=load_dtype, trust_remote_code=training.trust_remote_code)
+                with _own_rng(training.seed):  # a reward model's new score head is initialised here
+                    model = load_model(
+                        str(ref),
+                        dtype=load_dtype,
+                        trust_remote_code=training.trust_remote_code,
+                        **head_kwargs(tuner.objective_used),
+                    )
             else:
                 model = ref  # a transformers model object, used as it is
+                check_head(model, tuner.objective_used)
             tok_ref = tuner.tokenizer_ref
             if tok_ref is None:
                 tok_ref = str(ref) if isinstance(ref, (str, Path)) else getattr(model, "name_or_path", None)
@@ -102,14 +119,17 @@ class HFBackend:
                     model = load_adapter(model, tuner.method, tuner.adapter_path, training=training)
                 else:
                     model = apply_method(model, tuner.method, new_ids, tokenizer=tokenizer, training=training)
-            gen = model.generation_config
-            gen.eos_token_id = sorted({template.end_of_turn_id, tokenizer.eos_token_id} - {None})
-            gen.pad_token_id = tokenizer.pad_token_id
+            gen = getattr(model, "generation_config", None)
+            if gen is not None:  # None for reward models (sequence classifiers), which do not generate
+                gen.eos_token_id = sorted({template.end_of_turn_id, tokenizer.eos_token_id} - {None})
+                gen.pad_token_id = tokenizer.pad_token_id
             model.config.pad_token_id = tokenizer.pad_token_id
             model.to(device)
         return Loaded(model, tokenizer, template, device, precision)
 
-    def fit(self, tuner: Any, loaded: Loaded, train: Encoded, eval_enc: Encoded | None) -> FitResult:
+    def fit(
+        self, tuner: Any, loaded: Loaded, train: Encoded | TrainerRows, eval_enc: Encoded | TrainerRows | None
+    ) -> FitResult:
         training = training_for(tuner.method, tuner.training)  # e.g. no gradient checkpointing for prefix tuning
         lr = training.learning_rate or tuner.method.default_learning_rate
         ctx = RunContext(output_dir=tuner.output_dir, objective=tuner.objective_used.name, method=tuner.method.name)
@@ -145,8 +165,10 @@ class HFBackend:
                 for h in tuner.hooks:
                     h.on_exception(ctx, err)
                 raise
+            finally:
+                release_trainer(trainer, loaded.model)  # e.g. trl's reference adapter, its patched forward
             runtime = time.perf_counter() - start
-            tokens = int(getattr(trainer, "_total_train_tokens", 0))
+            tokens = tokens_seen(trainer)
             loaded.model.eval()
         losses = [h["loss"] for h in bridge.history if "loss" in h]
         trainable, total = count_parameters(loaded.model)
@@ -163,7 +185,7 @@ class HFBackend:
             epochs=float(trainer.state.epoch or 0.0),
             runtime_s=runtime,
             tokens_per_s=tokens / runtime if runtime > 0 else 0.0,
-            num_examples=len(train.input_ids),
+            num_examples=len(train.rows),
             num_tokens=train.num_tokens,
             trainable_params=trainable,
             total_params=total,
@@ -217,6 +239,11 @@ class HFBackend:
         """A merged copy of the trained model (adapter folded into the base weights)."""
         with quiet():
             return merged_model(loaded.model, method)
+
+    def score(self, loaded: Loaded, items: list[Any], *, max_length: int) -> list[float]:
+        """One reward per item, from a reward model (a sequence classifier with one label)."""
+        with quiet():
+            return score_items(loaded.model, loaded.tokenizer, items, device=loaded.device, max_length=max_length)
 
     def save(self, loaded: Loaded, path: Path) -> None:
         with quiet():

@@ -52,13 +52,17 @@ def load_tokenizer(ref: str, *, trust_remote_code: bool) -> Any:
         raise ConfigError(f"could not load the tokenizer of {ref!r}: {e}") from e
 
 
-def load_model(ref: str, *, dtype: Any, trust_remote_code: bool, auto_class: Any = None) -> Any:
+def load_model(ref: str, *, dtype: Any, trust_remote_code: bool, auto_class: Any = None, **model_kwargs: Any) -> Any:
+    """Load ``ref`` with ``auto_class`` (default AutoModelForCausalLM); ``model_kwargs`` go to from_pretrained
+    (e.g. ``num_labels=1`` for a reward model's score head)."""
     from transformers import AutoModelForCausalLM
 
     _check_ref(ref)
     cls = auto_class or AutoModelForCausalLM
     try:
-        return cls.from_pretrained(ref, dtype=dtype, trust_remote_code=trust_remote_code, use_safetensors=True)
+        return cls.from_pretrained(
+            ref, dtype=dtype, trust_remote_code=trust_remote_code, use_safetensors=True, **model_kwargs
+        )
     except ValueError as e:
         if "trust_remote_code" in str(e):
             raise IncompatibleError(
@@ -76,3 +80,30 @@ def torch_dtype(precision: str) -> Any:
     import torch
 
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def head_kwargs(objective: Any) -> dict[str, Any]:
+    """``load_model`` options for the objective's model head (a score head for reward models)."""
+    if getattr(objective, "model_head", "causal_lm") != "sequence_classification":
+        return {}
+    from transformers import AutoModelForSequenceClassification
+
+    # One label: the scalar reward. A causal LM checkpoint gets a new, randomly initialised score head.
+    return {"auto_class": AutoModelForSequenceClassification, "num_labels": 1}
+
+
+def check_head(model: Any, objective: Any) -> None:
+    """A model object given to a Tuner must have the head its objective trains."""
+    wants_score = getattr(objective, "model_head", "causal_lm") == "sequence_classification"
+    has_score = type(model).__name__.endswith("ForSequenceClassification")
+    if wants_score and (not has_score or getattr(model.config, "num_labels", None) != 1):
+        raise IncompatibleError(
+            f"{objective.name} needs a sequence-classification model with one label (a scalar score), got "
+            f"{type(model).__name__} with num_labels={getattr(model.config, 'num_labels', None)}; pass a path, or "
+            "AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)"
+        )
+    if has_score and not wants_score:
+        raise IncompatibleError(
+            f"{type(model).__name__} is a sequence classifier (a reward model); it trains with "
+            f"tk.RewardModeling(), not {objective.name}"
+        )

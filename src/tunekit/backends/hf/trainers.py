@@ -1,55 +1,120 @@
-"""Objectives to trl trainers: one table, one config builder."""
+"""Objectives to trl trainers: one dispatch table, one builder per objective.
+
+SFT and CausalLM train on data tunekit tokenised itself (``input_ids`` / ``labels``). The other
+objectives hand trl conversational rows (see :mod:`tunekit.data.rows`) and let it tokenise them
+with the tokenizer's chat template, which is the template tunekit installed, so training and
+``generate`` see the same text.
+
+The reference model of DPO, KTO and (with ``beta > 0``) GRPO / RLOO: with an adapter, trl keeps
+none (it evaluates the reference through the same model, with a frozen copy of the starting
+adapter weights, which for a new adapter is exactly the base); with full fine-tuning, tunekit
+passes a frozen copy of the in-memory model, because trl would otherwise reload the checkpoint
+from disk, which is not what tunekit trains when it added template tokens or trained in memory.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
-from tunekit.errors import TrainingError
-from tunekit.objectives import SFT, CausalLM, Objective
+from tunekit.backends.hf.rewards import resolve_rewards
+from tunekit.errors import IncompatibleError, TrainingError
+from tunekit.objectives import DPO, GRPO, KTO, ORPO, RLOO, SFT, CausalLM, Objective, OnlineRL, RewardModeling
 from tunekit.training import Training
 
-__all__ = ["build_trainer"]
+__all__ = ["TRAINERS", "Setup", "build_trainer", "release_trainer", "tokens_seen"]
 
 
-def _sft_args(training: Training, *, output_dir: str, precision: str, device: Any, lr: float, has_eval: bool) -> Any:
-    from trl import SFTConfig
+@dataclass
+class Setup:
+    """Everything a trainer builder needs."""
 
-    eval_strategy = "steps" if (has_eval and training.eval_every) else "no"
-    return SFTConfig(
-        output_dir=output_dir,
-        num_train_epochs=training.epochs,
-        max_steps=training.max_steps or -1,
-        learning_rate=lr,
-        per_device_train_batch_size=training.batch_size,
-        per_device_eval_batch_size=training.batch_size,
-        gradient_accumulation_steps=training.grad_accum,
-        lr_scheduler_type=training.lr_scheduler,
-        warmup_steps=training.warmup_ratio,  # a float below 1 is a ratio in transformers 5
-        weight_decay=training.weight_decay,
-        max_grad_norm=training.max_grad_norm or 0.0,
-        seed=training.seed,
-        data_seed=training.seed,
-        bf16=precision == "bf16",
-        fp16=precision == "fp16",
-        use_cpu=device.type == "cpu",
-        gradient_checkpointing=training.gradient_checkpointing,
-        logging_strategy="steps",
-        logging_steps=training.log_every,
-        logging_first_step=True,
-        logging_nan_inf_filter=False,  # a NaN must show, never be averaged away
-        eval_strategy=eval_strategy,
-        eval_steps=training.eval_every,
-        save_strategy="steps" if training.save_every else "no",
-        save_steps=training.save_every or 500,
-        save_only_model=False,
-        report_to="none",
-        disable_tqdm=True,
-        max_length=training.max_length,
-        dataset_kwargs={"skip_prepare_dataset": True},  # tunekit tokenised and masked the data itself
-        remove_unused_columns=False,
-        dataloader_num_workers=0,
-        use_liger_kernel=False,
-    )
+    objective: Any
+    model: Any
+    tokenizer: Any
+    train_dataset: Any
+    eval_dataset: Any
+    training: Training
+    output_dir: str
+    precision: str
+    device: Any
+    learning_rate: float
+    callbacks: list[Any]
+
+
+def _common(run: Setup) -> dict[str, Any]:
+    """TrainingArguments shared by every trainer, from ``tk.Training``."""
+    t = run.training
+    return {
+        "output_dir": run.output_dir,
+        "num_train_epochs": t.epochs,
+        "max_steps": t.max_steps or -1,
+        "learning_rate": run.learning_rate,
+        "per_device_train_batch_size": t.batch_size,
+        "per_device_eval_batch_size": t.batch_size,
+        "gradient_accumulation_steps": t.grad_accum,
+        "lr_scheduler_type": t.lr_scheduler,
+        "warmup_steps": t.warmup_ratio,  # a float below 1 is a ratio in transformers 5
+        "weight_decay": t.weight_decay,
+        "max_grad_norm": t.max_grad_norm or 0.0,
+        "seed": t.seed,
+        "data_seed": t.seed,
+        "bf16": run.precision == "bf16",
+        "fp16": run.precision == "fp16",
+        "use_cpu": run.device.type == "cpu",
+        "gradient_checkpointing": t.gradient_checkpointing,
+        "logging_strategy": "steps",
+        "logging_steps": t.log_every,
+        "logging_first_step": True,
+        "logging_nan_inf_filter": False,  # a NaN must show, never be averaged away
+        "eval_strategy": "steps" if (run.eval_dataset is not None and t.eval_every) else "no",
+        "eval_steps": t.eval_every,
+        "save_strategy": "steps" if t.save_every else "no",
+        "save_steps": t.save_every or 500,
+        "save_only_model": False,
+        "report_to": "none",
+        "disable_tqdm": True,
+        "dataloader_num_workers": 0,
+        "use_liger_kernel": False,
+    }
+
+
+def _is_peft(model: Any) -> bool:
+    from peft import PeftModel
+
+    return isinstance(model, PeftModel)
+
+
+def _head_bias_visible(model: Any) -> None:
+    """Let trl's fused LM head read ``lm_head.bias`` through peft's trainable-tokens wrapper.
+
+    Models without a chat template get tunekit's ChatML tokens, whose rows of ``lm_head`` train
+    through peft's ``TrainableTokensWrapper``. trl's fused log-prob head reads ``lm_head.weight``
+    (which the wrapper returns merged, trainable rows included) and ``lm_head.bias``, which the
+    wrapper does not forward; heads of causal LMs have no bias, so say so on the wrapper.
+    """
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is None or type(head).__name__ != "TrainableTokensWrapper":
+        return
+    original = getattr(head, "original_module", None)
+    if getattr(original, "bias", None) is None:
+        head.__dict__["bias"] = None
+
+
+def _frozen_copy(model: Any) -> Any:
+    """A frozen copy of the policy as it is now: the reference of full fine-tuning."""
+    ref = copy.deepcopy(model)
+    ref.eval()
+    for p in ref.parameters():
+        p.requires_grad_(False)
+    return ref
+
+
+# --- supervised ---------------------------------------------------------------------------------
 
 
 def _plain_lm_head(model: Any) -> bool:
@@ -59,12 +124,19 @@ def _plain_lm_head(model: Any) -> bool:
     return type(head) is torch.nn.Linear
 
 
+def _loss_has_extra_terms(model: Any) -> bool:
+    """peft adds AdaLoRA's orthogonal regulariser to ``outputs.loss``, which trl's fused loss never reads."""
+    configs = getattr(model, "peft_config", None) or {}
+    return any(str(getattr(c, "peft_type", "")).endswith("ADALORA") for c in configs.values())
+
+
 def _model_loss_trainer() -> Any:
     """SFTTrainer with the model's own loss.
 
     trl's fused LM-head loss reads ``lm_head.weight`` directly, which skips whatever peft wrapped
     around the head (trainable rows for added template tokens, LoRA on lm_head): those would get
-    no gradient. When the head is wrapped, use transformers' plain loss instead.
+    no gradient; and it ignores ``outputs.loss``, where peft adds AdaLoRA's regulariser. In those
+    cases use transformers' plain loss (the model's own) instead.
     """
     from transformers import Trainer
     from trl import SFTTrainer
@@ -79,6 +151,256 @@ def _model_loss_trainer() -> Any:
             return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
 
     return ModelLossSFTTrainer
+
+
+def _sft(run: Setup) -> Any:
+    from trl import SFTConfig, SFTTrainer
+
+    args = SFTConfig(
+        **_common(run),
+        max_length=run.training.max_length,
+        dataset_kwargs={"skip_prepare_dataset": True},  # tunekit tokenised and masked the data itself
+        remove_unused_columns=False,
+    )
+    plain = _plain_lm_head(run.model) and not _loss_has_extra_terms(run.model)
+    cls = SFTTrainer if plain else _model_loss_trainer()
+    return cls(
+        model=run.model,
+        args=args,
+        train_dataset=run.train_dataset,
+        eval_dataset=run.eval_dataset,
+        processing_class=run.tokenizer,
+        callbacks=run.callbacks,
+    )
+
+
+# --- reward model -------------------------------------------------------------------------------
+
+
+def _reward(run: Setup) -> Any:
+    from trl import RewardConfig, RewardTrainer
+
+    obj: RewardModeling = run.objective
+    args = RewardConfig(
+        **_common(run), max_length=run.training.max_length, center_rewards_coefficient=obj.center_rewards
+    )
+    return RewardTrainer(
+        model=run.model,
+        args=args,
+        train_dataset=run.train_dataset,
+        eval_dataset=run.eval_dataset,
+        processing_class=run.tokenizer,
+        callbacks=run.callbacks,
+    )
+
+
+# --- offline preference -------------------------------------------------------------------------
+
+
+def _dpo(run: Setup) -> Any:
+    obj: DPO = run.objective
+    if obj.loss == "simpo":
+        return _simpo(run)
+    from trl import DPOConfig, DPOTrainer
+
+    args = DPOConfig(
+        **_common(run),
+        max_length=run.training.max_length,
+        beta=obj.beta,
+        loss_type=[obj.loss],
+        label_smoothing=obj.label_smoothing,
+    )
+    return DPOTrainer(
+        model=run.model,
+        ref_model=None if _is_peft(run.model) else _frozen_copy(run.model),
+        args=args,
+        train_dataset=run.train_dataset,
+        eval_dataset=run.eval_dataset,
+        processing_class=run.tokenizer,
+        callbacks=run.callbacks,
+    )
+
+
+def _simpo(run: Setup) -> Any:
+    # SimPO lives in trl's CPO trainer (loss_type="simpo" with no behaviour-cloning term).
+    from trl.experimental.cpo import CPOConfig, CPOTrainer
+
+    obj: DPO = run.objective
+    args = CPOConfig(
+        **_common(run),
+        max_length=run.training.max_length,
+        beta=obj.beta,
+        loss_type="simpo",
+        cpo_alpha=0.0,
+        simpo_gamma=obj.simpo_gamma,
+        label_smoothing=obj.label_smoothing,
+    )
+    return CPOTrainer(
+        model=run.model,
+        args=args,
+        train_dataset=run.train_dataset,
+        eval_dataset=run.eval_dataset,
+        processing_class=run.tokenizer,
+        callbacks=run.callbacks,
+    )
+
+
+def _kto(run: Setup) -> Any:
+    from trl import KTOConfig, KTOTrainer
+
+    obj: KTO = run.objective
+    args = KTOConfig(
+        **_common(run),
+        max_length=run.training.max_length,
+        beta=obj.beta,
+        desirable_weight=obj.desirable_weight,
+        undesirable_weight=obj.undesirable_weight,
+        loss_type=obj.loss,
+    )
+    return KTOTrainer(
+        model=run.model,
+        ref_model=None if _is_peft(run.model) else _frozen_copy(run.model),
+        args=args,
+        train_dataset=run.train_dataset,
+        eval_dataset=run.eval_dataset,
+        processing_class=run.tokenizer,
+        callbacks=run.callbacks,
+    )
+
+
+def _orpo(run: Setup) -> Any:
+    from trl.experimental.orpo import ORPOConfig, ORPOTrainer
+
+    obj: ORPO = run.objective
+    args = ORPOConfig(**_common(run), max_length=run.training.max_length, beta=obj.beta)
+    return ORPOTrainer(
+        model=run.model,
+        args=args,
+        train_dataset=run.train_dataset,
+        eval_dataset=run.eval_dataset,
+        processing_class=run.tokenizer,
+        callbacks=run.callbacks,
+    )
+
+
+# --- online RL ----------------------------------------------------------------------------------
+
+
+def _check_group(run: Setup) -> None:
+    obj: OnlineRL = run.objective
+    t = run.training
+    per_step = t.batch_size * t.grad_accum
+    if per_step % obj.num_generations:
+        raise IncompatibleError(
+            f"Training(batch_size={t.batch_size}, grad_accum={t.grad_accum}) with "
+            f"{obj.name}(num_generations={obj.num_generations}): batch_size counts completions and "
+            f"batch_size * grad_accum ({per_step}) must be a multiple of num_generations; use "
+            f"batch_size={obj.num_generations * max(1, round(t.batch_size / obj.num_generations))} "
+            f"or num_generations={_divisor(per_step, obj.num_generations)}"
+        )
+    if run.eval_dataset is not None and t.batch_size % obj.num_generations:
+        raise IncompatibleError(
+            f"Training(batch_size={t.batch_size}) with {obj.name}(num_generations={obj.num_generations}): "
+            "evaluation samples a whole group per prompt, so batch_size must be a multiple of num_generations"
+        )
+
+
+def _divisor(n: int, near: int) -> int:
+    """The divisor of ``n`` (at least 2) closest to ``near``."""
+    options = [d for d in range(2, n + 1) if n % d == 0] or [2]
+    return min(options, key=lambda d: abs(d - near))
+
+
+def _online_args(run: Setup) -> dict[str, Any]:
+    obj: OnlineRL = run.objective
+    return {
+        **_common(run),
+        "num_generations": obj.num_generations,
+        "max_completion_length": obj.max_completion_length,
+        "temperature": obj.temperature,
+        "beta": obj.beta,
+        "epsilon": obj.epsilon,
+        "num_iterations": obj.num_iterations,
+        "reward_weights": list(obj.reward_weights) if obj.reward_weights is not None else None,
+        "remove_unused_columns": False,  # the prompt rows' other columns go to the reward functions
+        "log_completions": False,
+    }
+
+
+_PATCH_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _reference_from_memory(module: Any, run: Setup) -> Iterator[None]:
+    """GRPO and RLOO build their reference by reloading the policy's checkpoint from disk, and take
+    no ``ref_model`` argument; for full fine-tuning with a KL term, hand them the in-memory copy."""
+    obj: OnlineRL = run.objective
+    if obj.beta == 0 or _is_peft(run.model):
+        yield
+        return
+    ref = _frozen_copy(run.model)
+    with _PATCH_LOCK:  # a module attribute: one trainer at a time builds through the patch
+        original = module.create_model_from_path
+        module.create_model_from_path = lambda *a, **k: ref
+        try:
+            yield
+        finally:
+            module.create_model_from_path = original
+
+
+def _grpo(run: Setup) -> Any:
+    import trl.trainer.grpo_trainer as grpo_module
+    from trl import GRPOConfig, GRPOTrainer
+
+    obj: GRPO = run.objective
+    _check_group(run)
+    rewards, reward_tokenizers = resolve_rewards(obj.reward, run)
+    args = GRPOConfig(**_online_args(run), loss_type=obj.loss, scale_rewards=obj.scale_rewards)
+    with _reference_from_memory(grpo_module, run):
+        return GRPOTrainer(
+            model=run.model,
+            reward_funcs=rewards,
+            args=args,
+            train_dataset=run.train_dataset,
+            eval_dataset=run.eval_dataset,
+            processing_class=run.tokenizer,
+            reward_processing_classes=reward_tokenizers,
+            callbacks=run.callbacks,
+        )
+
+
+def _rloo(run: Setup) -> Any:
+    import trl.trainer.rloo_trainer as rloo_module
+    from trl import RLOOConfig, RLOOTrainer
+
+    obj: RLOO = run.objective
+    _check_group(run)
+    rewards, reward_tokenizers = resolve_rewards(obj.reward, run)
+    args = RLOOConfig(**_online_args(run), normalize_advantages=obj.normalize_advantages)
+    with _reference_from_memory(rloo_module, run):
+        return RLOOTrainer(
+            model=run.model,
+            reward_funcs=rewards,
+            args=args,
+            train_dataset=run.train_dataset,
+            eval_dataset=run.eval_dataset,
+            processing_class=run.tokenizer,
+            reward_processing_classes=reward_tokenizers,
+            callbacks=run.callbacks,
+        )
+
+
+# Objective class -> builder of its trl trainer.
+TRAINERS: dict[type[Objective], Callable[[Setup], Any]] = {
+    SFT: _sft,
+    CausalLM: _sft,
+    RewardModeling: _reward,
+    DPO: _dpo,
+    KTO: _kto,
+    ORPO: _orpo,
+    GRPO: _grpo,
+    RLOO: _rloo,
+}
 
 
 def build_trainer(
@@ -96,30 +418,46 @@ def build_trainer(
     callbacks: list[Any],
 ) -> Any:
     """The trl trainer for ``objective``, configured from ``training``."""
-    from trl import SFTTrainer
-
-    if not isinstance(objective, (SFT, CausalLM)):
-        raise TrainingError(f"objective {objective.name} has no trainer in the hf backend yet")
-    args = _sft_args(
-        training,
-        output_dir=output_dir,
-        precision=precision,
-        device=device,
-        lr=learning_rate,
-        has_eval=eval_dataset is not None,
-    )
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-    cls = SFTTrainer if _plain_lm_head(model) else _model_loss_trainer()
-    trainer = cls(
-        model=model,
-        args=args,
-        train_dataset=train_dataset,
-        eval_dataset=eval_dataset,
-        processing_class=tokenizer,
-        callbacks=callbacks,
-    )
+    build = next((TRAINERS[c] for c in type(objective).__mro__ if c in TRAINERS), None)
+    if build is None:
+        raise TrainingError(f"objective {objective.name} has no trainer in the hf backend")
+    run = Setup(
+        objective, model, tokenizer, train_dataset, eval_dataset, training, output_dir, precision, device,
+        learning_rate, callbacks,
+    )  # fmt: skip
+    if build is not _sft:
+        _head_bias_visible(model)
+    trainer = build(run)
     # The library never prints: progress and logs reach the application through hooks.
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
     return trainer
+
+
+def tokens_seen(trainer: Any) -> int:
+    """Real (non-pad) tokens the trainer processed, however it counts them."""
+    counted = int(getattr(trainer, "_total_train_tokens", 0) or 0)
+    return max(counted, int(getattr(trainer.state, "num_input_tokens_seen", 0) or 0))
+
+
+def release_trainer(trainer: Any, model: Any) -> None:
+    """Undo what trl left on the model once training and evaluation are done.
+
+    - The ``"ref"`` adapter (a frozen copy of the starting adapter) would otherwise stay in memory
+      and be written by ``save``.
+    - trl patches the model's ``forward`` (a fused LM head) as an instance attribute that closes
+      over this model object; a later ``copy.deepcopy`` (the next run's reference) would call the
+      original model through it.
+    """
+    if _is_peft(model) and "ref" in model.peft_config:
+        model.delete_adapter("ref")
+    targets = [model]
+    if _is_peft(model):
+        targets.append(model.get_base_model())
+    for m in targets:
+        m.__dict__.pop("forward", None)
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if type(head).__name__ == "TrainableTokensWrapper":
+        head.__dict__.pop("bias", None)
