@@ -48,8 +48,10 @@ EXPECTED = {
     "GRPO",
     "KTO",
     "ORPO",
+    "RLHFResult",
     "RLOO",
     "RewardModeling",
+    "rlhf",
 }
 
 

@@ -37,6 +37,7 @@ from tunekit.methods import (
     VeRA,
 )
 from tunekit.objectives import DPO, GRPO, KTO, ORPO, RLOO, SFT, CausalLM, Objective, RewardModeling
+from tunekit.pipeline import RLHFResult, rlhf
 from tunekit.results import FitResult
 from tunekit.saving import load
 from tunekit.training import Training
@@ -74,6 +75,7 @@ __all__ = [
     "PTuning",
     "PrefixTuning",
     "PromptTuning",
+    "RLHFResult",
     "RewardModeling",
     "RunContext",
     "Training",
@@ -84,5 +86,6 @@ __all__ = [
     "__version__",
     "compare",
     "load",
+    "rlhf",
     "testing",
 ]
