@@ -52,6 +52,15 @@ EXPECTED = {
     "RLOO",
     "RewardModeling",
     "rlhf",
+    # embedding in applications (issue 6)
+    "EarlyStopping",
+    "JSONLMetrics",
+    "LossPlot",
+    "ProgressBar",
+    "Run",
+    "SampleGenerations",
+    "events",
+    "plot_loss",
 }
 
 

@@ -8,7 +8,7 @@ Example:
 
 from __future__ import annotations
 
-from tunekit import testing
+from tunekit import events, testing
 from tunekit.compare import Comparison, compare
 from tunekit.errors import (
     CheckpointError,
@@ -21,6 +21,7 @@ from tunekit.errors import (
     TunekitError,
 )
 from tunekit.hooks import Hook, RunContext
+from tunekit.hooks_builtin import EarlyStopping, JSONLMetrics, LossPlot, ProgressBar, SampleGenerations
 from tunekit.methods import (
     IA3,
     OFT,
@@ -38,7 +39,9 @@ from tunekit.methods import (
 )
 from tunekit.objectives import DPO, GRPO, KTO, ORPO, RLOO, SFT, CausalLM, Objective, RewardModeling
 from tunekit.pipeline import RLHFResult, rlhf
+from tunekit.plotting import plot_loss
 from tunekit.results import FitResult
+from tunekit.run import Run
 from tunekit.saving import load
 from tunekit.training import Training
 from tunekit.tuner import Tuner
@@ -60,24 +63,30 @@ __all__ = [
     "Comparison",
     "ConfigError",
     "DatasetError",
+    "EarlyStopping",
     "ExportError",
     "FitResult",
     "Freeze",
     "Full",
     "Hook",
     "IncompatibleError",
+    "JSONLMetrics",
     "LoHa",
     "LoKr",
     "LoRA",
+    "LossPlot",
     "Method",
     "MissingDependencyError",
     "Objective",
     "PTuning",
     "PrefixTuning",
+    "ProgressBar",
     "PromptTuning",
     "RLHFResult",
     "RewardModeling",
+    "Run",
     "RunContext",
+    "SampleGenerations",
     "Training",
     "TrainingError",
     "TunekitError",
@@ -85,7 +94,9 @@ __all__ = [
     "VeRA",
     "__version__",
     "compare",
+    "events",
     "load",
+    "plot_loss",
     "rlhf",
     "testing",
 ]

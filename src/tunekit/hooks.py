@@ -1,12 +1,43 @@
-"""Application hooks: ``tk.Hook`` and the ``RunContext`` every event receives."""
+"""Application hooks: ``tk.Hook``, the ``RunContext`` every event receives, and the dispatcher.
+
+A :class:`Hook` overrides the events it needs. Every objective fires the same events, in this
+order: ``on_fit_start``; then per optimizer step ``on_step_end``, and, when due, ``on_log``,
+``on_evaluate`` and ``on_checkpoint``; finally ``on_fit_end`` with the :class:`FitResult`, or
+``on_exception`` when the run failed. Built-in hooks live in :mod:`tunekit.hooks_builtin`.
+
+What happens when a hook raises is the ``Tuner(hook_errors=...)`` policy:
+
+- ``"stop"`` (default): the run ends cleanly after the current step (trackers are closed, a
+  checkpoint is written when the Tuner has an ``output_dir``, so the run can resume once the hook
+  is fixed), then ``fit`` raises :class:`tunekit.TrainingError` naming the hook and the event,
+  with the hook's exception chained as ``__cause__``.
+- ``"log"``: the error is logged on the ``tunekit`` logger (with its traceback the first time)
+  and training continues.
+
+An exception raised by ``on_exception`` itself is always logged, never raised, so that it cannot
+hide the error that failed the run.
+"""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
-__all__ = ["Hook", "RunContext"]
+from tunekit.errors import ConfigError, TrainingError
+
+if TYPE_CHECKING:
+    from tunekit.results import FitResult
+
+__all__ = ["HOOK_ERROR_POLICIES", "Hook", "HookDispatcher", "HookErrors", "RunContext"]
+
+logger = logging.getLogger("tunekit")
+
+HookErrors = Literal["stop", "log"]
+HOOK_ERROR_POLICIES: tuple[str, ...] = ("stop", "log")
+_EVENTS = ("fit_start", "step_end", "log", "evaluate", "checkpoint", "fit_end", "exception")
 
 
 @dataclass
@@ -14,8 +45,10 @@ class RunContext:
     """The state of a run as hooks see it.
 
     ``step`` counts optimizer steps done, ``max_steps`` the planned total, ``epoch`` the (fractional)
-    epoch, ``metrics`` the latest logged values. Call :meth:`request_stop` to end the run cleanly
-    after the current step.
+    epoch, ``metrics`` the latest logged values, ``output_dir`` the Tuner's (``None`` when it has
+    none), ``objective`` and ``method`` their names. Call :meth:`request_stop` to end the run
+    cleanly after the current step, :meth:`generate` to sample from the model being trained and
+    :meth:`record` to add an entry to ``FitResult.history``.
     """
 
     step: int = 0
@@ -25,19 +58,56 @@ class RunContext:
     output_dir: Path | None = None
     objective: str = ""
     method: str = ""
-    _stop: bool = False
+    _stop: bool = field(default=False, init=False, repr=False)
+    _stop_reason: str | None = field(default=None, init=False, repr=False)
+    _checkpoint_on_stop: bool = field(default=False, init=False, repr=False)
+    _history: list[dict[str, Any]] = field(default_factory=list, init=False, repr=False)
+    _generate: Callable[..., Any] | None = field(default=None, init=False, repr=False)
 
-    def request_stop(self) -> None:
-        """Ask the run to stop after the current step (cooperative; the result is kept)."""
+    def request_stop(self, reason: str = "stop requested by a hook") -> None:
+        """Ask the run to stop after the current step (cooperative; the result is kept).
+
+        ``reason`` ends up in ``FitResult.stop_reason``. The first request wins.
+        """
+        if not self._stop:
+            self._stop_reason = reason
         self._stop = True
 
     @property
     def stop_requested(self) -> bool:
+        """Whether the run will stop after the current step."""
         return self._stop
+
+    @property
+    def stop_reason(self) -> str | None:
+        """Why the run stops (``"cancelled"``, an early-stopping message, ...), or ``None``."""
+        return self._stop_reason
+
+    def generate(self, prompts: Any, **options: Any) -> Any:
+        """``Tuner.generate`` on the model as it is now (used by ``SampleGenerations``)."""
+        if self._generate is None:
+            raise RuntimeError("RunContext.generate() is only available while a run is going")
+        return self._generate(prompts, **options)
+
+    def record(self, values: Mapping[str, Any]) -> None:
+        """Append ``{"step": ..., "epoch": ..., **values}`` to ``FitResult.history``."""
+        self._history.append({"step": self.step, "epoch": round(self.epoch, 4), **values})
+
+    def _cancel(self, *, checkpoint: bool) -> None:
+        """Stop at the next step boundary; with ``checkpoint``, write a resumable checkpoint first."""
+        self._checkpoint_on_stop = self._checkpoint_on_stop or checkpoint
+        self.request_stop("cancelled")
+
+    @property
+    def cancelled(self) -> bool:
+        return self._stop_reason == "cancelled"
 
 
 class Hook:
     """Base class for application callbacks; override the events you need (all are no-ops).
+
+    Hooks run in the training thread, between optimizer steps: keep them quick, and hand slow
+    work (uploads, UI updates) to your own thread or use ``tuner.start(...).events()``.
 
     Example:
         >>> import tunekit as tk
@@ -48,22 +118,121 @@ class Hook:
     """
 
     def on_fit_start(self, ctx: RunContext) -> None:
-        """Before the first step, after the model and data are ready."""
+        """Before the first step, after the model and data are ready (``ctx.step`` > 0 on resume)."""
 
     def on_step_end(self, ctx: RunContext) -> None:
         """After each optimizer step."""
 
-    def on_log(self, ctx: RunContext, logs: dict[str, Any]) -> None:
-        """When metrics are logged (every ``Training.log_every`` steps)."""
+    def on_log(self, ctx: RunContext, logs: dict[str, float]) -> None:
+        """When metrics are logged (every ``Training.log_every`` steps, after evaluations, at the end)."""
 
     def on_evaluate(self, ctx: RunContext, metrics: dict[str, float]) -> None:
-        """After an evaluation on ``eval_data``."""
+        """After an evaluation on ``eval_data`` (``metrics`` keys start with ``eval_``)."""
 
     def on_checkpoint(self, ctx: RunContext, path: Path) -> None:
         """After a checkpoint was written to ``path``."""
 
-    def on_fit_end(self, ctx: RunContext, result: Any) -> None:
-        """After training, with the ``FitResult``."""
+    def on_fit_end(self, ctx: RunContext, result: FitResult) -> None:
+        """After training (completed, stopped or cancelled), with the ``FitResult``."""
 
     def on_exception(self, ctx: RunContext, error: BaseException) -> None:
-        """When the run fails; the error is re-raised after the hooks ran."""
+        """When the run fails (loading, data or training); the error is re-raised after the hooks ran."""
+
+    def _preflight(self, *, output_dir: Path | None, has_eval: bool, training: Any) -> None:
+        """Check the hook can work in this run before anything loads (built-in hooks raise ConfigError)."""
+
+
+@dataclass
+class HookFailure:
+    """The first hook exception under ``hook_errors="stop"``."""
+
+    hook: str
+    event: str
+    step: int
+    error: Exception
+
+
+def check_hook_errors(value: object) -> HookErrors:
+    if value not in HOOK_ERROR_POLICIES:
+        raise ConfigError(
+            f"Tuner(hook_errors={value!r}): must be 'stop' (end the run cleanly and raise TrainingError) "
+            "or 'log' (log the error and keep training)"
+        )
+    return value  # type: ignore[return-value]
+
+
+class HookDispatcher:
+    """Calls every hook for an event, in order, and applies the ``hook_errors`` policy.
+
+    Backends call :meth:`emit` from their own callback system (the ``hf`` backend from a
+    transformers ``TrainerCallback``), so every objective fires the same events.
+    """
+
+    def __init__(self, hooks: Sequence[Hook], ctx: RunContext, hook_errors: HookErrors = "stop") -> None:
+        self.hooks = list(hooks)
+        self.ctx = ctx
+        self.policy = check_hook_errors(hook_errors)
+        self.failure: HookFailure | None = None
+        self._logged: dict[tuple[str, str], int] = {}
+
+    def emit(self, event: str, *payload: Any) -> None:
+        """Call ``on_<event>(ctx, *payload)`` on every hook; a hook's exception follows the policy."""
+        assert event in _EVENTS, event
+        for hook in self.hooks:
+            try:
+                getattr(hook, "on_" + event)(self.ctx, *payload)
+            except Exception as err:  # KeyboardInterrupt and SystemExit still end the run at once
+                self._on_error(hook, event, err)
+
+    def _on_error(self, hook: Hook, event: str, err: Exception) -> None:
+        name = type(hook).__name__
+        if self.policy == "stop" and event != "exception":
+            if self.failure is None:
+                self.failure = HookFailure(name, event, self.ctx.step, err)
+                # Keep the work done so far: write a checkpoint (when there is an output_dir) and stop.
+                self.ctx._checkpoint_on_stop = True
+                self.ctx.request_stop(f"hook {name}.on_{event} raised {type(err).__name__}")
+            else:
+                logger.error("hook %s.on_%s also raised %s: %s", name, event, type(err).__name__, err)
+            return
+        key = (name, event)
+        count = self._logged.get(key, 0) + 1
+        self._logged[key] = count
+        if count == 1:
+            what = "while the run was failing" if event == "exception" else "; training continues (hook_errors='log')"
+            logger.error(
+                "hook %s.on_%s raised %s at step %d %s",
+                name,
+                event,
+                type(err).__name__,
+                self.ctx.step,
+                what,
+                exc_info=err,
+            )
+        else:
+            logger.debug("hook %s.on_%s raised again (%d times): %s", name, event, count, err)
+
+    def error(self, checkpoint: Path | None = None) -> TrainingError | None:
+        """The ``TrainingError`` to raise for the first hook failure under ``"stop"``, if any.
+
+        ``checkpoint`` is the last checkpoint the run wrote, named so the user can resume from it.
+        """
+        f = self.failure
+        if f is None:
+            return None
+        if f.event == "fit_end":
+            what = f"after the run completed ({self.ctx.step} steps; the result is in tuner.last_result)"
+        else:
+            what = f"at step {f.step}; the run stopped cleanly after step {self.ctx.step}"
+            if checkpoint is not None:
+                what += f" and left the checkpoint {checkpoint} (fit(..., resume=True) continues from it)"
+        return TrainingError(
+            f"hook {f.hook}.on_{f.event} raised {type(f.error).__name__}: {f.error} {what}. "
+            "Fix the hook, or pass Tuner(hook_errors='log') to log hook errors and keep training"
+        )
+
+    def summary(self) -> None:
+        """Log how often each hook failed under ``"log"`` (one line per hook and event)."""
+        for (name, event), count in self._logged.items():
+            if count > 1:
+                logger.warning("hook %s.on_%s raised %d times during the run", name, event, count)

@@ -16,7 +16,10 @@ class FitResult(BaseModel):
     ``train_loss`` is the loss of the last logged window (what the model does now);
     ``metrics["train_loss_mean"]`` the mean over the whole run. ``tokens_per_s`` counts real
     (non-pad) tokens. ``skipped_rows`` lists the 1-based rows dropped with
-    ``Training(on_bad_rows="skip")``.
+    ``Training(on_bad_rows="skip")``. A run that ended before its planned length has
+    ``stopped_early`` set and ``stop_reason`` saying why (``"cancelled"``, an early-stopping
+    message, ...); ``checkpoint`` is the last checkpoint it wrote (resume from it with
+    ``fit(..., resume=True)``).
 
     Example:
         >>> result = tuner.fit(rows)  # doctest: +SKIP
@@ -41,11 +44,24 @@ class FitResult(BaseModel):
     output_dir: Path | None
     stopped_early: bool = False
     skipped_rows: list[int] = []
+    stop_reason: str | None = None
+    checkpoint: Path | None = None
 
     @property
     def trainable_share(self) -> float:
         """Trainable parameters as a share of all parameters (0..1)."""
         return self.trainable_params / self.total_params if self.total_params else 0.0
+
+    def plot_loss(self, path: str | Path | None = None) -> Path:
+        """Write the loss curve as a PNG (default ``<output_dir>/loss.png``); needs matplotlib."""
+        from tunekit.errors import ConfigError
+        from tunekit.plotting import plot_loss
+
+        if path is None:
+            if self.output_dir is None:
+                raise ConfigError("FitResult.plot_loss(): the run had no output_dir; pass a path: plot_loss('a.png')")
+            path = self.output_dir / "loss.png"
+        return plot_loss(self, path)
 
     def __str__(self) -> str:
         ev = f", eval loss {self.eval_loss:.4f}" if self.eval_loss is not None else ""

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import re
+from pathlib import PurePath
 from typing import ClassVar, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from tunekit._config import Config
 
@@ -52,6 +53,16 @@ class Training(Config):
         "error", description="'error' stops at the first malformed row; 'skip' drops them and reports which."
     )
     trust_remote_code: bool = Field(False, description="Allow model repositories to run their own Python code.")
+    report_to: tuple[Literal["tensorboard", "mlflow", "trackio", "wandb"], ...] = Field(
+        (),
+        description="Experiment trackers to log to, through transformers' integrations: 'tensorboard', 'mlflow' "
+        "(local, <output_dir>/mlruns), 'trackio' (local), 'wandb' (offline). A string or a list.",
+    )
+    resume: bool | str = Field(
+        False,
+        description="Continue from a checkpoint: True (the newest in output_dir), 'auto' (the newest if any, else "
+        "start afresh), a checkpoint directory, or False. fit(resume=...) overrides it for one call.",
+    )
 
     # Option names users bring from transformers / trl, so the error suggests the tunekit name.
     _aliases: ClassVar[dict[str, str]] = {
@@ -78,7 +89,22 @@ class Training(Config):
         "logging_steps": "log_every",
         "eval_steps": "eval_every",
         "save_steps": "save_every",
+        "report": "report_to",
+        "trackers": "report_to",
+        "resume_from_checkpoint": "resume",
     }
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _one_or_many(cls, v: object) -> object:
+        if isinstance(v, str):
+            return () if v == "none" else (v,)
+        return v
+
+    @field_validator("resume", mode="before")
+    @classmethod
+    def _path_to_str(cls, v: object) -> object:
+        return str(v) if isinstance(v, PurePath) else v
 
     @model_validator(mode="after")
     def _check(self) -> Training:
@@ -86,4 +112,8 @@ class Training(Config):
             raise ValueError("fp16 needs a GPU; use precision='fp32' or 'bf16' on CPU")
         if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
             raise ValueError(f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', not {self.device!r}")
+        if len(set(self.report_to)) != len(self.report_to):
+            raise ValueError(f"report_to lists a tracker twice: {list(self.report_to)!r}")
+        if isinstance(self.resume, str) and not self.resume.strip():
+            raise ValueError("resume must be True, False, 'auto' or a checkpoint directory, not an empty string")
         return self

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tunekit.backends import get_backend
 from tunekit.data import encode_examples, load_rows, normalise
@@ -13,11 +14,14 @@ from tunekit.data.encoding import Encoded
 from tunekit.data.formats import NormalisedData
 from tunekit.data.rows import TrainerRows, prepare_rows
 from tunekit.errors import ConfigError, IncompatibleError
-from tunekit.hooks import Hook, RunContext
+from tunekit.hooks import Hook, HookErrors, RunContext, check_hook_errors
 from tunekit.methods import LoRA, Method
 from tunekit.objectives import SFT, CausalLM, Objective, infer_objective
 from tunekit.results import FitResult
 from tunekit.training import Training
+
+if TYPE_CHECKING:
+    from tunekit.run import Run
 
 __all__ = ["Tuner"]
 
@@ -37,6 +41,12 @@ class Tuner:
         objective: what signal trains them (default: inferred from the data's columns).
         training: hyper-parameters (default ``Training()``).
         hooks: application callbacks (:class:`tunekit.Hook`).
+        hook_errors: what a hook that raises does to the run: ``"stop"`` (default: end the run
+            cleanly after that step, then raise ``TrainingError`` naming the hook) or ``"log"``
+            (log it on the ``tunekit`` logger and keep training).
+        progress: the automatic progress bar: ``None`` (default) shows it when stderr is a
+            terminal, ``True`` always, ``False`` adds none. A ``tk.ProgressBar`` in ``hooks`` is
+            used as given instead.
         output_dir: where checkpoints and logs go (default: a temporary directory, removed after).
         tokenizer: a tokenizer object or path, when it is not beside the model.
         template: a Jinja chat template to use instead of the tokenizer's.
@@ -61,6 +71,8 @@ class Tuner:
         tokenizer: Any = None,
         template: str | None = None,
         backend: str = "hf",
+        hook_errors: HookErrors = "stop",
+        progress: bool | None = None,
     ) -> None:
         if model is None or (isinstance(model, str) and not model.strip()):
             raise ConfigError("Tuner(model=...): pass a hub id, a local model directory or a model object")
@@ -81,6 +93,11 @@ class Tuner:
         self.objective: Objective | None = objective
         self.training: Training = training or Training()
         self.hooks: list[Hook] = list(hooks)
+        self.hook_errors: HookErrors = check_hook_errors(hook_errors)
+        if progress not in (None, True, False):
+            raise ConfigError(f"Tuner(progress={progress!r}): must be None (when stderr is a terminal), True or False")
+        self.progress = progress
+        self._active_run: Run | None = None
         self.output_dir = Path(output_dir) if output_dir is not None else None
         self.tokenizer_ref = tokenizer
         self.template = template
@@ -186,23 +203,37 @@ class Tuner:
         return self._encode(self._normalise(data, "training"))
 
     # --- the verbs ----------------------------------------------------------------------------------
-    def fit(self, data: Any, *, eval_data: Any = None) -> FitResult:
+    def fit(self, data: Any, *, eval_data: Any = None, resume: bool | str | Path | None = None) -> FitResult:
         """Train on ``data`` (a path, list of dicts, datasets.Dataset or DataFrame).
 
         Returns a :class:`FitResult`; the trained weights stay in ``tuner.model``, ready for
-        :meth:`generate` and :meth:`save`.
+        :meth:`generate` and :meth:`save`. ``resume`` (default: ``Training.resume``) continues
+        from a checkpoint: ``True`` the newest in ``output_dir``, ``"auto"`` the newest if there is
+        one, or a ``checkpoint-N`` directory; the optimizer, schedule, random state and position
+        in the data are restored, so pass the same data.
         """
-        train_norm = self._normalise(data, "training")
-        eval_norm = self._normalise(eval_data, "eval") if eval_data is not None else None
-        train = self._encode(train_norm)
-        eval_enc = self._encode(eval_norm) if eval_norm is not None else None
-        result: FitResult = self.backend.fit(self, self.loaded, train, eval_enc)
-        self.last_result = result
-        ctx = self._last_context or RunContext()
-        for h in self.hooks:
-            h.on_fit_end(ctx, result)
-        logger.info("%s", result)
-        return result
+        from tunekit.run import execute, prepare
+
+        return execute(self, prepare(self, data, eval_data, resume))
+
+    def start(self, data: Any, *, eval_data: Any = None, resume: bool | str | Path | None = None) -> Run:
+        """Like :meth:`fit`, in a background thread: returns a :class:`tunekit.Run` at once.
+
+        The data, the resume request, trackers and hooks are checked before it returns (errors
+        raise here); loading and training go on in the background. See :class:`tunekit.Run` for
+        ``events()``, ``progress``, ``cancel()`` and ``wait()``.
+        """
+        from tunekit.run import Run, prepare
+
+        return Run(self, prepare(self, data, eval_data, resume))
+
+    def _check_not_training(self, what: str) -> None:
+        run = self._active_run
+        if run is not None and not run.done and threading.current_thread() is not run._thread:
+            raise ConfigError(
+                f"{what}: this Tuner is training in the background; call it after run.wait() (or run.cancel() "
+                "and run.wait()), or from a hook, which runs between steps"
+            )
 
     def generate(self, prompt: Any, **options: Any) -> Any:
         """Continue ``prompt`` with the training template; returns only the new text.
@@ -212,6 +243,7 @@ class Tuner:
         tokens; ``max_new_tokens``, ``do_sample``, ``temperature``, ...). Generation stops at the
         template's end-of-turn token.
         """
+        self._check_not_training("generate()")
         single = isinstance(prompt, str) or (isinstance(prompt, list) and bool(prompt) and isinstance(prompt[0], dict))
         prompts = [prompt] if single else list(prompt)
         if not prompts:
@@ -254,7 +286,6 @@ class Tuner:
             return []
         return list(self.backend.score(self.loaded, items, max_length=self.training.max_length))
 
-
     def merge(self) -> Any:
         """The trained model with the adapter merged into the base weights: a plain transformers model.
 
@@ -274,6 +305,7 @@ class Tuner:
         """Write the adapter (or whole model for ``Full``), tokenizer, template and manifest."""
         from tunekit.saving import save_tuner
 
+        self._check_not_training("save()")
         return save_tuner(self, Path(path))
 
     def __repr__(self) -> str:

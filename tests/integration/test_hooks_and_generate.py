@@ -46,7 +46,10 @@ def test_events_fire_in_order(tiny_llama):
     names = [e for e, _ in rec.events]
     assert names[0] == "fit_start" and names[-1] == "fit_end"
     assert [s for e, s in rec.events if e == "step_end"] == [1, 2, 3, 4]
-    assert names.count("evaluate") == 3  # steps 2 and 4, and the final evaluation
+    # Steps 2 and 4; the final evaluation is the one at step 4 (it runs inside the training loop,
+    # before the trackers close), not a third one.
+    assert names.count("evaluate") == 2
+    assert result.eval_loss == rec_eval_loss(result, step=4)
     assert rec.result is result
 
 
@@ -58,16 +61,26 @@ def test_request_stop_ends_run_early(tiny_llama):
     assert [s for e, s in rec.events if e == "step_end"] == [1, 2, 3]
 
 
+def rec_eval_loss(result, *, step):
+    return next(h["eval_loss"] for h in result.history if h["step"] == step and "eval_loss" in h)
+
+
 def test_exception_reaches_hooks_and_caller(tiny_llama):
+    """The default hook_errors="stop": the run ends cleanly after that step, then TrainingError."""
+
     class Boom(tk.Hook):
         def on_step_end(self, ctx):
             raise RuntimeError(f"boom at step {ctx.step}")
 
     rec = Recorder()
     tuner = tk.Tuner(tiny_llama, hooks=[Boom(), rec], training=cpu(max_steps=5, batch_size=4))
-    with pytest.raises(RuntimeError, match="boom at step 1"):
+    with pytest.raises(tk.TrainingError, match=r"hook Boom\.on_step_end raised RuntimeError: boom at step 1") as info:
         tuner.fit(reverse_task(16))
+    assert isinstance(info.value.__cause__, RuntimeError)  # the hook's own exception, chained
     assert ("exception", 1) in rec.events
+    assert [s for e, s in rec.events if e == "step_end"] == [1]  # the other hooks still saw step 1
+    assert "fit_end" not in [e for e, _ in rec.events]
+    assert tuner.last_result is not None and tuner.last_result.steps == 1
 
 
 def test_generate_shapes_and_no_echo(full_reverse):

@@ -101,6 +101,8 @@ NON_DEFAULTS: dict[type[Config], dict[str, Any]] = {
         "save_every": 25,
         "on_bad_rows": "skip",
         "trust_remote_code": True,
+        "report_to": ("tensorboard", "mlflow"),
+        "resume": "auto",
     },
 }
 

@@ -37,6 +37,8 @@ def test_defaults() -> None:
         "save_every": None,
         "on_bad_rows": "error",
         "trust_remote_code": False,
+        "report_to": (),  # a tuple: configs are frozen and hashable
+        "resume": False,
     }
 
 

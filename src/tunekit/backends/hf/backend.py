@@ -22,13 +22,15 @@ from tunekit.backends.hf.models import (
 )
 from tunekit.backends.hf.peft_map import apply_method, count_parameters, load_adapter, merged_model, training_for
 from tunekit.backends.hf.quantization import check_before_load, load_quantized, quantize_of
+from tunekit.backends.hf.resume import resolve_resume
 from tunekit.backends.hf.rewards import score_items
+from tunekit.backends.hf.tracking import check_trackers, tracking_env
 from tunekit.backends.hf.trainers import build_trainer, release_trainer, tokens_seen
 from tunekit.data.encoding import Encoded
 from tunekit.data.rows import TrainerRows
 from tunekit.data.templates import PAD, ensure_template, render
 from tunekit.errors import ConfigError
-from tunekit.hooks import RunContext
+from tunekit.hooks import HookDispatcher, RunContext
 from tunekit.results import FitResult
 
 __all__ = ["HFBackend", "Loaded"]
@@ -127,13 +129,30 @@ class HFBackend:
             model.to(device)
         return Loaded(model, tokenizer, template, device, precision)
 
+    def preflight(self, tuner: Any, *, resume: bool | str | Path) -> Path | None:
+        """Checks that need nothing loaded (trackers installed, a checkpoint to resume from); returns the checkpoint."""
+        check_trackers(tuner.training.report_to, tuner.output_dir)
+        return resolve_resume(resume, tuner.output_dir)
+
     def fit(
-        self, tuner: Any, loaded: Loaded, train: Encoded | TrainerRows, eval_enc: Encoded | TrainerRows | None
+        self,
+        tuner: Any,
+        loaded: Loaded,
+        train: Encoded | TrainerRows,
+        eval_enc: Encoded | TrainerRows | None,
+        *,
+        hooks: HookDispatcher | None = None,
+        resume_from: Path | None = None,
     ) -> FitResult:
         training = training_for(tuner.method, tuner.training)  # e.g. no gradient checkpointing for prefix tuning
         lr = training.learning_rate or tuner.method.default_learning_rate
-        ctx = RunContext(output_dir=tuner.output_dir, objective=tuner.objective_used.name, method=tuner.method.name)
-        bridge = HookBridge(list(tuner.hooks), ctx)
+        # The Tuner passes the dispatcher (hooks, context, hook_errors policy) and the checkpoint to resume from.
+        hooks = hooks or HookDispatcher(
+            list(tuner.hooks),
+            RunContext(output_dir=tuner.output_dir, objective=tuner.objective_used.name, method=tuner.method.name),
+        )
+        ctx = hooks.ctx
+        bridge = HookBridge(hooks, evaluate_at_end=eval_enc is not None)
         tuner._last_context = ctx
         with contextlib.ExitStack() as stack:
             if tuner.output_dir is not None:
@@ -143,6 +162,7 @@ class HFBackend:
                 out = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tunekit-")))
             stack.enter_context(quiet())
             stack.enter_context(_own_rng())
+            stack.enter_context(tracking_env(training.report_to, out))
             loaded.model.train()
             trainer = build_trainer(
                 tuner.objective_used,
@@ -159,12 +179,13 @@ class HFBackend:
             )
             start = time.perf_counter()
             try:
-                output = trainer.train()
-                eval_metrics = trainer.evaluate() if eval_enc is not None else {}
-            except BaseException as err:
-                for h in tuner.hooks:
-                    h.on_exception(ctx, err)
-                raise
+                output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+                # A cancelled run, or one a failing hook stopped, ends at once: no final evaluation.
+                finished = not (ctx.cancelled or hooks.failure is not None)
+                if eval_enc is not None and finished:
+                    eval_metrics = bridge.eval_at(trainer.state.global_step) or trainer.evaluate()
+                else:
+                    eval_metrics = {}
             finally:
                 release_trainer(trainer, loaded.model)  # e.g. trl's reference adapter, its patched forward
             runtime = time.perf_counter() - start
@@ -191,6 +212,8 @@ class HFBackend:
             total_params=total,
             output_dir=Path(tuner.output_dir) if tuner.output_dir is not None else None,
             stopped_early=ctx.stop_requested,
+            stop_reason=ctx.stop_reason,
+            checkpoint=bridge.last_checkpoint if tuner.output_dir is not None else None,
             skipped_rows=sorted(r for r, _ in train.skipped),
         )
 

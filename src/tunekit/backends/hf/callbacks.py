@@ -1,4 +1,10 @@
-"""The bridge from transformers' TrainerCallback to tunekit hooks."""
+"""The bridge from transformers' TrainerCallback to tunekit hooks.
+
+Every trl trainer tunekit builds gets one :class:`HookBridge`, so every objective fires the same
+``tk.Hook`` events. The bridge also turns ``ctx.request_stop()`` and ``Run.cancel()`` into the
+trainer's own control flags (``should_training_stop``, and ``should_save`` for a resumable
+checkpoint), so a run always ends through transformers' normal path: trackers closed, state saved.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +15,9 @@ from typing import Any
 from transformers import TrainerCallback
 
 from tunekit.errors import TrainingError
-from tunekit.hooks import Hook, RunContext
+from tunekit.hooks import Hook, HookDispatcher, RunContext
 
-__all__ = ["HookBridge", "check_finite"]
+__all__ = ["HookBridge", "check_finite", "numeric"]
 
 
 def check_finite(logs: dict[str, Any], step: int) -> None:
@@ -25,56 +31,109 @@ def check_finite(logs: dict[str, Any], step: int) -> None:
             )
 
 
-class HookBridge(TrainerCallback):  # type: ignore[misc]
-    """Forwards trainer events to ``hooks`` and records the logged history."""
+def numeric(values: dict[str, Any] | None) -> dict[str, float]:
+    """The numeric entries of a trainer log as floats (hooks get ``dict[str, float]``)."""
+    return {k: float(v) for k, v in (values or {}).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
-    def __init__(self, hooks: list[Hook], ctx: RunContext) -> None:
-        self.hooks = hooks
-        self.ctx = ctx
-        self.history: list[dict[str, Any]] = []
+
+def _is_history_entry(logs: dict[str, Any]) -> bool:
+    return "loss" in logs or any(k.startswith("eval_") for k in logs)
+
+
+class HookBridge(TrainerCallback):  # type: ignore[misc]
+    """Forwards trainer events to the hooks and records the logged history.
+
+    Takes a :class:`HookDispatcher` (hooks, context and error policy); a list of hooks and a
+    context are accepted too, with the default policy. With ``evaluate_at_end``, the final
+    evaluation runs inside the training loop, at the last step (see :meth:`on_step_end`), and
+    :meth:`eval_at` gives its metrics.
+    """
+
+    def __init__(
+        self, hooks: HookDispatcher | list[Hook], ctx: RunContext | None = None, *, evaluate_at_end: bool = False
+    ) -> None:
+        if isinstance(hooks, HookDispatcher):
+            self.dispatcher = hooks
+        else:
+            self.dispatcher = HookDispatcher(hooks, ctx if ctx is not None else RunContext())
+        self.ctx = self.dispatcher.ctx
+        self.history: list[dict[str, Any]] = self.ctx._history
         self.evals: list[dict[str, float]] = []
+        self.evaluate_at_end = evaluate_at_end
+        self._evals_at: dict[int, dict[str, float]] = {}
+        self.last_checkpoint: Path | None = None
+        self._saved_at = -1
+
+    @property
+    def hooks(self) -> list[Hook]:
+        return self.dispatcher.hooks
 
     def _sync(self, state: Any) -> None:
         self.ctx.step = int(state.global_step)
         self.ctx.max_steps = int(state.max_steps)
         self.ctx.epoch = float(state.epoch or 0.0)
 
-    def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+    def _steer(self, control: Any, *, may_save: bool = True) -> Any:
+        """Apply a stop request (and a checkpoint for a cancel or a failed hook) to the trainer."""
+        ctx = self.ctx
+        if ctx.stop_requested:
+            control.should_training_stop = True
+            # Only with a real output_dir: a temporary one is deleted with everything in it.
+            if may_save and ctx._checkpoint_on_stop and ctx.output_dir is not None and self._saved_at != ctx.step:
+                control.should_save = True
+        return control
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> Any:
         self._sync(state)
-        for h in self.hooks:
-            h.on_fit_start(self.ctx)
+        if state.global_step > 0 and not self.history:
+            # Resumed from a checkpoint: the history starts with what the checkpoint logged.
+            self.history.extend(
+                {"step": int(e.get("step", 0)), "epoch": round(float(e.get("epoch") or 0.0), 4), **numeric(e)}
+                for e in state.log_history
+                if _is_history_entry(e)
+            )
+        self.dispatcher.emit("fit_start")
+        # transformers checks the stop flag after each step: a stop asked for now ends after step 1.
+        return self._steer(control, may_save=False)
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> Any:
         self._sync(state)
-        for h in self.hooks:
-            h.on_step_end(self.ctx)
-        if self.ctx.stop_requested:
-            control.should_training_stop = True
-        return control
+        self.dispatcher.emit("step_end")
+        last = control.should_training_stop or self.ctx.stop_requested or state.global_step >= state.max_steps
+        if self.evaluate_at_end and last and not (self.ctx.cancelled or self.dispatcher.failure is not None):
+            # Evaluate the final model now, before on_train_end: an evaluate() after train() would log
+            # into trackers that on_train_end already closed (a second MLflow run, a second TB file).
+            control.should_evaluate = True
+        return self._steer(control)
 
-    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any) -> None:
+    def eval_at(self, step: int) -> dict[str, float] | None:
+        """The metrics of the evaluation done at ``step``, if there was one."""
+        return self._evals_at.get(step)
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any) -> Any:
         self._sync(state)
-        logs = dict(logs or {})
-        if "loss" in logs or any(k.startswith("eval_") for k in logs):
-            entry = {"step": self.ctx.step, "epoch": round(self.ctx.epoch, 4)}
-            entry.update({k: v for k, v in logs.items() if isinstance(v, (int, float))})
+        values = numeric(logs)
+        if _is_history_entry(values):
+            entry: dict[str, Any] = {"step": self.ctx.step, "epoch": round(self.ctx.epoch, 4), **values}
             self.history.append(entry)
-            self.ctx.metrics = {k: float(v) for k, v in entry.items() if isinstance(v, (int, float))}
-        check_finite(logs, self.ctx.step)
-        for h in self.hooks:
-            h.on_log(self.ctx, logs)
+            self.ctx.metrics = {k: float(v) for k, v in entry.items()}
+        check_finite(values, self.ctx.step)
+        self.dispatcher.emit("log", values)
+        return self._steer(control)
 
     def on_evaluate(
         self, args: Any, state: Any, control: Any, metrics: dict[str, float] | None = None, **kw: Any
-    ) -> None:
+    ) -> Any:
         self._sync(state)
-        metrics = dict(metrics or {})
-        self.evals.append(metrics)
-        for h in self.hooks:
-            h.on_evaluate(self.ctx, metrics)
+        values = numeric(metrics)
+        self.evals.append(values)
+        self._evals_at[self.ctx.step] = values
+        self.dispatcher.emit("evaluate", values)
+        return self._steer(control)
 
-    def on_save(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+    def on_save(self, args: Any, state: Any, control: Any, **kw: Any) -> Any:
         self._sync(state)
         path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        for h in self.hooks:
-            h.on_checkpoint(self.ctx, path)
+        self.last_checkpoint, self._saved_at = path, self.ctx.step
+        self.dispatcher.emit("checkpoint", path)
+        return self._steer(control, may_save=False)

@@ -76,7 +76,7 @@ def _common(run: Setup) -> dict[str, Any]:
         "save_strategy": "steps" if t.save_every else "no",
         "save_steps": t.save_every or 500,
         "save_only_model": False,
-        "report_to": "none",
+        "report_to": list(t.report_to) or "none",  # Training(report_to=...): transformers' integrations
         "disable_tqdm": True,
         "dataloader_num_workers": 0,
         "use_liger_kernel": False,

@@ -1,0 +1,322 @@
+"""Runs: ``Tuner.fit`` (in the caller's thread) and ``Tuner.start`` (a background :class:`Run`).
+
+Both go through :func:`prepare` (everything that can be checked without loading a model: the data,
+the resume request, the trackers, the hooks), then :func:`execute` (encode, train, fire the hooks).
+``start`` does the first part in the caller's thread, so a bad row or a missing package raises at
+once, and the second in a background thread.
+
+Example:
+    >>> run = tuner.start("train.jsonl")  # doctest: +SKIP
+    >>> for event in run.events():  # doctest: +SKIP
+    ...     print(event.name, run.progress.step, run.progress.total, run.progress.eta_s)
+    >>> result = run.wait()  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path, PurePath
+from types import TracebackType
+from typing import Any, Literal
+
+from tunekit.errors import ConfigError
+from tunekit.events import Checkpoint, Evaluate, Event, Failed, FitEnd, FitStart, Log, StepEnd
+from tunekit.hooks import Hook, HookDispatcher, RunContext
+from tunekit.results import FitResult
+
+__all__ = ["Progress", "Run", "RunState", "execute", "prepare"]
+
+logger = logging.getLogger("tunekit")
+
+RunState = Literal["starting", "running", "completed", "stopped", "cancelled", "failed"]
+
+
+@dataclass
+class Plan:
+    """What :func:`prepare` checked, for :func:`execute`."""
+
+    train: Any
+    eval: Any
+    resume_from: Path | None
+
+
+def prepare(tuner: Any, data: Any, eval_data: Any, resume: bool | str | Path | None) -> Plan:
+    """Validate everything that needs no model: data, resume request, trackers, hooks."""
+    active = getattr(tuner, "_active_run", None)
+    if active is not None and not active.done:
+        raise ConfigError(
+            "this Tuner is already training in the background; wait for it with run.wait() or stop it with "
+            "run.cancel() before fitting again (or use a second Tuner)"
+        )
+    if resume is None:
+        resume = tuner.training.resume
+    if not isinstance(resume, (bool, str, PurePath)) or resume == "":
+        raise ConfigError(
+            f"resume={resume!r}: pass True (the newest checkpoint in output_dir), 'auto' (the newest if there is "
+            "one), a checkpoint directory, or False"
+        )
+    if (resume is True or resume == "auto") and tuner.output_dir is None:
+        raise ConfigError(
+            f"resume={resume!r}: resuming looks for checkpoints in output_dir, and this Tuner has none; "
+            "pass Tuner(output_dir=...) or resume='<path to a checkpoint-N directory>'"
+        )
+    train = tuner._normalise(data, "training")
+    evaluation = tuner._normalise(eval_data, "eval") if eval_data is not None else None
+    preflight = getattr(tuner.backend, "preflight", None)
+    resume_from = preflight(tuner, resume=resume) if preflight is not None else None
+    for hook in run_hooks(tuner):
+        hook._preflight(output_dir=tuner.output_dir, has_eval=evaluation is not None, training=tuner.training)
+    return Plan(train, evaluation, resume_from)
+
+
+def run_hooks(tuner: Any, extra: Sequence[Hook] = ()) -> list[Hook]:
+    """The tuner's hooks, plus the automatic progress bar (unless ``progress=False`` or one is given)."""
+    from tunekit.hooks_builtin import ProgressBar
+
+    hooks = list(tuner.hooks)
+    progress = getattr(tuner, "progress", None)
+    if progress is not False and not any(isinstance(h, ProgressBar) for h in hooks):
+        hooks.append(ProgressBar(enabled=progress))
+    return hooks + list(extra)
+
+
+def execute(tuner: Any, plan: Plan, *, ctx: RunContext | None = None, extra_hooks: Sequence[Hook] = ()) -> FitResult:
+    """Encode, train and fire the hooks; raise the run's error (a failing hook's as TrainingError)."""
+    ctx = ctx if ctx is not None else RunContext()
+    ctx.output_dir = tuner.output_dir
+    ctx.objective, ctx.method = tuner.objective_used.name, tuner.method.name
+    ctx._generate = tuner.generate
+    dispatcher = HookDispatcher(run_hooks(tuner, extra_hooks), ctx, getattr(tuner, "hook_errors", "stop"))
+    tuner._last_context = ctx
+    try:
+        try:
+            train = tuner._encode(plan.train)
+            evaluation = tuner._encode(plan.eval) if plan.eval is not None else None
+            result: FitResult = tuner.backend.fit(
+                tuner, tuner.loaded, train, evaluation, hooks=dispatcher, resume_from=plan.resume_from
+            )
+        except BaseException as err:
+            dispatcher.emit("exception", err)
+            raise
+        tuner.last_result = result
+        if dispatcher.failure is None:
+            dispatcher.emit("fit_end", result)
+        dispatcher.summary()
+        failure, error = dispatcher.failure, dispatcher.error(result.checkpoint)
+        if failure is not None and error is not None:
+            dispatcher.emit("exception", error)
+            raise error from failure.error
+    finally:
+        ctx._generate = None  # no reference from a kept context back to the tuner and its model
+    logger.info("%s", result)
+    return result
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where a background run stands: ``step`` of ``total`` optimizer steps, the last logged ``loss``,
+    seconds ``elapsed_s`` since training began and the estimated seconds left (``eta_s``, None until
+    a step was timed)."""
+
+    step: int = 0
+    total: int = 0
+    loss: float | None = None
+    elapsed_s: float = 0.0
+    eta_s: float | None = None
+
+    @property
+    def fraction(self) -> float:
+        """Share of the steps done, 0..1."""
+        return min(1.0, self.step / self.total) if self.total else 0.0
+
+
+class _Collector(Hook):
+    """Turns hook calls into typed events on the run's queue and keeps ``run.progress`` current."""
+
+    def __init__(self, run: Run) -> None:
+        self.run = run
+        self._t0 = 0.0
+        self._step0 = 0
+
+    def on_fit_start(self, ctx: RunContext) -> None:
+        self._t0, self._step0 = time.monotonic(), ctx.step
+        self.run._set_state("running")
+        self.run._update(step=ctx.step, total=ctx.max_steps, elapsed_s=0.0)
+        self.run._put(FitStart._at(ctx))
+
+    def on_step_end(self, ctx: RunContext) -> None:
+        elapsed = time.monotonic() - self._t0
+        done = ctx.step - self._step0
+        eta = (ctx.max_steps - ctx.step) * elapsed / done if done > 0 else None
+        self.run._update(step=ctx.step, total=ctx.max_steps, elapsed_s=elapsed, eta_s=eta)
+        self.run._put(StepEnd._at(ctx))
+
+    def on_log(self, ctx: RunContext, logs: dict[str, float]) -> None:
+        if "loss" in logs:
+            self.run._update(loss=logs["loss"])
+        self.run._put(Log._at(ctx, logs=dict(logs)))
+
+    def on_evaluate(self, ctx: RunContext, metrics: dict[str, float]) -> None:
+        self.run._put(Evaluate._at(ctx, metrics=dict(metrics)))
+
+    def on_checkpoint(self, ctx: RunContext, path: Path) -> None:
+        self.run._put(Checkpoint._at(ctx, path=path))
+
+    def on_fit_end(self, ctx: RunContext, result: FitResult) -> None:
+        self.run._update(step=ctx.step, eta_s=0.0)
+        self.run._put(FitEnd._at(ctx, result=result))
+
+    def on_exception(self, ctx: RunContext, error: BaseException) -> None:
+        self.run._put(Failed._at(ctx, error=error))
+
+
+class Run:
+    """A fine-tuning run going on in a background thread; made by ``Tuner.start(...)``.
+
+    - ``events()`` yields the run's typed events (:mod:`tunekit.events`) as they happen, the same
+      ones hooks receive, and ends when the run ends;
+    - ``progress`` is a :class:`Progress` snapshot (step, total, loss, elapsed, ETA);
+    - ``cancel()`` stops the run after the current step and leaves a resumable checkpoint in
+      ``output_dir``; ``tuner.fit(data, resume=True)`` or ``tuner.start(data, resume=True)``
+      continues from it;
+    - ``wait()`` blocks until the run ends and returns its :class:`FitResult`, or raises its error.
+
+    The thread is a daemon: call ``wait()`` (or ``cancel()`` then ``wait()``) before the
+    application exits, or use the run as a context manager, which does that on leaving. While it
+    trains, ``tuner.generate()`` and ``tuner.save()`` from other threads raise ``ConfigError``.
+    """
+
+    def __init__(self, tuner: Any, plan: Plan) -> None:
+        self._tuner: Any = tuner
+        self._output_dir: Path | None = tuner.output_dir
+        self._ctx = RunContext(output_dir=tuner.output_dir)
+        self._queue: queue.SimpleQueue[Event | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._progress = Progress()
+        self._state: RunState = "starting"
+        self._result: FitResult | None = None
+        self._error: BaseException | None = None
+        self._finished = threading.Event()
+        self._thread = threading.Thread(target=self._main, args=(plan,), name="tunekit-run", daemon=True)
+        tuner._active_run = self
+        self._thread.start()
+
+    # --- the background thread ----------------------------------------------------------------------
+    def _main(self, plan: Plan) -> None:
+        tuner = self._tuner
+        try:
+            result = execute(tuner, plan, ctx=self._ctx, extra_hooks=[_Collector(self)])
+            self._result = result
+            if self._ctx.cancelled:
+                self._set_state("cancelled")
+            elif result.stopped_early:
+                self._set_state("stopped")
+            else:
+                self._set_state("completed")
+        except BaseException as err:  # handed to wait(); the thread itself ends quietly
+            self._error = err
+            self._set_state("failed")
+        finally:
+            if getattr(tuner, "_active_run", None) is self:
+                tuner._active_run = None
+            self._tuner = None  # the run does not keep the tuner (and its model) alive
+            self._finished.set()
+            self._queue.put(None)
+
+    def _put(self, event: Event) -> None:
+        self._queue.put(event)
+
+    def _update(self, **changes: Any) -> None:
+        with self._lock:
+            self._progress = replace(self._progress, **changes)
+
+    def _set_state(self, state: RunState) -> None:
+        with self._lock:
+            self._state = state
+
+    # --- the application's side -----------------------------------------------------------------
+    @property
+    def progress(self) -> Progress:
+        """A snapshot of where the run stands (safe to read from any thread)."""
+        with self._lock:
+            return self._progress
+
+    @property
+    def state(self) -> RunState:
+        """``"starting"`` (loading, encoding), ``"running"``, then ``"completed"``, ``"stopped"``
+        (a hook asked, e.g. early stopping), ``"cancelled"`` or ``"failed"``."""
+        with self._lock:
+            return self._state
+
+    @property
+    def done(self) -> bool:
+        """Whether the run has ended (in any state)."""
+        return self._finished.is_set()
+
+    def events(self, timeout: float | None = None) -> Iterator[Event]:
+        """Yield the run's events in order until it ends (thread-safe; meant for one consumer).
+
+        Events are queued from the start, so none is missed by calling this late. ``timeout``
+        bounds the wait for each next event (``TimeoutError`` when it passes).
+        """
+        while True:
+            try:
+                item = self._queue.get(timeout=timeout)
+            except queue.Empty:
+                raise TimeoutError(
+                    f"no run event for {timeout}s (state {self.state!r}, step {self.progress.step})"
+                ) from None
+            if item is None:
+                self._queue.put(None)  # the end stays visible to later calls
+                return
+            yield item
+
+    def cancel(self, *, checkpoint: bool = True) -> None:
+        """Stop after the current step; with ``checkpoint`` (default), write a resumable checkpoint first.
+
+        Returns at once; ``wait()`` returns the (partial) ``FitResult`` with
+        ``stop_reason == "cancelled"`` and ``checkpoint`` set. Cancelling a run that ended does nothing.
+        """
+        if checkpoint and self._output_dir is None:
+            raise ConfigError(
+                "run.cancel(): a cancelled run leaves a resumable checkpoint in output_dir, and this Tuner has "
+                "none; pass Tuner(output_dir=...), or call run.cancel(checkpoint=False) to stop without one"
+            )
+        if not self.done:
+            self._ctx._cancel(checkpoint=checkpoint)
+
+    def wait(self, timeout: float | None = None) -> FitResult:
+        """Block until the run ends; return its ``FitResult`` or raise its error.
+
+        Raises ``TimeoutError`` if ``timeout`` seconds pass first (the run goes on).
+        """
+        if not self._finished.wait(timeout):
+            p = self.progress
+            raise TimeoutError(
+                f"the run is still going after {timeout}s (step {p.step} of {p.total}); call wait() again, "
+                "or cancel() it"
+            )
+        if self._error is not None:
+            raise self._error
+        assert self._result is not None
+        return self._result
+
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        """Leaving the block cancels a run that is still going (with a checkpoint when there is an output_dir)."""
+        if not self.done:
+            self.cancel(checkpoint=self._output_dir is not None)
+        self._finished.wait()
+
+    def __repr__(self) -> str:
+        p = self.progress
+        return f"<Run {self.state} step {p.step}/{p.total}>"
