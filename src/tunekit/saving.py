@@ -64,6 +64,11 @@ def save_tuner(tuner: Any, path: Path) -> Path:
     loaded = tuner.loaded
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    # mkdtemp makes the directory private (0700); a save is an ordinary directory, so give it the
+    # permissions the user's umask gives any new directory.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)
     try:
         tuner.backend.save(loaded, tmp)
         from tunekit import __version__

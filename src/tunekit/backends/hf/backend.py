@@ -112,11 +112,12 @@ class HFBackend:
             else:
                 tokenizer = tok_ref
             template, added = ensure_template(tokenizer, tuner.template)
-            if len(tokenizer) > model.get_input_embeddings().num_embeddings:
-                model.resize_token_embeddings(len(tokenizer))
-                model.config.vocab_size = len(tokenizer)
             new_ids = [tokenizer.convert_tokens_to_ids(t) for t in added if t != PAD]
             with _own_rng(training.seed):
+                # New embedding rows are drawn from tunekit's seeded RNG, never the caller's global state.
+                if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+                    model.resize_token_embeddings(len(tokenizer))
+                    model.config.vocab_size = len(tokenizer)
                 if tuner.adapter_path is not None:
                     model = load_adapter(model, tuner.method, tuner.adapter_path, training=training)
                 else:
