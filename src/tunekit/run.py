@@ -60,7 +60,7 @@ def prepare(tuner: Any, data: Any, eval_data: Any, resume: bool | str | Path | N
             f"resume={resume!r}: pass True (the newest checkpoint in output_dir), 'auto' (the newest if there is "
             "one), a checkpoint directory, or False"
         )
-    if (resume is True or resume == "auto") and tuner.output_dir is None:
+    if resume is True and tuner.output_dir is None:
         raise ConfigError(
             f"resume={resume!r}: resuming looks for checkpoints in output_dir, and this Tuner has none; "
             "pass Tuner(output_dir=...) or resume='<path to a checkpoint-N directory>'"

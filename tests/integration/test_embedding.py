@@ -352,14 +352,39 @@ def test_early_stopping_ends_the_run_with_a_reason(tiny_llama):
     assert rec.steps("evaluate") == [1, 2] and result.eval_loss == pytest.approx(rec.calls[-1][2].eval_loss)
 
 
-def test_causal_lm_fires_the_same_events(tiny_llama):
+def _length_reward(prompts, completions, **columns):
+    return [float(len(c)) for c in completions]
+
+
+def _objective_case(name: str) -> tuple[Any, list[dict[str, Any]]]:
+    pairs = [
+        {"prompt": f"reverse: {i} {i + 1}", "chosen": f"{i + 1} {i}", "rejected": f"{i} {i + 1}"} for i in range(8)
+    ]
+    if name == "CausalLM":
+        return tk.CausalLM(), reverse_task(8, fmt="text")
+    if name == "KTO":
+        rows = [{"prompt": p["prompt"], "completion": p["chosen"] if i % 2 else p["rejected"], "label": bool(i % 2)}
+                for i, p in enumerate(pairs)]  # fmt: skip
+        return tk.KTO(), rows
+    if name == "GRPO":
+        grpo = tk.GRPO(reward=_length_reward, num_generations=2, max_completion_length=4)
+        return grpo, [{"prompt": p["prompt"]} for p in pairs]
+    return {"DPO": tk.DPO(), "RewardModeling": tk.RewardModeling()}[name], pairs
+
+
+@pytest.mark.parametrize("name", ["CausalLM", "DPO", "KTO", "RewardModeling", "GRPO"])
+def test_every_objective_fires_the_same_events(tiny_llama, tmp_path, name):
+    """SFT is the full run above; every other objective's trl trainer goes through the same bridge."""
+    objective, rows = _objective_case(name)
     rec = TypedRecorder()
-    tuner = tk.Tuner(tiny_llama, hooks=[rec], training=cpu(max_steps=2, batch_size=4, eval_every=2))
-    tuner.fit(reverse_task(8, fmt="text"), eval_data=reverse_task(4, seed=1, fmt="text"))
-    assert tuner.objective_used.name == "CausalLM"
-    assert [n for n, _, _ in rec.calls] == [
-        "fit_start", "step_end", "log", "step_end", "log", "log", "evaluate", "log", "fit_end"
+    training = cpu(max_steps=2, batch_size=4, eval_every=2, save_every=2, max_length=64)
+    tuner = tk.Tuner(tiny_llama, objective=objective, hooks=[rec], training=training, output_dir=tmp_path)
+    result = tuner.fit(rows, eval_data=rows[:4])
+    assert [(n, s) for n, s, _ in rec.calls] == [
+        ("fit_start", 0), ("step_end", 1), ("log", 1), ("step_end", 2), ("log", 2),
+        ("log", 2), ("evaluate", 2), ("checkpoint", 2), ("log", 2), ("fit_end", 2),
     ]  # fmt: skip
+    assert result.eval_loss is not None and rec.calls[-1][2] is result
 
 
 # --- several runs in one process: no leaked models, no changed global state --------------------------

@@ -45,6 +45,7 @@ def test_resume_values() -> None:
 
 def test_resume_resolution(tmp_path: Path) -> None:
     assert resolve_resume(False, None) is None
+    assert resolve_resume("auto", None) is None  # nowhere to look: start afresh
     with pytest.raises(tk.ConfigError, match=r"resume=True: .* this Tuner has none; pass Tuner\(output_dir=...\)"):
         resolve_resume(True, None)
     with pytest.raises(tk.CheckpointError, match=r"there is no checkpoint in .* resume='auto'"):

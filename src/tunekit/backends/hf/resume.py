@@ -27,10 +27,16 @@ def latest_checkpoint(output_dir: Path) -> Path | None:
 
 
 def resolve_resume(resume: bool | str | Path, output_dir: Path | None) -> Path | None:
-    """The checkpoint to resume from, None to start afresh; raise when ``resume`` cannot be honoured."""
+    """The checkpoint to resume from, None to start afresh; raise when ``resume`` cannot be honoured.
+
+    ``True`` needs a checkpoint in ``output_dir``; ``"auto"`` takes the newest one if there is any
+    (none without an ``output_dir``), so it can stay set in a config that is reused.
+    """
     if resume is False:
         return None
     if resume is True or resume == "auto":
+        if output_dir is None and resume == "auto":
+            return None  # nowhere a checkpoint could be: start afresh
         if output_dir is None:
             raise ConfigError(
                 f"resume={resume!r}: resuming looks for checkpoints in output_dir, and this Tuner has none; "
