@@ -40,6 +40,10 @@ class ProgressBar(Hook):
     unless its hooks already hold a ``ProgressBar`` or it was built with ``progress=False``.
     """
 
+    # Not transformers' ProgressCallback: that one draws tqdm bars for training and for every
+    # evaluation, prints the metric dicts (with PrinterCallback) and always writes to stderr. Here
+    # the application gets one bar, on the stream it chooses, shown only on a terminal.
+
     def __init__(self, enabled: bool | None = None, *, stream: IO[str] | None = None) -> None:
         self.enabled = enabled
         self.stream = stream
