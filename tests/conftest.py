@@ -7,8 +7,6 @@ from pathlib import Path
 
 import pytest
 
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
 # The support matrix (docs/support-matrix.md): the `prove` fixture and the --support-matrix option.
 from tests.support_matrix import (
     prove,  # noqa: F401
@@ -16,6 +14,19 @@ from tests.support_matrix import (
     pytest_runtest_makereport,  # noqa: F401
     pytest_sessionfinish,  # noqa: F401
 )
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread():
+    """Tiny models gain nothing from intra-op threads; on a busy 2-core machine (CI) they cost up to 20x."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

@@ -79,7 +79,7 @@ def save_tuner(tuner: Any, path: Path) -> Path:
             "base_model": _base_ref(tuner) if tuner.method.is_adapter else None,
             "method": {"name": tuner.method.name, "options": tuner.method.model_dump(mode="json")},
             "objective": {"name": tuner.objective_used.name, "options": tuner.objective_used.model_dump(mode="json")},
-            "training": tuner.training.model_dump(mode="json"),
+            "training": tuner.training.model_dump(mode="json", exclude={"resume"}),  # resume belongs to one run
             "template": loaded.template.to_dict(),
             "vocab_size": len(loaded.tokenizer),
         }

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
-__all__ = ["DEFAULT_TEXTS", "reverse_task", "tiny_model"]
+__all__ = ["DEFAULT_TEXTS", "first_task", "reverse_task", "tiny_model", "write_jsonl"]
 
 DEFAULT_TEXTS = [
     "The quick brown fox jumps over the lazy dog.",
@@ -135,6 +135,22 @@ def reverse_task(
         digits = [str(rng.randint(0, 9)) for _ in range(rng.randint(*length))]
         prompt, answer = "reverse: " + " ".join(digits), " ".join(reversed(digits))
         rows.append(_as_format(prompt, answer, fmt))
+    return rows
+
+
+def first_task(
+    n: int, *, seed: int = 0, length: tuple[int, int] = (3, 5), fmt: str = "prompt_completion"
+) -> list[dict[str, Any]]:
+    """A toy task easier than reversal: answer the first digit of a short list (``first: 3 1 4`` -> ``3``).
+
+    An adapter on a random tiny model (``tiny_model(..., initializer_range=0.2)``) learns it in a
+    couple of hundred steps, which makes it the quick check that an adapter method learns at all.
+    """
+    rng = random.Random(seed)
+    rows: list[dict[str, Any]] = []
+    for _ in range(n):
+        digits = [str(rng.randint(0, 9)) for _ in range(rng.randint(*length))]
+        rows.append(_as_format("first: " + " ".join(digits), digits[0], fmt))
     return rows
 
 
