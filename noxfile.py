@@ -36,7 +36,7 @@ def slow(session: nox.Session) -> None:
 @nox.session(python="3.11")
 def gpu(session: nox.Session) -> None:
     """Tests marked gpu; fails (does not skip) without a CUDA device."""
-    _install(session, cpu=False)
+    _install(session, extras="test,qlora", cpu=False)
     session.run("python", "-c", "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA device')")
     session.run("pytest", "-m", "gpu", *session.posargs)
 

@@ -282,6 +282,8 @@ class Run:
         Returns at once; ``wait()`` returns the (partial) ``FitResult`` with
         ``stop_reason == "cancelled"`` and ``checkpoint`` set. Cancelling a run that ended does nothing.
         """
+        if self.done:
+            return
         if checkpoint and self._output_dir is None:
             raise ConfigError(
                 "run.cancel(): a cancelled run leaves a resumable checkpoint in output_dir, and this Tuner has "

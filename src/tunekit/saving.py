@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import time
+import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from tunekit.errors import CheckpointError
+from tunekit.errors import CheckpointError, ConfigError
 from tunekit.methods import registry
 from tunekit.objectives import OBJECTIVES, Objective
 from tunekit.training import Training
@@ -36,7 +36,12 @@ def _replace_dir(tmp: Path, path: Path) -> None:
     if path.exists():
         old = path.with_name(f".{path.name}.old-{os.getpid()}-{time.time_ns()}")
         _retry(lambda: os.replace(path, old))
-    _retry(lambda: os.replace(tmp, path))
+    try:
+        _retry(lambda: os.replace(tmp, path))
+    except BaseException:
+        if old is not None:  # put the previous save back: a failed save must lose nothing
+            os.replace(old, path)
+        raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 
@@ -63,12 +68,10 @@ def save_tuner(tuner: Any, path: Path) -> Path:
         )
     loaded = tuner.loaded
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    # mkdtemp makes the directory private (0700); a save is an ordinary directory, so give it the
-    # permissions the user's umask gives any new directory.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)
+    # Not tempfile.mkdtemp: that makes the directory private (0700), while a save is an ordinary
+    # directory with the permissions the user's umask gives (reading the umask would change it).
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:12]}")
+    tmp.mkdir()
     try:
         tuner.backend.save(loaded, tmp)
         from tunekit import __version__
@@ -140,10 +143,12 @@ def load(
             obj_cls = _OBJECTIVES[m["objective"]["name"]]
             objective = obj_cls(**m["objective"]["options"])
         saved_training = Training(**m["training"])
-    except KeyError as e:
+        chat_template = m["template"]["chat_template"]
+    except (KeyError, TypeError, ConfigError) as e:
         raise CheckpointError(
-            f"{path / MANIFEST}: unknown or missing entry {e}; was it written by a newer tunekit?"
-        ) from None
+            f"{path / MANIFEST}: unknown, missing or invalid entry ({type(e).__name__}: {e}); "
+            "was it written by a newer tunekit, or edited by hand?"
+        ) from e
     if method.is_adapter:
         base = base_model if base_model is not None else m.get("base_model")
         if base is None:
@@ -159,7 +164,7 @@ def load(
             objective=objective,
             training=training or saved_training,
             tokenizer=str(path),
-            template=m["template"]["chat_template"],
+            template=chat_template,
             hooks=hooks,
         )
         tuner.adapter_path = path
@@ -169,7 +174,7 @@ def load(
             method=method,
             objective=objective,
             training=training or saved_training,
-            template=m["template"]["chat_template"],
+            template=chat_template,
             hooks=hooks,
         )
     return tuner

@@ -145,7 +145,10 @@ class Tuner:
 
     def _normalise(self, data: Any, what: str) -> NormalisedData:
         norm = normalise(load_rows(data), on_bad_rows=self.training.on_bad_rows)
-        objective = self.objective_used if (self._objective_used is not None) else _infer_objective(norm.format)
+        # Inferred from the data until a run succeeds; after that the tuner keeps what it trained.
+        if self.objective is None and self.last_result is None and what == "training":
+            self._objective_used = None
+        objective = self._objective_used or _infer_objective(norm.format)
         if norm.format not in objective.data_formats:
             raise IncompatibleError(
                 f"the {what} data is in the {norm.format!r} format, which {objective.name} cannot train on; "

@@ -75,3 +75,11 @@ def test_output_dir_is_a_file(tmp_path, tiny_llama):
     f.write_text("x", encoding="utf-8")
     with pytest.raises(tk.ConfigError, match="is a file"):
         tk.Tuner(tiny_llama, output_dir=f)
+
+
+def test_failed_fit_does_not_fix_the_inferred_objective(tiny_llama):
+    tuner = tk.Tuner(tiny_llama, training=cpu(max_steps=1, max_length=32))
+    with pytest.raises(tk.DatasetError):
+        tuner.fit([{"text": "1 " * 100}, {"text": ""}])  # raw text: CausalLM inferred, then a bad row
+    assert tuner.fit(reverse_task(4)).steps == 1  # prompt/completion now: SFT, not the CausalLM of before
+    assert tuner.objective_used.name == "SFT"

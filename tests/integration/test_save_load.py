@@ -117,3 +117,50 @@ def test_load_errors(tmp_path):
         tk.load(tmp_path / "missing")
     with pytest.raises(tk.CheckpointError, match="not a tunekit save"):
         tk.load(tmp_path)
+
+
+def test_failed_save_keeps_the_previous_one(trained_lora, tmp_path, monkeypatch):
+    import os
+
+    import tunekit.saving as saving
+
+    tuner, _ = trained_lora
+    target = tuner.save(tmp_path / "adapter")
+    before = sorted(p.name for p in target.iterdir())
+    real_replace = os.replace
+    calls = []
+
+    def flaky_replace(src, dst):
+        calls.append((src, dst))
+        if len(calls) >= 2 and str(src).split(os.sep)[-1].startswith(".adapter.tmp-"):
+            raise PermissionError("locked by an indexer")  # the new save cannot be moved into place
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(saving.os, "replace", flaky_replace)
+    monkeypatch.setattr(saving.time, "sleep", lambda s: None)
+    with pytest.raises(PermissionError):
+        tuner.save(target)
+    monkeypatch.undo()
+    assert sorted(p.name for p in target.iterdir()) == before  # the old save is back, whole
+    tk.load(target)
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda m: m["method"].update(options={"r": 0}),
+        lambda m: m.update(method="LoRA"),
+        lambda m: m.pop("template"),
+    ],
+    ids=["invalid-option", "wrong-type", "missing-key"],
+)
+def test_corrupt_manifest_is_a_checkpoint_error(trained_lora, tmp_path, edit):
+    import shutil
+
+    _, path = trained_lora
+    copy = shutil.copytree(path, tmp_path / "copy")
+    manifest = json.loads((copy / "tunekit.json").read_text(encoding="utf-8"))
+    edit(manifest)
+    (copy / "tunekit.json").write_text(json.dumps(manifest), encoding="utf-8")
+    with pytest.raises(tk.CheckpointError, match=r"tunekit\.json"):
+        tk.load(copy)

@@ -203,7 +203,8 @@ BAD_ROWS = [
         "prompt_completion",
         {"prompt": "p", "completion": ["c"]},
         "completion",
-        ", field 'completion': expected a string, got list (['c'])",
+        # a list is read as chat messages (trl's conversational format), so the element is what is wrong
+        ", field 'completion', message 1: expected an object with 'role' and 'content'",
     ),
     ("alpaca", {"instruction": "i"}, "output", ": missing field 'output'"),
     ("alpaca", {"instruction": "i", "output": "o", "input": 5}, "input", ", field 'input': expected a string, got int"),
@@ -394,3 +395,18 @@ def test_dataframe_with_mixed_rows_reports_the_missing_cell() -> None:
     with pytest.raises(tk.DatasetError) as info:
         normalise(load_rows(df))
     assert str(info.value) == "row 2: missing field 'completion'"
+
+
+def test_prompt_completion_accepts_chat_message_prompt() -> None:
+    rows = [
+        {
+            "prompt": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}],
+            "completion": "yo",
+        }
+    ]
+    ex = normalise(rows).examples[0]
+    assert ex.messages == (
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "yo"},
+    )

@@ -288,15 +288,8 @@ def _normalise_row(fmt: Format, row: dict[str, Any], i: int) -> Example:
     if fmt == "text":
         return Example(row=i, text=_need_str(row, i, "text"))
     if fmt == "prompt_completion":
-        prompt = _need_str(row, i, "prompt")
-        completion = _need_str(row, i, "completion")
-        msgs: tuple[dict[str, str], ...] = (
-            {"role": "user", "content": prompt},
-            {"role": "assistant", "content": completion},
-        )
-        if isinstance(row.get("system"), str) and row["system"].strip():
-            msgs = ({"role": "system", "content": row["system"]}, *msgs)
-        return Example(row=i, messages=msgs)
+        # The prompt may be a string or chat messages (trl's conversational prompt/completion), as for pairs.
+        return Example(row=i, messages=(*_prompt(row, i)[0], *_answer(row, i, "completion")))
     if fmt == "alpaca":
         instruction = _need_str(row, i, "instruction")
         output = _need_str(row, i, "output")
