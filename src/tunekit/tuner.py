@@ -36,7 +36,9 @@ class Tuner:
     """Fine-tune a language model with one call.
 
     Args:
-        model: a hub id, a local directory, or a transformers model object.
+        model: a hub id, a local directory, or a transformers model object. An object (and a
+            tokenizer object) is used in place, not copied: tunekit may install a chat template and
+            pad token on the tokenizer, resize the embeddings and wrap the model with peft.
         method: which parameters train (default ``LoRA()``).
         objective: what signal trains them (default: inferred from the data's columns).
         training: hyper-parameters (default ``Training()``).
