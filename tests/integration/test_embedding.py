@@ -272,9 +272,9 @@ def test_run_errors_reach_wait_and_events(tiny_llama, tmp_path):
     with pytest.raises(tk.TrainingError, match="non-finite loss"):
         run.wait()
     assert run.state == "failed"
-    with pytest.raises(tk.ConfigError, match=r"cancel\(checkpoint=False\)"):
-        run.cancel()  # no output_dir: no checkpoint possible
-    run.cancel(checkpoint=False)  # a run that ended: nothing to do
+    run.cancel()  # a run that ended: nothing to do, even without an output_dir for a checkpoint
+    run.cancel(checkpoint=False)
+    assert run.state == "failed"
 
 
 # --- a hook that raises, under each policy -----------------------------------------------------------
@@ -437,3 +437,24 @@ def test_sequential_runs_leak_neither_models_nor_global_state(tiny_llama, tmp_pa
     assert [r() is None for r in refs] == [True, True, True]
     assert counts[2] <= counts[0]
     assert _global_state() == state
+
+
+def test_cancel_of_a_live_run_without_output_dir_asks_for_one(tiny_llama):
+    import threading
+
+    started, release = threading.Event(), threading.Event()
+
+    class Hold(tk.Hook):
+        def on_fit_start(self, ctx):
+            started.set()
+            release.wait(60)
+
+    tuner = tk.Tuner(tiny_llama, hooks=[Hold()], training=cpu(max_steps=2, batch_size=4))
+    run = tuner.start(reverse_task(8))
+    assert started.wait(120)
+    try:
+        with pytest.raises(tk.ConfigError, match=r"cancel\(checkpoint=False\)"):
+            run.cancel()  # no output_dir: no checkpoint possible
+    finally:
+        release.set()
+    assert run.wait(timeout=120).steps == 2
