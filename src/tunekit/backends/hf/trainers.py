@@ -83,6 +83,16 @@ def _common(run: Setup) -> dict[str, Any]:
     }
 
 
+def _data(run: Setup) -> dict[str, Any]:
+    """The keyword arguments every trl trainer takes alike: data, tokenizer and callbacks."""
+    return {
+        "train_dataset": run.train_dataset,
+        "eval_dataset": run.eval_dataset,
+        "processing_class": run.tokenizer,
+        "callbacks": run.callbacks,
+    }
+
+
 def _is_peft(model: Any) -> bool:
     from peft import PeftModel
 
@@ -167,10 +177,7 @@ def _sft(run: Setup) -> Any:
     return cls(
         model=run.model,
         args=args,
-        train_dataset=run.train_dataset,
-        eval_dataset=run.eval_dataset,
-        processing_class=run.tokenizer,
-        callbacks=run.callbacks,
+        **_data(run),
     )
 
 
@@ -187,10 +194,7 @@ def _reward(run: Setup) -> Any:
     return RewardTrainer(
         model=run.model,
         args=args,
-        train_dataset=run.train_dataset,
-        eval_dataset=run.eval_dataset,
-        processing_class=run.tokenizer,
-        callbacks=run.callbacks,
+        **_data(run),
     )
 
 
@@ -214,10 +218,7 @@ def _dpo(run: Setup) -> Any:
         model=run.model,
         ref_model=None if _is_peft(run.model) else _frozen_copy(run.model),
         args=args,
-        train_dataset=run.train_dataset,
-        eval_dataset=run.eval_dataset,
-        processing_class=run.tokenizer,
-        callbacks=run.callbacks,
+        **_data(run),
     )
 
 
@@ -238,10 +239,7 @@ def _simpo(run: Setup) -> Any:
     return CPOTrainer(
         model=run.model,
         args=args,
-        train_dataset=run.train_dataset,
-        eval_dataset=run.eval_dataset,
-        processing_class=run.tokenizer,
-        callbacks=run.callbacks,
+        **_data(run),
     )
 
 
@@ -261,10 +259,7 @@ def _kto(run: Setup) -> Any:
         model=run.model,
         ref_model=None if _is_peft(run.model) else _frozen_copy(run.model),
         args=args,
-        train_dataset=run.train_dataset,
-        eval_dataset=run.eval_dataset,
-        processing_class=run.tokenizer,
-        callbacks=run.callbacks,
+        **_data(run),
     )
 
 
@@ -276,10 +271,7 @@ def _orpo(run: Setup) -> Any:
     return ORPOTrainer(
         model=run.model,
         args=args,
-        train_dataset=run.train_dataset,
-        eval_dataset=run.eval_dataset,
-        processing_class=run.tokenizer,
-        callbacks=run.callbacks,
+        **_data(run),
     )
 
 
@@ -361,11 +353,8 @@ def _grpo(run: Setup) -> Any:
             model=run.model,
             reward_funcs=rewards,
             args=args,
-            train_dataset=run.train_dataset,
-            eval_dataset=run.eval_dataset,
-            processing_class=run.tokenizer,
+            **_data(run),
             reward_processing_classes=reward_tokenizers,
-            callbacks=run.callbacks,
         )
 
 
@@ -382,11 +371,8 @@ def _rloo(run: Setup) -> Any:
             model=run.model,
             reward_funcs=rewards,
             args=args,
-            train_dataset=run.train_dataset,
-            eval_dataset=run.eval_dataset,
-            processing_class=run.tokenizer,
+            **_data(run),
             reward_processing_classes=reward_tokenizers,
-            callbacks=run.callbacks,
         )
 
 
