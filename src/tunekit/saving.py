@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
-import shutil
-import time
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from tunekit import _fs
 from tunekit.errors import CheckpointError, ConfigError
 from tunekit.methods import registry
 from tunekit.objectives import OBJECTIVES, Objective
@@ -28,34 +28,6 @@ def _base_ref(tuner: Any) -> str | None:
         p = Path(ref)
         return str(p.resolve()) if p.exists() else str(ref)
     return getattr(ref, "name_or_path", None) or None
-
-
-def _replace_dir(tmp: Path, path: Path) -> None:
-    """Move ``tmp`` to ``path``; an existing tunekit save there is replaced only once the new one is whole."""
-    old = None
-    if path.exists():
-        old = path.with_name(f".{path.name}.old-{os.getpid()}-{time.time_ns()}")
-        _retry(lambda: os.replace(path, old))
-    try:
-        _retry(lambda: os.replace(tmp, path))
-    except BaseException:
-        if old is not None:  # put the previous save back: a failed save must lose nothing
-            os.replace(old, path)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def _retry(fn: Any, attempts: int = 5) -> None:
-    # Windows: antivirus and indexers briefly lock files; a rename then fails with PermissionError.
-    for i in range(attempts):
-        try:
-            fn()
-            return
-        except PermissionError:
-            if i == attempts - 1:
-                raise
-            time.sleep(0.05 * 2**i)
 
 
 def save_tuner(tuner: Any, path: Path) -> Path:
@@ -89,10 +61,28 @@ def save_tuner(tuner: Any, path: Path) -> Path:
         if tuner.adapter_path is not None and tuner.method.is_adapter:
             prev = _read_manifest(tuner.adapter_path)
             manifest["base_model"] = prev.get("base_model")
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        _replace_dir(tmp, path)
+        manifest["files"] = _fs.list_files(tmp)  # each flushed to disk; sizes checked by tk.load
+        _fs.write_json(tmp / MANIFEST, manifest)  # last: a save with a manifest is complete
+        _fs.fsync_dir(tmp)
+        trash = path.with_name(f".{path.name}.old-{os.getpid()}-{uuid.uuid4().hex[:12]}")
+        _fs.replace_dir(tmp, path, trash=trash)
+    except OSError as e:
+        _fs.remove_tree(tmp)
+        if e.errno == errno.ENOSPC:
+            fix = "the disk is full; free some space or save elsewhere"
+        elif isinstance(e, PermissionError):
+            fix = (
+                "a file is locked or not writable (another program, antivirus, a read-only directory); retry, or save "
+            )
+            fix += "elsewhere"
+        else:
+            fix = "check the path and retry"
+        raise CheckpointError(
+            f"save({str(path)!r}): could not write the save ({e.strerror or e}): {fix}"
+            + ("; the previous save there is intact" if path.exists() else "")
+        ) from e
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        _fs.remove_tree(tmp)
         raise
     return path
 
@@ -135,6 +125,10 @@ def load(
     if not path.is_dir():
         raise CheckpointError(f"load({str(path)!r}): no such directory")
     m = _read_manifest(path)
+    if isinstance(m.get("files"), dict):  # written by tunekit >= 0.2: check nothing is missing or truncated
+        problem = _fs.verify_files(path, m["files"], hashes=False)
+        if problem is not None:
+            raise CheckpointError(f"load({str(path)!r}): the save is incomplete or corrupt: {problem}; save it again")
     methods = registry()
     try:
         method_cls = methods[m["method"]["name"]]

@@ -59,9 +59,39 @@ class Training(Config):
         "(local, <output_dir>/mlruns), 'trackio' (local), 'wandb' (offline). A string or a list.",
     )
     resume: bool | str = Field(
+        "auto",
+        description="Continue from a checkpoint: 'auto' (default: the newest complete checkpoint in output_dir of a "
+        "run that did not finish, else start afresh), True (the newest; an error if there is none), a checkpoint "
+        "directory, or False (start afresh; the earlier run's checkpoints are replaced once this run writes its "
+        "first). fit(resume=...) overrides it for one call.",
+    )
+
+    # --- reliability: checkpoints, resume, numerical safety, memory, loading (see docs/reliability.md) ---
+    keep_checkpoints: int | None = Field(
+        None,
+        ge=1,
+        description="Keep only the newest N checkpoints of the run (older ones are removed once a new one is "
+        "complete); None keeps them all.",
+    )
+    force_resume: bool = Field(
         False,
-        description="Continue from a checkpoint: True (the newest in output_dir), 'auto' (the newest if any, else "
-        "start afresh), a checkpoint directory, or False. fit(resume=...) overrides it for one call.",
+        description="Resume even when the checkpoint's config or training data differ from this run's (the "
+        "differences are logged as a warning); by default such a resume raises CheckpointError naming them.",
+    )
+    on_nonfinite: Literal["error", "skip"] = Field(
+        "error",
+        description="A NaN or infinite loss or gradient norm: 'error' stops the run with TrainingError naming the "
+        "step (the last checkpoint stays good); 'skip' drops that step's update and counts it.",
+    )
+    auto_batch_size: bool = Field(
+        False,
+        description="On a CUDA out-of-memory error, retry with half the batch_size and twice the grad_accum (the "
+        "effective batch stays batch_size * grad_accum) until it fits.",
+    )
+    allow_pickle: bool = Field(
+        False,
+        description="Allow loading model or adapter weights stored with pickle (.bin, .pt, .pkl), which can run "
+        "code when loaded; by default only safetensors and JSON are read.",
     )
 
     # Option names users bring from transformers / trl, so the error suggests the tunekit name.
@@ -92,6 +122,13 @@ class Training(Config):
         "report": "report_to",
         "trackers": "report_to",
         "resume_from_checkpoint": "resume",
+        "save_total_limit": "keep_checkpoints",
+        "max_checkpoints": "keep_checkpoints",
+        "keep_last": "keep_checkpoints",
+        "auto_find_batch_size": "auto_batch_size",
+        "nan_policy": "on_nonfinite",
+        "on_nan": "on_nonfinite",
+        "trust_pickle": "allow_pickle",
     }
 
     @field_validator("report_to", mode="before")

@@ -137,8 +137,8 @@ def test_failed_save_keeps_the_previous_one(trained_lora, tmp_path, monkeypatch)
         return real_replace(src, dst)
 
     monkeypatch.setattr(saving.os, "replace", flaky_replace)
-    monkeypatch.setattr(saving.time, "sleep", lambda s: None)
-    with pytest.raises(PermissionError):
+    monkeypatch.setattr(saving._fs.time, "sleep", lambda s: None)
+    with pytest.raises(tk.CheckpointError, match=r"locked .* the previous save there is intact"):
         tuner.save(target)
     monkeypatch.undo()
     assert sorted(p.name for p in target.iterdir()) == before  # the old save is back, whole

@@ -36,11 +36,21 @@ def test_report_to_takes_a_name_or_a_list() -> None:
 
 
 def test_resume_values() -> None:
-    assert tk.Training().resume is False
+    assert tk.Training().resume == "auto"  # the newest complete checkpoint of an unfinished run, if any
     assert tk.Training(resume="auto").resume == "auto"
     assert tk.Training(resume=Path("runs/x/checkpoint-4")).resume == str(Path("runs/x/checkpoint-4"))
     with pytest.raises(tk.ConfigError, match="did you mean 'resume'"):
         tk.Training(resume_from_checkpoint=True)
+
+
+def _fake_checkpoint(path: Path) -> None:
+    """A checkpoint as tunekit writes it: trainer_state.json, then the manifest listing it."""
+    from tunekit import _fs
+    from tunekit.backends.hf.checkpoints import MANIFEST
+
+    path.mkdir()
+    (path / "trainer_state.json").write_text("{}", encoding="utf-8")
+    _fs.write_json(path / MANIFEST, {"run_id": "r", "files": _fs.list_files(path)})
 
 
 def test_resume_resolution(tmp_path: Path) -> None:
@@ -48,12 +58,11 @@ def test_resume_resolution(tmp_path: Path) -> None:
     assert resolve_resume("auto", None) is None  # nowhere to look: start afresh
     with pytest.raises(tk.ConfigError, match=r"resume=True: .* this Tuner has none; pass Tuner\(output_dir=...\)"):
         resolve_resume(True, None)
-    with pytest.raises(tk.CheckpointError, match=r"there is no checkpoint in .* resume='auto'"):
+    with pytest.raises(tk.CheckpointError, match=r"there is no complete checkpoint in .* resume='auto'"):
         resolve_resume(True, tmp_path)
     assert resolve_resume("auto", tmp_path) is None
     for step in (2, 10):
-        (tmp_path / f"checkpoint-{step}").mkdir()
-        (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text("{}", encoding="utf-8")
+        _fake_checkpoint(tmp_path / f"checkpoint-{step}")
     assert resolve_resume(True, tmp_path) == tmp_path / "checkpoint-10"
     assert resolve_resume(str(tmp_path / "checkpoint-2"), None) == tmp_path / "checkpoint-2"
     with pytest.raises(tk.CheckpointError, match="not a checkpoint directory"):

@@ -38,7 +38,12 @@ def test_defaults() -> None:
         "on_bad_rows": "error",
         "trust_remote_code": False,
         "report_to": (),  # a tuple: configs are frozen and hashable
-        "resume": False,
+        "resume": "auto",
+        "keep_checkpoints": None,
+        "force_resume": False,
+        "on_nonfinite": "error",
+        "auto_batch_size": False,
+        "allow_pickle": False,
     }
 
 

@@ -5,11 +5,15 @@ from __future__ import annotations
 import contextlib
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 from tunekit._quiet import quiet
+from tunekit.backends.hf.batch_size import train_fitting
 from tunekit.backends.hf.callbacks import HookBridge
+from tunekit.backends.hf.checkpoints import RunIdentity, data_fingerprint, install, mark_finished, run_config
+from tunekit.backends.hf.guards import NonFiniteGuard
 from tunekit.backends.hf.method_callbacks import method_callbacks
 from tunekit.backends.hf.models import (
     check_head,
@@ -22,8 +26,9 @@ from tunekit.backends.hf.models import (
 )
 from tunekit.backends.hf.peft_map import apply_method, count_parameters, load_adapter, merged_model, training_for
 from tunekit.backends.hf.quantization import check_before_load, load_quantized, quantize_of
-from tunekit.backends.hf.resume import resolve_resume
+from tunekit.backends.hf.resume import check_identity, resolve_resume
 from tunekit.backends.hf.rewards import score_items
+from tunekit.backends.hf.safe_loading import check_weights
 from tunekit.backends.hf.tracking import check_trackers, tracking_env
 from tunekit.backends.hf.trainers import build_trainer, release_trainer, tokens_seen
 from tunekit.data.encoding import Encoded
@@ -94,6 +99,7 @@ class HFBackend:
                         str(ref),
                         dtype=load_dtype,
                         trust_remote_code=training.trust_remote_code,
+                        allow_pickle=training.allow_pickle,
                         **head_kwargs(tuner.objective_used),
                     )
             else:
@@ -119,6 +125,7 @@ class HFBackend:
                     model.resize_token_embeddings(len(tokenizer))
                     model.config.vocab_size = len(tokenizer)
                 if tuner.adapter_path is not None:
+                    check_weights(tuner.adapter_path, allow_pickle=training.allow_pickle, what="adapter")
                     model = load_adapter(model, tuner.method, tuner.adapter_path, training=training)
                 else:
                     model = apply_method(model, tuner.method, new_ids, tokenizer=tokenizer, training=training)
@@ -133,7 +140,7 @@ class HFBackend:
     def preflight(self, tuner: Any, *, resume: bool | str | Path) -> Path | None:
         """Checks that need nothing loaded (trackers installed, a checkpoint to resume from); returns the checkpoint."""
         check_trackers(tuner.training.report_to, tuner.output_dir)
-        return resolve_resume(resume, tuner.output_dir)
+        return resolve_resume(resume, tuner.output_dir, config=run_config(tuner), force=tuner.training.force_resume)
 
     def fit(
         self,
@@ -153,8 +160,19 @@ class HFBackend:
             RunContext(output_dir=tuner.output_dir, objective=tuner.objective_used.name, method=tuner.method.name),
         )
         ctx = hooks.ctx
-        bridge = HookBridge(hooks, evaluate_at_end=eval_enc is not None)
+        bridge = HookBridge(
+            hooks, evaluate_at_end=eval_enc is not None, check_nonfinite=training.on_nonfinite == "error"
+        )
         tuner._last_context = ctx
+        # What a checkpoint records of this run, and what a resumed run must match (checkpoints.py).
+        identity = RunIdentity(uuid.uuid4().hex, run_config(tuner), data_fingerprint(train))
+        if resume_from is not None:
+            identity.run_id = check_identity(resume_from, identity, force=training.force_resume)
+        guard = NonFiniteGuard(
+            training.on_nonfinite,
+            sync_each_step=loaded.device.type == "cpu",
+            check_grad_norm=loaded.precision != "fp16",
+        )
         with contextlib.ExitStack() as stack:
             if tuner.output_dir is not None:
                 out = Path(tuner.output_dir)
@@ -165,24 +183,30 @@ class HFBackend:
             stack.enter_context(_own_rng())
             stack.enter_context(tracking_env(training.report_to, out))
             loaded.model.train()
-            trainer = build_trainer(
-                tuner.objective_used,
-                model=loaded.model,
-                tokenizer=loaded.tokenizer,
-                train_dataset=train.to_dataset(),
-                eval_dataset=eval_enc.to_dataset() if eval_enc is not None else None,
-                training=training,
-                output_dir=str(out),
-                precision=loaded.precision,
-                device=loaded.device,
-                learning_rate=lr,
-                callbacks=[bridge, *method_callbacks(tuner.method, loaded.model)],
-            )
+
+            def build(t: Any) -> Any:
+                trainer = build_trainer(
+                    tuner.objective_used,
+                    model=loaded.model,
+                    tokenizer=loaded.tokenizer,
+                    train_dataset=train.to_dataset(),
+                    eval_dataset=eval_enc.to_dataset() if eval_enc is not None else None,
+                    training=t,
+                    output_dir=str(out),
+                    precision=loaded.precision,
+                    device=loaded.device,
+                    learning_rate=lr,
+                    callbacks=[bridge, *method_callbacks(tuner.method, loaded.model)],
+                )
+                return install(trainer, identity=identity, keep=t.keep_checkpoints, guard=guard)
+
             start = time.perf_counter()
+            trainer, output = train_fitting(build, training, resume_from, lambda t: release_trainer(t, loaded.model))
             try:
-                output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
                 # A cancelled run, or one a failing hook stopped, ends at once: no final evaluation.
                 finished = not (ctx.cancelled or hooks.failure is not None)
+                if finished and tuner.output_dir is not None and trainer.args.should_save:
+                    mark_finished(out, identity.run_id, int(trainer.state.global_step))  # "auto" starts afresh
                 if eval_enc is not None and finished:
                     eval_metrics = bridge.eval_at(trainer.state.global_step) or trainer.evaluate()
                 else:
@@ -197,6 +221,8 @@ class HFBackend:
         metrics = {k: float(v) for k, v in output.metrics.items() if isinstance(v, (int, float))}
         metrics["train_loss_mean"] = float(output.training_loss)
         metrics.update({k: float(v) for k, v in eval_metrics.items() if isinstance(v, (int, float))})
+        if training.on_nonfinite == "skip":
+            metrics["nonfinite_skipped_steps"] = float(len(guard.skipped))
         steps = int(trainer.state.global_step)
         return FitResult(
             history=bridge.history,

@@ -50,7 +50,12 @@ class HookBridge(TrainerCallback):  # type: ignore[misc]
     """
 
     def __init__(
-        self, hooks: HookDispatcher | list[Hook], ctx: RunContext | None = None, *, evaluate_at_end: bool = False
+        self,
+        hooks: HookDispatcher | list[Hook],
+        ctx: RunContext | None = None,
+        *,
+        evaluate_at_end: bool = False,
+        check_nonfinite: bool = True,
     ) -> None:
         if isinstance(hooks, HookDispatcher):
             self.dispatcher = hooks
@@ -60,6 +65,7 @@ class HookBridge(TrainerCallback):  # type: ignore[misc]
         self.history: list[dict[str, Any]] = self.ctx._history
         self.evals: list[dict[str, float]] = []
         self.evaluate_at_end = evaluate_at_end
+        self.check_nonfinite = check_nonfinite  # off with Training(on_nonfinite="skip"): the NaN is logged as it is
         self._evals_at: dict[int, dict[str, float]] = {}
         self.last_checkpoint: Path | None = None
         self._saved_at = -1
@@ -117,7 +123,8 @@ class HookBridge(TrainerCallback):  # type: ignore[misc]
             entry: dict[str, Any] = {"step": self.ctx.step, "epoch": round(self.ctx.epoch, 4), **values}
             self.history.append(entry)
             self.ctx.metrics = {k: float(v) for k, v in entry.items()}
-        check_finite(values, self.ctx.step)
+        if self.check_nonfinite:
+            check_finite(values, self.ctx.step)
         self.dispatcher.emit("log", values)
         return self._steer(control)
 

@@ -52,16 +52,31 @@ def load_tokenizer(ref: str, *, trust_remote_code: bool) -> Any:
         raise ConfigError(f"could not load the tokenizer of {ref!r}: {e}") from e
 
 
-def load_model(ref: str, *, dtype: Any, trust_remote_code: bool, auto_class: Any = None, **model_kwargs: Any) -> Any:
+def load_model(
+    ref: str,
+    *,
+    dtype: Any,
+    trust_remote_code: bool,
+    auto_class: Any = None,
+    allow_pickle: bool = False,
+    **model_kwargs: Any,
+) -> Any:
     """Load ``ref`` with ``auto_class`` (default AutoModelForCausalLM); ``model_kwargs`` go to from_pretrained
-    (e.g. ``num_labels=1`` for a reward model's score head)."""
+    (e.g. ``num_labels=1`` for a reward model's score head). Safetensors only, unless ``allow_pickle``."""
     from transformers import AutoModelForCausalLM
 
+    from tunekit.backends.hf.safe_loading import check_weights
+
     _check_ref(ref)
+    check_weights(ref, allow_pickle=allow_pickle)
     cls = auto_class or AutoModelForCausalLM
     try:
         return cls.from_pretrained(
-            ref, dtype=dtype, trust_remote_code=trust_remote_code, use_safetensors=True, **model_kwargs
+            ref,
+            dtype=dtype,
+            trust_remote_code=trust_remote_code,
+            use_safetensors=None if allow_pickle else True,
+            **model_kwargs,
         )
     except ValueError as e:
         if "trust_remote_code" in str(e):

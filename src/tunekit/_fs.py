@@ -1,0 +1,204 @@
+"""Filesystem primitives for saves and checkpoints: atomic, verifiable, and safe on Windows.
+
+Shared by ``Tuner.save`` (:mod:`tunekit.saving`) and the trainer's checkpoints
+(:mod:`tunekit.backends.hf.checkpoints`). The rules they follow:
+
+- Write into a staging directory beside the target (same filesystem, so a rename is atomic),
+  flush every file to disk, write the manifest last, then rename the directory into place.
+- Never ``os.open`` a directory where the platform refuses it (Windows: PermissionError); a
+  directory fsync is a POSIX-only durability extra, skipped wherever it fails.
+- A rename or delete that meets a briefly locked file (antivirus, search indexers, a memory-mapped
+  safetensors file on Windows) is retried with exponential back-off before giving up.
+- Nothing is deleted outside the directory it belongs to: paths read from a manifest are checked.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import shutil
+import stat
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from tunekit.errors import CheckpointError
+
+__all__ = [
+    "fsync_dir",
+    "fsync_file",
+    "inside",
+    "remove_tree",
+    "replace_dir",
+    "retry",
+    "sha256_file",
+    "verify_files",
+    "write_json",
+]
+
+T = TypeVar("T")
+
+# errno values a Windows lock (or a busy NFS / SMB file) shows as, besides PermissionError.
+_TRANSIENT = {errno.EACCES, errno.EBUSY, errno.EAGAIN}
+ATTEMPTS = 6  # 0.05 + 0.1 + ... + 1.6 s: about 3 s in all before a lock is taken as permanent
+
+
+def retry(fn: Callable[[], T], *, attempts: int = ATTEMPTS, delay: float = 0.05) -> T:
+    """Call ``fn``; on an error a briefly locked file raises, wait (doubling each time) and call again."""
+    for i in range(attempts):
+        try:
+            return fn()
+        except OSError as e:
+            transient = isinstance(e, PermissionError) or e.errno in _TRANSIENT
+            if not transient or i == attempts - 1:
+                raise
+            time.sleep(delay * 2**i)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def fsync_file(path: Path) -> None:
+    """Flush ``path``'s data to the disk (best effort: a file that cannot be reopened is left to the OS)."""
+    try:
+        # Windows' fsync (_commit) needs a handle opened for writing; "rb+" works on both platforms.
+        with open(path, "rb+") as f:
+            os.fsync(f.fileno())
+    except OSError:
+        pass
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename inside ``path`` durable: POSIX only, and skipped wherever the platform refuses.
+
+    Windows cannot open a directory with ``os.open`` (PermissionError), and NTFS makes renames durable
+    on its own; some network filesystems refuse a directory fsync too. Either way the rename stands.
+    """
+    if os.name != "posix":
+        return
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write ``data`` as UTF-8 JSON and flush it to disk (within a staging directory, so no temp file)."""
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def list_files(root: Path) -> dict[str, dict[str, Any]]:
+    """Every file under ``root`` (relative POSIX path -> size and sha256), each flushed to disk on the way."""
+    out: dict[str, dict[str, Any]] = {}
+    for p in sorted(root.rglob("*")):
+        if p.is_file():
+            fsync_file(p)
+            out[p.relative_to(root).as_posix()] = {"size": p.stat().st_size, "sha256": sha256_file(p)}
+    return out
+
+
+def inside(root: Path, relative: str) -> Path:
+    """``root / relative``, refusing absolute paths and any ``..`` that would leave ``root``."""
+    rel = Path(relative)
+    if rel.is_absolute() or rel.drive or ".." in rel.parts or not relative.strip():
+        raise CheckpointError(f"{root}: the manifest names the path {relative!r}, which is outside its directory")
+    target = (root / rel).resolve()
+    if not target.is_relative_to(root.resolve()):
+        raise CheckpointError(f"{root}: the manifest names the path {relative!r}, which leads outside its directory")
+    return root / rel
+
+
+def verify_files(root: Path, files: Any, *, hashes: bool) -> str | None:
+    """Why the files under ``root`` do not match ``files`` (the manifest's list), or None when they do."""
+    if not isinstance(files, dict) or not files:
+        return "the manifest lists no files"
+    for rel, meta in files.items():
+        try:
+            p = inside(root, str(rel))
+        except CheckpointError as e:
+            return str(e)
+        if not isinstance(meta, dict) or not p.is_file():
+            return f"{rel} is missing"
+        size = p.stat().st_size
+        if size != meta.get("size"):
+            return f"{rel} is {size} bytes, the manifest says {meta.get('size')}"
+        if hashes and sha256_file(p) != meta.get("sha256"):
+            return f"{rel} does not match its sha256 in the manifest (changed or corrupted)"
+    return None
+
+
+def _chmod_and_retry(func: Callable[..., Any], path: str, _exc: Any) -> None:
+    # Windows refuses to delete read-only files; make it writable and try once more.
+    if func not in (os.unlink, os.remove, os.rmdir):
+        return
+    try:
+        os.chmod(path, stat.S_IWRITE)
+        func(path)
+    except OSError:
+        pass
+
+
+def remove_tree(path: Path, *, within: Path | None = None) -> None:
+    """Delete the directory ``path`` (retrying briefly locked files); with ``within``, only inside it."""
+    if within is not None and not path.resolve().is_relative_to(within.resolve()):
+        raise CheckpointError(f"refusing to delete {path}: it is outside {within}")
+    if path.is_symlink():
+        path.unlink()
+        return
+    if not path.exists():
+        return
+
+    def rm() -> None:
+        if path.exists():
+            if sys.version_info >= (3, 12):
+                shutil.rmtree(path, onexc=_chmod_and_retry)
+            else:
+                shutil.rmtree(path, onerror=_chmod_and_retry)
+        if path.exists():  # a file was still locked: let retry() wait and go again
+            raise PermissionError(errno.EACCES, "still in use", str(path))
+
+    try:
+        retry(rm)
+    except OSError:
+        pass  # a leftover is cleaned up by the next run; never fail a save for it
+
+
+def replace_dir(src: Path, dst: Path, *, trash: Path) -> None:
+    """Move the complete directory ``src`` to ``dst``; an existing ``dst`` is replaced only once ``src`` is in place.
+
+    ``trash`` is where the old ``dst`` waits meanwhile (beside it, same filesystem); if moving
+    ``src`` fails, the old ``dst`` is put back. A crash in between leaves the old one in ``trash``,
+    from where :func:`tunekit.backends.hf.checkpoints.recover` restores it.
+    """
+    old = None
+    if dst.exists():
+        retry(lambda: os.replace(dst, trash))
+        old = trash
+    try:
+        retry(lambda: os.replace(src, dst))
+    except BaseException:
+        if old is not None:  # a failed save must lose nothing
+            retry(lambda: os.replace(old, dst))
+        raise
+    fsync_dir(dst.parent)
+    if old is not None:
+        remove_tree(old)

@@ -1,0 +1,349 @@
+"""Checkpoints owned by tunekit: transformers writes their contents, tunekit decides where and how they land.
+
+transformers' ``Trainer._save_checkpoint`` writes the model (or adapter), optimizer, scheduler,
+scaler, RNG states and ``trainer_state.json``, including the sharded FSDP / DeepSpeed states; that
+is kept as it is. :class:`CheckpointMixin` redirects it into a staging directory
+(``<output_dir>/.tunekit-staging/checkpoint-N``), then, on the main process only:
+
+1. every file is flushed to disk and listed in the manifest ``tunekit-checkpoint.json`` with its
+   size and sha256, next to the tunekit version, the run's config (and its hash), the data
+   fingerprint, the step and the RNG / sampler position; the manifest is written last;
+2. the directory is renamed into place (retried when a file is briefly locked, the old
+   ``checkpoint-N`` kept until the new one stands);
+3. only then are old checkpoints removed: those of an earlier run in the same ``output_dir``, and
+   this run's beyond ``Training(keep_checkpoints=N)``.
+
+A checkpoint without a manifest, or whose files do not match it, is incomplete: resume skips it.
+Other ranks of a distributed run write their shards into the same staging directory and wait at
+a barrier while the main process publishes it.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import os
+import re
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from tunekit import _fs
+from tunekit.errors import CheckpointError
+
+__all__ = [
+    "MANIFEST",
+    "RUN_STATE",
+    "STAGING",
+    "CheckpointMixin",
+    "RunIdentity",
+    "checkpoint_dirs",
+    "compare_identity",
+    "data_fingerprint",
+    "install",
+    "mark_finished",
+    "read_manifest",
+    "recover",
+    "run_config",
+    "verify",
+]
+
+logger = logging.getLogger("tunekit")
+
+MANIFEST = "tunekit-checkpoint.json"
+RUN_STATE = "tunekit-run.json"  # in output_dir: the run whose checkpoints are there, and whether it finished
+STAGING = ".tunekit-staging"
+FORMAT = 1
+_NAME = re.compile(r"checkpoint-(\d+)")
+
+# Training fields that change what a run computes; the others (logging, saving, resuming, trackers,
+# device, safety switches) may differ between a run and its resumption.
+_TRAJECTORY_FIELDS = (
+    "epochs", "max_steps", "learning_rate", "batch_size", "grad_accum", "max_length", "seed", "precision",
+    "lr_scheduler", "warmup_ratio", "weight_decay", "max_grad_norm",
+)  # fmt: skip
+
+
+@dataclass
+class RunIdentity:
+    """What a checkpoint must match to be resumed: the run's config and data."""
+
+    run_id: str
+    config: dict[str, Any]
+    data_fingerprint: str
+
+    @property
+    def config_hash(self) -> str:
+        return _hash(self.config)
+
+
+def _hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=repr).encode("utf-8")).hexdigest()
+
+
+def run_config(tuner: Any) -> dict[str, Any]:
+    """The parts of a tuner's setup a resumed run must share with the run that wrote the checkpoint."""
+    ref = tuner.model_ref
+    if isinstance(ref, (str, Path)):
+        model = Path(ref).name if Path(ref).exists() else str(ref)  # a moved directory is the same model
+    else:
+        model = getattr(ref, "name_or_path", None) or type(ref).__name__
+    training = tuner.training.model_dump(mode="json")
+    return {
+        "model": model,
+        "method": {"name": tuner.method.name, **tuner.method.model_dump(mode="json")},
+        "objective": {"name": tuner.objective_used.name, **tuner.objective_used.model_dump(mode="json")},
+        "training": {k: training[k] for k in _TRAJECTORY_FIELDS if k in training},
+    }
+
+
+def data_fingerprint(data: Any) -> str:
+    """sha256 of the exact examples handed to the trainer (token ids and labels, or trl's rows)."""
+    h = hashlib.sha256()
+    if hasattr(data, "input_ids"):
+        for ids, labels in zip(data.input_ids, data.labels):
+            h.update(json.dumps([ids, labels]).encode("utf-8"))
+    else:
+        for record in data.records:
+            h.update(json.dumps(record, sort_keys=True, default=repr, ensure_ascii=False).encode("utf-8"))
+    return h.hexdigest()
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def compare_identity(manifest: dict[str, Any], identity: RunIdentity, *, data: bool) -> list[str]:
+    """What differs between the run that wrote a checkpoint and this one, in the user's option names."""
+    diffs: list[str] = []
+    saved = manifest.get("config")
+    if isinstance(saved, dict) and manifest.get("config_hash") != identity.config_hash:
+        before, now = _flatten(saved), _flatten(identity.config)
+        for key in sorted(set(before) | set(now)):
+            if before.get(key) != now.get(key):
+                diffs.append(f"{key}: checkpoint {before.get(key)!r}, this run {now.get(key)!r}")
+    if data and manifest.get("data_fingerprint") != identity.data_fingerprint:
+        diffs.append("the training data (its examples, order or tokenisation) differs from the checkpoint's")
+    return diffs
+
+
+# --- reading and checking checkpoints ----------------------------------------------------------------
+
+
+def checkpoint_dirs(output_dir: Path) -> list[tuple[int, Path]]:
+    """``checkpoint-N`` directories directly in ``output_dir``, newest step first."""
+    if not output_dir.is_dir():
+        return []
+    found = []
+    for p in output_dir.iterdir():
+        m = _NAME.fullmatch(p.name)
+        if m and p.is_dir() and not p.is_symlink():
+            found.append((int(m.group(1)), p))
+    return sorted(found, reverse=True)
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    f = path / MANIFEST
+    if not f.is_file():
+        raise CheckpointError(f"{path}: no {MANIFEST} (the checkpoint is incomplete, or not written by tunekit)")
+    try:
+        data = json.loads(f.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{f} is corrupt ({e})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("files"), dict):
+        raise CheckpointError(f"{f} is corrupt: expected a JSON object with a file list")
+    return data
+
+
+def verify(path: Path, *, hashes: bool = True) -> dict[str, Any]:
+    """The manifest of a complete checkpoint; CheckpointError saying what is wrong otherwise."""
+    manifest = read_manifest(path)
+    problem = _fs.verify_files(path, manifest["files"], hashes=hashes)
+    if problem is not None:
+        raise CheckpointError(f"{path} is incomplete or corrupt: {problem}")
+    return manifest
+
+
+def recover(output_dir: Path) -> None:
+    """Tidy after a crash: put back a checkpoint a crashed save had moved aside, drop half-written ones."""
+    staging = output_dir / STAGING
+    if not staging.is_dir():
+        return
+    for p in staging.iterdir():
+        m = re.fullmatch(r"old-(checkpoint-\d+)", p.name)
+        target = output_dir / m.group(1) if m else None
+        if target is not None and not target.exists():
+            logger.warning("restoring %s, which an interrupted save had moved aside", target)
+            _fs.retry(functools.partial(os.replace, p, target))
+        else:
+            _fs.remove_tree(p, within=staging)
+    _fs.remove_tree(staging, within=output_dir)
+
+
+def finished_run(output_dir: Path) -> str | None:
+    """The run id of the run in ``output_dir`` if it finished, else None."""
+    f = output_dir / RUN_STATE
+    try:
+        state = json.loads(f.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return state.get("run_id") if isinstance(state, dict) and state.get("finished") else None
+
+
+def mark_finished(output_dir: Path, run_id: str, steps: int) -> None:
+    """Record that ``run_id`` finished, so ``resume="auto"`` starts the next fit afresh instead of resuming it."""
+    staging = output_dir / STAGING
+    staging.mkdir(exist_ok=True)
+    tmp = staging / f"{RUN_STATE}.{uuid.uuid4().hex[:8]}"
+    _fs.write_json(tmp, {"run_id": run_id, "finished": True, "steps": steps})
+    _fs.retry(lambda: tmp.replace(output_dir / RUN_STATE))
+    if not any(staging.iterdir()):
+        _fs.remove_tree(staging, within=output_dir)
+
+
+# --- writing checkpoints -----------------------------------------------------------------------------
+
+
+def _rotate(output_dir: Path, run_id: str, keep: int | None, newest: Path) -> None:
+    """Remove other runs' checkpoints, and this run's beyond ``keep`` (never the one just written)."""
+    ours = []
+    for step, p in checkpoint_dirs(output_dir):
+        if p == newest:
+            continue
+        try:
+            owner = read_manifest(p).get("run_id")
+        except CheckpointError:
+            continue  # not ours to judge: an incomplete or foreign directory stays for the user to see
+        if owner != run_id:
+            logger.info("removing %s, left by an earlier run in %s", p.name, output_dir)
+            _fs.remove_tree(p, within=output_dir)
+        else:
+            ours.append((step, p))
+    if keep is not None:
+        for _step, p in ours[max(keep - 1, 0) :]:
+            _fs.remove_tree(p, within=output_dir)
+
+
+def _rng_and_sampler(trainer: Any) -> dict[str, Any]:
+    state, args = trainer.state, trainer.args
+    # transformers restores the data position from these on resume: the sampler is re-seeded with
+    # data_seed, replays the epoch's order and skips the batches already consumed.
+    return {
+        "seed": args.seed,
+        "data_seed": args.data_seed,
+        "epoch": state.epoch,
+        "global_step": state.global_step,
+        "batch_size": args.per_device_train_batch_size,
+        "grad_accum": args.gradient_accumulation_steps,
+        "world_size": args.world_size,
+        "rng_files": None,  # filled from the file list
+    }
+
+
+def _publish(trainer: Any, staging: Path, final: Path) -> None:
+    """Manifest last, then rename into place; rotation only once the new checkpoint is complete."""
+    identity: RunIdentity = trainer._tk_identity
+    from tunekit import __version__
+
+    files = _fs.list_files(staging)
+    rng = _rng_and_sampler(trainer)
+    rng["rng_files"] = sorted(f for f in files if f.startswith("rng_state"))
+    manifest = {
+        "format": FORMAT,
+        "tunekit_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "run_id": identity.run_id,
+        "step": int(trainer.state.global_step),
+        "max_steps": int(trainer.state.max_steps),
+        "config": identity.config,
+        "config_hash": identity.config_hash,
+        "data_fingerprint": identity.data_fingerprint,
+        "rng_and_sampler": rng,
+        "files": files,
+    }
+    _fs.write_json(staging / MANIFEST, manifest)
+    _fs.fsync_dir(staging)
+    _fs.replace_dir(staging, final, trash=staging.parent / f"old-{final.name}")
+    _rotate(final.parent, identity.run_id, trainer._tk_keep, final)
+
+
+class CheckpointMixin:
+    """Put before a transformers Trainer class: atomic, verified checkpoints and per-step numerical checks."""
+
+    _tk_identity: RunIdentity
+    _tk_keep: int | None
+    _tk_guard: Any
+
+    def _save_checkpoint(self, model: Any, trial: Any) -> None:
+        trainer: Any = self
+        run_dir = Path(trainer._get_output_dir(trial=trial))
+        final = run_dir / f"checkpoint-{trainer.state.global_step}"
+        staging_root = run_dir / STAGING
+        staging = staging_root / final.name
+        main = trainer.args.should_save
+        if main:
+            staging_root.mkdir(parents=True, exist_ok=True)
+            _fs.remove_tree(staging, within=staging_root)  # a leftover of a crash at this same step
+        trainer.accelerator.wait_for_everyone()
+        # transformers writes everything (model, optimizer, RNG, sharded states) into the staging directory.
+        trainer._get_output_dir = lambda trial=None: str(staging_root)
+        try:
+            super()._save_checkpoint(model, trial)  # type: ignore[misc]
+            trainer.accelerator.wait_for_everyone()
+            if main:
+                _publish(trainer, staging, final)
+        except OSError as e:
+            if main:
+                _fs.remove_tree(staging, within=staging_root)
+            previous = next((p.name for s, p in checkpoint_dirs(run_dir) if p != final), None)
+            raise CheckpointError(
+                f"could not write {final.name} in {run_dir}: {e.strerror or e}"
+                + (" (the disk is full; free some space or write checkpoints less often)" if e.errno == 28 else "")
+                + f"; {'the previous checkpoint ' + previous + ' is intact' if previous else 'no checkpoint was kept'}"
+            ) from e
+        finally:
+            trainer.__dict__.pop("_get_output_dir", None)
+        trainer.accelerator.wait_for_everyone()
+
+    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+        super().log(logs, *args, **kwargs)  # type: ignore[misc]
+        tr_loss = getattr(self, "_tr_loss", None)
+        if "loss" in logs and tr_loss is not None and self._tk_guard.mode == "skip" and not bool(tr_loss.isfinite()):
+            # A skipped step's NaN was logged (shown, not averaged away); transformers resets the running
+            # sum by subtracting it from itself, which keeps a NaN: start the next window clean.
+            tr_loss.zero_()
+
+    # Numerical safety (tunekit.backends.hf.guards) sees every micro-batch loss and every gradient norm.
+    def training_step(self, *args: Any, **kwargs: Any) -> Any:
+        loss = super().training_step(*args, **kwargs)  # type: ignore[misc]
+        self._tk_guard.observe_loss(loss)
+        return loss
+
+    def _get_grad_norm(self, model: Any, grad_norm: Any = None) -> Any:
+        norm = super()._get_grad_norm(model, grad_norm=grad_norm)  # type: ignore[misc]
+        self._tk_guard.observe_grad_norm(norm)
+        return norm
+
+
+_CLASSES: dict[type, type] = {}
+
+
+def install(trainer: Any, *, identity: RunIdentity, keep: int | None, guard: Any) -> Any:
+    """Give ``trainer`` tunekit's checkpointing and guards (its class gains :class:`CheckpointMixin`)."""
+    cls = type(trainer)
+    if not issubclass(cls, CheckpointMixin):
+        if cls not in _CLASSES:
+            _CLASSES[cls] = type(cls.__name__, (CheckpointMixin, cls), {"__module__": cls.__module__})
+        trainer.__class__ = _CLASSES[cls]
+    trainer._tk_identity, trainer._tk_keep, trainer._tk_guard = identity, keep, guard
+    trainer.add_callback(guard)
+    return trainer
