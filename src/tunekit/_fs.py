@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 from tunekit.errors import CheckpointError
 
 __all__ = [
+    "check_writable",
     "fsync_dir",
     "fsync_file",
     "inside",
@@ -88,6 +89,24 @@ def fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def check_writable(directory: Path, what: str) -> None:
+    """Fail early, before any training, when ``directory`` cannot be created or written to."""
+    import tempfile
+
+    from tunekit.errors import ConfigError
+
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".tunekit-write-test-", dir=directory)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise ConfigError(
+            f"{what}={str(directory)!r}: cannot write there ({e.strerror or e}); choose a directory you can write "
+            "to, or change its permissions"
+        ) from None
 
 
 def write_json(path: Path, data: Any) -> None:

@@ -168,7 +168,7 @@ def test_invalid_json_file_names_the_line(tmp_path: Path) -> None:
 def test_json_file_that_is_not_a_list(tmp_path: Path) -> None:
     path = tmp_path / "d.json"
     path.write_text('{"text": "a", "other": 1}', encoding="utf-8")
-    assert str(error(path)) == f"{path}: expected a JSON list of objects, found dict"
+    assert str(error(path)).startswith(f"{path}: expected a JSON list of objects, found dict; put the rows in a list")
 
 
 @pytest.mark.parametrize("kind", [".jsonl", ".json", ".csv"])
@@ -198,7 +198,7 @@ def test_empty_file(tmp_path: Path, name: str, content: str) -> None:
     path = tmp_path / name
     path.write_text(content, encoding="utf-8")
     err = error(path)
-    assert str(err) == "the dataset is empty: it has no rows to train on"
+    assert str(err) == f"the dataset is empty: {path}: the file has no rows to train on; add at least one example"
     assert err.row is None
 
 
@@ -207,7 +207,7 @@ def test_empty_in_memory_inputs() -> None:
     import pandas as pd
 
     for data in ([], pd.DataFrame(), datasets.Dataset.from_dict({})):
-        assert str(error(data)) == "the dataset is empty: it has no rows to train on"
+        assert str(error(data)) == "the dataset is empty: it has no rows to train on; add at least one example"
 
 
 @pytest.mark.parametrize("bad", ["just a string", 3, ["a", "list"], None])
@@ -221,7 +221,9 @@ def test_row_that_is_not_an_object(tmp_path: Path, bad: Any) -> None:
 
 
 def test_missing_file(tmp_path: Path) -> None:
-    assert str(error(tmp_path / "nope.jsonl")) == f"data file not found: {tmp_path / 'nope.jsonl'}"
+    assert str(error(tmp_path / "nope.jsonl")).startswith(
+        f"data file not found: {tmp_path / 'nope.jsonl'}; check the path"
+    )
 
 
 def test_directory(tmp_path: Path) -> None:

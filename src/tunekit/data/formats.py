@@ -90,7 +90,7 @@ class NormalisedData:
 def detect_format(rows: list[dict[str, Any]]) -> Format:
     """The format whose columns the first row has (filled columns first, then any column)."""
     if not rows:
-        raise DatasetError("the dataset is empty: it has no rows to train on")
+        raise DatasetError("the dataset is empty: it has no rows to train on; add at least one example")
     if not isinstance(rows[0], dict):
         raise DatasetError(f"row 1: expected an object with named fields, got {type(rows[0]).__name__}", row=1)
     keys = set(rows[0])

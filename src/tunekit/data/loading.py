@@ -79,7 +79,10 @@ def _read_file(path: Path) -> list[Any]:
             if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
                 data = next(iter(data.values()))  # {"data": [...]} / {"train": [...]}
             if not isinstance(data, list):
-                raise DatasetError(f"{path}: expected a JSON list of objects, found {type(data).__name__}")
+                raise DatasetError(
+                    f"{path}: expected a JSON list of objects, found {type(data).__name__}; put the rows in a list "
+                    "([{...}, {...}]), or write a .jsonl file with one object a line"
+                )
             return data
         if suffix == ".csv":
             with path.open(encoding=UTF8, newline="") as f:
@@ -102,7 +105,9 @@ def load_rows(data: DataInput) -> list[dict[str, Any]]:
     if isinstance(data, (str, Path)):
         path = Path(data)
         if not path.exists():
-            raise DatasetError(f"data file not found: {path}")
+            raise DatasetError(
+                f"data file not found: {path}; check the path (a relative path starts from {Path.cwd()})"
+            )
         if path.is_dir():
             raise DatasetError(f"{path} is a directory; pass a file ({', '.join(SUFFIXES)})")
         rows: list[Any] = _read_file(path)
@@ -125,5 +130,6 @@ def load_rows(data: DataInput) -> list[dict[str, Any]]:
             raise DatasetError(f"row {i}: expected an object with named fields, got {type(row).__name__}", row=i)
         out.append(_clean(row))
     if not out:
-        raise DatasetError("the dataset is empty: it has no rows to train on")
+        where = f"{data}: the file has no rows" if isinstance(data, (str, Path)) else "it has no rows"
+        raise DatasetError(f"the dataset is empty: {where} to train on; add at least one example")
     return out

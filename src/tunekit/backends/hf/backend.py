@@ -9,6 +9,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from tunekit._fs import check_writable
 from tunekit._quiet import quiet
 from tunekit.backends.hf.batch_size import train_fitting
 from tunekit.backends.hf.callbacks import HookBridge
@@ -140,6 +141,8 @@ class HFBackend:
     def preflight(self, tuner: Any, *, resume: bool | str | Path) -> Path | None:
         """Checks that need nothing loaded (trackers installed, a checkpoint to resume from); returns the checkpoint."""
         check_trackers(tuner.training.report_to, tuner.output_dir)
+        if tuner.output_dir is not None:
+            check_writable(Path(tuner.output_dir), "Tuner(output_dir)")  # before training, not at the first save
         return resolve_resume(resume, tuner.output_dir, config=run_config(tuner), force=tuner.training.force_resume)
 
     def fit(
