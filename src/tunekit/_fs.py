@@ -104,8 +104,8 @@ def check_writable(directory: Path, what: str) -> None:
         os.unlink(probe)
     except OSError as e:
         raise ConfigError(
-            f"{what}={str(directory)!r}: cannot write there ({e.strerror or e}); choose a directory you can write "
-            "to, or change its permissions"
+            f"{what}: cannot write to {directory} ({e.strerror or e}); choose a directory you can write to, or "
+            "change its permissions"
         ) from None
 
 

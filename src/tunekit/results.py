@@ -16,7 +16,8 @@ class FitResult(BaseModel):
     ``train_loss`` is the loss of the last logged window (what the model does now);
     ``metrics["train_loss_mean"]`` the mean over the whole run. ``tokens_per_s`` counts real
     (non-pad) tokens. ``skipped_rows`` lists the 1-based rows dropped with
-    ``Training(on_bad_rows="skip")``. A run that ended before its planned length has
+    ``Training(on_bad_rows="skip")`` and ``skipped_reasons`` says why, row by row. A run that
+    ended before its planned length has
     ``stopped_early`` set and ``stop_reason`` saying why (``"cancelled"``, an early-stopping
     message, ...); ``checkpoint`` is the last checkpoint it wrote (resume from it with
     ``fit(..., resume=True)``).
@@ -46,6 +47,7 @@ class FitResult(BaseModel):
     skipped_rows: list[int] = []
     stop_reason: str | None = None
     checkpoint: Path | None = None
+    skipped_reasons: dict[int, str] = {}
 
     @property
     def trainable_share(self) -> float:

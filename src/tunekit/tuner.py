@@ -193,6 +193,8 @@ class Tuner:
             add_eos=getattr(obj, "add_eos", True),
             on_bad_rows=self.training.on_bad_rows,
         )
+        for _row, reason in enc.skipped:  # rows that tokenised to nothing to learn (normalise logged its own)
+            logger.warning("skipped %s", reason)
         enc.skipped = norm.skipped + enc.skipped
         if enc.truncated:
             logger.warning(

@@ -142,7 +142,7 @@ class HFBackend:
         """Checks that need nothing loaded (trackers installed, a checkpoint to resume from); returns the checkpoint."""
         check_trackers(tuner.training.report_to, tuner.output_dir)
         if tuner.output_dir is not None:
-            check_writable(Path(tuner.output_dir), "Tuner(output_dir)")  # before training, not at the first save
+            check_writable(Path(tuner.output_dir), "Tuner(output_dir=...)")  # before training, not at the first save
         return resolve_resume(resume, tuner.output_dir, config=run_config(tuner), force=tuner.training.force_resume)
 
     def fit(
@@ -245,6 +245,7 @@ class HFBackend:
             stop_reason=ctx.stop_reason,
             checkpoint=bridge.last_checkpoint if tuner.output_dir is not None else None,
             skipped_rows=sorted(r for r, _ in train.skipped),
+            skipped_reasons=dict(sorted(train.skipped)),
         )
 
     def generate(self, loaded: Loaded, prompts: list[Any], *, chat: bool, options: dict[str, Any]) -> list[str]:

@@ -304,6 +304,8 @@ class CheckpointMixin:
         except OSError as e:
             if main:
                 _fs.remove_tree(staging, within=staging_root)
+                if staging_root.is_dir() and not any(staging_root.iterdir()):
+                    _fs.remove_tree(staging_root, within=run_dir)
             previous = next((p.name for s, p in checkpoint_dirs(run_dir) if p != final), None)
             raise CheckpointError(
                 f"could not write {final.name} in {run_dir}: {e.strerror or e}"
