@@ -50,7 +50,7 @@ def latest_checkpoint(output_dir: Path) -> tuple[Path, dict[str, Any]] | None:
         try:
             return path, verify(path)
         except CheckpointError as e:
-            logger.warning("skipping %s: %s", path.name, str(e).removeprefix(f"{path}: ").removeprefix(f"{path} "))
+            logger.warning("skipping %s: %s", path.name, _reason(e, path))
     return None
 
 
@@ -113,11 +113,16 @@ def resolve_resume(
         manifest = verify(path)
     except CheckpointError as e:
         raise CheckpointError(
-            f"resume={str(resume)!r}: {e}; resume from another checkpoint (resume=True takes the newest complete "
-            "one), or pass Training(force_resume=True) if it was written by plain transformers"
+            f"resume={str(resume)!r}: {_reason(e, path)}; resume from another checkpoint (resume=True takes the "
+            "newest complete one), or pass Training(force_resume=True) if it was written by plain transformers"
         ) from None
     _check_config(path, manifest, config, force, f"resume={str(resume)!r}")
     return path
+
+
+def _reason(error: CheckpointError, path: Path) -> str:
+    """The error's text without the path it starts with (the caller names the checkpoint)."""
+    return str(error).removeprefix(f"{path}: ").removeprefix(f"{path} ")
 
 
 def _check_config(path: Path, manifest: dict[str, Any], config: dict[str, Any] | None, force: bool, what: str) -> None:
