@@ -1,4 +1,4 @@
-"""``Training(auto_batch_size=True)`` on a real CUDA out-of-memory error: the micro-batch shrinks, the effective batch stays.
+"""``Training(auto_batch_size=True)`` on a real CUDA out-of-memory error: smaller micro-batch, same effective batch.
 
 The GPU is made small on purpose: a first run measures the peak memory of a micro-batch of 2, then the
 process's share of the device is capped at a few times that, so a micro-batch of 32 cannot fit.
