@@ -66,6 +66,8 @@ def resolve_resume(
     ``config`` (see :func:`tunekit.backends.hf.checkpoints.run_config`) is compared with the
     checkpoint's unless ``force``; the data is compared later, once it is tokenised.
     """
+    if output_dir is not None and output_dir.is_dir() and _is_main_process():
+        recover(output_dir)  # a save a crash interrupted: restore what it moved aside, drop the half-written
     if resume is False:
         return None
     if resume is True or resume == "auto":
@@ -76,8 +78,6 @@ def resolve_resume(
                 f"resume={resume!r}: resuming looks for checkpoints in output_dir, and this Tuner has none; "
                 "pass Tuner(output_dir=...) or resume='<path to a checkpoint-N directory>'"
             )
-        if _is_main_process() and output_dir.is_dir():
-            recover(output_dir)  # a save a crash interrupted: restore what it moved aside, drop the half-written
         found = latest_checkpoint(output_dir)
         if found is None:
             if resume is True:
