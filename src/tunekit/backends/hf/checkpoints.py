@@ -20,6 +20,7 @@ a barrier while the main process publishes it.
 
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
 import json
@@ -280,6 +281,19 @@ def _publish(trainer: Any, staging: Path, final: Path) -> None:
     _rotate(final.parent, identity.run_id, trainer._tk_keep, final)
 
 
+def _save_failed(e: OSError, final: Path, run_dir: Path) -> str:
+    if e.errno == errno.ENOSPC:
+        fix = "the disk is full; free some space, keep fewer checkpoints (Training(keep_checkpoints=N)) or save "
+        fix += "less often"
+    elif isinstance(e, PermissionError):
+        fix = "a file is locked or not writable (another program, antivirus, a read-only directory); check output_dir"
+    else:
+        fix = "check output_dir and its disk"
+    previous = next((p.name for _s, p in checkpoint_dirs(run_dir) if p != final), None)
+    kept = f"the previous checkpoint {previous} is intact" if previous else "there is no earlier checkpoint"
+    return f"could not write {final.name} in {run_dir} ({e.strerror or e}): {fix}; {kept}"
+
+
 class CheckpointMixin:
     """Put before a transformers Trainer class: atomic, verified checkpoints and per-step numerical checks."""
 
@@ -310,12 +324,7 @@ class CheckpointMixin:
                 _fs.remove_tree(staging, within=staging_root)
                 if staging_root.is_dir() and not any(staging_root.iterdir()):
                     _fs.remove_tree(staging_root, within=run_dir)
-            previous = next((p.name for s, p in checkpoint_dirs(run_dir) if p != final), None)
-            raise CheckpointError(
-                f"could not write {final.name} in {run_dir}: {e.strerror or e}"
-                + (" (the disk is full; free some space or write checkpoints less often)" if e.errno == 28 else "")
-                + f"; {'the previous checkpoint ' + previous + ' is intact' if previous else 'no checkpoint was kept'}"
-            ) from e
+            raise CheckpointError(_save_failed(e, final, run_dir)) from e
         finally:
             trainer.__dict__.pop("_get_output_dir", None)
         trainer.accelerator.wait_for_everyone()
