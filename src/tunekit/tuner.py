@@ -214,10 +214,11 @@ class Tuner:
         """Train on ``data`` (a path, list of dicts, datasets.Dataset or DataFrame).
 
         Returns a :class:`FitResult`; the trained weights stay in ``tuner.model``, ready for
-        :meth:`generate` and :meth:`save`. ``resume`` (default: ``Training.resume``) continues
-        from a checkpoint: ``True`` the newest in ``output_dir``, ``"auto"`` the newest if there is
-        one, or a ``checkpoint-N`` directory; the optimizer, schedule, random state and position
-        in the data are restored, so pass the same data.
+        :meth:`generate` and :meth:`save`. ``resume`` (default: ``Training.resume``, ``"auto"``)
+        continues from a checkpoint: ``"auto"`` the newest complete one in ``output_dir`` of a run
+        that did not finish (else start afresh), ``True`` the newest, or a ``checkpoint-N``
+        directory; the optimizer, schedule, random state and position in the data are restored, so
+        pass the same data (a different config or data raises ``CheckpointError``).
         """
         from tunekit.run import execute, prepare
 
