@@ -102,7 +102,12 @@ NON_DEFAULTS: dict[type[Config], dict[str, Any]] = {
         "on_bad_rows": "skip",
         "trust_remote_code": True,
         "report_to": ("tensorboard", "mlflow"),
-        "resume": "auto",
+        "resume": False,
+        "keep_checkpoints": 3,
+        "force_resume": True,
+        "on_nonfinite": "skip",
+        "auto_batch_size": True,
+        "allow_pickle": True,
     },
 }
 
