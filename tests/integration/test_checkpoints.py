@@ -215,6 +215,10 @@ def test_windows_simulation_checkpoints_and_resume(tiny_llama, tmp_path, monkeyp
     same_weights(weights(again), ref_weights)
     assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == [f"checkpoint-{s}" for s in (2, 4, 6, 8)]
     assert not (tmp_path / STAGING).exists()
+    saved = again.save(tmp_path / "adapter")  # the final save too, and replacing it
+    again.save(saved)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no staging or trash left
+    same_weights(weights(tk.load(saved)), ref_weights)
 
 
 def test_full_disk_during_save_keeps_the_previous_checkpoint(tiny_llama, tmp_path, monkeypatch):
