@@ -21,6 +21,7 @@ from tunekit.results import FitResult
 from tunekit.training import Training
 
 if TYPE_CHECKING:
+    from tunekit.plan import Plan
     from tunekit.run import Run
 
 __all__ = ["Tuner"]
@@ -164,11 +165,12 @@ class Tuner:
             logger.warning("skipped %s", reason)
         return norm
 
-    def _encode(self, norm: NormalisedData) -> Encoded | TrainerRows:
+    def _encode(self, norm: NormalisedData, *, tokenizer: Any = None) -> Encoded | TrainerRows:
         obj = self.objective_used
+        tokenizer = tokenizer if tokenizer is not None else self.tokenizer
         if not obj.tokenised_by_tunekit:  # preference and RL rows: trl renders them with the same template
             rows = prepare_rows(
-                self.tokenizer,
+                tokenizer,
                 norm,
                 max_length=self.training.max_length,
                 whole_pairs=obj.model_head == "sequence_classification",
@@ -186,7 +188,7 @@ class Tuner:
                 )
             return rows
         enc = encode_examples(
-            self.tokenizer,
+            tokenizer,
             norm.examples,
             max_length=self.training.max_length,
             train_on_prompt=getattr(obj, "train_on_prompt", False),
@@ -206,6 +208,23 @@ class Tuner:
     def prepare(self, data: Any) -> Encoded | TrainerRows:
         """Validate, template and tokenise ``data`` as ``fit`` would, without training."""
         return self._encode(self._normalise(data, "training"))
+
+    def plan(self, data: Any, eval_data: Any = None) -> Plan:
+        """What ``fit(data)`` would cost, without training: a :class:`tunekit.Plan`.
+
+        Exact trainable and total parameters, the examples, tokens and optimizer steps ``fit``
+        will see, and the estimated peak memory (weights, gradients, optimizer state,
+        activations); on CUDA, whether it fits. The model's weights are not loaded when the tuner
+        has not loaded them yet (the model is built on the meta device).
+
+        Example:
+            >>> plan = tk.Tuner("Qwen/Qwen2-0.5B").plan("train.jsonl")  # doctest: +SKIP
+            >>> print(plan)  # doctest: +SKIP
+        """
+        from tunekit.backends.hf.planning import make_plan
+
+        self._check_not_training("plan()")
+        return make_plan(self, data, eval_data)
 
     # --- the verbs ----------------------------------------------------------------------------------
     def fit(self, data: Any, *, eval_data: Any = None, resume: bool | str | Path | None = None) -> FitResult:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import itertools
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -89,7 +90,7 @@ def _varlen_sdpa(
         key = key.repeat_interleave(groups, dim=1)
         value = value.repeat_interleave(groups, dim=1)
     parts = []
-    for start, end in zip(bounds[:-1], bounds[1:]):
+    for start, end in itertools.pairwise(bounds):
         if end <= start:
             continue
         parts.append(
@@ -136,7 +137,10 @@ def choose(model: Any, training: Any, device: Any) -> FastPath:
     if packing_opt is False:
         reason = "Training(packing=False)"
     elif _prompt_learning(model):
-        reason = "prompt-based methods put virtual tokens in front of the input, which a packed row cannot repeat per example"
+        reason = (
+            "prompt-based methods put virtual tokens in front of the input, which a packed row cannot repeat per "
+            "example"
+        )
     elif attn not in _PACKABLE_ATTENTION:
         reason = f"the model's attention implementation {attn!r} cannot keep packed examples apart"
     if reason:
@@ -243,7 +247,7 @@ def fused_loss_only(model: Any) -> None:
     from peft import PeftModel
     from trl.trainer.utils import add_fused_lm_head
 
-    target = model.get_base_model() if isinstance(model, PeftModel) else model
+    target: Any = model.get_base_model() if isinstance(model, PeftModel) else model
     target.__dict__.pop("forward", None)
     add_fused_lm_head(target, outputs=("log_probs",))
 
