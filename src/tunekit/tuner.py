@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from tunekit.backends import get_backend
 from tunekit.data import encode_examples, load_rows, normalise
+from tunekit.data.cache import cached_encode
 from tunekit.data.encoding import Encoded
 from tunekit.data.formats import NormalisedData
 from tunekit.data.rows import TrainerRows, prepare_rows
@@ -187,13 +188,19 @@ class Tuner:
                     self.training.max_length,
                 )
             return rows
-        enc = encode_examples(
+        settings: dict[str, Any] = {
+            "max_length": self.training.max_length,
+            "train_on_prompt": getattr(obj, "train_on_prompt", False),
+            "add_eos": getattr(obj, "add_eos", True),
+            "on_bad_rows": self.training.on_bad_rows,
+        }
+        enc = cached_encode(  # a second run on the same data, tokenizer and settings skips tokenising
+            lambda: encode_examples(tokenizer, norm.examples, **settings),
             tokenizer,
             norm.examples,
-            max_length=self.training.max_length,
-            train_on_prompt=getattr(obj, "train_on_prompt", False),
-            add_eos=getattr(obj, "add_eos", True),
-            on_bad_rows=self.training.on_bad_rows,
+            {"objective": obj.name, **settings},
+            enabled=self.training.cache,
+            directory=self.training.cache_dir,
         )
         enc.skipped = norm.skipped + enc.skipped
         if enc.truncated:
