@@ -19,10 +19,10 @@ def model_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
     return tiny_model(tmp_path_factory.mktemp(request.param), request.param, initializer_range=0.2)
 
 
-def _examples(vocab: int, seed: int = 0) -> list[dict[str, list[int]]]:
+def _examples(vocab: int, seed: int = 0, shapes=((7, 3), (13, 5), (4, 1), (10, 6))) -> list[dict[str, list[int]]]:
     g = torch.Generator().manual_seed(seed)
     out = []
-    for n, prompt in ((7, 3), (13, 5), (4, 1), (10, 6)):
+    for n, prompt in shapes:
         ids = torch.randint(5, vocab, (n,), generator=g).tolist()
         labels = [IGNORE] * prompt + ids[prompt:]  # completion-only labels, as tunekit encodes them
         out.append({"input_ids": ids, "labels": labels})
@@ -46,10 +46,13 @@ def _path() -> fastpath.FastPath:
     return fastpath.FastPath(packing=True, attention=fastpath.VARLEN, liger=False, compile=False)
 
 
-def test_packed_loss_is_the_token_weighted_mean_of_per_example_losses(model_dir: Path) -> None:
+@pytest.mark.parametrize(
+    "shapes", [((7, 3), (13, 5), (4, 1), (10, 6)), ((9, 2), (9, 4), (9, 1))], ids=["mixed", "equal"]
+)
+def test_packed_loss_is_the_token_weighted_mean_of_per_example_losses(model_dir: Path, shapes: tuple) -> None:
     """Packed loss = (sum over examples of their summed token losses) / (number of supervised tokens)."""
     model = _model(model_dir)
-    examples = _examples(model.config.vocab_size)
+    examples = _examples(model.config.vocab_size, shapes=shapes)
     sums, counts = [], []
     with torch.no_grad():
         for ex in examples:  # each example alone, unpadded, with the model's default attention

@@ -89,6 +89,19 @@ def _varlen_sdpa(
     if groups > 1:
         key = key.repeat_interleave(groups, dim=1)
         value = value.repeat_interleave(groups, dim=1)
+    sizes = {end - start for start, end in itertools.pairwise(bounds)}
+    if len(sizes) == 1:  # examples of one length: a batch of them, one SDPA call (a view, no copy)
+        (size,) = sizes
+        n, heads, dim = len(bounds) - 1, query.shape[1], query.shape[-1]
+
+        def batch(t: Any) -> Any:
+            return t[0].reshape(heads, n, size, t.shape[-1]).transpose(0, 1)
+
+        out = torch.nn.functional.scaled_dot_product_attention(
+            batch(query), batch(key), batch(value), dropout_p=dropout if module.training else 0.0, scale=scaling,
+            is_causal=size > 1,
+        )  # fmt: skip
+        return out.transpose(0, 1).reshape(1, heads, n * size, dim).transpose(1, 2).contiguous(), None
     parts = []
     for start, end in itertools.pairwise(bounds):
         if end <= start:
@@ -219,6 +232,7 @@ def fast_sft_trainer(base: Any, *, fused_head: bool) -> Any:
             real = inputs.pop("tunekit_real_tokens", 0)
             if model.training:
                 self._total_train_tokens += int(real)
+                self._metrics["train"]["num_tokens"] = [self._total_train_tokens]  # logged, as trl does
             inputs["use_cache"] = False
             if not fused_head:
                 inputs.pop("tunekit_bounds", None) if _attention_of(model) != VARLEN else None
