@@ -234,11 +234,10 @@ def fast_sft_trainer(base: Any, *, fused_head: bool) -> Any:
                 self._total_train_tokens += int(real)
                 self._metrics["train"]["num_tokens"] = [self._total_train_tokens]  # logged, as trl does
             inputs["use_cache"] = False
-            if not fused_head:
-                inputs.pop("tunekit_bounds", None) if _attention_of(model) != VARLEN else None
-                return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
-            if _attention_of(model) != VARLEN:
+            if _attention_of(model) != VARLEN:  # the boundaries are for tunekit's attention only
                 inputs.pop("tunekit_bounds", None)
+            if not fused_head:
+                return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
             outputs = model(**inputs, fused_lm_head=True)
             count = outputs.label_mask.sum() if num_items_in_batch is None else num_items_in_batch
             loss = -outputs.log_probs.sum() / torch.as_tensor(count).clamp(min=1)
