@@ -17,7 +17,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def setup() -> None:
-    """One intra-op thread (timings on a shared machine), no library chatter on stdout."""
+    """One intra-op thread (timings on a shared machine), no library chatter on stdout.
+
+    Whatever the libraries print (trl's log lines, import-time warnings) goes to stderr; only
+    :func:`emit` writes to the real stdout.
+    """
+    sys.stdout = sys.stderr
     import torch
 
     torch.set_num_threads(1)
@@ -52,5 +57,6 @@ def median_time(fn: Any, repeats: int) -> float:
 
 def emit(figures: dict[str, Any]) -> None:
     """The benchmark's one line of output."""
-    sys.stdout.write(json.dumps(figures) + "\n")
-    sys.stdout.flush()
+    out = sys.__stdout__ or sys.stderr
+    out.write(json.dumps(figures) + "\n")
+    out.flush()

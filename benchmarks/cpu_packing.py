@@ -1,11 +1,11 @@
 """Variable-length data: padded batches against tunekit's default (padding-free packing): real tokens/s.
 
 Targets: ratio (default / padded) at least 1.5 on variable-length data, and no more than 5% slower
-on the fixed-length control, where there is no padding to save. A small Llama (128 wide, 2 layers)
+on the fixed-length control, where there is no padding to save. A small Llama (256 wide, 2 layers)
 trains raw text (CausalLM, LoRA) with lengths uniform in --min..--max tokens, batch 8. Real tokens
 per second = non-pad tokens trained / training wall time (FitResult.tokens_per_s).
 
-    PYTHONPATH=src python benchmarks/cpu_packing.py [--steps 30] [--min 16] [--max 512]
+    PYTHONPATH=src python benchmarks/cpu_packing.py [--steps 20] [--min 16] [--max 512]
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from _util import digit_texts, emit, setup, workdir
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--min", type=int, default=16)
     ap.add_argument("--max", type=int, default=512)
-    ap.add_argument("--hidden", type=int, default=128)
+    ap.add_argument("--hidden", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=2)
     args = ap.parse_args()
     setup()

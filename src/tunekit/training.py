@@ -6,7 +6,7 @@ import re
 from pathlib import PurePath
 from typing import ClassVar, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from tunekit._config import Config
 
@@ -132,6 +132,13 @@ class Training(Config):
         if isinstance(v, str):
             return () if v == "none" else (v,)
         return v
+
+    @field_validator("gradient_checkpointing", "packing", mode="before")
+    @classmethod
+    def _bool_or_auto(cls, v: object, info: ValidationInfo) -> object:
+        if v is True or v is False or v == "auto":
+            return v
+        raise ValueError(f"{info.field_name} must be True, False or 'auto'")
 
     @field_validator("cache_dir", mode="before")
     @classmethod

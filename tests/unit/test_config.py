@@ -103,6 +103,11 @@ NON_DEFAULTS: dict[type[Config], dict[str, Any]] = {
         "trust_remote_code": True,
         "report_to": ("tensorboard", "mlflow"),
         "resume": "auto",
+        "packing": True,
+        "tokens_per_batch": 4096,
+        "compile": True,
+        "cache": False,
+        "cache_dir": "/tmp/tunekit-cache",
     },
 }
 

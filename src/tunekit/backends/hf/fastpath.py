@@ -245,6 +245,14 @@ def fast_sft_trainer(base: Any, *, fused_head: bool) -> Any:
                 loss = loss * (self.accelerator.num_processes // self.get_tp_size())
             return (loss, outputs) if return_outputs else loss
 
+        def floating_point_ops(self, inputs: Any) -> int:
+            # transformers walks every parameter each step to count them; the count does not change.
+            if not hasattr(self, "_tunekit_params"):
+                count = getattr(self.model, "num_parameters", None)
+                self._tunekit_params = int(count(exclude_embeddings=True)) if count is not None else 0
+            ids = inputs.get("input_ids")
+            return 6 * (int(ids.numel()) if ids is not None else 0) * self._tunekit_params
+
         def _prepare_inputs(self, inputs: Any) -> Any:
             extra = {k: inputs.pop(k) for k in ("tunekit_bounds", "tunekit_real_tokens") if k in inputs}
             prepared = super()._prepare_inputs(inputs)
