@@ -135,3 +135,32 @@ def test_token_budget_batches(model_dir: Path) -> None:
     result = tuner.fit(rows)
     assert result.steps == len(packed) < len(rows) // 2  # several examples per micro-batch
     assert result.tokens_per_s > 0
+
+
+@pytest.mark.slow
+def test_compile_trains_like_eager(tiny_llama: Path) -> None:
+    """Training(compile=True) hands the model to torch.compile; it learns the same as without (slow: compiling)."""
+    rows = first_task(32, seed=8)
+    losses = {}
+    for compile_ in (False, True):
+        tr = tk.Training(device="cpu", max_steps=4, log_every=1, batch_size=8, learning_rate=5e-3, compile=compile_)
+        losses[compile_] = [h["loss"] for h in tk.Tuner(str(tiny_llama), training=tr).fit(rows).history if "loss" in h]
+    assert losses[True] == pytest.approx(losses[False], rel=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("config", "reason"),
+    [
+        ({"attn_logit_softcapping": 50.0}, "softcapping"),
+        ({"sliding_window": 256, "use_sliding_window": True}, "sliding-window"),
+        ({"_attn_implementation": "flex_attention"}, "cannot keep packed examples apart"),
+    ],
+)
+def test_attention_the_fast_path_cannot_reproduce_falls_back(config: dict, reason: str) -> None:
+    from types import SimpleNamespace
+
+    model = SimpleNamespace(config=SimpleNamespace(**{"_attn_implementation": "sdpa", **config}))
+    path = fastpath.choose(model, tk.Training(max_length=1024), torch.device("cpu"))
+    assert not path.packing and reason in path.reason
+    window_ok = SimpleNamespace(config=SimpleNamespace(_attn_implementation="sdpa", sliding_window=4096))
+    assert fastpath.choose(window_ok, tk.Training(max_length=1024), torch.device("cpu")).packing

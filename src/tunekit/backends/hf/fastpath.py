@@ -156,11 +156,26 @@ def choose(model: Any, training: Any, device: Any) -> FastPath:
         )
     elif attn not in _PACKABLE_ATTENTION:
         reason = f"the model's attention implementation {attn!r} cannot keep packed examples apart"
+    else:
+        reason = _attention_quirk(model, training)
     if reason:
         return FastPath(packing=False, attention=None, liger=liger, compile=compile_, reason=reason)
     if attn.startswith("flash_attention") and device.type == "cuda":
         return FastPath(packing=True, attention=None, liger=liger, compile=compile_)
     return FastPath(packing=True, attention=VARLEN, liger=liger, compile=compile_)
+
+
+def _attention_quirk(model: Any, training: Any) -> str:
+    """Why tunekit's per-example SDPA would not compute this model's attention exactly ("" if it would)."""
+    config = getattr(model, "config", None)
+    get_text = getattr(config, "get_text_config", None)
+    config = get_text() if callable(get_text) else config
+    if getattr(config, "attn_logit_softcapping", None):
+        return "the model caps its attention logits (softcapping), which SDPA cannot do"
+    window = getattr(config, "sliding_window", None)
+    if window and getattr(config, "use_sliding_window", True) and window < getattr(training, "max_length", 0):
+        return f"the model uses sliding-window attention ({window} tokens) shorter than max_length"
+    return ""
 
 
 def _prompt_learning(model: Any) -> bool:
