@@ -42,6 +42,14 @@ def gpu(session: nox.Session) -> None:
 
 
 @nox.session(python="3.11")
+def bench(session: nox.Session) -> None:
+    """The CPU benchmarks (benchmarks/README.md), one JSON line each; gpu_throughput.py runs on a GPU machine."""
+    _install(session)
+    for script in ("cpu_overhead.py", "cpu_packing.py", "cache.py"):
+        session.run("python", f"benchmarks/{script}", *session.posargs)
+
+
+@nox.session(python="3.11")
 def lint(session: nox.Session) -> None:
     session.install("ruff>=0.6")
     session.run("ruff", "check", "src", "tests", "noxfile.py")

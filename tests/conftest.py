@@ -29,6 +29,18 @@ def _one_torch_thread():
     torch.set_num_threads(before)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _tokenisation_cache(tmp_path_factory: pytest.TempPathFactory):
+    """Tests never read or fill the user's tokenisation cache (~/.cache/tunekit)."""
+    old = os.environ.get("TUNEKIT_CACHE")
+    os.environ["TUNEKIT_CACHE"] = str(tmp_path_factory.mktemp("tunekit-cache"))
+    yield
+    if old is None:
+        os.environ.pop("TUNEKIT_CACHE", None)
+    else:
+        os.environ["TUNEKIT_CACHE"] = old
+
+
 @pytest.fixture(scope="session")
 def task_texts() -> list[str]:
     from tunekit.testing import reverse_task

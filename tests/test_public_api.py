@@ -30,6 +30,8 @@ EXPECTED = {
     "__version__",
     "load",
     "testing",
+    # speed and memory (issue 7)
+    "Plan",
     # the method catalogue (issue 3)
     "AdaLoRA",
     "Comparison",

@@ -39,6 +39,7 @@ from tunekit.methods import (
 )
 from tunekit.objectives import DPO, GRPO, KTO, ORPO, RLOO, SFT, CausalLM, Objective, RewardModeling
 from tunekit.pipeline import RLHFResult, rlhf
+from tunekit.plan import Plan
 from tunekit.plotting import plot_loss
 from tunekit.results import FitResult
 from tunekit.run import Run
@@ -79,6 +80,7 @@ __all__ = [
     "MissingDependencyError",
     "Objective",
     "PTuning",
+    "Plan",
     "PrefixTuning",
     "ProgressBar",
     "PromptTuning",

@@ -6,7 +6,7 @@ import re
 from pathlib import PurePath
 from typing import ClassVar, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from tunekit._config import Config
 
@@ -41,8 +41,10 @@ class Training(Config):
     warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Share of the steps spent warming the rate up.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping norm; None disables clipping.")
-    gradient_checkpointing: bool = Field(
-        False, description="Recompute activations in the backward pass: less memory, about 30% slower."
+    gradient_checkpointing: bool | Literal["auto"] = Field(
+        "auto",
+        description="Recompute activations in the backward pass: less memory, about 30% slower. 'auto': only on "
+        "CUDA when tuner.plan() estimates the run would not fit in the device's memory without it.",
     )
     log_every: int = Field(10, ge=1, description="Record the loss in FitResult.history every N steps.")
     eval_every: int | None = Field(
@@ -94,6 +96,31 @@ class Training(Config):
         "code when loaded; by default only safetensors and JSON are read.",
     )
 
+    # --- speed (SFT and CausalLM; the other objectives train through trl's own batching) ---------
+    packing: bool | Literal["auto"] = Field(
+        "auto",
+        description="Padding-free batches: a micro-batch's examples in one row, attention kept within each example, "
+        "same loss as padded batches. 'auto': on wherever it is exact (not for prompt/prefix tuning, which fall "
+        "back to padded batches).",
+    )
+    tokens_per_batch: int | None = Field(
+        None,
+        ge=8,
+        description="Token-budget batching: pack examples into micro-batches of at most this many tokens (best-fit "
+        "decreasing) instead of batch_size examples each; needs packing. Must be at least max_length.",
+    )
+    compile: bool = Field(False, description="torch.compile the model for training (slow first steps; opt-in).")
+    cache: bool = Field(
+        True,
+        description="Reuse tokenised data across runs, keyed by the data, tokenizer, template and encoding "
+        "settings, under cache_dir.",
+    )
+    cache_dir: str | None = Field(
+        None,
+        description="Where the tokenisation cache lives; None: $TUNEKIT_CACHE, else $XDG_CACHE_HOME/tunekit, "
+        "else ~/.cache/tunekit.",
+    )
+
     # Option names users bring from transformers / trl, so the error suggests the tunekit name.
     _aliases: ClassVar[dict[str, str]] = {
         "lr": "learning_rate",
@@ -129,6 +156,11 @@ class Training(Config):
         "nan_policy": "on_nonfinite",
         "on_nan": "on_nonfinite",
         "trust_pickle": "allow_pickle",
+        "padding_free": "packing",
+        "group_by_length": "packing",
+        "max_tokens_per_batch": "tokens_per_batch",
+        "torch_compile": "compile",
+        "use_cache": "cache",
     }
 
     @field_validator("report_to", mode="before")
@@ -137,6 +169,18 @@ class Training(Config):
         if isinstance(v, str):
             return () if v == "none" else (v,)
         return v
+
+    @field_validator("gradient_checkpointing", "packing", mode="before")
+    @classmethod
+    def _bool_or_auto(cls, v: object, info: ValidationInfo) -> object:
+        if v is True or v is False or v == "auto":
+            return v
+        raise ValueError(f"{info.field_name} must be True, False or 'auto'")
+
+    @field_validator("cache_dir", mode="before")
+    @classmethod
+    def _dir_to_str(cls, v: object) -> object:
+        return str(v) if isinstance(v, PurePath) else v
 
     @field_validator("resume", mode="before")
     @classmethod
@@ -153,4 +197,15 @@ class Training(Config):
             raise ValueError(f"report_to lists a tracker twice: {list(self.report_to)!r}")
         if isinstance(self.resume, str) and not self.resume.strip():
             raise ValueError("resume must be True, False, 'auto' or a checkpoint directory, not an empty string")
+        if self.tokens_per_batch is not None:
+            if self.packing is False:
+                raise ValueError(
+                    f"tokens_per_batch={self.tokens_per_batch} packs examples into micro-batches, which needs "
+                    "packing; drop packing=False or tokens_per_batch"
+                )
+            if self.tokens_per_batch < self.max_length:
+                raise ValueError(
+                    f"tokens_per_batch={self.tokens_per_batch} is smaller than max_length={self.max_length}: the "
+                    f"longest examples would not fit; use tokens_per_batch >= {self.max_length}"
+                )
         return self

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from tunekit.backends import get_backend
 from tunekit.data import encode_examples, load_rows, normalise
+from tunekit.data.cache import cached_encode
 from tunekit.data.encoding import Encoded
 from tunekit.data.formats import NormalisedData
 from tunekit.data.rows import TrainerRows, prepare_rows
@@ -21,6 +22,7 @@ from tunekit.results import FitResult
 from tunekit.training import Training
 
 if TYPE_CHECKING:
+    from tunekit.plan import Plan
     from tunekit.run import Run
 
 __all__ = ["Tuner"]
@@ -164,11 +166,12 @@ class Tuner:
             logger.warning("skipped %s", reason)
         return norm
 
-    def _encode(self, norm: NormalisedData) -> Encoded | TrainerRows:
+    def _encode(self, norm: NormalisedData, *, tokenizer: Any = None) -> Encoded | TrainerRows:
         obj = self.objective_used
+        tokenizer = tokenizer if tokenizer is not None else self.tokenizer
         if not obj.tokenised_by_tunekit:  # preference and RL rows: trl renders them with the same template
             rows = prepare_rows(
-                self.tokenizer,
+                tokenizer,
                 norm,
                 max_length=self.training.max_length,
                 whole_pairs=obj.model_head == "sequence_classification",
@@ -185,13 +188,19 @@ class Tuner:
                     self.training.max_length,
                 )
             return rows
-        enc = encode_examples(
-            self.tokenizer,
+        settings: dict[str, Any] = {
+            "max_length": self.training.max_length,
+            "train_on_prompt": getattr(obj, "train_on_prompt", False),
+            "add_eos": getattr(obj, "add_eos", True),
+            "on_bad_rows": self.training.on_bad_rows,
+        }
+        enc = cached_encode(  # a second run on the same data, tokenizer and settings skips tokenising
+            lambda: encode_examples(tokenizer, norm.examples, **settings),
+            tokenizer,
             norm.examples,
-            max_length=self.training.max_length,
-            train_on_prompt=getattr(obj, "train_on_prompt", False),
-            add_eos=getattr(obj, "add_eos", True),
-            on_bad_rows=self.training.on_bad_rows,
+            {"objective": obj.name, **settings},
+            enabled=self.training.cache,
+            directory=self.training.cache_dir,
         )
         for _row, reason in enc.skipped:  # rows that tokenised to nothing to learn (normalise logged its own)
             logger.warning("skipped %s", reason)
@@ -208,6 +217,23 @@ class Tuner:
     def prepare(self, data: Any) -> Encoded | TrainerRows:
         """Validate, template and tokenise ``data`` as ``fit`` would, without training."""
         return self._encode(self._normalise(data, "training"))
+
+    def plan(self, data: Any, eval_data: Any = None) -> Plan:
+        """What ``fit(data)`` would cost, without training: a :class:`tunekit.Plan`.
+
+        Exact trainable and total parameters, the examples, tokens and optimizer steps ``fit``
+        will see, and the estimated peak memory (weights, gradients, optimizer state,
+        activations); on CUDA, whether it fits. The model's weights are not loaded when the tuner
+        has not loaded them yet (the model is built on the meta device).
+
+        Example:
+            >>> plan = tk.Tuner("Qwen/Qwen2-0.5B").plan("train.jsonl")  # doctest: +SKIP
+            >>> print(plan)  # doctest: +SKIP
+        """
+        from tunekit.backends.hf.planning import make_plan
+
+        self._check_not_training("plan()")
+        return make_plan(self, data, eval_data)
 
     # --- the verbs ----------------------------------------------------------------------------------
     def fit(self, data: Any, *, eval_data: Any = None, resume: bool | str | Path | None = None) -> FitResult:

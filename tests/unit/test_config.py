@@ -108,6 +108,11 @@ NON_DEFAULTS: dict[type[Config], dict[str, Any]] = {
         "on_nonfinite": "skip",
         "auto_batch_size": True,
         "allow_pickle": True,
+        "packing": True,
+        "tokens_per_batch": 4096,
+        "compile": True,
+        "cache": False,
+        "cache_dir": "/tmp/tunekit-cache",
     },
 }
 

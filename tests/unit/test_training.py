@@ -31,7 +31,7 @@ def test_defaults() -> None:
         "warmup_ratio": 0.0,
         "weight_decay": 0.0,
         "max_grad_norm": 1.0,
-        "gradient_checkpointing": False,
+        "gradient_checkpointing": "auto",
         "log_every": 10,
         "eval_every": None,
         "save_every": None,
@@ -44,6 +44,11 @@ def test_defaults() -> None:
         "on_nonfinite": "error",
         "auto_batch_size": False,
         "allow_pickle": False,
+        "packing": "auto",
+        "tokens_per_batch": None,
+        "compile": False,
+        "cache": True,
+        "cache_dir": None,
     }
 
 
@@ -82,7 +87,7 @@ def test_epochs_is_a_float_and_accepts_ints() -> None:
         ({"epochs": "three"}, "Training(epochs='three'): epochs must be a number"),
         (
             {"gradient_checkpointing": "maybe"},
-            "Training(gradient_checkpointing='maybe'): gradient_checkpointing must be True or False",
+            "Training(gradient_checkpointing='maybe'): gradient_checkpointing must be True, False or 'auto'",
         ),
         ({"precision": "fp8"}, "Training(precision='fp8'): precision must be one of 'auto', 'fp32', 'bf16' or 'fp16'"),
         ({"on_bad_rows": "ignore"}, "Training(on_bad_rows='ignore'): on_bad_rows must be one of 'error' or 'skip'"),
@@ -153,3 +158,25 @@ def test_design_doc_example_message() -> None:
 def test_nothing_close_lists_every_option() -> None:
     listed = message(zzzz=1).split("valid options are ")[1].split(", ")
     assert listed == sorted(tk.Training.model_fields)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"packing": "yes"}, "packing must be True, False or 'auto'"),
+        ({"tokens_per_batch": 512, "max_length": 1024}, "tokens_per_batch=512 is smaller than max_length=1024"),
+        ({"tokens_per_batch": 4096, "packing": False}, "needs packing"),
+    ],
+)
+def test_speed_options_are_checked(options: dict, message: str) -> None:
+    with pytest.raises(tk.ConfigError, match=message):
+        tk.Training(**options)
+
+
+@pytest.mark.parametrize(
+    ("foreign", "ours"),
+    [("padding_free", "packing"), ("torch_compile", "compile"), ("max_tokens_per_batch", "tokens_per_batch")],
+)
+def test_speed_option_names_from_trl_suggest_ours(foreign: str, ours: str) -> None:
+    with pytest.raises(tk.ConfigError, match=f"did you mean '{ours}'"):
+        tk.Training(**{foreign: True})

@@ -35,8 +35,12 @@ class Encoded:
 def _encode_chat(tokenizer: Any, ex: Example, train_on_prompt: bool) -> tuple[list[int], list[int]]:
     ids: list[int] = []
     labels: list[int] = []
-    for text, is_assistant in render_segments(tokenizer, list(ex.messages or ())):
-        piece = tokenizer(text, add_special_tokens=False)["input_ids"]
+    segments = render_segments(tokenizer, list(ex.messages or ()))
+    if not segments:
+        return ids, labels
+    # One batched call for the example's segments: the tokenizer's per-call overhead dominates short texts.
+    pieces = tokenizer([text for text, _ in segments], add_special_tokens=False)["input_ids"]
+    for piece, (_text, is_assistant) in zip(pieces, segments):
         ids += piece
         labels += piece if (is_assistant or train_on_prompt) else [IGNORE] * len(piece)
     return ids, labels

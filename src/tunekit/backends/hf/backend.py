@@ -155,7 +155,13 @@ class HFBackend:
         hooks: HookDispatcher | None = None,
         resume_from: Path | None = None,
     ) -> FitResult:
-        training = training_for(tuner.method, tuner.training)  # e.g. no gradient checkpointing for prefix tuning
+        training = tuner.training
+        if training.gradient_checkpointing == "auto":  # on only where plan() says the run would not fit without it
+            from tunekit.backends.hf.planning import checkpointing_needed
+
+            need = isinstance(train, Encoded) and checkpointing_needed(tuner, loaded.model, train)
+            training = training.model_copy(update={"gradient_checkpointing": need})
+        training = training_for(tuner.method, training)  # e.g. no gradient checkpointing for prefix tuning
         lr = training.learning_rate or tuner.method.default_learning_rate
         # The Tuner passes the dispatcher (hooks, context, hook_errors policy) and the checkpoint to resume from.
         hooks = hooks or HookDispatcher(

@@ -500,7 +500,7 @@ def load_adapter(model: Any, method: Method, path: str | Path, *, training: Trai
 
 def training_for(method: Method, training: Training) -> Training:
     """The run's Training adjusted to what ``method`` can do (e.g. no gradient checkpointing for prefix tuning)."""
-    if training.gradient_checkpointing and not method.supports_gradient_checkpointing:
+    if training.gradient_checkpointing is True and not method.supports_gradient_checkpointing:
         logger.warning(
             "%s does not work with gradient checkpointing; training without it (more memory, faster steps)",
             method.name,

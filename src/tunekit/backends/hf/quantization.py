@@ -87,5 +87,5 @@ def prepare_for_kbit_training(model: Any, training: Training | None) -> None:
     """peft's preparation of a quantized base: frozen, norms in fp32, inputs that carry gradients."""
     from peft import prepare_model_for_kbit_training
 
-    checkpointing = bool(training and training.gradient_checkpointing)
+    checkpointing = bool(training and training.gradient_checkpointing is True)
     prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing)

@@ -66,7 +66,7 @@ def _common(run: Setup) -> dict[str, Any]:
         "bf16": run.precision == "bf16",
         "fp16": run.precision == "fp16",
         "use_cpu": run.device.type == "cpu",
-        "gradient_checkpointing": t.gradient_checkpointing,
+        "gradient_checkpointing": t.gradient_checkpointing is True,  # "auto" is resolved by the backend
         "logging_strategy": "steps",
         "logging_steps": t.log_every,
         "logging_first_step": True,
@@ -140,45 +140,15 @@ def _loss_has_extra_terms(model: Any) -> bool:
     return any(str(getattr(c, "peft_type", "")).endswith("ADALORA") for c in configs.values())
 
 
-def _model_loss_trainer() -> Any:
-    """SFTTrainer with the model's own loss.
-
-    trl's fused LM-head loss reads ``lm_head.weight`` directly, which skips whatever peft wrapped
-    around the head (trainable rows for added template tokens, LoRA on lm_head): those would get
-    no gradient; and it ignores ``outputs.loss``, where peft adds AdaLoRA's regulariser. In those
-    cases use transformers' plain loss (the model's own) instead.
-    """
-    from transformers import Trainer
-    from trl import SFTTrainer
-
-    class ModelLossSFTTrainer(SFTTrainer):  # type: ignore[misc]
-        def compute_loss(
-            self, model: Any, inputs: Any, return_outputs: bool = False, num_items_in_batch: Any = None
-        ) -> Any:
-            if model.training and "attention_mask" in inputs:
-                # Same real-token count trl's own loss keeps, for FitResult.tokens_per_s.
-                self._total_train_tokens += int(inputs["attention_mask"].sum())
-            return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
-
-    return ModelLossSFTTrainer
-
-
 def _sft(run: Setup) -> Any:
-    from trl import SFTConfig, SFTTrainer
+    from tunekit.backends.hf.fastpath import sft_trainer
 
-    args = SFTConfig(
-        **_common(run),
-        max_length=run.training.max_length,
-        dataset_kwargs={"skip_prepare_dataset": True},  # tunekit tokenised and masked the data itself
-        remove_unused_columns=False,
-    )
+    # Padding-free batches, attention within each example, loss without per-step syncs (fastpath.py).
+    # trl's fused LM-head loss reads ``lm_head.weight`` directly, which skips whatever peft wrapped around
+    # the head (trainable rows for added template tokens, LoRA on lm_head), and it ignores
+    # ``outputs.loss``, where peft adds AdaLoRA's regulariser: those train with the model's own loss.
     plain = _plain_lm_head(run.model) and not _loss_has_extra_terms(run.model)
-    cls = SFTTrainer if plain else _model_loss_trainer()
-    return cls(
-        model=run.model,
-        args=args,
-        **_data(run),
-    )
+    return sft_trainer(run, fused_head=plain)
 
 
 # --- reward model -------------------------------------------------------------------------------
@@ -437,6 +407,9 @@ def release_trainer(trainer: Any, model: Any) -> None:
       over this model object; a later ``copy.deepcopy`` (the next run's reference) would call the
       original model through it.
     """
+    from tunekit.backends.hf.fastpath import release
+
+    release(trainer)  # the model's own attention implementation back
     if _is_peft(model) and "ref" in model.peft_config:
         model.delete_adapter("ref")
     targets = [model]

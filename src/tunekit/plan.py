@@ -1,0 +1,102 @@
+"""``tk.Plan``: what a run will cost, before it runs (``tuner.plan(data)``)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+__all__ = ["Plan"]
+
+
+def _gib(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{n / size:,.2f} {unit}"
+    return f"{n} B"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The parameters, data and estimated peak memory of a run, computed without training.
+
+    Parameter counts are exact (the method is applied to the model, on the meta device when the
+    model is not loaded yet); ``examples``, ``tokens`` and ``steps`` are what ``fit`` will see.
+    Memory is an estimate of the peak on the training device: ``weights`` (every parameter in its
+    storage dtype), ``gradients`` (trainable parameters), ``optimizer`` (AdamW's two moments),
+    ``activations`` (what the backward pass keeps for the largest micro-batch, measured on a
+    two-layer slice of the model, plus the LM head's chunked loss). ``fits`` compares the total
+    with the CUDA device's memory, and is None on CPU.
+
+    Example:
+        >>> import tunekit as tk
+        >>> plan = tk.Tuner("Qwen/Qwen2-0.5B").plan("train.jsonl")  # doctest: +SKIP
+        >>> print(plan)  # doctest: +SKIP
+        >>> plan.to_dict()["memory"]["total"]  # doctest: +SKIP
+        >>> tk.Plan(method="LoRA", objective="SFT", device="cpu", precision="fp32", trainable_params=1,
+        ...         total_params=10, examples=4, tokens=40, steps=1, micro_batch_tokens=40, packing=True,
+        ...         gradient_checkpointing=False, weights_bytes=40, gradients_bytes=4, optimizer_bytes=8,
+        ...         activations_bytes=100, device_memory_bytes=None, fits=None).total_bytes
+        152
+    """
+
+    method: str
+    objective: str
+    device: str
+    precision: str
+    trainable_params: int
+    total_params: int
+    examples: int
+    tokens: int
+    steps: int
+    micro_batch_tokens: int  # tokens in the largest micro-batch (what activations are sized for)
+    packing: bool
+    gradient_checkpointing: bool
+    weights_bytes: int
+    gradients_bytes: int
+    optimizer_bytes: int
+    activations_bytes: int
+    device_memory_bytes: int | None  # total memory of the CUDA device; None on CPU
+    fits: bool | None
+
+    @property
+    def total_bytes(self) -> int:
+        """Estimated peak memory: weights + gradients + optimizer state + activations."""
+        return self.weights_bytes + self.gradients_bytes + self.optimizer_bytes + self.activations_bytes
+
+    @property
+    def trainable_fraction(self) -> float:
+        return self.trainable_params / self.total_params if self.total_params else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able figures: counts, then ``memory`` in bytes (``weights`` ... ``total``)."""
+        d = asdict(self)
+        memory = {
+            k.removesuffix("_bytes"): d.pop(k) for k in list(d) if k.endswith("_bytes") and k != "device_memory_bytes"
+        }
+        memory["total"] = self.total_bytes
+        d["memory"] = memory
+        d["trainable_fraction"] = self.trainable_fraction
+        return d
+
+    def __str__(self) -> str:
+        fits = {True: "yes", False: "NO", None: "- (not a CUDA device)"}[self.fits]
+        lines = [
+            f"Plan: {self.method} + {self.objective} on {self.device} ({self.precision})",
+            f"  parameters     {self.trainable_params:,} trainable of {self.total_params:,} "
+            f"({100 * self.trainable_fraction:.2f}%)",
+            f"  data           {self.examples:,} examples, {self.tokens:,} tokens, {self.steps:,} steps",
+            f"  micro-batch    {self.micro_batch_tokens:,} tokens at most"
+            f" (packing {'on' if self.packing else 'off'}, "
+            f"gradient checkpointing {'on' if self.gradient_checkpointing else 'off'})",
+            "  memory (est.)",
+            f"    weights      {_gib(self.weights_bytes)}",
+            f"    gradients    {_gib(self.gradients_bytes)}",
+            f"    optimizer    {_gib(self.optimizer_bytes)}",
+            f"    activations  {_gib(self.activations_bytes)}",
+            f"    total        {_gib(self.total_bytes)}",
+            f"  device memory  {_gib(self.device_memory_bytes)}",
+            f"  fits           {fits}",
+        ]
+        return "\n".join(lines)

@@ -1,0 +1,166 @@
+"""The fast SFT path is exact: packed loss = token-weighted mean of the per-example losses, no cross-talk."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import tunekit as tk
+from tunekit.backends.hf import fastpath
+from tunekit.testing import first_task, tiny_model
+
+IGNORE = -100
+
+
+@pytest.fixture(scope="module", params=["llama", "qwen2"])
+def model_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_model(tmp_path_factory.mktemp(request.param), request.param, initializer_range=0.2)
+
+
+def _examples(vocab: int, seed: int = 0, shapes=((7, 3), (13, 5), (4, 1), (10, 6))) -> list[dict[str, list[int]]]:
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for n, prompt in shapes:
+        ids = torch.randint(5, vocab, (n,), generator=g).tolist()
+        labels = [IGNORE] * prompt + ids[prompt:]  # completion-only labels, as tunekit encodes them
+        out.append({"input_ids": ids, "labels": labels})
+    return out
+
+
+def _model(model_dir: Path) -> torch.nn.Module:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="sdpa")
+    return model.eval()
+
+
+def _packed(examples: list[dict[str, list[int]]]) -> dict[str, object]:
+    batch = fastpath._PackedCollator(pad_token_id=0, packing=True)(examples)
+    batch.pop("tunekit_real_tokens")
+    return batch
+
+
+def _path() -> fastpath.FastPath:
+    return fastpath.FastPath(packing=True, attention=fastpath.VARLEN, liger=False, compile=False)
+
+
+@pytest.mark.parametrize(
+    "shapes", [((7, 3), (13, 5), (4, 1), (10, 6)), ((9, 2), (9, 4), (9, 1))], ids=["mixed", "equal"]
+)
+def test_packed_loss_is_the_token_weighted_mean_of_per_example_losses(model_dir: Path, shapes: tuple) -> None:
+    """Packed loss = (sum over examples of their summed token losses) / (number of supervised tokens)."""
+    model = _model(model_dir)
+    examples = _examples(model.config.vocab_size, shapes=shapes)
+    sums, counts = [], []
+    with torch.no_grad():
+        for ex in examples:  # each example alone, unpadded, with the model's default attention
+            logits = model(input_ids=torch.tensor([ex["input_ids"]])).logits[0, :-1]
+            target = torch.tensor(ex["labels"][1:])
+            sums.append(torch.nn.functional.cross_entropy(logits, target, ignore_index=IGNORE, reduction="sum"))
+            counts.append(int((target != IGNORE).sum()))
+        expected = torch.stack(sums).sum() / sum(counts)
+        batch = _packed(examples)
+        with fastpath.varlen_attention(model, _path()):
+            own = model(**batch).loss  # the model's own loss (heads peft wraps, AdaLoRA)
+            from trl.trainer.utils import add_fused_lm_head
+
+            add_fused_lm_head(model)
+            fused = model(**batch, fused_lm_head=True)  # trl's chunked LM head, as the fast trainer uses it
+            fused_loss = -fused.log_probs.sum() / fused.label_mask.sum()
+        model.__dict__.pop("forward")
+    # The padded batch (what trl does without packing) gives the same number.
+    padded = fastpath._PackedCollator(pad_token_id=0, packing=False)(examples)
+    padded.pop("tunekit_real_tokens")
+    with torch.no_grad():
+        padded_loss = model(**padded).loss
+    assert own.item() == pytest.approx(expected.item(), abs=1e-5)
+    assert fused_loss.item() == pytest.approx(expected.item(), abs=1e-5)
+    assert padded_loss.item() == pytest.approx(expected.item(), abs=1e-5)
+    assert model.config._attn_implementation == "sdpa"  # given back after the run
+
+
+def test_no_cross_contamination_in_a_packed_row(model_dir: Path) -> None:
+    """Changing example A's tokens changes none of example B's logits in the same packed row."""
+    model = _model(model_dir)
+    examples = _examples(model.config.vocab_size)
+    changed = [dict(e) for e in examples]
+    changed[0] = {"input_ids": [(t + 1) % model.config.vocab_size for t in examples[0]["input_ids"]], "labels": []}
+    changed[0]["labels"] = changed[0]["input_ids"]
+    a_len = len(examples[0]["input_ids"])
+    with torch.no_grad(), fastpath.varlen_attention(model, _path()):
+        before = model(**_packed(examples)).logits[0]
+        after = model(**_packed(changed)).logits[0]
+        # Control: the same rows as one sequence (no boundaries) do see A from B.
+        joined = model(input_ids=_packed(examples)["input_ids"]).logits[0]
+    assert not torch.allclose(before[:a_len], after[:a_len])
+    torch.testing.assert_close(before[a_len:], after[a_len:], atol=1e-5, rtol=0)
+    alone = model(input_ids=torch.tensor([examples[1]["input_ids"]])).logits[0]
+    torch.testing.assert_close(before[a_len : a_len + len(alone)], alone, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(joined[a_len : a_len + len(alone)], alone, atol=1e-3)
+
+
+def test_fit_with_packing_matches_padded_batches_and_learns(model_dir: Path) -> None:
+    rows = first_task(48, seed=3, length=(2, 9))
+    losses = {}
+    for packing in (False, True):
+        tr = tk.Training(device="cpu", max_steps=12, log_every=4, batch_size=8, learning_rate=5e-3, packing=packing)
+        tuner = tk.Tuner(str(model_dir), method=tk.LoRA(r=8), training=tr)
+        result = tuner.fit(rows)
+        losses[packing] = [h["loss"] for h in result.history if "loss" in h]
+        assert tuner.model.config._attn_implementation != fastpath.VARLEN
+    assert losses[True] == pytest.approx(losses[False], rel=1e-4)
+    assert losses[True][-1] < losses[True][0]
+
+
+def test_prompt_tuning_falls_back_to_padded_batches(model_dir: Path) -> None:
+    tuner = tk.Tuner(str(model_dir), method=tk.PromptTuning(num_virtual_tokens=4), training=tk.Training(device="cpu"))
+    path = fastpath.choose(tuner.model, tuner.training, torch.device("cpu"))
+    assert not path.packing and "virtual tokens" in path.reason
+    plain = tk.Tuner(str(model_dir), training=tk.Training(device="cpu"))
+    assert fastpath.choose(plain.model, plain.training, torch.device("cpu")).packing
+    off = tk.Training(device="cpu", packing=False)
+    assert not fastpath.choose(plain.model, off, torch.device("cpu")).packing
+
+
+def test_token_budget_batches(model_dir: Path) -> None:
+    rows = first_task(40, seed=4, length=(2, 9))
+    tr = tk.Training(device="cpu", epochs=1, log_every=1, max_length=64, tokens_per_batch=128, learning_rate=5e-3)
+    tuner = tk.Tuner(str(model_dir), method=tk.LoRA(r=8), training=tr)
+    enc = tuner.prepare(rows)
+    packed = fastpath.pack_to_budget(enc.to_dataset(), 128)
+    assert all(sum(s) <= 128 for s in packed["seq_lengths"])
+    assert sum(len(s) for s in packed["seq_lengths"]) == len(rows)  # every example, none split
+    result = tuner.fit(rows)
+    assert result.steps == len(packed) < len(rows) // 2  # several examples per micro-batch
+    assert result.tokens_per_s > 0
+
+
+@pytest.mark.slow
+def test_compile_trains_like_eager(tiny_llama: Path) -> None:
+    """Training(compile=True) hands the model to torch.compile; it learns the same as without (slow: compiling)."""
+    rows = first_task(32, seed=8)
+    losses = {}
+    for compile_ in (False, True):
+        tr = tk.Training(device="cpu", max_steps=4, log_every=1, batch_size=8, learning_rate=5e-3, compile=compile_)
+        losses[compile_] = [h["loss"] for h in tk.Tuner(str(tiny_llama), training=tr).fit(rows).history if "loss" in h]
+    assert losses[True] == pytest.approx(losses[False], rel=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("config", "reason"),
+    [
+        ({"attn_logit_softcapping": 50.0}, "softcapping"),
+        ({"sliding_window": 256, "use_sliding_window": True}, "sliding-window"),
+        ({"_attn_implementation": "flex_attention"}, "cannot keep packed examples apart"),
+    ],
+)
+def test_attention_the_fast_path_cannot_reproduce_falls_back(config: dict, reason: str) -> None:
+    from types import SimpleNamespace
+
+    model = SimpleNamespace(config=SimpleNamespace(**{"_attn_implementation": "sdpa", **config}))
+    path = fastpath.choose(model, tk.Training(max_length=1024), torch.device("cpu"))
+    assert not path.packing and reason in path.reason
+    window_ok = SimpleNamespace(config=SimpleNamespace(_attn_implementation="sdpa", sliding_window=4096))
+    assert fastpath.choose(window_ok, tk.Training(max_length=1024), torch.device("cpu")).packing
