@@ -9,6 +9,7 @@ from typing import ClassVar, Literal
 from pydantic import Field, field_validator, model_validator
 
 from tunekit._config import Config
+from tunekit.distributed import Distributed, coerce
 
 __all__ = ["Training"]
 
@@ -64,6 +65,14 @@ class Training(Config):
         "start afresh), a checkpoint directory, or False. fit(resume=...) overrides it for one call.",
     )
 
+    # --- scale-out (issue 9) ---
+    distributed: Distributed | None = Field(
+        None,
+        description="The engine when the script runs in several processes (torchrun, tunekit launch): tk.DDP(), "
+        "tk.FSDP(...), tk.DeepSpeed(stage=...) or their names 'ddp' / 'fsdp' / 'deepspeed'. None: DDP when "
+        "launched with several processes, else a single process. Ignored in a single process.",
+    )
+
     # Option names users bring from transformers / trl, so the error suggests the tunekit name.
     _aliases: ClassVar[dict[str, str]] = {
         "lr": "learning_rate",
@@ -92,6 +101,12 @@ class Training(Config):
         "report": "report_to",
         "trackers": "report_to",
         "resume_from_checkpoint": "resume",
+        "fsdp": "distributed",
+        "fsdp_config": "distributed",
+        "deepspeed": "distributed",
+        "ddp": "distributed",
+        "strategy": "distributed",
+        "parallelism": "distributed",
     }
 
     @field_validator("report_to", mode="before")
@@ -100,6 +115,11 @@ class Training(Config):
         if isinstance(v, str):
             return () if v == "none" else (v,)
         return v
+
+    @field_validator("distributed", mode="before")
+    @classmethod
+    def _engine_name(cls, v: object) -> object:
+        return coerce(v)
 
     @field_validator("resume", mode="before")
     @classmethod
