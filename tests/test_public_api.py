@@ -61,6 +61,10 @@ EXPECTED = {
     "SampleGenerations",
     "events",
     "plot_loss",
+    # scale-out (issue 9)
+    "DDP",
+    "DeepSpeed",
+    "FSDP",
 }
 
 

@@ -112,9 +112,15 @@ def test_generate_and_load_after_a_distributed_fit(two_processes, one_process):
 def test_two_process_resume_continues_exactly(two_processes):
     for rank in two_processes["ranks"]:
         resumed = dict(rank["resumed_history"])
-        assert rank["resumed_steps"] == 6
-        for step in (4, 5, 6):  # trained after the resume, from checkpoint-3
+        for step in (4, 5):  # trained after the resume, from checkpoint-3
             assert resumed[step] == pytest.approx(rank["losses"][step - 1], abs=1e-6)
+
+
+def test_a_stop_asked_for_on_one_rank_stops_every_rank_after_the_same_step(two_processes):
+    rank0, rank1 = two_processes["ranks"]
+    assert rank0["resumed_steps"] == rank1["resumed_steps"] == 5
+    assert rank1["resumed_stop_reason"] == "rank 1 had enough"
+    assert rank0["resumed_stop_reason"] == "rank 1 had enough (on rank 1)"
 
 
 def test_a_failing_rank_ends_the_job_with_its_error(tiny_llama, tmp_path):

@@ -3,7 +3,8 @@
 ``python -m torch.distributed.run --nproc_per_node 2 worker.py SCENARIO MODEL OUT``:
 
 - ``train``: the user's script, unchanged: fit (checkpoints every 3 steps), save, generate; then,
-  in the same processes, a second tuner resumes from the step-3 checkpoint and trains to the end.
+  in the same processes, a second tuner resumes from the step-3 checkpoint and trains on until a
+  hook on rank 1 alone asks to stop after step 5.
   Each rank writes what it saw to ``OUT/rank-N.json``.
 - ``crash``: rank 1 fails inside its third forward pass; the job must end with that error.
 """
@@ -70,6 +71,19 @@ class EveryRank(Calls):
     all_ranks = True
 
 
+class StopOnRank1(tk.Hook):
+    """Asks for a stop on rank 1 only: every process must stop after that same step."""
+
+    all_ranks = True
+
+    def __init__(self, at: int) -> None:
+        self.at = at
+
+    def on_step_end(self, ctx: tk.RunContext) -> None:
+        if ctx.rank == 1 and ctx.step == self.at:
+            ctx.request_stop("rank 1 had enough")
+
+
 def count_calls(owner: object, name: str, counter: dict[str, int]) -> None:
     original = getattr(owner, name)
 
@@ -97,7 +111,13 @@ def train(model: str, out: Path) -> None:
     saved = tuner.save(out / "adapter")
     text = tuner.generate(PROMPT, max_new_tokens=8)
     again = tk.load(saved).generate(PROMPT, max_new_tokens=8)  # every rank reads the complete save
-    resumed = tk.Tuner(model, method=tk.LoRA(r=4), training=training(PER_RANK_BATCH), output_dir=out / "resumed")
+    resumed = tk.Tuner(
+        model,
+        method=tk.LoRA(r=4),
+        training=training(PER_RANK_BATCH),
+        output_dir=out / "resumed",
+        hooks=[StopOnRank1(at=STEPS - 1)],
+    )
     after = resumed.fit(DATA, resume=str(out / "run" / f"checkpoint-{SAVE_EVERY}"))
     rank = main_only.where[0] if main_only.where else every_rank.where[0]  # type: ignore[index]
     report = {
@@ -111,6 +131,7 @@ def train(model: str, out: Path) -> None:
         "writes": writes,
         "resumed_history": [[h["step"], h["loss"]] for h in after.history if "loss" in h],
         "resumed_steps": after.steps,
+        "resumed_stop_reason": after.stop_reason,
     }
     (out / f"rank-{rank}.json").write_text(json.dumps(report), encoding="utf-8")
 
