@@ -28,7 +28,7 @@ from pydantic import Field, model_validator
 
 from tunekit._config import Config
 
-__all__ = ["DDP", "FSDP", "DeepSpeed", "Distributed", "World", "coerce", "shards_parameters", "world"]
+__all__ = ["DDP", "FSDP", "DeepSpeed", "Distributed", "World", "coerce", "shards_parameters", "state_memory_per_gpu", "world"]
 
 
 class DDP(Config):
@@ -235,3 +235,42 @@ def world() -> World:
         if dist is not None and dist.is_available() and dist.is_initialized():
             return World(dist.get_rank(), dist.get_rank(), dist.get_world_size())
     return World(rank, local, max(size, 1))
+
+
+def state_memory_per_gpu(
+    total_params: int,
+    trainable_params: int,
+    *,
+    engine: DDP | FSDP | DeepSpeed | None,
+    processes: int,
+    weight_bytes: int = 2,
+) -> dict[str, float]:
+    """Bytes of model state (weights, gradients, optimizer) each GPU holds, by the ZeRO paper's count.
+
+    Weights and gradients in the compute dtype (``weight_bytes``, 2 for bf16), AdamW's fp32 master
+    weights, momentum and variance (12 bytes) for each trainable parameter. DDP shards nothing;
+    ZeRO-1 shards the optimizer states, ZeRO-2 also the gradients, ZeRO-3 and FSDP everything;
+    offloaded parts leave the GPU. Activations, the CUDA context and temporary buffers come on
+    top (they depend on batch size and sequence length). ``Tuner.plan()`` builds on it.
+
+    Example:
+        >>> from tunekit.distributed import state_memory_per_gpu, FSDP
+        >>> round(state_memory_per_gpu(7_000_000_000, 7_000_000_000, engine=FSDP(), processes=8)["total"] / 1e9)
+        14
+    """
+    if processes < 1 or not 0 <= trainable_params <= total_params:
+        raise ValueError("processes must be >= 1 and 0 <= trainable_params <= total_params")
+    n = processes
+    weights = float(weight_bytes * total_params)
+    grads = float(weight_bytes * trainable_params)
+    optimizer = 12.0 * trainable_params
+    stage = 0 if engine is None or isinstance(engine, DDP) else 3 if isinstance(engine, FSDP) else engine.stage
+    optimizer /= n if stage >= 1 else 1
+    grads /= n if stage >= 2 else 1
+    weights /= n if stage >= 3 else 1
+    if isinstance(engine, DeepSpeed) and engine.offload != "none":
+        optimizer = grads = 0.0  # ZeRO-Offload: gradients go to the CPU, where the optimizer steps
+        weights = 0.0 if engine.offload == "all" else weights
+    if isinstance(engine, FSDP) and engine.cpu_offload:
+        weights = grads = optimizer = 0.0  # sharded state lives in CPU memory; one layer at a time is gathered
+    return {"weights": weights, "gradients": grads, "optimizer": optimizer, "total": weights + grads + optimizer}

@@ -210,3 +210,34 @@ def test_hooks_run_on_rank_0_unless_they_ask_for_every_rank():
     HookDispatcher([main, everywhere], RunContext()).emit("step_end")
     assert (main.calls, everywhere.calls) == (1, 2)
     assert tk.SampleGenerations(["x"]).all_ranks and not tk.JSONLMetrics().all_ranks and not tk.LossPlot().all_ranks
+
+
+def test_the_memory_table_of_the_guide_is_what_the_formula_gives():
+    from pathlib import Path
+
+    from tunekit.distributed import state_memory_per_gpu
+
+    guide = (Path(__file__).parents[2] / "docs" / "guides" / "distributed.md").read_text(encoding="utf-8")
+    total = 6_738_415_616  # Llama-2-7B
+    lora = 32 * (4 * 16 * (4096 + 4096) + 2 * 16 * (4096 + 11008) + 16 * (11008 + 4096))  # r=16, all linear
+    assert f"{lora / 1e6:.1f} M trainable" in guide
+    engines = {
+        "`tk.DDP()`": tk.DDP(),
+        "`tk.DeepSpeed(stage=2)`": tk.DeepSpeed(stage=2),
+        "`tk.DeepSpeed(stage=3)`": tk.DeepSpeed(stage=3),
+        "`tk.FSDP()`": tk.FSDP(),
+        '`tk.DeepSpeed(stage=2, offload="optimizer")`': tk.DeepSpeed(stage=2, offload="optimizer"),
+    }
+    for name, engine in engines.items():
+        cells = [
+            state_memory_per_gpu(total + extra, trainable, engine=engine, processes=n)["total"] / 2**30
+            for extra, trainable in ((0, total), (lora, lora))
+            for n in (2, 8, 16)
+        ]
+        assert "| " + name + " | " + " | ".join(f"{c:.1f}" for c in cells) + " |" in guide
+    full_ddp = state_memory_per_gpu(total, total, engine=tk.DDP(), processes=8)
+    assert full_ddp["total"] == 16 * total  # 2 + 2 + 12 bytes per parameter
+    zero3 = state_memory_per_gpu(total, total, engine=tk.DeepSpeed(stage=3), processes=8)
+    assert zero3["total"] == pytest.approx(16 * total / 8)
+    with pytest.raises(ValueError):
+        state_memory_per_gpu(10, 11, engine=None, processes=1)
