@@ -28,7 +28,17 @@ from pydantic import Field, model_validator
 
 from tunekit._config import Config
 
-__all__ = ["DDP", "FSDP", "DeepSpeed", "Distributed", "World", "coerce", "shards_parameters", "state_memory_per_gpu", "world"]
+__all__ = [
+    "DDP",
+    "FSDP",
+    "DeepSpeed",
+    "Distributed",
+    "World",
+    "coerce",
+    "shards_parameters",
+    "state_memory_per_gpu",
+    "world",
+]
 
 
 class DDP(Config):

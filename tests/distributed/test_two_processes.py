@@ -8,9 +8,6 @@ run serves several tests.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -18,24 +15,9 @@ from typing import Any
 import pytest
 
 import tunekit as tk
+from tests.distributed.helpers import torchrun
 
 pytestmark = pytest.mark.distributed
-
-WORKER = Path(__file__).with_name("worker.py")
-
-
-def torchrun(scenario: str, model: Path, out: Path, *, timeout: float = 240) -> subprocess.CompletedProcess[str]:
-    """``python -m torch.distributed.run --standalone --nproc_per_node 2 worker.py ...`` (a free port each time)."""
-    src = str(Path(tk.__file__).resolve().parents[1])
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([src, str(WORKER.parents[2]), os.environ.get("PYTHONPATH", "")]),
-        "OMP_NUM_THREADS": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-    }
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    cmd += [str(WORKER), scenario, str(model), str(out)]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,8 @@
   hook on rank 1 alone asks to stop after step 5.
   Each rank writes what it saw to ``OUT/rank-N.json``.
 - ``crash``: rank 1 fails inside its third forward pass; the job must end with that error.
+- ``sharded ENGINE`` (GPUs only, ``fsdp`` or ``zero3``): LoRA with sharded weights on
+  ``cuda:LOCAL_RANK``: fit, save (gathered), generate on every rank, load the save and generate.
 """
 
 from __future__ import annotations
@@ -31,18 +33,18 @@ STEPS, SAVE_EVERY, PER_RANK_BATCH = 6, 3, 4
 
 
 def training(batch_size: int, **extra: object) -> tk.Training:
-    return tk.Training(
-        max_steps=STEPS,
-        batch_size=batch_size,
-        learning_rate=1e-2,
-        log_every=1,
-        save_every=SAVE_EVERY,
-        max_length=64,
-        device="cpu",
-        precision="fp32",
-        seed=3,
-        **extra,
-    )
+    options: dict[str, object] = {
+        "max_steps": STEPS,
+        "batch_size": batch_size,
+        "learning_rate": 1e-2,
+        "log_every": 1,
+        "save_every": SAVE_EVERY,
+        "max_length": 64,
+        "device": "cpu",
+        "precision": "fp32",
+        "seed": 3,
+    }
+    return tk.Training(**{**options, **extra})
 
 
 DATA = reverse_task(96, seed=1)
@@ -151,6 +153,34 @@ def crash(model: str, out: Path) -> None:
     tuner.fit(DATA)
 
 
+def sharded(model: str, out: Path, engine: str) -> None:
+    writes: dict[str, int] = {}
+    count_calls(tunekit.saving, "_write", writes)
+    distributed = {"fsdp": tk.FSDP(), "zero3": tk.DeepSpeed(stage=3)}[engine]
+    tuner = tk.Tuner(
+        model,
+        method=tk.LoRA(r=4),
+        training=training(PER_RANK_BATCH, device="cuda", distributed=distributed),
+        output_dir=out / "run",
+        progress=False,
+    )
+    result = tuner.fit(DATA)
+    saved = tuner.save(out / "adapter")  # every rank: the shards are gathered, rank 0 writes
+    text = tuner.generate(PROMPT, max_new_tokens=8)  # every rank: a forward needs all the shards
+    rank = int(os.environ["RANK"])
+    report = {
+        "losses": [h["loss"] for h in result.history if "loss" in h],
+        "device": str(tuner.loaded.device),
+        "generated": text,
+        "writes": writes,
+        "saved": str(saved),
+    }
+    (out / f"rank-{rank}.json").write_text(json.dumps(report), encoding="utf-8")
+
+
 if __name__ == "__main__":
     scenario, model_dir, out_dir = sys.argv[1], sys.argv[2], Path(sys.argv[3])
-    {"train": train, "crash": crash}[scenario](model_dir, out_dir)
+    if scenario == "sharded":
+        sharded(model_dir, out_dir, sys.argv[4])
+    else:
+        {"train": train, "crash": crash}[scenario](model_dir, out_dir)
