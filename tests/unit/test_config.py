@@ -103,6 +103,13 @@ NON_DEFAULTS: dict[type[Config], dict[str, Any]] = {
         "trust_remote_code": True,
         "report_to": ("tensorboard", "mlflow"),
         "resume": "auto",
+        "distributed": {
+            "kind": "deepspeed",
+            "stage": 3,
+            "offload": "all",
+            "overrides": {"zero_optimization": {"sub_group_size": 100000000}},
+            "timeout_s": 600,
+        },
     },
 }
 
