@@ -14,6 +14,19 @@ from tunekit.backends.hf.distributed import check_distributed, deepspeed_config,
 from tunekit.distributed import shards_parameters, world
 
 
+def _deepspeed_installed(monkeypatch, installed: bool) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+
+    def find_spec(name, *args):
+        if name == "deepspeed":
+            return object() if installed else None
+        return real(name, *args)
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+
+
 @pytest.fixture
 def two_ranks(monkeypatch):
     """This process as rank 0 of 2, as torchrun would start it (no process group is needed)."""
@@ -129,6 +142,29 @@ def test_deepspeed_config_leaves_batch_and_precision_to_training():
     assert shards_parameters(tk.FSDP()) and not shards_parameters(tk.DDP()) and not shards_parameters(None)
 
 
+def test_transformers_fills_the_deepspeed_config_from_training(tmp_path):
+    pytest.importorskip("deepspeed", reason="pip install 'tunekit[deepspeed]' (the multi_gpu session installs it)")
+    from transformers import TrainingArguments
+    from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled, unset_hf_deepspeed_config
+
+    try:
+        for engine in (tk.DeepSpeed(stage=2), tk.DeepSpeed(stage=3, offload="all")):
+            extra = engine_args(tk.Training(distributed=engine), None, world_size=2)
+            batch = {"per_device_train_batch_size": 4, "gradient_accumulation_steps": 2, "learning_rate": 1e-3}
+            args = TrainingArguments(output_dir=str(tmp_path), report_to="none", **batch, **extra)
+            config = args.hf_deepspeed_config
+            config.trainer_config_process(args)
+            assert config.is_zero3() == (engine.stage == 3) and config.is_offload() == (engine.offload != "none")
+            values = config.config
+            assert (values["train_micro_batch_size_per_gpu"], values["gradient_accumulation_steps"]) == (4, 2)
+            assert values["gradient_clipping"] == 1.0
+            if engine.offload != "none":
+                assert values["optimizer"]["params"]["lr"] == 1e-3
+    finally:
+        unset_hf_deepspeed_config()  # transformers keeps the last config globally: later loads must not see ZeRO-3
+    assert not is_deepspeed_zero3_enabled()
+
+
 CPU, CUDA = "cpu", "cuda"
 
 
@@ -143,21 +179,19 @@ CPU, CUDA = "cpu", "cuda"
         (tk.PromptTuning(), tk.FSDP(), CUDA, tk.IncompatibleError, "use tk.DDP()"),
     ],
 )
-def test_incompatible_engines_fail_with_the_reason(two_ranks, method, engine, device, error, message):
+def test_incompatible_engines_fail_with_the_reason(two_ranks, monkeypatch, method, engine, device, error, message):
     import torch
 
+    _deepspeed_installed(monkeypatch, False)
     with pytest.raises(error) as info:
         check_distributed(method, tk.Training(distributed=engine), torch.device(device))
     assert message in str(info.value)
 
 
 def test_quantized_or_prompt_methods_under_zero3_are_refused_once_deepspeed_is_there(two_ranks, monkeypatch):
-    import importlib.util
-
     import torch
 
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "deepspeed" else real(name))
+    _deepspeed_installed(monkeypatch, True)
     cuda = torch.device("cuda")
     with pytest.raises(tk.IncompatibleError, match="quantize='nf4'"):
         check_distributed(tk.LoRA(quantize="nf4"), tk.Training(distributed=tk.DeepSpeed(stage=3)), cuda)
