@@ -19,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from dataclasses import dataclass
@@ -171,6 +172,9 @@ class DeepSpeed(Config):
         "ds_config": "overrides",
         "timeout": "timeout_s",
     }
+
+    def __hash__(self) -> int:  # configs are hashable; ``overrides`` is a dict, so hash its JSON form
+        return hash((type(self), json.dumps(self.model_dump(mode="json"), sort_keys=True, default=str)))
 
     @model_validator(mode="after")
     def _check(self) -> DeepSpeed:

@@ -48,6 +48,8 @@ def test_engines_by_object_name_or_mapping_and_round_trip():
         assert tk.Training.model_validate_json(t.model_dump_json()) == t
         assert tk.Training(**json.loads(json.dumps(t.model_dump(mode="json")))) == t
         assert t.model_dump()["distributed"]["kind"] == engine.kind
+        assert hash(t) == hash(tk.Training(distributed=engine.model_copy()))  # configs stay hashable
+    assert hash(tk.DeepSpeed(overrides={"a": {"b": 1}})) == hash(tk.DeepSpeed(overrides={"a": {"b": 1}}))
 
 
 @pytest.mark.parametrize(

@@ -39,6 +39,7 @@ def test_defaults() -> None:
         "trust_remote_code": False,
         "report_to": (),  # a tuple: configs are frozen and hashable
         "resume": False,
+        "distributed": None,
     }
 
 
