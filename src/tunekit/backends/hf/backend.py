@@ -59,7 +59,10 @@ def _own_rng(seed: int | None = None) -> Any:
     import torch
 
     py_state, np_state = random.getstate(), np.random.get_state()
-    with torch.random.fork_rng(devices=list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []):
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    if devices and world().distributed:  # each process owns one GPU: touching the others would open contexts there
+        devices = [world().local_rank]
+    with torch.random.fork_rng(devices=devices):
         if seed is not None:
             torch.manual_seed(seed)
         try:
