@@ -108,9 +108,6 @@ class FSDP(Config):
     state_dict: Literal["full", "sharded"] = Field(
         "full", description="Checkpoints hold the full state dict (gathered on rank 0) or one shard per process."
     )
-    cpu_ram_efficient_loading: bool = Field(
-        False, description="Only rank 0 reads the weights from disk; the others receive them (big models)."
-    )
     timeout_s: int = Field(1800, ge=10, description="How long a collective waits for the other processes.")
 
     _aliases: ClassVar[dict[str, str]] = {

@@ -138,7 +138,8 @@ def engine_args(training: Any, model: Any, *, world_size: int) -> dict[str, Any]
             }[engine.auto_wrap],
             "activation_checkpointing": engine.activation_checkpointing,
             "state_dict_type": "FULL_STATE_DICT" if engine.state_dict == "full" else "SHARDED_STATE_DICT",
-            "cpu_ram_efficient_loading": engine.cpu_ram_efficient_loading,
+            # Off: tunekit loads the whole model in every process before the Trainer exists (see the guide).
+            "cpu_ram_efficient_loading": False,
         }
         if engine.auto_wrap == "size":
             fsdp_config["min_num_params"] = engine.min_params
