@@ -78,6 +78,7 @@ def test_cli_runs_a_missing_script_as_an_error(capsys, tmp_path):
     assert "no such file" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # ~15 s; test_two_processes' failing-rank test launches the worker with `tunekit launch` too
 @pytest.mark.distributed
 def test_launch_starts_two_processes_and_passes_their_exit_status_on(tmp_path, monkeypatch):
     script = tmp_path / "hello.py"

@@ -107,8 +107,9 @@ def test_a_stop_asked_for_on_one_rank_stops_every_rank_after_the_same_step(two_p
 
 
 def test_a_failing_rank_ends_the_job_with_its_error(tiny_llama, tmp_path):
+    # Started with `tunekit launch --nproc 2` (a real launch: the command it builds, its exit status passed on).
     start = time.time()
-    proc = torchrun("crash", tiny_llama, tmp_path, timeout=180)
+    proc = torchrun("crash", tiny_llama, tmp_path, timeout=180, via_launch=True)
     ended = time.time()
     assert proc.returncode != 0
     assert "rank 1 failed on purpose in forward 3" in proc.stdout + proc.stderr
