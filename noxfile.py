@@ -1,9 +1,13 @@
-"""Test matrix. `nox -s tests` is what CI runs (CPU); `nox -s gpu` needs a CUDA machine.
+"""Test matrix. `nox -s tests` is what CI runs (CPU, the README's test command); `nox -s gpu` needs a
+CUDA machine and `nox -s multi_gpu` two or more GPUs. `nox -s distributed` runs only the 2-process CPU
+tests (torchrun, gloo), which `tests` includes.
 
 CPU sessions install the CPU build of torch first, so pip never pulls a multi-GB CUDA wheel.
 """
 
 from __future__ import annotations
+
+import shutil
 
 import nox
 
@@ -34,10 +38,30 @@ def slow(session: nox.Session) -> None:
 
 
 @nox.session(python="3.11")
+def distributed(session: nox.Session) -> None:
+    """The 2-process CPU tests (torchrun, gloo): parity with one process, one writer, resume, a failing rank."""
+    _install(session)
+    session.run("pytest", "-m", "distributed", *session.posargs)
+
+
+def _no_gpu_no_install(session: nox.Session, count: int) -> None:
+    """Fail at once on a machine without NVIDIA GPUs, before installing a multi-GB CUDA torch for nothing."""
+    if shutil.which("nvidia-smi") is None:
+        session.error(f"no CUDA device: nvidia-smi is not on PATH; the {session.name} session needs {count} GPU(s)")
+
+
+def _require_gpus(session: nox.Session, count: int) -> None:
+    """Fail (never skip) without ``count`` CUDA devices, so a GPU session cannot pass vacuously."""
+    code = f"import torch, sys; n = torch.cuda.device_count(); sys.exit(0 if n >= {count} else f'{{n}} CUDA devices')"
+    session.run("python", "-c", code)
+
+
+@nox.session(python="3.11")
 def gpu(session: nox.Session) -> None:
     """Tests marked gpu; fails (does not skip) without a CUDA device."""
+    _no_gpu_no_install(session, 1)
     _install(session, extras="test,qlora", cpu=False)
-    session.run("python", "-c", "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA device')")
+    _require_gpus(session, 1)
     session.run("pytest", "-m", "gpu", *session.posargs)
 
 
@@ -47,6 +71,15 @@ def bench(session: nox.Session) -> None:
     _install(session)
     for script in ("cpu_overhead.py", "cpu_packing.py", "cache.py"):
         session.run("python", f"benchmarks/{script}", *session.posargs)
+
+
+@nox.session(python="3.11")
+def multi_gpu(session: nox.Session) -> None:
+    """FSDP and DeepSpeed under torchrun (tests marked multi_gpu); fails without two CUDA devices."""
+    _no_gpu_no_install(session, 2)
+    _install(session, extras="test,qlora,deepspeed", cpu=False)
+    _require_gpus(session, 2)
+    session.run("pytest", "-m", "multi_gpu", *session.posargs)
 
 
 @nox.session(python="3.11")

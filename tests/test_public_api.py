@@ -63,6 +63,10 @@ EXPECTED = {
     "SampleGenerations",
     "events",
     "plot_loss",
+    # scale-out (issue 9)
+    "DDP",
+    "DeepSpeed",
+    "FSDP",
 }
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from tunekit import events, testing
 from tunekit.compare import Comparison, compare
+from tunekit.distributed import DDP, FSDP, DeepSpeed
 from tunekit.errors import (
     CheckpointError,
     ConfigError,
@@ -50,7 +51,9 @@ from tunekit.tuner import Tuner
 __version__ = "0.1.0"
 
 __all__ = [
+    "DDP",
     "DPO",
+    "FSDP",
     "GRPO",
     "IA3",
     "KTO",
@@ -64,6 +67,7 @@ __all__ = [
     "Comparison",
     "ConfigError",
     "DatasetError",
+    "DeepSpeed",
     "EarlyStopping",
     "ExportError",
     "FitResult",

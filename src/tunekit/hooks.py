@@ -16,6 +16,11 @@ What happens when a hook raises is the ``Tuner(hook_errors=...)`` policy:
 
 An exception raised by ``on_exception`` itself is always logged, never raised, so that it cannot
 hide the error that failed the run.
+
+With several processes (torchrun, ``tunekit launch``), hooks run on the main process (rank 0)
+only, so files are written once; a hook class that sets ``all_ranks = True`` runs on every
+process. ``ctx.rank``, ``ctx.world_size`` and ``ctx.is_main_process`` say where a hook runs, and a
+stop asked for on any process stops all of them after the same step.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from tunekit.errors import ConfigError, TrainingError
 
@@ -46,7 +51,8 @@ class RunContext:
 
     ``step`` counts optimizer steps done, ``max_steps`` the planned total, ``epoch`` the (fractional)
     epoch, ``metrics`` the latest logged values, ``output_dir`` the Tuner's (``None`` when it has
-    none), ``objective`` and ``method`` their names. Call :meth:`request_stop` to end the run
+    none), ``objective`` and ``method`` their names, ``rank`` and ``world_size`` this process's place
+    when the script runs in several processes (0 and 1 otherwise). Call :meth:`request_stop` to end the run
     cleanly after the current step, :meth:`generate` to sample from the model being trained and
     :meth:`record` to add an entry to ``FitResult.history``.
     """
@@ -58,9 +64,12 @@ class RunContext:
     output_dir: Path | None = None
     objective: str = ""
     method: str = ""
+    rank: int = 0
+    world_size: int = 1
     _stop: bool = field(default=False, init=False, repr=False)
     _stop_reason: str | None = field(default=None, init=False, repr=False)
     _checkpoint_on_stop: bool = field(default=False, init=False, repr=False)
+    _hook_failed: bool = field(default=False, init=False, repr=False)  # on any process (shared like a stop)
     _history: list[dict[str, Any]] = field(default_factory=list, init=False, repr=False)
     _generate: Callable[..., Any] | None = field(default=None, init=False, repr=False)
 
@@ -99,6 +108,11 @@ class RunContext:
         self.request_stop("cancelled")
 
     @property
+    def is_main_process(self) -> bool:
+        """Whether this is rank 0, the process that writes files (always True in a single process)."""
+        return self.rank == 0
+
+    @property
     def cancelled(self) -> bool:
         return self._stop_reason == "cancelled"
 
@@ -116,6 +130,9 @@ class Hook:
         ...         if ctx.step >= 10:
         ...             ctx.request_stop()
     """
+
+    all_ranks: ClassVar[bool] = False
+    """With several processes, run this hook on every process rather than on rank 0 only."""
 
     def on_fit_start(self, ctx: RunContext) -> None:
         """Before the first step, after the model and data are ready (``ctx.step`` > 0 on resume)."""
@@ -178,7 +195,10 @@ class HookDispatcher:
     def emit(self, event: str, *payload: Any) -> None:
         """Call ``on_<event>(ctx, *payload)`` on every hook; a hook's exception follows the policy."""
         assert event in _EVENTS, event
+        main = self.ctx.is_main_process
         for hook in self.hooks:
+            if not (main or hook.all_ranks):
+                continue
             try:
                 getattr(hook, "on_" + event)(self.ctx, *payload)
             except Exception as err:  # KeyboardInterrupt and SystemExit still end the run at once
@@ -191,6 +211,7 @@ class HookDispatcher:
                 self.failure = HookFailure(name, event, self.ctx.step, err)
                 # Keep the work done so far: write a checkpoint (when there is an output_dir) and stop.
                 self.ctx._checkpoint_on_stop = True
+                self.ctx._hook_failed = True
                 self.ctx.request_stop(f"hook {name}.on_{event} raised {type(err).__name__}")
             else:
                 logger.error("hook %s.on_%s also raised %s: %s", name, event, type(err).__name__, err)

@@ -270,7 +270,12 @@ class SampleGenerations(Hook):
     to the history (and logs it at INFO on the ``tunekit`` logger), so you can watch answers
     change during training. Options go to ``Tuner.generate`` (greedy, ``max_new_tokens=32`` by
     default). Generation costs time: keep the prompts few and ``every`` large.
+
+    With several processes it generates on every process (``all_ranks``: with sharded weights,
+    FSDP or ZeRO-3, a forward needs all of them) and logs on rank 0.
     """
+
+    all_ranks = True
 
     def __init__(
         self, prompts: Sequence[Any], *, every: int = 50, max_new_tokens: int = 32, **generate_options: Any
@@ -292,5 +297,5 @@ class SampleGenerations(Hook):
         outputs = ctx.generate(self.prompts, **self.options)
         samples = [{"prompt": p, "output": o} for p, o in zip(self.prompts, outputs)]
         ctx.record({"samples": samples})
-        for s in samples:
+        for s in samples if ctx.is_main_process else []:
             logger.info("step %d sample: %r -> %r", ctx.step, s["prompt"], s["output"])

@@ -24,6 +24,7 @@ from pathlib import Path, PurePath
 from types import TracebackType
 from typing import Any, Literal
 
+from tunekit.distributed import world
 from tunekit.errors import ConfigError
 from tunekit.events import Checkpoint, Evaluate, Event, Failed, FitEnd, FitStart, Log, StepEnd
 from tunekit.hooks import Hook, HookDispatcher, RunContext
@@ -89,6 +90,8 @@ def execute(tuner: Any, plan: Plan, *, ctx: RunContext | None = None, extra_hook
     """Encode, train and fire the hooks; raise the run's error (a failing hook's as TrainingError)."""
     ctx = ctx if ctx is not None else RunContext()
     ctx.output_dir = tuner.output_dir
+    here = world()  # several processes (torchrun): hooks run on rank 0 unless they set all_ranks
+    ctx.rank, ctx.world_size = here.rank, here.size
     ctx.objective, ctx.method = tuner.objective_used.name, tuner.method.name
     ctx._generate = tuner.generate
     dispatcher = HookDispatcher(run_hooks(tuner, extra_hooks), ctx, getattr(tuner, "hook_errors", "stop"))
@@ -137,6 +140,8 @@ class Progress:
 
 class _Collector(Hook):
     """Turns hook calls into typed events on the run's queue and keeps ``run.progress`` current."""
+
+    all_ranks = True  # the application on every process watches its own run
 
     def __init__(self, run: Run) -> None:
         self.run = run

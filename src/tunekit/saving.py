@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from tunekit import _fs
+from tunekit.distributed import world
 from tunekit.errors import CheckpointError, ConfigError
 from tunekit.methods import registry
 from tunekit.objectives import OBJECTIVES, Objective
@@ -31,6 +32,19 @@ def _base_ref(tuner: Any) -> str | None:
 
 
 def save_tuner(tuner: Any, path: Path) -> Path:
+    """Write the tuner to ``path``. With several processes call it on every one: sharded weights are
+    gathered from all of them, rank 0 writes, and every process returns once the save is complete."""
+    here = world()
+    if not here.distributed:
+        return _write(tuner, path)
+    state = tuner.backend.gather_weights(tuner.loaded, tuner.method)  # a collective under FSDP / ZeRO-3
+    if here.is_main:
+        _write(tuner, path, state)
+    tuner.backend.barrier()
+    return path
+
+
+def _write(tuner: Any, path: Path, state_dict: dict[str, Any] | None = None) -> Path:
     if path.exists() and not path.is_dir():
         raise CheckpointError(f"save({str(path)!r}): a file is in the way; choose a directory path")
     if path.is_dir() and any(path.iterdir()) and not (path / MANIFEST).exists():
@@ -45,7 +59,10 @@ def save_tuner(tuner: Any, path: Path) -> Path:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:12]}")
     tmp.mkdir()
     try:
-        tuner.backend.save(loaded, tmp)
+        if state_dict is not None:
+            tuner.backend.save(loaded, tmp, state_dict=state_dict)
+        else:
+            tuner.backend.save(loaded, tmp)
         from tunekit import __version__
 
         manifest = {

@@ -9,6 +9,7 @@ from typing import ClassVar, Literal
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from tunekit._config import Config
+from tunekit.distributed import Distributed, coerce
 
 __all__ = ["Training"]
 
@@ -121,6 +122,14 @@ class Training(Config):
         "else ~/.cache/tunekit.",
     )
 
+    # --- scale-out (issue 9) ---
+    distributed: Distributed | None = Field(
+        None,
+        description="The engine when the script runs in several processes (torchrun, tunekit launch): tk.DDP(), "
+        "tk.FSDP(...), tk.DeepSpeed(stage=...) or their names 'ddp' / 'fsdp' / 'deepspeed'. None: DDP when "
+        "launched with several processes, else a single process. Ignored in a single process.",
+    )
+
     # Option names users bring from transformers / trl, so the error suggests the tunekit name.
     _aliases: ClassVar[dict[str, str]] = {
         "lr": "learning_rate",
@@ -161,6 +170,12 @@ class Training(Config):
         "max_tokens_per_batch": "tokens_per_batch",
         "torch_compile": "compile",
         "use_cache": "cache",
+        "fsdp": "distributed",
+        "fsdp_config": "distributed",
+        "deepspeed": "distributed",
+        "ddp": "distributed",
+        "strategy": "distributed",
+        "parallelism": "distributed",
     }
 
     @field_validator("report_to", mode="before")
@@ -181,6 +196,10 @@ class Training(Config):
     @classmethod
     def _dir_to_str(cls, v: object) -> object:
         return str(v) if isinstance(v, PurePath) else v
+    @field_validator("distributed", mode="before")
+    @classmethod
+    def _engine_name(cls, v: object) -> object:
+        return coerce(v)
 
     @field_validator("resume", mode="before")
     @classmethod

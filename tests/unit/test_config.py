@@ -113,6 +113,13 @@ NON_DEFAULTS: dict[type[Config], dict[str, Any]] = {
         "compile": True,
         "cache": False,
         "cache_dir": "/tmp/tunekit-cache",
+        "distributed": {
+            "kind": "deepspeed",
+            "stage": 3,
+            "offload": "all",
+            "overrides": {"zero_optimization": {"sub_group_size": 100000000}},
+            "timeout_s": 600,
+        },
     },
 }
 

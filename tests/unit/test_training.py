@@ -49,6 +49,7 @@ def test_defaults() -> None:
         "compile": False,
         "cache": True,
         "cache_dir": None,
+        "distributed": None,
     }
 
 

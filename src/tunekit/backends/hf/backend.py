@@ -14,6 +14,7 @@ from tunekit._quiet import quiet
 from tunekit.backends.hf.batch_size import train_fitting
 from tunekit.backends.hf.callbacks import HookBridge
 from tunekit.backends.hf.checkpoints import RunIdentity, data_fingerprint, install, mark_finished, run_config
+from tunekit.backends.hf.distributed import barrier, check_distributed, gather_weights, rank_device
 from tunekit.backends.hf.guards import NonFiniteGuard
 from tunekit.backends.hf.method_callbacks import method_callbacks
 from tunekit.backends.hf.models import (
@@ -35,6 +36,7 @@ from tunekit.backends.hf.trainers import build_trainer, release_trainer, tokens_
 from tunekit.data.encoding import Encoded
 from tunekit.data.rows import TrainerRows
 from tunekit.data.templates import PAD, ensure_template, render
+from tunekit.distributed import shards_parameters, world
 from tunekit.errors import ConfigError
 from tunekit.hooks import HookDispatcher, RunContext
 from tunekit.results import FitResult
@@ -51,6 +53,7 @@ class Loaded:
         self.template = template
         self.device = device
         self.precision = precision
+        self.engine: Any = None  # the distributed engine of the last fit in several processes (tk.FSDP, ...)
 
 
 @contextlib.contextmanager
@@ -62,7 +65,10 @@ def _own_rng(seed: int | None = None) -> Any:
     import torch
 
     py_state, np_state = random.getstate(), np.random.get_state()
-    with torch.random.fork_rng(devices=list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []):
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    if devices and world().distributed:  # each process owns one GPU: touching the others would open contexts there
+        devices = [world().local_rank]
+    with torch.random.fork_rng(devices=devices):
         if seed is not None:
             torch.manual_seed(seed)
         try:
@@ -79,9 +85,10 @@ class HFBackend:
         import torch
 
         training = tuner.training
-        device = resolve_device(training.device)
+        device = rank_device(training.device, resolve_device(training.device))  # cuda:LOCAL_RANK under torchrun
         precision = resolve_precision(training.precision, device)
         check_before_load(tuner.method, tuner.model_ref, device)  # e.g. QLoRA without CUDA: fail before loading
+        check_distributed(tuner.method, training, device)  # e.g. DeepSpeed on CPU, QLoRA under FSDP
         # Adapters keep a frozen base in the compute dtype; full training keeps fp32 master weights.
         load_dtype = torch_dtype(precision) if (tuner.method.is_adapter and precision != "fp32") else torch.float32
         with quiet():
@@ -162,6 +169,7 @@ class HFBackend:
             need = isinstance(train, Encoded) and checkpointing_needed(tuner, loaded.model, train)
             training = training.model_copy(update={"gradient_checkpointing": need})
         training = training_for(tuner.method, training)  # e.g. no gradient checkpointing for prefix tuning
+        loaded.engine = training.distributed if world().distributed else None
         lr = training.learning_rate or tuner.method.default_learning_rate
         # The Tuner passes the dispatcher (hooks, context, hook_errors policy) and the checkpoint to resume from.
         hooks = hooks or HookDispatcher(
@@ -213,7 +221,7 @@ class HFBackend:
             trainer, output = train_fitting(build, training, resume_from, lambda t: release_trainer(t, loaded.model))
             try:
                 # A cancelled run, or one a failing hook stopped, ends at once: no final evaluation.
-                finished = not (ctx.cancelled or hooks.failure is not None)
+                finished = not (ctx.cancelled or ctx._hook_failed)  # the same on every process
                 if finished and tuner.output_dir is not None and trainer.args.should_save:
                     mark_finished(out, identity.run_id, int(trainer.state.global_step))  # "auto" starts afresh
                 if eval_enc is not None and finished:
@@ -266,6 +274,8 @@ class HFBackend:
             else:
                 texts.append(p)
         opts = {"max_new_tokens": 256, "do_sample": False}
+        if shards_parameters(loaded.engine):  # every process runs each forward until all are done
+            opts["synced_gpus"] = True
         opts.update(options)
         if not opts.get("do_sample"):
             opts.pop("temperature", None)
@@ -305,7 +315,18 @@ class HFBackend:
         with quiet():
             return score_items(loaded.model, loaded.tokenizer, items, device=loaded.device, max_length=max_length)
 
-    def save(self, loaded: Loaded, path: Path) -> None:
+    def gather_weights(self, loaded: Loaded, method: Any) -> dict[str, Any] | None:
+        """Sharded weights (FSDP, ZeRO-3) gathered for a save; every process calls it (see Tuner.save)."""
+        return gather_weights(loaded.model, loaded.engine, adapter=method.is_adapter)
+
+    def barrier(self) -> None:
+        """Wait for every process (several processes only), e.g. until rank 0 has written a save."""
+        barrier()
+
+    def save(self, loaded: Loaded, path: Path, state_dict: dict[str, Any] | None = None) -> None:
         with quiet():
-            loaded.model.save_pretrained(path)
+            if state_dict is not None:
+                loaded.model.save_pretrained(path, state_dict=state_dict)
+            else:
+                loaded.model.save_pretrained(path)
             loaded.tokenizer.save_pretrained(path)

@@ -14,6 +14,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from tunekit.backends.hf.distributed import share_stop
 from tunekit.errors import TrainingError
 from tunekit.hooks import Hook, HookDispatcher, RunContext
 
@@ -79,9 +80,11 @@ class HookBridge(TrainerCallback):  # type: ignore[misc]
         self.ctx.max_steps = int(state.max_steps)
         self.ctx.epoch = float(state.epoch or 0.0)
 
-    def _steer(self, control: Any, *, may_save: bool = True) -> Any:
+    def _steer(self, control: Any, *, may_save: bool = True, shared: bool = False) -> Any:
         """Apply a stop request (and a checkpoint for a cancel or a failed hook) to the trainer."""
         ctx = self.ctx
+        if not shared:
+            share_stop(ctx)  # several processes: a stop asked for on one holds on all, or they would hang
         if ctx.stop_requested:
             control.should_training_stop = True
             # Only with a real output_dir: a temporary one is deleted with everything in it.
@@ -105,12 +108,13 @@ class HookBridge(TrainerCallback):  # type: ignore[misc]
     def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> Any:
         self._sync(state)
         self.dispatcher.emit("step_end")
+        share_stop(self.ctx)  # before deciding on the final evaluation, which every process must do alike
         last = control.should_training_stop or self.ctx.stop_requested or state.global_step >= state.max_steps
-        if self.evaluate_at_end and last and not (self.ctx.cancelled or self.dispatcher.failure is not None):
+        if self.evaluate_at_end and last and not (self.ctx.cancelled or self.ctx._hook_failed):
             # Evaluate the final model now, before on_train_end: an evaluate() after train() would log
             # into trackers that on_train_end already closed (a second MLflow run, a second TB file).
             control.should_evaluate = True
-        return self._steer(control)
+        return self._steer(control, shared=True)
 
     def eval_at(self, step: int) -> dict[str, float] | None:
         """The metrics of the evaluation done at ``step``, if there was one."""

@@ -21,7 +21,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from tunekit.backends.hf.distributed import engine_args
 from tunekit.backends.hf.rewards import resolve_rewards
+from tunekit.distributed import world
 from tunekit.errors import IncompatibleError, TrainingError
 from tunekit.objectives import DPO, GRPO, KTO, ORPO, RLOO, SFT, CausalLM, Objective, OnlineRL, RewardModeling
 from tunekit.training import Training
@@ -80,6 +82,7 @@ def _common(run: Setup) -> dict[str, Any]:
         "disable_tqdm": True,
         "dataloader_num_workers": 0,
         "use_liger_kernel": False,
+        **engine_args(t, run.model, world_size=world().size),  # DDP / FSDP2 / DeepSpeed under torchrun
     }
 
 

@@ -1,0 +1,186 @@
+"""The script the 2-process tests start with torchrun (one process per rank, gloo on CPU).
+
+``python -m torch.distributed.run --nproc_per_node 2 worker.py SCENARIO MODEL OUT``:
+
+- ``train``: the user's script, unchanged: fit (checkpoints every 3 steps), save, generate; then,
+  in the same processes, a second tuner resumes from the step-3 checkpoint and trains on until a
+  hook on rank 1 alone asks to stop after step 5.
+  Each rank writes what it saw to ``OUT/rank-N.json``.
+- ``crash``: rank 1 fails inside its third forward pass; the job must end with that error.
+- ``sharded ENGINE`` (GPUs only, ``fsdp`` or ``zero3``): LoRA with sharded weights on
+  ``cuda:LOCAL_RANK``: fit, save (gathered), generate on every rank, load the save and generate.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+torch.set_num_threads(1)
+
+import peft  # noqa: E402
+
+import tunekit as tk  # noqa: E402
+import tunekit.saving  # noqa: E402
+from tunekit.testing import reverse_task  # noqa: E402
+
+STEPS, SAVE_EVERY, PER_RANK_BATCH = 6, 3, 4
+
+
+def training(batch_size: int, **extra: object) -> tk.Training:
+    options: dict[str, object] = {
+        "max_steps": STEPS,
+        "batch_size": batch_size,
+        "learning_rate": 1e-2,
+        "log_every": 1,
+        "save_every": SAVE_EVERY,
+        "max_length": 64,
+        "device": "cpu",
+        "precision": "fp32",
+        "seed": 3,
+    }
+    return tk.Training(**{**options, **extra})
+
+
+DATA = reverse_task(96, seed=1)
+PROMPT = "reverse: 1 2 3"
+
+
+class Calls(tk.Hook):
+    """Records which events reached this process."""
+
+    def __init__(self) -> None:
+        self.events: list[str] = []
+        self.where: tuple[int, int] | None = None
+
+    def on_fit_start(self, ctx: tk.RunContext) -> None:
+        self.events.append("fit_start")
+        self.where = (ctx.rank, ctx.world_size)
+
+    def on_log(self, ctx: tk.RunContext, logs: dict[str, float]) -> None:
+        self.events.append("log")
+
+    def on_fit_end(self, ctx: tk.RunContext, result: tk.FitResult) -> None:
+        self.events.append("fit_end")
+
+
+class EveryRank(Calls):
+    all_ranks = True
+
+
+class StopOnRank1(tk.Hook):
+    """Asks for a stop on rank 1 only: every process must stop after that same step."""
+
+    all_ranks = True
+
+    def __init__(self, at: int) -> None:
+        self.at = at
+
+    def on_step_end(self, ctx: tk.RunContext) -> None:
+        if ctx.rank == 1 and ctx.step == self.at:
+            ctx.request_stop("rank 1 had enough")
+
+
+def count_calls(owner: object, name: str, counter: dict[str, int]) -> None:
+    original = getattr(owner, name)
+
+    def counted(*args: object, **kwargs: object) -> object:
+        counter[name] = counter.get(name, 0) + 1
+        return original(*args, **kwargs)
+
+    setattr(owner, name, counted)
+
+
+def train(model: str, out: Path) -> None:
+    writes: dict[str, int] = {}
+    count_calls(tunekit.saving, "_write", writes)  # tunekit's save: rank 0 only
+    count_calls(peft.PeftModel, "save_pretrained", writes)  # adapter files, in checkpoints and saves: rank 0 only
+    main_only, every_rank = Calls(), EveryRank()
+    tuner = tk.Tuner(
+        model,
+        method=tk.LoRA(r=4),
+        training=training(PER_RANK_BATCH),
+        hooks=[main_only, every_rank, tk.JSONLMetrics()],
+        output_dir=out / "run",
+        progress=False,
+    )
+    result = tuner.fit(DATA)
+    saved = tuner.save(out / "adapter")
+    text = tuner.generate(PROMPT, max_new_tokens=8)
+    again = tk.load(saved).generate(PROMPT, max_new_tokens=8)  # every rank reads the complete save
+    resumed = tk.Tuner(
+        model,
+        method=tk.LoRA(r=4),
+        training=training(PER_RANK_BATCH),
+        output_dir=out / "resumed",
+        hooks=[StopOnRank1(at=STEPS - 1)],
+    )
+    after = resumed.fit(DATA, resume=str(out / "run" / f"checkpoint-{SAVE_EVERY}"))
+    rank = main_only.where[0] if main_only.where else every_rank.where[0]  # type: ignore[index]
+    report = {
+        "losses": [h["loss"] for h in result.history if "loss" in h],
+        "steps": result.steps,
+        "generated": text,
+        "generated_after_load": again,
+        "main_only_hook": main_only.events,
+        "every_rank_hook": every_rank.events,
+        "where": every_rank.where,
+        "writes": writes,
+        "resumed_history": [[h["step"], h["loss"]] for h in after.history if "loss" in h],
+        "resumed_steps": after.steps,
+        "resumed_stop_reason": after.stop_reason,
+    }
+    (out / f"rank-{rank}.json").write_text(json.dumps(report), encoding="utf-8")
+
+
+def crash(model: str, out: Path) -> None:
+    tuner = tk.Tuner(model, method=tk.LoRA(r=4), training=training(PER_RANK_BATCH), progress=False)
+    rank = int(os.environ["RANK"])
+    forwards = [0]
+
+    def fail_on_rank_1(*_: object) -> None:
+        forwards[0] += 1
+        if rank == 1 and forwards[0] == 3:
+            (out / "failed_at").write_text(str(time.time()), encoding="utf-8")
+            raise RuntimeError("rank 1 failed on purpose in forward 3")
+
+    tuner.model.get_input_embeddings().register_forward_hook(fail_on_rank_1)
+    tuner.fit(DATA)
+
+
+def sharded(model: str, out: Path, engine: str) -> None:
+    writes: dict[str, int] = {}
+    count_calls(tunekit.saving, "_write", writes)
+    distributed = {"fsdp": tk.FSDP(), "zero3": tk.DeepSpeed(stage=3)}[engine]
+    tuner = tk.Tuner(
+        model,
+        method=tk.LoRA(r=4),
+        training=training(PER_RANK_BATCH, device="cuda", distributed=distributed),
+        output_dir=out / "run",
+        progress=False,
+    )
+    result = tuner.fit(DATA)
+    saved = tuner.save(out / "adapter")  # every rank: the shards are gathered, rank 0 writes
+    text = tuner.generate(PROMPT, max_new_tokens=8)  # every rank: a forward needs all the shards
+    rank = int(os.environ["RANK"])
+    report = {
+        "losses": [h["loss"] for h in result.history if "loss" in h],
+        "device": str(tuner.loaded.device),
+        "generated": text,
+        "writes": writes,
+        "saved": str(saved),
+    }
+    (out / f"rank-{rank}.json").write_text(json.dumps(report), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    scenario, model_dir, out_dir = sys.argv[1], sys.argv[2], Path(sys.argv[3])
+    if scenario == "sharded":
+        sharded(model_dir, out_dir, sys.argv[4])
+    else:
+        {"train": train, "crash": crash}[scenario](model_dir, out_dir)
