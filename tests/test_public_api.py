@@ -61,6 +61,9 @@ EXPECTED = {
     "SampleGenerations",
     "events",
     "plot_loss",
+    # export and serving (issue 10)
+    "ExportResult",
+    "verify_export",
 }
 
 

@@ -20,6 +20,7 @@ from tunekit.errors import (
     TrainingError,
     TunekitError,
 )
+from tunekit.export import ExportResult, verify_export
 from tunekit.hooks import Hook, RunContext
 from tunekit.hooks_builtin import EarlyStopping, JSONLMetrics, LossPlot, ProgressBar, SampleGenerations
 from tunekit.methods import (
@@ -65,6 +66,7 @@ __all__ = [
     "DatasetError",
     "EarlyStopping",
     "ExportError",
+    "ExportResult",
     "FitResult",
     "Freeze",
     "Full",
@@ -99,4 +101,5 @@ __all__ = [
     "plot_loss",
     "rlhf",
     "testing",
+    "verify_export",
 ]

@@ -58,6 +58,29 @@ def _retry(fn: Any, attempts: int = 5) -> None:
             time.sleep(0.05 * 2**i)
 
 
+def write_manifest(tuner: Any, directory: Path) -> None:
+    """Write ``tunekit.json`` (method, objective, training, template, base model, data summary) into ``directory``."""
+    from tunekit import __version__
+
+    loaded = tuner.loaded
+    manifest = {
+        "tunekit_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "base_model": _base_ref(tuner) if tuner.method.is_adapter else None,
+        "method": {"name": tuner.method.name, "options": tuner.method.model_dump(mode="json")},
+        "objective": {"name": tuner.objective_used.name, "options": tuner.objective_used.model_dump(mode="json")},
+        "training": tuner.training.model_dump(mode="json", exclude={"resume"}),  # resume belongs to one run
+        "template": loaded.template.to_dict(),
+        "vocab_size": len(loaded.tokenizer),
+    }
+    if getattr(tuner, "data_summary", None):
+        manifest["data"] = tuner.data_summary  # data statistics and golden prompts, for exports of a loaded save
+    if tuner.adapter_path is not None and tuner.method.is_adapter:
+        prev = _read_manifest(tuner.adapter_path)
+        manifest["base_model"] = prev.get("base_model")
+    (directory / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
 def save_tuner(tuner: Any, path: Path) -> Path:
     if path.exists() and not path.is_dir():
         raise CheckpointError(f"save({str(path)!r}): a file is in the way; choose a directory path")
@@ -74,22 +97,7 @@ def save_tuner(tuner: Any, path: Path) -> Path:
     tmp.mkdir()
     try:
         tuner.backend.save(loaded, tmp)
-        from tunekit import __version__
-
-        manifest = {
-            "tunekit_version": __version__,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "base_model": _base_ref(tuner) if tuner.method.is_adapter else None,
-            "method": {"name": tuner.method.name, "options": tuner.method.model_dump(mode="json")},
-            "objective": {"name": tuner.objective_used.name, "options": tuner.objective_used.model_dump(mode="json")},
-            "training": tuner.training.model_dump(mode="json", exclude={"resume"}),  # resume belongs to one run
-            "template": loaded.template.to_dict(),
-            "vocab_size": len(loaded.tokenizer),
-        }
-        if tuner.adapter_path is not None and tuner.method.is_adapter:
-            prev = _read_manifest(tuner.adapter_path)
-            manifest["base_model"] = prev.get("base_model")
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        write_manifest(tuner, tmp)
         _replace_dir(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -177,4 +185,6 @@ def load(
             template=chat_template,
             hooks=hooks,
         )
+    if isinstance(m.get("data"), dict):
+        tuner.data_summary = m["data"]
     return tuner
