@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from tunekit.errors import TunekitError
+from tunekit.export.cli import add_export_parser
 
 __all__ = ["main"]
 
@@ -90,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     methods.set_defaults(func=_cmd_methods)
     version = sub.add_parser("version", help="Print the tunekit version.")
     version.set_defaults(func=_cmd_version)
+    add_export_parser(sub)
     return parser
 
 

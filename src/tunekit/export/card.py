@@ -35,9 +35,28 @@ def _options(cfg: Any) -> str:
     return ", ".join(f"{k}={v!r}" for k, v in dumped.items()) or "defaults"
 
 
-def _loading(fmt: str, name: str, base: str | None, gguf_file: str | None) -> str:
+_PEFT_ALONE = """The adapter is merged into these weights, so no peft is needed. The adapter alone (`tuner.save(path)` or
+`tunekit export RUN ADAPTER_DIR --format adapter`) loads with peft on the base model:
+
+```python
+from peft import PeftModel
+from transformers import AutoModelForCausalLM
+
+model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained("{base}"), "ADAPTER_DIR")
+```"""
+
+
+def _loading(fmt: str, name: str, base: str | None, gguf_file: str | None, adapter: bool = True) -> str:
+    """Commands to load this export with transformers, peft, llama.cpp and Ollama."""
+    gguf = f"{name}/{gguf_file}" if gguf_file else f"{name}-gguf/<file>.gguf"
+    make_gguf = (
+        ""
+        if fmt == "gguf"
+        else f"First make a GGUF file: `tunekit export <saved run> {name}-gguf --format gguf` "
+        "(or llama.cpp's `convert_hf_to_gguf.py` on a merged `hf` export).\n\n"
+    )
     if fmt == "hf":
-        return f"""```python
+        tf = f"""```python
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 tokenizer = AutoTokenizer.from_pretrained("{name}")
@@ -46,41 +65,54 @@ messages = [{{"role": "user", "content": "Hello!"}}]
 inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
 output = model.generate(**inputs, max_new_tokens=128)  # stops at the template's end-of-turn token
 print(tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))
-```
-
-Convert it for llama.cpp with `tunekit export` (format `gguf`) or llama.cpp's `convert_hf_to_gguf.py {name}`."""
-    if fmt == "adapter":
-        return f"""```python
+```"""
+        peft = _PEFT_ALONE.format(base=base)
+    elif fmt == "adapter":
+        tf = "transformers loads the adapter through peft (below), or merge it first: `--format hf`."
+        peft = f"""```python
 from peft import PeftModel
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 tokenizer = AutoTokenizer.from_pretrained("{name}")  # with the chat template used in training
 base = AutoModelForCausalLM.from_pretrained("{base}")
 base.resize_token_embeddings(len(tokenizer))  # only needed when tunekit added template tokens
 model = PeftModel.from_pretrained(base, "{name}")
+generation_config = GenerationConfig.from_pretrained("{name}")  # EOS = the template's end of turn
 ```
 
-or with tunekit: `tk.load("{name}")`. Merge it into a full model with `tunekit export {name} OUT --format hf`."""
-    return f"""llama.cpp:
+or with tunekit: `tk.load("{name}")`."""
+    else:
+        tf = f"""```python
+from transformers import AutoModelForCausalLM
+
+model = AutoModelForCausalLM.from_pretrained("{name}", gguf_file="{gguf_file}")  # dequantized
+```"""
+        peft = _PEFT_ALONE.format(base=base)
+    if not adapter:
+        peft = "Trained with full fine-tuning: there is no adapter, and peft is not needed."
+    return f"""### transformers
+
+{tf}
+
+### peft
+
+{peft}
+
+### llama.cpp
+
+{make_gguf}```bash
+llama-cli -m {gguf} -cnv        # chat with the embedded template
+llama-server -m {gguf}          # OpenAI-compatible server
+```
+
+With llama-cpp-python: `Llama(model_path="{gguf}").create_chat_completion(messages=[...])`.
+
+### Ollama
+
+{make_gguf}The GGUF export has a Modelfile with the same template and stop tokens:
 
 ```bash
-llama-cli -m {name}/{gguf_file} -cnv        # chat with the embedded template
-llama-server -m {name}/{gguf_file}          # OpenAI-compatible server
-```
-
-llama-cpp-python:
-
-```python
-from llama_cpp import Llama
-
-llm = Llama(model_path="{name}/{gguf_file}")
-print(llm.create_chat_completion(messages=[{{"role": "user", "content": "Hello!"}}])["choices"][0]["message"])
-```
-
-Ollama (the Modelfile beside this card has the same template and stop tokens):
-
-```bash
-cd {name} && ollama create my-model -f Modelfile && ollama run my-model
+cd {gguf.rsplit("/", 1)[0]} && ollama create my-model -f Modelfile && ollama run my-model
 ```"""
 
 
@@ -187,7 +219,7 @@ def model_card(
         "",
         "## Loading",
         "",
-        _loading(fmt, str(path), base, gguf_file),
+        _loading(fmt, str(path), base, gguf_file, method.is_adapter),
         "",
     ]
     return "\n".join(lines)

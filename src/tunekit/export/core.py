@@ -92,6 +92,10 @@ def _resolve_dtype(tuner: Any, fmt: str, dtype: str) -> str:
     return {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}[name] if fmt == "gguf" else name
 
 
+def _size(tuner: Any) -> int:
+    return int(sum(p.numel() for p in tuner.model.parameters()))
+
+
 def _eos_of(model: Any) -> list[int]:
     eos = model.generation_config.eos_token_id
     return [eos] if isinstance(eos, int) else list(eos or [])
@@ -149,7 +153,7 @@ def _reference(
     if quantized:
         label = "trained adapter merged into the base re-loaded in fp32" + (f", rounded to {dtype}" if rounded else "")
     del model
-    hfx.free()
+    hfx.free(_size(tuner))
     return _Reference(expected, trained, label, strict=True, notes=notes)
 
 
@@ -177,7 +181,7 @@ def _reload_and_generate(
         model = gguf_check.reload_gguf_transformers(file, device=device)
         got = [greedy(model, g.ids, eos_ids=eos, pad_id=None, max_new_tokens=max_new) for g in golden]
         del model
-        hfx.free()
+        hfx.free(_size(tuner))
         checks += prompt_checks(golden, got, runtime="transformers", tokenizer=tuner.tokenizer, expected=ref.expected)
         if gguf_check.has_llama_cpp():
             texts = [tuner.tokenizer.decode(g.ids, skip_special_tokens=False) for g in golden] if chat else None
@@ -210,7 +214,7 @@ def _reload_and_generate(
             )
     got = [greedy(model, g.ids, eos_ids=eos, pad_id=tok.pad_token_id, max_new_tokens=max_new) for g in golden]
     del model
-    hfx.free()
+    hfx.free(_size(tuner))
     return prompt_checks(golden, got, runtime="transformers", tokenizer=tok, expected=ref.expected), notes
 
 
@@ -413,13 +417,13 @@ def export_tuner(
         if verify:
             ref = _reference(tuner, golden, format, dtype, max_new_tokens, model=model, owned=owned)
             del model
-            hfx.free()
+            hfx.free(_size(tuner))
             verification = _verification(tuner, staging, format, golden, ref, max_new_tokens, chat)
             verification = verification.model_copy(update={"notes": [f"golden prompts: {source}", *verification.notes]})
             _raise_if_failed(verification, format)
         else:
             del model
-            hfx.free()
+            hfx.free(_size(tuner))
         weights = "*.gguf" if format == "gguf" else "*.safetensors"
         merged_size = _dir_size(staging, weights) if format != "adapter" else None
         explanation = _explain(tuner, format, dtype, adapter_size, merged_size)
