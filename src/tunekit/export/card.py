@@ -35,8 +35,8 @@ def _options(cfg: Any) -> str:
     return ", ".join(f"{k}={v!r}" for k, v in dumped.items()) or "defaults"
 
 
-_PEFT_ALONE = """The adapter is merged into these weights, so no peft is needed. The adapter alone (`tuner.save(path)` or
-`tunekit export RUN ADAPTER_DIR --format adapter`) loads with peft on the base model:
+_PEFT_ALONE = """The adapter is merged into these weights, so no peft is needed. The adapter alone
+(`tuner.save(path)` or `tunekit export RUN ADAPTER_DIR --format adapter`) loads with peft on the base model:
 
 ```python
 from peft import PeftModel
