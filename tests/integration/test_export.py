@@ -175,7 +175,7 @@ def test_low_precision_export_is_exact_against_the_rounded_weights(lora_tuner, t
 
 def test_adapter_export_and_prompt_methods(tiny_llama_init02, tmp_path):
     tuner, _ = _trained(tiny_llama_init02, tk.PromptTuning(num_virtual_tokens=4), steps=3)
-    with pytest.raises(tk.IncompatibleError, match='cannot be merged.*format="adapter"'):
+    with pytest.raises(tk.IncompatibleError, match=r'cannot be merged.*format="adapter"'):
         tuner.export(tmp_path / "hf", format="hf")
     result = tuner.export(tmp_path / "adapter", format="adapter", golden_prompts=PROMPTS, max_new_tokens=6)
     assert result.verification.passed and result.merged_size_bytes is None
