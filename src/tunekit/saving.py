@@ -73,8 +73,11 @@ def write_manifest(tuner: Any, directory: Path) -> None:
         "template": loaded.template.to_dict(),
         "vocab_size": len(loaded.tokenizer),
     }
-    if getattr(tuner, "data_summary", None):
-        manifest["data"] = tuner.data_summary  # data statistics and golden prompts, for exports of a loaded save
+    from tunekit.export.prompts import data_summary_of
+
+    data = data_summary_of(tuner)
+    if data:
+        manifest["data"] = data  # data statistics and golden prompts, for exports of a loaded save
     if tuner.adapter_path is not None and tuner.method.is_adapter:
         prev = _read_manifest(tuner.adapter_path)
         manifest["base_model"] = prev.get("base_model")

@@ -192,3 +192,36 @@ def test_cli_export_prints_the_size_report(lora_tuner, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "adapter alone:" in out and "Why the adapter is small" in out and "golden prompts" in out
     assert main(["export", str(saved), str(tmp_path / "out2"), "--format", "gguf", "--dtype", "f99"]) == 2
+
+
+def test_large_models_are_written_in_shards(lora_tuner, tmp_path):
+    from tunekit.export import hf as hfx
+
+    model, _ = hfx.full_precision_model(lora_tuner)
+    hfx.write_hf(
+        model, lora_tuner.tokenizer, lora_tuner.loaded.template.end_of_turn_id, tmp_path, max_shard_size="100KB"
+    )
+    assert len(list(tmp_path.glob("model-*.safetensors"))) > 1 and (tmp_path / "model.safetensors.index.json").exists()
+    again, _ = hfx.reload_hf(tmp_path, device="cpu")
+    torch.testing.assert_close(again.state_dict(), model.state_dict(), rtol=0, atol=0)
+
+
+def test_raw_text_export_verifies_on_text_prompts(tiny_llama_init02, tmp_path):
+    tuner = tk.Tuner(
+        tiny_llama_init02,
+        method=tk.LoRA(r=4),
+        objective=tk.CausalLM(),
+        training=cpu(max_steps=3, learning_rate=1e-2, batch_size=8),
+        progress=False,
+    )
+    tuner.fit(reverse_task(16, seed=5, fmt="text"))
+    result = tuner.export(tmp_path / "hf", max_new_tokens=6)
+    v = result.verification
+    assert v.passed and all(isinstance(c.prompt, str) and c.prompt.startswith("reverse:") for c in v.checks)
+    saved = tk.load(tuner.save(tmp_path / "saved"))  # the data summary travels with a save
+    assert saved.data_summary["train"] == {
+        "rows": 16,
+        "format": "text",
+        "skipped_rows": 0,
+        "tokens": tuner.last_result.num_tokens,
+    }

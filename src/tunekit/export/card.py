@@ -131,7 +131,9 @@ def model_card(
     """README.md text for an export."""
     method, objective, training = tuner.method, tuner.objective_used, tuner.training
     result = getattr(tuner, "last_result", None)
-    data = getattr(tuner, "data_summary", None) or {}
+    from tunekit.export.prompts import data_summary_of
+
+    data = data_summary_of(tuner) or {}
     template = tuner.loaded.template
     lines = [
         "---",
@@ -163,8 +165,8 @@ def model_card(
         rows = [("training rows", data["train"]["rows"]), ("format", data["train"]["format"])]
         if data["train"].get("skipped_rows"):
             rows.append(("skipped rows", data["train"]["skipped_rows"]))
-        if result is not None:
-            rows.append(("training tokens (per epoch)", f"{result.num_tokens:,}"))
+        if data["train"].get("tokens") is not None:
+            rows.append(("training tokens (per epoch)", f"{data['train']['tokens']:,}"))
         if data.get("eval"):
             rows += [("eval rows", data["eval"]["rows"]), ("eval format", data["eval"]["format"])]
         lines.append(_table(rows))

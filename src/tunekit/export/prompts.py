@@ -7,7 +7,7 @@ from typing import Any
 
 from tunekit.errors import ConfigError
 
-__all__ = ["DEFAULT_PROMPTS", "golden_prompts", "summarise_data"]
+__all__ = ["DEFAULT_PROMPTS", "data_summary_of", "golden_prompts", "summarise_data"]
 
 MAX_KEPT_PROMPTS = 8
 # Used only when the tuner has seen no data (e.g. ``tk.load`` of a save made before tunekit kept prompts).
@@ -81,3 +81,15 @@ def golden_prompts(tuner: Any, given: Any, n: int) -> tuple[list[Any], str]:
     if kept:
         return kept[:n], f"sampled from the {summary.get('prompts_from', 'training')} data"
     return DEFAULT_PROMPTS[:n], "tunekit's default prompts (the tuner has seen no data)"
+
+
+def data_summary_of(tuner: Any) -> dict[str, Any] | None:
+    """The tuner's data summary with the token count of its last run (what saves and model cards record)."""
+    summary = getattr(tuner, "data_summary", None)
+    if not summary:
+        return None
+    out = {**summary, "train": dict(summary.get("train") or {})}
+    result = getattr(tuner, "last_result", None)
+    if result is not None and out["train"]:
+        out["train"]["tokens"] = result.num_tokens
+    return out
