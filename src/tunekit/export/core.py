@@ -152,8 +152,6 @@ def _reference(
     label = "trained" if not rounded else f"trained, rounded to {dtype} as written"
     if quantized:
         label = "trained adapter merged into the base re-loaded in fp32" + (f", rounded to {dtype}" if rounded else "")
-    del model
-    hfx.free(_size(tuner))
     return _Reference(expected, trained, label, strict=True, notes=notes)
 
 
@@ -315,30 +313,30 @@ def _explain(tuner: Any, fmt: str, dtype: str, adapter: int | None, merged: int 
     )
 
 
-def _write(tuner: Any, staging: Path, fmt: str, dtype: str) -> tuple[Any, bool, str | None]:
-    """Write the export's model files; returns the full-precision model (for the reference), whether tunekit
-    owns it, and the GGUF file name."""
+def _write_adapter(tuner: Any, staging: Path) -> None:
     from tunekit.saving import write_manifest
 
     loaded = tuner.loaded
-    if fmt == "adapter":
-        tuner.backend.save(loaded, staging)
-        write_manifest(tuner, staging)
-        gen = copy.deepcopy(tuner.model.generation_config)
-        gen.eos_token_id = sorted({loaded.template.end_of_turn_id, tuner.tokenizer.eos_token_id} - {None})
-        gen.pad_token_id = tuner.tokenizer.pad_token_id
-        gen.save_pretrained(staging)  # peft does not write one: without it a plain load stops at the base's EOS
-        return None, False, None
-    model, owned = hfx.full_precision_model(tuner)
+    tuner.backend.save(loaded, staging)
+    write_manifest(tuner, staging)
+    gen = copy.deepcopy(tuner.model.generation_config)
+    gen.eos_token_id = sorted({loaded.template.end_of_turn_id, tuner.tokenizer.eos_token_id} - {None})
+    gen.pad_token_id = tuner.tokenizer.pad_token_id
+    gen.save_pretrained(staging)  # peft does not write one: without it a plain load stops at the base's EOS
+
+
+def _write_model(tuner: Any, model: Any, owned: bool, staging: Path, fmt: str, dtype: str) -> str | None:
+    """Write the full model (``hf`` or ``gguf``); returns the GGUF file name.
+
+    ``model`` may already hold the weights rounded to ``dtype`` (the reference rounds in place):
+    rounding again is exact (bf16, fp16 and q8_0 rounding are idempotent).
+    """
+    loaded = tuner.loaded
     eot = loaded.template.end_of_turn_id
     if fmt == "hf":
         written = hfx.written_copy(model, owned, dtype)
         hfx.write_hf(written, tuner.tokenizer, eot, staging)
-        if written is not model:  # a copy of a model tunekit does not own (Full): not needed any more
-            del written
-        elif dtype != "fp32":
-            written.float()  # cast back in place: the reference rounds it itself
-        return model, owned, None
+        return None
     from tunekit.export.gguf import write_gguf
     from tunekit.export.ollama import modelfile
 
@@ -346,11 +344,10 @@ def _write(tuner: Any, staging: Path, fmt: str, dtype: str) -> tuple[Any, bool, 
     with tempfile.TemporaryDirectory(prefix="tunekit-tok-") as tmp:
         with _quiet():
             tuner.tokenizer.save_pretrained(tmp)
-        hfx.set_generation_eos(model, tuner.tokenizer, eot) if owned else None
         write_gguf(model, tuner.tokenizer, Path(tmp), staging / name, ftype=dtype, end_of_turn_id=eot)
     stops = [loaded.template.end_of_turn, *([tuner.tokenizer.eos_token] if tuner.tokenizer.eos_token else [])]
     (staging / "Modelfile").write_text(modelfile(name, tuner.tokenizer, stops), encoding="utf-8")
-    return model, owned, name
+    return name
 
 
 def _quiet() -> Any:
@@ -412,18 +409,23 @@ def export_tuner(
     staging.mkdir()
     try:
         adapter_size = _adapter_size(tuner)
-        model, owned, gguf_name = _write(tuner, staging, format, dtype)
-        verification = None
-        if verify:
-            ref = _reference(tuner, golden, format, dtype, max_new_tokens, model=model, owned=owned)
+        ref, gguf_name = None, None
+        if format == "adapter":
+            _write_adapter(tuner, staging)
+            if verify:
+                ref = _reference(tuner, golden, format, dtype, max_new_tokens)
+        else:
+            model, owned = hfx.full_precision_model(tuner)
+            if verify:  # before writing: the merge is checked on the full-precision weights
+                ref = _reference(tuner, golden, format, dtype, max_new_tokens, model=model, owned=owned)
+            gguf_name = _write_model(tuner, model, owned, staging, format, dtype)
             del model
             hfx.free(_size(tuner))
+        verification = None
+        if ref is not None:
             verification = _verification(tuner, staging, format, golden, ref, max_new_tokens, chat)
             verification = verification.model_copy(update={"notes": [f"golden prompts: {source}", *verification.notes]})
             _raise_if_failed(verification, format)
-        else:
-            del model
-            hfx.free(_size(tuner))
         weights = "*.gguf" if format == "gguf" else "*.safetensors"
         merged_size = _dir_size(staging, weights) if format != "adapter" else None
         explanation = _explain(tuner, format, dtype, adapter_size, merged_size)

@@ -102,10 +102,15 @@ def set_generation_eos(model: Any, tokenizer: Any, end_of_turn_id: int) -> list[
 def write_hf(model: Any, tokenizer: Any, end_of_turn_id: int, out: Path, *, max_shard_size: str = "4GB") -> None:
     """The transformers directory: safetensors weights (sharded above ``max_shard_size``), config,
     generation config with the template's EOS ids, tokenizer and chat template."""
+    # Written from a copy of the configs, so that exporting tuner.model itself (Full) leaves it as it was.
+    saved = copy.deepcopy(model.generation_config), model.config.eos_token_id, model.config.pad_token_id
     set_generation_eos(model, tokenizer, end_of_turn_id)
-    with quiet():
-        model.save_pretrained(out, max_shard_size=max_shard_size)
-        tokenizer.save_pretrained(out)
+    try:
+        with quiet():
+            model.save_pretrained(out, max_shard_size=max_shard_size)
+            tokenizer.save_pretrained(out)
+    finally:
+        model.generation_config, model.config.eos_token_id, model.config.pad_token_id = saved
     if not any(out.glob("*.safetensors")):
         raise ExportError(f"{out}: transformers wrote no safetensors weights; export again")
 

@@ -59,9 +59,11 @@ def greedy(model: Any, ids: list[int], *, eos_ids: list[int], pad_id: int | None
     """The new token ids of greedy decoding from ``ids`` (one prompt, no padding), up to and including EOS."""
     import torch
 
+    from tunekit._quiet import quiet
+
     device = next(model.parameters()).device
     input_ids = torch.tensor([ids], device=device)
-    with torch.no_grad():
+    with torch.no_grad(), quiet():
         out = model.generate(
             input_ids=input_ids,
             attention_mask=torch.ones_like(input_ids),
