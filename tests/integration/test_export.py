@@ -173,10 +173,17 @@ def test_low_precision_export_is_exact_against_the_rounded_weights(lora_tuner, t
         assert all(f.get_tensor(k).dtype == torch.bfloat16 for k in f.keys())
 
 
-def test_adapter_export_and_prompt_methods(tiny_llama_init02, tmp_path):
-    tuner, _ = _trained(tiny_llama_init02, tk.PromptTuning(num_virtual_tokens=4), steps=3)
-    with pytest.raises(tk.IncompatibleError, match=r'cannot be merged.*format="adapter"'):
-        tuner.export(tmp_path / "hf", format="hf")
+@pytest.mark.parametrize(
+    "method",
+    [tk.PromptTuning(num_virtual_tokens=4), tk.PrefixTuning(num_virtual_tokens=4), tk.PTuning(num_virtual_tokens=4)],
+    ids=["prompt", "prefix", "ptuning"],
+)
+def test_prompt_methods_cannot_merge_and_export_as_adapters(method, tiny_llama_init02, tmp_path):
+    tuner, _ = _trained(tiny_llama_init02, method, steps=3)
+    for fmt in ("hf", "gguf"):
+        with pytest.raises(tk.IncompatibleError, match=r'cannot be merged.*virtual tokens.*format="adapter"'):
+            tuner.export(tmp_path / fmt, format=fmt)
+    assert not (tmp_path / "hf").exists()
     result = tuner.export(tmp_path / "adapter", format="adapter", golden_prompts=PROMPTS, max_new_tokens=6)
     assert result.verification.passed and result.merged_size_bytes is None
     assert {"adapter_config.json", "adapter_model.safetensors", "tunekit.json", "README.md"} <= set(result.files)
@@ -225,3 +232,16 @@ def test_raw_text_export_verifies_on_text_prompts(tiny_llama_init02, tmp_path):
         "skipped_rows": 0,
         "tokens": tuner.last_result.num_tokens,
     }
+
+
+def test_a_quantized_base_is_reloaded_in_full_precision_for_the_merge(lora_tuner, monkeypatch):
+    """QLoRA needs CUDA; the merge path for a quantized base is exercised here by declaring the model quantized."""
+    from tunekit.backends.hf import quantization
+    from tunekit.export import hf as hfx
+
+    expected = lora_tuner.merge().state_dict()
+    monkeypatch.setattr(quantization, "is_quantized", lambda model: model is lora_tuner.model)
+    merged, owned = hfx.full_precision_model(lora_tuner)  # never tuner.merge(): that would merge into 4-bit weights
+    assert owned and type(merged).__name__ == "LlamaForCausalLM"
+    assert all(p.dtype == torch.float32 for p in merged.parameters())
+    torch.testing.assert_close(merged.state_dict(), expected, rtol=0, atol=1e-6)
