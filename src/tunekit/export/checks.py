@@ -25,7 +25,7 @@ class Reference:
     expected: list[list[int]]
     trained: list[list[int]]
     label: str
-    strict: bool = True
+    dtype: str = "fp32"
     notes: list[str] = field(default_factory=list)
 
 
@@ -89,7 +89,7 @@ def reference(
     label = "trained" if not rounded else f"trained, rounded to {dtype} as written"
     if quantized:
         label = "trained adapter merged into the base re-loaded in fp32" + (f", rounded to {dtype}" if rounded else "")
-    return Reference(expected, trained, label, strict=True, notes=notes)
+    return Reference(expected, trained, label, dtype=dtype, notes=notes)
 
 
 # --- reloading each format ----------------------------------------------------------------------------------
@@ -121,7 +121,12 @@ def _reload_and_generate(
         if gguf_check.has_llama_cpp():
             texts = [tuner.tokenizer.decode(g.ids, skip_special_tokens=False) for g in golden] if chat else None
             outs, same = gguf_check.llama_cpp_greedy(file, golden, eos_ids=eos, max_new_tokens=max_new, texts=texts)
-            checks += prompt_checks(golden, outs, runtime="llama.cpp", tokenizer=tuner.tokenizer, expected=ref.expected)
+            # Enforced for f32 only: for f16, bf16 and q8_0 weights llama.cpp also rounds the activations to that
+            # type in its dot products, so a near-tie between two tokens may flip; those checks are reported.
+            checks += prompt_checks(
+                golden, outs, runtime="llama.cpp", tokenizer=tuner.tokenizer, expected=ref.expected,
+                enforced=ref.dtype == "f32",
+            )  # fmt: skip
             if texts is not None:
                 notes.append(
                     f"llama.cpp tokenises {sum(same)}/{len(same)} golden prompts' text exactly as transformers"
@@ -190,9 +195,15 @@ def verification(
     checks, notes = _reload_and_generate(tuner, staging, fmt, golden, ref, max_new, chat)
     tf = [c for c in checks if c.runtime == "transformers"]
     agreement = sum(c.got_ids == t for c, t in zip(tf, ref.trained)) / len(tf) if tf else None
+    loose = [c for c in checks if not c.enforced]
+    if loose:
+        notes.append(
+            f"llama.cpp gives the reference tokens on {sum(c.match for c in loose)}/{len(loose)} prompts "
+            f"(reported, not enforced, for {ref.dtype}: llama.cpp rounds activations to the weight type)"
+        )
     return Verification(
-        passed=all(c.match for c in checks),
-        strict=ref.strict,
+        passed=all(c.match for c in checks if c.enforced),
+        strict=not loose,
         reference=ref.label,
         checks=checks,
         trained_agreement=agreement,
@@ -203,9 +214,8 @@ def verification(
 def raise_if_failed(v: Verification, fmt: str) -> None:
     from tunekit.export.verify import mismatch_error
 
-    if v.strict:
-        err = mismatch_error(list(v.checks), f"the {fmt} export")
-        if err is not None:
-            raise err
-    elif not v.passed:
-        logger.warning("export verification (reported, not enforced): %s", v)
+    err = mismatch_error([c for c in v.checks if c.enforced], f"the {fmt} export")
+    if err is not None:
+        raise err
+    if any(not c.match for c in v.checks):
+        logger.warning("export verification: %s; %s", v, "; ".join(v.notes))

@@ -84,7 +84,13 @@ def _short(prompt: Any) -> str:
 
 
 def prompt_checks(
-    golden: list[Golden], got: list[list[int]], *, runtime: str, tokenizer: Any, expected: list[list[int]] | None = None
+    golden: list[Golden],
+    got: list[list[int]],
+    *,
+    runtime: str,
+    tokenizer: Any,
+    expected: list[list[int]] | None = None,
+    enforced: bool = True,
 ) -> list[PromptCheck]:
     """One :class:`PromptCheck` a prompt: the reference tokens (``expected``) against ``got``."""
     checks = []
@@ -99,6 +105,7 @@ def prompt_checks(
                 expected=tokenizer.decode(exp, skip_special_tokens=False),
                 got=tokenizer.decode(ids, skip_special_tokens=False),
                 match=exp == ids,
+                enforced=enforced,
             )
         )
     return checks
