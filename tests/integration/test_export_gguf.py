@@ -15,7 +15,21 @@ pytest.importorskip("gguf")
 PROMPTS = ["reverse: 1 2 3", "reverse: 4 5 6 7"]
 
 
-@pytest.fixture(scope="module", params=["tiny_llama_init02", "tiny_qwen"])
+@pytest.fixture(scope="module")
+def tiny_qwen_init02(tmp_path_factory, task_texts):
+    """A tied-embedding Qwen2 whose random logits have a usable scale (varied greedy answers, a real check)."""
+    from tunekit.testing import tiny_model
+
+    return tiny_model(
+        tmp_path_factory.mktemp("qwen02"),
+        arch="qwen2",
+        texts=task_texts,
+        tie_word_embeddings=True,
+        initializer_range=0.2,
+    )
+
+
+@pytest.fixture(scope="module", params=["tiny_llama_init02", "tiny_qwen_init02"])
 def tuner(request):
     t = tk.Tuner(
         request.getfixturevalue(request.param),
@@ -51,6 +65,7 @@ def test_gguf_export_round_trips_with_same_greedy_tokens(tuner, dtype, tmp_path)
     assert f"FROM ./{result.gguf_file.name}" in modelfile
     assert 'PARAMETER stop "<|im_end|>"' in modelfile and "<|im_start|>{{ .Role }}" in modelfile
     assert result.merged_size_bytes == result.gguf_file.stat().st_size
+    assert len({tuple(c.got_ids) for c in v.checks}) > 1  # varied answers: the comparison proves something
 
 
 def test_gguf_refuses_other_architectures(tmp_path):
