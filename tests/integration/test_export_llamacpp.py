@@ -18,8 +18,14 @@ from .helpers import cpu
 
 pytestmark = pytest.mark.slow
 
-if os.environ.get("TUNEKIT_REQUIRE_LLAMA_CPP") != "1":  # the nox session sets it: there a missing build fails
-    pytest.importorskip("llama_cpp")
+
+@pytest.fixture(scope="module", autouse=True)
+def _llama_cpp():
+    # Skipped where llama-cpp-python is not installed, except in `nox -s gguf`, which sets the variable: there a
+    # missing build fails. (A fixture, not a module-level skip: the default suite deselects these tests silently.)
+    if os.environ.get("TUNEKIT_REQUIRE_LLAMA_CPP") != "1":
+        pytest.importorskip("llama_cpp")
+
 
 PROMPTS = ["reverse: 1 2 3", "reverse: 4 5 6 7", "reverse: 8 0 9"]
 MAX_NEW = 8
