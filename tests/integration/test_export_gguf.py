@@ -47,7 +47,8 @@ def test_gguf_export_round_trips_with_same_greedy_tokens(tuner, dtype, tmp_path)
 
     result = tuner.export(tmp_path / "gguf", format="gguf", dtype=dtype, golden_prompts=PROMPTS, max_new_tokens=8)
     v = result.verification
-    assert v.passed and v.strict, v
+    assert v.passed, v
+    assert all(c.match for c in v.checks if c.runtime == "transformers")  # exact, whatever the dtype
     assert {c.runtime for c in v.checks} >= {"transformers"}
     if dtype == "f32":
         assert v.reference == "trained" and v.trained_agreement == 1.0
