@@ -83,6 +83,22 @@ def multi_gpu(session: nox.Session) -> None:
 
 
 @nox.session(python="3.11")
+def gguf(session: nox.Session) -> None:
+    """GGUF exports checked in llama.cpp: builds llama-cpp-python from source (CPU, several minutes; pip caches
+    the wheel), then runs the slow llama.cpp export tests, which fail rather than skip without it."""
+    _install(session, extras="test,gguf")
+    session.install("llama-cpp-python>=0.3", env={"CMAKE_ARGS": "-DGGML_NATIVE=OFF"})
+    session.run(
+        "pytest",
+        "-m",
+        "slow",
+        "tests/integration/test_export_llamacpp.py",
+        *session.posargs,
+        env={"TUNEKIT_REQUIRE_LLAMA_CPP": "1"},
+    )
+
+
+@nox.session(python="3.11")
 def lint(session: nox.Session) -> None:
     session.install("ruff>=0.6")
     session.run("ruff", "check", "src", "tests", "noxfile.py")

@@ -67,6 +67,9 @@ EXPECTED = {
     "DDP",
     "DeepSpeed",
     "FSDP",
+    # export and serving (issue 10)
+    "ExportResult",
+    "verify_export",
 }
 
 

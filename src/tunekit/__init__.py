@@ -21,6 +21,7 @@ from tunekit.errors import (
     TrainingError,
     TunekitError,
 )
+from tunekit.export import ExportResult, verify_export
 from tunekit.hooks import Hook, RunContext
 from tunekit.hooks_builtin import EarlyStopping, JSONLMetrics, LossPlot, ProgressBar, SampleGenerations
 from tunekit.methods import (
@@ -70,6 +71,7 @@ __all__ = [
     "DeepSpeed",
     "EarlyStopping",
     "ExportError",
+    "ExportResult",
     "FitResult",
     "Freeze",
     "Full",
@@ -105,4 +107,5 @@ __all__ = [
     "plot_loss",
     "rlhf",
     "testing",
+    "verify_export",
 ]

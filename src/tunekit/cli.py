@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from tunekit.errors import TunekitError
 from tunekit.launch import add_launch_parser
+from tunekit.export.cli import add_export_parser
 
 __all__ = ["main"]
 
@@ -92,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     version = sub.add_parser("version", help="Print the tunekit version.")
     version.set_defaults(func=_cmd_version)
     add_launch_parser(sub)
+    add_export_parser(sub)
     return parser
 
 

@@ -31,6 +31,40 @@ def _base_ref(tuner: Any) -> str | None:
     return getattr(ref, "name_or_path", None) or None
 
 
+def _replace_dir(tmp: Path, path: Path) -> None:
+    """Move ``tmp`` to ``path``; an existing tunekit save there is replaced only once the new one is whole."""
+    trash = path.with_name(f".{path.name}.old-{os.getpid()}-{uuid.uuid4().hex[:12]}")
+    _fs.replace_dir(tmp, path, trash=trash)
+
+
+def write_manifest(tuner: Any, directory: Path) -> None:
+    """Write ``tunekit.json`` (method, objective, training, template, base model, data summary, the file list with
+    sizes and sha256) into ``directory``, last: a directory with a manifest is complete."""
+    from tunekit import __version__
+    from tunekit.export.prompts import data_summary_of
+
+    loaded = tuner.loaded
+    manifest: dict[str, Any] = {
+        "tunekit_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "base_model": _base_ref(tuner) if tuner.method.is_adapter else None,
+        "method": {"name": tuner.method.name, "options": tuner.method.model_dump(mode="json")},
+        "objective": {"name": tuner.objective_used.name, "options": tuner.objective_used.model_dump(mode="json")},
+        "training": tuner.training.model_dump(mode="json", exclude={"resume"}),  # resume belongs to one run
+        "template": loaded.template.to_dict(),
+        "vocab_size": len(loaded.tokenizer),
+    }
+    data = data_summary_of(tuner)
+    if data:
+        manifest["data"] = data  # data statistics and golden prompts, for exports of a loaded save
+    if tuner.adapter_path is not None and tuner.method.is_adapter:
+        prev = _read_manifest(tuner.adapter_path)
+        manifest["base_model"] = prev.get("base_model")
+    manifest["files"] = _fs.list_files(directory)  # each flushed to disk; sizes checked by tk.load
+    _fs.write_json(directory / MANIFEST, manifest)  # last: a save with a manifest is complete
+    _fs.fsync_dir(directory)
+
+
 def save_tuner(tuner: Any, path: Path) -> Path:
     """Write the tuner to ``path``. With several processes call it on every one: sharded weights are
     gathered from all of them, rank 0 writes, and every process returns once the save is complete."""
@@ -63,26 +97,8 @@ def _write(tuner: Any, path: Path, state_dict: dict[str, Any] | None = None) -> 
             tuner.backend.save(loaded, tmp, state_dict=state_dict)
         else:
             tuner.backend.save(loaded, tmp)
-        from tunekit import __version__
-
-        manifest = {
-            "tunekit_version": __version__,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "base_model": _base_ref(tuner) if tuner.method.is_adapter else None,
-            "method": {"name": tuner.method.name, "options": tuner.method.model_dump(mode="json")},
-            "objective": {"name": tuner.objective_used.name, "options": tuner.objective_used.model_dump(mode="json")},
-            "training": tuner.training.model_dump(mode="json", exclude={"resume"}),  # resume belongs to one run
-            "template": loaded.template.to_dict(),
-            "vocab_size": len(loaded.tokenizer),
-        }
-        if tuner.adapter_path is not None and tuner.method.is_adapter:
-            prev = _read_manifest(tuner.adapter_path)
-            manifest["base_model"] = prev.get("base_model")
-        manifest["files"] = _fs.list_files(tmp)  # each flushed to disk; sizes checked by tk.load
-        _fs.write_json(tmp / MANIFEST, manifest)  # last: a save with a manifest is complete
-        _fs.fsync_dir(tmp)
-        trash = path.with_name(f".{path.name}.old-{os.getpid()}-{uuid.uuid4().hex[:12]}")
-        _fs.replace_dir(tmp, path, trash=trash)
+        write_manifest(tuner, tmp)
+        _replace_dir(tmp, path)
     except OSError as e:
         _fs.remove_tree(tmp)
         if e.errno == errno.ENOSPC:
@@ -188,4 +204,6 @@ def load(
             template=chat_template,
             hooks=hooks,
         )
+    if isinstance(m.get("data"), dict):
+        tuner.data_summary = m["data"]
     return tuner

@@ -22,6 +22,7 @@ from tunekit.results import FitResult
 from tunekit.training import Training
 
 if TYPE_CHECKING:
+    from tunekit.export import ExportResult
     from tunekit.plan import Plan
     from tunekit.run import Run
 
@@ -111,6 +112,8 @@ class Tuner:
         self._objective_used: Objective | None = objective
         self._last_context: RunContext | None = None
         self.last_result: FitResult | None = None
+        # Rows, formats and a few prompts of the last data fit saw: the model card and export verification use them.
+        self.data_summary: dict[str, Any] | None = None
         if objective is not None:
             self._check_compatible(objective)
         if output_dir is not None and Path(output_dir).exists() and not Path(output_dir).is_dir():
@@ -248,7 +251,9 @@ class Tuner:
         """
         from tunekit.run import execute, prepare
 
-        return execute(self, prepare(self, data, eval_data, resume))
+        plan = prepare(self, data, eval_data, resume)
+        self._remember_data(plan)
+        return execute(self, plan)
 
     def start(self, data: Any, *, eval_data: Any = None, resume: bool | str | Path | None = None) -> Run:
         """Like :meth:`fit`, in a background thread: returns a :class:`tunekit.Run` at once.
@@ -259,7 +264,14 @@ class Tuner:
         """
         from tunekit.run import Run, prepare
 
-        return Run(self, prepare(self, data, eval_data, resume))
+        plan = prepare(self, data, eval_data, resume)
+        self._remember_data(plan)
+        return Run(self, plan)
+
+    def _remember_data(self, plan: Any) -> None:
+        from tunekit.export.prompts import summarise_data
+
+        self.data_summary = summarise_data(plan.train, plan.eval)
 
     def _check_not_training(self, what: str) -> None:
         run = self._active_run
@@ -341,6 +353,52 @@ class Tuner:
 
         self._check_not_training("save()")
         return save_tuner(self, Path(path))
+
+    def export(
+        self,
+        path: str | Path,
+        *,
+        format: str = "hf",
+        merge: bool = True,
+        dtype: str = "auto",
+        golden_prompts: Any = None,
+        verify: bool = True,
+        max_new_tokens: int = 16,
+    ) -> ExportResult:
+        """Write the trained model for serving, with a model card, and prove it behaves like ``tuner.model``.
+
+        ``format``: ``"hf"`` (a transformers directory with the adapter merged into a full-precision copy
+        of the base: safetensors, tokenizer, chat template, generation config with the template's EOS),
+        ``"adapter"`` (the peft adapter alone, template and manifest) or ``"gguf"`` (a GGUF file for
+        llama.cpp and Ollama, Llama and Qwen2 architectures, with an Ollama Modelfile). ``dtype``:
+        ``"auto"`` (the precision the weights are held in), ``"fp32"``, ``"bf16"``, ``"fp16"``; for GGUF
+        ``"f32"``, ``"f16"``, ``"bf16"``, ``"q8_0"``.
+
+        With ``verify`` (default) the export is reloaded from disk (transformers; llama.cpp too for GGUF
+        when llama-cpp-python is installed) and its greedy tokens on the golden prompts (``golden_prompts``,
+        or a few from the last fit's eval or training data) are compared with the in-memory model's; a
+        mismatch raises :class:`ExportError` naming the prompt and both outputs, and nothing is written
+        (a previous export at ``path`` is kept). Returns an :class:`ExportResult` with the sizes (adapter
+        against merged model, and why they differ) and the comparison.
+
+        Example:
+            >>> result = tuner.export("out/merged", format="hf")  # doctest: +SKIP
+            >>> print(result.size_report())  # doctest: +SKIP
+            >>> tuner.export("out/gguf", format="gguf", dtype="q8_0")  # doctest: +SKIP
+        """
+        from tunekit.export import export_tuner
+
+        self._check_not_training("export()")
+        return export_tuner(
+            self,
+            path,
+            format=format,
+            merge=merge,
+            dtype=dtype,
+            golden_prompts=golden_prompts,
+            verify=verify,
+            max_new_tokens=max_new_tokens,
+        )
 
     def __repr__(self) -> str:
         return f"Tuner({self.model_ref!r}, method={self.method!r}, objective={self._objective_used!r})"

@@ -1,0 +1,221 @@
+"""The reference an export must reproduce, and reloading each format to compare with it (rules in verify.py)."""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tunekit.errors import ExportError
+from tunekit.export import hf as hfx
+from tunekit.export.result import Verification
+from tunekit.export.verify import Golden, check_eos, check_template, encode_prompts, end_of_turn_id, greedy
+
+__all__ = ["Reference", "model_size", "raise_if_failed", "reference", "verification"]
+
+logger = logging.getLogger("tunekit")
+
+
+@dataclass
+class Reference:
+    """The reference tokens for each golden prompt, and what they are."""
+
+    expected: list[list[int]]
+    trained: list[list[int]]
+    label: str
+    dtype: str = "fp32"
+    notes: list[str] = field(default_factory=list)
+
+
+def model_size(tuner: Any) -> int:
+    return int(sum(p.numel() for p in tuner.model.parameters()))
+
+
+def _eos_of(model: Any) -> list[int]:
+    eos = model.generation_config.eos_token_id
+    return [eos] if isinstance(eos, int) else list(eos or [])
+
+
+# --- the reference ----------------------------------------------------------------------------------------
+def reference(
+    tuner: Any, golden: list[Golden], fmt: str, dtype: str, max_new: int, model: Any = None, owned: bool = False
+) -> Reference:
+    """The in-memory model's greedy tokens, and the tokens the export must reproduce (see verify.py)."""
+    from tunekit.backends.hf.quantization import is_quantized
+
+    tok = tuner.tokenizer
+    eos, pad = _eos_of(tuner.model), tok.pad_token_id
+    was_training = tuner.model.training
+    tuner.model.eval()
+    try:
+        trained = [greedy(tuner.model, g.ids, eos_ids=eos, pad_id=pad, max_new_tokens=max_new) for g in golden]
+    finally:
+        tuner.model.train(was_training)
+    if fmt == "adapter":
+        return Reference(trained, trained, "trained")
+    quantized = is_quantized(tuner.model)
+    if model is None:
+        model, owned = hfx.full_precision_model(tuner)
+    notes: list[str] = []
+    expected = trained
+    if tuner.method.is_adapter:  # the merge itself, in memory, in fp32
+        merged = [greedy(model, g.ids, eos_ids=eos, pad_id=pad, max_new_tokens=max_new) for g in golden]
+        if merged != trained and not quantized:
+            bad = next(i for i, (a, b) in enumerate(zip(merged, trained)) if a != b)
+            raise ExportError(
+                f"merging {tuner.method.name} into the base weights changed the model's outputs on the golden prompt "
+                f"{golden[bad].prompt!r}: trained {tok.decode(trained[bad])!r}, merged {tok.decode(merged[bad])!r}; "
+                'nothing was written; export the adapter with format="adapter" and report this as a tunekit bug'
+            )
+        if quantized:
+            notes.append(
+                "the QLoRA base was re-loaded in full precision for the merge, so the export is compared with that "
+                "merged model; its agreement with the 4-bit trained model is reported, not enforced"
+            )
+        expected = merged
+    rounded = dtype not in ("fp32", "f32")
+    if rounded:
+        ref = model if owned else copy.deepcopy(model)
+        if fmt == "gguf":
+            from tunekit.export.gguf import round_like_gguf
+
+            round_like_gguf(ref, dtype)
+        else:
+            ref.to(hfx.torch_dtype_of(dtype)).float()
+        expected = [greedy(ref, g.ids, eos_ids=eos, pad_id=pad, max_new_tokens=max_new) for g in golden]
+        del ref
+    label = "trained" if not rounded else f"trained, rounded to {dtype} as written"
+    if quantized:
+        label = "trained adapter merged into the base re-loaded in fp32" + (f", rounded to {dtype}" if rounded else "")
+    return Reference(expected, trained, label, dtype=dtype, notes=notes)
+
+
+# --- reloading each format ----------------------------------------------------------------------------------
+def _reload_and_generate(
+    tuner: Any, staging: Path, fmt: str, golden: list[Golden], ref: Reference, max_new: int, chat: bool
+) -> tuple[list[Any], list[str]]:
+    """Reload the export from disk, run the static checks, and return per-runtime prompt checks."""
+    from tunekit.export.verify import prompt_checks
+
+    where = f"export at {staging.name}"
+    checks: list[Any] = []
+    notes: list[str] = []
+    device = tuner.loaded.device
+    if fmt == "gguf":
+        from tunekit.export import gguf_check
+
+        file = next(staging.glob("*.gguf"))
+        meta = gguf_check.gguf_metadata(file)
+        eot = tuner.loaded.template.end_of_turn_id
+        eos = [int(meta[k]) for k in ("tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id") if k in meta]
+        if not meta.get("tokenizer.chat_template"):
+            raise ExportError(f"{where}: the GGUF file has no tokenizer.chat_template; export again")
+        check_eos(eos, eot, where + " (GGUF tokenizer.ggml.eos/eot_token_id)", tuner.tokenizer)
+        model = gguf_check.reload_gguf_transformers(file, device=device)
+        got = [greedy(model, g.ids, eos_ids=eos, pad_id=None, max_new_tokens=max_new) for g in golden]
+        del model
+        hfx.free(model_size(tuner))
+        checks += prompt_checks(golden, got, runtime="transformers", tokenizer=tuner.tokenizer, expected=ref.expected)
+        if gguf_check.has_llama_cpp():
+            texts = [tuner.tokenizer.decode(g.ids, skip_special_tokens=False) for g in golden] if chat else None
+            outs, same = gguf_check.llama_cpp_greedy(file, golden, eos_ids=eos, max_new_tokens=max_new, texts=texts)
+            # Enforced for f32 only: for f16, bf16 and q8_0 weights llama.cpp also rounds the activations to that
+            # type in its dot products, so a near-tie between two tokens may flip; those checks are reported.
+            checks += prompt_checks(
+                golden, outs, runtime="llama.cpp", tokenizer=tuner.tokenizer, expected=ref.expected,
+                enforced=ref.dtype == "f32",
+            )  # fmt: skip
+            if texts is not None:
+                notes.append(
+                    f"llama.cpp tokenises {sum(same)}/{len(same)} golden prompts' text exactly as transformers"
+                )
+        else:
+            notes.append(
+                "llama-cpp-python is not installed, so the file was checked with transformers' GGUF loader only"
+            )
+        return checks, notes
+    if fmt == "hf":
+        model, tok = hfx.reload_hf(staging, device=device)
+        eos = _eos_of(model)
+    else:  # adapter: plain peft on the base, as the model card says
+        model, tok, eos, skip = _reload_adapter(tuner, staging, device)
+        if skip:
+            return [], [skip]
+    check_template(tok, where)
+    check_eos(eos, end_of_turn_id(tok, where), where + " (generation_config.json eos_token_id)", tok)
+    again = encode_prompts(tok, [g.prompt for g in golden], chat=chat)
+    for g, a in zip(golden, again):
+        if a.ids != g.ids:
+            raise ExportError(
+                f"{where}: the exported tokenizer and template encode the golden prompt {g.prompt!r} differently from "
+                f"the trained model's (ids {a.ids} instead of {g.ids}); export again"
+            )
+    got = [greedy(model, g.ids, eos_ids=eos, pad_id=tok.pad_token_id, max_new_tokens=max_new) for g in golden]
+    del model
+    hfx.free(model_size(tuner))
+    return prompt_checks(golden, got, runtime="transformers", tokenizer=tok, expected=ref.expected), notes
+
+
+def _reload_adapter(tuner: Any, staging: Path, device: Any) -> tuple[Any, Any, list[int], str | None]:
+    from transformers import AutoTokenizer, GenerationConfig
+
+    from tunekit._quiet import quiet
+    from tunekit.backends.hf.models import load_model, torch_dtype
+    from tunekit.backends.hf.quantization import is_quantized
+
+    ref = tuner.model_ref
+    if tuner.adapter_path is not None:
+        from tunekit.saving import _read_manifest
+
+        ref = _read_manifest(tuner.adapter_path).get("base_model") or ref
+    if not isinstance(ref, (str, Path)) or is_quantized(tuner.model):
+        why = "the base was given as a model object" if not isinstance(ref, (str, Path)) else "the base is quantized"
+        return None, None, [], f"the adapter was not reloaded for a generation check: {why}; its files were checked"
+    from peft import PeftModel
+
+    precision = tuner.loaded.precision
+    with quiet():
+        tok = AutoTokenizer.from_pretrained(staging)
+        base = load_model(str(ref), dtype=torch_dtype(precision), trust_remote_code=tuner.training.trust_remote_code)
+        if len(tok) > base.get_input_embeddings().num_embeddings:
+            base.resize_token_embeddings(len(tok))
+        model = PeftModel.from_pretrained(base, str(staging))
+        gen = GenerationConfig.from_pretrained(staging)
+    model.to(device)
+    model.eval()
+    eos = gen.eos_token_id
+    return model, tok, ([eos] if isinstance(eos, int) else list(eos or [])), None
+
+
+def verification(
+    tuner: Any, staging: Path, fmt: str, golden: list[Golden], ref: Reference, max_new: int, chat: bool
+) -> Verification:
+    checks, notes = _reload_and_generate(tuner, staging, fmt, golden, ref, max_new, chat)
+    tf = [c for c in checks if c.runtime == "transformers"]
+    agreement = sum(c.got_ids == t for c, t in zip(tf, ref.trained)) / len(tf) if tf else None
+    loose = [c for c in checks if not c.enforced]
+    if loose:
+        notes.append(
+            f"llama.cpp gives the reference tokens on {sum(c.match for c in loose)}/{len(loose)} prompts "
+            f"(reported, not enforced, for {ref.dtype}: llama.cpp rounds activations to the weight type)"
+        )
+    return Verification(
+        passed=all(c.match for c in checks if c.enforced),
+        strict=not loose,
+        reference=ref.label,
+        checks=checks,
+        trained_agreement=agreement,
+        notes=ref.notes + notes,
+    )
+
+
+def raise_if_failed(v: Verification, fmt: str) -> None:
+    from tunekit.export.verify import mismatch_error
+
+    err = mismatch_error([c for c in v.checks if c.enforced], f"the {fmt} export")
+    if err is not None:
+        raise err
+    if any(not c.match for c in v.checks):
+        logger.warning("export verification: %s; %s", v, "; ".join(v.notes))

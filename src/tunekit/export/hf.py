@@ -1,0 +1,149 @@
+"""The trained model as one full-precision transformers model, and the ``hf`` export directory.
+
+A merge always happens in a full-precision copy: merging into a 4-bit or 8-bit base would round the
+trained update away, so a QLoRA run re-loads its base in fp32 and merges there.
+"""
+
+from __future__ import annotations
+
+import copy
+import gc
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from tunekit._quiet import quiet
+from tunekit.errors import ExportError, IncompatibleError
+
+__all__ = ["DTYPES", "full_precision_model", "reload_hf", "torch_dtype_of", "write_hf"]
+
+DTYPES = ("fp32", "bf16", "fp16")
+
+
+def torch_dtype_of(dtype: str) -> Any:
+    import torch
+
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "f32": torch.float32}[dtype]
+
+
+def _dequantized_base(tuner: Any) -> Any:
+    """A QLoRA tuner's base re-loaded in fp32 with its trained adapter merged in."""
+    from peft import PeftModel
+
+    from tunekit.backends.hf.models import load_model
+
+    ref = tuner.model_ref
+    if not isinstance(ref, (str, Path)):
+        raise IncompatibleError(
+            f"{tuner.method.name}(quantize=...) was given a quantized model object; export needs the base model's "
+            "hub id or directory to re-load it in full precision for the merge (merging into 4-bit weights would "
+            "round the trained update away)"
+        )
+    with tempfile.TemporaryDirectory(prefix="tunekit-qlora-") as tmp, quiet():
+        tuner.backend.save(tuner.loaded, Path(tmp))
+        import torch
+
+        base = load_model(str(ref), dtype=torch.float32, trust_remote_code=tuner.training.trust_remote_code)
+        if len(tuner.tokenizer) > base.get_input_embeddings().num_embeddings:
+            base.resize_token_embeddings(len(tuner.tokenizer))
+            base.config.vocab_size = len(tuner.tokenizer)
+        merged = PeftModel.from_pretrained(base, tmp).merge_and_unload()
+    merged.eval()
+    return merged
+
+
+def full_precision_model(tuner: Any) -> tuple[Any, bool]:
+    """``(model, owned)``: the trained model as one plain transformers model in fp32.
+
+    ``owned`` is true when it is a copy (a merge), false when it is ``tuner.model`` itself (``Full`` /
+    ``Freeze``), which export must then not modify.
+    """
+    method = tuner.method
+    if not method.is_adapter:
+        return tuner.model, False
+    if not method.mergeable:
+        raise IncompatibleError(
+            f"{method.name} cannot be exported as a merged model: {method.not_mergeable_because}. "
+            'Export the adapter instead: tuner.export(path, format="adapter") (load it with peft on the base model)'
+        )
+    from tunekit.backends.hf.quantization import is_quantized
+
+    if is_quantized(tuner.model):
+        return _dequantized_base(tuner), True
+    merged = tuner.merge()
+    merged.float()  # an adapter over a bf16 base merges into fp32 weights; rounding happens once, when written
+    return merged, True
+
+
+def written_copy(model: Any, owned: bool, dtype: str) -> Any:
+    """The model in the export dtype: cast in place when tunekit owns the copy, else a new copy."""
+
+    target = torch_dtype_of(dtype)
+    if all(p.dtype == target for p in model.parameters()):
+        return model
+    out = model if owned else copy.deepcopy(model)
+    return out.to(target)
+
+
+def set_generation_eos(model: Any, tokenizer: Any, end_of_turn_id: int) -> list[int]:
+    """EOS ids of the generation config: the template's end-of-turn token and the tokenizer's EOS."""
+    eos = sorted({end_of_turn_id, tokenizer.eos_token_id} - {None})
+    gen = model.generation_config
+    gen.eos_token_id = eos
+    gen.pad_token_id = tokenizer.pad_token_id
+    gen.do_sample = False  # greedy, as tuner.generate() and the verification decode; users may sample
+    for k in ("temperature", "top_p", "top_k"):
+        setattr(gen, k, None)
+    model.config.eos_token_id = eos[0] if len(eos) == 1 else eos
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return eos
+
+
+def write_hf(model: Any, tokenizer: Any, end_of_turn_id: int, out: Path, *, max_shard_size: str = "4GB") -> None:
+    """The transformers directory: safetensors weights (sharded above ``max_shard_size``), config,
+    generation config with the template's EOS ids, tokenizer and chat template."""
+    # Written from a copy of the configs, so that exporting tuner.model itself (Full) leaves it as it was.
+    saved = copy.deepcopy(model.generation_config), model.config.eos_token_id, model.config.pad_token_id
+    set_generation_eos(model, tokenizer, end_of_turn_id)
+    try:
+        with quiet():
+            model.save_pretrained(out, max_shard_size=max_shard_size)
+            tokenizer.save_pretrained(out)
+    finally:
+        model.generation_config, model.config.eos_token_id, model.config.pad_token_id = saved
+    if not any(out.glob("*.safetensors")):
+        raise ExportError(f"{out}: transformers wrote no safetensors weights; export again")
+
+
+def reload_hf(path: Path, *, device: Any) -> tuple[Any, Any]:
+    """The exported directory loaded by plain transformers (fp32), and its tokenizer."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    with quiet():
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path)
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, use_safetensors=True)
+        except (OSError, ValueError) as e:
+            raise ExportError(f"{path}: transformers cannot load the export: {e}") from e
+    model.to(device)
+    model.eval()
+    return model, tokenizer
+
+
+def free(n_params: int = 0) -> None:
+    """Give memory back after dropping a model (the caller deletes its references first).
+
+    Only for large models: a full ``gc.collect()`` costs about half a second in a process with
+    many objects, which tiny models (tests) do not need; refcounting frees them already.
+    """
+    if n_params < 50_000_000:
+        return
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:  # pragma: no cover
+        pass
