@@ -61,6 +61,8 @@ EXPECTED = {
     "SampleGenerations",
     "events",
     "plot_loss",
+    # YAML run configs and the CLI (issue 8)
+    "RunConfig",
 }
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from tunekit import events, testing
 from tunekit.compare import Comparison, compare
+from tunekit.config_file import RunConfig
 from tunekit.errors import (
     CheckpointError,
     ConfigError,
@@ -85,6 +86,7 @@ __all__ = [
     "RLHFResult",
     "RewardModeling",
     "Run",
+    "RunConfig",
     "RunContext",
     "SampleGenerations",
     "Training",

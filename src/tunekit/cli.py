@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -90,6 +91,13 @@ def build_parser() -> argparse.ArgumentParser:
     methods.set_defaults(func=_cmd_methods)
     version = sub.add_parser("version", help="Print the tunekit version.")
     version.set_defaults(func=_cmd_version)
+    from tunekit._cli import generate, run, validate_data
+
+    run.add_fit_parser(sub)
+    run.add_plan_parser(sub)
+    generate.add_generate_parser(sub)
+    validate_data.add_validate_data_parser(sub)
+    run.add_schema_parser(sub)
     return parser
 
 
@@ -104,6 +112,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TunekitError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a model or file that cannot be read: one line, not a traceback
+        if os.environ.get("TUNEKIT_TRACEBACK"):
+            raise
+        print(f"error: {type(e).__name__}: {e} (set TUNEKIT_TRACEBACK=1 for the traceback)", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
