@@ -87,9 +87,20 @@ def _pick(kind: str, spec: Any, classes: Mapping[str, type[Config]]) -> tuple[ty
 def _build(kind: str, spec: Any, classes: Mapping[str, type[Config]]) -> Any:
     cls, options = _pick(kind, spec, classes)
     try:
+        if isinstance(options.get("reward"), (str, list)):
+            options["reward"] = _import_rewards(options["reward"])
         return cls(**options)
-    except ConfigError as e:
+    except (ConfigError, ValueError) as e:
         raise ConfigError(f"{kind}: {e}") from None
+
+
+def _import_rewards(reward: str | list[Any]) -> list[Any]:
+    """``py:module:function`` entries become the functions (imported now, while the YAML's folder is
+    importable); other strings are reward model paths."""
+    from tunekit.objectives.online_rl import PY_PREFIX, resolve_reward_name
+
+    items = reward if isinstance(reward, list) else [reward]
+    return [resolve_reward_name(r) if isinstance(r, str) and r.startswith(PY_PREFIX) else r for r in items]
 
 
 def _dump(value: Config) -> dict[str, Any]:
