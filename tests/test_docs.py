@@ -98,3 +98,29 @@ def test_every_method_and_objective_has_a_page_with_its_options_and_a_snippet() 
             page = next((p for p, text in pages.items() if f"<!-- tunekit:options {name} -->" in text), None)
             assert page is not None, f"no page in docs/{folder} has '<!-- tunekit:options {name} -->'"
             assert f"tk.{name}(" in pages[page] and snippets(page), f"{page}: add a snippet using tk.{name}"
+
+
+def test_docstring_examples_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The examples in the docstrings of the public API (those not marked +SKIP) give what they show."""
+    import doctest
+    import importlib
+
+    monkeypatch.chdir(tmp_path)
+    modules = set()
+    for name in tk.__all__:
+        obj = getattr(tk, name)
+        module = obj if inspect.ismodule(obj) else inspect.getmodule(obj)
+        if module is not None and module.__name__.startswith("tunekit"):
+            modules.add(module.__name__)
+    failed = {}
+    for name in sorted(modules):
+        result = doctest.testmod(importlib.import_module(name), extraglobs={"tk": tk}, optionflags=doctest.ELLIPSIS)
+        if result.failed:
+            failed[name] = result.failed
+    assert not failed, f"docstring examples failed (run python -m doctest on them): {failed}"
+
+
+def test_the_api_reference_lists_every_public_name() -> None:
+    text = (DOCS / "reference" / "api.md").read_text(encoding="utf-8")
+    missing = [name for name in tk.__all__ if name != "__version__" and f"::: tunekit.{name}\n" not in text]
+    assert not missing, f"add '::: tunekit.NAME' to docs/reference/api.md for {missing}"
