@@ -39,4 +39,7 @@ def test_example_learns(script: str, tmp_path: Path) -> None:
     match = re.search(EXPECTED[script], proc.stdout)
     assert match, proc.stdout
     assert abs(int(match.group(1))) >= 30
-    assert proc.stderr == "", proc.stderr  # tunekit and the libraries under it print nothing of their own
+    # tunekit and the libraries under it print nothing of their own. (deepspeed, when installed, logs
+    # its accelerator choice when it is first imported, before anything can quiet it.)
+    stderr = [line for line in proc.stderr.splitlines() if "real_accelerator.py" not in line]
+    assert stderr == [], proc.stderr

@@ -107,14 +107,17 @@ def _print(report: dict[str, Any]) -> None:
         s = report.get(unit)
         if s:
             print(
-                f"{unit:<9}min {s['min']:,}  mean {s['mean']:,}  median {s['median']:,}  p95 {s['p95']:,}  "
+                f"{unit:<11}min {s['min']:,}  mean {s['mean']:,}  median {s['median']:,}  p95 {s['p95']:,}  "
                 f"max {s['max']:,}  total {s['total']:,}"
             )
     long = report.get("longer_than_max_length")
-    if long:
+    if long and long["rows"]:
         print(
-            f"longer than max_length={long['max_length']}: {long['rows']} rows (truncated in training) {long['first']}"
+            f"longer than max_length={long['max_length']}: {long['rows']} rows (truncated in training), "
+            f"first {long['first']}"
         )
+    elif long:
+        print(f"longer than max_length={long['max_length']}: none")
     if report["bad_rows"]:
         print("bad rows:")
         for b in report["bad_rows"][:50]:
