@@ -59,7 +59,7 @@ def options_table(name: str) -> str:
     rows = ["| option | type | default | what it does |", "|---|---|---|---|"]
     for field_name, field in cls.model_fields.items():
         doc = (field.description or "").replace("|", "\\|").replace("<", "&lt;")
-        kind = _type(field.annotation).replace("|", "\\|")
+        kind = _type(field.annotation)  # inside a code span, where a table's | needs no escape
         rows.append(f"| `{field_name}` | `{kind}` | {_default(field)} | {doc} |")
     return "\n".join(rows)
 
