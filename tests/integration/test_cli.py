@@ -145,3 +145,12 @@ def test_plan_prints_the_plan_without_training(tmp_path: Path, capsys) -> None:
     assert main(["plan", "--json", config, "--output_dir", str(tmp_path)]) == 0
     plan = json.loads(capsys.readouterr().out)
     assert isinstance(plan, dict) and plan
+
+
+def test_fit_needs_somewhere_to_save(tmp_path: Path, capsys) -> None:
+    config = tmp_path / "run.yaml"
+    config.write_text("model: tiny\ndata: train.jsonl\n", encoding="utf-8")
+    assert main(["fit", str(config)]) == 2
+    assert "set output_dir (or save)" in capsys.readouterr().err
+    assert main(["fit", "--print-config", str(config)]) == 0  # printing the config needs no output_dir
+    assert "model: tiny" in capsys.readouterr().out

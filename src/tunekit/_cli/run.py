@@ -68,14 +68,14 @@ class _LogLines(Hook):
 
 def _cmd_fit(args: argparse.Namespace) -> int:
     cfg = _load(args)
+    if args.print_config:
+        print(cfg.to_yaml(), end="")
+        return 0
     save_path = cfg.save_path
     if save_path is None:
         raise ConfigError(
             f"{args.config}: set output_dir (or save) so that the trained model is kept, e.g. output_dir: runs/my-run"
         )
-    if args.print_config:
-        print(cfg.to_yaml(), end="")
-        return 0
     hooks = [] if sys.stderr.isatty() else [_LogLines()]
     tuner = cfg.to_tuner(hooks=hooks)
     objective = cfg.objective.name if cfg.objective is not None else "inferred from the data"
