@@ -154,3 +154,10 @@ def test_fit_needs_somewhere_to_save(tmp_path: Path, capsys) -> None:
     assert "set output_dir (or save)" in capsys.readouterr().err
     assert main(["fit", "--print-config", str(config)]) == 0  # printing the config needs no output_dir
     assert "model: tiny" in capsys.readouterr().out
+
+
+def test_an_unreadable_model_is_one_line_with_exit_1(tmp_path: Path, capsys) -> None:
+    data = write_jsonl(first_task(4), tmp_path / "d.jsonl")
+    assert main(["validate-data", str(data), "--model", str(tmp_path / "no-such-model")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "TUNEKIT_TRACEBACK=1" in err and len(err.strip().splitlines()) == 1, err
