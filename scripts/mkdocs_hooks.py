@@ -7,6 +7,7 @@ default and description, read from the pydantic model itself.
 
 from __future__ import annotations
 
+import importlib
 import re
 import sys
 from pathlib import Path
@@ -73,7 +74,13 @@ def on_startup(**kwargs: Any) -> None:
     ``>>>`` lines render as code rather than as nested quotes. griffe knows only the plural."""
     try:
         from griffe import DocstringSectionKind
-        from griffe._internal.docstrings import google
-    except ImportError:  # griffe moved its internals: the docs still build, examples render as text
+    except ImportError:
         return
-    google._section_kind.setdefault("example", DocstringSectionKind.examples)
+    for where in ("griffe._internal.docstrings.google", "_griffe.docstrings.google"):  # griffe 2, griffe 1
+        try:
+            google = importlib.import_module(where)
+        except ImportError:
+            continue
+        google._section_kind.setdefault("example", DocstringSectionKind.examples)
+        return
+    # griffe moved its internals again: the docs still build, with examples rendered as quotes
