@@ -2,6 +2,10 @@
 CUDA machine and `nox -s multi_gpu` two or more GPUs. `nox -s distributed` runs only the 2-process CPU
 tests (torchrun, gloo), which `tests` includes.
 
+`nox -s docs` builds the site with no warning allowed and runs every snippet in docs/; `nox -s examples`
+runs every example and `tunekit fit` on every example config. The default suite runs both too
+(tests/test_docs.py, tests/integration/test_examples*.py, tests/integration/test_cli.py), so CI covers them.
+
 CPU sessions install the CPU build of torch first, so pip never pulls a multi-GB CUDA wheel.
 """
 
@@ -99,10 +103,32 @@ def gguf(session: nox.Session) -> None:
 
 
 @nox.session(python="3.11")
+def docs(session: nox.Session) -> None:
+    """Build the docs site with `mkdocs build --strict` (a warning fails) and run the docs' snippets."""
+    _install(session, extras="test,docs")
+    session.run("mkdocs", "build", "--strict", env={"NO_MKDOCS_2_WARNING": "1"})
+    session.run("pytest", "tests/test_docs.py", *session.posargs)
+
+
+@nox.session(python="3.11")
+def examples(session: nox.Session) -> None:
+    """Run every script in examples/ and `tunekit fit` on every examples/configs/*.yaml (CPU, tiny models)."""
+    _install(session)
+    session.run(
+        "pytest",
+        "tests/integration/test_examples_run.py",
+        "tests/integration/test_examples_embed.py",
+        "tests/integration/test_rlhf_pipeline.py",
+        "tests/integration/test_cli.py",
+        *session.posargs,
+    )
+
+
+@nox.session(python="3.11")
 def lint(session: nox.Session) -> None:
     session.install("ruff>=0.6")
-    session.run("ruff", "check", "src", "tests", "noxfile.py")
-    session.run("ruff", "format", "--check", "src", "tests", "noxfile.py")
+    session.run("ruff", "check", "src", "tests", "examples", "scripts", "noxfile.py")
+    session.run("ruff", "format", "--check", "src", "tests", "examples", "scripts", "noxfile.py")
 
 
 @nox.session(python="3.11")

@@ -70,6 +70,8 @@ EXPECTED = {
     # export and serving (issue 10)
     "ExportResult",
     "verify_export",
+    # YAML run configs and the CLI (issue 8)
+    "RunConfig",
 }
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from tunekit import events, testing
 from tunekit.compare import Comparison, compare
+from tunekit.config_file import RunConfig
 from tunekit.distributed import DDP, FSDP, DeepSpeed
 from tunekit.errors import (
     CheckpointError,
@@ -93,6 +94,7 @@ __all__ = [
     "RLHFResult",
     "RewardModeling",
     "Run",
+    "RunConfig",
     "RunContext",
     "SampleGenerations",
     "Training",

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
 from tunekit.errors import TunekitError
-from tunekit.launch import add_launch_parser
 from tunekit.export.cli import add_export_parser
+from tunekit.launch import add_launch_parser
 
 __all__ = ["main"]
 
@@ -94,6 +95,13 @@ def build_parser() -> argparse.ArgumentParser:
     version.set_defaults(func=_cmd_version)
     add_launch_parser(sub)
     add_export_parser(sub)
+    from tunekit._cli import generate, run, validate_data
+
+    run.add_fit_parser(sub)
+    run.add_plan_parser(sub)
+    generate.add_generate_parser(sub)
+    validate_data.add_validate_data_parser(sub)
+    run.add_schema_parser(sub)
     return parser
 
 
@@ -108,6 +116,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TunekitError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a model or file that cannot be read: one line, not a traceback
+        if os.environ.get("TUNEKIT_TRACEBACK"):
+            raise
+        print(f"error: {type(e).__name__}: {e} (set TUNEKIT_TRACEBACK=1 for the traceback)", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

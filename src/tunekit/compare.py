@@ -62,6 +62,11 @@ class Comparison(BaseModel):
 
     ``str(table)`` is a text table; :meth:`plot` writes a PNG chart (needs matplotlib:
     ``pip install "tunekit[plot]"``).
+
+    Example:
+        >>> table = tk.compare(model, methods=[tk.LoRA(), tk.IA3()], data=rows)  # doctest: +SKIP
+        >>> print(table)  # doctest: +SKIP
+        >>> table["LoRA"].trainable_params  # doctest: +SKIP
     """
 
     model_config = ConfigDict(frozen=True)
@@ -201,6 +206,14 @@ def compare(
     written to a temporary directory only to be measured. ``save_png`` also writes the chart.
 
     Keep ``training`` short (``Training(max_steps=...)``): the point is the trade-offs, quickly.
+
+    Example:
+        >>> import tunekit as tk
+        >>> table = tk.compare(  # doctest: +SKIP
+        ...     "Qwen/Qwen2-0.5B", methods=[tk.LoRA(), tk.LoRA(dora=True), tk.IA3()],
+        ...     data="train.jsonl", eval_data="val.jsonl", training=tk.Training(max_steps=100),
+        ... )
+        >>> print(table)  # trainable share, time, train / eval loss, size on disk  # doctest: +SKIP
     """
     from tunekit.tuner import Tuner
 

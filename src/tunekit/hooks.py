@@ -55,6 +55,13 @@ class RunContext:
     when the script runs in several processes (0 and 1 otherwise). Call :meth:`request_stop` to end the run
     cleanly after the current step, :meth:`generate` to sample from the model being trained and
     :meth:`record` to add an entry to ``FitResult.history``.
+
+    Example:
+        >>> import tunekit as tk
+        >>> class StopAt(tk.Hook):
+        ...     def on_step_end(self, ctx):
+        ...         if ctx.step >= 100:
+        ...             ctx.request_stop(f"step {ctx.step} of {ctx.max_steps}: enough")
     """
 
     step: int = 0

@@ -38,6 +38,10 @@ class ProgressBar(Hook):
     ``enabled=None`` (default) shows it only when the stream is a terminal, so services and CI
     logs stay clean; ``True`` forces it, ``False`` turns it off. A Tuner adds one automatically
     unless its hooks already hold a ``ProgressBar`` or it was built with ``progress=False``.
+
+    Example:
+        >>> import sys, tunekit as tk
+        >>> tuner = tk.Tuner("Qwen/Qwen2-0.5B", hooks=[tk.ProgressBar(True, stream=sys.stdout)])
     """
 
     # Not transformers' ProgressCallback: that one draws tqdm bars for training and for every
@@ -110,6 +114,13 @@ class JSONLMetrics(Hook):
 
     ``path`` defaults to ``<output_dir>/metrics.jsonl``. A new run truncates the file; a run
     resumed from a checkpoint appends to it.
+
+    Example:
+        >>> import tunekit as tk
+        >>> tuner = tk.Tuner("Qwen/Qwen2-0.5B", hooks=[tk.JSONLMetrics()], output_dir="runs/qa")
+        >>> tuner.fit("train.jsonl")  # doctest: +SKIP
+        >>> open("runs/qa/metrics.jsonl", encoding="utf-8").readline()  # doctest: +SKIP
+        '{"step": 10, "epoch": 0.1, "time": 3.2, "loss": 2.31, ...}'
     """
 
     def __init__(self, path: str | Path | None = None) -> None:
@@ -147,6 +158,11 @@ class LossPlot(Hook):
     ``path`` defaults to ``<output_dir>/loss.png``; ``every=N`` also redraws it every N steps
     (to watch a long run). Needs matplotlib (``pip install "tunekit[plot]"``). For a plot on
     demand, call ``tk.plot_loss(result, path)``.
+
+    Example:
+        >>> import tunekit as tk
+        >>> tuner = tk.Tuner("Qwen/Qwen2-0.5B", hooks=[tk.LossPlot(every=100)], output_dir="runs/qa")
+        >>> tuner.fit("train.jsonl")  # writes runs/qa/loss.png  # doctest: +SKIP
     """
 
     def __init__(self, path: str | Path | None = None, *, every: int | None = None) -> None:
@@ -204,6 +220,12 @@ class EarlyStopping(Hook):
     must beat the best value so far by more than ``min_delta``. Needs ``eval_data`` and
     ``Training(eval_every=N)``. The run ends like ``ctx.request_stop()``: the result is kept and
     ``FitResult.stop_reason`` says why.
+
+    Example:
+        >>> import tunekit as tk
+        >>> stop = tk.EarlyStopping("eval_loss", patience=3, min_delta=0.01)
+        >>> tuner = tk.Tuner("Qwen/Qwen2-0.5B", hooks=[stop], training=tk.Training(eval_every=100))
+        >>> tuner.fit("train.jsonl", eval_data="val.jsonl")  # doctest: +SKIP
     """
 
     # transformers' EarlyStoppingCallback needs load_best_model_at_end and metric_for_best_model in
@@ -273,6 +295,12 @@ class SampleGenerations(Hook):
 
     With several processes it generates on every process (``all_ranks``: with sharded weights,
     FSDP or ZeRO-3, a forward needs all of them) and logs on rank 0.
+
+    Example:
+        >>> import tunekit as tk
+        >>> samples = tk.SampleGenerations(["Translate to French: cheese"], every=200, max_new_tokens=16)
+        >>> result = tk.Tuner("Qwen/Qwen2-0.5B", hooks=[samples]).fit("train.jsonl")  # doctest: +SKIP
+        >>> [h["samples"] for h in result.history if "samples" in h]  # doctest: +SKIP
     """
 
     all_ranks = True

@@ -34,6 +34,11 @@ class RLHFResult(BaseModel):
     ``sft_path``, ``reward_model_path`` and ``policy_path`` are ``Tuner.save`` directories:
     ``tk.load(result.policy_path)`` is the final model, ``tk.load(result.reward_model_path)``
     the reward model (``.score(...)``).
+
+    Example:
+        >>> result = tk.rlhf(model, sft_data=sft, preference_data=pairs, prompts=prompts)  # doctest: +SKIP
+        >>> result.rl.history[-1]["reward"]  # doctest: +SKIP
+        >>> tk.load(result.policy_path).generate("2 + 2 =")  # doctest: +SKIP
     """
 
     model_config = ConfigDict(frozen=True)
@@ -114,7 +119,8 @@ def rlhf(
             their run directories to ``runs/``).
         method: how the policy trains in SFT and RL (default ``tk.LoRA()``).
         reward_method: how the reward model trains (default: ``method``).
-        sft, reward_model: those stages' objectives (defaults ``tk.SFT()``, ``tk.RewardModeling()``).
+        sft: the SFT stage's objective (default ``tk.SFT()``).
+        reward_model: the reward stage's objective (default ``tk.RewardModeling()``).
         rl: the online RL objective (default ``tk.GRPO()``); the trained reward model is added as
             its first reward, beside any reward functions it already has.
         training: hyper-parameters of every stage; ``sft_training``, ``reward_training`` and

@@ -194,6 +194,12 @@ class Run:
     The thread is a daemon: call ``wait()`` (or ``cancel()`` then ``wait()``) before the
     application exits, or use the run as a context manager, which does that on leaving. While it
     trains, ``tuner.generate()`` and ``tuner.save()`` from other threads raise ``ConfigError``.
+
+    Example:
+        >>> run = tuner.start("train.jsonl")  # doctest: +SKIP
+        >>> for event in run.events():  # doctest: +SKIP
+        ...     print(run.progress.step, run.progress.loss)
+        >>> result = run.wait()  # doctest: +SKIP
     """
 
     def __init__(self, tuner: Any, plan: Plan) -> None:

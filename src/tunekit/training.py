@@ -196,6 +196,7 @@ class Training(Config):
     @classmethod
     def _dir_to_str(cls, v: object) -> object:
         return str(v) if isinstance(v, PurePath) else v
+
     @field_validator("distributed", mode="before")
     @classmethod
     def _engine_name(cls, v: object) -> object:

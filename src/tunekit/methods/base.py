@@ -25,6 +25,13 @@ class Method(Config):
     - ``family``: a short grouping for tables ("low-rank", "prompt", "scaling", ...).
     - ``summary``: one line saying what trains, for tables.
     - ``not_mergeable_because``: for methods that cannot merge, the reason, in the user's words.
+
+    Example:
+        >>> import tunekit as tk
+        >>> isinstance(tk.LoRA(), tk.Method), tk.LoRA.mergeable, tk.PromptTuning.mergeable
+        (True, True, False)
+        >>> tk.PromptTuning().supports("DPO")
+        False
     """
 
     mergeable: ClassVar[bool] = True

@@ -20,6 +20,11 @@ class Objective(Config):
       chat template.
     - ``model_head``: ``"causal_lm"`` (a language model) or ``"sequence_classification"`` (a model
       with a scalar score head, for reward models).
+
+    Example:
+        >>> import tunekit as tk
+        >>> isinstance(tk.DPO(), tk.Objective), sorted(tk.DPO.data_formats)
+        (True, ['preference'])
     """
 
     data_formats: ClassVar[frozenset[str]] = frozenset()

@@ -1,0 +1,144 @@
+"""``tunekit fit``, ``tunekit plan`` and ``tunekit schema``: run a YAML config, or describe one."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from tunekit.errors import ConfigError
+from tunekit.hooks import Hook, RunContext
+
+__all__ = ["add_fit_parser", "add_plan_parser", "add_schema_parser", "parse_overrides"]
+
+_OVERRIDES_HELP = (
+    "Overrides of the file's values, as --section.key VALUE or section.key=VALUE "
+    "(e.g. --training.learning_rate 1e-4 --method.r 16)."
+)
+
+
+def parse_overrides(tokens: list[str]) -> list[str]:
+    """``["--training.lr", "1e-4", "method.r=16"]`` -> ``["training.lr=1e-4", "method.r=16"]``."""
+    out: list[str] = []
+    i = 0
+    while i < len(tokens):
+        token = tokens[i]
+        if token.startswith("--") and len(token) > 2:
+            key = token[2:]
+            if "=" in key:
+                out.append(key)
+            elif i + 1 < len(tokens) and not (tokens[i + 1].startswith("--") and len(tokens[i + 1]) > 2):
+                out.append(f"{key}={tokens[i + 1]}")
+                i += 1
+            else:
+                raise ConfigError(f"override --{key} needs a value, e.g. --{key} VALUE")
+        elif "=" in token:
+            out.append(token)
+        else:
+            raise ConfigError(
+                f"unexpected argument {token!r}: overrides look like --training.learning_rate 1e-4 "
+                "or training.learning_rate=1e-4"
+            )
+        i += 1
+    return out
+
+
+def _load(args: argparse.Namespace) -> Any:
+    from tunekit.config_file import RunConfig
+
+    return RunConfig.from_yaml(args.config, parse_overrides(args.overrides))
+
+
+_SHOWN = ("loss", "reward", "accuracy", "margin", "learning_rate")
+
+
+class _LogLines(Hook):
+    """One line per logged step on stdout, when there is no terminal for the progress bar (CI, nohup)."""
+
+    def on_log(self, ctx: RunContext, logs: dict[str, float]) -> None:
+        if "train_runtime" in logs:  # the trainer's closing summary: FitResult is printed instead
+            return
+        shown = "  ".join(
+            f"{k} {v:.4g}" for k, v in logs.items() if any(w in k for w in _SHOWN) and isinstance(v, (int, float))
+        )
+        print(f"step {ctx.step}/{ctx.max_steps}  {shown}", flush=True)
+
+
+def _cmd_fit(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    if args.print_config:
+        print(cfg.to_yaml(), end="")
+        return 0
+    save_path = cfg.save_path
+    if save_path is None:
+        raise ConfigError(
+            f"{args.config}: set output_dir (or save) so that the trained model is kept, e.g. output_dir: runs/my-run"
+        )
+    hooks = [] if sys.stderr.isatty() else [_LogLines()]
+    tuner = cfg.to_tuner(hooks=hooks)
+    objective = cfg.objective.name if cfg.objective is not None else "inferred from the data"
+    print(f"tunekit fit: {cfg.model} with {tuner.method!r}, objective {objective}", flush=True)
+    result = tuner.fit(cfg.data, eval_data=cfg.eval_data)
+    print(result)
+    if result.skipped_rows:
+        print(f"skipped {len(result.skipped_rows)} bad rows: {result.skipped_rows[:20]}")
+    path = tuner.save(save_path)
+    print(f'saved to {path}  (try: tunekit generate {path} "your prompt")')
+    return 0
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    tuner = cfg.to_tuner(progress=False)
+    plan = tuner.plan(cfg.data, eval_data=cfg.eval_data)
+    if args.json:
+        print(json.dumps(plan.to_dict(), indent=2, default=str))
+    else:
+        print(plan)
+    return 0
+
+
+def _cmd_schema(args: argparse.Namespace) -> int:
+    from tunekit.config_file import run_config_schema
+
+    text = json.dumps(run_config_schema(), indent=2, ensure_ascii=False)
+    if args.output:
+        Path(args.output).write_text(text + "\n", encoding="utf-8")
+        print(f"wrote {args.output}")
+    else:
+        print(text)
+    return 0
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="A YAML run config (model, method, objective, training, data, ...).")
+    p.add_argument("overrides", nargs=argparse.REMAINDER, help=_OVERRIDES_HELP)
+
+
+def add_fit_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "fit",
+        help="Train from a YAML config and save the result.",
+        description="Train from a YAML config (see `tunekit schema`) and save the trained tuner to "
+        "save, or <output_dir>/final. Relative paths in the file are read from its folder.",
+    )
+    p.add_argument("--print-config", action="store_true", help="Print the validated config (with overrides) and exit.")
+    _config_args(p)
+    p.set_defaults(func=_cmd_fit)
+
+
+def add_plan_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "plan", help="Show what a config would train (parameters, tokens, steps, memory) without training."
+    )
+    p.add_argument("--json", action="store_true", help="Print JSON instead of a table.")
+    _config_args(p)
+    p.set_defaults(func=_cmd_plan)
+
+
+def add_schema_parser(sub: Any) -> None:
+    p = sub.add_parser("schema", help="Print the JSON Schema of the YAML run config, for editors.")
+    p.add_argument("--output", "-o", help="Write it to this file instead of printing it.")
+    p.set_defaults(func=_cmd_schema)

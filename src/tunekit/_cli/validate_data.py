@@ -1,0 +1,152 @@
+"""``tunekit validate-data FILE``: check a data file before training on it.
+
+Reports the format tunekit detects, the row count, length statistics (tokens with ``--model``,
+else characters and words), rows longer than ``--max-length``, and every bad row with its number
+and reason: the same checks ``fit`` runs, without loading a model. Exits 1 when a row is bad.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+from tunekit.data.formats import Example, _normalise_row, detect_format
+from tunekit.data.loading import load_rows
+from tunekit.errors import DatasetError
+
+__all__ = ["add_validate_data_parser", "validate_data"]
+
+
+def _pieces(ex: Example) -> list[list[dict[str, str]] | str]:
+    """What is rendered for one example: a text, or the conversations it trains on."""
+    if ex.text is not None:
+        return [ex.text]
+    if ex.messages is not None:
+        return [list(ex.messages)]
+    prompt = list(ex.prompt or ())
+    answers = [a for a in (ex.chosen, ex.rejected, ex.completion) if a is not None]
+    return [prompt + list(a) for a in answers] or [prompt]
+
+
+def _as_text(piece: list[dict[str, str]] | str) -> str:
+    return piece if isinstance(piece, str) else "\n".join(m["content"] for m in piece)
+
+
+def _stats(values: list[int]) -> dict[str, float]:
+    ordered = sorted(values)
+    return {
+        "min": ordered[0],
+        "mean": round(statistics.fmean(ordered), 1),
+        "median": statistics.median(ordered),
+        "p95": ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))],
+        "max": ordered[-1],
+        "total": sum(ordered),
+    }
+
+
+def _token_counter(model: str) -> Any:
+    from transformers import AutoTokenizer
+
+    from tunekit._quiet import quiet
+    from tunekit.data.templates import ensure_template, render
+
+    with quiet():
+        tokenizer = AutoTokenizer.from_pretrained(model)
+    ensure_template(tokenizer)  # the template fit would use (the tokenizer's own, else tunekit's ChatML)
+
+    def count(piece: list[dict[str, str]] | str) -> int:
+        text = piece if isinstance(piece, str) else render(tokenizer, piece, add_generation_prompt=False)
+        return len(tokenizer(text, add_special_tokens=isinstance(piece, str))["input_ids"])
+
+    return count
+
+
+def validate_data(path: str | Path, *, model: str | None = None, max_length: int | None = None) -> dict[str, Any]:
+    """Check every row of a data file; returns the report as a dict (what the command prints)."""
+    rows = load_rows(path)
+    fmt = detect_format(rows)
+    examples: list[Example] = []
+    bad: list[tuple[int, str]] = []
+    for i, row in enumerate(rows, 1):
+        try:
+            examples.append(_normalise_row(fmt, row, i))
+        except DatasetError as e:
+            bad.append((i, str(e)))
+    report: dict[str, Any] = {
+        "file": str(path),
+        "format": fmt,
+        "rows": len(rows),
+        "valid_rows": len(examples),
+        "bad_rows": [{"row": r, "reason": reason} for r, reason in bad],
+    }
+    if not examples:
+        return report
+    if model is not None:
+        count = _token_counter(model)
+        lengths = [max(count(p) for p in _pieces(ex)) for ex in examples]
+        report["tokens"] = _stats(lengths)
+        report["tokenizer"] = model
+        if max_length is not None:
+            long = [ex.row for ex, n in zip(examples, lengths) if n > max_length]
+            report["longer_than_max_length"] = {"max_length": max_length, "rows": len(long), "first": long[:10]}
+    else:
+        texts = [max((_as_text(p) for p in _pieces(ex)), key=len) for ex in examples]
+        report["characters"] = _stats([len(t) for t in texts])
+        report["words"] = _stats([len(t.split()) for t in texts])
+    return report
+
+
+def _print(report: dict[str, Any]) -> None:
+    print(f"file       {report['file']}")
+    print(f"format     {report['format']}")
+    print(f"rows       {report['rows']:,} ({report['valid_rows']:,} valid, {len(report['bad_rows']):,} bad)")
+    for unit in ("tokens", "characters", "words"):
+        s = report.get(unit)
+        if s:
+            print(
+                f"{unit:<11}min {s['min']:,}  mean {s['mean']:,}  median {s['median']:,}  p95 {s['p95']:,}  "
+                f"max {s['max']:,}  total {s['total']:,}"
+            )
+    long = report.get("longer_than_max_length")
+    if long and long["rows"]:
+        print(
+            f"longer than max_length={long['max_length']}: {long['rows']} rows (truncated in training), "
+            f"first {long['first']}"
+        )
+    elif long:
+        print(f"longer than max_length={long['max_length']}: none")
+    if report["bad_rows"]:
+        print("bad rows:")
+        for b in report["bad_rows"][:50]:
+            print(f"  {b['reason']}")
+        if len(report["bad_rows"]) > 50:
+            print(f"  ... and {len(report['bad_rows']) - 50} more (--json lists them all)")
+        print("fix them, or train with training: {on_bad_rows: skip} to leave them out")
+
+
+def _cmd_validate_data(args: argparse.Namespace) -> int:
+    if args.max_length is not None and args.model is None:
+        raise DatasetError("--max-length counts tokens: pass --model PATH (a model or tokenizer) too")
+    report = validate_data(args.file, model=args.model, max_length=args.max_length)
+    if args.json:
+        print(json.dumps(report, indent=2, ensure_ascii=False))
+    else:
+        _print(report)
+    return 1 if report["bad_rows"] else 0
+
+
+def add_validate_data_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "validate-data",
+        help="Check a data file: format, rows, length statistics, bad rows (exit 1 if any).",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("file", help="A .jsonl, .json, .csv or .parquet file.")
+    p.add_argument("--model", help="A model or tokenizer (hub id or directory) to count tokens with.")
+    p.add_argument("--max-length", type=int, help="Count the rows longer than this many tokens (needs --model).")
+    p.add_argument("--json", action="store_true", help="Print the report as JSON.")
+    p.set_defaults(func=_cmd_validate_data)

@@ -1,0 +1,163 @@
+"""The `tunekit` command: fit from YAML (every example config), generate, validate-data, schema, plan, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import tunekit as tk
+from tunekit.cli import main
+from tunekit.testing import first_task, write_jsonl
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIGS = sorted((ROOT / "examples" / "configs").glob("*.yaml"))
+
+
+def tunekit(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    """Run the command as a user would, from a checkout (tunekit importable from src/)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    return subprocess.run(
+        [sys.executable, "-m", "tunekit", *args],
+        capture_output=True, text=True, encoding="utf-8", env=env, cwd=cwd, timeout=600, check=False,
+    )  # fmt: skip
+
+
+def test_there_are_example_configs() -> None:
+    assert {p.name for p in CONFIGS} >= {"sft_lora.yaml", "dpo.yaml"}
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[subprocess.CompletedProcess[str], Path]]:
+    out = {}
+    for config in CONFIGS:
+        run_dir = tmp_path_factory.mktemp(config.stem)
+        out[config.stem] = (tunekit("fit", str(config.relative_to(ROOT)), "--output_dir", str(run_dir)), run_dir)
+    return out
+
+
+@pytest.mark.parametrize("name", [p.stem for p in CONFIGS])
+def test_fit_every_example_config_learns_and_saves(fitted, name: str) -> None:
+    proc, run_dir = fitted[name]
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    first = float(re.search(r"^step 1/\d+  loss ([\d.]+)", proc.stdout, re.M).group(1))
+    last = float(re.search(r"FitResult\(.*train loss ([\d.]+)", proc.stdout).group(1))
+    assert last < 0.5 * first, proc.stdout  # it learned
+    assert (run_dir / "final" / "tunekit.json").is_file()
+    assert f"saved to {run_dir / 'final'}" in proc.stdout
+    assert "Traceback" not in proc.stderr
+
+
+def test_generate_answers_with_the_saved_tuner(fitted, capsys) -> None:
+    _proc, run_dir = fitted["sft_lora"]
+    prompts = ["Say the first digit of the list.\n\n4 2 7", "请说出列表中的第一个数字。\n\n8 1 2"]
+    assert main(["generate", str(run_dir / "final"), *prompts, "--max-new-tokens", "8"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[-1] == "8" and "\n4\n" in out, out
+
+
+def test_misspelled_key_fails_with_the_nearest_name_and_exit_code_2(tmp_path: Path) -> None:
+    config = (ROOT / "examples" / "configs" / "sft_lora.yaml").read_text(encoding="utf-8")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(config.replace("learning_rate:", "learning_rat:"), encoding="utf-8")
+    proc = tunekit("fit", str(bad))
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"error: {bad}: training: Training(learning_rat=0.005): unknown option 'learning_rat'; "
+        "did you mean 'learning_rate'?"
+    ]
+    assert proc.stdout == ""
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["fit", "missing.yaml"], "error: config file not found: missing.yaml"),
+        (["fit", "{config}", "--trainig.epochs", "1"], "unknown option 'trainig'; did you mean 'training'?"),
+        (["fit", "{config}", "--method.rank", "4"], "method: LoRA(rank=4): unknown option 'rank'; did you mean 'r'?"),
+        (["fit", "{config}", "--training.epochs"], "override --training.epochs needs a value"),
+        (["fit", "{config}", "stray"], "unexpected argument 'stray'"),
+        (["generate", "no/such/dir", "hi"], "load('no/such/dir'): no such directory"),
+        (["validate-data", "nope.jsonl"], "data file not found: nope.jsonl"),
+    ],
+)
+def test_errors_are_one_line_and_exit_2(argv: list[str], message: str, capsys) -> None:
+    config = str(ROOT / "examples" / "configs" / "sft_lora.yaml")
+    assert main([a.replace("{config}", config) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_overrides_reach_the_config(capsys) -> None:
+    config = str(ROOT / "examples" / "configs" / "sft_lora.yaml")
+    argv = ["fit", "--print-config", config, "--training.learning_rate", "1e-4", "method.r=4", "--training.epochs=2"]
+    assert main(argv) == 0
+    import yaml
+
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["training"]["learning_rate"] == 1e-4 and printed["training"]["epochs"] == 2
+    assert printed["method"]["r"] == 4 and printed["method"]["name"] == "LoRA"
+    assert Path(printed["data"]) == ROOT / "examples" / "data" / "alpaca_train.jsonl"
+
+
+def test_validate_data_reports_format_rows_lengths_and_bad_rows(tmp_path: Path, tiny_llama, capsys) -> None:
+    rows = first_task(30, seed=1, fmt="alpaca")
+    rows[3]["output"] = ""
+    rows[7] = {"instruction": 5, "output": "x"}
+    data = write_jsonl(rows, tmp_path / "d.jsonl")
+    assert main(["validate-data", str(data)]) == 1  # bad rows: a non-zero exit for scripts and CI
+    out = capsys.readouterr().out
+    assert re.search(r"format\s+alpaca", out) and re.search(r"rows\s+30 \(28 valid, 2 bad\)", out)
+    assert "row 4, field 'output': empty string" in out and "row 8, field 'instruction': expected a string" in out
+    assert re.search(r"words\s+min \d", out)
+
+    good = write_jsonl(first_task(20, seed=1), tmp_path / "good.jsonl")
+    assert main(["validate-data", str(good), "--model", str(tiny_llama), "--max-length", "16", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["format"] == "prompt_completion" and report["rows"] == report["valid_rows"] == 20
+    tokens = report["tokens"]
+    assert 8 < tokens["min"] <= tokens["median"] <= tokens["max"] < 64
+    # Counted as fit counts them: the templated conversation, end-of-turn token included.
+    tuner = tk.Tuner(tiny_llama)
+    assert tokens["total"] == tuner.prepare(good).num_tokens
+    assert report["longer_than_max_length"]["rows"] == sum(len(ids) > 16 for ids in tuner.prepare(good).input_ids)
+
+
+def test_schema_is_the_config_json_schema(tmp_path: Path, capsys) -> None:
+    assert main(["schema"]) == 0
+    schema = json.loads(capsys.readouterr().out)
+    assert schema["title"] == "tunekit run config" and "training" in schema["properties"]
+    assert main(["schema", "-o", str(tmp_path / "s.json")]) == 0
+    assert json.loads((tmp_path / "s.json").read_text(encoding="utf-8")) == schema
+
+
+@pytest.mark.skipif(not hasattr(tk.Tuner, "plan"), reason="needs Tuner.plan from issue #7")
+def test_plan_prints_the_plan_without_training(tmp_path: Path, capsys) -> None:
+    config = str(ROOT / "examples" / "configs" / "sft_lora.yaml")
+    assert main(["plan", config, "--output_dir", str(tmp_path)]) == 0
+    table = capsys.readouterr().out
+    assert "LoRA" in table and not (tmp_path / "final").exists()
+    assert main(["plan", "--json", config, "--output_dir", str(tmp_path)]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert isinstance(plan, dict) and plan
+
+
+def test_fit_needs_somewhere_to_save(tmp_path: Path, capsys) -> None:
+    config = tmp_path / "run.yaml"
+    config.write_text("model: tiny\ndata: train.jsonl\n", encoding="utf-8")
+    assert main(["fit", str(config)]) == 2
+    assert "set output_dir (or save)" in capsys.readouterr().err
+    assert main(["fit", "--print-config", str(config)]) == 0  # printing the config needs no output_dir
+    assert "model: tiny" in capsys.readouterr().out
+
+
+def test_an_unreadable_model_is_one_line_with_exit_1(tmp_path: Path, capsys) -> None:
+    data = write_jsonl(first_task(4), tmp_path / "d.jsonl")
+    assert main(["validate-data", str(data), "--model", str(tmp_path / "no-such-model")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "TUNEKIT_TRACEBACK=1" in err and len(err.strip().splitlines()) == 1, err

@@ -1,0 +1,126 @@
+"""The documentation cannot drift from the code: the site builds with no warning, every Python
+snippet in docs/ runs, every public name has a docstring with an example, every error class and
+every method and objective has its page."""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import io
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import tunekit as tk
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
+PAGES = sorted(p for p in DOCS.rglob("*.md"))
+# A ```python block, and the marker that keeps it from running: <!-- docs-test: skip (why) --> on the line above.
+FENCE = re.compile(
+    r"^(?P<skip><!-- docs-test: skip \((?P<reason>[^)]+)\) -->\n)?```python\n(?P<code>.*?)^```", re.M | re.S
+)
+
+
+def snippets(page: Path) -> list[tuple[int, str, str | None]]:
+    """(line, code, skip reason) of every ```python block of a page."""
+    text = page.read_text(encoding="utf-8")
+    return [
+        (text.count("\n", 0, m.start("code")) + 1, m.group("code"), m.group("reason")) for m in FENCE.finditer(text)
+    ]
+
+
+def test_site_builds_with_no_warning(tmp_path: Path) -> None:
+    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1", "PYTHONPATH": str(ROOT / "src")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
+        capture_output=True, text=True, encoding="utf-8", cwd=ROOT, env=env, timeout=600, check=False,
+    )  # fmt: skip
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    assert "WARNING" not in out, out
+    api = (tmp_path / "site" / "reference" / "api" / "index.html").read_text(encoding="utf-8")
+    for name in ("tunekit.Tuner", "tunekit.LoRA", "tunekit.RunConfig", "tunekit.testing"):
+        assert f'id="{name}"' in api, name
+    lora = (tmp_path / "site" / "methods" / "lora" / "index.html").read_text(encoding="utf-8")
+    assert "<code>dora</code>" in lora and "tunekit:options" not in lora  # the generated option table
+
+
+@pytest.mark.parametrize("page", [p for p in PAGES if snippets(p)], ids=lambda p: str(p.relative_to(DOCS)))
+def test_python_snippets_run(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each page's blocks run in order, in one namespace, in an empty folder (as a reader would)."""
+    monkeypatch.chdir(tmp_path)
+    namespace: dict[str, object] = {"__name__": "__docs__"}
+    for line, code, reason in snippets(page):
+        if reason is not None:
+            assert len(reason.strip()) > 5, f"{page}:{line}: say why the block is not run"
+            compile(code, f"{page}:{line}", "exec")  # it must still be valid Python
+            continue
+        with contextlib.redirect_stdout(io.StringIO()):
+            try:
+                exec(compile(code, f"{page.relative_to(ROOT)}:{line}", "exec"), namespace)
+            except Exception as e:
+                raise AssertionError(f"{page.relative_to(ROOT)}, block at line {line} failed: {e!r}") from e
+
+
+def test_the_chinese_quickstart_has_runnable_snippets() -> None:
+    assert len([s for s in snippets(DOCS / "zh" / "quickstart.md") if s[2] is None]) >= 2
+
+
+def test_every_public_name_has_a_docstring_with_an_example() -> None:
+    missing = []
+    for name in tk.__all__:
+        if name == "__version__":
+            continue
+        doc = inspect.getdoc(getattr(tk, name)) or ""
+        if not re.search(r"^Examples?:", doc, re.M) or ">>>" not in doc:
+            missing.append(name)
+    assert not missing, f"add an 'Example:' section with >>> lines to the docstrings of {missing}"
+
+
+def test_every_error_class_has_an_anchor_on_the_error_page() -> None:
+    text = (DOCS / "reference" / "errors.md").read_text(encoding="utf-8")
+    for name in tk.errors.__all__:
+        assert re.search(rf"^## {name} \{{#{name.lower()}\}}$", text, re.M), f"add '## {name} {{#{name.lower()}}}'"
+
+
+def test_every_method_and_objective_has_a_page_with_its_options_and_a_snippet() -> None:
+    from tunekit.methods import registry
+    from tunekit.objectives import OBJECTIVES
+
+    for folder, names in (("methods", registry()), ("objectives", OBJECTIVES)):
+        pages = {p: p.read_text(encoding="utf-8") for p in (DOCS / folder).glob("*.md")}
+        for name in names:
+            page = next((p for p, text in pages.items() if f"<!-- tunekit:options {name} -->" in text), None)
+            assert page is not None, f"no page in docs/{folder} has '<!-- tunekit:options {name} -->'"
+            assert f"tk.{name}(" in pages[page] and snippets(page), f"{page}: add a snippet using tk.{name}"
+
+
+def test_docstring_examples_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The examples in the docstrings of the public API (those not marked +SKIP) give what they show."""
+    import doctest
+    import importlib
+
+    monkeypatch.chdir(tmp_path)
+    modules = set()
+    for name in tk.__all__:
+        obj = getattr(tk, name)
+        module = obj if inspect.ismodule(obj) else inspect.getmodule(obj)
+        if module is not None and module.__name__.startswith("tunekit"):
+            modules.add(module.__name__)
+    failed = {}
+    for name in sorted(modules):
+        result = doctest.testmod(importlib.import_module(name), extraglobs={"tk": tk}, optionflags=doctest.ELLIPSIS)
+        if result.failed:
+            failed[name] = result.failed
+    assert not failed, f"docstring examples failed (run python -m doctest on them): {failed}"
+
+
+def test_the_api_reference_lists_every_public_name() -> None:
+    text = (DOCS / "reference" / "api.md").read_text(encoding="utf-8")
+    missing = [name for name in tk.__all__ if name != "__version__" and f"::: tunekit.{name}\n" not in text]
+    assert not missing, f"add '::: tunekit.NAME' to docs/reference/api.md for {missing}"
