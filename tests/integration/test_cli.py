@@ -136,7 +136,6 @@ def test_schema_is_the_config_json_schema(tmp_path: Path, capsys) -> None:
     assert json.loads((tmp_path / "s.json").read_text(encoding="utf-8")) == schema
 
 
-@pytest.mark.skipif(not hasattr(tk.Tuner, "plan"), reason="needs Tuner.plan from issue #7")
 def test_plan_prints_the_plan_without_training(tmp_path: Path, capsys) -> None:
     config = str(ROOT / "examples" / "configs" / "sft_lora.yaml")
     assert main(["plan", config, "--output_dir", str(tmp_path)]) == 0
