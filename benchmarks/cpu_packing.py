@@ -21,7 +21,7 @@ def main() -> None:
     ap.add_argument("--min", type=int, default=16)
     ap.add_argument("--max", type=int, default=512)
     ap.add_argument("--hidden", type=int, default=256)
-    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
     setup()
     import tunekit as tk

@@ -25,8 +25,9 @@ class Plan:
     model is not loaded yet); ``examples``, ``tokens`` and ``steps`` are what ``fit`` will see.
     Memory is an estimate of the peak on the training device: ``weights`` (every parameter in its
     storage dtype), ``gradients`` (trainable parameters), ``optimizer`` (AdamW's two moments),
-    ``activations`` (what the backward pass keeps for the largest micro-batch, measured on a
-    two-layer slice of the model, plus the LM head's chunked loss). ``fits`` compares the total
+    ``activations`` (what the backward pass keeps for the largest of the run's micro-batches, drawn as
+    the trainer draws them, measured on a two-layer slice of the model, plus the LM head's chunked
+    loss). ``fits`` compares the total
     with the CUDA device's memory, and is None on CPU.
 
     Example:
@@ -50,7 +51,7 @@ class Plan:
     examples: int
     tokens: int
     steps: int
-    micro_batch_tokens: int  # tokens in the largest micro-batch (what activations are sized for)
+    micro_batch_tokens: int  # tokens in the largest micro-batch the run likely sees (activations are sized for it)
     packing: bool
     gradient_checkpointing: bool
     weights_bytes: int

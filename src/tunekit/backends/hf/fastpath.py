@@ -85,22 +85,19 @@ def _varlen_sdpa(
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, is_causal=is_causal, **kwargs
         )
-    groups = getattr(module, "num_key_value_groups", 1)
-    if groups > 1:
-        key = key.repeat_interleave(groups, dim=1)
-        value = value.repeat_interleave(groups, dim=1)
+    gqa = key.shape[1] != query.shape[1]  # grouped-query attention: SDPA shares the key/value heads itself
+    drop = dropout if module.training else 0.0
     sizes = {end - start for start, end in itertools.pairwise(bounds)}
-    if len(sizes) == 1:  # examples of one length: a batch of them, one SDPA call (a view, no copy)
+    if len(sizes) == 1:  # examples of one length: a batch of them, one SDPA call
         (size,) = sizes
         n, heads, dim = len(bounds) - 1, query.shape[1], query.shape[-1]
 
-        def batch(t: Any) -> Any:
-            return t[0].reshape(heads, n, size, t.shape[-1]).transpose(0, 1)
+        def batch(t: Any) -> Any:  # (1, heads, n * size, dim) -> (n, heads, size, dim)
+            return t[0].reshape(t.shape[1], n, size, t.shape[-1]).transpose(0, 1)
 
         out = torch.nn.functional.scaled_dot_product_attention(
-            batch(query), batch(key), batch(value), dropout_p=dropout if module.training else 0.0, scale=scaling,
-            is_causal=size > 1,
-        )  # fmt: skip
+            batch(query), batch(key), batch(value), dropout_p=drop, scale=scaling, is_causal=size > 1, enable_gqa=gqa
+        )
         return out.transpose(0, 1).reshape(1, heads, n * size, dim).transpose(1, 2).contiguous(), None
     parts = []
     for start, end in itertools.pairwise(bounds):
@@ -111,9 +108,10 @@ def _varlen_sdpa(
                 query[:, :, start:end],
                 key[:, :, start:end],
                 value[:, :, start:end],
-                dropout_p=dropout if module.training else 0.0,
+                dropout_p=drop,
                 scale=scaling,
                 is_causal=end - start > 1,
+                enable_gqa=gqa,
             )
         )
     out = torch.cat(parts, dim=2) if len(parts) > 1 else parts[0]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import random
 from pathlib import Path
 from typing import Any
 
@@ -83,10 +84,13 @@ def _saved_bytes(model: Any, tokens: int, packing: bool) -> int:
 
     ids = torch.zeros(1, tokens, dtype=torch.long)
     storages: dict[int, int] = {}
+    # Weights the graph keeps (a frozen linear keeps its weight for the input's gradient) are not activations.
+    weights = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
 
     def keep(t: Any) -> Any:
         s = t.untyped_storage()
-        storages[s.data_ptr()] = s.nbytes()
+        if s.data_ptr() not in weights:
+            storages[s.data_ptr()] = s.nbytes()
         return t
 
     path = fastpath.FastPath(packing, fastpath.VARLEN if packing else None, False, False)
@@ -127,11 +131,27 @@ def _per_layer_bytes_per_token(tuner: Any, model: Any, packing: bool) -> tuple[f
     return sizes[1] - sizes[0], max(0.0, 2 * sizes[0] - sizes[1])
 
 
-def _micro_batch_tokens(lengths: list[int], training: Any, packing: bool) -> int:
+def _micro_batch_tokens(lengths: list[int], training: Any, packing: bool, micro_batches: int) -> int:
+    """Tokens in the largest micro-batch the run will likely see (what its activations are sized for).
+
+    Batches are drawn at random (the trainer shuffles), so rather than the worst batch possible (the
+    longest examples together), the largest of the run's ``micro_batches`` random batches is taken,
+    simulated with the run's seed (at most 5,000 batches).
+    """
     if training.tokens_per_batch is not None and packing:
         return min(training.tokens_per_batch, sum(lengths))
-    longest = sorted(lengths, reverse=True)[: training.batch_size]
-    return sum(longest) if packing else len(longest) * longest[0]
+    rng = random.Random(training.seed)
+    order = list(range(len(lengths)))
+    size, worst, drawn, limit = training.batch_size, 0, 0, max(1, min(micro_batches, 5000))
+    while drawn < limit:
+        rng.shuffle(order)
+        for k in range(0, len(order), size):
+            batch = [lengths[i] for i in order[k : k + size]]
+            worst = max(worst, sum(batch) if packing else len(batch) * max(batch))
+            drawn += 1
+            if drawn >= limit:
+                break
+    return worst
 
 
 def _steps(batches: int, training: Any) -> int:
@@ -191,7 +211,8 @@ def plan_encoded(tuner: Any, model: Any, enc: Any, *, checkpointing: bool | None
         batches = len(fastpath.pack_to_budget(enc.to_dataset(), training.tokens_per_batch))
     else:
         batches = math.ceil(len(lengths) / training.batch_size)
-    micro = _micro_batch_tokens(lengths, training, packing)
+    steps = _steps(batches, training)
+    micro = _micro_batch_tokens(lengths, training, packing, steps * training.grad_accum)
     try:
         per_layer, rest = _per_layer_bytes_per_token(tuner, model, packing)
     except Exception as e:  # an architecture the probe cannot slice: a conservative analytic estimate
@@ -223,7 +244,7 @@ def plan_encoded(tuner: Any, model: Any, enc: Any, *, checkpointing: bool | None
         total_params=sum(p.numel() for p in params),
         examples=len(enc.rows),
         tokens=int(enc.num_tokens),
-        steps=_steps(batches, training),
+        steps=steps,
         micro_batch_tokens=int(micro),
         packing=packing,
         gradient_checkpointing=gc,
