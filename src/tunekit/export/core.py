@@ -121,11 +121,8 @@ def _explain(tuner: Any, fmt: str, dtype: str, adapter: int | None, merged: int 
 
 
 def _write_adapter(tuner: Any, staging: Path) -> None:
-    from tunekit.saving import write_manifest
-
     loaded = tuner.loaded
-    tuner.backend.save(loaded, staging)
-    write_manifest(tuner, staging)
+    tuner.backend.save(loaded, staging)  # the save manifest comes last, once the model card is written
     gen = copy.deepcopy(tuner.model.generation_config)
     gen.eos_token_id = sorted({loaded.template.end_of_turn_id, tuner.tokenizer.eos_token_id} - {None})
     gen.pad_token_id = tuner.tokenizer.pad_token_id
@@ -262,7 +259,11 @@ def export_tuner(
             gguf_file=gguf_name,
             plot_note=plot_note,
         )
-        (staging / "README.md").write_text(card, encoding="utf-8")
+        (staging / "README.md").write_text(card, encoding="utf-8")  # replaces the card peft writes
+        if format == "adapter":  # also a tunekit save: its manifest lists every file with its size, so it goes last
+            from tunekit.saving import write_manifest
+
+            write_manifest(tuner, staging)
         trainable, total = count_parameters(tuner.model)
         manifest = {
             "tunekit_version": __version__,
