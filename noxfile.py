@@ -127,8 +127,8 @@ def examples(session: nox.Session) -> None:
 @nox.session(python="3.11")
 def lint(session: nox.Session) -> None:
     session.install("ruff>=0.6")
-    session.run("ruff", "check", "src", "tests", "examples", "scripts", "noxfile.py")
-    session.run("ruff", "format", "--check", "src", "tests", "examples", "scripts", "noxfile.py")
+    session.run("ruff", "check", "src", "tests", "examples", "scripts", "benchmarks", "noxfile.py")
+    session.run("ruff", "format", "--check", "src", "tests", "examples", "scripts", "benchmarks", "noxfile.py")
 
 
 @nox.session(python="3.11")
