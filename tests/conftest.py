@@ -64,6 +64,20 @@ def tiny_llama_init02(tmp_path_factory: pytest.TempPathFactory, task_texts: list
 
 
 @pytest.fixture(scope="session")
+def tiny_qwen_init02(tmp_path_factory: pytest.TempPathFactory, task_texts: list[str]) -> Path:
+    """A tied-embedding Qwen2 whose random logits have a usable scale (varied greedy answers, a real check)."""
+    from tunekit.testing import tiny_model
+
+    return tiny_model(
+        tmp_path_factory.mktemp("qwen02"),
+        arch="qwen2",
+        texts=task_texts,
+        tie_word_embeddings=True,
+        initializer_range=0.2,
+    )
+
+
+@pytest.fixture(scope="session")
 def tiny_qwen(tmp_path_factory: pytest.TempPathFactory, task_texts: list[str]) -> Path:
     from tunekit.testing import tiny_model
 
