@@ -277,3 +277,36 @@ def test_the_memory_table_of_the_guide_is_what_the_formula_gives():
     assert zero3["total"] == pytest.approx(16 * total / 8)
     with pytest.raises(ValueError):
         state_memory_per_gpu(10, 11, engine=None, processes=1)
+
+
+def test_auto_batch_size_and_deepspeed_skip_are_refused_in_several_processes(two_ranks, monkeypatch):
+    import torch
+
+    # One process meeting an out-of-memory error and retrying alone would leave the others in a collective.
+    with pytest.raises(tk.IncompatibleError, match=r"auto_batch_size=True\) in several processes"):
+        check_distributed(tk.LoRA(), tk.Training(auto_batch_size=True), torch.device("cpu"))
+    # DeepSpeed steps inside its backward: a non-finite step cannot be dropped before its update.
+    _deepspeed_installed(monkeypatch, True)
+    with pytest.raises(tk.IncompatibleError, match="on_nonfinite='skip'"):
+        check_distributed(
+            tk.LoRA(), tk.Training(distributed=tk.DeepSpeed(stage=2), on_nonfinite="skip"), torch.device("cuda")
+        )
+    check_distributed(tk.LoRA(), tk.Training(distributed=tk.DDP(), on_nonfinite="skip"), torch.device("cpu"))
+
+
+def test_a_hook_failure_on_one_process_is_known_on_every_process(monkeypatch):
+    import torch.distributed as dist
+
+    from tunekit.backends.hf import distributed as hf_distributed
+    from tunekit.hooks import RunContext
+
+    def all_reduce(flags, op=None):  # what another process's flags bring: its hook failed
+        flags[3] = 1
+
+    monkeypatch.setattr(hf_distributed, "_ready", lambda: True)
+    monkeypatch.setattr(hf_distributed, "_collective_device", lambda: "cpu")
+    monkeypatch.setattr(dist, "all_reduce", all_reduce)
+    ctx = RunContext()
+    assert not ctx._hook_failed
+    hf_distributed.share_stop(ctx)
+    assert ctx._hook_failed and not ctx.stop_requested

@@ -282,3 +282,24 @@ def test_auto_batch_size_gives_up_with_advice():
         )
     with pytest.raises(torch.cuda.OutOfMemoryError):  # not asked for: the error is the user's to see
         train_fitting(lambda t: FakeTrainer(t, fits=2), tk.Training(batch_size=4), None, lambda t: None)
+
+
+def _checkpoint(output_dir: Path, step: int, run_id: str) -> Path:
+    """A complete checkpoint as tunekit writes one (trainer state and a manifest listing it)."""
+    path = output_dir / f"checkpoint-{step}"
+    path.mkdir(parents=True)
+    (path / "trainer_state.json").write_text(json.dumps({"global_step": step}), encoding="utf-8")
+    manifest = {"format": checkpoints.FORMAT, "run_id": run_id, "step": step, "files": _fs.list_files(path)}
+    _fs.write_json(path / MANIFEST, manifest)
+    return path
+
+
+def test_a_finished_run_trained_further_is_resumed_by_auto(tmp_path):
+    # Run A finished at step 100; trained further (force_resume) it wrote checkpoint-150 and crashed:
+    # "auto" must continue from 150, not start afresh (which would delete A's checkpoints at its first save).
+    _checkpoint(tmp_path, 100, "A")
+    checkpoints.mark_finished(tmp_path, "A", 100)
+    assert resolve_resume("auto", tmp_path) is None  # finished at its newest checkpoint: a new run
+    later = _checkpoint(tmp_path, 150, "A")
+    assert resolve_resume("auto", tmp_path) == later
+    assert resolve_resume(True, tmp_path) == later

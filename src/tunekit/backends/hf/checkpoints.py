@@ -194,14 +194,17 @@ def recover(output_dir: Path) -> None:
     _fs.remove_tree(staging, within=output_dir)
 
 
-def finished_run(output_dir: Path) -> str | None:
-    """The run id of the run in ``output_dir`` if it finished, else None."""
+def finished_run(output_dir: Path) -> tuple[str, int] | None:
+    """(run id, the step it finished at) of the run in ``output_dir`` if it finished, else None."""
     f = output_dir / RUN_STATE
     try:
         state = json.loads(f.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return None
-    return state.get("run_id") if isinstance(state, dict) and state.get("finished") else None
+    if not (isinstance(state, dict) and state.get("finished") and isinstance(state.get("run_id"), str)):
+        return None
+    steps = state.get("steps")
+    return state["run_id"], steps if isinstance(steps, int) else 2**62
 
 
 def mark_finished(output_dir: Path, run_id: str, steps: int) -> None:

@@ -67,8 +67,16 @@ def check_distributed(method: Any, training: Any, device: Any) -> None:
 
     The engine applies only when the script runs in several processes (in one, it is ignored).
     """
+    if not world().distributed:
+        return
+    if training.auto_batch_size:
+        raise IncompatibleError(
+            "Training(auto_batch_size=True) in several processes: an out-of-memory error strikes one process, and "
+            "retrying there alone would leave the others waiting in a collective; set batch_size and grad_accum "
+            "(tuner.plan(data) estimates the memory) and leave auto_batch_size off"
+        )
     engine = training.distributed
-    if engine is None or not world().distributed:
+    if engine is None:
         return
     label = type(engine).__name__
     if isinstance(engine, DeepSpeed):
@@ -77,6 +85,12 @@ def check_distributed(method: Any, training: Any, device: Any) -> None:
             raise IncompatibleError(
                 f"Training(distributed=tk.{label}) needs CUDA GPUs, and this run's device is {str(device)!r}; "
                 "on CPU use distributed=tk.DDP() or tk.FSDP() (gloo)"
+            )
+        if training.on_nonfinite == "skip":
+            raise IncompatibleError(
+                f"Training(on_nonfinite='skip') with tk.{label}: DeepSpeed applies the update inside its backward, "
+                "before tunekit can drop a non-finite step; use on_nonfinite='error' (the run stops naming the "
+                "step), or tk.DDP() / tk.FSDP()"
             )
         import importlib.util
 
@@ -235,11 +249,14 @@ def share_stop(ctx: Any) -> None:
     import torch.distributed as dist
 
     stop, save = int(ctx.stop_requested), int(ctx._checkpoint_on_stop)
-    # One MAX all-reduce answers "did any process ask?" (stop, save) and "did every one?" (1 - (1 - stop)).
-    flags = torch.tensor([stop, save, 1 - stop], device=_collective_device())
+    # One MAX all-reduce answers "did any process ask?" (stop, save, a hook failed) and "did every one?"
+    # (1 - (1 - stop)). A failed hook (hooks run on rank 0) must be known everywhere: it skips the final
+    # evaluation, which is a collective.
+    flags = torch.tensor([stop, save, 1 - stop, int(ctx._hook_failed)], device=_collective_device())
     dist.all_reduce(flags, op=dist.ReduceOp.MAX)
     any_stop, any_save, every_stop = bool(flags[0]), bool(flags[1]), not bool(flags[2])
     ctx._checkpoint_on_stop = ctx._checkpoint_on_stop or any_save
+    ctx._hook_failed = ctx._hook_failed or bool(flags[3])
     if not any_stop or every_stop:
         return
     # Some processes asked and some did not (once per run): tell the others why.

@@ -54,6 +54,18 @@ def latest_checkpoint(output_dir: Path) -> tuple[Path, dict[str, Any]] | None:
     return None
 
 
+def _finished(output_dir: Path, manifest: dict[str, Any]) -> bool:
+    """Whether the newest checkpoint belongs to a run that finished at or after its step.
+
+    A finished run trained further (``force_resume``) writes checkpoints past the step it finished at:
+    those belong to an unfinished continuation, which ``"auto"`` resumes.
+    """
+    state = finished_run(output_dir)
+    if state is None or state[0] != manifest.get("run_id"):
+        return False
+    return int(manifest.get("step", 0)) <= state[1]
+
+
 def resolve_resume(
     resume: bool | str | Path,
     output_dir: Path | None,
@@ -88,7 +100,7 @@ def resolve_resume(
                 )
             return None
         path, manifest = found
-        if finished_run(output_dir) == manifest.get("run_id"):
+        if _finished(output_dir, manifest):
             if resume == "auto":
                 logger.info("the run in %s finished; starting a new run there", output_dir)
                 return None
