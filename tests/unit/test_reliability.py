@@ -172,6 +172,8 @@ def test_differences_are_named_in_option_names():
     assert diffs[0] == "method.r: checkpoint 16, this run 8" and "training data" in diffs[1]
     same = {"config": config, "config_hash": identity.config_hash, "data_fingerprint": "data-a"}
     assert compare_identity(same, identity, data=True) == []
+    two = {**same, "rng_and_sampler": {"world_size": 2}}  # written by 2 processes, resumed by 1
+    assert compare_identity(two, identity, data=True) == ["processes: checkpoint 2, this run 1"]
 
 
 def test_explicit_resume_of_a_checkpoint_without_manifest_needs_force(tmp_path, caplog):

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from tunekit import _fs
+from tunekit.distributed import world
 from tunekit.errors import CheckpointError
 
 __all__ = [
@@ -138,6 +139,10 @@ def compare_identity(manifest: dict[str, Any], identity: RunIdentity, *, data: b
                 diffs.append(f"{key}: checkpoint {before.get(key)!r}, this run {now.get(key)!r}")
     if data and manifest.get("data_fingerprint") != identity.data_fingerprint:
         diffs.append("the training data (its examples, order or tokenisation) differs from the checkpoint's")
+    saved_world = (manifest.get("rng_and_sampler") or {}).get("world_size")
+    if isinstance(saved_world, int) and saved_world != world().size:
+        # Each process's data position and random state, and the effective batch, depend on the count.
+        diffs.append(f"processes: checkpoint {saved_world}, this run {world().size}")
     return diffs
 
 
