@@ -156,11 +156,83 @@ def test_compile_trains_like_eager(tiny_llama: Path) -> None:
         ({"_attn_implementation": "flex_attention"}, "cannot keep packed examples apart"),
     ],
 )
-def test_attention_the_fast_path_cannot_reproduce_falls_back(config: dict, reason: str) -> None:
-    from types import SimpleNamespace
+class _Routed:
+    """A stand-in model whose class routes attention through transformers' AttentionInterface."""
 
-    model = SimpleNamespace(config=SimpleNamespace(**{"_attn_implementation": "sdpa", **config}))
+    _supports_attention_backend = True
+
+    def __init__(self, **config: object) -> None:
+        from types import SimpleNamespace
+
+        self.config = SimpleNamespace(**{"_attn_implementation": "sdpa", **config})
+
+
+@pytest.mark.parametrize(
+    ("config", "reason"),
+    [
+        ({"attn_logit_softcapping": 50.0}, "softcapping"),
+        ({"sliding_window": 256, "use_sliding_window": True}, "sliding-window"),
+        ({"_attn_implementation": "flex_attention"}, "cannot keep packed examples apart"),
+        ({"model_type": "gpt_oss"}, "attention sinks"),
+        ({"sinks": True}, "attention sinks"),
+    ],
+)
+def test_attention_the_fast_path_cannot_reproduce_falls_back(config: dict, reason: str) -> None:
+    model = _Routed(**config)
     path = fastpath.choose(model, tk.Training(max_length=1024), torch.device("cpu"))
     assert not path.packing and reason in path.reason
-    window_ok = SimpleNamespace(config=SimpleNamespace(_attn_implementation="sdpa", sliding_window=4096))
+    window_ok = _Routed(sliding_window=4096)
     assert fastpath.choose(window_ok, tk.Training(max_length=1024), torch.device("cpu")).packing
+
+
+def test_model_outside_the_attention_interface_falls_back(monkeypatch: pytest.MonkeyPatch, tiny_llama: Path) -> None:
+    """Bloom / Falcon / MPT compute attention themselves and would ignore tunekit_varlen: padded batches."""
+    from transformers import LlamaForCausalLM
+
+    tuner = tk.Tuner(str(tiny_llama), method=tk.LoRA(r=4), training=tk.Training(device="cpu"))
+    assert fastpath.choose(tuner.model, tuner.training, torch.device("cpu")).packing
+    monkeypatch.setattr(LlamaForCausalLM, "_supports_attention_backend", False)
+    path = fastpath.choose(tuner.model, tuner.training, torch.device("cpu"))
+    assert not path.packing and "AttentionInterface" in path.reason
+    assert not fastpath.choose(tuner.model.get_base_model(), tuner.training, torch.device("cpu")).packing
+
+
+def test_varlen_attention_refuses_attention_sinks() -> None:
+    q = torch.zeros(1, 2, 4, 8)
+    module = torch.nn.Module()
+    with pytest.raises(NotImplementedError, match="sinks"):
+        fastpath._varlen_sdpa(module, q, q, q, None, s_aux=torch.zeros(2), tunekit_bounds=(0, 2, 4))
+
+
+@pytest.mark.parametrize(("flag", "fused"), [(True, False), (False, True)], ids=["router-logits", "no-router-logits"])
+def test_moe_router_loss_takes_the_models_own_loss(monkeypatch: pytest.MonkeyPatch, flag: bool, fused: bool) -> None:
+    """With config.output_router_logits the model adds its router aux loss, which the fused head would drop."""
+    from types import SimpleNamespace
+
+    seen = {}
+
+    def stop(base: object, *, fused_head: bool) -> object:
+        seen["fused_head"] = fused_head
+        raise RuntimeError("stop")
+
+    monkeypatch.setattr(fastpath, "fast_sft_trainer", stop)
+    monkeypatch.setattr(fastpath, "pack_to_budget", lambda d, t: d)
+    run = SimpleNamespace(
+        model=_Routed(output_router_logits=flag),
+        training=tk.Training(device="cpu"),
+        device=torch.device("cpu"),
+        train_dataset=[],
+        eval_dataset=None,
+        tokenizer=SimpleNamespace(pad_token_id=0),
+        callbacks=[],
+    )
+    import trl
+
+    import tunekit.backends.hf.trainers as trainers
+
+    monkeypatch.setattr(trainers, "_common", lambda run: {})
+    monkeypatch.setattr(trl, "SFTConfig", lambda **kwargs: SimpleNamespace(**kwargs))
+    with pytest.raises(RuntimeError, match="stop"):
+        fastpath.sft_trainer(run, fused_head=True)
+    assert seen["fused_head"] is fused
+    assert fastpath._router_aux_loss(_Routed(output_router_logits=flag)) is flag

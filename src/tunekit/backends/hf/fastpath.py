@@ -24,7 +24,11 @@ What it changes against trl's SFTTrainer defaults, and why each is correct:
 
 Methods that put virtual tokens in front of the input (prompt tuning, prefix tuning, P-tuning)
 cannot be packed (their prefix would sit in front of the row, not of each example) and fall back
-to padded batches; so do models whose attention implementation tunekit does not know to isolate.
+to padded batches; so do models whose attention implementation tunekit does not know to isolate,
+models that do not route their attention through transformers' ``AttentionInterface`` (Bloom,
+Falcon, MPT: their class's ``_supports_attention_backend`` is false, so they would ignore
+``tunekit_varlen`` and attend across the packed examples) and models with attention sinks
+(gpt-oss), which per-example SDPA does not compute.
 """
 
 from __future__ import annotations
@@ -77,6 +81,10 @@ def _varlen_sdpa(
     import torch
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+    if kwargs.get("s_aux") is not None:  # attention sinks (gpt-oss): plain SDPA would silently drop them
+        raise NotImplementedError(
+            "tunekit's varlen attention cannot compute attention sinks (s_aux); train this model with packing=False"
+        )
     bounds = kwargs.pop("tunekit_bounds", None)
     cu = kwargs.get("cu_seq_lens_q")
     if bounds is None and cu is not None and query.shape[0] == 1:
@@ -154,6 +162,11 @@ def choose(model: Any, training: Any, device: Any) -> FastPath:
         )
     elif attn not in _PACKABLE_ATTENTION:
         reason = f"the model's attention implementation {attn!r} cannot keep packed examples apart"
+    elif not getattr(type(_base_model(model)), "_supports_attention_backend", False):
+        reason = (
+            f"{type(_base_model(model)).__name__} does not route its attention through transformers' "
+            "AttentionInterface, so it cannot keep packed examples apart"
+        )
     else:
         reason = _attention_quirk(model, training)
     if reason:
@@ -163,11 +176,22 @@ def choose(model: Any, training: Any, device: Any) -> FastPath:
     return FastPath(packing=True, attention=VARLEN, liger=liger, compile=compile_)
 
 
+def _base_model(model: Any) -> Any:
+    """The transformers model under a peft wrapper (``model`` itself when it is not wrapped)."""
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model
+
+
+_SINK_FLAGS = ("sinks", "attention_sinks", "use_sinks", "use_attention_sinks")
+
+
 def _attention_quirk(model: Any, training: Any) -> str:
     """Why tunekit's per-example SDPA would not compute this model's attention exactly ("" if it would)."""
     config = getattr(model, "config", None)
     get_text = getattr(config, "get_text_config", None)
     config = get_text() if callable(get_text) else config
+    if getattr(config, "model_type", None) == "gpt_oss" or any(getattr(config, f, None) for f in _SINK_FLAGS):
+        return "the model uses attention sinks, which per-example SDPA cannot compute"
     if getattr(config, "attn_logit_softcapping", None):
         return "the model caps its attention logits (softcapping), which SDPA cannot do"
     window = getattr(config, "sliding_window", None)
@@ -276,6 +300,19 @@ def fast_sft_trainer(base: Any, *, fused_head: bool) -> Any:
     return FastSFTTrainer
 
 
+def _router_aux_loss(model: Any) -> bool:
+    """Whether the model adds a mixture-of-experts router loss to ``outputs.loss``.
+
+    With ``config.output_router_logits`` on, MoE models (Mixtral, Qwen-MoE, gpt-oss, ...) add
+    ``router_aux_loss_coef * aux_loss`` to their own loss; trl's fused LM-head loss computes the
+    token loss from the hidden states alone and would drop it, so such runs take the model's own loss.
+    """
+    config = getattr(model, "config", None)
+    get_text = getattr(config, "get_text_config", None)
+    configs = [config, get_text() if callable(get_text) else None]
+    return any(bool(getattr(c, "output_router_logits", False)) for c in configs if c is not None)
+
+
 def fused_loss_only(model: Any) -> None:
     """Re-install trl's fused LM head computing log-probabilities only (no entropy, no top-1)."""
     from peft import PeftModel
@@ -309,6 +346,8 @@ def sft_trainer(run: Any, *, fused_head: bool) -> Any:
     from trl import SFTConfig, SFTTrainer
 
     t = run.training
+    if fused_head and _router_aux_loss(run.model):  # the fused loss would drop the MoE router loss
+        fused_head = False
     path = choose(run.model, t, run.device)
     if not path.packing and t.packing is True:
         logger.warning("packing is off: %s", path.reason)
