@@ -105,6 +105,36 @@ def test_overrides_reach_the_config(capsys) -> None:
     assert Path(printed["data"]) == ROOT / "examples" / "data" / "alpaca_train.jsonl"
 
 
+@pytest.mark.parametrize(
+    ("argv", "flag"),
+    [
+        (["plan", "CONFIG", "--json"], "json"),
+        (["plan", "--json", "CONFIG"], "json"),
+        (["plan", "CONFIG", "method.r=4", "--json", "--training.epochs", "2"], "json"),
+        (["fit", "CONFIG", "--print-config"], "print_config"),
+        (["fit", "--print-config", "CONFIG", "--training.epochs=2"], "print_config"),
+    ],
+)
+def test_own_flags_before_or_after_the_config(argv: list[str], flag: str) -> None:
+    """`tunekit plan run.yaml --json` and `tunekit fit run.yaml --print-config` work like the flag-first forms."""
+    from tunekit._cli.run import _own_flags, parse_overrides
+    from tunekit.cli import build_parser
+
+    args = build_parser().parse_args([a.replace("CONFIG", "run.yaml") for a in argv])
+    _own_flags(args)
+    assert args.config == "run.yaml" and getattr(args, flag) is True
+    expected = [o for o in ("method.r=4", "training.epochs=2") if any(o.split("=")[0] in a for a in argv)]
+    assert parse_overrides(args.overrides) == expected
+
+
+def test_print_config_after_the_config(capsys) -> None:
+    config = str(ROOT / "examples" / "configs" / "sft_lora.yaml")
+    assert main(["fit", config, "--training.epochs", "2", "--print-config"]) == 0
+    import yaml
+
+    assert yaml.safe_load(capsys.readouterr().out)["training"]["epochs"] == 2
+
+
 def test_validate_data_reports_format_rows_lengths_and_bad_rows(tmp_path: Path, tiny_llama, capsys) -> None:
     rows = first_task(30, seed=1, fmt="alpaca")
     rows[3]["output"] = ""

@@ -45,9 +45,27 @@ def parse_overrides(tokens: list[str]) -> list[str]:
     return out
 
 
+def _own_flags(args: argparse.Namespace) -> None:
+    """Move the command's own flags (``--json``, ``--print-config``) written after CONFIG out of the overrides.
+
+    The overrides take everything after CONFIG (``argparse.REMAINDER``, so that ``--section.key VALUE``
+    is not read as an unknown option), which includes the command's own flags when they come after
+    CONFIG: ``tunekit plan run.yaml --json`` is the same as ``tunekit plan --json run.yaml``.
+    """
+    flags: dict[str, str] = getattr(args, "own_flags", {})
+    rest = []
+    for token in args.overrides:
+        if token in flags:
+            setattr(args, flags[token], True)
+        else:
+            rest.append(token)
+    args.overrides = rest
+
+
 def _load(args: argparse.Namespace) -> Any:
     from tunekit.config_file import RunConfig
 
+    _own_flags(args)
     return RunConfig.from_yaml(args.config, parse_overrides(args.overrides))
 
 
@@ -112,9 +130,11 @@ def _cmd_schema(args: argparse.Namespace) -> int:
     return 0
 
 
-def _config_args(p: argparse.ArgumentParser) -> None:
+def _config_args(p: argparse.ArgumentParser, **flags: str) -> None:
+    """CONFIG and its overrides; ``flags`` (option -> dest) are the command's own flags, allowed after CONFIG too."""
     p.add_argument("config", help="A YAML run config (model, method, objective, training, data, ...).")
     p.add_argument("overrides", nargs=argparse.REMAINDER, help=_OVERRIDES_HELP)
+    p.set_defaults(own_flags=flags)
 
 
 def add_fit_parser(sub: Any) -> None:
@@ -125,7 +145,7 @@ def add_fit_parser(sub: Any) -> None:
         "save, or <output_dir>/final. Relative paths in the file are read from its folder.",
     )
     p.add_argument("--print-config", action="store_true", help="Print the validated config (with overrides) and exit.")
-    _config_args(p)
+    _config_args(p, **{"--print-config": "print_config"})
     p.set_defaults(func=_cmd_fit)
 
 
@@ -134,7 +154,7 @@ def add_plan_parser(sub: Any) -> None:
         "plan", help="Show what a config would train (parameters, tokens, steps, memory) without training."
     )
     p.add_argument("--json", action="store_true", help="Print JSON instead of a table.")
-    _config_args(p)
+    _config_args(p, **{"--json": "json"})
     p.set_defaults(func=_cmd_plan)
 
 
