@@ -214,13 +214,16 @@ class RunConfig(Config):
             raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]}; {_where(e)})") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping of options (model:, method:, data:, ...), got {data!r:.80}")
-        data = _resolve_paths(data, path.parent)
+        # Absolute: the config printed back (--print-config, to_yaml) loads the same from any folder.
+        data = _resolve_paths(data, path.parent.resolve())
         data = apply_overrides(data, overrides)
         try:
             with _importable(path.parent):  # `reward: py:rewards:fn` finds rewards.py beside the YAML
-                return cls(**data)
+                cfg = cls(**data)
+            cfg._template_text()  # a template file that is not there fails now, not after the model loads
         except ConfigError as e:
             raise ConfigError(f"{path}: {e}") from None
+        return cfg
 
     def to_yaml(self) -> str:
         """The config as YAML, loadable again with :meth:`from_yaml`."""
@@ -233,9 +236,7 @@ class RunConfig(Config):
         (``hooks``, ``progress``, ...) go to the Tuner."""
         from tunekit.tuner import Tuner
 
-        template = self.template
-        if template is not None and template.endswith((".jinja", ".j2")) and Path(template).is_file():
-            template = Path(template).read_text(encoding="utf-8")
+        template = self._template_text()
         return Tuner(
             self._model_path(),
             method=self.method,
@@ -245,6 +246,15 @@ class RunConfig(Config):
             template=template,
             **kwargs,
         )
+
+    def _template_text(self) -> str | None:
+        """The chat template: the file's text when ``template`` names a file (.jinja, .j2, .txt), else itself."""
+        template = self.template
+        if template is None or not template.endswith(_TEMPLATE_FILES):
+            return template
+        if not Path(template).is_file():
+            raise ConfigError(f"template: file not found: {template}")
+        return Path(template).read_text(encoding="utf-8")
 
     @property
     def save_path(self) -> Path | None:
@@ -286,14 +296,25 @@ def _where(e: Any) -> str:
     return f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "see the line above"
 
 
+_TEMPLATE_FILES = (".jinja", ".j2", ".txt")  # a template value ending so names a file, not template text
+
+
 def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
-    """Relative data, output and saved-model paths are read from the YAML file's folder."""
+    """Relative data, output, saved-model, template-file, cache and checkpoint paths are read from the YAML's folder."""
     out = dict(data)
     for key in ("data", "eval_data", "output_dir", "save", "template"):
         value = out.get(key)
         if isinstance(value, str) and value and not Path(value).is_absolute():
-            if key != "template" or value.endswith((".jinja", ".j2")):
+            if key != "template" or value.endswith(_TEMPLATE_FILES):
                 out[key] = os.path.normpath(base / value)
+    training = out.get("training")
+    if isinstance(training, Mapping):
+        training = dict(training)
+        for key in ("cache_dir", "resume", "resume_from_checkpoint"):  # resume_from_checkpoint: resume's alias
+            value = training.get(key)
+            if isinstance(value, str) and value and value != "auto" and not Path(value).expanduser().is_absolute():
+                training[key] = os.path.normpath(base / value)
+        out["training"] = training
     model = out.get("model")
     if isinstance(model, str) and not Path(model).is_absolute() and (base / model).exists():
         out["model"] = os.path.normpath(base / model)  # a local directory; anything else stays a hub id

@@ -135,3 +135,43 @@ def test_schema_lists_every_method_and_objective_with_its_options() -> None:
     grpo = next(o for o in objectives if "GRPO" in o.get("properties", {}).get("name", {}).get("enum", []))
     assert "reward" in grpo["properties"]
     assert "learning_rate" in schema["properties"]["training"]["properties"]
+
+
+def test_paths_are_absolute_so_the_printed_config_reloads_from_another_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "cfg").mkdir()
+    write(tmp_path / "cfg" / "chat.jinja", "{{ messages }}")
+    write(
+        tmp_path / "cfg" / "run.yaml",
+        "model: Qwen/Qwen2-0.5B\ndata: train.jsonl\noutput_dir: out\ntemplate: chat.jinja\n"
+        "training: {cache_dir: cache, resume: out/checkpoint-10}\n",
+    )
+    monkeypatch.chdir(tmp_path)
+    cfg = tk.RunConfig.from_yaml("cfg/run.yaml")  # a relative path to the YAML
+    base = (tmp_path / "cfg").resolve()
+    assert Path(cfg.data) == base / "train.jsonl" and Path(cfg.data).is_absolute()
+    assert Path(cfg.output_dir) == base / "out" and Path(cfg.template) == base / "chat.jinja"
+    assert Path(cfg.training.cache_dir) == base / "cache"
+    assert Path(cfg.training.resume) == base / "out" / "checkpoint-10"
+    assert cfg._template_text() == "{{ messages }}"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    printed = write(elsewhere / "printed.yaml", cfg.to_yaml())
+    monkeypatch.chdir(elsewhere)
+    assert tk.RunConfig.from_yaml(printed) == cfg
+    # 'auto' and booleans stay what they are.
+    for resume in ("auto", "true", "false"):
+        f = write(tmp_path / "r.yaml", f"model: m\ndata: d.jsonl\ntraining: {{resume: {resume}}}\n")
+        assert tk.RunConfig.from_yaml(f).training.resume == {"auto": "auto", "true": True, "false": False}[resume]
+
+
+@pytest.mark.parametrize("name", ["missing.jinja", "missing.j2", "missing.txt"])
+def test_a_template_file_that_is_not_there_is_an_error_naming_it(tmp_path: Path, name: str) -> None:
+    f = write(tmp_path / "run.yaml", f"model: m\ndata: d.jsonl\ntemplate: {name}\n")
+    with pytest.raises(tk.ConfigError, match=f"template: file not found: .*{name}"):
+        tk.RunConfig.from_yaml(f)
+    with pytest.raises(tk.ConfigError, match="file not found"):
+        tk.RunConfig(model="m", data="d.jsonl", template=str(tmp_path / name)).to_tuner()
+    text = "{% for m in messages %}{{ m.content }}{% endfor %}"  # template text is still template text
+    assert tk.RunConfig(model="m", data="d.jsonl", template=text)._template_text() == text
