@@ -73,3 +73,18 @@ def test_cache_dir_order(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Non
     assert cache.cache_dir() == tmp_path / "x" / "tunekit"
     monkeypatch.delenv("XDG_CACHE_HOME")
     assert cache.cache_dir() == Path.home() / ".cache" / "tunekit"
+
+
+@pytest.mark.parametrize("module", ["transformers", "tokenizers"])
+def test_the_key_changes_with_the_transformers_and_tokenizers_versions(
+    monkeypatch: pytest.MonkeyPatch, module: str
+) -> None:
+    """A new transformers or tokenizers release can tokenise differently: its entries are not reused."""
+    import importlib
+    from types import SimpleNamespace
+
+    tokenizer = SimpleNamespace(get_vocab=lambda: {"a": 0, "b": 1}, chat_template=None)
+    before = cache.cache_key(tokenizer, [], {"max_length": 8})
+    assert cache.cache_key(tokenizer, [], {"max_length": 8}) == before
+    monkeypatch.setattr(importlib.import_module(module), "__version__", "0.0.0-other")
+    assert cache.cache_key(tokenizer, [], {"max_length": 8}) != before

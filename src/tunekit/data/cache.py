@@ -59,12 +59,24 @@ def _tokenizer_digest(tokenizer: Any) -> str:
     return h.hexdigest()
 
 
+def _version(module: str) -> str | None:
+    """``module.__version__``, or None when it is not installed."""
+    import importlib
+
+    try:
+        return str(importlib.import_module(module).__version__)
+    except ImportError:
+        return None
+
+
 def cache_key(tokenizer: Any, examples: list[Example], settings: dict[str, Any]) -> str:
-    """SHA-256 of the examples, the tokenizer and template, the settings and the tunekit version."""
+    """SHA-256 of the examples, the tokenizer and template, the settings and the tunekit, transformers and
+    tokenizers versions (a new release of either can tokenise or apply a chat template differently)."""
     from tunekit import __version__
 
     h = hashlib.sha256()
-    h.update(json.dumps({"v": __version__, "format": _FORMAT, **settings}, sort_keys=True).encode("utf-8"))
+    versions = {"v": __version__, "transformers": _version("transformers"), "tokenizers": _version("tokenizers")}
+    h.update(json.dumps({**versions, "format": _FORMAT, **settings}, sort_keys=True).encode("utf-8"))
     h.update(_tokenizer_digest(tokenizer).encode("utf-8"))
     for ex in examples:
         h.update(json.dumps([ex.row, ex.text, ex.messages], ensure_ascii=False, default=str).encode("utf-8"))
