@@ -78,3 +78,25 @@ def test_human_size():
     assert human_size(35 * 1024 + 400) == "35.4 KiB"
     assert human_size(3 * 1024**3) == "3.0 GiB"
     assert human_size(None) == "n/a"
+
+
+@pytest.mark.parametrize(
+    ("model_eos", "expected"),
+    [(None, [2, 7]), (5, [2, 5, 7]), ([5, 9], [2, 5, 7, 9]), ([2, 7], [2, 7])],
+    ids=["none", "one", "several", "same"],
+)
+def test_generation_eos_adds_to_the_models_own(model_eos, expected):
+    """The export's EOS ids are the model's own plus end-of-turn and the tokenizer's EOS, not a replacement."""
+    from types import SimpleNamespace
+
+    from transformers import GenerationConfig
+
+    from tunekit.export.hf import set_generation_eos
+
+    model = SimpleNamespace(
+        generation_config=GenerationConfig(eos_token_id=model_eos),
+        config=SimpleNamespace(eos_token_id=model_eos, pad_token_id=None),
+    )
+    eos = set_generation_eos(model, SimpleNamespace(eos_token_id=2, pad_token_id=0), end_of_turn_id=7)
+    assert eos == expected and model.generation_config.eos_token_id == expected
+    assert model.config.eos_token_id == expected

@@ -86,9 +86,13 @@ def written_copy(model: Any, owned: bool, dtype: str) -> Any:
 
 
 def set_generation_eos(model: Any, tokenizer: Any, end_of_turn_id: int) -> list[int]:
-    """EOS ids of the generation config: the template's end-of-turn token and the tokenizer's EOS."""
-    eos = sorted({end_of_turn_id, tokenizer.eos_token_id} - {None})
+    """EOS ids of the generation config: the model's own EOS ids, the template's end-of-turn token and the
+    tokenizer's EOS (added to the model's, never replacing them: a model that stops on several tokens
+    keeps stopping on each)."""
     gen = model.generation_config
+    eos = sorted(
+        ({end_of_turn_id, tokenizer.eos_token_id} | _ids(gen.eos_token_id) | _ids(model.config.eos_token_id)) - {None}
+    )
     gen.eos_token_id = eos
     gen.pad_token_id = tokenizer.pad_token_id
     gen.do_sample = False  # greedy, as tuner.generate() and the verification decode; users may sample
@@ -97,6 +101,15 @@ def set_generation_eos(model: Any, tokenizer: Any, end_of_turn_id: int) -> list[
     model.config.eos_token_id = eos[0] if len(eos) == 1 else eos
     model.config.pad_token_id = tokenizer.pad_token_id
     return eos
+
+
+def _ids(value: Any) -> set[int]:
+    """A config's ``eos_token_id`` (None, an int or a list of ints) as a set."""
+    if value is None:
+        return set()
+    if isinstance(value, int):
+        return {value}
+    return {int(v) for v in value if v is not None}
 
 
 def write_hf(model: Any, tokenizer: Any, end_of_turn_id: int, out: Path, *, max_shard_size: str = "4GB") -> None:
