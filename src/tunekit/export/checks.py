@@ -60,9 +60,19 @@ def reference(
         model, owned = hfx.full_precision_model(tuner)
     notes: list[str] = []
     expected = trained
+    # The merge is enforced only when like is compared with like: a model held in fp32 against its fp32 merge.
+    # A bf16 / fp16 model is merged in fp32 (hf.full_precision_model), which computes in another precision,
+    # so greedy tokens may differ for precision alone: reported, not enforced (as for QLoRA).
+    low_precision = not quantized and not hfx.held_in_fp32(tuner.model)
     if tuner.method.is_adapter:  # the merge itself, in memory, in fp32
         merged = [greedy(model, g.ids, eos_ids=eos, pad_id=pad, max_new_tokens=max_new) for g in golden]
-        if merged != trained and not quantized:
+        if merged != trained and low_precision:
+            notes.append(
+                "the model was trained in 16-bit and merged in fp32; the fp32 merge differs from the 16-bit trained "
+                f"model on {sum(a != b for a, b in zip(merged, trained))} golden prompt(s), from precision alone "
+                "(reported, not enforced); the export is compared with the fp32 merge"
+            )
+        elif merged != trained and not quantized:
             bad = next(i for i, (a, b) in enumerate(zip(merged, trained)) if a != b)
             raise ExportError(
                 f"merging {tuner.method.name} into the base weights changed the model's outputs on the golden prompt "

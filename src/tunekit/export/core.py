@@ -124,7 +124,9 @@ def _write_adapter(tuner: Any, staging: Path) -> None:
     loaded = tuner.loaded
     tuner.backend.save(loaded, staging)  # the save manifest comes last, once the model card is written
     gen = copy.deepcopy(tuner.model.generation_config)
-    gen.eos_token_id = sorted({loaded.template.end_of_turn_id, tuner.tokenizer.eos_token_id} - {None})
+    # The model's own EOS ids stay: end-of-turn and the tokenizer's EOS are added to them (as for hf exports).
+    eos = {loaded.template.end_of_turn_id, tuner.tokenizer.eos_token_id} | hfx._ids(gen.eos_token_id)
+    gen.eos_token_id = sorted(eos - {None})
     gen.pad_token_id = tuner.tokenizer.pad_token_id
     gen.save_pretrained(staging)  # peft does not write one: without it a plain load stops at the base's EOS
 

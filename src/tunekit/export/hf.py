@@ -1,7 +1,8 @@
 """The trained model as one full-precision transformers model, and the ``hf`` export directory.
 
 A merge always happens in a full-precision copy: merging into a 4-bit or 8-bit base would round the
-trained update away, so a QLoRA run re-loads its base in fp32 and merges there.
+trained update away, so a QLoRA run re-loads its base in fp32 and merges there; a bf16 / fp16 run
+merges into a copy upcast to fp32 first.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 from tunekit._quiet import quiet
 from tunekit.errors import ExportError, IncompatibleError
 
-__all__ = ["DTYPES", "full_precision_model", "reload_hf", "torch_dtype_of", "write_hf"]
+__all__ = ["DTYPES", "full_precision_model", "held_in_fp32", "reload_hf", "torch_dtype_of", "write_hf"]
 
 DTYPES = ("fp32", "bf16", "fp16")
 
@@ -70,9 +71,32 @@ def full_precision_model(tuner: Any) -> tuple[Any, bool]:
 
     if is_quantized(tuner.model):
         return _dequantized_base(tuner), True
-    merged = tuner.merge()
-    merged.float()  # an adapter over a bf16 base merges into fp32 weights; rounding happens once, when written
-    return merged, True
+    if held_in_fp32(tuner.model):
+        return tuner.merge(), True
+    return _merged_in_fp32(tuner.model), True
+
+
+def held_in_fp32(model: Any) -> bool:
+    """Whether every floating-point weight of ``model`` is fp32 (not a bf16 / fp16 training run)."""
+    import torch
+
+    return all(p.dtype == torch.float32 for p in model.parameters() if p.is_floating_point())
+
+
+def _merged_in_fp32(model: Any) -> Any:
+    """The adapter merged into an fp32 copy of a bf16 / fp16 model.
+
+    The copy is upcast before the merge (exact: fp32 holds every bf16 / fp16 value), so the base
+    weight plus the adapter's update is summed in fp32; merging in the low precision and upcasting
+    afterwards would round the update into the 16-bit weights first, and an fp32 export would hold
+    those rounded weights. Rounding happens once, when the export is written in its dtype.
+    """
+    fp32 = copy.deepcopy(model)
+    fp32.float()
+    with quiet():
+        merged = fp32.merge_and_unload()
+    merged.eval()
+    return merged
 
 
 def written_copy(model: Any, owned: bool, dtype: str) -> Any:
