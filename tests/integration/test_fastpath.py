@@ -114,6 +114,20 @@ def test_fit_with_packing_matches_padded_batches_and_learns(model_dir: Path) -> 
     assert losses[True][-1] < losses[True][0]
 
 
+def test_samples_generated_during_a_packed_run_mask_the_padding(tiny_llama_init02: Path) -> None:
+    # Generation pads a batch of prompts on the left; tunekit_varlen masks no padding, so generation
+    # during training must use the model's own attention: the samples at the last step equal what
+    # the trained model generates afterwards (same weights), for prompts of different lengths.
+    prompts = ["first: 3 1 4 1 5 9 2 6", "first: 7 2"]
+    tr = tk.Training(device="cpu", max_steps=20, batch_size=8, learning_rate=5e-3, packing=True)
+    tuner = tk.Tuner(
+        str(tiny_llama_init02), method=tk.LoRA(r=8), training=tr, hooks=[tk.SampleGenerations(prompts, every=20)]
+    )
+    result = tuner.fit(first_task(48, seed=4))
+    during = [s["output"] for s in next(h for h in result.history if "samples" in h)["samples"]]
+    assert during == tuner.generate(prompts, max_new_tokens=32)
+
+
 def test_prompt_tuning_falls_back_to_padded_batches(model_dir: Path) -> None:
     tuner = tk.Tuner(str(model_dir), method=tk.PromptTuning(num_virtual_tokens=4), training=tk.Training(device="cpu"))
     path = fastpath.choose(tuner.model, tuner.training, torch.device("cpu"))

@@ -15,6 +15,7 @@ from tunekit.backends.hf.batch_size import train_fitting
 from tunekit.backends.hf.callbacks import HookBridge
 from tunekit.backends.hf.checkpoints import RunIdentity, data_fingerprint, install, mark_finished, run_config
 from tunekit.backends.hf.distributed import barrier, check_distributed, gather_weights, rank_device
+from tunekit.backends.hf.fastpath import own_attention
 from tunekit.backends.hf.guards import NonFiniteGuard
 from tunekit.backends.hf.method_callbacks import method_callbacks
 from tunekit.backends.hf.models import (
@@ -287,7 +288,7 @@ class HFBackend:
         old_side = tok.padding_side
         tok.padding_side = "left"
         try:
-            with quiet(), torch.no_grad():
+            with quiet(), torch.no_grad(), own_attention(model):
                 for i in range(0, len(texts), batch_size):
                     enc = tok(texts[i : i + batch_size], return_tensors="pt", padding=True, add_special_tokens=not chat)
                     enc = {k: v.to(loaded.device) for k, v in enc.items()}

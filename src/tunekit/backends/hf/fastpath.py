@@ -41,7 +41,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["VARLEN", "FastPath", "choose", "fast_sft_trainer", "packed_collator", "varlen_attention"]
+__all__ = ["VARLEN", "FastPath", "choose", "fast_sft_trainer", "own_attention", "packed_collator", "varlen_attention"]
 
 logger = logging.getLogger("tunekit")
 
@@ -219,13 +219,34 @@ def varlen_attention(model: Any, path: FastPath) -> Iterator[None]:
     configs = [m.config for m in model.modules() if hasattr(m, "config") and hasattr(m.config, "_attn_implementation")]
     configs = list({id(c): c for c in configs}.values())
     before = [c._attn_implementation for c in configs]
-    for c in configs:
+    for c, b in zip(configs, before):
         c._attn_implementation = path.attention
+        c._tk_attn_own = b  # for own_attention(): generation during training (SampleGenerations)
     try:
         yield
     finally:
         for c, b in zip(configs, before):
             c._attn_implementation = b
+            c.__dict__.pop("_tk_attn_own", None)
+
+
+@contextlib.contextmanager
+def own_attention(model: Any) -> Iterator[None]:
+    """The model's own attention implementation while it generates inside a packed run.
+
+    tunekit_varlen keeps packed examples apart but builds no padding mask, and generation pads a
+    batch of prompts on the left: the model's own implementation masks the padding.
+    """
+    configs = [m.config for m in model.modules() if hasattr(getattr(m, "config", None), "_tk_attn_own")]
+    configs = list({id(c): c for c in configs}.values())
+    training = [c._attn_implementation for c in configs]
+    for c in configs:
+        c._attn_implementation = c._tk_attn_own
+    try:
+        yield
+    finally:
+        for c, t in zip(configs, training):
+            c._attn_implementation = t
 
 
 class _PackedCollator:
