@@ -305,3 +305,13 @@ def test_a_finished_run_trained_further_is_resumed_by_auto(tmp_path):
     later = _checkpoint(tmp_path, 150, "A")
     assert resolve_resume("auto", tmp_path) == later
     assert resolve_resume(True, tmp_path) == later
+
+
+def test_a_run_resumed_from_an_earlier_checkpoint_drops_the_later_ones_it_abandoned(tmp_path):
+    # Run A wrote 100 and 150; resumed from 100 it writes 110: "auto" must never go back to 150.
+    kept = _checkpoint(tmp_path, 100, "A")
+    abandoned = _checkpoint(tmp_path, 150, "A")
+    newest = _checkpoint(tmp_path, 110, "A")
+    checkpoints._rotate(tmp_path, "A", None, newest)
+    assert kept.is_dir() and newest.is_dir() and not abandoned.exists()
+    assert resolve_resume("auto", tmp_path) == newest

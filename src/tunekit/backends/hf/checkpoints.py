@@ -227,9 +227,12 @@ def mark_finished(output_dir: Path, run_id: str, steps: int) -> None:
 
 
 def _rotate(output_dir: Path, run_id: str, keep: int | None, newest: Path) -> None:
-    """Remove other runs' checkpoints, and this run's beyond ``keep`` (never the one just written)."""
+    """Remove other runs' checkpoints, this run's beyond ``keep``, and this run's later than the one just
+    written (never that one)."""
+    dirs = checkpoint_dirs(output_dir)
+    newest_step = next((s for s, p in dirs if p == newest), None)
     ours = []
-    for step, p in checkpoint_dirs(output_dir):
+    for step, p in dirs:
         if p == newest:
             continue
         try:
@@ -238,6 +241,10 @@ def _rotate(output_dir: Path, run_id: str, keep: int | None, newest: Path) -> No
             continue  # not ours to judge: an incomplete or foreign directory stays for the user to see
         if owner != run_id:
             logger.info("removing %s, left by an earlier run in %s", p.name, output_dir)
+            _fs.remove_tree(p, within=output_dir)
+        elif newest_step is not None and step > newest_step:
+            # Resumed from an earlier checkpoint, the run has moved on from this one: "auto" must not go back to it.
+            logger.info("removing %s: the run was resumed from an earlier checkpoint and has moved on", p.name)
             _fs.remove_tree(p, within=output_dir)
         else:
             ours.append((step, p))
