@@ -72,9 +72,13 @@ def save_tuner(tuner: Any, path: Path) -> Path:
     if not here.distributed:
         return _write(tuner, path)
     state = tuner.backend.gather_weights(tuner.loaded, tuner.method)  # a collective under FSDP / ZeRO-3
+    error: Exception | None = None
     if here.is_main:
-        _write(tuner, path, state)
-    tuner.backend.barrier()
+        try:
+            _write(tuner, path, state)
+        except Exception as e:  # shared below, so no process waits for a rank 0 that has given up
+            error = e
+    tuner.backend.settle(error, what=f"save({str(path)!r})")
     return path
 
 

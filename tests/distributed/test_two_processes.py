@@ -87,6 +87,12 @@ def test_only_rank_0_writes_and_runs_hooks(two_processes):
     assert not [p for p in two_processes["out"].iterdir() if p.name.startswith(".")]  # no stray temporary saves
 
 
+def test_packed_rows_keep_their_boundaries_through_the_ddp_wrapper(two_processes):
+    # Without them tunekit's varlen attention reads the boundaries back from the device in every layer.
+    for rank in two_processes["ranks"]:
+        assert rank["bounds"] == [True] * 6
+
+
 def test_generate_and_load_after_a_distributed_fit(two_processes, one_process):
     for rank in two_processes["ranks"]:
         assert rank["generated"] == rank["generated_after_load"] == one_process["generated"]
@@ -116,3 +122,23 @@ def test_a_failing_rank_ends_the_job_with_its_error(tiny_llama, tmp_path):
     failed_at = float((tmp_path / "failed_at").read_text(encoding="utf-8"))
     assert ended - failed_at < 30, f"the job took {ended - failed_at:.1f}s to end after rank 1 failed"
     assert ended - start < 170
+
+
+def test_a_write_failing_on_rank_0_alone_raises_on_every_rank_and_hangs_none(tiny_llama, one_process, tmp_path):
+    # Each failure used to leave rank 1 waiting in a barrier for a rank 0 that had given up (until the
+    # 30-minute collective timeout, in a script that catches the error).
+    proc = torchrun("failures", tiny_llama, tmp_path, str(one_process["out"] / "adapter"), timeout=180)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    rank0, rank1 = (json.loads((tmp_path / f"rank-{r}.json").read_text(encoding="utf-8")) for r in (0, 1))
+    # tk.load(...).save(...) with no fit: rank 1 returned only once rank 0's copy was complete.
+    assert rank0["copy_whole_on_return"] and rank1["copy_whole_on_return"]
+    assert rank0["failed_save"].startswith("CheckpointError: ") and "disk is full" in rank0["failed_save"]
+    assert rank1["failed_save"].startswith("CheckpointError: save(") and "failed on rank 0" in rank1["failed_save"]
+    assert "disk is full" in rank1["failed_save"]  # rank 0's own message, passed on
+    assert not (tmp_path / "failed").exists()
+    assert rank0["save_after"] == rank1["save_after"] == "ok"  # the processes are still in step
+    assert (tmp_path / "after" / "tunekit.json").is_file()
+    assert rank0["failed_checkpoint"].startswith("CheckpointError: could not write checkpoint-3")
+    assert rank1["failed_checkpoint"] == f"CheckpointError: checkpoint-3 failed on rank 0: {rank0['failed_checkpoint']}"
+    assert not list((tmp_path / "run").glob("checkpoint-*"))
+    assert not (tmp_path / "run" / ".tunekit-staging").exists()

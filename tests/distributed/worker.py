@@ -7,17 +7,23 @@
   hook on rank 1 alone asks to stop after step 5.
   Each rank writes what it saw to ``OUT/rank-N.json``.
 - ``crash``: rank 1 fails inside its third forward pass; the job must end with that error.
+- ``failures SAVED``: writes that fail on rank 0 alone, caught by the script on every rank: a
+  ``tk.load(SAVED).save(...)`` with no fit before it (rank 1 must return only once the copy is
+  whole), a save whose files cannot be written on rank 0, then a fit whose first checkpoint cannot be
+  published on rank 0. Every rank must raise, none may wait for ever, and a save afterwards works.
 - ``sharded ENGINE`` (GPUs only, ``fsdp`` or ``zero3``): LoRA with sharded weights on
   ``cuda:LOCAL_RANK``: fit, save (gathered), generate on every rank, load the save and generate.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -27,6 +33,7 @@ import peft  # noqa: E402
 
 import tunekit as tk  # noqa: E402
 import tunekit.saving  # noqa: E402
+from tunekit.backends.hf import checkpoints  # noqa: E402
 from tunekit.testing import reverse_task  # noqa: E402
 
 STEPS, SAVE_EVERY, PER_RANK_BATCH = 6, 3, 4
@@ -109,6 +116,10 @@ def train(model: str, out: Path) -> None:
         output_dir=out / "run",
         progress=False,
     )
+    bounds: list[bool] = []  # whether each training forward (through DDP's wrapper) got the packed rows' boundaries
+    tuner.model.register_forward_pre_hook(
+        lambda m, args, kwargs: bounds.append("tunekit_bounds" in kwargs) if m.training else None, with_kwargs=True
+    )
     result = tuner.fit(DATA)
     saved = tuner.save(out / "adapter")
     text = tuner.generate(PROMPT, max_new_tokens=8)
@@ -131,6 +142,7 @@ def train(model: str, out: Path) -> None:
         "every_rank_hook": every_rank.events,
         "where": every_rank.where,
         "writes": writes,
+        "bounds": bounds,
         "resumed_history": [[h["step"], h["loss"]] for h in after.history if "loss" in h],
         "resumed_steps": after.steps,
         "resumed_stop_reason": after.stop_reason,
@@ -151,6 +163,43 @@ def crash(model: str, out: Path) -> None:
 
     tuner.model.get_input_embeddings().register_forward_hook(fail_on_rank_1)
     tuner.fit(DATA)
+
+
+def _disk_full(*_: object, **__: object) -> None:
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def _outcome(call: Any) -> str:
+    try:
+        call()
+        return "ok"
+    except tk.errors.TunekitError as e:
+        return f"{type(e).__name__}: {e}"
+
+
+def failures(model: str, out: Path, saved: str) -> None:
+    rank = int(os.environ["RANK"])
+    report: dict[str, Any] = {}
+    loaded = tk.load(saved)  # no fit: no process group yet
+    loaded.save(out / "copy")
+    report["copy_whole_on_return"] = (out / "copy" / tunekit.saving.MANIFEST).is_file()
+    real_save = loaded.backend.save
+    if rank == 0:
+        loaded.backend.save = _disk_full
+    report["failed_save"] = _outcome(lambda: loaded.save(out / "failed"))
+    loaded.backend.save = real_save
+    report["save_after"] = _outcome(lambda: loaded.save(out / "after"))
+    if rank == 0:
+        checkpoints._publish = _disk_full  # type: ignore[assignment]
+    tuner = tk.Tuner(
+        model,
+        method=tk.LoRA(r=4),
+        training=training(PER_RANK_BATCH, max_steps=SAVE_EVERY),
+        output_dir=out / "run",
+        progress=False,
+    )
+    report["failed_checkpoint"] = _outcome(lambda: tuner.fit(DATA))
+    (out / f"rank-{rank}.json").write_text(json.dumps(report), encoding="utf-8")
 
 
 def sharded(model: str, out: Path, engine: str) -> None:
@@ -182,5 +231,7 @@ if __name__ == "__main__":
     scenario, model_dir, out_dir = sys.argv[1], sys.argv[2], Path(sys.argv[3])
     if scenario == "sharded":
         sharded(model_dir, out_dir, sys.argv[4])
+    elif scenario == "failures":
+        failures(model_dir, out_dir, sys.argv[4])
     else:
         {"train": train, "crash": crash}[scenario](model_dir, out_dir)

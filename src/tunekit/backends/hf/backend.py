@@ -14,7 +14,7 @@ from tunekit._quiet import quiet
 from tunekit.backends.hf.batch_size import train_fitting
 from tunekit.backends.hf.callbacks import HookBridge
 from tunekit.backends.hf.checkpoints import RunIdentity, data_fingerprint, install, mark_finished, run_config
-from tunekit.backends.hf.distributed import barrier, check_distributed, gather_weights, rank_device
+from tunekit.backends.hf.distributed import check_distributed, gather_weights, rank_device, settle
 from tunekit.backends.hf.fastpath import own_attention
 from tunekit.backends.hf.guards import NonFiniteGuard
 from tunekit.backends.hf.method_callbacks import method_callbacks
@@ -320,9 +320,10 @@ class HFBackend:
         """Sharded weights (FSDP, ZeRO-3) gathered for a save; every process calls it (see Tuner.save)."""
         return gather_weights(loaded.model, loaded.engine, adapter=method.is_adapter)
 
-    def barrier(self) -> None:
-        """Wait for every process (several processes only), e.g. until rank 0 has written a save."""
-        barrier()
+    def settle(self, error: BaseException | None, *, what: str) -> None:
+        """Every process waits here until all reach it; an error on any one is raised on every one
+        (several processes only; with one, ``error`` is raised if given)."""
+        settle(error, what=what)
 
     def save(self, loaded: Loaded, path: Path, state_dict: dict[str, Any] | None = None) -> None:
         with quiet():

@@ -14,8 +14,10 @@ is kept as it is. :class:`CheckpointMixin` redirects it into a staging directory
    this run's beyond ``Training(keep_checkpoints=N)``.
 
 A checkpoint without a manifest, or whose files do not match it, is incomplete: resume skips it.
-Other ranks of a distributed run write their shards into the same staging directory and wait at
-a barrier while the main process publishes it.
+Other ranks of a distributed run write their shards into the same staging directory and wait
+while the main process publishes it; a failure on any process (a full disk on rank 0, say) is
+shared with all of them (:func:`~tunekit.backends.hf.distributed.settle`), so every process raises
+rather than some waiting for ever.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from tunekit import _fs
+from tunekit.backends.hf.distributed import settle
 from tunekit.distributed import world
 from tunekit.errors import CheckpointError
 
@@ -330,19 +333,34 @@ class CheckpointMixin:
         # transformers writes everything (model, optimizer, RNG, sharded states) into the staging directory.
         trainer._get_output_dir = lambda trial=None: str(staging_root)
         try:
-            super()._save_checkpoint(model, trial)  # type: ignore[misc]
-            trainer.accelerator.wait_for_everyone()
-            if main:
-                _publish(trainer, staging, final)
-        except OSError as e:
-            if main:
-                _fs.remove_tree(staging, within=staging_root)
-                if staging_root.is_dir() and not any(staging_root.iterdir()):
-                    _fs.remove_tree(staging_root, within=run_dir)
-            raise CheckpointError(_save_failed(e, final, run_dir)) from e
+            failed = self._tk_attempt(
+                lambda: super(CheckpointMixin, self)._save_checkpoint(model, trial),  # type: ignore[misc]
+                final,
+            )
+            settle(failed, what=final.name)  # a collective every process reaches, failed or not
+            failed = self._tk_attempt(lambda: _publish(trainer, staging, final) if main else None, final)
+            settle(failed, what=final.name)
         finally:
             trainer.__dict__.pop("_get_output_dir", None)
-        trainer.accelerator.wait_for_everyone()
+
+    def _tk_attempt(self, step: Any, final: Path) -> Exception | None:
+        """Run one step of a checkpoint's save; a failure is returned (for :func:`settle`) after the main process
+        has removed the partial staging directory."""
+        trainer: Any = self
+        try:
+            step()
+            return None
+        except Exception as e:
+            if trainer.args.should_save:
+                staging_root = final.parent / STAGING
+                _fs.remove_tree(staging_root / final.name, within=staging_root)
+                if staging_root.is_dir() and not any(staging_root.iterdir()):
+                    _fs.remove_tree(staging_root, within=final.parent)
+            if isinstance(e, OSError):
+                error = CheckpointError(_save_failed(e, final, final.parent))
+                error.__cause__ = e
+                return error
+            return e
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
         super().log(logs, *args, **kwargs)  # type: ignore[misc]

@@ -24,15 +24,16 @@ from __future__ import annotations
 from typing import Any
 
 from tunekit.distributed import DDP, FSDP, DeepSpeed, shards_parameters, world
-from tunekit.errors import ConfigError, IncompatibleError, MissingDependencyError
+from tunekit.errors import CheckpointError, ConfigError, IncompatibleError, MissingDependencyError
 
 __all__ = [
-    "barrier",
     "check_distributed",
     "deepspeed_config",
     "engine_args",
     "gather_weights",
+    "join_group",
     "rank_device",
+    "settle",
     "share_stop",
 ]
 
@@ -267,15 +268,33 @@ def share_stop(ctx: Any) -> None:
         ctx.request_stop(reason if reason == "cancelled" else f"{reason} (on rank {rank})")
 
 
-def barrier() -> None:
-    """Wait for every process (when there are several), e.g. until rank 0 has written a save."""
+def join_group() -> None:
+    """Start the process group from torchrun's environment if none exists yet, as ``TrainingArguments``
+    does through accelerate (NCCL on GPUs, gloo on CPU): a save or load outside ``fit`` (``tk.load(...)``
+    then ``save``) still waits for every process."""
+    if world().distributed and not _ready():
+        from accelerate import PartialState
+
+        PartialState()
+
+
+def settle(error: BaseException | None, *, what: str) -> None:
+    """End a step that may fail on some processes only (rank 0 writing a save or a checkpoint) on all of
+    them together: a collective that every process reaches, failed or not, so none is left waiting in a
+    barrier for a process that has gone. The failing process raises its own error; the others raise
+    :class:`CheckpointError` naming the rank and its message. One process: ``error`` is raised, if any.
+    """
+    join_group()
     if _ready():
         import torch.distributed as dist
 
-        if "nccl" in str(dist.get_backend()):
-            dist.barrier(device_ids=[_collective_device().index])
-        else:
-            dist.barrier()
+        messages: list[str | None] = [None] * dist.get_world_size()
+        dist.all_gather_object(messages, None if error is None else f"{type(error).__name__}: {error}")
+        failed = next(((rank, m) for rank, m in enumerate(messages) if m is not None), None)
+        if error is None and failed is not None:
+            raise CheckpointError(f"{what} failed on rank {failed[0]}: {failed[1]}")
+    if error is not None:
+        raise error
 
 
 def gather_weights(model: Any, engine: Any, *, adapter: bool) -> dict[str, Any] | None:

@@ -292,7 +292,9 @@ def fast_sft_trainer(base: Any, *, fused_head: bool) -> Any:
                 self._total_train_tokens += int(real)
                 self._metrics["train"]["num_tokens"] = [self._total_train_tokens]  # logged, as trl does
             inputs["use_cache"] = False
-            if _attention_of(model) != VARLEN:  # the boundaries are for tunekit's attention only
+            # self.model, not model: under DDP ``model`` is the wrapper, which has no config, and the boundaries
+            # dropped here would be read back from the device in every layer.
+            if _attention_of(self.model) != VARLEN:  # the boundaries are for tunekit's attention only
                 inputs.pop("tunekit_bounds", None)
             if not fused_head:
                 return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
