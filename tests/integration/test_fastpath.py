@@ -218,6 +218,95 @@ def test_varlen_attention_refuses_attention_sinks() -> None:
         fastpath._varlen_sdpa(module, q, q, q, None, s_aux=torch.zeros(2), tunekit_bounds=(0, 2, 4))
 
 
+def _reference_kernel(calls: list[dict], *, gqa: bool):
+    """Stands in for torch's flash varlen kernel on CPU (the real one needs CUDA): its signature (torch 2.11 without
+    ``enable_gqa``, 2.12+ with), its layout, and causal attention within each example."""
+
+    def kernel(q, k, v, cu_q, cu_k, max_q, max_k, *, return_aux=None, scale=None, window_size=(-1, -1), **more):
+        calls.append({"window": window_size, "dtype": cu_q.dtype, "max": (max_q, max_k), **more})
+        assert cu_q is cu_k and q.dim() == k.dim() == 3 and (gqa or q.shape[1] == k.shape[1])
+        outs = []
+        for start, end in zip(cu_q.tolist(), cu_q.tolist()[1:]):
+            qs, ks, vs = (t[start:end].transpose(0, 1) for t in (q, k, v))
+            out = torch.nn.functional.scaled_dot_product_attention(
+                qs, ks, vs, is_causal=window_size == (-1, 0), scale=scale, enable_gqa=bool(more.get("enable_gqa"))
+            )
+            outs.append(out.transpose(0, 1))
+        return torch.cat(outs)
+
+    if not gqa:
+        return lambda q, k, v, cu_q, cu_k, max_q, max_k, *, return_aux=None, scale=None, window_size=(-1, -1): kernel(
+            q, k, v, cu_q, cu_k, max_q, max_k, scale=scale, window_size=window_size
+        )
+    return lambda q, k, v, cu_q, cu_k, max_q, max_k, *, scale=None, window_size=(-1, -1), enable_gqa=False: kernel(
+        q, k, v, cu_q, cu_k, max_q, max_k, scale=scale, window_size=window_size, enable_gqa=enable_gqa
+    )
+
+
+@pytest.mark.parametrize("kernel_gqa", [False, True], ids=["torch-2.11", "torch-2.12+"])
+def test_flash_varlen_kernel_gets_the_rows_layout_and_matches_per_example_attention(
+    monkeypatch: pytest.MonkeyPatch, kernel_gqa: bool
+) -> None:
+    """On CUDA in half precision a packed row goes to torch's flash varlen kernel in one call; here a reference
+    kernel checks tunekit's side: the (tokens, heads, dim) layout, int32 boundaries, the longest example, causal
+    windows and grouped key/value heads. The real kernel is compared on a GPU (tests/gpu/test_flash_varlen.py)."""
+    g = torch.Generator().manual_seed(0)
+    bounds = (0, 5, 12, 13, 20)
+    q = torch.randn(1, 4, 20, 8, generator=g, requires_grad=True)
+    k, v = (torch.randn(1, 2, 20, 8, generator=g, requires_grad=True) for _ in range(2))  # 2 key/value heads
+    module = torch.nn.Module().eval()
+    cu = torch.tensor(bounds, dtype=torch.int64)
+    loop, _ = fastpath._varlen_sdpa(module, q, k, v, None, scaling=0.3, tunekit_bounds=bounds, cu_seq_lens_q=cu)
+    calls: list[dict] = []
+    monkeypatch.setattr(fastpath, "_varlen_kernel", lambda: _reference_kernel(calls, gqa=kernel_gqa))
+    monkeypatch.setattr(fastpath, "_flash_eligible", lambda query, dropout: True)
+    monkeypatch.setattr(fastpath, "_flash_failed", None)
+    flash, _ = fastpath._varlen_sdpa(module, q, k, v, None, scaling=0.3, tunekit_bounds=bounds, cu_seq_lens_q=cu)
+    assert len(calls) == 1 and calls[0]["window"] == (-1, 0) and calls[0]["dtype"] == torch.int32
+    assert calls[0]["max"] == (7, 7) and calls[0].get("enable_gqa", False) is kernel_gqa
+    assert flash.shape == loop.shape == (1, 20, 4, 8)
+    torch.testing.assert_close(flash, loop)
+    grads = torch.autograd.grad(flash.square().sum(), (q, k, v))
+    expected = torch.autograd.grad(loop.square().sum(), (q, k, v))
+    for got, want in zip(grads, expected):
+        torch.testing.assert_close(got, want)
+
+
+def test_a_flash_kernel_that_refuses_falls_back_to_the_loop_once_and_says_so(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    calls = []
+
+    def refusing(*args, **kwargs):
+        calls.append(1)
+        raise RuntimeError("FlashAttention only supports Ampere GPUs or newer")
+
+    q = torch.randn(1, 2, 9, 8)
+    bounds = (0, 4, 9)
+    module = torch.nn.Module().eval()
+    loop, _ = fastpath._varlen_sdpa(module, q, q, q, None, tunekit_bounds=bounds)
+    monkeypatch.setattr(fastpath, "_varlen_kernel", lambda: refusing)
+    monkeypatch.setattr(fastpath, "_flash_eligible", lambda query, dropout: True)
+    monkeypatch.setattr(fastpath, "_flash_failed", None)
+    with caplog.at_level("WARNING", logger="tunekit"):
+        first, _ = fastpath._varlen_sdpa(module, q, q, q, None, tunekit_bounds=bounds)
+        second, _ = fastpath._varlen_sdpa(module, q, q, q, None, tunekit_bounds=bounds)
+    torch.testing.assert_close(first, loop)
+    torch.testing.assert_close(second, loop)
+    assert calls == [1]  # not retried at every layer
+    assert [r.message for r in caplog.records if "flash varlen" in r.message] == [
+        "flash varlen attention unavailable (RuntimeError: FlashAttention only supports Ampere GPUs or newer); "
+        "attending example by example"
+    ]
+
+
+def test_flash_varlen_is_used_only_where_its_kernel_runs() -> None:
+    cpu = torch.zeros(1, 2, 4, 64, dtype=torch.bfloat16)
+    assert not fastpath._flash_eligible(cpu, 0.0)  # CPU: the per-example loop
+    meta = torch.empty(1, 2, 4, 64, dtype=torch.bfloat16, device="meta")
+    assert not fastpath._flash_eligible(meta, 0.0)
+
+
 @pytest.mark.parametrize(("flag", "fused"), [(True, False), (False, True)], ids=["router-logits", "no-router-logits"])
 def test_moe_router_loss_takes_the_models_own_loss(monkeypatch: pytest.MonkeyPatch, flag: bool, fused: bool) -> None:
     """With config.output_router_logits the model adds its router aux loss, which the fused head would drop."""

@@ -11,7 +11,9 @@ What it changes against trl's SFTTrainer defaults, and why each is correct:
 - **Attention within each example.** trl's collator hands the sequence boundaries
   (``cu_seq_lens_q``) to the model. With flash-attention installed on CUDA, transformers' varlen
   kernel uses them; otherwise tunekit registers ``tunekit_varlen`` with transformers'
-  ``AttentionInterface``: SDPA run causally on each example's slice. transformers' own SDPA path
+  ``AttentionInterface``. On CUDA in bf16/fp16 it calls PyTorch's own flash-attention varlen kernel
+  (``torch.nn.attention.varlen.varlen_attn``, torch >= 2.10: one launch per layer for the whole
+  row); elsewhere it runs SDPA causally on each example's slice. transformers' own SDPA path
   would build a block-diagonal ``(tokens x tokens)`` mask for the whole row instead, costing
   ``(sum of lengths)^2`` attention work rather than ``sum of lengths^2``.
 - **No per-step metrics that sync the device.** trl computes entropy and token accuracy from its
@@ -95,6 +97,10 @@ def _varlen_sdpa(
         )
     gqa = key.shape[1] != query.shape[1]  # grouped-query attention: SDPA shares the key/value heads itself
     drop = dropout if module.training else 0.0
+    if _flash_eligible(query, drop):
+        out = _flash_varlen(query, key, value, kwargs.get("cu_seq_lens_q"), bounds, scaling)
+        if out is not None:
+            return out, None
     sizes = {end - start for start, end in itertools.pairwise(bounds)}
     if len(sizes) == 1:  # examples of one length: a batch of them, one SDPA call
         (size,) = sizes
@@ -124,6 +130,64 @@ def _varlen_sdpa(
         )
     out = torch.cat(parts, dim=2) if len(parts) > 1 else parts[0]
     return out.transpose(1, 2).contiguous(), None
+
+
+def _varlen_kernel() -> Any:
+    """PyTorch's flash-attention varlen function, or None (torch < 2.10)."""
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return None
+    return varlen_attn
+
+
+def _flash_eligible(query: Any, dropout: float) -> bool:
+    # The flash kernel: CUDA, half precision, no dropout (it takes none), head sizes it compiles for.
+    import torch
+
+    return (
+        query.is_cuda
+        and query.dtype in (torch.float16, torch.bfloat16)
+        and dropout == 0.0
+        and query.shape[-1] % 8 == 0
+        and query.shape[-1] <= 256
+    )
+
+
+_flash_failed: str | None = None  # why the kernel was refused once: the per-example loop is used from then on
+
+
+def _flash_varlen(query: Any, key: Any, value: Any, cu: Any, bounds: tuple[int, ...], scaling: float | None) -> Any:
+    """Causal attention within each example of a packed row in one kernel: ``(1, tokens, heads, dim)``, or None
+    when the kernel is missing or refuses these tensors (then the caller loops over the examples)."""
+    global _flash_failed
+    kernel = _varlen_kernel()
+    if kernel is None or _flash_failed is not None:
+        return None
+    import inspect
+
+    import torch
+
+    q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # (1, heads, tokens, dim) -> (tokens, heads, dim)
+    takes = inspect.signature(kernel).parameters
+    # Causal: a window of (-1, 0) from torch 2.11 on; torch 2.10 took is_causal=True.
+    extra: dict[str, Any] = {"window_size": (-1, 0)} if "window_size" in takes else {"is_causal": True}
+    if k.shape[1] != q.shape[1]:
+        if "enable_gqa" in takes:  # torch >= 2.12
+            extra["enable_gqa"] = True
+        else:  # earlier versions take as many key/value heads as query heads
+            k, v = (t.repeat_interleave(q.shape[1] // t.shape[1], dim=1) for t in (k, v))
+    if cu is None or cu.device != q.device:
+        cu = torch.tensor(bounds, device=q.device)  # built from ints already on the host: no device sync
+    cu = cu.to(torch.int32)
+    longest = max(end - start for start, end in itertools.pairwise(bounds))
+    try:
+        out = kernel(q, k, v, cu, cu, longest, longest, scale=scaling, **extra)
+    except (RuntimeError, NotImplementedError, TypeError) as e:  # an unsupported GPU or build: keep training
+        _flash_failed = f"{type(e).__name__}: {e}"
+        logger.warning("flash varlen attention unavailable (%s); attending example by example", _flash_failed)
+        return None
+    return out.unsqueeze(0)
 
 
 _registered = False
