@@ -10,8 +10,6 @@ import subprocess
 import zipfile
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "scripts"
 
@@ -33,8 +31,8 @@ GPU_RUN = [
 ]
 LOCAL = {"tunekit", "tests", "_util"}
 # tunekit's optional integrations that no gpu-marked test and no benchmark uses (checked below: the GPU_RUN
-# files import none of them), so they are not carried: GGUF export, MLflow, llama.cpp, DeepSpeed (multi_gpu).
-NOT_NEEDED_THERE = {"gguf", "mlflow", "llama_cpp", "deepspeed"}
+# files import none of them), so they are not carried: MLflow, llama.cpp, DeepSpeed (multi_gpu).
+NOT_NEEDED_THERE = {"mlflow", "llama_cpp", "deepspeed"}
 
 
 def test_the_scripts_parse():
@@ -88,7 +86,6 @@ def _fake_wheel(folder: Path, name: str, version: str, requires: list[str], file
 
 
 def test_the_wheel_check_finds_unmet_needs_strays_and_missing_pins(tmp_path):
-    pytest.importorskip("packaging")
     pins, _ = kit.wheel_pins()
     _fake_wheel(
         tmp_path,
