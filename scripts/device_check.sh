@@ -93,7 +93,7 @@ fi
 #    About 2-3 minutes on an H200 (40 steps of batch 8, 128..2048 tokens, four variants); 150 s kept for nox.
 BENCH_ARGS=()
 [ "$SMOKE" -eq 1 ] && BENCH_ARGS=(--smoke --steps 12 --warm 4)
-run_step gpu_throughput 300 150 gpu_throughput.log "$PY" benchmarks/gpu_throughput.py "${BENCH_ARGS[@]}"
+run_step gpu_throughput 300 150 gpu_throughput.log "$PY" benchmarks/gpu_throughput.py ${BENCH_ARGS[@]+"${BENCH_ARGS[@]}"}
 grep -h '^{"benchmark": "gpu_throughput"' "$OUT/gpu_throughput.log" >"$OUT/gpu_throughput.json" || true
 
 # 4. issue #9: the `gpu` nox session (tests marked gpu: tests/gpu/, tests/distributed/test_gpus.py) on this
