@@ -13,6 +13,7 @@
 # tee'd into $OUT (a temporary folder when OUT is unset) as it runs, so a killed run still leaves its logs:
 # summary.txt, install.log, env.log, gpu_throughput.log, gpu_throughput.json, nox_gpu.log, gpu_junit.xml.
 # Exit status: the number of steps that failed (in smoke mode the gpu session's no-CUDA failure is expected).
+# Environment: PYTHON (default python3), DEVICE_SITE, OUT, DEVICE_CHECK_BUDGET_S (default 540).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,7 +23,7 @@ while [ $# -gt 0 ]; do
     case "$1" in
         --smoke) SMOKE=1; shift ;;
         --budget) BUDGET="$2"; shift 2 ;;
-        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+        -h|--help) awk 'NR > 1 && /^#/ { print; next } NR > 1 { exit }' "$0"; exit 0 ;;
         *) echo "device_check.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done

@@ -17,7 +17,7 @@ while [ $# -gt 0 ]; do
     case "$1" in
         --python-version) PY_VERSION="$2"; shift 2 ;;
         --dest) DEST="$2"; shift 2 ;;
-        -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+        -h|--help) awk 'NR > 1 && /^#/ { print; next } NR > 1 { exit }' "$0"; exit 0 ;;
         *) echo "device_wheels.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
