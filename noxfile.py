@@ -7,11 +7,20 @@ runs every example and `tunekit fit` on every example config. The default suite 
 (tests/test_docs.py, tests/integration/test_examples*.py, tests/integration/test_cli.py), so CI covers them.
 
 CPU sessions install the CPU build of torch first, so pip never pulls a multi-GB CUDA wheel.
+
+`nox --no-venv -s gpu` runs a session on the current interpreter instead (an offline GPU machine whose
+packages were installed from carried wheels: scripts/device_check.sh): nothing is installed, tunekit is
+imported from this checkout's src/, and python and pytest are the interpreter's own. The sessions that
+install nothing but tunekit (`tests`, `slow`, `distributed`, `gpu`, `multi_gpu`, `bench`) support it.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
+import sys
+from pathlib import Path
+from typing import Any
 
 import nox
 
@@ -21,7 +30,31 @@ nox.options.default_venv_backend = "venv"
 TORCH_CPU = "torch==2.13.0"
 
 
+def _no_venv(session: nox.Session) -> bool:
+    """True under `nox --no-venv` (nox's PassthroughEnv): the session runs on the interpreter that runs nox."""
+    return session.venv_backend == "none"
+
+
+def _python(session: nox.Session) -> str:
+    # Without a virtualenv, "python" on PATH may be another interpreter than the one with the packages.
+    return sys.executable if _no_venv(session) else "python"
+
+
+def _pytest(session: nox.Session, *args: str, **kwargs: Any) -> None:
+    if _no_venv(session):
+        session.run(sys.executable, "-m", "pytest", *args, **kwargs)
+    else:
+        session.run("pytest", *args, **kwargs)
+
+
 def _install(session: nox.Session, extras: str = "test", cpu: bool = True) -> None:
+    if _no_venv(session):
+        # nox refuses session.install() without a virtualenv (it would change the interpreter's packages), and
+        # the machine this is for has no network: use the packages there and import tunekit from src/.
+        src = str(Path(__file__).resolve().parent / "src")
+        session.env["PYTHONPATH"] = os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH")) if p)
+        session.log(f"--no-venv: nothing installed (wanted tunekit[{extras}]); {sys.executable}, src/ on PYTHONPATH")
+        return
     if cpu:
         session.install(TORCH_CPU)
     session.install("-e", f".[{extras}]")
@@ -31,21 +64,21 @@ def _install(session: nox.Session, extras: str = "test", cpu: bool = True) -> No
 def tests(session: nox.Session) -> None:
     """The default CPU suite (unit + integration on tiny models)."""
     _install(session)
-    session.run("pytest", *session.posargs)
+    _pytest(session, *session.posargs)
 
 
 @nox.session(python="3.11")
 def slow(session: nox.Session) -> None:
     """Tests marked slow."""
     _install(session)
-    session.run("pytest", "-m", "slow", *session.posargs)
+    _pytest(session, "-m", "slow", *session.posargs)
 
 
 @nox.session(python="3.11")
 def distributed(session: nox.Session) -> None:
     """The 2-process CPU tests (torchrun, gloo): parity with one process, one writer, resume, a failing rank."""
     _install(session)
-    session.run("pytest", "-m", "distributed", *session.posargs)
+    _pytest(session, "-m", "distributed", *session.posargs)
 
 
 def _no_gpu_no_install(session: nox.Session, count: int) -> None:
@@ -57,7 +90,7 @@ def _no_gpu_no_install(session: nox.Session, count: int) -> None:
 def _require_gpus(session: nox.Session, count: int) -> None:
     """Fail (never skip) without ``count`` CUDA devices, so a GPU session cannot pass vacuously."""
     code = f"import torch, sys; n = torch.cuda.device_count(); sys.exit(0 if n >= {count} else f'{{n}} CUDA devices')"
-    session.run("python", "-c", code)
+    session.run(_python(session), "-c", code)
 
 
 @nox.session(python="3.11")
@@ -66,7 +99,7 @@ def gpu(session: nox.Session) -> None:
     _no_gpu_no_install(session, 1)
     _install(session, extras="test,qlora", cpu=False)
     _require_gpus(session, 1)
-    session.run("pytest", "-m", "gpu", *session.posargs)
+    _pytest(session, "-m", "gpu", *session.posargs)
 
 
 @nox.session(python="3.11")
@@ -74,7 +107,7 @@ def bench(session: nox.Session) -> None:
     """The CPU benchmarks (benchmarks/README.md), one JSON line each; gpu_throughput.py runs on a GPU machine."""
     _install(session)
     for script in ("cpu_overhead.py", "cpu_packing.py", "cache.py"):
-        session.run("python", f"benchmarks/{script}", *session.posargs)
+        session.run(_python(session), f"benchmarks/{script}", *session.posargs)
 
 
 @nox.session(python="3.11")
@@ -83,7 +116,7 @@ def multi_gpu(session: nox.Session) -> None:
     _no_gpu_no_install(session, 2)
     _install(session, extras="test,qlora,deepspeed", cpu=False)
     _require_gpus(session, 2)
-    session.run("pytest", "-m", "multi_gpu", *session.posargs)
+    _pytest(session, "-m", "multi_gpu", *session.posargs)
 
 
 @nox.session(python="3.11")
