@@ -34,6 +34,7 @@ from tunekit.backends.hf.rewards import score_items
 from tunekit.backends.hf.safe_loading import check_weights
 from tunekit.backends.hf.tracking import check_trackers, tracking_env
 from tunekit.backends.hf.trainers import build_trainer, release_trainer, tokens_seen
+from tunekit.backends.hf.untrained import fix_untrained_template_tokens
 from tunekit.data.encoding import Encoded
 from tunekit.data.rows import TrainerRows
 from tunekit.data.templates import PAD, ensure_template, render
@@ -137,6 +138,9 @@ class HFBackend:
                     check_weights(tuner.adapter_path, allow_pickle=training.allow_pickle, what="adapter")
                     model = load_adapter(model, tuner.method, tuner.adapter_path, training=training)
                 else:
+                    # Template tokens the base model has but never trained train with those tunekit added.
+                    untrained = fix_untrained_template_tokens(model, tokenizer, template.end_of_turn_id, tuner.method)
+                    new_ids = sorted(set(new_ids) | set(untrained))
                     model = apply_method(model, tuner.method, new_ids, tokenizer=tokenizer, training=training)
             gen = getattr(model, "generation_config", None)
             if gen is not None:  # None for reward models (sequence classifiers), which do not generate
