@@ -53,7 +53,14 @@ def test_untrained_template_tokens_are_started_at_the_mean_and_learned(untrained
     assert any(
         "never trained the chat template's tokens ['<|im_start|>', '<|im_end|>']" in r.message for r in caplog.records
     )
-    assert inp0.norm(dim=1).min() > 0 and out0.norm(dim=1).min() > 0  # no longer zero
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(untrained_base)
+    for got, matrix in ((inp0, base.get_input_embeddings().weight), (out0, base.get_output_embeddings().weight)):
+        trained = matrix[matrix.norm(dim=1) > 0]  # untrained rows stay out of the mean
+        assert len(matrix) - 3 <= len(trained) <= len(matrix) - 2  # the markers, and the input side's pad row
+        for row in got:
+            torch.testing.assert_close(row, trained.mean(dim=0).detach())  # started at the mean trained row
     held = first_task(30, seed=2)
     result = tuner.fit(first_task(400, seed=1))
     inp1, out1 = _rows(tuner)

@@ -47,14 +47,25 @@ def template_token_ids(tokenizer: Any, end_of_turn_id: int) -> list[int]:
     return sorted(i for i in ids if i is not None and i >= 0)
 
 
-def _degenerate_rows(weight: Any, ids: list[int]) -> list[int]:
+def _row_norms(weight: Any) -> Any:
+    """Norms of every row, in float32, a block of rows at a time (never a float32 copy of a large matrix)."""
     import torch
 
-    norms = weight.detach().float().norm(dim=1)
+    w = weight.detach()
+    return torch.cat([w[i : i + 8192].float().norm(dim=1) for i in range(0, w.shape[0], 8192)])
+
+
+def _degenerate_rows(norms: Any, ids: list[int] | None = None) -> list[int]:
+    """The rows (of ``ids``, or all) whose norm is negligible next to the median row's."""
+    import torch
+
     reference = float(torch.median(norms))
     if reference <= 0:
         return []  # the whole matrix is zero (a fresh head): nothing to tell apart
-    return [i for i in ids if i < norms.shape[0] and float(norms[i]) <= _DEGENERATE * reference]
+    small = norms <= _DEGENERATE * reference
+    if ids is None:
+        return [int(i) for i in torch.nonzero(small).flatten()]
+    return [i for i in ids if i < norms.shape[0] and bool(small[i])]
 
 
 def fix_untrained_template_tokens(model: Any, tokenizer: Any, end_of_turn_id: int, method: Any) -> list[int]:
@@ -65,14 +76,15 @@ def fix_untrained_template_tokens(model: Any, tokenizer: Any, end_of_turn_id: in
     ids = [i for i in template_token_ids(tokenizer, end_of_turn_id) if i < len(tokenizer)]
     matrices = [m.weight for m in (model.get_input_embeddings(), model.get_output_embeddings()) if m is not None]
     matrices = list({id(w): w for w in matrices}.values())  # tied embeddings: one matrix
-    bad = sorted({i for w in matrices for i in _degenerate_rows(w, ids)})
+    norms = [_row_norms(w) for w in matrices]
+    bad = sorted({i for n in norms for i in _degenerate_rows(n, ids)})
     if not bad:
         return []
     with torch.no_grad():
-        for w in matrices:
-            keep = torch.ones(w.shape[0], dtype=torch.bool, device=w.device)
-            keep[_degenerate_rows(w, list(range(w.shape[0])))] = False  # every untrained row, reserved ones too
-            w[bad] = w[keep].float().mean(dim=0).to(w.dtype)
+        for w, n in zip(matrices, norms):
+            untrained = _degenerate_rows(n)  # every untrained row (reserved tokens too) stays out of the mean
+            total = w.sum(dim=0, dtype=torch.float32) - w[untrained].sum(dim=0, dtype=torch.float32)
+            w[bad] = (total / (w.shape[0] - len(untrained))).to(w.dtype)
     names = tokenizer.convert_ids_to_tokens(bad)
     if method.family == "prompt":
         logger.warning(
