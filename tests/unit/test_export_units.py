@@ -6,7 +6,7 @@ import pytest
 
 import tunekit as tk
 from tunekit.export.gguf import _LLAMA3_REGEX, _QWEN2_REGEX, _pre_tokenizer
-from tunekit.export.ollama import CHATML_GO, go_template
+from tunekit.export.ollama import CHATML_GO, go_template, modelfile
 from tunekit.export.prompts import DEFAULT_PROMPTS, golden_prompts
 from tunekit.export.result import human_size
 
@@ -69,8 +69,22 @@ def test_ollama_template_only_when_it_renders_the_same():
         out = "".join(f"<|start_header_id|>{m['role']}<|end_header_id|>\n\n{m['content']}<|eot_id|>" for m in msgs)
         return out + "<|start_header_id|>assistant<|end_header_id|>\n\n"
 
-    assert go_template(_Tok(chatml)) == CHATML_GO
+    def qwen(msgs):  # Qwen2 / 2.5: a default system message when the conversation has none
+        if msgs[0]["role"] != "system":
+            msgs = [{"role": "system", "content": "You are Qwen, created by Alibaba Cloud."}, *msgs]
+        return chatml(msgs)
+
+    def odd_default(msgs):  # a default system turn that is not ChatML-shaped
+        return ("" if msgs[0]["role"] == "system" else "<<SYS>>hi<</SYS>>") + chatml(msgs)
+
+    assert go_template(_Tok(chatml)) == (CHATML_GO, "")
+    assert go_template(_Tok(qwen)) == (CHATML_GO, "You are Qwen, created by Alibaba Cloud.")
     assert go_template(_Tok(llama3)) is None
+    assert go_template(_Tok(odd_default)) is None
+    text = modelfile("m.gguf", _Tok(qwen), ["<|im_end|>"])
+    assert 'SYSTEM """You are Qwen, created by Alibaba Cloud."""\n' in text and f'TEMPLATE """{CHATML_GO}"""' in text
+    assert "SYSTEM" not in modelfile("m.gguf", _Tok(chatml), ["<|im_end|>"])
+    assert "TEMPLATE" not in modelfile("m.gguf", _Tok(odd_default), ["<|im_end|>"]).replace("# No TEMPLATE", "")
 
 
 def test_human_size():
