@@ -72,3 +72,33 @@ def test_qlora_trains_saves_and_reloads_on_gpu(tiny_llama_init02, tmp_path, quan
         )
     with pytest.raises(tk.IncompatibleError, match="cannot be merged into its quantized base"):
         tuner.merge()
+
+
+def test_qlora_reward_model_has_a_trained_score_head_and_ranks_pairs(tiny_llama_init02, tmp_path) -> None:
+    """A QLoRA reward model: a 4-bit sequence classifier whose new score head (kept unquantized) trains with LoRA."""
+    from tests.integration.toy_tasks import ranks_chosen, sort_pairs
+
+    held = sort_pairs(64, seed=2)
+    rm = tk.Tuner(
+        tiny_llama_init02,
+        method=tk.LoRA(r=8, quantize="nf4"),
+        objective=tk.RewardModeling(),
+        training=tk.Training(max_steps=80, learning_rate=3e-3, batch_size=16, device="cuda", log_every=10),
+    )
+    model = rm.model
+    base = model.get_base_model()
+    assert type(base).__name__.endswith("ForSequenceClassification") and base.config.num_labels == 1
+    import bitsandbytes as bnb
+
+    assert any(isinstance(m, bnb.nn.Linear4bit) for m in base.modules())
+    assert not isinstance(
+        base.score.original_module if hasattr(base.score, "original_module") else base.score, bnb.nn.Linear4bit
+    )
+    assert any("score" in n for n, p in model.named_parameters() if p.requires_grad)
+    before = ranks_chosen(rm, held)
+    rm.fit(sort_pairs(512, seed=1))
+    after = ranks_chosen(rm, held)
+    assert after >= 0.85 and after > before + 0.2, (before, after)
+    again = tk.load(rm.save(tmp_path / "rm"))
+    items = [("sort: 3 1 2", "1 2 3"), ("sort: 3 1 2", "3 1 2")]
+    assert again.score(items) == pytest.approx(rm.score(items), abs=1e-2)

@@ -338,6 +338,43 @@ def test_qlora_with_an_unquantized_model_object_is_incompatible(monkeypatch: pyt
         quantization.check_before_load(tk.LoRA(quantize="int8"), torch.nn.Linear(2, 2), torch.device("cuda"))
 
 
+@pytest.mark.parametrize(
+    ("objective", "auto", "extra"),
+    [
+        (tk.SFT(), "AutoModelForCausalLM", {}),
+        (tk.RewardModeling(), "AutoModelForSequenceClassification", {"num_labels": 1}),
+    ],
+)
+def test_qlora_loads_the_objectives_head_and_keeps_a_score_head_unquantized(
+    monkeypatch: pytest.MonkeyPatch, objective: Objective, auto: str, extra: dict[str, Any]
+) -> None:
+    """A QLoRA reward model is a sequence classifier with one label (it used to load as a causal LM), and its new
+    score head stays in the compute dtype so that it can train. (The real load runs in tests/gpu/test_qlora.py.)"""
+    import torch
+    import transformers
+
+    from tunekit.backends.hf.models import head_kwargs
+    from tunekit.backends.hf.quantization import load_quantized
+
+    calls: list[tuple[str, dict[str, Any]]] = []
+    for name in ("AutoModelForCausalLM", "AutoModelForSequenceClassification"):
+        fake = classmethod(lambda cls, ref, name=name, **kw: calls.append((name, kw)) or "model")
+        monkeypatch.setattr(getattr(transformers, name), "from_pretrained", fake)
+    out = load_quantized(
+        "some/model",
+        tk.LoRA(quantize="nf4"),
+        compute_dtype=torch.bfloat16,
+        device=torch.device("cuda", 1),
+        trust_remote_code=False,
+        **head_kwargs(objective),
+    )
+    assert out == "model" and [c[0] for c in calls] == [auto]
+    kwargs = calls[0][1]
+    assert {k: kwargs[k] for k in extra} == extra and kwargs["device_map"] == {"": 1}
+    skip = kwargs["quantization_config"].llm_int8_skip_modules
+    assert skip == (["score", "classifier"] if extra else None)
+
+
 class Pairs(Objective):
     """A stand-in for a pairwise objective (the prompt methods do not support it)."""
 

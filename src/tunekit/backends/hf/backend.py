@@ -96,13 +96,15 @@ class HFBackend:
         with quiet():
             ref = tuner.model_ref
             if isinstance(ref, (str, Path)) and quantize_of(tuner.method) is not None:
-                model = load_quantized(
-                    str(ref),
-                    tuner.method,
-                    compute_dtype=torch_dtype(precision),
-                    device=device,
-                    trust_remote_code=training.trust_remote_code,
-                )
+                with _own_rng(training.seed):  # a reward model's new score head is initialised here
+                    model = load_quantized(
+                        str(ref),
+                        tuner.method,
+                        compute_dtype=torch_dtype(precision),
+                        device=device,
+                        trust_remote_code=training.trust_remote_code,
+                        **head_kwargs(tuner.objective_used),
+                    )
             elif isinstance(ref, (str, Path)):
                 with _own_rng(training.seed):  # a reward model's new score head is initialised here
                     model = load_model(

@@ -48,8 +48,9 @@ def check_before_load(method: Method, model_ref: Any, device: Any) -> None:
         )
 
 
-def bnb_config(quantize: str, compute_dtype: Any) -> Any:
-    """The BitsAndBytesConfig of QLoRA's paper: NF4 with double quantization, or LLM.int8()."""
+def bnb_config(quantize: str, compute_dtype: Any, skip: list[str] | None = None) -> Any:
+    """The BitsAndBytesConfig of QLoRA's paper: NF4 with double quantization, or LLM.int8(). ``skip``: modules
+    kept in the compute dtype (a reward model's new score head, which must train)."""
     from transformers import BitsAndBytesConfig
 
     if quantize == "nf4":
@@ -58,26 +59,41 @@ def bnb_config(quantize: str, compute_dtype: Any) -> Any:
             bnb_4bit_quant_type="nf4",
             bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=compute_dtype,
+            llm_int8_skip_modules=skip,
         )
-    return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
 
 
-def load_quantized(ref: str, method: Method, *, compute_dtype: Any, device: Any, trust_remote_code: bool) -> Any:
-    """Load the base model quantized onto ``device`` (a CUDA device), safetensors only."""
+def load_quantized(
+    ref: str,
+    method: Method,
+    *,
+    compute_dtype: Any,
+    device: Any,
+    trust_remote_code: bool,
+    auto_class: Any = None,
+    **model_kwargs: Any,
+) -> Any:
+    """Load the base model quantized onto ``device`` (a CUDA device), safetensors only, with ``auto_class``
+    (default AutoModelForCausalLM; a reward model's AutoModelForSequenceClassification with ``num_labels=1``)."""
     from transformers import AutoModelForCausalLM
 
     q = quantize_of(method)
     if q is None:
         raise ConfigError(f"{method.name} does not quantize its base model")
+    cls = auto_class or AutoModelForCausalLM
+    # A score head is new and trains whole (peft's modules_to_save): it must not be quantized.
+    skip = ["score", "classifier"] if cls is not AutoModelForCausalLM else None
     index = device.index if device.index is not None else 0
     try:
-        return AutoModelForCausalLM.from_pretrained(
+        return cls.from_pretrained(
             ref,
-            quantization_config=bnb_config(q, compute_dtype),
+            quantization_config=bnb_config(q, compute_dtype, skip),
             dtype=compute_dtype,
             device_map={"": index},
             trust_remote_code=trust_remote_code,
             use_safetensors=True,
+            **model_kwargs,
         )
     except (OSError, ValueError) as e:
         raise ConfigError(f"could not load model {ref!r} quantized ({q}): {e}") from e
