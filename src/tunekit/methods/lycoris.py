@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, Self
 
 from pydantic import Field, field_validator, model_validator
 
@@ -20,7 +20,31 @@ def _rank(v: object) -> object:
     return v
 
 
-class LoHa(Method):
+class _Lycoris(Method):
+    """What LoHa and LoKr share: a rank, its scaling, two dropouts and the modules to adapt."""
+
+    family: ClassVar[str] = "low-rank"
+    default_learning_rate: ClassVar[float] = 5e-4
+
+    r: int = Field(8, ge=1, le=4096, description="Rank of the low-rank factors; 4-16 covers most tasks.")
+    alpha: int | None = Field(None, ge=1, description="Scaling numerator (update scaled by alpha / r); None means r.")
+    rank_dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the rank dimension during training.")
+    module_dropout: float = Field(0.0, ge=0, lt=1, description="Probability of skipping a whole adapted module.")
+    target_modules: Literal["all-linear"] | list[str] = Field("all-linear", description=_TARGETS_HELP)
+
+    _aliases: ClassVar[dict[str, str]] = {"rank": "r", "lora_alpha": "alpha", "targets": "target_modules"}
+
+    _r = field_validator("r", mode="before")(lambda cls, v: _rank(v))
+    _targets = field_validator("target_modules", mode="before")(lambda cls, v: check_target_modules(v))
+
+    @model_validator(mode="after")
+    def _alpha(self) -> Self:
+        if self.alpha is None:
+            object.__setattr__(self, "alpha", self.r)
+        return self
+
+
+class LoHa(_Lycoris):
     """Low-rank Hadamard product: the update is ``(B1 @ A1) * (B2 @ A2)`` (element-wise), which
     reaches a higher effective rank than LoRA for the same number of parameters. Mergeable.
 
@@ -31,28 +55,9 @@ class LoHa(Method):
     """
 
     summary: ClassVar[str] = "low-rank Hadamard-product update of each weight"
-    family: ClassVar[str] = "low-rank"
-    default_learning_rate: ClassVar[float] = 5e-4
-
-    r: int = Field(8, ge=1, le=4096, description="Rank of each of the two factors; 4-16 covers most tasks.")
-    alpha: int | None = Field(None, ge=1, description="Scaling numerator (update scaled by alpha / r); None means r.")
-    rank_dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the rank dimension during training.")
-    module_dropout: float = Field(0.0, ge=0, lt=1, description="Probability of skipping a whole adapted module.")
-    target_modules: Literal["all-linear"] | list[str] = Field("all-linear", description=_TARGETS_HELP)
-
-    _aliases: ClassVar[dict[str, str]] = {"rank": "r", "lora_alpha": "alpha", "targets": "target_modules"}
-
-    _r = field_validator("r", mode="before")(lambda cls, v: _rank(v))
-    _targets = field_validator("target_modules", mode="before")(lambda cls, v: check_target_modules(v))
-
-    @model_validator(mode="after")
-    def _alpha(self) -> LoHa:
-        if self.alpha is None:
-            object.__setattr__(self, "alpha", self.r)
-        return self
 
 
-class LoKr(Method):
+class LoKr(_Lycoris):
     """Low-rank Kronecker product: the update is ``C ⊗ (B @ A)``, a very compact factorisation
     (fewer parameters than LoRA at the same rank). Mergeable.
 
@@ -63,23 +68,11 @@ class LoKr(Method):
     """
 
     summary: ClassVar[str] = "low-rank Kronecker-product update of each weight"
-    family: ClassVar[str] = "low-rank"
-    default_learning_rate: ClassVar[float] = 5e-4
 
-    r: int = Field(8, ge=1, le=4096, description="Rank of the low-rank factor; 4-16 covers most tasks.")
-    alpha: int | None = Field(None, ge=1, description="Scaling numerator (update scaled by alpha / r); None means r.")
-    rank_dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the rank dimension during training.")
-    module_dropout: float = Field(0.0, ge=0, lt=1, description="Probability of skipping a whole adapted module.")
     decompose_both: bool = Field(False, description="Also factorise the left Kronecker factor into low rank.")
     decompose_factor: int = Field(
         -1, description="Size of the Kronecker split of each dimension; -1 picks the most balanced split."
     )
-    target_modules: Literal["all-linear"] | list[str] = Field("all-linear", description=_TARGETS_HELP)
-
-    _aliases: ClassVar[dict[str, str]] = {"rank": "r", "lora_alpha": "alpha", "targets": "target_modules"}
-
-    _r = field_validator("r", mode="before")(lambda cls, v: _rank(v))
-    _targets = field_validator("target_modules", mode="before")(lambda cls, v: check_target_modules(v))
 
     @field_validator("decompose_factor")
     @classmethod
@@ -87,9 +80,3 @@ class LoKr(Method):
         if v == 0 or v < -1:
             raise ValueError("decompose_factor must be -1 (automatic) or a positive whole number, e.g. 4 or 8")
         return v
-
-    @model_validator(mode="after")
-    def _alpha(self) -> LoKr:
-        if self.alpha is None:
-            object.__setattr__(self, "alpha", self.r)
-        return self

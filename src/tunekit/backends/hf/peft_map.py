@@ -146,33 +146,30 @@ def _lora(method: LoRA, ctx: BuildContext) -> Any:
     )
 
 
+def _lycoris(method: LoHa | LoKr, ctx: BuildContext) -> dict[str, Any]:
+    """The options peft's LoHa and LoKr configs share."""
+    return {
+        "task_type": _task_type(ctx.model),
+        "r": method.r,
+        "alpha": method.alpha or method.r,
+        "rank_dropout": method.rank_dropout,
+        "module_dropout": method.module_dropout,
+        "target_modules": _targets(method, ctx.model),
+        "modules_to_save": _embeddings_to_save(ctx.model, ctx.new_token_ids),
+    }
+
+
 def _loha(method: LoHa, ctx: BuildContext) -> Any:
     from peft import LoHaConfig
 
-    return LoHaConfig(
-        task_type=_task_type(ctx.model),
-        r=method.r,
-        alpha=method.alpha or method.r,
-        rank_dropout=method.rank_dropout,
-        module_dropout=method.module_dropout,
-        target_modules=_targets(method, ctx.model),
-        modules_to_save=_embeddings_to_save(ctx.model, ctx.new_token_ids),
-    )
+    return LoHaConfig(**_lycoris(method, ctx))
 
 
 def _lokr(method: LoKr, ctx: BuildContext) -> Any:
     from peft import LoKrConfig
 
     return LoKrConfig(
-        task_type=_task_type(ctx.model),
-        r=method.r,
-        alpha=method.alpha or method.r,
-        rank_dropout=method.rank_dropout,
-        module_dropout=method.module_dropout,
-        decompose_both=method.decompose_both,
-        decompose_factor=method.decompose_factor,
-        target_modules=_targets(method, ctx.model),
-        modules_to_save=_embeddings_to_save(ctx.model, ctx.new_token_ids),
+        **_lycoris(method, ctx), decompose_both=method.decompose_both, decompose_factor=method.decompose_factor
     )
 
 
