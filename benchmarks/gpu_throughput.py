@@ -2,7 +2,9 @@
 
 A Qwen2-0.5B-shaped model (494 M parameters, random weights, bf16, tied embeddings) built from a
 config, sequences of 128..2048 random tokens made locally (no hub), batch 8, LoRA r=16 (alpha 32)
-on all linear layers, then full fine-tuning. Each variant reports real (non-pad) tokens per second
+on all linear layers, then full fine-tuning; ``tunekitbig_lora`` is tunekit's default with a budget of
+32,768 tokens per micro-batch (``Training(tokens_per_batch=...)``, the step size of the team's lean
+reference loop) instead of 8 examples. Each variant reports real (non-pad) tokens per second
 over steps --warm..--steps, MFU and peak memory; tunekit's variants also report ``tuner.plan()``'s
 estimated peak and its ratio to the measured one.
 
@@ -124,7 +126,7 @@ def run_trl(full: bool, a: Any, ctx: dict[str, Any]) -> dict[str, Any]:
     return {"tokens_per_s": meter.tokens_per_s(a.warm, a.steps)}
 
 
-def run_tunekit(full: bool, a: Any, ctx: dict[str, Any]) -> dict[str, Any]:
+def run_tunekit(full: bool, a: Any, ctx: dict[str, Any], tokens_per_batch: int | None = None) -> dict[str, Any]:
     import tunekit as tk
 
     meter = Meter(ctx["cuda"])
@@ -137,7 +139,7 @@ def run_tunekit(full: bool, a: Any, ctx: dict[str, Any]) -> dict[str, Any]:
     method = tk.Full() if full else tk.LoRA(r=16, alpha=32, target_modules="all-linear")
     training = tk.Training(
         max_steps=a.steps, batch_size=a.batch, max_length=ctx["max_len"], log_every=a.warm, cache=False,
-        device=ctx["device"], learning_rate=2e-5 if full else 2e-4,
+        device=ctx["device"], learning_rate=2e-5 if full else 2e-4, tokens_per_batch=tokens_per_batch,
     )  # fmt: skip
     tuner = tk.Tuner(
         model, tokenizer=ctx["tok"], method=method, objective=tk.CausalLM(), training=training, hooks=[OnLog()],
@@ -154,7 +156,12 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--warm", type=int, default=10)
     ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--variants", default="trl_lora,tunekit_lora,trl_full,tunekit_full")
+    ap.add_argument(
+        "--variants",
+        default="trl_lora,tunekit_lora,tunekitbig_lora,trl_full,tunekit_full",
+        help="tunekitbig: tunekit's default with Training(tokens_per_batch=--big-tokens), the lean loop's step size",
+    )
+    ap.add_argument("--big-tokens", type=int, default=32768, help="tokens per micro-batch of the tunekitbig variant")
     a = ap.parse_args()
     setup()
     import torch
@@ -169,7 +176,12 @@ def main() -> None:
                  "num_attention_heads": 4, "max_position_embeddings": 512}  # fmt: skip
         lengths = (16, 128)
     tok = make_tokenizer(shape["vocab_size"])
-    rows = [{"text": t} for t in texts(a.steps * a.batch + a.batch, lengths, shape["vocab_size"])]
+    big = "tunekitbig" in a.variants
+    if not cuda:
+        a.big_tokens = min(a.big_tokens, 1024)  # smoke: the same code path at tiny sizes
+    # Enough rows for every step: batch examples a step, or (tunekitbig) a token budget of examples.
+    per_step = max(a.batch, 2 * a.big_tokens // sum(lengths) + 1) if big else a.batch
+    rows = [{"text": t} for t in texts(a.steps * per_step + per_step, lengths, shape["vocab_size"])]
     ids = [tok(r["text"])["input_ids"] + [tok.eos_token_id] for r in rows]
     ctx = {"cuda": cuda, "device": "cuda" if cuda else "cpu", "shape": shape, "tok": tok, "rows": rows, "ids": ids,
            "max_len": lengths[1], "tmp": workdir()}  # fmt: skip
@@ -182,18 +194,25 @@ def main() -> None:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
         with contextlib.redirect_stdout(sys.stderr):
-            out = (run_trl if side == "trl" else run_tunekit)(kind == "full", a, ctx)
+            if side == "trl":
+                out = run_trl(kind == "full", a, ctx)
+            else:
+                out = run_tunekit(kind == "full", a, ctx, a.big_tokens if side == "tunekitbig" else None)
         peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
         mfu = out["tokens_per_s"] * 2 * n_params * (3 if kind == "full" else 2) / PEAK_FLOPS
         row = {"tokens_per_s": round(out["tokens_per_s"]), "mfu": round(mfu, 4), "peak_gib": peak and round(peak, 2)}
         if "plan_peak_gib" in out:
-            row["plan_peak_gib"] = round(out["plan_peak_gib"], 2)
+            row["plan_peak_gib"] = round(out["plan_peak_gib"], 4)
             row["plan_vs_measured"] = round(out["plan_peak_gib"] / peak, 3) if peak else None
         results[name] = row
         sys.stderr.write(json.dumps({name: row}) + "\n")
     device = torch.cuda.get_device_name() if cuda else "cpu"
     summary: dict[str, Any] = {"benchmark": "gpu_throughput", "device": device, "smoke": not cuda, "params": n_params,
                                "steps": a.steps, "warm": a.warm, **results}  # fmt: skip
+    if "trl_lora" in results and "tunekitbig_lora" in results:
+        summary["lora_big_speedup"] = round(
+            results["tunekitbig_lora"]["tokens_per_s"] / results["trl_lora"]["tokens_per_s"], 2
+        )
     for kind in ("lora", "full"):
         if f"trl_{kind}" in results and f"tunekit_{kind}" in results:
             summary[f"{kind}_speedup"] = round(

@@ -17,7 +17,7 @@ CASES = {
     "cpu_packing.py": (["--steps", "2", "--repeats", "1", "--max", "64"], {"variable_ratio", "fixed_ratio"}),
     "gpu_throughput.py": (
         ["--smoke", "--steps", "4", "--warm", "2", "--batch", "2"],
-        {"trl_lora", "tunekit_lora", "trl_full", "tunekit_full", "lora_speedup", "full_speedup"},
+        {"trl_lora", "tunekit_lora", "tunekitbig_lora", "trl_full", "tunekit_full", "lora_speedup", "full_speedup"},
     ),
     "cache.py": (["--rows", "200", "--warm-runs", "1"], {"cold_s", "warm_s", "speedup"}),
 }
@@ -39,5 +39,6 @@ def test_benchmark_prints_one_json_line(script: str, tmp_path: Path) -> None:
     assert keys <= set(figures)
     if script == "gpu_throughput.py":
         assert figures["smoke"] is True
-        assert all(figures[v]["tokens_per_s"] > 0 for v in ("trl_lora", "tunekit_lora", "trl_full", "tunekit_full"))
+        variants = ("trl_lora", "tunekit_lora", "tunekitbig_lora", "trl_full", "tunekit_full")
+        assert all(figures[v]["tokens_per_s"] > 0 for v in variants)
         assert figures["tunekit_lora"]["plan_peak_gib"] > 0
