@@ -71,6 +71,7 @@ def save_tuner(tuner: Any, path: Path) -> Path:
     here = world()
     if not here.distributed:
         return _write(tuner, path)
+    tuner.backend.join_processes(tuner.training)  # tk.load(...).save(...): no fit has made the group
     state = tuner.backend.gather_weights(tuner.loaded, tuner.method)  # a collective under FSDP / ZeRO-3
     error: Exception | None = None
     if here.is_main:

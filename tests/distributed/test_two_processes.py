@@ -142,3 +142,11 @@ def test_a_write_failing_on_rank_0_alone_raises_on_every_rank_and_hangs_none(tin
     assert rank1["failed_checkpoint"] == f"CheckpointError: checkpoint-3 failed on rank 0: {rank0['failed_checkpoint']}"
     assert not list((tmp_path / "run").glob("checkpoint-*"))
     assert not (tmp_path / "run" / ".tunekit-staging").exists()
+    # A write that fails inside transformers' save, before a collective of its own: rank 0 still takes part.
+    assert rank0["failed_inside_transformers"].startswith("CheckpointError: could not write checkpoint-3")
+    assert "disk is full" in rank0["failed_inside_transformers"]
+    assert rank1["failed_inside_transformers"] == (
+        f"CheckpointError: checkpoint-3 failed on rank 0: {rank0['failed_inside_transformers']}"
+    )
+    assert not list((tmp_path / "run-inside").glob("checkpoint-*"))
+    assert not (tmp_path / "run-inside" / ".tunekit-staging").exists()  # removed once every rank had written

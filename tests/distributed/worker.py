@@ -30,6 +30,7 @@ import torch
 torch.set_num_threads(1)
 
 import peft  # noqa: E402
+import transformers  # noqa: E402
 
 import tunekit as tk  # noqa: E402
 import tunekit.saving  # noqa: E402
@@ -189,6 +190,7 @@ def failures(model: str, out: Path, saved: str) -> None:
     report["failed_save"] = _outcome(lambda: loaded.save(out / "failed"))
     loaded.backend.save = real_save
     report["save_after"] = _outcome(lambda: loaded.save(out / "after"))
+    real_publish = checkpoints._publish
     if rank == 0:
         checkpoints._publish = _disk_full  # type: ignore[assignment]
     tuner = tk.Tuner(
@@ -199,6 +201,26 @@ def failures(model: str, out: Path, saved: str) -> None:
         progress=False,
     )
     report["failed_checkpoint"] = _outcome(lambda: tuner.fit(DATA))
+    checkpoints._publish = real_publish  # type: ignore[assignment]
+    # The model files cannot be written on rank 0, inside transformers' checkpoint save, which then runs a
+    # collective (as FSDP gathers the optimizer state; here a barrier stands in for it).
+    real_optimizer_save = transformers.Trainer._save_optimizer_and_scheduler
+
+    def collective_then_save(self: Any, *args: Any, **kwargs: Any) -> Any:
+        torch.distributed.barrier()
+        return real_optimizer_save(self, *args, **kwargs)
+
+    transformers.Trainer._save_optimizer_and_scheduler = collective_then_save  # type: ignore[method-assign]
+    if rank == 0:
+        transformers.Trainer._save = _disk_full  # type: ignore[method-assign]
+    inside = tk.Tuner(
+        model,
+        method=tk.LoRA(r=4),
+        training=training(PER_RANK_BATCH, max_steps=SAVE_EVERY),
+        output_dir=out / "run-inside",
+        progress=False,
+    )
+    report["failed_inside_transformers"] = _outcome(lambda: inside.fit(DATA))
     (out / f"rank-{rank}.json").write_text(json.dumps(report), encoding="utf-8")
 
 

@@ -90,9 +90,29 @@ def test_trained_template_tokens_are_left_alone(tiny_llama, caplog):
     assert tuner.model.peft_config["default"].trainable_token_indices is None
 
 
-def test_prompt_methods_cannot_train_them_and_say_so(untrained_base, caplog):
+@pytest.mark.parametrize("method", [tk.PromptTuning(num_virtual_tokens=4), tk.LoHa(r=4)], ids=["prompt", "loha"])
+def test_methods_that_cannot_train_just_those_rows_say_so(untrained_base, caplog, method):
     with caplog.at_level(logging.WARNING, logger="tunekit"):
-        tuner = tk.Tuner(untrained_base, method=tk.PromptTuning(num_virtual_tokens=4), training=cpu())
+        tuner = tk.Tuner(untrained_base, method=method, training=cpu())
         inp, _ = _rows(tuner)
-    assert inp.norm(dim=1).min() > 0
-    assert any("keeps the embeddings frozen" in r.message for r in caplog.records)
+    assert inp.norm(dim=1).min() > 0  # started at the mean all the same
+    assert any(f"but {method.name} cannot train just those rows" in r.message for r in caplog.records)
+    trainable = {n for n, p in tuner.model.named_parameters() if p.requires_grad}
+    assert not [n for n in trainable if "embed_tokens" in n or "lm_head" in n]  # no whole-matrix training
+
+
+def test_only_the_untrained_side_of_a_token_is_reset(tmp_path, task_texts):
+    """Untied embeddings: a token whose output row was never trained keeps its trained input row."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = tiny_model(tmp_path / "m", "llama", texts=task_texts)
+    model = AutoModelForCausalLM.from_pretrained(path)
+    end = AutoTokenizer.from_pretrained(path).convert_tokens_to_ids("<|im_end|>")
+    with torch.no_grad():
+        model.get_output_embeddings().weight[end] = 0
+    model.save_pretrained(path)
+    trained_input = model.get_input_embeddings().weight[end].detach().clone()
+    tuner = tk.Tuner(path, method=tk.LoRA(r=4), training=cpu())
+    inp, out = _rows(tuner)
+    torch.testing.assert_close(inp[1], trained_input)
+    assert out[1].norm() > 0

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal, Self
+from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
+from typing_extensions import Self
 
 from tunekit.methods._targets import check_target_modules
 from tunekit.methods.base import Method

@@ -14,7 +14,7 @@ from tunekit._quiet import quiet
 from tunekit.backends.hf.batch_size import train_fitting
 from tunekit.backends.hf.callbacks import HookBridge
 from tunekit.backends.hf.checkpoints import RunIdentity, data_fingerprint, install, mark_finished, run_config
-from tunekit.backends.hf.distributed import check_distributed, gather_weights, rank_device, settle
+from tunekit.backends.hf.distributed import check_distributed, gather_weights, join_group, rank_device, settle
 from tunekit.backends.hf.fastpath import own_attention
 from tunekit.backends.hf.guards import NonFiniteGuard
 from tunekit.backends.hf.method_callbacks import method_callbacks
@@ -325,6 +325,10 @@ class HFBackend:
     def gather_weights(self, loaded: Loaded, method: Any) -> dict[str, Any] | None:
         """Sharded weights (FSDP, ZeRO-3) gathered for a save; every process calls it (see Tuner.save)."""
         return gather_weights(loaded.model, loaded.engine, adapter=method.is_adapter)
+
+    def join_processes(self, training: Any) -> None:
+        """Under torchrun, make sure the processes' group exists (a save with no fit before it)."""
+        join_group(training)
 
     def settle(self, error: BaseException | None, *, what: str) -> None:
         """Every process waits here until all reach it; an error on any one is raised on every one

@@ -319,6 +319,8 @@ class CheckpointMixin:
     _tk_keep: int | None
     _tk_guard: Any
 
+    _tk_deferred: list[OSError] | None = None  # during a checkpoint: this process's failed writes
+
     def _save_checkpoint(self, model: Any, trial: Any) -> None:
         trainer: Any = self
         run_dir = Path(trainer._get_output_dir(trial=trial))
@@ -326,41 +328,69 @@ class CheckpointMixin:
         staging_root = run_dir / STAGING
         staging = staging_root / final.name
         main = trainer.args.should_save
-        if main:
-            staging_root.mkdir(parents=True, exist_ok=True)
-            _fs.remove_tree(staging, within=staging_root)  # a leftover of a crash at this same step
-        trainer.accelerator.wait_for_everyone()
-        # transformers writes everything (model, optimizer, RNG, sharded states) into the staging directory.
-        trainer._get_output_dir = lambda trial=None: str(staging_root)
-        try:
-            failed = self._tk_attempt(
-                lambda: super(CheckpointMixin, self)._save_checkpoint(model, trial),  # type: ignore[misc]
-                final,
-            )
-            settle(failed, what=final.name)  # a collective every process reaches, failed or not
-            failed = self._tk_attempt(lambda: _publish(trainer, staging, final) if main else None, final)
-            settle(failed, what=final.name)
-        finally:
-            trainer.__dict__.pop("_get_output_dir", None)
 
-    def _tk_attempt(self, step: Any, final: Path) -> Exception | None:
-        """Run one step of a checkpoint's save; a failure is returned (for :func:`settle`) after the main process
-        has removed the partial staging directory."""
-        trainer: Any = self
+        def prepare() -> None:
+            if main:
+                staging_root.mkdir(parents=True, exist_ok=True)
+                _fs.remove_tree(staging, within=staging_root)  # a leftover of a crash at this same step
+
+        def contents() -> None:
+            # transformers writes everything (model, optimizer, RNG, sharded states) into the staging directory.
+            trainer._get_output_dir = lambda trial=None: str(staging_root)
+            self._tk_deferred = []
+            try:
+                super(CheckpointMixin, self)._save_checkpoint(model, trial)  # type: ignore[misc]
+            finally:
+                deferred, self._tk_deferred = self._tk_deferred, None
+                trainer.__dict__.pop("_get_output_dir", None)
+            if deferred:
+                raise deferred[0]
+
+        # Each step ends in a collective that every process reaches, failed or not; a failure anywhere is raised
+        # everywhere, and the main process removes the partial checkpoint once every process has stopped writing.
+        for step in (prepare, contents, lambda: _publish(trainer, staging, final) if main else None):
+            try:
+                error: Exception | None = None
+                try:
+                    step()
+                except Exception as e:
+                    error = e
+                    if isinstance(e, OSError):
+                        error = CheckpointError(_save_failed(e, final, run_dir))
+                        error.__cause__ = e
+                settle(error, what=final.name)
+            except Exception:
+                if main:
+                    _fs.remove_tree(staging, within=staging_root)
+                    if staging_root.is_dir() and not any(staging_root.iterdir()):
+                        _fs.remove_tree(staging_root, within=run_dir)
+                raise
+
+    def _tk_defer(self, write: Any, *args: Any, **kwargs: Any) -> Any:
+        """A write of this process inside transformers' checkpoint save (model files, optimizer, scaler, RNG
+        state): a failure is kept for the step's collective rather than raised, so that this process still
+        takes part in the collectives transformers runs after the write (the barrier before looking for the
+        best checkpoint, FSDP's optimizer gather), or the others would wait for it for ever. A failure in the
+        middle of a sharded engine's own collective save (DeepSpeed's per-rank shards) is not covered."""
+        if self._tk_deferred is None:
+            return write(*args, **kwargs)
         try:
-            step()
+            return write(*args, **kwargs)
+        except OSError as e:
+            self._tk_deferred.append(e)
             return None
-        except Exception as e:
-            if trainer.args.should_save:
-                staging_root = final.parent / STAGING
-                _fs.remove_tree(staging_root / final.name, within=staging_root)
-                if staging_root.is_dir() and not any(staging_root.iterdir()):
-                    _fs.remove_tree(staging_root, within=final.parent)
-            if isinstance(e, OSError):
-                error = CheckpointError(_save_failed(e, final, final.parent))
-                error.__cause__ = e
-                return error
-            return e
+
+    def _save(self, *args: Any, **kwargs: Any) -> Any:
+        return self._tk_defer(super()._save, *args, **kwargs)  # type: ignore[misc]
+
+    def _save_optimizer_and_scheduler(self, *args: Any, **kwargs: Any) -> Any:
+        return self._tk_defer(super()._save_optimizer_and_scheduler, *args, **kwargs)  # type: ignore[misc]
+
+    def _save_scaler(self, *args: Any, **kwargs: Any) -> Any:
+        return self._tk_defer(super()._save_scaler, *args, **kwargs)  # type: ignore[misc]
+
+    def _save_rng_state(self, *args: Any, **kwargs: Any) -> Any:
+        return self._tk_defer(super()._save_rng_state, *args, **kwargs)  # type: ignore[misc]
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
         super().log(logs, *args, **kwargs)  # type: ignore[misc]

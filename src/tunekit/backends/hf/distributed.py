@@ -268,14 +268,22 @@ def share_stop(ctx: Any) -> None:
         ctx.request_stop(reason if reason == "cancelled" else f"{reason} (on rank {rank})")
 
 
-def join_group() -> None:
-    """Start the process group from torchrun's environment if none exists yet, as ``TrainingArguments``
-    does through accelerate (NCCL on GPUs, gloo on CPU): a save or load outside ``fit`` (``tk.load(...)``
-    then ``save``) still waits for every process."""
-    if world().distributed and not _ready():
-        from accelerate import PartialState
+def join_group(training: Any = None) -> None:
+    """Start the process group from torchrun's environment if none exists yet, with the settings
+    ``TrainingArguments`` would give it (the engine's ``timeout_s``; gloo when the run's device is the
+    CPU), so that a save outside ``fit`` (``tk.load(...)`` then ``save``) can wait for every process and a
+    later ``fit`` finds the group it would have made (the group's settings cannot change once made)."""
+    if not world().distributed or _ready():
+        return
+    from datetime import timedelta
 
-        PartialState()
+    import torch
+    from accelerate import PartialState
+
+    engine = getattr(training, "distributed", None) or DDP()
+    device = str(getattr(training, "device", "auto"))
+    cpu = device.startswith("cpu") or not torch.cuda.is_available()
+    PartialState(cpu=cpu, timeout=timedelta(seconds=engine.timeout_s))
 
 
 def settle(error: BaseException | None, *, what: str) -> None:

@@ -36,6 +36,7 @@ Falcon, MPT: their class's ``_supports_attention_backend`` is false, so they wou
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import itertools
 import logging
@@ -154,6 +155,14 @@ def _flash_eligible(query: Any, dropout: float) -> bool:
     )
 
 
+@functools.lru_cache(maxsize=4)
+def _parameters(kernel: Any) -> frozenset[str]:
+    """The keyword names the installed kernel takes (its signature changed between torch versions)."""
+    import inspect
+
+    return frozenset(inspect.signature(kernel).parameters)
+
+
 _flash_failed: str | None = None  # why the kernel was refused once: the per-example loop is used from then on
 
 
@@ -164,12 +173,10 @@ def _flash_varlen(query: Any, key: Any, value: Any, cu: Any, bounds: tuple[int, 
     kernel = _varlen_kernel()
     if kernel is None or _flash_failed is not None:
         return None
-    import inspect
-
     import torch
 
     q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # (1, heads, tokens, dim) -> (tokens, heads, dim)
-    takes = inspect.signature(kernel).parameters
+    takes = _parameters(kernel)
     # Causal: a window of (-1, 0) from torch 2.11 on; torch 2.10 took is_causal=True.
     extra: dict[str, Any] = {"window_size": (-1, 0)} if "window_size" in takes else {"is_causal": True}
     if k.shape[1] != q.shape[1]:
@@ -183,6 +190,8 @@ def _flash_varlen(query: Any, key: Any, value: Any, cu: Any, bounds: tuple[int, 
     longest = max(end - start for start, end in itertools.pairwise(bounds))
     try:
         out = kernel(q, k, v, cu, cu, longest, longest, scale=scaling, **extra)
+    except torch.OutOfMemoryError:
+        raise  # the batch is too large (auto_batch_size retries smaller), not a kernel it cannot run
     except (RuntimeError, NotImplementedError, TypeError) as e:  # an unsupported GPU or build: keep training
         _flash_failed = f"{type(e).__name__}: {e}"
         logger.warning("flash varlen attention unavailable (%s); attending example by example", _flash_failed)

@@ -9,8 +9,9 @@ limit (one of the commonest complaints after a LoRA fine-tune).
 
 tunekit finds the special tokens the template writes whose rows are degenerate, starts them at the
 mean of the trained rows (as transformers' ``resize_token_embeddings(mean_resizing=True)`` starts
-new rows), and trains them with the method, as it does for template tokens it added itself (LoRA:
-only those rows, through peft's ``trainable_token_indices``). transformers and peft have no check
+new rows), and trains them where the method can train just those rows: LoRA and AdaLoRA (peft's
+``trainable_token_indices``) and full fine-tuning. Other methods would have to train both embedding
+matrices whole, so for them the rows are only started at the mean, with a warning. transformers and peft have no check
 of their own for this; the idea is the one Unsloth's ``fix_untrained_tokens`` popularised.
 """
 
@@ -68,29 +69,37 @@ def _degenerate_rows(norms: Any, ids: list[int] | None = None) -> list[int]:
     return [i for i in ids if i < norms.shape[0] and bool(small[i])]
 
 
+# LoRA and AdaLoRA train just these rows (peft's trainable_token_indices); Full trains every weight anyway. The other
+# methods could only train both embedding matrices whole: for a 128k vocabulary and 4096 wide, a billion parameters.
+_TRAINS_ROWS = frozenset({"LoRA", "AdaLoRA", "Full"})
+
+
 def fix_untrained_template_tokens(model: Any, tokenizer: Any, end_of_turn_id: int, method: Any) -> list[int]:
     """Start the untrained template tokens' rows at the mean trained row; returns the ids ``method`` must train
-    (none for prompt-based methods, which keep every embedding frozen)."""
+    (none for methods that cannot train just those rows)."""
     import torch
 
     ids = [i for i in template_token_ids(tokenizer, end_of_turn_id) if i < len(tokenizer)]
     matrices = [m.weight for m in (model.get_input_embeddings(), model.get_output_embeddings()) if m is not None]
     matrices = list({id(w): w for w in matrices}.values())  # tied embeddings: one matrix
     norms = [_row_norms(w) for w in matrices]
-    bad = sorted({i for n in norms for i in _degenerate_rows(n, ids)})
+    found = [_degenerate_rows(n, ids) for n in norms]
+    bad = sorted({i for rows in found for i in rows})
     if not bad:
         return []
     with torch.no_grad():
-        for w, n in zip(matrices, norms):
+        for w, n, rows in zip(matrices, norms, found):
+            if not rows:
+                continue  # this side of the token was trained (untied embeddings): keep it
             untrained = _degenerate_rows(n)  # every untrained row (reserved tokens too) stays out of the mean
             total = w.sum(dim=0, dtype=torch.float32) - w[untrained].sum(dim=0, dtype=torch.float32)
-            w[bad] = (total / (w.shape[0] - len(untrained))).to(w.dtype)
+            w[rows] = (total / (w.shape[0] - len(untrained))).to(w.dtype)
     names = tokenizer.convert_ids_to_tokens(bad)
-    if method.family == "prompt":
+    if method.name not in _TRAINS_ROWS:
         logger.warning(
             "the base model never trained the chat template's tokens %s (their embedding rows are zero): tunekit "
-            "starts them at the mean embedding, but %s keeps the embeddings frozen, so the model may not learn to "
-            "end its turn; tk.LoRA() trains just those rows",
+            "starts them at the mean embedding, but %s cannot train just those rows (only both embedding matrices "
+            "whole), so the model may not learn to end its turn; tk.LoRA() trains just those rows",
             names,
             method.name,
         )
