@@ -11,21 +11,22 @@ kernel (tiles of 4096 tokens by 32768 vocabulary entries).
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import random
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tunekit.backends.hf import fastpath
 from tunekit.plan import Plan
 
-__all__ = ["checkpointing_needed", "make_plan"]
+__all__ = ["activation_parts", "checkpointing_needed", "layer_bytes_per_token", "make_plan"]
 
 logger = logging.getLogger("tunekit")
 
-_PROBE_TOKENS = 64
 _TOKEN_TILE, _VOCAB_TILE = 4096, 32768  # trl.kernels.chunked_logprob's tiles
+_TORCH_FOLD_TEMPS = 7  # fp32 tile-sized temporaries alive at once in its torch (non-Triton) backward, measured
 
 
 def _unique_params(model: Any) -> list[Any]:
@@ -76,59 +77,162 @@ def _backbone(model: Any) -> Any:
     return getattr(base, str(base.base_model_prefix), base)
 
 
-def _saved_bytes(model: Any, tokens: int, packing: bool) -> int:
-    """Bytes the autograd graph keeps after one forward of ``tokens`` tokens through the backbone."""
+@dataclass(frozen=True)
+class _Linear:
+    """One projection of a decoder layer, as far as its saved input is concerned."""
+
+    name: str
+    in_features: int
+    trainable: bool  # its weight or an adapter on it trains: the backward needs its input
+    rank: int  # LoRA rank (0: none); lora_B keeps lora_A's output, rank values per token
+
+
+def _decoder_layer(model: Any) -> Any:
+    layers = getattr(_backbone(model), "layers", None)
+    if layers is None or len(layers) == 0:
+        raise ValueError(f"{type(_backbone(model)).__name__} has no .layers to read a decoder layer from")
+    return layers[0]
+
+
+def _linears(layer: Any) -> list[_Linear]:
+    """The layer's projections (peft-wrapped ones as one, with their LoRA rank)."""
     import torch
+    from peft.tuners.tuners_utils import BaseTunerLayer
 
-    from tunekit.backends.hf import fastpath
-
-    ids = torch.zeros(1, tokens, dtype=torch.long)
-    storages: dict[int, int] = {}
-    # Weights the graph keeps (a frozen linear keeps its weight for the input's gradient) are not activations.
-    weights = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
-
-    def keep(t: Any) -> Any:
-        s = t.untyped_storage()
-        if s.data_ptr() not in weights:
-            storages[s.data_ptr()] = s.nbytes()
-        return t
-
-    path = fastpath.FastPath(packing, fastpath.VARLEN if packing else None, False, False)
-    half = tokens // 2
-    extra: dict[str, Any] = (
-        {"position_ids": torch.cat([torch.arange(half), torch.arange(tokens - half)])[None]} if packing else {}
-    )
-    if packing:
-        extra["tunekit_bounds"] = (0, half, tokens)
-    model.train()
-    with fastpath.varlen_attention(model, path), torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
-        _backbone(model)(input_ids=ids, use_cache=False, **extra)
-    return sum(storages.values())
+    found: list[_Linear] = []
+    inside: str | None = None  # the peft layer being walked: its lora_A / lora_B / base_layer are not projections
+    for name, m in layer.named_modules():
+        if inside is not None and name.startswith(inside):
+            continue
+        short = name.rsplit(".", 1)[-1]
+        if isinstance(m, BaseTunerLayer):
+            base = m.get_base_layer()
+            ranks = getattr(m, "r", {})
+            rank = max(ranks.values(), default=0) if isinstance(ranks, dict) else 0
+            trainable = any(p.requires_grad for p in layer.get_submodule(name).parameters())
+            found.append(_Linear(short, int(getattr(base, "in_features", 0)), trainable, int(rank)))
+            inside = f"{name}."
+        elif isinstance(m, torch.nn.Linear):
+            found.append(_Linear(short, m.in_features, m.weight.requires_grad, 0))
+    return found
 
 
-def _per_layer_bytes_per_token(tuner: Any, model: Any, packing: bool) -> tuple[float, float]:
-    """(bytes one layer keeps per token, bytes the rest of the backbone keeps per token), measured."""
-    import torch
-    from transformers import AutoModelForCausalLM
+# Projections that read one and the same tensor: in full precision they share one saved input.
+_SHARED_INPUTS = ({"q_proj", "k_proj", "v_proj"}, {"gate_proj", "up_proj"}, {"query", "key", "value"}, {"w1", "w3"})
+_GATED = {"gate_proj", "w1", "w3", "gate_up_proj"}
 
-    from tunekit.backends.hf.peft_map import apply_method
 
-    base_config = getattr(model, "get_base_model", lambda: model)().config
-    sizes = []
-    for layers in (1, 2):
-        config = copy.deepcopy(base_config)
-        config.num_hidden_layers = layers
-        config.vocab_size = min(int(getattr(config, "vocab_size", 1024) or 1024), 1024)
-        if hasattr(config, "layer_types") and config.layer_types is not None:
-            config.layer_types = list(config.layer_types)[:layers]
-        params = _unique_params(model)
-        dtype = next((p.dtype for p in params if not p.requires_grad), params[0].dtype)  # the base's dtype
-        with torch.device("meta"):
-            probe = AutoModelForCausalLM.from_config(config, dtype=dtype)
-        probe = probe.to_empty(device="cpu")  # uninitialised: only the shapes of what is saved matter
-        probe = apply_method(probe, tuner.method, [], training=tuner.training)
-        sizes.append(_saved_bytes(probe, _PROBE_TOKENS, packing) / _PROBE_TOKENS)
-    return sizes[1] - sizes[0], max(0.0, 2 * sizes[0] - sizes[1])
+def _norms(layer: Any, config: Any) -> list[tuple[int, bool]]:
+    """(values per token, weight trains) of each normalisation in the layer (per-head q/k norms span every head)."""
+    heads = int(getattr(config, "num_attention_heads", 1) or 1)
+    kv_heads = int(getattr(config, "num_key_value_heads", heads) or heads)
+    out = []
+    for name, m in layer.named_modules():
+        weight = getattr(m, "weight", None)
+        if "norm" not in type(m).__name__.lower() or weight is None:
+            continue
+        size = int(weight.numel())
+        short = name.rsplit(".", 1)[-1]
+        if short.startswith("q_") and size < int(config.hidden_size):
+            size *= heads
+        elif short.startswith("k_") and size < int(config.hidden_size):
+            size *= kv_heads
+        out.append((size, bool(weight.requires_grad)))
+    return out
+
+
+def layer_bytes_per_token(model: Any, config: Any, *, mixed: bool) -> float:
+    """Bytes one decoder layer keeps per token for the backward pass, from the model's structure.
+
+    ``mixed``: bf16/fp16 autocast over weights held in another dtype (fp32 masters, fp32 adapters).
+    Checked against tensors saved for the backward, measured (backends/hf/memory_measure.py).
+    """
+    a = 2 if mixed else _base_bytes(model)  # the compute dtype: what matmuls take and give
+    layer = _decoder_layer(model)
+    h = int(config.hidden_size)
+    heads = int(config.num_attention_heads)
+    kv_heads = int(getattr(config, "num_key_value_heads", heads) or heads)
+    head_dim = int(getattr(config, "head_dim", None) or h // heads)
+    linears = _linears(layer)
+    inter = max((x.in_features for x in linears if x.name in {"down_proj", "w2", "fc2", "dense_4h_to_h"}), default=0)
+    inter = inter or int(getattr(config, "intermediate_size", 4 * h) or 4 * h)
+    total = 0.0
+    # RMSNorm / LayerNorm compute in fp32: they keep their fp32 input and 1/rms per token; a trainable weight
+    # also keeps the normalised input it multiplies.
+    for size, trains in _norms(layer, config):
+        total += 4 * size + 4 + (4 * size if trains else 0)
+    # Attention (SDPA, also tunekit's per-example varlen SDPA): q, k, v, its output, and an fp32 log-sum-exp per head.
+    total += a * (2 * heads * head_dim + 2 * kv_heads * head_dim) + 4 * heads
+    # Each projection whose weight (or adapter) trains keeps its input. In one precision, q/k/v (and gate/up) share
+    # theirs; under autocast each casts its fp32 input to bf16 itself, so each keeps its own copy.
+    shared: set[str] = set()
+    for x in linears:
+        if not x.trainable:
+            continue
+        group = next((g for g in _SHARED_INPUTS if x.name in g), None)
+        if group is not None and not mixed:
+            if any(n in shared for n in group):
+                continue
+            shared.add(x.name)
+        total += a * x.in_features + a * x.rank  # lora_B keeps lora_A's output (rank values)
+    # The MLP's elementwise part: a gated MLP keeps gate, act(gate) and up; a plain one its activation's input.
+    gated = any(x.name in _GATED for x in linears)
+    total += a * (3 if gated else 1) * inter
+    return total
+
+
+def _base_bytes(model: Any) -> int:
+    """Bytes per value of the frozen base weights (the residual stream's dtype); the weights' when all train."""
+    params = _unique_params(model)
+    frozen = [p for p in params if not p.requires_grad]
+    return int((frozen or params)[0].element_size())
+
+
+def rest_bytes_per_token(model: Any, config: Any, *, padded_length: int) -> float:
+    """Bytes per token kept outside the decoder layers: embeddings, final norm, the LM head's inputs, masks."""
+    w = _base_bytes(model)  # the residual stream, the backbone's output
+    h = int(config.hidden_size)
+    heads = int(config.num_attention_heads)
+    head_dim = int(getattr(config, "head_dim", None) or h // heads)
+    embedding = _backbone(model).get_input_embeddings() if hasattr(_backbone(model), "get_input_embeddings") else None
+    trains_embedding = any(p.requires_grad for p in embedding.parameters()) if embedding is not None else False
+    norm = getattr(_backbone(model), "norm", None)
+    norm_trains = any(p.requires_grad for p in norm.parameters()) if norm is not None else False
+    total = 8.0 if trains_embedding else 0.0  # the token ids, for the embedding's gradient
+    total += 4 * h + 4 + (4 * h if norm_trains else 0)  # the final norm, as in a layer
+    total += w * h + 8 + 4 + 1  # the head's copy of the shifted hidden states, labels (int64), log Z, label mask
+    total += 2 * head_dim * w  # the rotary cos and sin, shared by every layer
+    total += padded_length  # a padded batch's boolean attention mask: one row of it per token
+    return total
+
+
+def autocast_copies(model: Any, mixed: bool) -> int:
+    """Bytes of autocast's 16-bit copies of the layers' trainable fp32 weights, cached for the whole step."""
+    if not mixed:
+        return 0
+    layers = getattr(_backbone(model), "layers", None) or []
+    params = {id(p): p for layer in layers for p in layer.parameters()}.values()
+    return sum(2 * p.numel() for p in params if p.requires_grad and p.dim() == 2 and p.element_size() == 4)
+
+
+def loss_bytes(model: Any, tokens: int, *, mixed: bool, device: Any) -> int:
+    """Peak transient bytes of trl's chunked log-prob loss (trl.kernels.chunked_logprob), in its backward.
+
+    The backward recomputes each tile of logits into a (4096 tokens x 32768) buffer (always that wide), folds
+    it in fp32 (where Triton is missing, as on the CPU, several fp32 temporaries of the tile's real width), and
+    accumulates the hidden states' gradient, and the head's if it trains, in fp32.
+    """
+    head = model.get_output_embeddings()
+    vocab, h = int(head.weight.shape[0]), int(head.weight.shape[1])
+    c = 2 if mixed else int(head.weight.element_size())
+    rows = min(tokens, _TOKEN_TILE)
+    total = rows * _VOCAB_TILE * c  # the tile buffer
+    if device.type != "cuda" or not fastpath.importable("triton"):
+        total += _TORCH_FOLD_TEMPS * rows * min(vocab, _VOCAB_TILE) * 4
+    total += tokens * h * 4  # grad of the hidden states, fp32
+    if head.weight.requires_grad:
+        total += vocab * h * 4  # grad of the head's weight, fp32
+    return int(total)
 
 
 def _micro_batch_tokens(lengths: list[int], training: Any, packing: bool, micro_batches: int) -> int:
@@ -188,7 +292,6 @@ def make_plan(tuner: Any, data: Any, eval_data: Any = None, *, checkpointing: bo
 
 def plan_encoded(tuner: Any, model: Any, enc: Any, *, checkpointing: bool | None = None) -> Plan:
     """The Plan of training ``model`` (method applied) on encoded data ``enc``."""
-    from tunekit.backends.hf import fastpath
     from tunekit.backends.hf.models import resolve_device, resolve_precision
     from tunekit.data.encoding import Encoded
 
@@ -213,28 +316,14 @@ def plan_encoded(tuner: Any, model: Any, enc: Any, *, checkpointing: bool | None
         batches = math.ceil(len(lengths) / training.batch_size)
     steps = _steps(batches, training)
     micro = _micro_batch_tokens(lengths, training, packing, steps * training.grad_accum)
-    try:
-        per_layer, rest = _per_layer_bytes_per_token(tuner, model, packing)
-    except Exception as e:  # an architecture the probe cannot slice: a conservative analytic estimate
-        logger.info("activation probe failed (%s); using an analytic estimate", e)
-        cfg = getattr(model, "config", None)
-        h = int(getattr(cfg, "hidden_size", 1024))
-        inter = int(getattr(cfg, "intermediate_size", 4 * h) or 4 * h)
-        per_layer, rest = 4.0 * (40 * h + 10 * inter), 8.0 * h
-    config = getattr(model, "get_base_model", lambda: model)().config
-    layers = int(getattr(config, "num_hidden_layers", 1))
-    hidden = int(getattr(config, "hidden_size", 0))
-    vocab = int(getattr(config, "vocab_size", 0))
     gc = bool(checkpointing) if checkpointing is not None else training.gradient_checkpointing is True
-    act_bytes = 2 if precision in ("bf16", "fp16") else 4
-    if gc:  # layer inputs kept, one layer's activations recomputed at a time
-        activations = micro * (layers * hidden * act_bytes + per_layer + rest)
-    else:
-        activations = micro * (layers * per_layer + rest)
-    head = min(micro, _TOKEN_TILE) * min(vocab, _VOCAB_TILE) * act_bytes + micro * hidden * (4 + act_bytes)
-    activations = int(activations + head)
-    total_mem = _device_memory(device)
+    padded_length = 0 if packing else max(lengths, default=0)
+    parts = activation_parts(
+        model, tokens=micro, padded_length=padded_length, checkpointing=gc, precision=precision, device=device
+    )
+    activations = sum(parts.values())
     total = weights + grads + optimizer + activations
+    total_mem = _device_memory(device)
     return Plan(
         method=tuner.method.name,
         objective=tuner.objective_used.name,
@@ -255,6 +344,38 @@ def plan_encoded(tuner: Any, model: Any, enc: Any, *, checkpointing: bool | None
         device_memory_bytes=total_mem,
         fits=None if total_mem is None else total <= 0.95 * total_mem,
     )
+
+
+def activation_parts(
+    model: Any, *, tokens: int, padded_length: int, checkpointing: bool, precision: str, device: Any
+) -> dict[str, int]:
+    """Estimated activation memory of one micro-batch of ``tokens`` tokens, in three parts (bytes).
+
+    ``saved``: what the forward keeps for the backward (per layer, from :func:`layer_bytes_per_token`);
+    ``loss``: the LM head loss's transient peak; ``autocast``: autocast's 16-bit weight copies.
+    ``padded_length``: the batch's padded sequence length (0 for packed batches).
+    """
+    config = getattr(model, "get_base_model", lambda: model)().config
+    mixed = precision in ("bf16", "fp16")
+    try:
+        per_layer = layer_bytes_per_token(model, config, mixed=mixed)
+        rest = rest_bytes_per_token(model, config, padded_length=padded_length)
+    except (AttributeError, TypeError, ValueError) as e:  # an architecture laid out otherwise: a rough estimate
+        logger.info("no per-layer memory formula for this model (%s); using a rough estimate", e)
+        h = int(getattr(config, "hidden_size", 1024))
+        inter = int(getattr(config, "intermediate_size", 4 * h) or 4 * h)
+        per_layer, rest = 4.0 * (12 * h + 4 * inter), 16.0 * h
+    layers = int(getattr(config, "num_hidden_layers", 1))
+    if checkpointing:  # each layer keeps only its input (the residual stream); the backward recomputes one at a time
+        saved = tokens * (layers * int(config.hidden_size) * _base_bytes(model) + per_layer + rest)
+    else:
+        saved = tokens * (layers * per_layer + rest)
+    return {
+        "saved": int(saved),
+        "loss": loss_bytes(model, tokens, mixed=mixed, device=device),
+        # Under checkpointing the forward keeps no weight copies; the recomputation casts one layer's at a time.
+        "autocast": autocast_copies(model, mixed) // (layers if checkpointing else 1),
+    }
 
 
 def checkpointing_needed(tuner: Any, model: Any, enc: Any) -> bool:
