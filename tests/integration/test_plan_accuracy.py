@@ -14,7 +14,10 @@ import pytest
 import tunekit as tk
 from tunekit.testing import reverse_task
 
-TOLERANCE = 0.25
+TOLERANCE = 0.25  # what the issue asks of plan()
+# The formula counts the saved tensors of these architectures term by term (measured within 2.5%): a tighter
+# bound on each part, so that a wrong or missing term fails here even where the total would hide it.
+PART_TOLERANCE = 0.06
 
 
 @pytest.fixture(scope="module")
@@ -97,3 +100,5 @@ def test_plan_is_within_25_percent_of_the_measured_step(
     }
     off = {k: round(v, 3) for k, v in ratios.items() if abs(v - 1) > TOLERANCE}
     assert not off, f"plan vs measured off by more than 25%: {off} (measured {measured.to_dict()}, plan {parts})"
+    off = {k: round(v, 3) for k, v in ratios.items() if k in ("saved", "loss") and abs(v - 1) > PART_TOLERANCE}
+    assert not off, f"a part of plan's activations is off: {off} (measured {measured.to_dict()}, plan {parts})"
