@@ -33,7 +33,9 @@ def test_plan_matches_fit(tiny_llama: Path, method: tk.Method, training: dict) -
     # Memory: the parts add up, weights are the parameters in fp32, and it is not a device.
     assert plan.weights_bytes == 4 * plan.total_params
     assert plan.gradients_bytes == 4 * plan.trainable_params and plan.optimizer_bytes == 2 * plan.gradients_bytes
-    assert 0 < plan.activations_bytes < 10 * 2**20
+    # Under 40 MiB: trl's chunked loss alone holds a (tokens x 32768) fp32 tile, here about 13 MiB (and more
+    # fp32 temporaries on the CPU); its accuracy is tested in test_plan_accuracy.py.
+    assert 0 < plan.activations_bytes < 40 * 2**20
     assert plan.fits is None and plan.device_memory_bytes is None
     d = json.loads(json.dumps(plan.to_dict()))
     assert d["memory"]["total"] == plan.total_bytes == sum(v for k, v in d["memory"].items() if k != "total")

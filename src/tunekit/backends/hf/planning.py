@@ -147,7 +147,8 @@ def layer_bytes_per_token(model: Any, config: Any, *, mixed: bool) -> float:
     ``mixed``: bf16/fp16 autocast over weights held in another dtype (fp32 masters, fp32 adapters).
     Checked against tensors saved for the backward, measured (backends/hf/memory_measure.py).
     """
-    a = 2 if mixed else _base_bytes(model)  # the compute dtype: what matmuls take and give
+    w = _base_bytes(model)  # the residual stream's dtype
+    a = 2 if mixed else w  # the compute dtype: what matmuls take and give
     layer = _decoder_layer(model)
     h = int(config.hidden_size)
     heads = int(config.num_attention_heads)
@@ -158,19 +159,21 @@ def layer_bytes_per_token(model: Any, config: Any, *, mixed: bool) -> float:
     inter = inter or int(getattr(config, "intermediate_size", 4 * h) or 4 * h)
     total = 0.0
     # RMSNorm / LayerNorm compute in fp32: they keep their fp32 input and 1/rms per token; a trainable weight
-    # also keeps the normalised input it multiplies.
+    # also keeps the normalised input it multiplies (cast back to the residual stream's dtype).
     for size, trains in _norms(layer, config):
-        total += 4 * size + 4 + (4 * size if trains else 0)
+        total += 4 * size + 4 + (w * size if trains else 0)
     # Attention (SDPA, also tunekit's per-example varlen SDPA): q, k, v, its output, and an fp32 log-sum-exp per head.
     total += a * (2 * heads * head_dim + 2 * kv_heads * head_dim) + 4 * heads
-    # Each projection whose weight (or adapter) trains keeps its input. In one precision, q/k/v (and gate/up) share
-    # theirs; under autocast each casts its fp32 input to bf16 itself, so each keeps its own copy.
+    # Each projection whose weight (or adapter) trains keeps its input. q/k/v (and gate/up) read one tensor and
+    # share it, unless autocast has to cast it to 16 bits first (an fp32 residual stream, or peft's fp32 adapters,
+    # which take their input in fp32): then each projection casts, and keeps, its own copy.
     shared: set[str] = set()
     for x in linears:
         if not x.trainable:
             continue
         group = next((g for g in _SHARED_INPUTS if x.name in g), None)
-        if group is not None and not mixed:
+        own_copy = mixed and (w == 4 or x.rank > 0)
+        if group is not None and not own_copy:
             if any(n in shared for n in group):
                 continue
             shared.add(x.name)
@@ -199,7 +202,7 @@ def rest_bytes_per_token(model: Any, config: Any, *, padded_length: int) -> floa
     norm = getattr(_backbone(model), "norm", None)
     norm_trains = any(p.requires_grad for p in norm.parameters()) if norm is not None else False
     total = 8.0 if trains_embedding else 0.0  # the token ids, for the embedding's gradient
-    total += 4 * h + 4 + (4 * h if norm_trains else 0)  # the final norm, as in a layer
+    total += 4 * h + 4 + (w * h if norm_trains else 0)  # the final norm, as in a layer
     total += w * h + 8 + 4 + 1  # the head's copy of the shifted hidden states, labels (int64), log Z, label mask
     total += 2 * head_dim * w  # the rotary cos and sin, shared by every layer
     total += padded_length  # a padded batch's boolean attention mask: one row of it per token
