@@ -268,12 +268,19 @@ def _steps(batches: int, training: Any) -> int:
     return math.ceil(training.epochs * per_epoch)
 
 
-def _device_memory(device: Any) -> int | None:
+def _device_memory(device: Any) -> int:
+    """Memory the run can use: the CUDA device's total, or on the CPU the RAM available now.
+
+    On the CPU, what other processes hold is not the run's, so the figure is psutil's ``available``
+    (free plus reclaimable caches; psutil comes with accelerate), not the machine's total.
+    """
     import torch
 
-    if device.type != "cuda":
-        return None
-    return int(torch.cuda.get_device_properties(device).total_memory)
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).total_memory)
+    import psutil
+
+    return int(psutil.virtual_memory().available)
 
 
 def make_plan(tuner: Any, data: Any, eval_data: Any = None, *, checkpointing: bool | None = None) -> Plan:
@@ -319,14 +326,26 @@ def plan_encoded(tuner: Any, model: Any, enc: Any, *, checkpointing: bool | None
         batches = math.ceil(len(lengths) / training.batch_size)
     steps = _steps(batches, training)
     micro = _micro_batch_tokens(lengths, training, packing, steps * training.grad_accum)
-    gc = bool(checkpointing) if checkpointing is not None else training.gradient_checkpointing is True
     padded_length = 0 if packing else max(lengths, default=0)
-    parts = activation_parts(
-        model, tokens=micro, padded_length=padded_length, checkpointing=gc, precision=precision, device=device
-    )
-    activations = sum(parts.values())
-    total = weights + grads + optimizer + activations
     total_mem = _device_memory(device)
+
+    def activations_with(gc: bool) -> int:
+        parts = activation_parts(
+            model, tokens=micro, padded_length=padded_length, checkpointing=gc, precision=precision, device=device
+        )
+        return sum(parts.values())
+
+    # As fit decides it (backend.fit, peft_map.training_for): "auto" is on only on a CUDA device the run would
+    # not fit without it; methods that cannot checkpoint (prefix tuning) train without.
+    if checkpointing is not None:
+        gc = bool(checkpointing)
+    elif training.gradient_checkpointing == "auto":
+        gc = device.type == "cuda" and weights + grads + optimizer + activations_with(False) > 0.95 * total_mem
+    else:
+        gc = training.gradient_checkpointing is True
+    gc = gc and bool(getattr(tuner.method, "supports_gradient_checkpointing", True))
+    activations = activations_with(gc)
+    total = weights + grads + optimizer + activations
     return Plan(
         method=tuner.method.name,
         objective=tuner.objective_used.name,
@@ -345,7 +364,7 @@ def plan_encoded(tuner: Any, model: Any, enc: Any, *, checkpointing: bool | None
         optimizer_bytes=int(optimizer),
         activations_bytes=activations,
         device_memory_bytes=total_mem,
-        fits=None if total_mem is None else total <= 0.95 * total_mem,
+        fits=total <= 0.95 * total_mem,
     )
 
 
@@ -386,7 +405,7 @@ def checkpointing_needed(tuner: Any, model: Any, enc: Any) -> bool:
     if getattr(model, "device", None) is None or model.device.type != "cuda":
         return False
     plan = plan_encoded(tuner, model, enc, checkpointing=False)
-    if plan.fits is None or plan.fits:
+    if plan.fits:
         return False
     logger.info("gradient checkpointing on: the run needs about %.1f GiB without it", plan.total_bytes / 2**30)
     return True
