@@ -218,22 +218,32 @@ def autocast_copies(model: Any, mixed: bool) -> int:
     return sum(2 * p.numel() for p in params if p.requires_grad and p.dim() == 2 and p.element_size() == 4)
 
 
-def loss_bytes(model: Any, tokens: int, *, mixed: bool, device: Any) -> int:
-    """Peak transient bytes of trl's chunked log-prob loss (trl.kernels.chunked_logprob), in its backward.
+def loss_bytes(model: Any, tokens: int, *, mixed: bool, device: Any, fused: bool = True) -> int:
+    """Peak transient bytes of the loss, in its backward.
 
-    The backward recomputes each tile of logits into a (4096 tokens x 32768) buffer (always that wide), folds
-    it in fp32 (where Triton is missing, as on the CPU, several fp32 temporaries of the tile's real width), and
-    accumulates the hidden states' gradient, and the head's if it trains, in fp32.
+    ``fused`` (SFT / CausalLM with a plain LM head): trl's chunked log-prob loss
+    (trl.kernels.chunked_logprob). Its backward recomputes each tile of logits into a (4096 tokens x
+    32768) buffer (always that wide), folds it in fp32 (where Triton is missing, as on the CPU,
+    through several fp32 temporaries of the tile's real width), and accumulates the hidden states'
+    gradient, and the head's if it trains, in fp32. Measured: backends/hf/memory_measure.py.
+
+    Otherwise (the model's own loss, preference and RL trainers) the full logits exist: in the compute
+    dtype, upcast to fp32 for the cross-entropy, its log-softmax kept, and their gradient (not measured).
     """
     head = model.get_output_embeddings()
-    vocab, h = int(head.weight.shape[0]), int(head.weight.shape[1])
-    c = 2 if mixed else int(head.weight.element_size())
+    weight = getattr(head, "weight", None)
+    if weight is None:  # a sequence-classification head: one score per sequence, nothing to speak of
+        return 0
+    vocab, h = int(weight.shape[0]), int(weight.shape[1])
+    c = 2 if mixed else int(weight.element_size())
+    if not fused:
+        return int(tokens * vocab * (c + 3 * 4))
     rows = min(tokens, _TOKEN_TILE)
     total = rows * _VOCAB_TILE * c  # the tile buffer
     if device.type != "cuda" or not fastpath.importable("triton"):
         total += _TORCH_FOLD_TEMPS * rows * min(vocab, _VOCAB_TILE) * 4
     total += tokens * h * 4  # grad of the hidden states, fp32
-    if head.weight.requires_grad:
+    if weight.requires_grad:
         total += vocab * h * 4  # grad of the head's weight, fp32
     return int(total)
 
@@ -303,6 +313,7 @@ def make_plan(tuner: Any, data: Any, eval_data: Any = None, *, checkpointing: bo
 def plan_encoded(tuner: Any, model: Any, enc: Any, *, checkpointing: bool | None = None) -> Plan:
     """The Plan of training ``model`` (method applied) on encoded data ``enc``."""
     from tunekit.backends.hf.models import resolve_device, resolve_precision
+    from tunekit.backends.hf.trainers import _loss_has_extra_terms, _plain_lm_head
     from tunekit.data.encoding import Encoded
 
     training = tuner.training
@@ -329,9 +340,17 @@ def plan_encoded(tuner: Any, model: Any, enc: Any, *, checkpointing: bool | None
     padded_length = 0 if packing else max(lengths, default=0)
     total_mem = _device_memory(device)
 
+    fused = tokenised and _plain_lm_head(model) and not _loss_has_extra_terms(model)  # as trainers._sft decides
+
     def activations_with(gc: bool) -> int:
         parts = activation_parts(
-            model, tokens=micro, padded_length=padded_length, checkpointing=gc, precision=precision, device=device
+            model,
+            tokens=micro,
+            padded_length=padded_length,
+            checkpointing=gc,
+            precision=precision,
+            device=device,
+            fused_loss=fused,
         )
         return sum(parts.values())
 
@@ -369,13 +388,21 @@ def plan_encoded(tuner: Any, model: Any, enc: Any, *, checkpointing: bool | None
 
 
 def activation_parts(
-    model: Any, *, tokens: int, padded_length: int, checkpointing: bool, precision: str, device: Any
+    model: Any,
+    *,
+    tokens: int,
+    padded_length: int,
+    checkpointing: bool,
+    precision: str,
+    device: Any,
+    fused_loss: bool = True,
 ) -> dict[str, int]:
     """Estimated activation memory of one micro-batch of ``tokens`` tokens, in three parts (bytes).
 
     ``saved``: what the forward keeps for the backward (per layer, from :func:`layer_bytes_per_token`);
     ``loss``: the LM head loss's transient peak; ``autocast``: autocast's 16-bit weight copies.
-    ``padded_length``: the batch's padded sequence length (0 for packed batches).
+    ``padded_length``: the batch's padded sequence length (0 for packed batches); ``fused_loss``: the
+    loss goes through trl's chunked LM head (the fast SFT / CausalLM path), see :func:`loss_bytes`.
     """
     config = getattr(model, "get_base_model", lambda: model)().config
     mixed = precision in ("bf16", "fp16")
@@ -394,7 +421,7 @@ def activation_parts(
         saved = tokens * (layers * per_layer + rest)
     return {
         "saved": int(saved),
-        "loss": loss_bytes(model, tokens, mixed=mixed, device=device),
+        "loss": loss_bytes(model, tokens, mixed=mixed, device=device, fused=fused_loss),
         # Under checkpointing the forward keeps no weight copies; the recomputation casts one layer's at a time.
         "autocast": autocast_copies(model, mixed) // (layers if checkpointing else 1),
     }
