@@ -1,12 +1,14 @@
 """``tuner.plan(data)`` for the hf backend: exact parameter counts, data figures, a memory estimate.
 
-Nothing is trained and, when the tuner has not loaded its model yet, no weights are read: the
-model is built from its config on the meta device and the method applied to it there, which
-gives exact parameter counts and dtypes. Activation memory is measured rather than guessed: a
-one-layer and a two-layer slice of the same architecture, with the same method, run one forward
-on the CPU with uninitialised weights under ``saved_tensors_hooks``; the difference is what one
-layer keeps per token for the backward pass. The LM head's share follows trl's chunked log-prob
-kernel (tiles of 4096 tokens by 32768 vocabulary entries).
+Nothing is trained or run and, when the tuner has not loaded its model yet, no weights are read:
+the model is built from its config on the meta device and the method applied to it there, which
+gives exact parameter counts and dtypes. Activation memory comes from a per-layer formula of that
+model's structure (:func:`layer_bytes_per_token`: its norms, attention, the projections that train
+and their LoRA ranks, its MLP), the precision (bf16 autocast, fp32 norms) and gradient
+checkpointing, plus the LM head loss's transient peak (:func:`loss_bytes`, after trl's chunked
+log-prob kernel) and autocast's weight copies. Each term is a tensor the step really keeps:
+``memory_measure.py`` measures a step on the CPU, and the formula is tested against it
+(tests/integration/test_plan_accuracy.py, benchmarks/plan_accuracy.py).
 """
 
 from __future__ import annotations
@@ -144,7 +146,7 @@ def _norms(layer: Any, config: Any) -> list[tuple[int, bool]]:
 def layer_bytes_per_token(model: Any, config: Any, *, mixed: bool) -> float:
     """Bytes one decoder layer keeps per token for the backward pass, from the model's structure.
 
-    ``mixed``: bf16/fp16 autocast over weights held in another dtype (fp32 masters, fp32 adapters).
+    ``mixed``: the step runs under bf16 / fp16 autocast (16-bit compute, whatever dtype the weights are in).
     Checked against tensors saved for the backward, measured (backends/hf/memory_measure.py).
     """
     w = _base_bytes(model)  # the residual stream's dtype
