@@ -6,8 +6,8 @@ fast SFT path takes (fastpath.py): the same collator (packed or padded), the sam
 implementation, trl's chunked LM-head loss, gradient checkpointing as the Trainer enables it, and
 bf16 autocast as accelerate applies it.
 
-- ``weights``, ``gradients``, ``optimizer``: exact, from the parameters (AdamW keeps two moments of
-  each trainable parameter, in its dtype).
+- ``weights``: every parameter's storage; ``gradients``: the ``.grad`` tensors after the backward;
+  ``optimizer``: the tensors of ``torch.optim.AdamW``'s state after one update (learning rate 0).
 - ``activations``: what the forward leaves for the backward. Every tensor autograd saves is caught
   with ``torch.autograd.graph.saved_tensors_hooks`` and counted once per storage, at the storage's
   full size (a view saves its whole base); parameters and buffers are not activations. With
@@ -177,7 +177,10 @@ def _loss_peak(model: Any, hidden: Any, labels: Any, autocast: Any) -> int:
 
 
 def measure_step(tuner: Any, data: Any, *, checkpointing: bool = False) -> StepMemory:
-    """Measure one training step of ``tuner`` on ``data``, all of it as one micro-batch (CPU only)."""
+    """Measure one training step of ``tuner`` on ``data``, all of it as one micro-batch (CPU only).
+
+    Leaves trl's fused LM head installed on ``tuner.model``, as a ``fit`` would; the weights are not changed.
+    """
     import torch
 
     from tunekit.backends.hf import fastpath
@@ -200,7 +203,6 @@ def measure_step(tuner: Any, data: Any, *, checkpointing: bool = False) -> StepM
     params = _unique_params(model)
     trainable = [p for p in params if p.requires_grad]
     weights = sum(p.numel() * p.element_size() for p in params)
-    grads = sum(p.numel() * p.element_size() for p in trainable)
     bf16 = tuner.training.precision == "bf16"
 
     def autocast() -> Any:
@@ -209,6 +211,8 @@ def measure_step(tuner: Any, data: Any, *, checkpointing: bool = False) -> StepM
     exclude = {t.untyped_storage().data_ptr() for t in [*params, *model.buffers()]}
     fastpath.fused_loss_only(model)
     model.train()
+
+    state: dict[str, int] = {}
 
     def forward(gc: bool) -> _Saved:
         saved = _Saved(exclude)
@@ -224,6 +228,13 @@ def measure_step(tuner: Any, data: Any, *, checkpointing: bool = False) -> StepM
                 with torch.autograd.graph.saved_tensors_hooks(saved.pack, lambda t: t), autocast():
                     out = model(**batch, use_cache=False, fused_lm_head=True)
                 (-out.log_probs.sum()).backward()  # inside the attention context: checkpointing recomputes there
+            # What the step holds besides activations: the gradients, and AdamW's state after one update (lr 0).
+            state["gradients"] = sum(p.grad.nbytes for p in trainable if p.grad is not None)
+            optimizer = torch.optim.AdamW(trainable, lr=0.0)
+            optimizer.step()
+            state["optimizer"] = sum(
+                t.nbytes for s in optimizer.state.values() for t in s.values() if torch.is_tensor(t) and t.dim() > 0
+            )
         finally:
             model.zero_grad(set_to_none=True)
             if gc:
@@ -246,8 +257,8 @@ def measure_step(tuner: Any, data: Any, *, checkpointing: bool = False) -> StepM
         tokens=tokens,
         padded_length=0 if path.packing else int(batch["input_ids"].shape[1]),
         weights=int(weights),
-        gradients=int(grads),
-        optimizer=int(2 * grads),
+        gradients=int(state["gradients"]),
+        optimizer=int(state["optimizer"]),
         saved=int(saved),
         loss=int(loss),
     )
