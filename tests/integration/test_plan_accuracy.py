@@ -44,13 +44,19 @@ CASES = [
     (tk.LoRA(r=8), False, True, "fp32"),
     (tk.LoRA(r=8), True, False, "bf16"),
     (tk.Full(), True, True, "bf16"),
+    (tk.LoRA(r=4, target_modules=["q_proj", "v_proj"]), True, False, "bf16"),
+    (tk.Freeze(last_layers=1), True, False, "fp32"),  # the layers below the one that trains keep nothing
 ]
 
 
 @pytest.mark.parametrize(
     ("method", "packing", "checkpointing", "precision"),
     CASES,
-    ids=[f"{m.name}-{'packed' if p else 'padded'}-{'gc' if g else 'nogc'}-{x}" for m, p, g, x in CASES],
+    ids=[
+        f"{m.name}{'-qv' if isinstance(m, tk.LoRA) and m.target_modules != 'all-linear' else ''}"
+        f"-{'packed' if p else 'padded'}-{'gc' if g else 'nogc'}-{x}"
+        for m, p, g, x in CASES
+    ],
 )
 def test_plan_is_within_25_percent_of_the_measured_step(
     small_qwen: Path, method: tk.Method, packing: bool, checkpointing: bool, precision: str

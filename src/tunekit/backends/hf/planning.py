@@ -90,10 +90,11 @@ class _Linear:
 
 
 def _decoder_layer(model: Any) -> Any:
+    """The layer the formula reads: the first that trains (tk.Freeze trains only the last ones), else the first."""
     layers = getattr(_backbone(model), "layers", None)
     if layers is None or len(layers) == 0:
         raise ValueError(f"{type(_backbone(model)).__name__} has no .layers to read a decoder layer from")
-    return layers[0]
+    return next((x for x in layers if any(p.requires_grad for p in x.parameters())), layers[0])
 
 
 def _linears(layer: Any) -> list[_Linear]:
@@ -389,6 +390,31 @@ def plan_encoded(tuner: Any, model: Any, enc: Any, *, checkpointing: bool | None
     )
 
 
+def _layers_in_the_graph(model: Any, layers: int) -> int:
+    """How many decoder layers the backward goes through: those from the first one that trains.
+
+    Layers below it see inputs that need no gradient, so autograd keeps nothing of theirs, unless
+    something before them trains (the embeddings, a prompt encoder's virtual tokens).
+    """
+    try:
+        blocks = list(_backbone(model).layers)
+    except (AttributeError, TypeError):
+        return layers
+    in_blocks = {id(p) for block in blocks for p in block.parameters()}
+    head = model.get_output_embeddings()
+    after = {id(p) for p in head.parameters()} if head is not None else set()
+    norm = getattr(_backbone(model), "norm", None)
+    after |= {id(p) for p in norm.parameters()} if norm is not None else set()
+    embedding = _backbone(model).get_input_embeddings()
+    tied = {id(p) for p in embedding.parameters()} & after  # a tied head trains the embedding's weight too
+    before = [p for p in _unique_params(model) if id(p) not in in_blocks and (id(p) not in after or id(p) in tied)]
+    prompt_learning = getattr(getattr(model, "active_peft_config", None), "is_prompt_learning", False)
+    if prompt_learning or any(p.requires_grad for p in before):
+        return layers
+    first = next((i for i, block in enumerate(blocks) if any(p.requires_grad for p in block.parameters())), len(blocks))
+    return layers - first
+
+
 def activation_parts(
     model: Any,
     *,
@@ -420,7 +446,7 @@ def activation_parts(
     if checkpointing:  # each layer keeps only its input (the residual stream); the backward recomputes one at a time
         saved = tokens * (layers * int(config.hidden_size) * _base_bytes(model) + per_layer + rest)
     else:
-        saved = tokens * (layers * per_layer + rest)
+        saved = tokens * (_layers_in_the_graph(model, layers) * per_layer + rest)
     return {
         "saved": int(saved),
         "loss": loss_bytes(model, tokens, mixed=mixed, device=device, fused=fused_loss),
