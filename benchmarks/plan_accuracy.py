@@ -1,11 +1,12 @@
 """``tuner.plan()``'s memory estimate vs one measured training step on the CPU, per configuration.
 
 For each of LoRA / full fine-tuning x packed / padded batches x gradient checkpointing off / on x
-fp32 / bf16 autocast (and full fine-tuning of a model held in bf16, as the GPU benchmark trains
-it), plan() (run on the meta device, before anything is loaded) is compared with the step
-measured by ``tunekit.backends.hf.memory_measure``: the tensors autograd saves for the backward,
-storage by storage, and the transient peak of the LM head's chunked loss from the allocator's
-records. Weights, gradients and optimizer state are exact on both sides.
+fp32 / bf16 autocast, plus full fine-tuning of a model held in bf16 (as the GPU benchmark trains
+it), LoRA on q_proj / v_proj only and tk.Freeze of the last layer: plan() (run on the meta device,
+before anything is loaded) is compared with the step measured by
+``tunekit.backends.hf.memory_measure``: the tensors autograd saves for the backward, storage by
+storage, the transient peak of the LM head's chunked loss from the allocator's records, the
+``.grad`` tensors and AdamW's state after one update.
 
 Prints one JSON line: per configuration, estimated and measured bytes of ``saved`` (what the forward
 keeps for the backward), ``loss``, ``activations`` (their sum) and ``total``, with est/measured ratios;
@@ -35,6 +36,8 @@ def configs(quick: bool) -> list[tuple[str, str, bool, bool, str]]:
                     out.append((name, method, packing, gc, precision))
     out += [("full-packed-nogc-bf16-weights", "full", True, False, "bf16-weights")]
     out += [("full-packed-gc-bf16-weights", "full", True, True, "bf16-weights")]
+    out += [("lora-qv-packed-nogc-bf16", "lora-qv", True, False, "bf16")]  # LoRA on q_proj and v_proj only
+    out += [("freeze-packed-nogc-fp32", "freeze", True, False, "fp32")]  # only the last layer trains
     return out[::5] if quick else out
 
 
@@ -56,7 +59,12 @@ def run_one(path: Path, rows: list[dict[str, str]], method: str, packing: bool, 
     )
 
     def tuner() -> Any:
-        m = tk.Full() if method == "full" else tk.LoRA(r=16, alpha=32)
+        m = {
+            "full": tk.Full(),
+            "lora": tk.LoRA(r=16, alpha=32),
+            "lora-qv": tk.LoRA(r=16, alpha=32, target_modules=["q_proj", "v_proj"]),
+            "freeze": tk.Freeze(last_layers=1),
+        }[method]
         if precision == "bf16-weights":
             from transformers import AutoModelForCausalLM
 

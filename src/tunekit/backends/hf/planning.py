@@ -144,10 +144,12 @@ def _norms(layer: Any, config: Any) -> list[tuple[int, bool]]:
     return out
 
 
-def layer_bytes_per_token(model: Any, config: Any, *, mixed: bool) -> float:
+def layer_bytes_per_token(model: Any, config: Any, *, mixed: bool, liger: bool = False) -> float:
     """Bytes one decoder layer keeps per token for the backward pass, from the model's structure.
 
     ``mixed``: the step runs under bf16 / fp16 autocast (16-bit compute, whatever dtype the weights are in).
+    ``liger``: Liger's RMSNorm and SwiGLU kernels replace the model's (tunekit applies them on CUDA
+    when liger-kernel is installed); they keep less, see the terms below.
     Checked against tensors saved for the backward, measured (backends/hf/memory_measure.py).
     """
     w = _base_bytes(model)  # the residual stream's dtype
@@ -163,8 +165,9 @@ def layer_bytes_per_token(model: Any, config: Any, *, mixed: bool) -> float:
     total = 0.0
     # RMSNorm / LayerNorm compute in fp32: they keep their fp32 input and 1/rms per token; a trainable weight
     # also keeps the normalised input it multiplies (cast back to the residual stream's dtype).
+    # Liger's RMSNorm keeps only its input, as it is, and 1/rms (it recomputes the rest in its backward).
     for size, trains in _norms(layer, config):
-        total += 4 * size + 4 + (w * size if trains else 0)
+        total += w * size + 4 if liger else 4 * size + 4 + (w * size if trains else 0)
     # Attention (SDPA, also tunekit's per-example varlen SDPA): q, k, v, its output, and an fp32 log-sum-exp per head.
     total += a * (2 * heads * head_dim + 2 * kv_heads * head_dim) + 4 * heads
     # Each projection whose weight (or adapter) trains keeps its input. q/k/v (and gate/up) read one tensor and
@@ -181,9 +184,10 @@ def layer_bytes_per_token(model: Any, config: Any, *, mixed: bool) -> float:
                 continue
             shared.add(x.name)
         total += a * x.in_features + a * x.rank  # lora_B keeps lora_A's output (rank values)
-    # The MLP's elementwise part: a gated MLP keeps gate, act(gate) and up; a plain one its activation's input.
+    # The MLP's elementwise part: a gated MLP keeps gate, act(gate) and up (Liger's SwiGLU only gate and up); a
+    # plain one its activation's input.
     gated = any(x.name in _GATED for x in linears)
-    total += a * (3 if gated else 1) * inter
+    total += a * ((2 if liger else 3) if gated else 1) * inter
     return total
 
 
@@ -194,7 +198,7 @@ def _base_bytes(model: Any) -> int:
     return int((frozen or params)[0].element_size())
 
 
-def rest_bytes_per_token(model: Any, config: Any, *, padded_length: int) -> float:
+def rest_bytes_per_token(model: Any, config: Any, *, padded_length: int, liger: bool = False) -> float:
     """Bytes per token kept outside the decoder layers: embeddings, final norm, the LM head's inputs, masks."""
     w = _base_bytes(model)  # the residual stream, the backbone's output
     h = int(config.hidden_size)
@@ -205,7 +209,7 @@ def rest_bytes_per_token(model: Any, config: Any, *, padded_length: int) -> floa
     norm = getattr(_backbone(model), "norm", None)
     norm_trains = any(p.requires_grad for p in norm.parameters()) if norm is not None else False
     total = 8.0 if trains_embedding else 0.0  # the token ids, for the embedding's gradient
-    total += 4 * h + 4 + (w * h if norm_trains else 0)  # the final norm, as in a layer
+    total += w * h + 4 if liger else 4 * h + 4 + (w * h if norm_trains else 0)  # the final norm, as in a layer
     total += w * h + 8 + 4 + 1  # the head's copy of the shifted hidden states, labels (int64), log Z, label mask
     total += 2 * head_dim * w  # the rotary cos and sin, shared by every layer
     total += padded_length  # a padded batch's boolean attention mask: one row of it per token
@@ -313,6 +317,16 @@ def make_plan(tuner: Any, data: Any, eval_data: Any = None, *, checkpointing: bo
         return plan_encoded(tuner, model, enc, checkpointing=checkpointing)
 
 
+def _liger_knows(model: Any) -> bool:
+    """Whether Liger has kernels for this architecture (fastpath.apply_liger applies them; else it trains without)."""
+    try:
+        from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN
+    except ImportError:
+        return False
+    config = getattr(model, "get_base_model", lambda: model)().config
+    return getattr(config, "model_type", None) in MODEL_TYPE_TO_APPLY_LIGER_FN
+
+
 def plan_encoded(tuner: Any, model: Any, enc: Any, *, checkpointing: bool | None = None) -> Plan:
     """The Plan of training ``model`` (method applied) on encoded data ``enc``."""
     from tunekit.backends.hf.models import resolve_device, resolve_precision
@@ -328,9 +342,11 @@ def plan_encoded(tuner: Any, model: Any, enc: Any, *, checkpointing: bool | None
     grads = sum(p.numel() * p.element_size() for p in trainable)
     optimizer = 2 * grads  # AdamW: two moments in each parameter's dtype
     tokenised = isinstance(enc, Encoded)
+    liger = False
     if tokenised:
         lengths = [len(x) for x in enc.input_ids]
-        packing = fastpath.choose(model, training, device).packing
+        path = fastpath.choose(model, training, device)
+        packing, liger = path.packing, path.liger and _liger_knows(model)
     else:  # preference / RL rows: trl pads them; a row's tokens are spread over its prompt and answers
         lengths = [max(1, enc.num_tokens // max(1, len(enc.records)))] * len(enc.records)
         packing = False
@@ -354,6 +370,7 @@ def plan_encoded(tuner: Any, model: Any, enc: Any, *, checkpointing: bool | None
             precision=precision,
             device=device,
             fused_loss=fused,
+            liger=liger,
         )
         return sum(parts.values())
 
@@ -424,19 +441,21 @@ def activation_parts(
     precision: str,
     device: Any,
     fused_loss: bool = True,
+    liger: bool = False,
 ) -> dict[str, int]:
     """Estimated activation memory of one micro-batch of ``tokens`` tokens, in three parts (bytes).
 
     ``saved``: what the forward keeps for the backward (per layer, from :func:`layer_bytes_per_token`);
     ``loss``: the LM head loss's transient peak; ``autocast``: autocast's 16-bit weight copies.
     ``padded_length``: the batch's padded sequence length (0 for packed batches); ``fused_loss``: the
-    loss goes through trl's chunked LM head (the fast SFT / CausalLM path), see :func:`loss_bytes`.
+    loss goes through trl's chunked LM head (the fast SFT / CausalLM path), see :func:`loss_bytes`;
+    ``liger``: Liger's layer kernels are applied (see :func:`layer_bytes_per_token`).
     """
     config = getattr(model, "get_base_model", lambda: model)().config
     mixed = precision in ("bf16", "fp16")
     try:
-        per_layer = layer_bytes_per_token(model, config, mixed=mixed)
-        rest = rest_bytes_per_token(model, config, padded_length=padded_length)
+        per_layer = layer_bytes_per_token(model, config, mixed=mixed, liger=liger)
+        rest = rest_bytes_per_token(model, config, padded_length=padded_length, liger=liger)
     except (AttributeError, TypeError, ValueError) as e:  # an architecture laid out otherwise: a rough estimate
         logger.info("no per-layer memory formula for this model (%s); using a rough estimate", e)
         h = int(getattr(config, "hidden_size", 1024))
