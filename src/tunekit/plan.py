@@ -25,10 +25,13 @@ class Plan:
     model is not loaded yet); ``examples``, ``tokens`` and ``steps`` are what ``fit`` will see.
     Memory is an estimate of the peak on the training device: ``weights`` (every parameter in its
     storage dtype), ``gradients`` (trainable parameters), ``optimizer`` (AdamW's two moments),
-    ``activations`` (what the backward pass keeps for the largest of the run's micro-batches, drawn as
-    the trainer draws them, measured on a two-layer slice of the model, plus the LM head's chunked
-    loss). ``fits`` compares the total
-    with the CUDA device's memory, and is None on CPU.
+    ``activations`` (for the largest of the run's micro-batches, drawn as the trainer draws them:
+    what the forward keeps for the backward, from a per-layer formula of the model's structure,
+    precision and gradient checkpointing; the transient peak of the LM head's chunked loss; and
+    autocast's 16-bit copies of fp32 weights). Nothing is run to compute it; on the CPU it is
+    within a few percent of a measured step (``benchmarks/plan_accuracy.py``). ``fits`` compares
+    the total with 95% of ``device_memory_bytes``: the CUDA device's memory, or on the CPU the RAM
+    available when the plan was made.
 
     Example:
         >>> import tunekit as tk
@@ -58,8 +61,8 @@ class Plan:
     gradients_bytes: int
     optimizer_bytes: int
     activations_bytes: int
-    device_memory_bytes: int | None  # total memory of the CUDA device; None on CPU
-    fits: bool | None
+    device_memory_bytes: int | None  # the CUDA device's total memory; on CPU, the RAM available when planned
+    fits: bool | None  # total <= 95% of device_memory_bytes (None only if a Plan is built without it)
 
     @property
     def total_bytes(self) -> int:
@@ -82,7 +85,8 @@ class Plan:
         return d
 
     def __str__(self) -> str:
-        fits = {True: "yes", False: "NO", None: "- (not a CUDA device)"}[self.fits]
+        fits = {True: "yes", False: "NO", None: "-"}[self.fits]
+        memory = "  device memory  " if self.device.startswith("cuda") else "  RAM available  "
         lines = [
             f"Plan: {self.method} + {self.objective} on {self.device} ({self.precision})",
             f"  parameters     {self.trainable_params:,} trainable of {self.total_params:,} "
@@ -97,7 +101,7 @@ class Plan:
             f"    optimizer    {_gib(self.optimizer_bytes)}",
             f"    activations  {_gib(self.activations_bytes)}",
             f"    total        {_gib(self.total_bytes)}",
-            f"  device memory  {_gib(self.device_memory_bytes)}",
+            f"{memory}{_gib(self.device_memory_bytes)}",
             f"  fits           {fits}",
         ]
         return "\n".join(lines)

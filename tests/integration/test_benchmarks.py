@@ -20,6 +20,10 @@ CASES = {
         {"trl_lora", "tunekit_lora", "tunekitbig_lora", "trl_full", "tunekit_full", "lora_speedup", "full_speedup"},
     ),
     "cache.py": (["--rows", "200", "--warm-runs", "1"], {"cold_s", "warm_s", "speedup"}),
+    "plan_accuracy.py": (
+        ["--quick", "--hidden", "64", "--layers", "2", "--rows", "6"],
+        {"configs", "worst", "all_exact_terms_equal"},
+    ),
 }
 
 
@@ -42,3 +46,5 @@ def test_benchmark_prints_one_json_line(script: str, tmp_path: Path) -> None:
         variants = ("trl_lora", "tunekit_lora", "tunekitbig_lora", "trl_full", "tunekit_full")
         assert all(figures[v]["tokens_per_s"] > 0 for v in variants)
         assert figures["tunekit_lora"]["plan_peak_gib"] > 0
+    if script == "plan_accuracy.py":
+        assert figures["all_exact_terms_equal"] is True and figures["worst"]["error"] <= figures["target"]

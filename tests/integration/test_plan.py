@@ -33,8 +33,13 @@ def test_plan_matches_fit(tiny_llama: Path, method: tk.Method, training: dict) -
     # Memory: the parts add up, weights are the parameters in fp32, and it is not a device.
     assert plan.weights_bytes == 4 * plan.total_params
     assert plan.gradients_bytes == 4 * plan.trainable_params and plan.optimizer_bytes == 2 * plan.gradients_bytes
-    assert 0 < plan.activations_bytes < 10 * 2**20
-    assert plan.fits is None and plan.device_memory_bytes is None
+    # Under 40 MiB: trl's chunked loss alone holds a (tokens x 32768) fp32 tile, here about 13 MiB (and more
+    # fp32 temporaries on the CPU); its accuracy is tested in test_plan_accuracy.py.
+    assert 0 < plan.activations_bytes < 40 * 2**20
+    # On the CPU, fits compares with the RAM available now.
+    import psutil
+
+    assert plan.fits is True and 0 < plan.device_memory_bytes <= psutil.virtual_memory().total
     d = json.loads(json.dumps(plan.to_dict()))
     assert d["memory"]["total"] == plan.total_bytes == sum(v for k, v in d["memory"].items() if k != "total")
     text = str(plan)
@@ -57,3 +62,14 @@ def test_plan_of_a_loaded_tuner_and_bad_data(tiny_llama: Path) -> None:
     assert tuner.plan(first_task(5)).examples == 5
     with pytest.raises(tk.DatasetError, match="row 2"):
         tuner.plan([{"prompt": "a", "completion": "b"}, {"prompt": "a", "completion": 3}])
+
+
+def test_plan_says_when_the_run_does_not_fit_in_ram(tiny_llama: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tunekit.backends.hf import planning
+
+    monkeypatch.setattr(planning, "_device_memory", lambda device: 2**20)  # a machine with 1 MiB free
+    plan = tk.Tuner(str(tiny_llama), training=tk.Training(device="cpu")).plan(first_task(8))
+    assert plan.fits is False and plan.device_memory_bytes == 2**20
+    assert "RAM available  1.00 MiB" in str(plan) and "fits           NO" in str(plan)
+    # gradient_checkpointing="auto" turns checkpointing on for CUDA devices only, as fit does.
+    assert plan.gradient_checkpointing is False
