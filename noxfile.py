@@ -106,7 +106,7 @@ def gpu(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """The CPU benchmarks (benchmarks/README.md), one JSON line each; gpu_throughput.py runs on a GPU machine."""
     _install(session)
-    for script in ("cpu_overhead.py", "cpu_packing.py", "cache.py"):
+    for script in ("cpu_overhead.py", "cpu_packing.py", "cache.py", "plan_accuracy.py"):
         session.run(_python(session), f"benchmarks/{script}", *session.posargs)
 
 
