@@ -213,6 +213,14 @@ def failures(model: str, out: Path, saved: str) -> None:
     transformers.Trainer._save_optimizer_and_scheduler = collective_then_save  # type: ignore[method-assign]
     if rank == 0:
         transformers.Trainer._save = _disk_full  # type: ignore[method-assign]
+    else:  # rank 1 makes the checkpoint directory (its RNG state) only after rank 0's later writes have failed
+        real_rng_save = transformers.Trainer._save_rng_state
+
+        def late_rng_save(self: Any, *args: Any, **kwargs: Any) -> Any:
+            time.sleep(2)
+            return real_rng_save(self, *args, **kwargs)
+
+        transformers.Trainer._save_rng_state = late_rng_save  # type: ignore[method-assign]
     inside = tk.Tuner(
         model,
         method=tk.LoRA(r=4),

@@ -319,7 +319,7 @@ class CheckpointMixin:
     _tk_keep: int | None
     _tk_guard: Any
 
-    _tk_deferred: list[OSError] | None = None  # during a checkpoint: this process's failed writes
+    _tk_deferred: list[Exception] | None = None  # during a checkpoint: this process's failed writes
 
     def _save_checkpoint(self, model: Any, trial: Any) -> None:
         trainer: Any = self
@@ -337,11 +337,17 @@ class CheckpointMixin:
         def contents() -> None:
             # transformers writes everything (model, optimizer, RNG, sharded states) into the staging directory.
             trainer._get_output_dir = lambda trial=None: str(staging_root)
-            self._tk_deferred = []
+            deferred: list[Exception] = []
+            self._tk_deferred = deferred
             try:
                 super(CheckpointMixin, self)._save_checkpoint(model, trial)  # type: ignore[misc]
+            except Exception:
+                if not deferred:
+                    raise
+                # else a consequence (the checkpoint directory a failed write should have made is missing): the
+                # first failed write, raised below, is the cause
             finally:
-                deferred, self._tk_deferred = self._tk_deferred, None
+                self._tk_deferred = None
                 trainer.__dict__.pop("_get_output_dir", None)
             if deferred:
                 raise deferred[0]
@@ -376,7 +382,7 @@ class CheckpointMixin:
             return write(*args, **kwargs)
         try:
             return write(*args, **kwargs)
-        except OSError as e:
+        except Exception as e:  # OSError, or torch.save's RuntimeError for a directory an earlier failure left out
             self._tk_deferred.append(e)
             return None
 
