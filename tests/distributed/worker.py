@@ -178,6 +178,12 @@ def _outcome(call: Any) -> str:
         return f"{type(e).__name__}: {e}"
 
 
+def _one_checkpoint(model: str, output_dir: Path) -> tk.Tuner:
+    """A LoRA run whose last step (3) writes its one checkpoint."""
+    options = training(PER_RANK_BATCH, max_steps=SAVE_EVERY)
+    return tk.Tuner(model, method=tk.LoRA(r=4), training=options, output_dir=output_dir, progress=False)
+
+
 def failures(model: str, out: Path, saved: str) -> None:
     rank = int(os.environ["RANK"])
     report: dict[str, Any] = {}
@@ -193,13 +199,7 @@ def failures(model: str, out: Path, saved: str) -> None:
     real_publish = checkpoints._publish
     if rank == 0:
         checkpoints._publish = _disk_full  # type: ignore[assignment]
-    tuner = tk.Tuner(
-        model,
-        method=tk.LoRA(r=4),
-        training=training(PER_RANK_BATCH, max_steps=SAVE_EVERY),
-        output_dir=out / "run",
-        progress=False,
-    )
+    tuner = _one_checkpoint(model, out / "run")
     report["failed_checkpoint"] = _outcome(lambda: tuner.fit(DATA))
     checkpoints._publish = real_publish  # type: ignore[assignment]
     # The model files cannot be written on rank 0, inside transformers' checkpoint save, which then runs a
@@ -221,13 +221,7 @@ def failures(model: str, out: Path, saved: str) -> None:
             return real_rng_save(self, *args, **kwargs)
 
         transformers.Trainer._save_rng_state = late_rng_save  # type: ignore[method-assign]
-    inside = tk.Tuner(
-        model,
-        method=tk.LoRA(r=4),
-        training=training(PER_RANK_BATCH, max_steps=SAVE_EVERY),
-        output_dir=out / "run-inside",
-        progress=False,
-    )
+    inside = _one_checkpoint(model, out / "run-inside")
     report["failed_inside_transformers"] = _outcome(lambda: inside.fit(DATA))
     (out / f"rank-{rank}.json").write_text(json.dumps(report), encoding="utf-8")
 
