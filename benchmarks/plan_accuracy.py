@@ -46,8 +46,8 @@ def run_one(path: Path, rows: list[dict[str, str]], method: str, packing: bool, 
 
     import tunekit as tk
     from tunekit._quiet import quiet
+    from tunekit.backends.hf.memory import activation_parts
     from tunekit.backends.hf.memory_measure import measure_step
-    from tunekit.backends.hf.planning import activation_parts
 
     training = tk.Training(
         device="cpu",
@@ -75,7 +75,7 @@ def run_one(path: Path, rows: list[dict[str, str]], method: str, packing: bool, 
     with quiet():
         plan = tuner().plan(rows)
         t = tuner()
-        measured = measure_step(t, rows, checkpointing=gc)
+        measured = measure_step(t.model, t.tokenizer, t.prepare(rows), training, checkpointing=gc)
     parts = activation_parts(
         t.model,
         tokens=measured.tokens,

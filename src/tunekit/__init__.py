@@ -9,6 +9,7 @@ Example:
 from __future__ import annotations
 
 from tunekit import events, testing
+from tunekit._version import __version__
 from tunekit.compare import Comparison, compare
 from tunekit.config_file import RunConfig
 from tunekit.distributed import DDP, FSDP, DeepSpeed
@@ -22,7 +23,7 @@ from tunekit.errors import (
     TrainingError,
     TunekitError,
 )
-from tunekit.export import ExportResult, verify_export
+from tunekit.export import ExportResult
 from tunekit.hooks import Hook, RunContext
 from tunekit.hooks_builtin import EarlyStopping, JSONLMetrics, LossPlot, ProgressBar, SampleGenerations
 from tunekit.methods import (
@@ -48,9 +49,7 @@ from tunekit.results import FitResult
 from tunekit.run import Run
 from tunekit.saving import load
 from tunekit.training import Training
-from tunekit.tuner import Tuner
-
-__version__ = "0.1.0"
+from tunekit.tuner import Tuner, verify_export
 
 __all__ = [
     "DDP",

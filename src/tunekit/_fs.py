@@ -1,7 +1,8 @@
-"""Filesystem primitives for saves and checkpoints: atomic, verifiable, and safe on Windows.
+"""Filesystem primitives for saves, checkpoints and exports: atomic, verifiable, and safe on Windows.
 
-Shared by ``Tuner.save`` (:mod:`tunekit.saving`) and the trainer's checkpoints
-(:mod:`tunekit.backends.hf.checkpoints`). The rules they follow:
+Shared by ``Tuner.save`` (:mod:`tunekit.save_format`), the trainer's checkpoints
+(:mod:`tunekit.backends.hf.checkpoints`) and ``Tuner.export`` (:mod:`tunekit.export.core`). The rules
+they follow:
 
 - Write into a staging directory beside the target (same filesystem, so a rename is atomic),
   flush every file to disk, write the manifest last, then rename the directory into place.
@@ -17,31 +18,39 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import logging
 import os
 import shutil
 import stat
 import sys
+import tempfile
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from tunekit.errors import CheckpointError
+from tunekit.errors import CheckpointError, ConfigError, TunekitError
 
 __all__ = [
     "check_writable",
+    "flush_tree",
     "fsync_dir",
     "fsync_file",
     "inside",
+    "read_manifest",
     "remove_tree",
     "replace_dir",
     "retry",
     "sha256_file",
     "verify_files",
     "write_json",
+    "write_text",
 ]
 
 T = TypeVar("T")
+
+logger = logging.getLogger("tunekit")
 
 # errno values a Windows lock (or a busy NFS / SMB file) shows as, besides PermissionError.
 _TRANSIENT = {errno.EACCES, errno.EBUSY, errno.EAGAIN}
@@ -67,8 +76,8 @@ def fsync_file(path: Path) -> None:
         # Windows' fsync (_commit) needs a handle opened for writing; "rb+" works on both platforms.
         with open(path, "rb+") as f:
             os.fsync(f.fileno())
-    except OSError:
-        pass
+    except OSError as e:  # a file system that cannot flush (some network shares): the write itself stands
+        logger.debug("fsync of %s skipped: %s", path, e)
 
 
 def fsync_dir(path: Path) -> None:
@@ -81,21 +90,19 @@ def fsync_dir(path: Path) -> None:
         return
     try:
         fd = os.open(path, os.O_RDONLY)
-    except OSError:
+    except OSError as e:
+        logger.debug("fsync of the directory %s skipped: %s", path, e)
         return
     try:
         os.fsync(fd)
-    except OSError:
-        pass
+    except OSError as e:  # a durability extra: some file systems refuse it
+        logger.debug("fsync of the directory %s skipped: %s", path, e)
     finally:
         os.close(fd)
 
 
 def check_writable(directory: Path, what: str) -> None:
     """Fail early, before any training, when ``directory`` cannot be created or written to."""
-    import tempfile
-
-    from tunekit.errors import ConfigError
 
     try:
         directory.mkdir(parents=True, exist_ok=True)
@@ -109,12 +116,34 @@ def check_writable(directory: Path, what: str) -> None:
         ) from None
 
 
-def write_json(path: Path, data: Any) -> None:
-    """Write ``data`` as UTF-8 JSON and flush it to disk (within a staging directory, so no temp file)."""
+def write_text(path: Path, text: str) -> None:
+    """Write ``text`` as UTF-8 and flush it to disk (within a staging directory, so no temp file)."""
     with open(path, "w", encoding="utf-8") as f:
-        f.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+        f.write(text)
         f.flush()
         os.fsync(f.fileno())
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write ``data`` as UTF-8 JSON and flush it to disk (within a staging directory, so no temp file)."""
+    write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+def read_manifest(file: Path, *, missing: str, fix: str, error: type[TunekitError] = CheckpointError) -> dict[str, Any]:
+    """A JSON object tunekit wrote (the manifest of a save, a checkpoint or an export), read back.
+
+    Every manifest reads alike: a missing file raises ``error(missing)``; one that cannot be read,
+    is not JSON or not an object raises ``error`` saying the file is corrupt, followed by ``fix``.
+    """
+    if not file.is_file():
+        raise error(missing)
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise error(f"{file} is corrupt ({e}); {fix}") from None
+    if not isinstance(data, dict):
+        raise error(f"{file} is corrupt (expected a JSON object); {fix}")
+    return data
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -133,6 +162,18 @@ def list_files(root: Path) -> dict[str, dict[str, Any]]:
             fsync_file(p)
             out[p.relative_to(root).as_posix()] = {"size": p.stat().st_size, "sha256": sha256_file(p)}
     return out
+
+
+def flush_tree(root: Path) -> None:
+    """Flush every file under ``root``, then its directories, to disk (before ``root`` is renamed into place)."""
+    directories = [root]
+    for p in sorted(root.rglob("*")):
+        if p.is_file():
+            fsync_file(p)
+        elif p.is_dir():
+            directories.append(p)
+    for d in reversed(directories):
+        fsync_dir(d)
 
 
 def inside(root: Path, relative: str) -> Path:
@@ -172,8 +213,8 @@ def _chmod_and_retry(func: Callable[..., Any], path: str, _exc: Any) -> None:
     try:
         os.chmod(path, stat.S_IWRITE)
         func(path)
-    except OSError:
-        pass
+    except OSError as e:  # left for remove_tree's retry, which reports what it cannot remove
+        logger.debug("could not remove %s: %s", path, e)
 
 
 def remove_tree(path: Path, *, within: Path | None = None) -> None:
@@ -197,21 +238,23 @@ def remove_tree(path: Path, *, within: Path | None = None) -> None:
 
     try:
         retry(rm)
-    except OSError:
-        pass  # a leftover is cleaned up by the next run; never fail a save for it
+    except OSError as e:  # a leftover is cleaned up by the next run; never fail a save for it
+        logger.warning("could not remove %s (%s); delete it by hand if it stays", path, e)
 
 
-def replace_dir(src: Path, dst: Path, *, trash: Path) -> None:
+def replace_dir(src: Path, dst: Path, *, trash: Path | None = None) -> None:
     """Move the complete directory ``src`` to ``dst``; an existing ``dst`` is replaced only once ``src`` is in place.
 
-    ``trash`` is where the old ``dst`` waits meanwhile (beside it, same filesystem); if moving
-    ``src`` fails, the old ``dst`` is put back. A crash in between leaves the old one in ``trash``,
-    from where :func:`tunekit.backends.hf.checkpoints.recover` restores it.
+    ``trash`` is where the old ``dst`` waits meanwhile (default: a new hidden name beside it, same
+    filesystem); if moving ``src`` fails, the old ``dst`` is put back. A crash in between leaves the
+    old one in ``trash`` (checkpoints name theirs so that :func:`tunekit.backends.hf.checkpoints.recover`
+    restores it).
     """
+    aside = trash if trash is not None else dst.with_name(f".{dst.name}.old-{os.getpid()}-{uuid.uuid4().hex[:12]}")
     old = None
     if dst.exists():
-        retry(lambda: os.replace(dst, trash))
-        old = trash
+        retry(lambda: os.replace(dst, aside))
+        old = aside
     try:
         retry(lambda: os.replace(src, dst))
     except BaseException:

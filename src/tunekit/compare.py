@@ -27,6 +27,7 @@ from tunekit.hooks import Hook
 from tunekit.methods import Method
 from tunekit.objectives import Objective
 from tunekit.training import Training
+from tunekit.tuner import Tuner
 
 __all__ = ["Comparison", "ComparisonRow", "compare"]
 
@@ -215,8 +216,6 @@ def compare(
         ... )
         >>> print(table)  # trainable share, time, train / eval loss, size on disk  # doctest: +SKIP
     """
-    from tunekit.tuner import Tuner
-
     methods = list(methods)
     if not methods:
         raise ConfigError("compare(methods=[]): give at least one method, e.g. methods=[tk.LoRA(), tk.IA3()]")

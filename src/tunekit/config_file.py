@@ -20,6 +20,7 @@ import contextlib
 import difflib
 import os
 import sys
+import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -28,10 +29,14 @@ from pydantic import Field, field_serializer, field_validator
 from pydantic.json_schema import GenerateJsonSchema
 
 from tunekit._config import Config
+from tunekit.data import load_rows
 from tunekit.errors import ConfigError
 from tunekit.methods import LoRA, Method, registry
 from tunekit.objectives import OBJECTIVES, Objective
+from tunekit.objectives.online_rl import PY_PREFIX, resolve_reward_name
+from tunekit.testing import tiny_model
 from tunekit.training import Training
+from tunekit.tuner import Tuner
 
 __all__ = ["TINY_MODEL", "RunConfig", "apply_overrides"]
 
@@ -97,8 +102,6 @@ def _build(kind: str, spec: Any, classes: Mapping[str, type[Config]]) -> Any:
 def _import_rewards(reward: str | list[Any]) -> list[Any]:
     """``py:module:function`` entries become the functions (imported now, while the YAML's folder is
     importable); other strings are reward model paths."""
-    from tunekit.objectives.online_rl import PY_PREFIX, resolve_reward_name
-
     items = reward if isinstance(reward, list) else [reward]
     return [resolve_reward_name(r) if isinstance(r, str) and r.startswith(PY_PREFIX) else r for r in items]
 
@@ -231,11 +234,9 @@ class RunConfig(Config):
 
         return str(yaml.safe_dump(self.model_dump(mode="json", exclude_none=True), sort_keys=False, allow_unicode=True))
 
-    def to_tuner(self, **kwargs: Any) -> Any:
+    def to_tuner(self, **kwargs: Any) -> Tuner:
         """A :class:`tunekit.Tuner` for this config (a ``tiny`` model is built first); ``kwargs``
         (``hooks``, ``progress``, ...) go to the Tuner."""
-        from tunekit.tuner import Tuner
-
         template = self._template_text()
         return Tuner(
             self._model_path(),
@@ -269,10 +270,6 @@ class RunConfig(Config):
             return self.model
         if arch not in ("", "llama", "qwen2"):
             raise ConfigError(f"model={self.model!r}: a tiny model is 'tiny', 'tiny:llama' or 'tiny:qwen2'")
-        import tempfile
-
-        from tunekit.data import load_rows
-        from tunekit.testing import tiny_model
 
         texts = [" ".join(_strings(row)) for row in load_rows(self.data)]
         where = Path(self.output_dir) / "tiny-model" if self.output_dir else Path(tempfile.mkdtemp(prefix="tunekit-"))

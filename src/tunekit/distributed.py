@@ -20,6 +20,7 @@ Example:
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from dataclasses import dataclass
@@ -40,6 +41,15 @@ __all__ = [
     "state_memory_per_gpu",
     "world",
 ]
+
+logger = logging.getLogger("tunekit")
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:  # world() is asked at every step: say it once per process
+        _warned.add(message)
+        logger.warning("%s", message)
 
 
 class DDP(Config):
@@ -239,7 +249,8 @@ def world() -> World:
         size = int(os.environ.get("WORLD_SIZE", "1"))
         rank = int(os.environ.get("RANK", "0"))
         local = int(os.environ.get("LOCAL_RANK", str(rank)))
-    except ValueError:
+    except ValueError as e:  # not set by torchrun: a process of its own
+        _warn_once(f"WORLD_SIZE / RANK / LOCAL_RANK are not numbers ({e}); running as one process")
         size, rank, local = 1, 0, 0
     if size <= 1:
         dist = sys.modules.get("torch.distributed")  # a process group started by hand; never import torch to ask

@@ -28,12 +28,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
-
-from typing_extensions import Self
+from typing import TYPE_CHECKING, ClassVar
 
 if TYPE_CHECKING:
-    from tunekit.hooks import RunContext
     from tunekit.results import FitResult
 
 __all__ = ["Checkpoint", "Evaluate", "Event", "Failed", "FitEnd", "FitStart", "Log", "RunEvent", "StepEnd"]
@@ -50,10 +47,6 @@ class RunEvent:
 
     name: ClassVar[str] = ""
     """The hook method's name without ``on_``: ``"fit_start"``, ``"step_end"``, ``"log"``, ..."""
-
-    @classmethod
-    def _at(cls, ctx: RunContext, **payload: Any) -> Self:
-        return cls(step=ctx.step, max_steps=ctx.max_steps, epoch=ctx.epoch, **payload)
 
 
 @dataclass(frozen=True)

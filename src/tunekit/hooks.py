@@ -36,7 +36,7 @@ from tunekit.errors import ConfigError, TrainingError
 if TYPE_CHECKING:
     from tunekit.results import FitResult
 
-__all__ = ["HOOK_ERROR_POLICIES", "Hook", "HookDispatcher", "HookErrors", "RunContext"]
+__all__ = ["HOOK_ERROR_POLICIES", "Hook", "HookDispatcher", "HookErrors", "RunContext", "RunControl", "preflight"]
 
 logger = logging.getLogger("tunekit")
 
@@ -75,10 +75,8 @@ class RunContext:
     world_size: int = 1
     _stop: bool = field(default=False, init=False, repr=False)
     _stop_reason: str | None = field(default=None, init=False, repr=False)
-    _checkpoint_on_stop: bool = field(default=False, init=False, repr=False)
-    _hook_failed: bool = field(default=False, init=False, repr=False)  # on any process (shared like a stop)
-    _history: list[dict[str, Any]] = field(default_factory=list, init=False, repr=False)
-    _generate: Callable[..., Any] | None = field(default=None, init=False, repr=False)
+    # The engine's side of this run's state (RunControl.of(ctx)); hooks use the methods above and below.
+    _control: RunControl | None = field(default=None, init=False, repr=False, compare=False)
 
     def request_stop(self, reason: str = "stop requested by a hook") -> None:
         """Ask the run to stop after the current step (cooperative; the result is kept).
@@ -100,19 +98,21 @@ class RunContext:
         return self._stop_reason
 
     def generate(self, prompts: Any, **options: Any) -> Any:
-        """``Tuner.generate`` on the model as it is now (used by ``SampleGenerations``)."""
-        if self._generate is None:
-            raise RuntimeError("RunContext.generate() is only available while a run is going")
-        return self._generate(prompts, **options)
+        """``Tuner.generate`` on the model as it is now (used by ``SampleGenerations``).
+
+        Raises :class:`tunekit.TrainingError` outside a run (no model is being trained then).
+        """
+        generator = RunControl.of(self).generator
+        if generator is None:
+            raise TrainingError(
+                "RunContext.generate() works only while a run is going (inside a hook); after the run, call "
+                "tuner.generate(...)"
+            )
+        return generator(prompts, **options)
 
     def record(self, values: Mapping[str, Any]) -> None:
         """Append ``{"step": ..., "epoch": ..., **values}`` to ``FitResult.history``."""
-        self._history.append({"step": self.step, "epoch": round(self.epoch, 4), **values})
-
-    def _cancel(self, *, checkpoint: bool) -> None:
-        """Stop at the next step boundary; with ``checkpoint``, write a resumable checkpoint first."""
-        self._checkpoint_on_stop = self._checkpoint_on_stop or checkpoint
-        self.request_stop("cancelled")
+        RunControl.of(self).history.append({"step": self.step, "epoch": round(self.epoch, 4), **values})
 
     @property
     def is_main_process(self) -> bool:
@@ -122,6 +122,51 @@ class RunContext:
     @property
     def cancelled(self) -> bool:
         return self._stop_reason == "cancelled"
+
+
+class RunControl:
+    """The engine's side of a run's state, beside the :class:`RunContext` hooks see.
+
+    The run (``Tuner.fit``, ``Run``) and the backend share it through the :class:`HookDispatcher`
+    (``dispatcher.control``): what hooks and the application asked for (a stop with a checkpoint, a
+    cancel), whether a hook failed, the history ``FitResult.history`` is made of, and the generator
+    ``ctx.generate`` calls while the run goes. A context has exactly one control (:meth:`of`).
+    """
+
+    def __init__(self, ctx: RunContext) -> None:
+        self.ctx = ctx
+        self.checkpoint_on_stop = False  # write a resumable checkpoint when the run stops (a cancel, a failed hook)
+        self.hook_failed = False  # a hook raised under hook_errors="stop" (on any process: shared like a stop)
+        self.history: list[dict[str, Any]] = []  # FitResult.history: logged entries and ctx.record() values
+        self.generator: Callable[..., Any] | None = None  # what ctx.generate() calls, while a run goes
+
+    @classmethod
+    def of(cls, ctx: RunContext) -> RunControl:
+        """The control of ``ctx`` (made on first use)."""
+        if ctx._control is None:
+            ctx._control = cls(ctx)
+        return ctx._control
+
+    def cancel(self, *, checkpoint: bool) -> None:
+        """Stop at the next step boundary; with ``checkpoint``, write a resumable checkpoint first."""
+        self.checkpoint_on_stop = self.checkpoint_on_stop or checkpoint
+        self.ctx.request_stop("cancelled")
+
+    def fail(self, reason: str) -> None:
+        """A hook failed under ``hook_errors="stop"``: keep the work done so far (a checkpoint) and stop."""
+        self.checkpoint_on_stop = True
+        self.hook_failed = True
+        self.ctx.request_stop(reason)
+
+    def merge(self, *, checkpoint_on_stop: bool, hook_failed: bool) -> None:
+        """Take what another process asked for (several processes: a stop asked on one holds on all)."""
+        self.checkpoint_on_stop = self.checkpoint_on_stop or checkpoint_on_stop
+        self.hook_failed = self.hook_failed or hook_failed
+
+    @property
+    def finished(self) -> bool:
+        """Whether the run ends as a finished run: not cancelled, and no hook failed (a final evaluation runs)."""
+        return not (self.ctx.cancelled or self.hook_failed)
 
 
 class Hook:
@@ -166,6 +211,12 @@ class Hook:
         """Check the hook can work in this run before anything loads (built-in hooks raise ConfigError)."""
 
 
+def preflight(hooks: Sequence[Hook], *, output_dir: Path | None, has_eval: bool, training: Any) -> None:
+    """Check, before anything loads, that each hook can work in this run (built-in hooks raise ConfigError)."""
+    for hook in hooks:
+        hook._preflight(output_dir=output_dir, has_eval=has_eval, training=training)
+
+
 @dataclass
 class HookFailure:
     """The first hook exception under ``hook_errors="stop"``."""
@@ -195,6 +246,7 @@ class HookDispatcher:
     def __init__(self, hooks: Sequence[Hook], ctx: RunContext, hook_errors: HookErrors = "stop") -> None:
         self.hooks = list(hooks)
         self.ctx = ctx
+        self.control = RunControl.of(ctx)  # the engine's side of the run: stop, checkpoint, failure, history
         self.policy = check_hook_errors(hook_errors)
         self.failure: HookFailure | None = None
         self._logged: dict[tuple[str, str], int] = {}
@@ -217,9 +269,7 @@ class HookDispatcher:
             if self.failure is None:
                 self.failure = HookFailure(name, event, self.ctx.step, err)
                 # Keep the work done so far: write a checkpoint (when there is an output_dir) and stop.
-                self.ctx._checkpoint_on_stop = True
-                self.ctx._hook_failed = True
-                self.ctx.request_stop(f"hook {name}.on_{event} raised {type(err).__name__}")
+                self.control.fail(f"hook {name}.on_{event} raised {type(err).__name__}")
             else:
                 logger.error("hook %s.on_%s also raised %s: %s", name, event, type(err).__name__, err)
             return

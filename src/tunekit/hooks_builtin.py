@@ -18,6 +18,7 @@ from typing import IO, Any, Literal
 
 from tunekit.errors import ConfigError
 from tunekit.hooks import Hook, RunContext
+from tunekit.plotting import loss_series, plot_loss, require_matplotlib
 from tunekit.results import FitResult
 
 __all__ = ["EarlyStopping", "JSONLMetrics", "LossPlot", "ProgressBar", "SampleGenerations"]
@@ -173,8 +174,6 @@ class LossPlot(Hook):
         self._history: list[dict[str, Any]] = []
 
     def _preflight(self, *, output_dir: Path | None, has_eval: bool, training: Any) -> None:
-        from tunekit.plotting import require_matplotlib
-
         if self.path is None and output_dir is None:
             raise ConfigError(
                 "LossPlot(path=None): there is no output_dir to write loss.png into; "
@@ -195,13 +194,9 @@ class LossPlot(Hook):
     def on_step_end(self, ctx: RunContext) -> None:
         target = self._target(ctx)
         if self.every and ctx.step % self.every == 0 and target is not None and self._history:
-            from tunekit.plotting import plot_loss
-
             plot_loss(self._history, target, title=self._title(ctx))
 
     def on_fit_end(self, ctx: RunContext, result: FitResult) -> None:
-        from tunekit.plotting import loss_series, plot_loss
-
         target = self._target(ctx)
         if target is not None and loss_series(result):
             plot_loss(result, target, title=self._title(ctx))

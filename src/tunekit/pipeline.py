@@ -21,7 +21,9 @@ from tunekit.hooks import Hook
 from tunekit.methods import LoRA, Method
 from tunekit.objectives import GRPO, SFT, OnlineRL, RewardModeling
 from tunekit.results import FitResult
+from tunekit.saving import load
 from tunekit.training import Training
+from tunekit.tuner import Tuner
 
 __all__ = ["RLHFResult", "rlhf"]
 
@@ -136,9 +138,6 @@ def rlhf(
         ... )
         >>> tk.load(result.policy_path).generate("Write a haiku about autumn")  # doctest: +SKIP
     """
-    from tunekit.saving import load
-    from tunekit.tuner import Tuner
-
     if not isinstance(model, (str, Path)):
         raise ConfigError(
             f"rlhf(model=<{type(model).__name__}>): pass a hub id or a local directory; every stage loads the "

@@ -7,6 +7,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from tunekit.errors import ConfigError
+from tunekit.plotting import plot_loss
+
 __all__ = ["FitResult"]
 
 
@@ -56,9 +59,6 @@ class FitResult(BaseModel):
 
     def plot_loss(self, path: str | Path | None = None) -> Path:
         """Write the loss curve as a PNG (default ``<output_dir>/loss.png``); needs matplotlib."""
-        from tunekit.errors import ConfigError
-        from tunekit.plotting import plot_loss
-
         if path is None:
             if self.output_dir is None:
                 raise ConfigError("FitResult.plot_loss(): the run had no output_dir; pass a path: plot_loss('a.png')")

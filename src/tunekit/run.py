@@ -14,99 +14,121 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePath
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
+from tunekit.backends.base import Backend, LoadedModel, RunSpec
+from tunekit.data.formats import NormalisedData
 from tunekit.distributed import world
 from tunekit.errors import ConfigError
-from tunekit.events import Checkpoint, Evaluate, Event, Failed, FitEnd, FitStart, Log, StepEnd
-from tunekit.hooks import Hook, HookDispatcher, RunContext
+from tunekit.events import Checkpoint, Evaluate, Event, Failed, FitEnd, FitStart, Log, RunEvent, StepEnd
+from tunekit.hooks import Hook, HookDispatcher, RunContext, RunControl, preflight
+from tunekit.hooks_builtin import ProgressBar
+from tunekit.inference import generate_text
 from tunekit.results import FitResult
+from tunekit.training import Training
+from tunekit.training_data import encode_for
 
-__all__ = ["Progress", "Run", "RunState", "execute", "prepare"]
+__all__ = ["Prepared", "Progress", "Run", "RunState", "check_resume", "execute", "prepare", "run_hooks"]
 
 logger = logging.getLogger("tunekit")
 
 RunState = Literal["starting", "running", "completed", "stopped", "cancelled", "failed"]
+_E = TypeVar("_E", bound=RunEvent)
 
 
-@dataclass
-class Plan:
-    """What :func:`prepare` checked, for :func:`execute`."""
+@dataclass(frozen=True)
+class Prepared:
+    """A run checked by :func:`prepare`, ready for :func:`execute`: its description, its data (normalised, not yet
+    encoded: that needs the tokenizer) and the checkpoint it resumes from."""
 
-    train: Any
-    eval: Any
+    spec: RunSpec
+    train: NormalisedData
+    eval: NormalisedData | None
     resume_from: Path | None
 
 
-def prepare(tuner: Any, data: Any, eval_data: Any, resume: bool | str | Path | None) -> Plan:
-    """Validate everything that needs no model: data, resume request, trackers, hooks."""
-    active = getattr(tuner, "_active_run", None)
-    if active is not None and not active.done:
-        raise ConfigError(
-            "this Tuner is already training in the background; wait for it with run.wait() or stop it with "
-            "run.cancel() before fitting again (or use a second Tuner)"
-        )
+def check_resume(resume: bool | str | Path | None, training: Training, output_dir: Path | None) -> bool | str | Path:
+    """The resume request of ``fit(resume=...)`` (``None``: ``Training.resume``), checked before anything else."""
     if resume is None:
-        resume = tuner.training.resume
+        resume = training.resume
     if not isinstance(resume, (bool, str, PurePath)) or resume == "":
         raise ConfigError(
             f"resume={resume!r}: pass True (the newest checkpoint in output_dir), 'auto' (the newest if there is "
             "one), a checkpoint directory, or False"
         )
-    if resume is True and tuner.output_dir is None:
+    if resume is True and output_dir is None:
         raise ConfigError(
             f"resume={resume!r}: resuming looks for checkpoints in output_dir, and this Tuner has none; "
             "pass Tuner(output_dir=...) or resume='<path to a checkpoint-N directory>'"
         )
-    train = tuner._normalise(data, "training")
-    evaluation = tuner._normalise(eval_data, "eval") if eval_data is not None else None
-    preflight = getattr(tuner.backend, "preflight", None)
-    resume_from = preflight(tuner, resume=resume) if preflight is not None else None
-    for hook in run_hooks(tuner):
-        hook._preflight(output_dir=tuner.output_dir, has_eval=evaluation is not None, training=tuner.training)
-    return Plan(train, evaluation, resume_from)
+    return resume
 
 
-def run_hooks(tuner: Any, extra: Sequence[Hook] = ()) -> list[Hook]:
-    """The tuner's hooks, plus the automatic progress bar (unless ``progress=False`` or one is given)."""
-    from tunekit.hooks_builtin import ProgressBar
+def prepare(
+    spec: RunSpec,
+    backend: Backend,
+    train: NormalisedData,
+    evaluation: NormalisedData | None,
+    resume: bool | str | Path,
+) -> Prepared:
+    """Validate everything else that needs no model: the backend's preflight (trackers, output_dir, the checkpoint
+    to resume from) and the hooks'."""
+    resume_from = backend.preflight(spec, resume=resume)
+    preflight(run_hooks(spec), output_dir=spec.output_dir, has_eval=evaluation is not None, training=spec.training)
+    return Prepared(spec, train, evaluation, resume_from)
 
-    hooks = list(tuner.hooks)
-    progress = getattr(tuner, "progress", None)
-    if progress is not False and not any(isinstance(h, ProgressBar) for h in hooks):
-        hooks.append(ProgressBar(enabled=progress))
+
+def run_hooks(spec: RunSpec, extra: Sequence[Hook] = ()) -> list[Hook]:
+    """The run's hooks, plus the automatic progress bar (unless ``progress=False`` or one is given)."""
+    hooks = list(spec.hooks)
+    if spec.progress is not False and not any(isinstance(h, ProgressBar) for h in hooks):
+        hooks.append(ProgressBar(enabled=spec.progress))
     return hooks + list(extra)
 
 
-def execute(tuner: Any, plan: Plan, *, ctx: RunContext | None = None, extra_hooks: Sequence[Hook] = ()) -> FitResult:
-    """Encode, train and fire the hooks; raise the run's error (a failing hook's as TrainingError)."""
+def execute(
+    prepared: Prepared,
+    backend: Backend,
+    model: Callable[[], LoadedModel],
+    *,
+    on_result: Callable[[FitResult], None] | None = None,
+    ctx: RunContext | None = None,
+    extra_hooks: Sequence[Hook] = (),
+) -> FitResult:
+    """Load (``model()``: the tuner's model, loaded on first use), encode, train and fire the hooks; raise the
+    run's error (a failing hook's as TrainingError). ``on_result`` receives the result as soon as training
+    ends, before ``on_fit_end`` and before a hook's failure is raised."""
+    spec = prepared.spec
     ctx = ctx if ctx is not None else RunContext()
-    ctx.output_dir = tuner.output_dir
+    ctx.output_dir = spec.output_dir
     here = world()  # several processes (torchrun): hooks run on rank 0 unless they set all_ranks
     ctx.rank, ctx.world_size = here.rank, here.size
-    ctx.objective, ctx.method = tuner.objective_used.name, tuner.method.name
-    ctx._generate = tuner.generate
-    dispatcher = HookDispatcher(run_hooks(tuner, extra_hooks), ctx, getattr(tuner, "hook_errors", "stop"))
-    tuner._last_context = ctx
+    ctx.objective, ctx.method = spec.objective.name, spec.method.name
+    dispatcher = HookDispatcher(run_hooks(spec, extra_hooks), ctx, spec.hook_errors)
+    control = dispatcher.control
     try:
         try:
-            train = tuner._encode(plan.train)
-            evaluation = tuner._encode(plan.eval) if plan.eval is not None else None
-            result: FitResult = tuner.backend.fit(
-                tuner, tuner.loaded, train, evaluation, hooks=dispatcher, resume_from=plan.resume_from
+            loaded = model()
+            control.generator = functools.partial(generate_text, backend, loaded, spec.objective)
+            train = encode_for(spec, prepared.train, loaded.tokenizer)
+            evaluation = encode_for(spec, prepared.eval, loaded.tokenizer) if prepared.eval is not None else None
+            result = backend.fit(
+                spec, loaded, train, evaluation, dispatcher=dispatcher, resume_from=prepared.resume_from
             )
         except BaseException as err:
             dispatcher.emit("exception", err)
             raise
-        tuner.last_result = result
+        if on_result is not None:
+            on_result(result)
         if dispatcher.failure is None:
             dispatcher.emit("fit_end", result)
         dispatcher.summary()
@@ -115,9 +137,14 @@ def execute(tuner: Any, plan: Plan, *, ctx: RunContext | None = None, extra_hook
             dispatcher.emit("exception", error)
             raise error from failure.error
     finally:
-        ctx._generate = None  # no reference from a kept context back to the tuner and its model
+        control.generator = None  # no reference from a kept context back to the model
     logger.info("%s", result)
     return result
+
+
+def _event(cls: type[_E], ctx: RunContext, **payload: Any) -> _E:
+    """An event of class ``cls`` where the run stands now."""
+    return cls(step=ctx.step, max_steps=ctx.max_steps, epoch=ctx.epoch, **payload)
 
 
 @dataclass(frozen=True)
@@ -152,32 +179,32 @@ class _Collector(Hook):
         self._t0, self._step0 = time.monotonic(), ctx.step
         self.run._set_state("running")
         self.run._update(step=ctx.step, total=ctx.max_steps, elapsed_s=0.0)
-        self.run._put(FitStart._at(ctx))
+        self.run._put(_event(FitStart, ctx))
 
     def on_step_end(self, ctx: RunContext) -> None:
         elapsed = time.monotonic() - self._t0
         done = ctx.step - self._step0
         eta = (ctx.max_steps - ctx.step) * elapsed / done if done > 0 else None
         self.run._update(step=ctx.step, total=ctx.max_steps, elapsed_s=elapsed, eta_s=eta)
-        self.run._put(StepEnd._at(ctx))
+        self.run._put(_event(StepEnd, ctx))
 
     def on_log(self, ctx: RunContext, logs: dict[str, float]) -> None:
         if "loss" in logs:
             self.run._update(loss=logs["loss"])
-        self.run._put(Log._at(ctx, logs=dict(logs)))
+        self.run._put(_event(Log, ctx, logs=dict(logs)))
 
     def on_evaluate(self, ctx: RunContext, metrics: dict[str, float]) -> None:
-        self.run._put(Evaluate._at(ctx, metrics=dict(metrics)))
+        self.run._put(_event(Evaluate, ctx, metrics=dict(metrics)))
 
     def on_checkpoint(self, ctx: RunContext, path: Path) -> None:
-        self.run._put(Checkpoint._at(ctx, path=path))
+        self.run._put(_event(Checkpoint, ctx, path=path))
 
     def on_fit_end(self, ctx: RunContext, result: FitResult) -> None:
         self.run._update(step=ctx.step, eta_s=0.0)
-        self.run._put(FitEnd._at(ctx, result=result))
+        self.run._put(_event(FitEnd, ctx, result=result))
 
     def on_exception(self, ctx: RunContext, error: BaseException) -> None:
-        self.run._put(Failed._at(ctx, error=error))
+        self.run._put(_event(Failed, ctx, error=error))
 
 
 class Run:
@@ -202,10 +229,16 @@ class Run:
         >>> result = run.wait()  # doctest: +SKIP
     """
 
-    def __init__(self, tuner: Any, plan: Plan) -> None:
-        self._tuner: Any = tuner
-        self._output_dir: Path | None = tuner.output_dir
-        self._ctx = RunContext(output_dir=tuner.output_dir)
+    def __init__(
+        self,
+        prepared: Prepared,
+        backend: Backend,
+        model: Callable[[], LoadedModel],
+        *,
+        on_result: Callable[[FitResult], None] | None = None,
+    ) -> None:
+        self._output_dir: Path | None = prepared.spec.output_dir
+        self._ctx = RunContext(output_dir=self._output_dir)
         self._queue: queue.SimpleQueue[Event | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._progress = Progress()
@@ -213,15 +246,24 @@ class Run:
         self._result: FitResult | None = None
         self._error: BaseException | None = None
         self._finished = threading.Event()
-        self._thread = threading.Thread(target=self._main, args=(plan,), name="tunekit-run", daemon=True)
-        tuner._active_run = self
+        # The thread drops its arguments when it ends: the run keeps neither the model nor its owner alive.
+        self._thread = threading.Thread(
+            target=self._main, args=(prepared, backend, model, on_result), name="tunekit-run", daemon=True
+        )
         self._thread.start()
 
     # --- the background thread ----------------------------------------------------------------------
-    def _main(self, plan: Plan) -> None:
-        tuner = self._tuner
+    def _main(
+        self,
+        prepared: Prepared,
+        backend: Backend,
+        model: Callable[[], LoadedModel],
+        on_result: Callable[[FitResult], None] | None,
+    ) -> None:
         try:
-            result = execute(tuner, plan, ctx=self._ctx, extra_hooks=[_Collector(self)])
+            result = execute(
+                prepared, backend, model, on_result=on_result, ctx=self._ctx, extra_hooks=[_Collector(self)]
+            )
             self._result = result
             if self._ctx.cancelled:
                 self._set_state("cancelled")
@@ -233,9 +275,6 @@ class Run:
             self._error = err
             self._set_state("failed")
         finally:
-            if getattr(tuner, "_active_run", None) is self:
-                tuner._active_run = None
-            self._tuner = None  # the run does not keep the tuner (and its model) alive
             self._finished.set()
             self._queue.put(None)
 
@@ -269,6 +308,10 @@ class Run:
         """Whether the run has ended (in any state)."""
         return self._finished.is_set()
 
+    def owns_current_thread(self) -> bool:
+        """Whether the calling thread is the run's own (where its hooks run, between steps)."""
+        return threading.current_thread() is self._thread
+
     def events(self, timeout: float | None = None) -> Iterator[Event]:
         """Yield the run's events in order until it ends (thread-safe; meant for one consumer).
 
@@ -301,7 +344,7 @@ class Run:
                 "none; pass Tuner(output_dir=...), or call run.cancel(checkpoint=False) to stop without one"
             )
         if not self.done:
-            self._ctx._cancel(checkpoint=checkpoint)
+            RunControl.of(self._ctx).cancel(checkpoint=checkpoint)
 
     def wait(self, timeout: float | None = None) -> FitResult:
         """Block until the run ends; return its ``FitResult`` or raise its error.

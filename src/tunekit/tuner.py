@@ -2,37 +2,31 @@
 
 from __future__ import annotations
 
-import logging
-import threading
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from tunekit.backends import get_backend
-from tunekit.data import encode_examples, load_rows, normalise
-from tunekit.data.cache import cached_encode
+from tunekit.backends.base import Backend, LoadedModel, RunSpec, Trained
 from tunekit.data.encoding import Encoded
 from tunekit.data.formats import NormalisedData
-from tunekit.data.rows import TrainerRows, prepare_rows
+from tunekit.data.rows import TrainerRows
+from tunekit.data.summary import summarise_data
 from tunekit.errors import ConfigError, IncompatibleError
-from tunekit.hooks import Hook, HookErrors, RunContext, check_hook_errors
+from tunekit.export import ExportResult, Verification, check_request, export_format, export_trained, verify_trained
+from tunekit.hooks import Hook, HookErrors, check_hook_errors
+from tunekit.inference import check_items, check_prompts, generate, score
 from tunekit.methods import LoRA, Method
-from tunekit.objectives import SFT, CausalLM, Objective, infer_objective
+from tunekit.objectives import SFT, Objective
+from tunekit.plan import Plan
 from tunekit.results import FitResult
+from tunekit.run import Prepared, Run, check_resume, execute, prepare
+from tunekit.save_format import check_save, write_save
 from tunekit.training import Training
+from tunekit.training_data import check_compatible, encode_for, normalise_for
 
-if TYPE_CHECKING:
-    from tunekit.export import ExportResult
-    from tunekit.plan import Plan
-    from tunekit.run import Run
-
-__all__ = ["Tuner"]
-
-logger = logging.getLogger("tunekit")
-
-
-def _infer_objective(fmt: str) -> Objective:
-    return infer_objective(fmt)  # text -> CausalLM, preference pairs -> DPO, labelled rows -> KTO, else SFT
+__all__ = ["Tuner", "verify_export"]
 
 
 class Tuner:
@@ -55,7 +49,9 @@ class Tuner:
         output_dir: where checkpoints and logs go (default: a temporary directory, removed after).
         tokenizer: a tokenizer object or path, when it is not beside the model.
         template: a Jinja chat template to use instead of the tokenizer's.
-        backend: ``"hf"``.
+        backend: ``"hf"`` (transformers, peft and trl), or an object implementing
+            :class:`tunekit.backends.base.Backend`, such as the test double
+            :class:`tunekit.testing.FakeBackend` for an application's own tests.
 
     Example:
         >>> import tunekit as tk
@@ -75,7 +71,7 @@ class Tuner:
         output_dir: str | Path | None = None,
         tokenizer: Any = None,
         template: str | None = None,
-        backend: str = "hf",
+        backend: str | Backend = "hf",
         hook_errors: HookErrors = "stop",
         progress: bool | None = None,
     ) -> None:
@@ -102,28 +98,30 @@ class Tuner:
         if progress not in (None, True, False):
             raise ConfigError(f"Tuner(progress={progress!r}): must be None (when stderr is a terminal), True or False")
         self.progress = progress
-        self._active_run: Run | None = None
         self.output_dir = Path(output_dir) if output_dir is not None else None
         self.tokenizer_ref = tokenizer
         self.template = template
         self.adapter_path: Path | None = None  # set by tk.load for adapter checkpoints
-        self.backend = get_backend(backend)
-        self._loaded: Any = None
-        self._objective_used: Objective | None = objective
-        self._last_context: RunContext | None = None
+        self.backend: Backend = get_backend(backend) if isinstance(backend, str) else backend
         self.last_result: FitResult | None = None
         # Rows, formats and a few prompts of the last data fit saw: the model card and export verification use them.
         self.data_summary: dict[str, Any] | None = None
+        self._loaded: LoadedModel | None = None
+        self._objective_used: Objective | None = objective
+        # The background run, weakly: an ended run the application dropped (with a failed run's traceback, which
+        # holds the trainer) is not kept alive by its tuner; a running one is kept by its own thread.
+        self._active_run: weakref.ref[Run] | None = None
         if objective is not None:
-            self._check_compatible(objective)
+            check_compatible(self.method, objective)
         if output_dir is not None and Path(output_dir).exists() and not Path(output_dir).is_dir():
             raise ConfigError(f"Tuner(output_dir={str(output_dir)!r}): this path is a file, not a directory")
 
     # --- lazily loaded escape hatches -------------------------------------------------------------
     @property
-    def loaded(self) -> Any:
+    def loaded(self) -> LoadedModel:
+        """The model, tokenizer and template the backend loaded (on first use)."""
         if self._loaded is None:
-            self._loaded = self.backend.load(self)
+            self._loaded = self.backend.load(self._spec())
         return self._loaded
 
     @property
@@ -141,85 +139,42 @@ class Tuner:
         """The objective given, or the one inferred from the last data seen (default SFT)."""
         return self._objective_used or SFT()
 
-    # --- data -------------------------------------------------------------------------------------
-    def _check_compatible(self, objective: Objective) -> None:
-        objective.check_ready()  # e.g. GRPO without a reward
-        if not self.method.supports(objective.name):
-            raise IncompatibleError(
-                f"{self.method.name} does not support the {objective.name} objective; "
-                f"it supports {sorted(self.method.objectives or [])}"
-            )
-
-    def _normalise(self, data: Any, what: str) -> NormalisedData:
-        norm = normalise(load_rows(data), on_bad_rows=self.training.on_bad_rows)
-        # Inferred from the data until a run succeeds; after that the tuner keeps what it trained.
-        if self.objective is None and self.last_result is None and what == "training":
-            self._objective_used = None
-        objective = self._objective_used or _infer_objective(norm.format)
-        if norm.format not in objective.data_formats:
-            raise IncompatibleError(
-                f"the {what} data is in the {norm.format!r} format, which {objective.name} cannot train on; "
-                f"{objective.name} takes {sorted(objective.data_formats)}"
-                + (" (raw text trains with tk.CausalLM())" if norm.format == "text" else "")
-            )
-        if self._objective_used is None:
-            self._check_compatible(objective)
-            self._objective_used = objective
-        for _row, reason in norm.skipped:
-            logger.warning("skipped %s", reason)
-        return norm
-
-    def _encode(self, norm: NormalisedData, *, tokenizer: Any = None) -> Encoded | TrainerRows:
-        obj = self.objective_used
-        tokenizer = tokenizer if tokenizer is not None else self.tokenizer
-        if not obj.tokenised_by_tunekit:  # preference and RL rows: trl renders them with the same template
-            rows = prepare_rows(
-                tokenizer,
-                norm,
-                max_length=self.training.max_length,
-                whole_pairs=obj.model_head == "sequence_classification",
-                on_bad_rows=self.training.on_bad_rows,
-            )
-            rows.skipped = norm.skipped + rows.skipped
-            for _row, reason in rows.skipped[len(norm.skipped) :]:
-                logger.warning("skipped %s", reason)
-            if rows.truncated:
-                logger.warning(
-                    "%d of %d rows are longer than max_length=%d; their answers will be truncated",
-                    rows.truncated,
-                    len(rows.records),
-                    self.training.max_length,
-                )
-            return rows
-        settings: dict[str, Any] = {
-            "max_length": self.training.max_length,
-            "train_on_prompt": getattr(obj, "train_on_prompt", False),
-            "add_eos": getattr(obj, "add_eos", True),
-            "on_bad_rows": self.training.on_bad_rows,
-        }
-        enc = cached_encode(  # a second run on the same data, tokenizer and settings skips tokenising
-            lambda: encode_examples(tokenizer, norm.examples, **settings),
-            tokenizer,
-            norm.examples,
-            {"objective": obj.name, **settings},
-            enabled=self.training.cache,
-            directory=self.training.cache_dir,
+    # --- the run description handed to the backend ------------------------------------------------
+    def _spec(self) -> RunSpec:
+        """This call's run, as the backend sees it (made per call: ``output_dir`` and the rest may change)."""
+        return RunSpec(
+            model_ref=self.model_ref,
+            method=self.method,
+            objective=self.objective_used,
+            training=self.training,
+            tokenizer_ref=self.tokenizer_ref,
+            template=self.template,
+            output_dir=self.output_dir,
+            adapter_path=self.adapter_path,
+            hooks=tuple(self.hooks),
+            hook_errors=self.hook_errors,
+            progress=self.progress,
         )
-        for _row, reason in enc.skipped:  # rows that tokenised to nothing to learn (normalise logged its own)
-            logger.warning("skipped %s", reason)
-        enc.skipped = norm.skipped + enc.skipped
-        if enc.truncated:
-            logger.warning(
-                "%d of %d examples were longer than max_length=%d and were truncated",
-                enc.truncated,
-                len(enc.input_ids),
-                self.training.max_length,
-            )
-        return enc
+
+    def _trained(self) -> Trained:
+        """The loaded model with what made it, for saving and exporting."""
+        return Trained(self._spec(), self.backend, self.loaded, self.data_summary, self.last_result)
+
+    # --- data -------------------------------------------------------------------------------------
+    def _normalise(self, data: Any, what: str) -> NormalisedData:
+        # The objective is inferred from the training data until a run succeeds; after that the tuner keeps what
+        # it trained, and eval data must suit it.
+        keep = self.objective or (
+            self._objective_used if (self.last_result is not None or what != "training") else None
+        )
+        norm, objective = normalise_for(data, training=self.training, method=self.method, objective=keep, what=what)
+        self._objective_used = objective
+        return norm
 
     def prepare(self, data: Any) -> Encoded | TrainerRows:
         """Validate, template and tokenise ``data`` as ``fit`` would, without training."""
-        return self._encode(self._normalise(data, "training"))
+        norm = self._normalise(data, "training")
+        return encode_for(self._spec(), norm, self.tokenizer)
 
     def plan(self, data: Any, eval_data: Any = None) -> Plan:
         """What ``fit(data)`` would cost, without training: a :class:`tunekit.Plan`.
@@ -233,10 +188,11 @@ class Tuner:
             >>> plan = tk.Tuner("Qwen/Qwen2-0.5B").plan("train.jsonl")  # doctest: +SKIP
             >>> print(plan)  # doctest: +SKIP
         """
-        from tunekit.backends.hf.planning import make_plan
-
         self._check_not_training("plan()")
-        return make_plan(self, data, eval_data)
+        train = self._normalise(data, "training")
+        if eval_data is not None:
+            self._normalise(eval_data, "eval")  # the checks fit makes
+        return self.backend.plan(self._spec(), train, loaded=self._loaded, load=self._model_for_run)
 
     # --- the verbs ----------------------------------------------------------------------------------
     def fit(self, data: Any, *, eval_data: Any = None, resume: bool | str | Path | None = None) -> FitResult:
@@ -249,11 +205,8 @@ class Tuner:
         directory; the optimizer, schedule, random state and position in the data are restored, so
         pass the same data (a different config or data raises ``CheckpointError``).
         """
-        from tunekit.run import execute, prepare
-
-        plan = prepare(self, data, eval_data, resume)
-        self._remember_data(plan)
-        return execute(self, plan)
+        prepared = self._prepare_run(data, eval_data, resume)
+        return execute(prepared, self.backend, self._model_for_run, on_result=self._keep_result)
 
     def start(self, data: Any, *, eval_data: Any = None, resume: bool | str | Path | None = None) -> Run:
         """Like :meth:`fit`, in a background thread: returns a :class:`tunekit.Run` at once.
@@ -262,20 +215,40 @@ class Tuner:
         raise here); loading and training go on in the background. See :class:`tunekit.Run` for
         ``events()``, ``progress``, ``cancel()`` and ``wait()``.
         """
-        from tunekit.run import Run, prepare
+        prepared = self._prepare_run(data, eval_data, resume)
+        run = Run(prepared, self.backend, self._model_for_run, on_result=self._keep_result)
+        self._active_run = weakref.ref(run)
+        return run
 
-        plan = prepare(self, data, eval_data, resume)
-        self._remember_data(plan)
-        return Run(self, plan)
+    def _prepare_run(self, data: Any, eval_data: Any, resume: bool | str | Path | None) -> Prepared:
+        """Everything ``fit`` and ``start`` check in the caller's thread, before anything loads."""
+        active = self._running()
+        if active is not None:
+            raise ConfigError(
+                "this Tuner is already training in the background; wait for it with run.wait() or stop it with "
+                "run.cancel() before fitting again (or use a second Tuner)"
+            )
+        request = check_resume(resume, self.training, self.output_dir)
+        train = self._normalise(data, "training")
+        evaluation = self._normalise(eval_data, "eval") if eval_data is not None else None
+        prepared = prepare(self._spec(), self.backend, train, evaluation, request)
+        self.data_summary = summarise_data(train, evaluation)
+        return prepared
 
-    def _remember_data(self, plan: Any) -> None:
-        from tunekit.export.prompts import summarise_data
+    def _running(self) -> Run | None:
+        """The background run still going, if any."""
+        run = self._active_run() if self._active_run is not None else None
+        return run if run is not None and not run.done else None
 
-        self.data_summary = summarise_data(plan.train, plan.eval)
+    def _model_for_run(self) -> LoadedModel:
+        return self.loaded
+
+    def _keep_result(self, result: FitResult) -> None:
+        self.last_result = result
 
     def _check_not_training(self, what: str) -> None:
-        run = self._active_run
-        if run is not None and not run.done and threading.current_thread() is not run._thread:
+        run = self._running()
+        if run is not None and not run.owns_current_thread():
             raise ConfigError(
                 f"{what}: this Tuner is training in the background; call it after run.wait() (or run.cancel() "
                 "and run.wait()), or from a hook, which runs between steps"
@@ -290,21 +263,10 @@ class Tuner:
         template's end-of-turn token.
         """
         self._check_not_training("generate()")
-        single = isinstance(prompt, str) or (isinstance(prompt, list) and bool(prompt) and isinstance(prompt[0], dict))
-        prompts = [prompt] if single else list(prompt)
+        prompts, single = check_prompts(prompt, self.objective_used)  # before anything loads
         if not prompts:
             return []
-        for p in prompts:
-            if not isinstance(p, (str, list)):
-                raise ConfigError(f"generate(): expected a string or a list of chat messages, got {type(p).__name__}")
-        if self.objective_used.model_head == "sequence_classification":
-            raise IncompatibleError(
-                f"generate(): this tuner is a reward model ({self.objective_used.name}); it scores text and does "
-                "not generate: use tuner.score([...])"
-            )
-        chat = options.pop("chat", not isinstance(self.objective_used, CausalLM))
-        outs = self.backend.generate(self.loaded, prompts, chat=chat, options=options)
-        return outs[0] if single else outs
+        return generate(self.backend, self.loaded, self.objective_used, prompts, single=single, **options)
 
     def score(self, texts: Sequence[Any]) -> list[float]:
         """Reward-model scores, one float per item (higher is better).
@@ -319,18 +281,10 @@ class Tuner:
             >>> rm.score([("2 + 2 =", "4"), ("2 + 2 =", "5")])  # doctest: +SKIP
             [3.1, -2.7]
         """
-        if self.objective_used.model_head != "sequence_classification":
-            raise IncompatibleError(
-                f"score() needs a reward model, and this tuner trains {self.objective_used.name}; train one with "
-                "objective=tk.RewardModeling() or load one with tk.load(path)"
-            )
-        if isinstance(texts, (str, tuple, dict)) or (isinstance(texts, list) and texts and isinstance(texts[0], dict)):
-            one = "conversation" if isinstance(texts, list) else type(texts).__name__
-            raise ConfigError(f"score(): pass a list of items, e.g. score([item]), not a single {one}")
-        items = list(texts)
+        items = check_items(texts, self.objective_used)  # before anything loads
         if not items:
             return []
-        return list(self.backend.score(self.loaded, items, max_length=self.training.max_length))
+        return score(self.backend, self.loaded, items, max_length=self.training.max_length)
 
     def merge(self) -> Any:
         """The trained model with the adapter merged into the base weights: a plain transformers model.
@@ -349,10 +303,10 @@ class Tuner:
 
     def save(self, path: str | Path) -> Path:
         """Write the adapter (or whole model for ``Full``), tokenizer, template and manifest."""
-        from tunekit.saving import save_tuner
-
         self._check_not_training("save()")
-        return save_tuner(self, Path(path))
+        target = Path(path)
+        check_save(target, self._spec(), self.backend)  # before anything loads
+        return write_save(self._trained(), target)
 
     def export(
         self,
@@ -386,11 +340,10 @@ class Tuner:
             >>> print(result.size_report())  # doctest: +SKIP
             >>> tuner.export("out/gguf", format="gguf", dtype="q8_0")  # doctest: +SKIP
         """
-        from tunekit.export import export_tuner
-
         self._check_not_training("export()")
-        return export_tuner(
-            self,
+        check_request(self._spec(), Path(path), format, merge, dtype, max_new_tokens=max_new_tokens)  # before loading
+        return export_trained(
+            self._trained(),
             path,
             format=format,
             merge=merge,
@@ -402,3 +355,23 @@ class Tuner:
 
     def __repr__(self) -> str:
         return f"Tuner({self.model_ref!r}, method={self.method!r}, objective={self._objective_used!r})"
+
+
+def verify_export(
+    path: str | Path, tuner: Tuner, *, golden_prompts: Any = None, max_new_tokens: int = 16, num_prompts: int = 4
+) -> Verification:
+    """Reload an export from disk and check it against ``tuner``'s in-memory model; raises ExportError on a mismatch.
+
+    Runs the same checks as ``Tuner.export(verify=True)``: the chat template is there, the EOS ids
+    include the template's end-of-turn token, the tokenizer encodes the golden prompts as in training,
+    and greedy decoding gives the reference tokens (see :mod:`tunekit.export.verify` for the rules).
+
+    Example:
+        >>> tuner.export("out/merged")  # doctest: +SKIP
+        >>> tk.verify_export("out/merged", tuner).passed  # doctest: +SKIP
+        True
+    """
+    export_format(path)  # not an export: fail before the model loads
+    return verify_trained(
+        path, tuner._trained(), golden_prompts=golden_prompts, max_new_tokens=max_new_tokens, num_prompts=num_prompts
+    )

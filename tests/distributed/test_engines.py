@@ -10,7 +10,7 @@ import json
 import pytest
 
 import tunekit as tk
-from tunekit.backends.hf.distributed import check_distributed, deepspeed_config, engine_args
+from tunekit.backends.hf.processes import check_distributed, deepspeed_config, engine_args
 from tunekit.distributed import shards_parameters, world
 
 
@@ -214,12 +214,12 @@ def test_engines_are_ignored_in_one_process():
 
 
 def test_fit_refuses_an_engine_before_any_weight_loads(two_ranks, tiny_llama, monkeypatch):
-    import tunekit.backends.hf.backend as backend
+    import tunekit.backends.hf.models as models
 
     def no_loading(*args, **kwargs):
         raise AssertionError("weights were loaded")
 
-    monkeypatch.setattr(backend, "load_model", no_loading)
+    monkeypatch.setattr(models, "load_model", no_loading)
     tuner = tk.Tuner(tiny_llama, training=tk.Training(device="cpu", distributed=tk.FSDP(), max_steps=1))
     with pytest.raises(tk.IncompatibleError, match=r"Training\(distributed=tk.FSDP\(...\)\) needs CUDA GPUs"):
         tuner.fit([{"prompt": "a", "completion": "b"}])
@@ -297,8 +297,8 @@ def test_auto_batch_size_and_deepspeed_skip_are_refused_in_several_processes(two
 def test_a_hook_failure_on_one_process_is_known_on_every_process(monkeypatch):
     import torch.distributed as dist
 
-    from tunekit.backends.hf import distributed as hf_distributed
-    from tunekit.hooks import RunContext
+    from tunekit.backends.hf import processes as hf_distributed
+    from tunekit.hooks import RunContext, RunControl
 
     def all_reduce(flags, op=None):  # what another process's flags bring: its hook failed
         flags[3] = 1
@@ -307,6 +307,7 @@ def test_a_hook_failure_on_one_process_is_known_on_every_process(monkeypatch):
     monkeypatch.setattr(hf_distributed, "_collective_device", lambda: "cpu")
     monkeypatch.setattr(dist, "all_reduce", all_reduce)
     ctx = RunContext()
-    assert not ctx._hook_failed
-    hf_distributed.share_stop(ctx)
-    assert ctx._hook_failed and not ctx.stop_requested
+    control = RunControl.of(ctx)
+    assert not control.hook_failed
+    hf_distributed.share_stop(control)
+    assert control.hook_failed and not ctx.stop_requested

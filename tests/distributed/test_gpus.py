@@ -14,7 +14,7 @@ import torch
 
 import tunekit as tk
 from tests.distributed.helpers import torchrun
-from tunekit.backends.hf.distributed import check_distributed, rank_device
+from tunekit.backends.hf.processes import check_distributed, rank_device
 
 
 @pytest.fixture

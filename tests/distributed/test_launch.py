@@ -6,7 +6,7 @@ import pytest
 
 import tunekit as tk
 from tunekit.cli import main
-from tunekit.launch import launch_command
+from tunekit.cli.launch import launch_command
 
 TORCHRUN = ["python", "-m", "torch.distributed.run"]
 

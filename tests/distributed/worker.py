@@ -33,6 +33,7 @@ import peft  # noqa: E402
 import transformers  # noqa: E402
 
 import tunekit as tk  # noqa: E402
+import tunekit.save_format  # noqa: E402
 import tunekit.saving  # noqa: E402
 from tunekit.backends.hf import checkpoints  # noqa: E402
 from tunekit.testing import reverse_task  # noqa: E402
@@ -106,7 +107,7 @@ def count_calls(owner: object, name: str, counter: dict[str, int]) -> None:
 
 def train(model: str, out: Path) -> None:
     writes: dict[str, int] = {}
-    count_calls(tunekit.saving, "_write", writes)  # tunekit's save: rank 0 only
+    count_calls(tunekit.save_format, "_write", writes)  # tunekit's save: rank 0 only
     count_calls(peft.PeftModel, "save_pretrained", writes)  # adapter files, in checkpoints and saves: rank 0 only
     main_only, every_rank = Calls(), EveryRank()
     tuner = tk.Tuner(
@@ -228,7 +229,7 @@ def failures(model: str, out: Path, saved: str) -> None:
 
 def sharded(model: str, out: Path, engine: str) -> None:
     writes: dict[str, int] = {}
-    count_calls(tunekit.saving, "_write", writes)
+    count_calls(tunekit.save_format, "_write", writes)
     distributed = {"fsdp": tk.FSDP(), "zero3": tk.DeepSpeed(stage=3)}[engine]
     tuner = tk.Tuner(
         model,

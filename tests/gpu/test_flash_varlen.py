@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import tunekit as tk
-from tunekit.backends.hf import fastpath
+from tunekit.backends.hf import attention
 from tunekit.testing import reverse_task
 
 pytestmark = pytest.mark.gpu
@@ -22,17 +22,17 @@ def _qkv(dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
 
 
 def test_the_kernel_runs_and_equals_per_example_attention(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert fastpath._varlen_kernel() is not None, f"torch {torch.__version__} has no torch.nn.attention.varlen"
-    monkeypatch.setattr(fastpath, "_flash_failed", None)
+    assert attention._varlen_kernel() is not None, f"torch {torch.__version__} has no torch.nn.attention.varlen"
+    monkeypatch.setattr(attention, "_flash_failed", None)
     bounds = (0, 128, 129, 400, 650, 700)
     cu = torch.tensor(bounds, device="cuda", dtype=torch.int32)
     q, k, v = _qkv(torch.bfloat16)
     module = torch.nn.Module().eval()
-    assert fastpath._flash_eligible(q, 0.0)
-    flash, _ = fastpath._varlen_sdpa(module, q, k, v, None, scaling=0.125, tunekit_bounds=bounds, cu_seq_lens_q=cu)
-    assert fastpath._flash_failed is None, fastpath._flash_failed
-    monkeypatch.setattr(fastpath, "_flash_eligible", lambda query, dropout: False)
-    loop, _ = fastpath._varlen_sdpa(module, q, k, v, None, scaling=0.125, tunekit_bounds=bounds, cu_seq_lens_q=cu)
+    assert attention._flash_eligible(q, 0.0)
+    flash, _ = attention._varlen_sdpa(module, q, k, v, None, scaling=0.125, tunekit_bounds=bounds, cu_seq_lens_q=cu)
+    assert attention._flash_failed is None, attention._flash_failed
+    monkeypatch.setattr(attention, "_flash_eligible", lambda query, dropout: False)
+    loop, _ = attention._varlen_sdpa(module, q, k, v, None, scaling=0.125, tunekit_bounds=bounds, cu_seq_lens_q=cu)
     assert flash.shape == loop.shape == (1, 700, 14, 64)
     torch.testing.assert_close(flash.float(), loop.float(), atol=2e-2, rtol=2e-2)
     weights = torch.randn_like(loop)
@@ -44,21 +44,21 @@ def test_the_kernel_runs_and_equals_per_example_attention(monkeypatch: pytest.Mo
 
 def test_a_packed_bf16_fit_uses_the_kernel_and_learns(monkeypatch: pytest.MonkeyPatch, tiny_llama) -> None:
     calls = []
-    kernel = fastpath._varlen_kernel()
+    kernel = attention._varlen_kernel()
     assert kernel is not None
 
     def counted(*args, **kwargs):
         calls.append(args[0].shape[0])
         return kernel(*args, **kwargs)
 
-    monkeypatch.setattr(fastpath, "_varlen_kernel", lambda: counted)
-    monkeypatch.setattr(fastpath, "_flash_failed", None)
+    monkeypatch.setattr(attention, "_varlen_kernel", lambda: counted)
+    monkeypatch.setattr(attention, "_flash_failed", None)
     training = tk.Training(
         device="cuda", precision="bf16", max_steps=30, batch_size=8, learning_rate=1e-2, log_every=1, max_length=64
     )
     tuner = tk.Tuner(str(tiny_llama), method=tk.LoRA(r=8), training=training, progress=False)
     result = tuner.fit(reverse_task(160, seed=2))
-    assert fastpath._flash_failed is None, fastpath._flash_failed
+    assert attention._flash_failed is None, attention._flash_failed
     assert calls, "the packed run never reached the flash kernel"
     losses = [h["loss"] for h in result.history if "loss" in h]
     assert losses[-1] < losses[0] - 0.2, losses

@@ -36,7 +36,7 @@ def heldout_loss(tuner: tk.Tuner, rows: list[dict[str, Any]]) -> float:
 @pytest.mark.parametrize("quantize", ["nf4", "int8"])
 def test_qlora_trains_saves_and_reloads_on_gpu(tiny_llama_init02, tmp_path, quantize: str) -> None:
     assert torch.cuda.is_available(), "this test needs a CUDA device"
-    from tunekit.backends.hf.quantization import is_quantized
+    from tunekit._torch import is_quantized
 
     train, held = reverse_task(200, seed=1), reverse_task(32, seed=2)
     tuner = tk.Tuner(

@@ -109,7 +109,7 @@ def full_disk_at_first_save(c: Case) -> Any:
 
 
 def full_disk_in_save(c: Case) -> Any:
-    from tunekit import saving
+    from tunekit import save_format
 
     tuner = tk.Tuner(c.model, training=cpu(max_steps=1, batch_size=4), progress=False)
     tuner.fit(GOOD)
@@ -118,7 +118,7 @@ def full_disk_in_save(c: Case) -> Any:
     def full(*args: Any) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    c.monkeypatch.setattr(saving._fs, "write_json", full)
+    c.monkeypatch.setattr(save_format._fs, "write_json", full)
     try:
         tuner.save(target)
     finally:

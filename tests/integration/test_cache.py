@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 import tunekit as tk
-import tunekit.tuner as tuner_module
+import tunekit.training_data as training_data
 from tunekit.data import cache
 from tunekit.testing import first_task, write_jsonl
 
@@ -15,13 +15,13 @@ from tunekit.testing import first_task, write_jsonl
 @pytest.fixture
 def spy(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     calls: list[int] = []
-    real = tuner_module.encode_examples
+    real = training_data.encode_examples
 
     def counting(*a, **k):
         calls.append(len(a[1]))
         return real(*a, **k)
 
-    monkeypatch.setattr(tuner_module, "encode_examples", counting)
+    monkeypatch.setattr(training_data, "encode_examples", counting)
     return calls
 
 

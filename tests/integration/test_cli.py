@@ -117,8 +117,8 @@ def test_overrides_reach_the_config(capsys) -> None:
 )
 def test_own_flags_before_or_after_the_config(argv: list[str], flag: str) -> None:
     """`tunekit plan run.yaml --json` and `tunekit fit run.yaml --print-config` work like the flag-first forms."""
-    from tunekit._cli.run import _own_flags, parse_overrides
     from tunekit.cli import build_parser
+    from tunekit.cli.fit import _own_flags, parse_overrides
 
     args = build_parser().parse_args([a.replace("CONFIG", "run.yaml") for a in argv])
     _own_flags(args)

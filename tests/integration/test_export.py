@@ -130,7 +130,7 @@ def test_tampered_weights_fail_naming_prompt_and_outputs(lora_tuner, lora_export
 
 
 def test_failed_verification_writes_nothing_and_keeps_the_previous_export(lora_tuner, tmp_path, monkeypatch):
-    from tunekit.export import hf as hfx
+    from tunekit.export import merged as hfx
 
     target = tmp_path / "out"
     first = lora_tuner.export(target, format="hf", golden_prompts=PROMPTS, max_new_tokens=4)
@@ -202,9 +202,9 @@ def test_cli_export_prints_the_size_report(lora_tuner, tmp_path, capsys):
 
 
 def test_large_models_are_written_in_shards(lora_tuner, tmp_path):
-    from tunekit.export import hf as hfx
+    from tunekit.export import merged as hfx
 
-    model, _ = hfx.full_precision_model(lora_tuner)
+    model, _ = hfx.full_precision_model(lora_tuner._trained())
     hfx.write_hf(
         model, lora_tuner.tokenizer, lora_tuner.loaded.template.end_of_turn_id, tmp_path, max_shard_size="100KB"
     )
@@ -236,12 +236,13 @@ def test_raw_text_export_verifies_on_text_prompts(tiny_llama_init02, tmp_path):
 
 def test_a_quantized_base_is_reloaded_in_full_precision_for_the_merge(lora_tuner, monkeypatch):
     """QLoRA needs CUDA; the merge path for a quantized base is exercised here by declaring the model quantized."""
-    from tunekit.backends.hf import quantization
-    from tunekit.export import hf as hfx
+    from tunekit.export import merged as hfx
 
     expected = lora_tuner.merge().state_dict()
-    monkeypatch.setattr(quantization, "is_quantized", lambda model: model is lora_tuner.model)
-    merged, owned = hfx.full_precision_model(lora_tuner)  # never tuner.merge(): that would merge into 4-bit weights
+    monkeypatch.setattr(hfx, "is_quantized", lambda model: model is lora_tuner.model)
+    merged, owned = hfx.full_precision_model(
+        lora_tuner._trained()
+    )  # never tuner.merge(): that would merge into 4-bit weights
     assert owned and type(merged).__name__ == "LlamaForCausalLM"
     assert all(p.dtype == torch.float32 for p in merged.parameters())
     torch.testing.assert_close(merged.state_dict(), expected, rtol=0, atol=1e-6)

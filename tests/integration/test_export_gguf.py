@@ -56,12 +56,12 @@ def test_gguf_export_round_trips_with_same_greedy_tokens(tuner, dtype, tmp_path)
 
 
 def test_gguf_refuses_other_architectures(tmp_path):
-    from tunekit.export.gguf import _arch, _pre_tokenizer
+    from tunekit.export.gguf import _pre_tokenizer, gguf_arch
 
     class Cfg:
         model_type = "gpt2"
 
     with pytest.raises(tk.IncompatibleError, match=r"Llama and Qwen2.*convert_hf_to_gguf"):
-        _arch(Cfg())
+        gguf_arch(Cfg())
     with pytest.raises(tk.IncompatibleError, match="byte fallback"):
         _pre_tokenizer({"model": {"type": "BPE", "byte_fallback": True}})

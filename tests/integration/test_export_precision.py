@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import tunekit as tk
-from tunekit.export import hf as hfx
+from tunekit.export import merged as hfx
 
 
 def test_a_bf16_adapter_is_merged_in_fp32(tiny_llama_init02: Path, tmp_path: Path) -> None:
@@ -59,6 +59,6 @@ def test_the_merge_check_is_reported_not_enforced_for_a_16_bit_model(
         return [*out, 0] if len(calls) == 2 else out
 
     monkeypatch.setattr(checks, "greedy", greedy)
-    ref = checks.reference(tuner, golden, "hf", "fp32", 4)
+    ref = checks.reference(tuner._trained(), golden, "hf", "fp32", 4)
     assert any("reported, not enforced" in n for n in ref.notes)
     assert ref.expected != ref.trained

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import tunekit as tk
-from tunekit.backends.hf import fastpath
+from tunekit.backends.hf import attention, fastpath, sft
 from tunekit.testing import first_task, tiny_model
 
 IGNORE = -100
@@ -37,13 +37,13 @@ def _model(model_dir: Path) -> torch.nn.Module:
 
 
 def _packed(examples: list[dict[str, list[int]]]) -> dict[str, object]:
-    batch = fastpath._PackedCollator(pad_token_id=0, packing=True)(examples)
+    batch = sft._PackedCollator(pad_token_id=0, packing=True)(examples)
     batch.pop("tunekit_real_tokens")
     return batch
 
 
 def _path() -> fastpath.FastPath:
-    return fastpath.FastPath(packing=True, attention=fastpath.VARLEN, liger=False, compile=False)
+    return fastpath.FastPath(packing=True, attention=attention.VARLEN, liger=False, compile=False)
 
 
 @pytest.mark.parametrize(
@@ -62,7 +62,7 @@ def test_packed_loss_is_the_token_weighted_mean_of_per_example_losses(model_dir:
             counts.append(int((target != IGNORE).sum()))
         expected = torch.stack(sums).sum() / sum(counts)
         batch = _packed(examples)
-        with fastpath.varlen_attention(model, _path()):
+        with attention.varlen_attention(model, _path().attention):
             own = model(**batch).loss  # the model's own loss (heads peft wraps, AdaLoRA)
             from trl.trainer.utils import add_fused_lm_head
 
@@ -71,7 +71,7 @@ def test_packed_loss_is_the_token_weighted_mean_of_per_example_losses(model_dir:
             fused_loss = -fused.log_probs.sum() / fused.label_mask.sum()
         model.__dict__.pop("forward")
     # The padded batch (what trl does without packing) gives the same number.
-    padded = fastpath._PackedCollator(pad_token_id=0, packing=False)(examples)
+    padded = sft._PackedCollator(pad_token_id=0, packing=False)(examples)
     padded.pop("tunekit_real_tokens")
     with torch.no_grad():
         padded_loss = model(**padded).loss
@@ -89,7 +89,7 @@ def test_no_cross_contamination_in_a_packed_row(model_dir: Path) -> None:
     changed[0] = {"input_ids": [(t + 1) % model.config.vocab_size for t in examples[0]["input_ids"]], "labels": []}
     changed[0]["labels"] = changed[0]["input_ids"]
     a_len = len(examples[0]["input_ids"])
-    with torch.no_grad(), fastpath.varlen_attention(model, _path()):
+    with torch.no_grad(), attention.varlen_attention(model, _path().attention):
         before = model(**_packed(examples)).logits[0]
         after = model(**_packed(changed)).logits[0]
         # Control: the same rows as one sequence (no boundaries) do see A from B.
@@ -109,7 +109,7 @@ def test_fit_with_packing_matches_padded_batches_and_learns(model_dir: Path) -> 
         tuner = tk.Tuner(str(model_dir), method=tk.LoRA(r=8), training=tr)
         result = tuner.fit(rows)
         losses[packing] = [h["loss"] for h in result.history if "loss" in h]
-        assert tuner.model.config._attn_implementation != fastpath.VARLEN
+        assert tuner.model.config._attn_implementation != attention.VARLEN
     assert losses[True] == pytest.approx(losses[False], rel=1e-4)
     assert losses[True][-1] < losses[True][0]
 
@@ -180,6 +180,9 @@ class _Routed:
 
         self.config = SimpleNamespace(**{"_attn_implementation": "sdpa", **config})
 
+    def get_output_embeddings(self) -> torch.nn.Linear:
+        return torch.nn.Linear(2, 2, bias=False)  # a plain head: only the router loss decides the fused loss
+
 
 @pytest.mark.parametrize(
     ("config", "reason"),
@@ -215,7 +218,7 @@ def test_varlen_attention_refuses_attention_sinks() -> None:
     q = torch.zeros(1, 2, 4, 8)
     module = torch.nn.Module()
     with pytest.raises(NotImplementedError, match="sinks"):
-        fastpath._varlen_sdpa(module, q, q, q, None, s_aux=torch.zeros(2), tunekit_bounds=(0, 2, 4))
+        attention._varlen_sdpa(module, q, q, q, None, s_aux=torch.zeros(2), tunekit_bounds=(0, 2, 4))
 
 
 def _reference_kernel(calls: list[dict], *, gqa: bool):
@@ -256,12 +259,12 @@ def test_flash_varlen_kernel_gets_the_rows_layout_and_matches_per_example_attent
     k, v = (torch.randn(1, 2, 20, 8, generator=g, requires_grad=True) for _ in range(2))  # 2 key/value heads
     module = torch.nn.Module().eval()
     cu = torch.tensor(bounds, dtype=torch.int64)
-    loop, _ = fastpath._varlen_sdpa(module, q, k, v, None, scaling=0.3, tunekit_bounds=bounds, cu_seq_lens_q=cu)
+    loop, _ = attention._varlen_sdpa(module, q, k, v, None, scaling=0.3, tunekit_bounds=bounds, cu_seq_lens_q=cu)
     calls: list[dict] = []
-    monkeypatch.setattr(fastpath, "_varlen_kernel", lambda: _reference_kernel(calls, gqa=kernel_gqa))
-    monkeypatch.setattr(fastpath, "_flash_eligible", lambda query, dropout: True)
-    monkeypatch.setattr(fastpath, "_flash_failed", None)
-    flash, _ = fastpath._varlen_sdpa(module, q, k, v, None, scaling=0.3, tunekit_bounds=bounds, cu_seq_lens_q=cu)
+    monkeypatch.setattr(attention, "_varlen_kernel", lambda: _reference_kernel(calls, gqa=kernel_gqa))
+    monkeypatch.setattr(attention, "_flash_eligible", lambda query, dropout: True)
+    monkeypatch.setattr(attention, "_flash_failed", None)
+    flash, _ = attention._varlen_sdpa(module, q, k, v, None, scaling=0.3, tunekit_bounds=bounds, cu_seq_lens_q=cu)
     assert len(calls) == 1 and calls[0]["window"] == (-1, 0) and calls[0]["dtype"] == torch.int32
     assert calls[0]["max"] == (7, 7) and calls[0].get("enable_gqa", False) is kernel_gqa
     assert flash.shape == loop.shape == (1, 20, 4, 8)
@@ -284,13 +287,13 @@ def test_a_flash_kernel_that_refuses_falls_back_to_the_loop_once_and_says_so(
     q = torch.randn(1, 2, 9, 8)
     bounds = (0, 4, 9)
     module = torch.nn.Module().eval()
-    loop, _ = fastpath._varlen_sdpa(module, q, q, q, None, tunekit_bounds=bounds)
-    monkeypatch.setattr(fastpath, "_varlen_kernel", lambda: refusing)
-    monkeypatch.setattr(fastpath, "_flash_eligible", lambda query, dropout: True)
-    monkeypatch.setattr(fastpath, "_flash_failed", None)
+    loop, _ = attention._varlen_sdpa(module, q, q, q, None, tunekit_bounds=bounds)
+    monkeypatch.setattr(attention, "_varlen_kernel", lambda: refusing)
+    monkeypatch.setattr(attention, "_flash_eligible", lambda query, dropout: True)
+    monkeypatch.setattr(attention, "_flash_failed", None)
     with caplog.at_level("WARNING", logger="tunekit"):
-        first, _ = fastpath._varlen_sdpa(module, q, q, q, None, tunekit_bounds=bounds)
-        second, _ = fastpath._varlen_sdpa(module, q, q, q, None, tunekit_bounds=bounds)
+        first, _ = attention._varlen_sdpa(module, q, q, q, None, tunekit_bounds=bounds)
+        second, _ = attention._varlen_sdpa(module, q, q, q, None, tunekit_bounds=bounds)
     torch.testing.assert_close(first, loop)
     torch.testing.assert_close(second, loop)
     assert calls == [1]  # not retried at every layer
@@ -302,9 +305,9 @@ def test_a_flash_kernel_that_refuses_falls_back_to_the_loop_once_and_says_so(
 
 def test_flash_varlen_is_used_only_where_its_kernel_runs() -> None:
     cpu = torch.zeros(1, 2, 4, 64, dtype=torch.bfloat16)
-    assert not fastpath._flash_eligible(cpu, 0.0)  # CPU: the per-example loop
+    assert not attention._flash_eligible(cpu, 0.0)  # CPU: the per-example loop
     meta = torch.empty(1, 2, 4, 64, dtype=torch.bfloat16, device="meta")
-    assert not fastpath._flash_eligible(meta, 0.0)
+    assert not attention._flash_eligible(meta, 0.0)
 
 
 @pytest.mark.parametrize(("flag", "fused"), [(True, False), (False, True)], ids=["router-logits", "no-router-logits"])
@@ -318,8 +321,8 @@ def test_moe_router_loss_takes_the_models_own_loss(monkeypatch: pytest.MonkeyPat
         seen["fused_head"] = fused_head
         raise RuntimeError("stop")
 
-    monkeypatch.setattr(fastpath, "fast_sft_trainer", stop)
-    monkeypatch.setattr(fastpath, "pack_to_budget", lambda d, t: d)
+    monkeypatch.setattr(sft, "fast_sft_trainer", stop)
+    monkeypatch.setattr(sft, "pack_to_budget", lambda d, t: d)
     run = SimpleNamespace(
         model=_Routed(output_router_logits=flag),
         training=tk.Training(device="cpu"),
@@ -331,11 +334,9 @@ def test_moe_router_loss_takes_the_models_own_loss(monkeypatch: pytest.MonkeyPat
     )
     import trl
 
-    import tunekit.backends.hf.trainers as trainers
-
-    monkeypatch.setattr(trainers, "_common", lambda run: {})
+    monkeypatch.setattr(sft, "training_args", lambda setup: {})
     monkeypatch.setattr(trl, "SFTConfig", lambda **kwargs: SimpleNamespace(**kwargs))
     with pytest.raises(RuntimeError, match="stop"):
-        fastpath.sft_trainer(run, fused_head=True)
+        sft.sft_trainer(run)  # type: ignore[arg-type]
     assert seen["fused_head"] is fused
-    assert fastpath._router_aux_loss(_Routed(output_router_logits=flag)) is flag
+    assert fastpath.fused_loss_applies(_Routed(output_router_logits=flag)) is fused

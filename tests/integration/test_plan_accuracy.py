@@ -64,8 +64,8 @@ def test_plan_is_within_25_percent_of_the_measured_step(
     import torch
 
     from tunekit._quiet import quiet
+    from tunekit.backends.hf.memory import activation_parts
     from tunekit.backends.hf.memory_measure import measure_step
-    from tunekit.backends.hf.planning import activation_parts
 
     rows = reverse_task(12, seed=3)
     training = tk.Training(
@@ -79,7 +79,9 @@ def test_plan_is_within_25_percent_of_the_measured_step(
     with quiet():
         plan = tk.Tuner(str(small_qwen), method=method, training=training).plan(rows)  # on the meta device
         tuner = tk.Tuner(str(small_qwen), method=method, training=training)
-        measured = measure_step(tuner, rows, checkpointing=checkpointing)
+        measured = measure_step(
+            tuner.model, tuner.tokenizer, tuner.prepare(rows), training, checkpointing=checkpointing
+        )
     assert plan.packing is packing and plan.gradient_checkpointing is checkpointing
     assert plan.micro_batch_tokens == measured.tokens
     # The exact terms are exact.

@@ -122,7 +122,7 @@ def test_load_errors(tmp_path):
 def test_failed_save_keeps_the_previous_one(trained_lora, tmp_path, monkeypatch):
     import os
 
-    import tunekit.saving as saving
+    import tunekit.save_format as save_format
 
     tuner, _ = trained_lora
     target = tuner.save(tmp_path / "adapter")
@@ -136,8 +136,8 @@ def test_failed_save_keeps_the_previous_one(trained_lora, tmp_path, monkeypatch)
             raise PermissionError("locked by an indexer")  # the new save cannot be moved into place
         return real_replace(src, dst)
 
-    monkeypatch.setattr(saving.os, "replace", flaky_replace)
-    monkeypatch.setattr(saving._fs.time, "sleep", lambda s: None)
+    monkeypatch.setattr(save_format.os, "replace", flaky_replace)
+    monkeypatch.setattr(save_format._fs.time, "sleep", lambda s: None)
     with pytest.raises(tk.CheckpointError, match=r"locked .* the previous save there is intact"):
         tuner.save(target)
     monkeypatch.undo()

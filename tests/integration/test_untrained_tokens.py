@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import tunekit as tk
-from tunekit.backends.hf import backend as hf_backend
+from tunekit.backends.hf import models as hf_models
 from tunekit.testing import first_task, tiny_model
 
 from .helpers import cpu
@@ -75,7 +75,7 @@ def test_untrained_template_tokens_are_started_at_the_mean_and_learned(untrained
 
 def test_without_the_fix_the_end_of_turn_logit_cannot_move(untrained_base, monkeypatch):
     """The failure it prevents: under LoRA the zero output row stays zero, so <|im_end|>'s logit is 0 for ever."""
-    monkeypatch.setattr(hf_backend, "fix_untrained_template_tokens", lambda *args: [])
+    monkeypatch.setattr(hf_models, "fix_untrained_template_tokens", lambda *args: [])
     tuner = tk.Tuner(untrained_base, method=tk.LoRA(r=16), training=cpu(max_steps=5, learning_rate=5e-3))
     tuner.fit(first_task(40, seed=1))
     inp, out = _rows(tuner)

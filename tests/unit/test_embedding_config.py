@@ -128,7 +128,10 @@ def test_stop_policy_records_the_first_failure_and_asks_to_stop() -> None:
     d = HookDispatcher([Raises()], ctx, "stop")
     d.emit("step_end")
     assert (
-        ctx.stop_requested and ctx._checkpoint_on_stop and ctx.stop_reason == "hook Raises.on_step_end raised KeyError"
+        ctx.stop_requested
+        and d.control.checkpoint_on_stop
+        and d.control.hook_failed
+        and ctx.stop_reason == "hook Raises.on_step_end raised KeyError"
     )
     err = d.error(Path("out/checkpoint-3"))
     assert isinstance(err, tk.TrainingError)
@@ -269,36 +272,10 @@ def test_quiet_routes_library_logs_once_and_restores_everything(caplog: pytest.L
 # --- Run mechanics, with a fake backend (the seam users' own tests can use too) ----------------------
 
 
-class FakeBackend:
-    """Fires the events a real backend fires; each step waits for the test to let it go."""
-
-    name = "fake"
-
-    def __init__(self) -> None:
-        self.go = threading.Semaphore(0)
-
-    def fit(self, tuner: Any, loaded: Any, train: Any, evaluation: Any, *, hooks: HookDispatcher, resume_from: Any):
-        ctx = hooks.ctx
-        ctx.max_steps = 3
-        hooks.emit("fit_start")
-        while ctx.step < ctx.max_steps and not ctx.stop_requested:
-            assert self.go.acquire(timeout=30)
-            ctx.step += 1
-            hooks.emit("step_end")
-            hooks.emit("log", {"loss": 1.0 / ctx.step})
-        return tk.FitResult(
-            history=[], metrics={}, train_loss=1.0, eval_loss=None, steps=ctx.step, epochs=1.0, runtime_s=1.0,
-            tokens_per_s=1.0, num_examples=4, num_tokens=8, trainable_params=1, total_params=2,
-            output_dir=tuner.output_dir, stopped_early=ctx.stop_requested, stop_reason=ctx.stop_reason,
-        )  # fmt: skip
-
-
-def fake_tuner(**kw: Any) -> tuple[tk.Tuner, FakeBackend]:
-    tuner = tk.Tuner("fake-model", progress=False, **kw)
-    backend = FakeBackend()
-    tuner.backend = backend
-    tuner._loaded = object()
-    tuner._encode = lambda norm: norm  # type: ignore[method-assign]
+def fake_tuner(**kw: Any) -> tuple[tk.Tuner, tk.testing.FakeBackend]:
+    """A Tuner on the test double: each step waits for the test to release its gate."""
+    backend = tk.testing.FakeBackend(losses=[1.0, 1 / 2, 1 / 3], step_gate=threading.Semaphore(0))
+    tuner = tk.Tuner("fake-model", progress=False, backend=backend, training=tk.Training(log_every=1), **kw)
     return tuner, backend
 
 
@@ -311,7 +288,7 @@ def test_run_events_progress_and_timeouts() -> None:
         run.wait(timeout=0.01)
     with pytest.raises(TimeoutError, match=r"no run event for 0\.01s"):
         next(run.events(timeout=0.01))
-    backend.go.release(3)
+    backend.step_gate.release(3)
     rest = [(e.name, e.step) for e in stream]
     assert rest == [
         ("step_end", 1),
@@ -331,11 +308,11 @@ def test_run_events_progress_and_timeouts() -> None:
 def test_leaving_a_run_block_cancels_it(tmp_path: Path) -> None:
     tuner, backend = fake_tuner(output_dir=tmp_path)
     with tuner.start(ROWS) as run:
-        backend.go.release(1)
+        backend.step_gate.release(1)
         for event in run.events(timeout=30):
             if event.name == "step_end":
                 break
-        backend.go.release(1)  # the step in flight may finish
+        backend.step_gate.release(1)  # the step in flight may finish
     assert run.done and run.state == "cancelled"
     assert run.wait().stop_reason == "cancelled" and run.wait().steps <= 2
 

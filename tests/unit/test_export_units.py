@@ -11,22 +11,18 @@ from tunekit.export.prompts import DEFAULT_PROMPTS, golden_prompts
 from tunekit.export.result import human_size
 
 
-class _NoData:
-    data_summary = None
-
-
 def test_golden_prompts_given_kept_or_default():
-    assert golden_prompts(_NoData(), "hello", 4) == (["hello"], "given")
+    assert golden_prompts(None, "hello", 4) == (["hello"], "given")
     chat = [{"role": "user", "content": "hi"}]
-    assert golden_prompts(_NoData(), chat, 4) == ([chat], "given")
-    kept = type("T", (), {"data_summary": {"prompts": ["a", "b", "c"], "prompts_from": "eval"}})()
+    assert golden_prompts(None, chat, 4) == ([chat], "given")
+    kept = {"prompts": ["a", "b", "c"], "prompts_from": "eval"}
     assert golden_prompts(kept, None, 2) == (["a", "b"], "sampled from the eval data")
-    prompts, source = golden_prompts(_NoData(), None, 3)
+    prompts, source = golden_prompts(None, None, 3)
     assert prompts == DEFAULT_PROMPTS[:3] and "default" in source
     with pytest.raises(tk.ConfigError, match="at least one prompt"):
-        golden_prompts(_NoData(), [], 4)
+        golden_prompts(None, [], 4)
     with pytest.raises(tk.ConfigError, match="is not a prompt"):
-        golden_prompts(_NoData(), ["ok", 3], 4)
+        golden_prompts(None, ["ok", 3], 4)
 
 
 def _split(regex):
@@ -105,7 +101,7 @@ def test_generation_eos_adds_to_the_models_own(model_eos, expected):
 
     from transformers import GenerationConfig
 
-    from tunekit.export.hf import set_generation_eos
+    from tunekit.export.merged import set_generation_eos
 
     model = SimpleNamespace(
         generation_config=GenerationConfig(eos_token_id=model_eos),

@@ -38,7 +38,7 @@ def test_a_method_without_translation_is_a_clear_error() -> None:
     class Homemade(Method):
         pass
 
-    with pytest.raises(tk.ConfigError, match="method Homemade has no translation in the hf backend"):
+    with pytest.raises(tk.IncompatibleError, match="'hf' backend has no translation of the method Homemade"):
         apply_method(object(), Homemade(), [])
 
 

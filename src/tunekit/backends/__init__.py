@@ -1,18 +1,19 @@
-"""Backends: what turns tunekit's configuration into a training run."""
+"""Backends: what turns tunekit's configuration into a training run (:mod:`tunekit.backends.base`)."""
 
 from __future__ import annotations
 
-from typing import Any
-
-from tunekit.backends.base import Backend
+from tunekit.backends.base import Backend, LoadedModel, RunSpec, Trained
 from tunekit.errors import ConfigError
 
-__all__ = ["Backend", "get_backend"]
+__all__ = ["Backend", "LoadedModel", "RunSpec", "Trained", "get_backend"]
 
 
-def get_backend(name: str) -> Any:
+def get_backend(name: str) -> Backend:
+    """The backend called ``name`` (``"hf"``: transformers, peft and trl)."""
     if name == "hf":
-        from tunekit.backends.hf import HFBackend
+        # The one function-local import of a tunekit module, on purpose: the engine imports torch, transformers,
+        # peft and trl, and `import tunekit` must stay light until a Tuner first needs it.
+        from tunekit.backends.hf import HFBackend  # noqa: PLC0415
 
         return HFBackend()
     raise ConfigError(f"Tuner(backend={name!r}): unknown backend; the available backend is 'hf'")

@@ -15,6 +15,7 @@ The cache lives in ``Training(cache_dir=...)``, else ``$TUNEKIT_CACHE``, else
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import logging
 import os
@@ -23,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from tunekit._version import __version__
 from tunekit.data.encoding import Encoded
 from tunekit.data.formats import Example
 
@@ -61,7 +63,6 @@ def _tokenizer_digest(tokenizer: Any) -> str:
 
 def _version(module: str) -> str | None:
     """``module.__version__``, or None when it is not installed."""
-    import importlib
 
     try:
         return str(importlib.import_module(module).__version__)
@@ -72,8 +73,6 @@ def _version(module: str) -> str | None:
 def cache_key(tokenizer: Any, examples: list[Example], settings: dict[str, Any]) -> str:
     """SHA-256 of the examples, the tokenizer and template, the settings and the tunekit, transformers and
     tokenizers versions (a new release of either can tokenise or apply a chat template differently)."""
-    from tunekit import __version__
-
     h = hashlib.sha256()
     versions = {"v": __version__, "transformers": _version("transformers"), "tokenizers": _version("tokenizers")}
     h.update(json.dumps({**versions, "format": _FORMAT, **settings}, sort_keys=True).encode("utf-8"))

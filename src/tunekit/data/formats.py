@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from tunekit.errors import DatasetError
 
-__all__ = ["Example", "NormalisedData", "detect_format", "normalise"]
+__all__ = ["RESERVED_COLUMNS", "Example", "NormalisedData", "detect_format", "normalise", "normalise_row"]
 
 Format = Literal[
     "text",
@@ -48,8 +48,12 @@ _SIGNATURES: list[tuple[Format, tuple[str, ...]]] = [
 # A prompt-only (RL) dataset is one whose rows have no column of the demonstration or preference
 # formats at all; a half-filled prompt/completion row is a bad SFT row, not an RL prompt.
 _NOT_PROMPT_ONLY = ("completion", "chosen", "rejected", "label", "text", "messages", "conversations", "output")
-# Keyword arguments trl gives reward functions itself: a data column of that name would be overwritten.
-RESERVED_COLUMNS = ("prompts", "completions", "completion_ids", "trainer_state", "log_extra", "log_metric")
+# The keyword arguments trl (1.16's GRPO / RLOO) passes reward functions besides the data columns: a data column of
+# that name would be overwritten, so prompt-only rows refuse it, and the reward wrapper (backends/hf/rewards.py) keeps
+# these out of what the user's function receives. The one list of them.
+RESERVED_COLUMNS = (
+    "prompts", "completions", "completion_ids", "trainer_state", "log_extra", "log_metric", "environments",
+)  # fmt: skip
 _SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
 ROLES = ("system", "user", "assistant")
 
@@ -276,7 +280,8 @@ def _prompt_only(row: dict[str, Any], i: int) -> Example:
     return Example(row=i, prompt=prompt, prompt_text=text, columns=columns)
 
 
-def _normalise_row(fmt: Format, row: dict[str, Any], i: int) -> Example:
+def normalise_row(fmt: Format, row: dict[str, Any], i: int) -> Example:
+    """Row ``i`` (1-based, as the user counts) of format ``fmt`` as an :class:`Example`; raises DatasetError."""
     if fmt == "preference":
         return _preference(row, i)
     if fmt == "unpaired_preference":
@@ -319,7 +324,7 @@ def normalise(rows: list[dict[str, Any]], fmt: Format | None = None, *, on_bad_r
         try:
             if not isinstance(row, dict):
                 raise DatasetError(f"row {i}: expected an object with named fields, got {type(row).__name__}", row=i)
-            examples.append(_normalise_row(fmt, row, i))
+            examples.append(normalise_row(fmt, row, i))
         except DatasetError as e:
             if on_bad_rows != "skip":
                 raise

@@ -12,7 +12,7 @@ from typing import Any
 
 from tunekit.errors import DatasetError, IncompatibleError
 
-__all__ = ["CHATML_TEMPLATE", "Template", "ensure_template", "render_segments"]
+__all__ = ["CHATML_TEMPLATE", "Template", "ensure_template", "find_end_of_turn", "render_segments"]
 
 IM_START, IM_END, PAD = "<|im_start|>", "<|im_end|>", "<|pad|>"
 
@@ -47,7 +47,8 @@ def render(tokenizer: Any, messages: list[dict[str, str]], *, add_generation_pro
     return str(out)
 
 
-def _find_end_of_turn(tokenizer: Any) -> str:
+def find_end_of_turn(tokenizer: Any) -> str:
+    """The special token the chat template closes an assistant turn with (the EOS token when it writes none)."""
     marker = "TUNEKIT_MARKER_7f3a"
     text = render(
         tokenizer,
@@ -84,7 +85,7 @@ def ensure_template(tokenizer: Any, chat_template: str | None = None) -> tuple[T
         if missing:
             tokenizer.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False)
             added += missing
-    eot = _find_end_of_turn(tokenizer)
+    eot = find_end_of_turn(tokenizer)
     eot_id = tokenizer.convert_tokens_to_ids(eot)
     if tokenizer.eos_token is None:
         tokenizer.eos_token = eot

@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import tunekit as tk
 from tunekit.demo.base import pretrain_base
 from tunekit.demo.recipe import RECIPE, Recipe
 from tunekit.demo.report import DemoReport, Sample, Show
@@ -81,8 +82,6 @@ def run_demo(
     the figures as a :class:`DemoReport`; the same seed gives the same figures. ``recipe`` holds
     the sizes and hyper-parameters (:class:`Recipe`).
     """
-    import tunekit as tk
-
     start = time.perf_counter()
     out = Path(output_dir)
     show = Show(console)

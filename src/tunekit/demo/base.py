@@ -7,9 +7,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import tunekit as tk
 from tunekit.demo.data import INSTRUCTIONS, SENTENCES, SMALL_TALK, DemoData, make_data
 from tunekit.demo.recipe import Recipe
 from tunekit.demo.report import Show
+from tunekit.testing import tiny_model
 
 __all__ = ["Pretrained", "pretrain_base"]
 
@@ -50,9 +52,6 @@ def _chat_renderer(model_dir: Path) -> Any:
 
 def pretrain_base(out: Path, recipe: Recipe, seed: int, show: Show) -> Pretrained:
     """Write a tiny random llama, pretrain it with Full + CausalLM, and save it to ``out``."""
-    import tunekit as tk
-    from tunekit.testing import tiny_model
-
     with tempfile.TemporaryDirectory(prefix="tunekit-demo-") as tmp:
         init = tiny_model(
             Path(tmp) / "random",

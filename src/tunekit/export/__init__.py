@@ -8,7 +8,16 @@ Example:
 
 from __future__ import annotations
 
-from tunekit.export.core import EXPORT_MANIFEST, export_tuner, verify_export
+from tunekit.export.core import EXPORT_MANIFEST, check_request, export_format, export_trained, verify_trained
 from tunekit.export.result import ExportResult, PromptCheck, Verification
 
-__all__ = ["EXPORT_MANIFEST", "ExportResult", "PromptCheck", "Verification", "export_tuner", "verify_export"]
+__all__ = [
+    "EXPORT_MANIFEST",
+    "ExportResult",
+    "PromptCheck",
+    "Verification",
+    "check_request",
+    "export_format",
+    "export_trained",
+    "verify_trained",
+]

@@ -6,19 +6,21 @@ import importlib.util
 from pathlib import Path
 from typing import Any
 
+from tunekit.backends.base import Trained
+from tunekit.data.summary import data_summary_of
+from tunekit.errors import ConfigError
+from tunekit.plotting import plot_loss
+from tunekit.results import FitResult
+
 __all__ = ["loss_plot", "model_card"]
 
 
-def loss_plot(tuner: Any, out: Path) -> str | None:
+def loss_plot(result: FitResult | None, out: Path) -> str | None:
     """Write ``loss.png`` into the export when there is a history and matplotlib; returns the note for the card."""
-    result = getattr(tuner, "last_result", None)
     if result is None or not result.history:
         return "No loss plot: this tuner was not trained in this session (a loaded save keeps no history)."
     if importlib.util.find_spec("matplotlib") is None:
         return 'No loss plot: matplotlib is not installed (pip install "tunekit[plot]").'
-    from tunekit.errors import ConfigError
-    from tunekit.plotting import plot_loss
-
     try:
         plot_loss(result, out / "loss.png", title="Training loss")
     except ConfigError as e:
@@ -117,7 +119,7 @@ cd {gguf.rsplit("/", 1)[0]} && ollama create my-model -f Modelfile && ollama run
 
 
 def model_card(
-    tuner: Any,
+    trained: Trained,
     *,
     fmt: str,
     dtype: str,
@@ -129,12 +131,10 @@ def model_card(
     plot_note: str | None,
 ) -> str:
     """README.md text for an export."""
-    method, objective, training = tuner.method, tuner.objective_used, tuner.training
-    result = getattr(tuner, "last_result", None)
-    from tunekit.export.prompts import data_summary_of
-
-    data = data_summary_of(tuner) or {}
-    template = tuner.loaded.template
+    spec, result = trained.spec, trained.result
+    method, objective, training = spec.method, spec.objective, spec.training
+    data = data_summary_of(trained.data_summary, result) or {}
+    template = trained.loaded.template
     lines = [
         "---",
         "library_name: " + ("peft" if fmt == "adapter" else "gguf" if fmt == "gguf" else "transformers"),

@@ -8,10 +8,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tunekit._quiet import quiet
+from tunekit._torch import count_parameters, is_quantized, torch_dtype
+from tunekit.backends.base import Trained
 from tunekit.errors import ExportError
-from tunekit.export import hf as hfx
+from tunekit.export import gguf_check, merged
+from tunekit.export.gguf import round_like_gguf
 from tunekit.export.result import Verification
-from tunekit.export.verify import Golden, check_eos, check_template, encode_prompts, end_of_turn_id, greedy
+from tunekit.export.verify import (
+    Golden,
+    check_eos,
+    check_template,
+    encode_prompts,
+    end_of_turn_id,
+    greedy,
+    mismatch_error,
+    prompt_checks,
+)
 
 __all__ = ["Reference", "model_size", "raise_if_failed", "reference", "verification"]
 
@@ -29,8 +42,9 @@ class Reference:
     notes: list[str] = field(default_factory=list)
 
 
-def model_size(tuner: Any) -> int:
-    return int(sum(p.numel() for p in tuner.model.parameters()))
+def model_size(trained: Trained) -> int:
+    """Parameters of the trained model (tied weights once): how much memory a copy of it frees."""
+    return count_parameters(trained.loaded.model)[1]
 
 
 def _eos_of(model: Any) -> list[int]:
@@ -40,101 +54,95 @@ def _eos_of(model: Any) -> list[int]:
 
 # --- the reference ----------------------------------------------------------------------------------------
 def reference(
-    tuner: Any, golden: list[Golden], fmt: str, dtype: str, max_new: int, model: Any = None, owned: bool = False
+    trained: Trained, golden: list[Golden], fmt: str, dtype: str, max_new: int, model: Any = None, owned: bool = False
 ) -> Reference:
     """The in-memory model's greedy tokens, and the tokens the export must reproduce (see verify.py)."""
-    from tunekit.backends.hf.quantization import is_quantized
-
-    tok = tuner.tokenizer
-    eos, pad = _eos_of(tuner.model), tok.pad_token_id
-    was_training = tuner.model.training
-    tuner.model.eval()
+    tok, in_memory, method = trained.loaded.tokenizer, trained.loaded.model, trained.spec.method
+    eos, pad = _eos_of(in_memory), tok.pad_token_id
+    was_training = in_memory.training
+    in_memory.eval()
     try:
-        trained = [greedy(tuner.model, g.ids, eos_ids=eos, pad_id=pad, max_new_tokens=max_new) for g in golden]
+        tokens = [greedy(in_memory, g.ids, eos_ids=eos, pad_id=pad, max_new_tokens=max_new) for g in golden]
     finally:
-        tuner.model.train(was_training)
+        in_memory.train(was_training)
     if fmt == "adapter":
-        return Reference(trained, trained, "trained")
-    quantized = is_quantized(tuner.model)
+        return Reference(tokens, tokens, "trained")
+    quantized = is_quantized(in_memory)
     if model is None:
-        model, owned = hfx.full_precision_model(tuner)
+        model, owned = merged.full_precision_model(trained)
     notes: list[str] = []
-    expected = trained
+    expected = tokens
     # The merge is enforced only when like is compared with like: a model held in fp32 against its fp32 merge.
-    # A bf16 / fp16 model is merged in fp32 (hf.full_precision_model), which computes in another precision,
+    # A bf16 / fp16 model is merged in fp32 (merged.full_precision_model), which computes in another precision,
     # so greedy tokens may differ for precision alone: reported, not enforced (as for QLoRA).
-    low_precision = not quantized and not hfx.held_in_fp32(tuner.model)
-    if tuner.method.is_adapter:  # the merge itself, in memory, in fp32
-        merged = [greedy(model, g.ids, eos_ids=eos, pad_id=pad, max_new_tokens=max_new) for g in golden]
-        if merged != trained and low_precision:
+    low_precision = not quantized and not merged.held_in_fp32(in_memory)
+    if method.is_adapter:  # the merge itself, in memory, in fp32
+        merged_tokens = [greedy(model, g.ids, eos_ids=eos, pad_id=pad, max_new_tokens=max_new) for g in golden]
+        if merged_tokens != tokens and low_precision:
             notes.append(
                 "the model was trained in 16-bit and merged in fp32; the fp32 merge differs from the 16-bit trained "
-                f"model on {sum(a != b for a, b in zip(merged, trained))} golden prompt(s), from precision alone "
+                f"model on {sum(a != b for a, b in zip(merged_tokens, tokens))} golden prompt(s), from precision alone "
                 "(reported, not enforced); the export is compared with the fp32 merge"
             )
-        elif merged != trained and not quantized:
-            bad = next(i for i, (a, b) in enumerate(zip(merged, trained)) if a != b)
+        elif merged_tokens != tokens and not quantized:
+            bad = next(i for i, (a, b) in enumerate(zip(merged_tokens, tokens)) if a != b)
             raise ExportError(
-                f"merging {tuner.method.name} into the base weights changed the model's outputs on the golden prompt "
-                f"{golden[bad].prompt!r}: trained {tok.decode(trained[bad])!r}, merged {tok.decode(merged[bad])!r}; "
-                'nothing was written; export the adapter with format="adapter" and report this as a tunekit bug'
+                f"merging {method.name} into the base weights changed the model's outputs on the golden prompt "
+                f"{golden[bad].prompt!r}: trained {tok.decode(tokens[bad])!r}, "
+                f"merged {tok.decode(merged_tokens[bad])!r}; nothing was written;"
+                ' export the adapter with format="adapter" and report this as a tunekit bug'
             )
         if quantized:
             notes.append(
                 "the QLoRA base was re-loaded in full precision for the merge, so the export is compared with that "
                 "merged model; its agreement with the 4-bit trained model is reported, not enforced"
             )
-        expected = merged
+        expected = merged_tokens
     rounded = dtype not in ("fp32", "f32")
     if rounded:
         ref = model if owned else copy.deepcopy(model)
         if fmt == "gguf":
-            from tunekit.export.gguf import round_like_gguf
-
             round_like_gguf(ref, dtype)
         else:
-            ref.to(hfx.torch_dtype_of(dtype)).float()
+            ref.to(torch_dtype(dtype)).float()
         expected = [greedy(ref, g.ids, eos_ids=eos, pad_id=pad, max_new_tokens=max_new) for g in golden]
         del ref
     label = "trained" if not rounded else f"trained, rounded to {dtype} as written"
     if quantized:
         label = "trained adapter merged into the base re-loaded in fp32" + (f", rounded to {dtype}" if rounded else "")
-    return Reference(expected, trained, label, dtype=dtype, notes=notes)
+    return Reference(expected, tokens, label, dtype=dtype, notes=notes)
 
 
 # --- reloading each format ----------------------------------------------------------------------------------
 def _reload_and_generate(
-    tuner: Any, staging: Path, fmt: str, golden: list[Golden], ref: Reference, max_new: int, chat: bool
+    trained: Trained, staging: Path, fmt: str, golden: list[Golden], ref: Reference, max_new: int, chat: bool
 ) -> tuple[list[Any], list[str]]:
     """Reload the export from disk, run the static checks, and return per-runtime prompt checks."""
-    from tunekit.export.verify import prompt_checks
-
+    tokenizer = trained.loaded.tokenizer
     where = f"export at {staging.name}"
     checks: list[Any] = []
     notes: list[str] = []
-    device = tuner.loaded.device
+    device = trained.loaded.device
     if fmt == "gguf":
-        from tunekit.export import gguf_check
-
         file = next(staging.glob("*.gguf"))
         meta = gguf_check.gguf_metadata(file)
-        eot = tuner.loaded.template.end_of_turn_id
+        eot = trained.loaded.template.end_of_turn_id
         eos = [int(meta[k]) for k in ("tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id") if k in meta]
         if not meta.get("tokenizer.chat_template"):
             raise ExportError(f"{where}: the GGUF file has no tokenizer.chat_template; export again")
-        check_eos(eos, eot, where + " (GGUF tokenizer.ggml.eos/eot_token_id)", tuner.tokenizer)
+        check_eos(eos, eot, where + " (GGUF tokenizer.ggml.eos/eot_token_id)", tokenizer)
         model = gguf_check.reload_gguf_transformers(file, device=device)
         got = [greedy(model, g.ids, eos_ids=eos, pad_id=None, max_new_tokens=max_new) for g in golden]
         del model
-        hfx.free(model_size(tuner))
-        checks += prompt_checks(golden, got, runtime="transformers", tokenizer=tuner.tokenizer, expected=ref.expected)
+        merged.free(model_size(trained))
+        checks += prompt_checks(golden, got, runtime="transformers", tokenizer=tokenizer, expected=ref.expected)
         if gguf_check.has_llama_cpp():
-            texts = [tuner.tokenizer.decode(g.ids, skip_special_tokens=False) for g in golden] if chat else None
+            texts = [tokenizer.decode(g.ids, skip_special_tokens=False) for g in golden] if chat else None
             outs, same = gguf_check.llama_cpp_greedy(file, golden, eos_ids=eos, max_new_tokens=max_new, texts=texts)
             # Enforced for f32 only: for f16, bf16 and q8_0 weights llama.cpp also rounds the activations to that
             # type in its dot products, so a near-tie between two tokens may flip; those checks are reported.
             checks += prompt_checks(
-                golden, outs, runtime="llama.cpp", tokenizer=tuner.tokenizer, expected=ref.expected,
+                golden, outs, runtime="llama.cpp", tokenizer=tokenizer, expected=ref.expected,
                 enforced=ref.dtype == "f32",
             )  # fmt: skip
             if texts is not None:
@@ -147,10 +155,10 @@ def _reload_and_generate(
             )
         return checks, notes
     if fmt == "hf":
-        model, tok = hfx.reload_hf(staging, device=device)
+        model, tok = merged.reload_hf(staging, device=device)
         eos = _eos_of(model)
     else:  # adapter: plain peft on the base, as the model card says
-        model, tok, eos, skip = _reload_adapter(tuner, staging, device)
+        model, tok, eos, skip = _reload_adapter(trained, staging, device)
         if skip:
             return [], [skip]
     check_template(tok, where)
@@ -164,31 +172,25 @@ def _reload_and_generate(
             )
     got = [greedy(model, g.ids, eos_ids=eos, pad_id=tok.pad_token_id, max_new_tokens=max_new) for g in golden]
     del model
-    hfx.free(model_size(tuner))
+    merged.free(model_size(trained))
     return prompt_checks(golden, got, runtime="transformers", tokenizer=tok, expected=ref.expected), notes
 
 
-def _reload_adapter(tuner: Any, staging: Path, device: Any) -> tuple[Any, Any, list[int], str | None]:
+def _reload_adapter(trained: Trained, staging: Path, device: Any) -> tuple[Any, Any, list[int], str | None]:
+    """The exported adapter on its base, loaded as the model card says (plain peft), with its tokenizer and EOS ids;
+    or a note saying why it could not be reloaded."""
     from transformers import AutoTokenizer, GenerationConfig
 
-    from tunekit._quiet import quiet
-    from tunekit.backends.hf.models import load_model, torch_dtype
-    from tunekit.backends.hf.quantization import is_quantized
-
-    ref = tuner.model_ref
-    if tuner.adapter_path is not None:
-        from tunekit.saving import _read_manifest
-
-        ref = _read_manifest(tuner.adapter_path).get("base_model") or ref
-    if not isinstance(ref, (str, Path)) or is_quantized(tuner.model):
+    spec = trained.spec
+    ref = spec.model_ref
+    if not isinstance(ref, (str, Path)) or is_quantized(trained.loaded.model):
         why = "the base was given as a model object" if not isinstance(ref, (str, Path)) else "the base is quantized"
         return None, None, [], f"the adapter was not reloaded for a generation check: {why}; its files were checked"
     from peft import PeftModel
 
-    precision = tuner.loaded.precision
     with quiet():
         tok = AutoTokenizer.from_pretrained(staging)
-        base = load_model(str(ref), dtype=torch_dtype(precision), trust_remote_code=tuner.training.trust_remote_code)
+        base = trained.backend.load_base(spec, precision=trained.loaded.precision)
         if len(tok) > base.get_input_embeddings().num_embeddings:
             base.resize_token_embeddings(len(tok))
         model = PeftModel.from_pretrained(base, str(staging))
@@ -200,9 +202,10 @@ def _reload_adapter(tuner: Any, staging: Path, device: Any) -> tuple[Any, Any, l
 
 
 def verification(
-    tuner: Any, staging: Path, fmt: str, golden: list[Golden], ref: Reference, max_new: int, chat: bool
+    trained: Trained, staging: Path, fmt: str, golden: list[Golden], ref: Reference, max_new: int, chat: bool
 ) -> Verification:
-    checks, notes = _reload_and_generate(tuner, staging, fmt, golden, ref, max_new, chat)
+    """Reload the export at ``staging`` and compare it with the reference: the checks and their verdict."""
+    checks, notes = _reload_and_generate(trained, staging, fmt, golden, ref, max_new, chat)
     tf = [c for c in checks if c.runtime == "transformers"]
     agreement = sum(c.got_ids == t for c, t in zip(tf, ref.trained)) / len(tf) if tf else None
     loose = [c for c in checks if not c.enforced]
@@ -222,8 +225,7 @@ def verification(
 
 
 def raise_if_failed(v: Verification, fmt: str) -> None:
-    from tunekit.export.verify import mismatch_error
-
+    """Raise the ExportError of the first enforced check that failed; log the checks that are only reported."""
     err = mismatch_error([c for c in v.checks if c.enforced], f"the {fmt} export")
     if err is not None:
         raise err

@@ -8,23 +8,31 @@ keeps a previous export there untouched.
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import os
-import shutil
 import tempfile
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from tunekit import _fs
+from tunekit._quiet import quiet
+from tunekit._torch import GGUF_NAMES, count_parameters, dtype_name
+from tunekit._version import __version__
+from tunekit.backends.base import RunSpec, Trained
 from tunekit.errors import ConfigError, ExportError, IncompatibleError
-from tunekit.export import checks
-from tunekit.export import hf as hfx
+from tunekit.export import checks, merged
+from tunekit.export.card import loss_plot, model_card
+from tunekit.export.gguf import gguf_arch, require_gguf, write_gguf
+from tunekit.export.ollama import modelfile
+from tunekit.export.prompts import golden_prompts as pick_prompts
 from tunekit.export.result import ExportResult, Verification, human_size
 from tunekit.export.verify import encode_prompts
+from tunekit.objectives import CausalLM
+from tunekit.save_format import base_model_of, write_manifest
 
-__all__ = ["EXPORT_MANIFEST", "export_tuner", "verify_export"]
+__all__ = ["EXPORT_MANIFEST", "FORMATS", "check_request", "export_format", "export_trained", "verify_trained"]
 
 logger = logging.getLogger("tunekit")
 
@@ -34,13 +42,26 @@ _DTYPES = {"hf": ("auto", "fp32", "bf16", "fp16"), "adapter": ("auto",), "gguf":
 
 
 # --- checks before anything loads -----------------------------------------------------------------------
-def _check_request(tuner: Any, path: Path, fmt: str, merge: bool, dtype: str) -> None:
+def check_request(
+    spec: RunSpec,
+    path: Path,
+    fmt: str,
+    merge: bool,
+    dtype: str,
+    *,
+    max_new_tokens: int = 16,
+    num_prompts: int = 4,
+) -> None:
+    """Refuse an export that cannot be made, before anything loads (an unknown format or dtype, a reward model
+    as a merged model, a method that cannot merge, a foreign directory in the way, GGUF without its package)."""
+    if max_new_tokens < 1 or num_prompts < 1:
+        raise ConfigError(f"export(max_new_tokens={max_new_tokens}, num_prompts={num_prompts}): both must be >= 1")
     if fmt not in FORMATS:
         raise ConfigError(f"export(format={fmt!r}): choose one of {list(FORMATS)}")
     if dtype not in _DTYPES[fmt]:
         raise ConfigError(f"export(format={fmt!r}, dtype={dtype!r}): choose one of {list(_DTYPES[fmt])}")
-    method = tuner.method
-    if getattr(tuner.objective_used, "model_head", "causal_lm") != "causal_lm" and fmt != "adapter":
+    method = spec.method
+    if spec.objective.model_head != "causal_lm" and fmt != "adapter":
         raise IncompatibleError(
             f"export(format={fmt!r}): this tuner is a reward model (a sequence classifier); it exports with "
             'format="adapter" or tuner.save(path)'
@@ -69,16 +90,17 @@ def _check_request(tuner: Any, path: Path, fmt: str, merge: bool, dtype: str) ->
             f"export({str(path)!r}): the directory is not empty and is not a tunekit export; choose a new or empty "
             "directory (tunekit never overwrites files it did not write)"
         )
+    if fmt == "gguf":
+        require_gguf()
 
 
-def _resolve_dtype(tuner: Any, fmt: str, dtype: str) -> str:
+def _resolve_dtype(trained: Trained, fmt: str, dtype: str) -> str:
     if dtype != "auto" or fmt == "adapter":
-        return dtype if fmt != "adapter" else tuner.loaded.precision
-    base = tuner.model.get_input_embeddings().weight.dtype  # the precision the weights are held in
-    name = {"torch.float32": "fp32", "torch.bfloat16": "bf16", "torch.float16": "fp16"}.get(str(base), "fp32")
-    if getattr(tuner.method, "quantize", None):
+        return dtype if fmt != "adapter" else trained.loaded.precision
+    name = dtype_name(trained.loaded.model.get_input_embeddings().weight.dtype)  # the precision the weights are in
+    if trained.spec.method.quantization:
         name = "bf16"  # a 4-bit base has no float precision of its own; 16-bit is what it was trained against
-    return {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}[name] if fmt == "gguf" else name
+    return GGUF_NAMES[name] if fmt == "gguf" else name
 
 
 # --- writing -----------------------------------------------------------------------------------------------------
@@ -86,20 +108,18 @@ def _dir_size(path: Path, pattern: str = "*") -> int:
     return sum(p.stat().st_size for p in path.rglob(pattern) if p.is_file())
 
 
-def _adapter_size(tuner: Any) -> int | None:
+def _adapter_size(trained: Trained) -> int | None:
     """Bytes of the trained adapter's weights as ``tuner.save`` writes them (None for whole-model methods)."""
-    if not tuner.method.is_adapter:
+    if not trained.spec.method.is_adapter:
         return None
     with tempfile.TemporaryDirectory(prefix="tunekit-size-") as tmp:
-        tuner.backend.save(tuner.loaded, Path(tmp))
+        trained.backend.save(trained.loaded, Path(tmp))
         return _dir_size(Path(tmp), "adapter_model*")
 
 
-def _explain(tuner: Any, fmt: str, dtype: str, adapter: int | None, merged: int | None) -> str:
-    from tunekit.backends.hf.peft_map import count_parameters
-
-    trainable, total = count_parameters(tuner.model)
-    method = tuner.method
+def _explain(trained: Trained, dtype: str, adapter: int | None, merged: int | None) -> str:
+    trainable, total = count_parameters(trained.loaded.model)
+    method = trained.spec.method
     if not method.is_adapter:
         return (
             f"{method.name} trains the model's own weights ({trainable:,} of {total:,} parameters), so there is no "
@@ -120,65 +140,47 @@ def _explain(tuner: Any, fmt: str, dtype: str, adapter: int | None, merged: int 
     )
 
 
-def _write_adapter(tuner: Any, staging: Path) -> None:
-    loaded = tuner.loaded
-    tuner.backend.save(loaded, staging)  # the save manifest comes last, once the model card is written
-    gen = copy.deepcopy(tuner.model.generation_config)
+def _write_adapter(trained: Trained, staging: Path) -> None:
+    loaded = trained.loaded
+    trained.backend.save(loaded, staging)  # the save manifest comes last, once the model card is written
+    gen = copy.deepcopy(loaded.model.generation_config)
     # The model's own EOS ids stay: end-of-turn and the tokenizer's EOS are added to them (as for hf exports).
-    eos = {loaded.template.end_of_turn_id, tuner.tokenizer.eos_token_id} | hfx._ids(gen.eos_token_id)
-    gen.eos_token_id = sorted(eos - {None})
-    gen.pad_token_id = tuner.tokenizer.pad_token_id
+    gen.eos_token_id = merged.eos_ids(gen.eos_token_id, loaded.template.end_of_turn_id, loaded.tokenizer.eos_token_id)
+    gen.pad_token_id = loaded.tokenizer.pad_token_id
     gen.save_pretrained(staging)  # peft does not write one: without it a plain load stops at the base's EOS
 
 
-def _write_model(tuner: Any, model: Any, owned: bool, staging: Path, fmt: str, dtype: str) -> str | None:
+def _write_model(trained: Trained, model: Any, owned: bool, staging: Path, fmt: str, dtype: str) -> str | None:
     """Write the full model (``hf`` or ``gguf``); returns the GGUF file name.
 
     ``model`` may already hold the weights rounded to ``dtype`` (the reference rounds in place):
     rounding again is exact (bf16, fp16 and q8_0 rounding are idempotent).
     """
-    loaded = tuner.loaded
-    eot = loaded.template.end_of_turn_id
+    loaded = trained.loaded
+    tokenizer, eot = loaded.tokenizer, loaded.template.end_of_turn_id
     if fmt == "hf":
-        written = hfx.written_copy(model, owned, dtype)
-        hfx.write_hf(written, tuner.tokenizer, eot, staging)
+        written = merged.written_copy(model, owned, dtype)
+        merged.write_hf(written, tokenizer, eot, staging)
         return None
-    from tunekit.export.gguf import write_gguf
-    from tunekit.export.ollama import modelfile
-
-    name = f"{_safe_name(tuner)}-{dtype}.gguf"
+    name = f"{_safe_name(trained.spec)}-{dtype}.gguf"
     with tempfile.TemporaryDirectory(prefix="tunekit-tok-") as tmp:
-        with _quiet():
-            tuner.tokenizer.save_pretrained(tmp)
-        write_gguf(model, tuner.tokenizer, Path(tmp), staging / name, ftype=dtype, end_of_turn_id=eot)
-    stops = [loaded.template.end_of_turn, *([tuner.tokenizer.eos_token] if tuner.tokenizer.eos_token else [])]
-    (staging / "Modelfile").write_text(modelfile(name, tuner.tokenizer, stops), encoding="utf-8")
+        with quiet():
+            tokenizer.save_pretrained(tmp)
+        write_gguf(model, tokenizer, Path(tmp), staging / name, ftype=dtype, end_of_turn_id=eot)
+    stops = [loaded.template.end_of_turn, *([tokenizer.eos_token] if tokenizer.eos_token else [])]
+    _fs.write_text(staging / "Modelfile", modelfile(name, tokenizer, stops))
     return name
 
 
-def _quiet() -> Any:
-    from tunekit._quiet import quiet
-
-    return quiet()
-
-
-def _safe_name(tuner: Any) -> str:
-    ref = tuner.model_ref
+def _safe_name(spec: RunSpec) -> str:
+    ref = spec.model_ref
     raw = Path(str(ref)).name if isinstance(ref, (str, Path)) else type(ref).__name__
     clean = "".join(c if c.isalnum() or c in "-_." else "-" for c in raw).strip("-.") or "model"
-    return f"{clean}-{tuner.method.name.lower()}"
+    return f"{clean}-{spec.method.name.lower()}"
 
 
-def _base_name(tuner: Any) -> str | None:
-    from tunekit.saving import _base_ref, _read_manifest
-
-    if tuner.adapter_path is not None and tuner.method.is_adapter:
-        return _read_manifest(tuner.adapter_path).get("base_model")
-    return _base_ref(tuner)
-
-
-def export_tuner(
-    tuner: Any,
+def export_trained(
+    trained: Trained,
     path: str | Path,
     *,
     format: str = "hf",
@@ -189,54 +191,43 @@ def export_tuner(
     max_new_tokens: int = 16,
     num_prompts: int = 4,
 ) -> ExportResult:
-    """See :meth:`tunekit.Tuner.export`."""
-    from tunekit import __version__
-    from tunekit.backends.hf.peft_map import count_parameters
-    from tunekit.export.card import loss_plot, model_card
-    from tunekit.export.prompts import golden_prompts as pick_prompts
-    from tunekit.objectives import CausalLM
-    from tunekit.saving import _replace_dir
-
+    """Export ``trained`` to ``path``; see :meth:`tunekit.Tuner.export`."""
     path = Path(path)
-    if max_new_tokens < 1 or num_prompts < 1:
-        raise ConfigError(f"export(max_new_tokens={max_new_tokens}, num_prompts={num_prompts}): both must be >= 1")
-    _check_request(tuner, path, format, merge, dtype)
+    spec, loaded = trained.spec, trained.loaded
+    check_request(spec, path, format, merge, dtype, max_new_tokens=max_new_tokens, num_prompts=num_prompts)
     if format == "gguf":
-        from tunekit.export.gguf import _arch, require_gguf
-
-        require_gguf()
-        _arch(tuner.model.config)  # Llama or Qwen2, before anything is written
-    dtype = _resolve_dtype(tuner, format, dtype)
-    chat = not isinstance(tuner.objective_used, CausalLM)
-    prompts, source = pick_prompts(tuner, golden_prompts, num_prompts)
-    golden = encode_prompts(tuner.tokenizer, prompts, chat=chat)
+        gguf_arch(loaded.model.config)  # Llama or Qwen2, before anything is written
+    dtype = _resolve_dtype(trained, format, dtype)
+    chat = not isinstance(spec.objective, CausalLM)
+    prompts, source = pick_prompts(trained.data_summary, golden_prompts, num_prompts)
+    golden = encode_prompts(loaded.tokenizer, prompts, chat=chat)
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = path.with_name(f".{path.name}.export-{os.getpid()}-{uuid.uuid4().hex[:12]}")
     staging.mkdir()
     try:
-        adapter_size = _adapter_size(tuner)
+        adapter_size = _adapter_size(trained)
         ref, gguf_name = None, None
         if format == "adapter":
-            _write_adapter(tuner, staging)
+            _write_adapter(trained, staging)
             if verify:
-                ref = checks.reference(tuner, golden, format, dtype, max_new_tokens)
+                ref = checks.reference(trained, golden, format, dtype, max_new_tokens)
         else:
-            model, owned = hfx.full_precision_model(tuner)
+            model, owned = merged.full_precision_model(trained)
             if verify:  # before writing: the merge is checked on the full-precision weights
-                ref = checks.reference(tuner, golden, format, dtype, max_new_tokens, model=model, owned=owned)
-            gguf_name = _write_model(tuner, model, owned, staging, format, dtype)
+                ref = checks.reference(trained, golden, format, dtype, max_new_tokens, model=model, owned=owned)
+            gguf_name = _write_model(trained, model, owned, staging, format, dtype)
             del model
-            hfx.free(checks.model_size(tuner))
+            merged.free(checks.model_size(trained))
         verification = None
         if ref is not None:
-            verification = checks.verification(tuner, staging, format, golden, ref, max_new_tokens, chat)
+            verification = checks.verification(trained, staging, format, golden, ref, max_new_tokens, chat)
             verification = verification.model_copy(update={"notes": [f"golden prompts: {source}", *verification.notes]})
             checks.raise_if_failed(verification, format)
         weights = "*.gguf" if format == "gguf" else "*.safetensors"
         merged_size = _dir_size(staging, weights) if format != "adapter" else None
-        explanation = _explain(tuner, format, dtype, adapter_size, merged_size)
+        explanation = _explain(trained, dtype, adapter_size, merged_size)
+        trainable, total = count_parameters(loaded.model)
         if format == "adapter":
-            _, total = count_parameters(tuner.model)
             explanation += (
                 f" A merged copy at {dtype} would take about {human_size(total * (4 if dtype == 'fp32' else 2))}."
             )
@@ -248,10 +239,10 @@ def export_tuner(
                 explanation,
             ]
         )
-        plot_note = loss_plot(tuner, staging)
-        base = _base_name(tuner)
+        plot_note = loss_plot(trained.result, staging)
+        base = base_model_of(spec)
         card = model_card(
-            tuner,
+            trained,
             fmt=format,
             dtype=dtype,
             path=path,
@@ -261,33 +252,29 @@ def export_tuner(
             gguf_file=gguf_name,
             plot_note=plot_note,
         )
-        (staging / "README.md").write_text(card, encoding="utf-8")  # replaces the card peft writes
+        _fs.write_text(staging / "README.md", card)  # replaces the card peft writes
         if format == "adapter":  # also a tunekit save: its manifest lists every file with its size, so it goes last
-            from tunekit.saving import write_manifest
-
-            write_manifest(tuner, staging)
-        trainable, total = count_parameters(tuner.model)
+            write_manifest(trained, staging)
         manifest = {
             "tunekit_version": __version__,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "format": format,
             "dtype": dtype,
             "base_model": base,
-            "method": {"name": tuner.method.name, "options": tuner.method.model_dump(mode="json")},
-            "objective": tuner.objective_used.name,
+            "method": spec.method.record(),
+            "objective": spec.objective.record(),
             "chat": chat,
             "gguf_file": gguf_name,
             "adapter_size_bytes": adapter_size,
             "verification": verification.model_dump(mode="json") if verification is not None else None,
         }
-        (staging / EXPORT_MANIFEST).write_text(
-            json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
-        )
+        _fs.write_json(staging / EXPORT_MANIFEST, manifest)
         files = sorted(str(p.relative_to(staging)) for p in staging.rglob("*") if p.is_file())
         size = _dir_size(staging)
-        _replace_dir(staging, path)
+        _fs.flush_tree(staging)  # the weights too, as a save's are: the export is on disk before it is in place
+        _fs.replace_dir(staging, path)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        _fs.remove_tree(staging)
         raise
     return ExportResult(
         path=path,
@@ -305,39 +292,34 @@ def export_tuner(
     )
 
 
-def verify_export(
-    path: str | Path, tuner: Any, *, golden_prompts: Any = None, max_new_tokens: int = 16, num_prompts: int = 4
-) -> Verification:
-    """Reload an export from disk and check it against ``tuner``'s in-memory model; raises ExportError on a mismatch.
-
-    Runs the same checks as ``Tuner.export(verify=True)``: the chat template is there, the EOS ids
-    include the template's end-of-turn token, the tokenizer encodes the golden prompts as in training,
-    and greedy decoding gives the reference tokens (see :mod:`tunekit.export.verify` for the rules).
-
-    Example:
-        >>> tuner.export("out/merged")  # doctest: +SKIP
-        >>> tk.verify_export("out/merged", tuner).passed  # doctest: +SKIP
-        True
-    """
-    from tunekit.export.prompts import golden_prompts as pick_prompts
-    from tunekit.objectives import CausalLM
-
-    path = Path(path)
-    manifest_file = path / EXPORT_MANIFEST
-    if not manifest_file.exists():
-        raise ExportError(f"verify_export({str(path)!r}): not a tunekit export (no {EXPORT_MANIFEST})")
-    try:
-        manifest = json.loads(manifest_file.read_text(encoding="utf-8"))
-        fmt, dtype = manifest["format"], manifest["dtype"]
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise ExportError(f"{manifest_file} is corrupt ({e}); export again") from None
+def export_format(path: str | Path) -> tuple[str, str]:
+    """``(format, dtype)`` of the export at ``path``, from its manifest; ExportError when it is not a tunekit export."""
+    manifest_file = Path(path) / EXPORT_MANIFEST
+    manifest = _fs.read_manifest(
+        manifest_file,
+        missing=f"verify_export({str(path)!r}): not a tunekit export (no {EXPORT_MANIFEST})",
+        fix="export again",
+        error=ExportError,
+    )
+    fmt, dtype = manifest.get("format"), manifest.get("dtype")
     if fmt not in FORMATS:
         raise ExportError(f"{manifest_file}: unknown format {fmt!r}")
-    chat = not isinstance(tuner.objective_used, CausalLM)
-    prompts, source = pick_prompts(tuner, golden_prompts, num_prompts)
-    golden = encode_prompts(tuner.tokenizer, prompts, chat=chat)
-    ref = checks.reference(tuner, golden, fmt, dtype, max_new_tokens)
-    v = checks.verification(tuner, path, fmt, golden, ref, max_new_tokens, chat)
+    if not isinstance(dtype, str):
+        raise ExportError(f"{manifest_file} is corrupt (no dtype); export again")
+    return str(fmt), dtype
+
+
+def verify_trained(
+    path: str | Path, trained: Trained, *, golden_prompts: Any = None, max_new_tokens: int = 16, num_prompts: int = 4
+) -> Verification:
+    """Reload the export at ``path`` and check it against ``trained``; see :func:`tunekit.verify_export`."""
+    path = Path(path)
+    fmt, dtype = export_format(path)
+    chat = not isinstance(trained.spec.objective, CausalLM)
+    prompts, source = pick_prompts(trained.data_summary, golden_prompts, num_prompts)
+    golden = encode_prompts(trained.loaded.tokenizer, prompts, chat=chat)
+    ref = checks.reference(trained, golden, fmt, dtype, max_new_tokens)
+    v = checks.verification(trained, path, fmt, golden, ref, max_new_tokens, chat)
     v = v.model_copy(update={"notes": [f"golden prompts: {source}", *v.notes]})
     checks.raise_if_failed(v, fmt)
     return v

@@ -22,7 +22,7 @@ from typing import Any
 
 from tunekit.errors import IncompatibleError, MissingDependencyError
 
-__all__ = ["GGUF_TYPES", "require_gguf", "round_like_gguf", "write_gguf"]
+__all__ = ["GGUF_TYPES", "gguf_arch", "require_gguf", "round_like_gguf", "write_gguf"]
 
 GGUF_TYPES = ("f32", "f16", "bf16", "q8_0")
 _ARCHS = {"llama": "LLAMA", "qwen2": "QWEN2"}
@@ -73,7 +73,8 @@ def _permute(w: Any, n_head: int) -> Any:
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def _arch(config: Any) -> str:
+def gguf_arch(config: Any) -> str:
+    """The GGUF architecture name of a transformers config (Llama, Qwen2); IncompatibleError for any other."""
     model_type = getattr(config, "model_type", None)
     if model_type not in _ARCHS:
         raise IncompatibleError(
@@ -116,7 +117,7 @@ def round_like_gguf(model: Any, ftype: str) -> None:
 
     if ftype == "f32":
         return
-    arch = _arch(model.config)
+    arch = gguf_arch(model.config)
     # Row permutation (Llama's q/k) does not change rounding: Q8_0 blocks run along rows, the rest is elementwise.
     names = gguf.get_tensor_name_map(getattr(gguf.MODEL_ARCH, _ARCHS[arch]), int(model.config.num_hidden_layers))
     with torch.no_grad():
@@ -229,7 +230,7 @@ def write_gguf(model: Any, tokenizer: Any, tokenizer_dir: Path, out: Path, *, ft
     import gguf
 
     config = model.config
-    arch = _arch(config)
+    arch = gguf_arch(config)
     tokenizer_json = json.loads((tokenizer_dir / "tokenizer.json").read_text(encoding="utf-8"))
     pre = _pre_tokenizer(tokenizer_json)
     n_head = int(config.num_attention_heads)

@@ -8,9 +8,14 @@ it recognises for common model families.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+from tunekit.data.templates import render
+
 __all__ = ["modelfile"]
+
+logger = logging.getLogger("tunekit")
 
 _PROBE = [
     {"role": "system", "content": "S"},
@@ -32,12 +37,11 @@ def _default_system(tokenizer: Any) -> str | None:
     a system-less conversation does not render as ChatML at all. Qwen2/2.5's template, for one, writes "You are
     Qwen, created by Alibaba Cloud. ..."; Ollama reproduces that with the Modelfile's SYSTEM line, which it puts
     in front of a conversation that has no system message."""
-    from tunekit.data.templates import render
-
     probe = _PROBE[1:]
     try:
         rendered = render(tokenizer, probe, add_generation_prompt=True)
-    except Exception:
+    except Exception as e:  # a template that refuses a system-less conversation: no Go template for it
+        logger.info("Ollama Modelfile: the chat template does not render a conversation without a system turn (%s)", e)
         return None
     rest = _chatml(probe)
     if rendered == rest:
@@ -53,11 +57,10 @@ def _default_system(tokenizer: Any) -> str | None:
 def go_template(tokenizer: Any) -> tuple[str, str] | None:
     """A Go template equal to the tokenizer's chat template on probe conversations (with and without a system
     message) and the default system message it needs ("" for none), or None."""
-    from tunekit.data.templates import render
-
     try:
         rendered = render(tokenizer, _PROBE, add_generation_prompt=True)
-    except Exception:
+    except Exception as e:  # a template that does not render the probe: the Modelfile goes without a TEMPLATE
+        logger.info("Ollama Modelfile: the chat template does not render the probe conversation (%s)", e)
         return None
     if rendered != _chatml(_PROBE):
         return None

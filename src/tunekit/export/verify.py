@@ -23,6 +23,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from tunekit._quiet import quiet
+from tunekit.data.templates import find_end_of_turn, render
 from tunekit.errors import ExportError
 from tunekit.export.result import PromptCheck
 
@@ -41,8 +43,6 @@ class Golden:
 
 def encode_prompt(tokenizer: Any, prompt: Any, *, chat: bool) -> list[int]:
     """Token ids exactly as ``Tuner.generate`` feeds them (template applied for chat objectives)."""
-    from tunekit.data.templates import render
-
     if chat:
         msgs = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
         text = render(tokenizer, msgs, add_generation_prompt=True)
@@ -58,8 +58,6 @@ def encode_prompts(tokenizer: Any, prompts: Sequence[Any], *, chat: bool) -> lis
 def greedy(model: Any, ids: list[int], *, eos_ids: list[int], pad_id: int | None, max_new_tokens: int) -> list[int]:
     """The new token ids of greedy decoding from ``ids`` (one prompt, no padding), up to and including EOS."""
     import torch
-
-    from tunekit._quiet import quiet
 
     device = next(model.parameters()).device
     input_ids = torch.tensor([ids], device=device)
@@ -134,10 +132,9 @@ def check_template(tokenizer: Any, where: str) -> None:
 
 
 def end_of_turn_id(tokenizer: Any, where: str) -> int:
-    from tunekit.data.templates import _find_end_of_turn
-
+    """The id of the exported template's end-of-turn token; ExportError when the template does not render."""
     try:
-        return int(tokenizer.convert_tokens_to_ids(_find_end_of_turn(tokenizer)))
+        return int(tokenizer.convert_tokens_to_ids(find_end_of_turn(tokenizer)))
     except Exception as e:  # a template that does not render is as broken as a missing one
         raise ExportError(f"{where}: the exported chat template does not render a conversation: {e}") from e
 

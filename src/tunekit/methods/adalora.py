@@ -28,6 +28,7 @@ class AdaLoRA(Method):
 
     summary: ClassVar[str] = "LoRA whose rank budget moves to the layers that need it"
     family: ClassVar[str] = "low-rank"
+    trains_token_rows: ClassVar[bool] = True
     needs_step_callback: ClassVar[bool] = True
     default_learning_rate: ClassVar[float] = 5e-4
 

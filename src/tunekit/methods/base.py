@@ -25,6 +25,9 @@ class Method(Config):
     - ``family``: a short grouping for tables ("low-rank", "prompt", "scaling", ...).
     - ``summary``: one line saying what trains, for tables.
     - ``not_mergeable_because``: for methods that cannot merge, the reason, in the user's words.
+    - ``trains_token_rows``: can train chosen rows of the embedding matrices alone (LoRA and AdaLoRA
+      through peft's ``trainable_token_indices``; Full trains every weight), which template tokens
+      the base model never trained need.
 
     Example:
         >>> import tunekit as tk
@@ -43,6 +46,7 @@ class Method(Config):
     family: ClassVar[str] = "other"
     summary: ClassVar[str] = ""
     not_mergeable_because: ClassVar[str] = ""
+    trains_token_rows: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -54,6 +58,16 @@ class Method(Config):
     @property
     def name(self) -> str:
         return type(self).__name__
+
+    @property
+    def quantization(self) -> str | None:
+        """How the frozen base is quantized (``"nf4"``, ``"int8"``: QLoRA, ``LoRA(quantize=...)``), or None."""
+        q = getattr(self, "quantize", None)
+        return q if isinstance(q, str) else None
+
+    def record(self) -> dict[str, Any]:
+        """``{"name": ..., "options": {...}}`` (JSON): how saves, checkpoints and exports record the method."""
+        return {"name": self.name, "options": self.model_dump(mode="json")}
 
     def supports(self, objective_name: str) -> bool:
         return self.objectives is None or objective_name in self.objectives

@@ -21,6 +21,7 @@ class Full(Method):
 
     summary: ClassVar[str] = "every weight trains"
     family: ClassVar[str] = "full"
+    trains_token_rows: ClassVar[bool] = True
     default_learning_rate: ClassVar[float] = 2e-5
     is_adapter: ClassVar[bool] = False
     mergeable: ClassVar[bool] = False  # nothing to merge: the weights are the model

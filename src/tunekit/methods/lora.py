@@ -29,6 +29,7 @@ class LoRA(Method):
 
     summary: ClassVar[str] = "low-rank update B @ A beside each frozen weight (DoRA, rsLoRA, PiSSA, QLoRA)"
     family: ClassVar[str] = "low-rank"
+    trains_token_rows: ClassVar[bool] = True
 
     r: int = Field(8, ge=1, le=4096, description="Rank of the update; 8-64 covers most tasks.")
     alpha: int | None = Field(None, ge=1, description="Scaling numerator; None means 2 * r.")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from tunekit._config import Config
 
@@ -34,6 +34,10 @@ class Objective(Config):
     @property
     def name(self) -> str:
         return type(self).__name__
+
+    def record(self) -> dict[str, Any]:
+        """``{"name": ..., "options": {...}}`` (JSON): how saves, checkpoints and exports record the objective."""
+        return {"name": self.name, "options": self.model_dump(mode="json")}
 
     def check_ready(self) -> None:
         """Raise :class:`tunekit.ConfigError` when the objective lacks something it needs to train

@@ -14,9 +14,9 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from tunekit.backends.hf.distributed import share_stop
+from tunekit.backends.hf.processes import share_stop
 from tunekit.errors import TrainingError
-from tunekit.hooks import Hook, HookDispatcher, RunContext
+from tunekit.hooks import Hook, HookDispatcher
 
 __all__ = ["HookBridge", "check_finite", "numeric"]
 
@@ -44,26 +44,22 @@ def _is_history_entry(logs: dict[str, Any]) -> bool:
 class HookBridge(TrainerCallback):  # type: ignore[misc]
     """Forwards trainer events to the hooks and records the logged history.
 
-    Takes a :class:`HookDispatcher` (hooks, context and error policy); a list of hooks and a
-    context are accepted too, with the default policy. With ``evaluate_at_end``, the final
-    evaluation runs inside the training loop, at the last step (see :meth:`on_step_end`), and
-    :meth:`eval_at` gives its metrics.
+    Takes the run's :class:`HookDispatcher` (hooks, context, error policy and the run's
+    :class:`~tunekit.hooks.RunControl`). With ``evaluate_at_end``, the final evaluation runs inside
+    the training loop, at the last step (see :meth:`on_step_end`), and :meth:`eval_at` gives its metrics.
     """
 
     def __init__(
         self,
-        hooks: HookDispatcher | list[Hook],
-        ctx: RunContext | None = None,
+        dispatcher: HookDispatcher,
         *,
         evaluate_at_end: bool = False,
         check_nonfinite: bool = True,
     ) -> None:
-        if isinstance(hooks, HookDispatcher):
-            self.dispatcher = hooks
-        else:
-            self.dispatcher = HookDispatcher(hooks, ctx if ctx is not None else RunContext())
-        self.ctx = self.dispatcher.ctx
-        self.history: list[dict[str, Any]] = self.ctx._history
+        self.dispatcher = dispatcher
+        self.control = dispatcher.control
+        self.ctx = dispatcher.ctx
+        self.history: list[dict[str, Any]] = self.control.history
         self.evals: list[dict[str, float]] = []
         self.evaluate_at_end = evaluate_at_end
         self.check_nonfinite = check_nonfinite  # off with Training(on_nonfinite="skip"): the NaN is logged as it is
@@ -84,11 +80,12 @@ class HookBridge(TrainerCallback):  # type: ignore[misc]
         """Apply a stop request (and a checkpoint for a cancel or a failed hook) to the trainer."""
         ctx = self.ctx
         if not shared:
-            share_stop(ctx)  # several processes: a stop asked for on one holds on all, or they would hang
+            share_stop(self.control)  # several processes: a stop asked for on one holds on all, or they would hang
         if ctx.stop_requested:
             control.should_training_stop = True
             # Only with a real output_dir: a temporary one is deleted with everything in it.
-            if may_save and ctx._checkpoint_on_stop and ctx.output_dir is not None and self._saved_at != ctx.step:
+            wanted = self.control.checkpoint_on_stop
+            if may_save and wanted and ctx.output_dir is not None and self._saved_at != ctx.step:
                 control.should_save = True
         return control
 
@@ -108,9 +105,9 @@ class HookBridge(TrainerCallback):  # type: ignore[misc]
     def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> Any:
         self._sync(state)
         self.dispatcher.emit("step_end")
-        share_stop(self.ctx)  # before deciding on the final evaluation, which every process must do alike
+        share_stop(self.control)  # before deciding on the final evaluation, which every process must do alike
         last = control.should_training_stop or self.ctx.stop_requested or state.global_step >= state.max_steps
-        if self.evaluate_at_end and last and not (self.ctx.cancelled or self.ctx._hook_failed):
+        if self.evaluate_at_end and last and self.control.finished:
             # Evaluate the final model now, before on_train_end: an evaluate() after train() would log
             # into trackers that on_train_end already closed (a second MLflow run, a second TB file).
             control.should_evaluate = True

@@ -16,7 +16,7 @@ is kept as it is. :class:`CheckpointMixin` redirects it into a staging directory
 A checkpoint without a manifest, or whose files do not match it, is incomplete: resume skips it.
 Other ranks of a distributed run write their shards into the same staging directory and wait
 while the main process publishes it; a failure on any process (a full disk on rank 0, say) is
-shared with all of them (:func:`~tunekit.backends.hf.distributed.settle`), so every process raises
+shared with all of them (:func:`~tunekit.backends.hf.processes.settle`), so every process raises
 rather than some waiting for ever.
 """
 
@@ -37,7 +37,9 @@ from pathlib import Path
 from typing import Any
 
 from tunekit import _fs
-from tunekit.backends.hf.distributed import settle
+from tunekit._version import __version__
+from tunekit.backends.base import RunSpec
+from tunekit.backends.hf.processes import settle
 from tunekit.distributed import world
 from tunekit.errors import CheckpointError
 
@@ -91,18 +93,18 @@ def _hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=repr).encode("utf-8")).hexdigest()
 
 
-def run_config(tuner: Any) -> dict[str, Any]:
-    """The parts of a tuner's setup a resumed run must share with the run that wrote the checkpoint."""
-    ref = tuner.model_ref
+def run_config(spec: RunSpec) -> dict[str, Any]:
+    """The parts of a run's setup a resumed run must share with the run that wrote the checkpoint."""
+    ref = spec.model_ref
     if isinstance(ref, (str, Path)):
         model = Path(ref).name if Path(ref).exists() else str(ref)  # a moved directory is the same model
     else:
         model = getattr(ref, "name_or_path", None) or type(ref).__name__
-    training = tuner.training.model_dump(mode="json")
+    training = spec.training.model_dump(mode="json")
     return {
         "model": model,
-        "method": {"name": tuner.method.name, **tuner.method.model_dump(mode="json")},
-        "objective": {"name": tuner.objective_used.name, **tuner.objective_used.model_dump(mode="json")},
+        "method": spec.method.record(),
+        "objective": spec.objective.record(),
         "training": {k: training[k] for k in _TRAJECTORY_FIELDS if k in training},
     }
 
@@ -131,12 +133,24 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def _named_options(config: dict[str, Any]) -> dict[str, Any]:
+    """The config with the method's and the objective's options beside their names (``method.r``, not
+    ``method.options.r``): how differences are named, and how checkpoints written before tunekit recorded the
+    method and objective as ``{"name", "options"}`` held them, so that such a checkpoint resumes as before."""
+    out = dict(config)
+    for key in ("method", "objective"):
+        entry = out.get(key)
+        if isinstance(entry, dict) and isinstance(entry.get("options"), dict):
+            out[key] = {"name": entry.get("name"), **entry["options"]}
+    return out
+
+
 def compare_identity(manifest: dict[str, Any], identity: RunIdentity, *, data: bool) -> list[str]:
     """What differs between the run that wrote a checkpoint and this one, in the user's option names."""
     diffs: list[str] = []
     saved = manifest.get("config")
     if isinstance(saved, dict) and manifest.get("config_hash") != identity.config_hash:
-        before, now = _flatten(saved), _flatten(identity.config)
+        before, now = _flatten(_named_options(saved)), _flatten(_named_options(identity.config))
         for key in sorted(set(before) | set(now)):
             if before.get(key) != now.get(key):
                 diffs.append(f"{key}: checkpoint {before.get(key)!r}, this run {now.get(key)!r}")
@@ -165,15 +179,14 @@ def checkpoint_dirs(output_dir: Path) -> list[tuple[int, Path]]:
 
 
 def read_manifest(path: Path) -> dict[str, Any]:
+    """The manifest of the checkpoint ``path``; CheckpointError when it is missing or corrupt."""
     f = path / MANIFEST
-    if not f.is_file():
-        raise CheckpointError(f"{path}: no {MANIFEST} (the checkpoint is incomplete, or not written by tunekit)")
-    try:
-        data = json.loads(f.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{f} is corrupt ({e})") from None
-    if not isinstance(data, dict) or not isinstance(data.get("files"), dict):
-        raise CheckpointError(f"{f} is corrupt: expected a JSON object with a file list")
+    fix = "the checkpoint is incomplete; resume from another one"
+    data = _fs.read_manifest(
+        f, missing=f"{path}: no {MANIFEST} (the checkpoint is incomplete, or not written by tunekit)", fix=fix
+    )
+    if not isinstance(data.get("files"), dict):
+        raise CheckpointError(f"{f} is corrupt (it lists no files); {fix}")
     return data
 
 
@@ -207,7 +220,10 @@ def finished_run(output_dir: Path) -> tuple[str, int] | None:
     f = output_dir / RUN_STATE
     try:
         state = json.loads(f.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:  # unreadable: as if the run did not finish
+        logger.warning("%s is unreadable (%s); the run in %s counts as unfinished", f, e, output_dir)
         return None
     if not (isinstance(state, dict) and state.get("finished") and isinstance(state.get("run_id"), str)):
         return None
@@ -240,8 +256,9 @@ def _rotate(output_dir: Path, run_id: str, keep: int | None, newest: Path) -> No
             continue
         try:
             owner = read_manifest(p).get("run_id")
-        except CheckpointError:
-            continue  # not ours to judge: an incomplete or foreign directory stays for the user to see
+        except CheckpointError as e:  # not ours to judge: an incomplete or foreign directory stays for the user to see
+            logger.debug("keeping %s: %s", p, e)
+            continue
         if owner != run_id:
             logger.info("removing %s, left by an earlier run in %s", p.name, output_dir)
             _fs.remove_tree(p, within=output_dir)
@@ -275,8 +292,6 @@ def _rng_and_sampler(trainer: Any) -> dict[str, Any]:
 def _publish(trainer: Any, staging: Path, final: Path) -> None:
     """Manifest last, then rename into place; rotation only once the new checkpoint is complete."""
     identity: RunIdentity = trainer._tk_identity
-    from tunekit import __version__
-
     files = _fs.list_files(staging)
     rng = _rng_and_sampler(trainer)
     rng["rng_files"] = sorted(f for f in files if f.startswith("rng_state"))

@@ -21,10 +21,14 @@ gradients overflow, so only the loss is checked there.
 from __future__ import annotations
 
 import logging
+import math
+from pathlib import Path
 from typing import Any
 
+import torch
 from transformers import TrainerCallback
 
+from tunekit.backends.hf.checkpoints import checkpoint_dirs
 from tunekit.errors import TrainingError
 
 __all__ = ["MAX_CONSECUTIVE_SKIPS", "NonFiniteGuard"]
@@ -75,8 +79,6 @@ class NonFiniteGuard(TrainerCallback):  # type: ignore[misc]
             else:
                 raise TrainingError(_message(step, bad, args.output_dir))
         else:
-            import torch
-
             for kind, flag in flags.items():
                 if flag is None:
                     continue
@@ -118,9 +120,6 @@ class NonFiniteGuard(TrainerCallback):  # type: ignore[misc]
 
 def _not_finite(value: Any) -> Any:
     """A device bool tensor (or a Python bool) that is True when ``value`` is NaN or infinite."""
-    import math
-
-    import torch
 
     if value is None:
         return None
@@ -132,10 +131,6 @@ def _not_finite(value: Any) -> Any:
 
 
 def _message(step: int, bad: list[str], output_dir: Any, *, deferred: bool = False) -> str:
-    from pathlib import Path
-
-    from tunekit.backends.hf.checkpoints import checkpoint_dirs
-
     kept = [p.name for s, p in checkpoint_dirs(Path(output_dir)) if s < step] if output_dir else []
     where = f"; the last good checkpoint is {kept[0]}" if kept else ""
     when = "the run stopped" if deferred else "the run stopped before that step's update"

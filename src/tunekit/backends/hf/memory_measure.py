@@ -26,6 +26,14 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from tunekit._torch import unique_parameters
+from tunekit.backends.hf import fastpath
+from tunekit.backends.hf.attention import VARLEN, varlen_attention
+from tunekit.backends.hf.memory import backbone
+from tunekit.backends.hf.sft import fused_loss_only, packed_collator
+from tunekit.data.encoding import Encoded
+from tunekit.training import Training
+
 __all__ = ["StepMemory", "measure_step"]
 
 
@@ -81,9 +89,7 @@ class _Saved:
 
 
 def _layers(model: Any) -> list[Any]:
-    from tunekit.backends.hf.planning import _backbone
-
-    return list(getattr(_backbone(model), "layers", []))
+    return list(getattr(backbone(model), "layers", []))
 
 
 @contextlib.contextmanager
@@ -176,40 +182,37 @@ def _loss_peak(model: Any, hidden: Any, labels: Any, autocast: Any) -> int:
     return peak
 
 
-def measure_step(tuner: Any, data: Any, *, checkpointing: bool = False) -> StepMemory:
-    """Measure one training step of ``tuner`` on ``data``, all of it as one micro-batch (CPU only).
+def measure_step(
+    model: Any, tokenizer: Any, enc: Encoded, training: Training, *, checkpointing: bool = False
+) -> StepMemory:
+    """Measure one training step of ``model`` (method applied) on the encoded data ``enc``, all of it as one
+    micro-batch (CPU only), as ``training`` configures the step: ``measure_step(tuner.model, tuner.tokenizer,
+    tuner.prepare(rows), tuner.training)``.
 
-    Leaves trl's fused LM head installed on ``tuner.model``, as a ``fit`` would; the weights are not changed.
+    Leaves trl's fused LM head installed on ``model``, as a ``fit`` would; the weights are not changed.
     """
     import torch
 
-    from tunekit.backends.hf import fastpath
-    from tunekit.backends.hf.planning import _unique_params
-    from tunekit.data.encoding import Encoded
-
-    model, tokenizer = tuner.model, tuner.tokenizer
-    training = tuner.training
     device = torch.device("cpu")
-    enc = tuner._encode(tuner._normalise(data, "training"), tokenizer=tokenizer)
     if not isinstance(enc, Encoded):
         raise TypeError("measure_step measures supervised (tokenised) data only")
     path = fastpath.choose(model, training, device)
-    collate = fastpath.packed_collator(tokenizer, path)
+    collate = packed_collator(tokenizer, path)
     batch = collate(list(enc.to_dataset()))
     batch.pop("tunekit_real_tokens")
-    if path.attention != fastpath.VARLEN:
+    if path.attention != VARLEN:
         batch.pop("tunekit_bounds", None)
     tokens = int(batch["input_ids"].numel())
-    params = _unique_params(model)
+    params = unique_parameters(model)
     trainable = [p for p in params if p.requires_grad]
     weights = sum(p.numel() * p.element_size() for p in params)
-    bf16 = tuner.training.precision == "bf16"
+    bf16 = training.precision == "bf16"
 
     def autocast() -> Any:
         return torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
     exclude = {t.untyped_storage().data_ptr() for t in [*params, *model.buffers()]}
-    fastpath.fused_loss_only(model)
+    fused_loss_only(model)
     model.train()
 
     state: dict[str, int] = {}
@@ -221,7 +224,7 @@ def measure_step(tuner: Any, data: Any, *, checkpointing: bool = False) -> StepM
             enable()
         try:
             with contextlib.ExitStack() as stack:
-                stack.enter_context(fastpath.varlen_attention(model, path))
+                stack.enter_context(varlen_attention(model, path.attention))
                 stack.enter_context(_track_layers(model, saved))
                 if gc:
                     stack.enter_context(_track_checkpoint_inputs(model, saved))

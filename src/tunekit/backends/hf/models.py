@@ -1,13 +1,49 @@
-"""Model and tokenizer loading, device and precision choice."""
+"""Model and tokenizer loading, device and precision choice, and the one path from a run description to a model.
+
+:func:`build_model` is what both ``fit`` (through :func:`load`) and ``plan`` use: the tokenizer with
+the chat template, embeddings resized for the tokens tunekit added, template tokens the base model
+never trained started at the mean embedding, and the method applied (or a saved adapter put back).
+For ``plan`` it builds the model from its config on the meta device, reading no weights but the
+embedding matrices (where the untrained template tokens are found), so a plan counts the parameters
+``fit`` trains.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import json
+import logging
+import random
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from tunekit._quiet import quiet
+from tunekit._torch import torch_dtype
+from tunekit.backends.base import RunSpec
+from tunekit.backends.hf.peft_map import apply_method, load_adapter
+from tunekit.backends.hf.processes import check_distributed, rank_device
+from tunekit.backends.hf.quantization import check_before_load, load_quantized
+from tunekit.backends.hf.safe_loading import check_weights
+from tunekit.backends.hf.untrained import fix_untrained_template_tokens
+from tunekit.data.templates import PAD, Template, ensure_template
+from tunekit.distributed import world
 from tunekit.errors import ConfigError, IncompatibleError
 
-__all__ = ["load_model", "load_tokenizer", "resolve_device", "resolve_precision"]
+__all__ = [
+    "Loaded",
+    "build_model",
+    "check_head",
+    "head_kwargs",
+    "load",
+    "load_model",
+    "load_tokenizer",
+    "own_rng",
+    "resolve_device",
+    "resolve_precision",
+]
+
+logger = logging.getLogger("tunekit")
 
 
 def resolve_device(pref: str) -> Any:
@@ -65,8 +101,6 @@ def load_model(
     (e.g. ``num_labels=1`` for a reward model's score head). Safetensors only, unless ``allow_pickle``."""
     from transformers import AutoModelForCausalLM
 
-    from tunekit.backends.hf.safe_loading import check_weights
-
     _check_ref(ref)
     check_weights(ref, allow_pickle=allow_pickle)
     cls = auto_class or AutoModelForCausalLM
@@ -89,12 +123,6 @@ def load_model(
             f"could not load model {ref!r}: {e}. tunekit loads safetensors weights only; "
             "convert .bin checkpoints with transformers' save_pretrained(safe_serialization=True)"
         ) from e
-
-
-def torch_dtype(precision: str) -> Any:
-    import torch
-
-    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
 def head_kwargs(objective: Any) -> dict[str, Any]:
@@ -122,3 +150,235 @@ def check_head(model: Any, objective: Any) -> None:
             f"{type(model).__name__} is a sequence classifier (a reward model); it trains with "
             f"tk.RewardModeling(), not {objective.name}"
         )
+
+
+class Loaded:
+    """What the backend keeps per tuner once loaded (a :class:`tunekit.backends.base.LoadedModel`)."""
+
+    def __init__(self, model: Any, tokenizer: Any, template: Template, device: Any, precision: str) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.template = template
+        self.device = device
+        self.precision = precision
+        self.engine: Any = None  # the distributed engine of the last fit in several processes (tk.FSDP, ...)
+
+
+@contextlib.contextmanager
+def own_rng(seed: int | None = None) -> Iterator[None]:
+    """Run with tunekit's own RNG state and give the caller's global state back afterwards."""
+
+    import numpy as np
+    import torch
+
+    py_state, np_state = random.getstate(), np.random.get_state()
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    if devices and world().distributed:  # each process owns one GPU: touching the others would open contexts there
+        devices = [world().local_rank]
+    with torch.random.fork_rng(devices=devices):
+        if seed is not None:
+            torch.manual_seed(seed)
+        try:
+            yield
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
+
+
+def load(spec: RunSpec) -> Loaded:
+    """The run's model on its device, ready to train or generate (``HFBackend.load``)."""
+    training = spec.training
+    device = rank_device(training.device, resolve_device(training.device))  # cuda:LOCAL_RANK under torchrun
+    precision = resolve_precision(training.precision, device)
+    check_before_load(spec.method, spec.model_ref, device)  # e.g. QLoRA without CUDA: fail before loading
+    check_distributed(spec.method, training, device)  # e.g. DeepSpeed on CPU, QLoRA under FSDP
+    model, tokenizer, template = build_model(spec, precision=precision)
+    with quiet():
+        model.to(device)
+    return Loaded(model, tokenizer, template, device, precision)
+
+
+def weights_dtype(spec: RunSpec, precision: str) -> Any:
+    """The dtype the weights are loaded in: adapters keep a frozen base in the compute dtype; full training
+    keeps fp32 master weights."""
+    import torch
+
+    return torch_dtype(precision) if (spec.method.is_adapter and precision != "fp32") else torch.float32
+
+
+def build_model(spec: RunSpec, *, precision: str, meta: bool = False) -> tuple[Any, Any, Template]:
+    """``(model, tokenizer, template)`` for ``spec``: the one path for ``fit`` and ``plan``.
+
+    The tokenizer gets the chat template (and a pad token); embeddings grow for the tokens tunekit
+    added; template tokens the base model has but never trained start at the mean embedding and train
+    with the method; the method is applied, or an adapter save is put back on its base. With ``meta``
+    the model is built from its config on the meta device (for ``plan``: exact parameter counts and
+    dtypes, no weights read but the embedding matrices).
+    """
+    training = spec.training
+    ref = spec.model_ref
+    with quiet():
+        if meta:
+            model = _meta_model(spec, weights_dtype(spec, precision))
+        elif isinstance(ref, (str, Path)) and spec.method.quantization is not None:
+            with own_rng(training.seed):  # a reward model's new score head is initialised here
+                model = load_quantized(
+                    str(ref),
+                    spec.method,
+                    compute_dtype=torch_dtype(precision),
+                    device=rank_device(training.device, resolve_device(training.device)),
+                    trust_remote_code=training.trust_remote_code,
+                    **head_kwargs(spec.objective),
+                )
+        elif isinstance(ref, (str, Path)):
+            with own_rng(training.seed):  # a reward model's new score head is initialised here
+                model = load_model(
+                    str(ref),
+                    dtype=weights_dtype(spec, precision),
+                    trust_remote_code=training.trust_remote_code,
+                    allow_pickle=training.allow_pickle,
+                    **head_kwargs(spec.objective),
+                )
+        else:
+            model = ref  # a transformers model object, used as it is
+            check_head(model, spec.objective)
+        tokenizer = _tokenizer_of(spec, model)
+        template, added = ensure_template(tokenizer, spec.template)
+        new_ids = [tokenizer.convert_tokens_to_ids(t) for t in added if t != PAD]
+        with own_rng(training.seed):
+            # New embedding rows are drawn from tunekit's seeded RNG, never the caller's global state.
+            if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+                # New rows start at the mean of the old ones (transformers' mean_resizing), which needs real values:
+                # a plan's embeddings that stayed on the meta device grow without it (only their shape matters).
+                model.resize_token_embeddings(len(tokenizer), mean_resizing=not _on_meta(model))
+                model.config.vocab_size = len(tokenizer)
+            if spec.adapter_path is not None and not meta:
+                check_weights(spec.adapter_path, allow_pickle=training.allow_pickle, what="adapter")
+                model = load_adapter(model, spec.method, spec.adapter_path, training=training)
+            else:  # a plan of an adapter save counts the method as a new adapter of the same configuration
+                # Template tokens the base model has but never trained train with those tunekit added.
+                untrained = _untrained_tokens(model, tokenizer, template, spec)
+                new_ids = sorted(set(new_ids) | set(untrained))
+                # On the meta device for a plan, so that the adapter's weights are never allocated (moved there
+                # afterwards, peft would make AdaLoRA's rank counters trainable parameters).
+                with _meta_device(meta):
+                    model = apply_method(model, spec.method, new_ids, tokenizer=tokenizer, training=training)
+        if not meta:
+            gen = getattr(model, "generation_config", None)
+            if gen is not None:  # None for reward models (sequence classifiers), which do not generate
+                gen.eos_token_id = sorted({template.end_of_turn_id, tokenizer.eos_token_id} - {None})
+                gen.pad_token_id = tokenizer.pad_token_id
+            model.config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer, template
+
+
+def _tokenizer_of(spec: RunSpec, model: Any) -> Any:
+    ref = spec.model_ref
+    tok_ref = spec.tokenizer_ref
+    if tok_ref is None:
+        tok_ref = str(ref) if isinstance(ref, (str, Path)) else getattr(model, "name_or_path", None)
+    if not tok_ref:
+        raise ConfigError(
+            "Tuner(model=<model object>): the model has no name_or_path to find its tokenizer; "
+            "pass tokenizer=... (a tokenizer object or a directory)"
+        )
+    if isinstance(tok_ref, (str, Path)):
+        return load_tokenizer(str(tok_ref), trust_remote_code=spec.training.trust_remote_code)
+    return tok_ref
+
+
+@contextlib.contextmanager
+def _meta_device(meta: bool) -> Iterator[None]:
+    """New tensors on the meta device while ``meta`` (a plan builds no weights), else where torch puts them."""
+    if not meta:
+        yield
+        return
+    import torch
+
+    with torch.device("meta"):
+        yield
+
+
+def _on_meta(model: Any) -> bool:
+    """Whether an embedding matrix of ``model`` has no values (a plan's model on the meta device)."""
+    matrices = [m for m in (model.get_input_embeddings(), model.get_output_embeddings()) if m is not None]
+    return any(getattr(m, "weight", None) is None or m.weight.is_meta for m in matrices)
+
+
+def _untrained_tokens(model: Any, tokenizer: Any, template: Template, spec: RunSpec) -> list[int]:
+    """The template tokens the base model never trained (started at the mean embedding here), for the method."""
+    if _on_meta(model):
+        # A plan whose checkpoint's embeddings could not be read (see _meta_model): nothing to tell apart.
+        logger.info("plan: the embedding matrices were not read; template tokens the base never trained not checked")
+        return []
+    return fix_untrained_template_tokens(model, tokenizer, template.end_of_turn_id, spec.method)
+
+
+def _meta_model(spec: RunSpec, dtype: Any) -> Any:
+    """The model built from its config on the meta device, its embedding matrices read from the checkpoint."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    training = spec.training
+    ref = str(spec.model_ref)
+    config = AutoConfig.from_pretrained(ref, trust_remote_code=training.trust_remote_code)
+    kwargs = head_kwargs(spec.objective)
+    cls = kwargs.pop("auto_class", AutoModelForCausalLM)
+    for k, v in kwargs.items():
+        setattr(config, k, v)
+    with torch.device("meta"):
+        model = cls.from_config(config, dtype=dtype, trust_remote_code=training.trust_remote_code)
+    if spec.method.trains_token_rows and spec.method.is_adapter:  # only these train rows the check may add
+        _read_embeddings(model, ref, dtype)
+    return model
+
+
+def _read_embeddings(model: Any, ref: str, dtype: Any) -> None:
+    """Put the checkpoint's embedding matrices into the meta-device ``model`` (tied ones stay tied); leaves them
+    on the meta device when the checkpoint is not a local (or cached) safetensors one. Only safetensors are read."""
+    import torch
+    from safetensors import safe_open
+
+    directory = _local_checkpoint(ref)
+    if directory is None:
+        return
+    names: dict[int, list[str]] = {}  # a tied matrix has two names; the checkpoint stores it under one
+    for n, p in model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(p), []).append(n)
+    wanted: dict[int, Any] = {}
+    for module in (model.get_input_embeddings(), model.get_output_embeddings()):
+        weight = getattr(module, "weight", None) if module is not None else None
+        if weight is not None and id(weight) in names and weight.is_meta:
+            wanted[id(weight)] = weight
+    index = directory / "model.safetensors.index.json"
+    try:
+        if index.is_file():
+            shards: dict[str, str] = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        else:
+            shards = {n: "model.safetensors" for key in wanted for n in names[key]}
+        for key, weight in wanted.items():
+            name = next((n for n in names[key] if n in shards and (directory / shards[n]).is_file()), None)
+            if name is None:
+                continue  # another layout of names than the model's: the plan goes without the check
+            with safe_open(str(directory / shards[name]), framework="pt") as f:
+                if name not in f.keys():  # safe_open has no __contains__
+                    continue
+                tensor = f.get_tensor(name).to(dtype)
+            if tuple(tensor.shape) != tuple(weight.shape):
+                continue
+            torch.utils.swap_tensors(weight, torch.nn.Parameter(tensor, requires_grad=weight.requires_grad))
+    except (OSError, KeyError, ValueError, json.JSONDecodeError) as e:  # unreadable: the plan goes without the check
+        logger.info("plan: could not read the embedding matrices of %s (%s)", ref, e)
+
+
+def _local_checkpoint(ref: str) -> Path | None:
+    """The directory holding ``ref``'s safetensors files: a local directory, or a hub id's cached snapshot."""
+    if Path(ref).is_dir():
+        return Path(ref)
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(ref, local_files_only=True, allow_patterns=["*.json", "*.safetensors"]))
+    except Exception as e:  # not in the local cache (or not a hub id): plan never downloads
+        logger.info("plan: %s is not in the local cache (%s)", ref, type(e).__name__)
+        return None

@@ -8,6 +8,7 @@ capabilities the method declares, in the functions at the end of this module.
 
 from __future__ import annotations
 
+import copy
 import fnmatch
 import logging
 from collections.abc import Callable
@@ -15,6 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tunekit._torch import is_quantized, unwrap_peft
+from tunekit.backends.base import builder_for
+from tunekit.backends.hf.quantization import prepare_for_kbit_training
 from tunekit.errors import ConfigError, IncompatibleError
 from tunekit.methods import (
     IA3,
@@ -37,7 +41,6 @@ __all__ = [
     "TRANSLATIONS",
     "BuildContext",
     "apply_method",
-    "count_parameters",
     "load_adapter",
     "merged_model",
     "training_for",
@@ -305,7 +308,7 @@ def _init_prompt_from_text(peft_model: Any, tokenizer: Any, text: str) -> None:
     if not ids:
         raise ConfigError(f"PromptTuning(init_text={text!r}): the text encodes to no tokens; use a longer text")
     ids = (ids * (n // len(ids) + 1))[:n]
-    word_embeddings = peft_model.get_base_model().get_input_embeddings()
+    word_embeddings = unwrap_peft(peft_model).get_input_embeddings()
     with torch.no_grad():
         vectors = word_embeddings(torch.tensor(ids, device=word_embeddings.weight.device))
         encoder.embedding.weight.copy_(vectors.to(encoder.embedding.weight.dtype))
@@ -441,10 +444,7 @@ TRANSLATIONS: dict[type[Method], Callable[[Any, BuildContext], Any]] = {
 
 # --- what the backend calls --------------------------------------------------------------------------
 def _translation(method: Method) -> Callable[[Any, BuildContext], Any]:
-    try:
-        return TRANSLATIONS[type(method)]
-    except KeyError:
-        raise ConfigError(f"method {method.name} has no translation in the hf backend") from None
+    return builder_for(TRANSLATIONS, method, backend="hf")
 
 
 def apply_method(
@@ -463,8 +463,6 @@ def apply_method(
         return model
     from peft import get_peft_model
 
-    from tunekit.backends.hf.quantization import is_quantized, prepare_for_kbit_training
-
     if is_quantized(model):
         prepare_for_kbit_training(model, training)
     wrapped = get_peft_model(model, peft_config)
@@ -476,8 +474,6 @@ def apply_method(
 def load_adapter(model: Any, method: Method, path: str | Path, *, training: Training | None = None) -> Any:
     """Put a saved adapter back on ``model``, trainable, giving the saved model's outputs."""
     from peft import PeftConfig, PeftModel
-
-    from tunekit.backends.hf.quantization import is_quantized, prepare_for_kbit_training
 
     _translation(method)  # an unknown method fails here, before peft guesses
     if is_quantized(model):
@@ -512,12 +508,9 @@ def merged_model(model: Any, method: Method) -> Any:
     The tuner's own model is left as it is (peft's ``merge_and_unload`` runs on a copy), so it can
     still be saved as an adapter or trained further.
     """
-    import copy
 
     if not method.mergeable:
         raise IncompatibleError(f"{method.name} cannot be merged: {method.not_mergeable_because}")
-    from tunekit.backends.hf.quantization import is_quantized
-
     if is_quantized(model):
         raise IncompatibleError(
             f"{method.name}(quantize=...) cannot be merged into its quantized base without losing precision; "
@@ -527,17 +520,3 @@ def merged_model(model: Any, method: Method) -> Any:
     merged = copy.deepcopy(model).merge_and_unload()
     merged.eval()
     return merged
-
-
-def count_parameters(model: Any) -> tuple[int, int]:
-    """(trainable, total) parameters, counting shared tensors once."""
-    seen: set[int] = set()
-    trainable = total = 0
-    for p in model.parameters():
-        if id(p) in seen:
-            continue
-        seen.add(id(p))
-        total += p.numel()
-        if p.requires_grad:
-            trainable += p.numel()
-    return trainable, total

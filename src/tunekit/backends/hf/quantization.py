@@ -9,27 +9,17 @@ import importlib.util
 from pathlib import Path
 from typing import Any
 
+from tunekit._torch import is_quantized
 from tunekit.errors import ConfigError, IncompatibleError, MissingDependencyError
 from tunekit.methods import Method
 from tunekit.training import Training
 
-__all__ = ["check_before_load", "is_quantized", "load_quantized", "prepare_for_kbit_training", "quantize_of"]
-
-
-def quantize_of(method: Method) -> str | None:
-    """The method's quantization ('nf4', 'int8') or None."""
-    q = getattr(method, "quantize", None)
-    return q if isinstance(q, str) else None
-
-
-def is_quantized(model: Any) -> bool:
-    """Whether ``model`` (or the base under a peft model) holds bitsandbytes-quantized weights."""
-    return bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False))
+__all__ = ["check_before_load", "load_quantized", "prepare_for_kbit_training"]
 
 
 def check_before_load(method: Method, model_ref: Any, device: Any) -> None:
     """Raise now, before any weight loads, if ``method`` cannot run here (QLoRA without CUDA or bitsandbytes)."""
-    q = quantize_of(method)
+    q = method.quantization
     if q is None:
         return
     call = f"{method.name}(quantize={q!r})"
@@ -78,7 +68,7 @@ def load_quantized(
     (default AutoModelForCausalLM; a reward model's AutoModelForSequenceClassification with ``num_labels=1``)."""
     from transformers import AutoModelForCausalLM
 
-    q = quantize_of(method)
+    q = method.quantization
     if q is None:
         raise ConfigError(f"{method.name} does not quantize its base model")
     cls = auto_class or AutoModelForCausalLM

@@ -9,19 +9,26 @@ policy's device.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from tunekit._torch import torch_dtype, unwrap_peft
+from tunekit.backends.hf.args import Setup
+from tunekit.backends.hf.models import load, load_model, load_tokenizer
+from tunekit.data.formats import RESERVED_COLUMNS
 from tunekit.data.rows import PROMPT_TEXT
 from tunekit.data.templates import render
 from tunekit.errors import ConfigError, IncompatibleError, TrainingError
+from tunekit.objectives.online_rl import PY_PREFIX, resolve_reward_name
+from tunekit.save_format import MANIFEST, spec_from_save
 
 __all__ = ["load_reward_model", "resolve_rewards", "score_items", "wrap_reward"]
 
-# Keyword arguments trl passes to reward functions besides the data columns.
-_TRL_KWARGS = frozenset({"completion_ids", "trainer_state", "log_extra", "log_metric", "environments", PROMPT_TEXT})
+# What trl passes reward functions besides the data columns, and tunekit's own column of the prompt as given.
+_NOT_COLUMNS = frozenset({*RESERVED_COLUMNS, PROMPT_TEXT})
 
 
 def _text(completion: Any) -> str:
@@ -31,7 +38,6 @@ def _text(completion: Any) -> str:
 
 
 def _name(fn: Any) -> str:
-    import functools
 
     while isinstance(fn, functools.partial):
         fn = fn.func
@@ -45,7 +51,7 @@ def wrap_reward(fn: Any) -> Any:
     def reward(prompts: list[Any], completions: list[Any], **kwargs: Any) -> list[float | None]:
         given = kwargs.get(PROMPT_TEXT)
         shown = [t if t is not None else p for p, t in zip(prompts, given)] if given is not None else list(prompts)
-        columns = {k: v for k, v in kwargs.items() if k not in _TRL_KWARGS}
+        columns = {k: v for k, v in kwargs.items() if k not in _NOT_COLUMNS}
         texts = [_text(c) for c in completions]
         out = fn(shown, texts, **columns)
         try:
@@ -92,28 +98,21 @@ def _freeze(model: Any, device: Any) -> Any:
 
 def load_reward_model(path: str, *, device: Any, dtype: Any = None, trust_remote_code: bool = False) -> Any:
     """(model, tokenizer) of a reward model: a tunekit save or a sequence-classification checkpoint."""
-    from tunekit.saving import MANIFEST
-
     p = Path(path)
     if (p / MANIFEST).exists():
-        from peft import PeftModel
-
-        from tunekit.saving import load
-
-        tuner = load(p)
-        if tuner.objective_used.model_head != "sequence_classification":
+        spec = spec_from_save(p).spec  # the save format read back, loaded by the engine's own load
+        if spec.objective.model_head != "sequence_classification":
             raise IncompatibleError(
-                f"reward={path!r}: this save was trained with {tuner.objective_used.name} and is not a reward "
+                f"reward={path!r}: this save was trained with {spec.objective.name} and is not a reward "
                 "model; train one with objective=tk.RewardModeling(), or pass a reward function"
             )
-        model, tokenizer = tuner.model, tuner.tokenizer
-        if isinstance(model, PeftModel):
+        loaded = load(spec)
+        model = loaded.model
+        if unwrap_peft(model) is not model:
             # Merged, the reward model is a plain transformers model again (what trl expects), and faster.
             model = model.merge_and_unload()
-        return _freeze(model, device), tokenizer
+        return _freeze(model, device), loaded.tokenizer
     from transformers import AutoModelForSequenceClassification
-
-    from tunekit.backends.hf.models import load_model, load_tokenizer
 
     if not p.exists() and (p.is_absolute() or path.startswith((".", "~")) or path.count("/") > 1):
         raise ConfigError(f"reward={path!r}: no such directory; pass the path of a reward model saved by tunekit")
@@ -134,11 +133,8 @@ def load_reward_model(path: str, *, device: Any, dtype: Any = None, trust_remote
     return _freeze(model, device), tokenizer
 
 
-def resolve_rewards(specs: Sequence[Any], run: Any) -> tuple[list[Any], list[Any]]:
+def resolve_rewards(specs: Sequence[Any], setup: Setup) -> tuple[list[Any], list[Any]]:
     """trl's ``reward_funcs`` and ``reward_processing_classes`` for the objective's rewards."""
-    from tunekit.backends.hf.models import torch_dtype
-    from tunekit.objectives.online_rl import PY_PREFIX, resolve_reward_name
-
     funcs: list[Any] = []
     tokenizers: list[Any] = []
     for spec in specs:
@@ -146,16 +142,16 @@ def resolve_rewards(specs: Sequence[Any], run: Any) -> tuple[list[Any], list[Any
             try:
                 spec = resolve_reward_name(spec)
             except ValueError as e:
-                raise ConfigError(f"{run.objective.name}(reward=...): {e}") from None
+                raise ConfigError(f"{setup.objective.name}(reward=...): {e}") from None
         if callable(spec):
             funcs.append(wrap_reward(spec))
             tokenizers.append(None)
             continue
         model, tokenizer = load_reward_model(
             str(spec),
-            device=run.device,
-            dtype=torch_dtype(run.precision),
-            trust_remote_code=run.training.trust_remote_code,
+            device=setup.device,
+            dtype=torch_dtype(setup.precision),
+            trust_remote_code=setup.training.trust_remote_code,
         )
         funcs.append(model)
         tokenizers.append(tokenizer)

@@ -18,88 +18,22 @@ import contextlib
 import copy
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
-from tunekit.backends.hf.distributed import engine_args
+from tunekit._torch import unwrap_peft
+from tunekit.backends.base import builder_for
+from tunekit.backends.hf.args import Setup, trainer_data, training_args
 from tunekit.backends.hf.rewards import resolve_rewards
-from tunekit.distributed import world
-from tunekit.errors import IncompatibleError, TrainingError
+from tunekit.backends.hf.sft import release, sft_trainer
+from tunekit.errors import IncompatibleError
 from tunekit.objectives import DPO, GRPO, KTO, ORPO, RLOO, SFT, CausalLM, Objective, OnlineRL, RewardModeling
 from tunekit.training import Training
 
-__all__ = ["TRAINERS", "Setup", "build_trainer", "release_trainer", "tokens_seen"]
-
-
-@dataclass
-class Setup:
-    """Everything a trainer builder needs."""
-
-    objective: Any
-    model: Any
-    tokenizer: Any
-    train_dataset: Any
-    eval_dataset: Any
-    training: Training
-    output_dir: str
-    precision: str
-    device: Any
-    learning_rate: float
-    callbacks: list[Any]
-
-
-def _common(run: Setup) -> dict[str, Any]:
-    """TrainingArguments shared by every trainer, from ``tk.Training``."""
-    t = run.training
-    return {
-        "output_dir": run.output_dir,
-        "num_train_epochs": t.epochs,
-        "max_steps": t.max_steps or -1,
-        "learning_rate": run.learning_rate,
-        "per_device_train_batch_size": t.batch_size,
-        "per_device_eval_batch_size": t.batch_size,
-        "gradient_accumulation_steps": t.grad_accum,
-        "lr_scheduler_type": t.lr_scheduler,
-        "warmup_steps": t.warmup_ratio,  # a float below 1 is a ratio in transformers 5
-        "weight_decay": t.weight_decay,
-        "max_grad_norm": t.max_grad_norm or 0.0,
-        "seed": t.seed,
-        "data_seed": t.seed,
-        "bf16": run.precision == "bf16",
-        "fp16": run.precision == "fp16",
-        "use_cpu": run.device.type == "cpu",
-        "gradient_checkpointing": t.gradient_checkpointing is True,  # "auto" is resolved by the backend
-        "logging_strategy": "steps",
-        "logging_steps": t.log_every,
-        "logging_first_step": True,
-        "logging_nan_inf_filter": False,  # a NaN must show, never be averaged away
-        "eval_strategy": "steps" if (run.eval_dataset is not None and t.eval_every) else "no",
-        "eval_steps": t.eval_every,
-        "save_strategy": "steps" if t.save_every else "no",
-        "save_steps": t.save_every or 500,
-        "save_only_model": False,
-        "report_to": list(t.report_to) or "none",  # Training(report_to=...): transformers' integrations
-        "disable_tqdm": True,
-        "dataloader_num_workers": 0,
-        "use_liger_kernel": False,
-        **engine_args(t, run.model, world_size=world().size),  # DDP / FSDP2 / DeepSpeed under torchrun
-    }
-
-
-def _data(run: Setup) -> dict[str, Any]:
-    """The keyword arguments every trl trainer takes alike: data, tokenizer and callbacks."""
-    return {
-        "train_dataset": run.train_dataset,
-        "eval_dataset": run.eval_dataset,
-        "processing_class": run.tokenizer,
-        "callbacks": run.callbacks,
-    }
+__all__ = ["TRAINERS", "build_trainer", "release_trainer", "tokens_seen"]
 
 
 def _is_peft(model: Any) -> bool:
-    from peft import PeftModel
-
-    return isinstance(model, PeftModel)
+    return unwrap_peft(model) is not model
 
 
 def _head_bias_visible(model: Any) -> None:
@@ -130,79 +64,60 @@ def _frozen_copy(model: Any) -> Any:
 # --- supervised ---------------------------------------------------------------------------------
 
 
-def _plain_lm_head(model: Any) -> bool:
-    import torch
-
-    head = model.get_output_embeddings()
-    return type(head) is torch.nn.Linear
-
-
-def _loss_has_extra_terms(model: Any) -> bool:
-    """peft adds AdaLoRA's orthogonal regulariser to ``outputs.loss``, which trl's fused loss never reads."""
-    configs = getattr(model, "peft_config", None) or {}
-    return any(str(getattr(c, "peft_type", "")).endswith("ADALORA") for c in configs.values())
-
-
-def _sft(run: Setup) -> Any:
-    from tunekit.backends.hf.fastpath import sft_trainer
-
-    # Padding-free batches, attention within each example, loss without per-step syncs (fastpath.py).
-    # trl's fused LM-head loss reads ``lm_head.weight`` directly, which skips whatever peft wrapped around
-    # the head (trainable rows for added template tokens, LoRA on lm_head), and it ignores
-    # ``outputs.loss``, where peft adds AdaLoRA's regulariser: those train with the model's own loss.
-    plain = _plain_lm_head(run.model) and not _loss_has_extra_terms(run.model)
-    return sft_trainer(run, fused_head=plain)
+def _sft(setup: Setup) -> Any:
+    # Padding-free batches, attention within each example, loss without per-step syncs (fastpath.py, sft.py).
+    return sft_trainer(setup)
 
 
 # --- reward model -------------------------------------------------------------------------------
 
 
-def _reward(run: Setup) -> Any:
+def _reward(setup: Setup) -> Any:
     from trl import RewardConfig, RewardTrainer
 
-    obj: RewardModeling = run.objective
+    obj: RewardModeling = setup.objective
     args = RewardConfig(
-        **_common(run), max_length=run.training.max_length, center_rewards_coefficient=obj.center_rewards
+        **training_args(setup), max_length=setup.training.max_length, center_rewards_coefficient=obj.center_rewards
     )
     return RewardTrainer(
-        model=run.model,
+        model=setup.model,
         args=args,
-        **_data(run),
+        **trainer_data(setup),
     )
 
 
 # --- offline preference -------------------------------------------------------------------------
 
 
-def _dpo(run: Setup) -> Any:
-    obj: DPO = run.objective
+def _dpo(setup: Setup) -> Any:
+    obj: DPO = setup.objective
     if obj.loss == "simpo":
-        return _simpo(run)
+        return _simpo(setup)
     from trl import DPOConfig, DPOTrainer
 
     args = DPOConfig(
-        **_common(run),
-        max_length=run.training.max_length,
+        **training_args(setup),
+        max_length=setup.training.max_length,
         beta=obj.beta,
         loss_type=[obj.loss],
         label_smoothing=obj.label_smoothing,
     )
     return DPOTrainer(
-        model=run.model,
-        ref_model=None if _is_peft(run.model) else _frozen_copy(run.model),
+        model=setup.model,
+        ref_model=None if _is_peft(setup.model) else _frozen_copy(setup.model),
         args=args,
-        **_data(run),
+        **trainer_data(setup),
     )
 
 
-def _simpo(run: Setup) -> Any:
+def _simpo(setup: Setup) -> Any:
     # SimPO lives in trl's CPO trainer (loss_type="simpo" with no behaviour-cloning term).
     from trl.experimental.cpo import CPOConfig, CPOTrainer
 
-    obj: DPO = run.objective
+    obj: DPO = setup.objective
     args = CPOConfig(
-        **_common(run),
-        max_length=run.training.max_length,
+        **training_args(setup),
+        max_length=setup.training.max_length,
         beta=obj.beta,
         loss_type="simpo",
         cpo_alpha=0.0,
@@ -210,50 +125,50 @@ def _simpo(run: Setup) -> Any:
         label_smoothing=obj.label_smoothing,
     )
     return CPOTrainer(
-        model=run.model,
+        model=setup.model,
         args=args,
-        **_data(run),
+        **trainer_data(setup),
     )
 
 
-def _kto(run: Setup) -> Any:
+def _kto(setup: Setup) -> Any:
     from trl import KTOConfig, KTOTrainer
 
-    obj: KTO = run.objective
+    obj: KTO = setup.objective
     args = KTOConfig(
-        **_common(run),
-        max_length=run.training.max_length,
+        **training_args(setup),
+        max_length=setup.training.max_length,
         beta=obj.beta,
         desirable_weight=obj.desirable_weight,
         undesirable_weight=obj.undesirable_weight,
         loss_type=obj.loss,
     )
     return KTOTrainer(
-        model=run.model,
-        ref_model=None if _is_peft(run.model) else _frozen_copy(run.model),
+        model=setup.model,
+        ref_model=None if _is_peft(setup.model) else _frozen_copy(setup.model),
         args=args,
-        **_data(run),
+        **trainer_data(setup),
     )
 
 
-def _orpo(run: Setup) -> Any:
+def _orpo(setup: Setup) -> Any:
     from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
-    obj: ORPO = run.objective
-    args = ORPOConfig(**_common(run), max_length=run.training.max_length, beta=obj.beta)
+    obj: ORPO = setup.objective
+    args = ORPOConfig(**training_args(setup), max_length=setup.training.max_length, beta=obj.beta)
     return ORPOTrainer(
-        model=run.model,
+        model=setup.model,
         args=args,
-        **_data(run),
+        **trainer_data(setup),
     )
 
 
 # --- online RL ----------------------------------------------------------------------------------
 
 
-def _check_group(run: Setup) -> None:
-    obj: OnlineRL = run.objective
-    t = run.training
+def _check_group(setup: Setup) -> None:
+    obj: OnlineRL = setup.objective
+    t = setup.training
     per_step = t.batch_size * t.grad_accum
     if per_step % obj.num_generations:
         raise IncompatibleError(
@@ -263,7 +178,7 @@ def _check_group(run: Setup) -> None:
             f"batch_size={obj.num_generations * max(1, round(t.batch_size / obj.num_generations))} "
             f"or num_generations={_divisor(per_step, obj.num_generations)}"
         )
-    if run.eval_dataset is not None and t.batch_size % obj.num_generations:
+    if setup.eval_dataset is not None and t.batch_size % obj.num_generations:
         raise IncompatibleError(
             f"Training(batch_size={t.batch_size}) with {obj.name}(num_generations={obj.num_generations}): "
             "evaluation samples a whole group per prompt, so batch_size must be a multiple of num_generations"
@@ -276,10 +191,10 @@ def _divisor(n: int, near: int) -> int:
     return min(options, key=lambda d: abs(d - near))
 
 
-def _online_args(run: Setup) -> dict[str, Any]:
-    obj: OnlineRL = run.objective
+def _online_args(setup: Setup) -> dict[str, Any]:
+    obj: OnlineRL = setup.objective
     return {
-        **_common(run),
+        **training_args(setup),
         "num_generations": obj.num_generations,
         "max_completion_length": obj.max_completion_length,
         "temperature": obj.temperature,
@@ -296,14 +211,14 @@ _PATCH_LOCK = threading.Lock()
 
 
 @contextlib.contextmanager
-def _reference_from_memory(module: Any, run: Setup) -> Iterator[None]:
+def _reference_from_memory(module: Any, setup: Setup) -> Iterator[None]:
     """GRPO and RLOO build their reference by reloading the policy's checkpoint from disk, and take
     no ``ref_model`` argument; for full fine-tuning with a KL term, hand them the in-memory copy."""
-    obj: OnlineRL = run.objective
-    if obj.beta == 0 or _is_peft(run.model):
+    obj: OnlineRL = setup.objective
+    if obj.beta == 0 or _is_peft(setup.model):
         yield
         return
-    ref = _frozen_copy(run.model)
+    ref = _frozen_copy(setup.model)
     with _PATCH_LOCK:  # a module attribute: one trainer at a time builds through the patch
         original = module.create_model_from_path
         module.create_model_from_path = lambda *a, **k: ref
@@ -313,38 +228,38 @@ def _reference_from_memory(module: Any, run: Setup) -> Iterator[None]:
             module.create_model_from_path = original
 
 
-def _grpo(run: Setup) -> Any:
+def _grpo(setup: Setup) -> Any:
     import trl.trainer.grpo_trainer as grpo_module
     from trl import GRPOConfig, GRPOTrainer
 
-    obj: GRPO = run.objective
-    _check_group(run)
-    rewards, reward_tokenizers = resolve_rewards(obj.reward, run)
-    args = GRPOConfig(**_online_args(run), loss_type=obj.loss, scale_rewards=obj.scale_rewards)
-    with _reference_from_memory(grpo_module, run):
+    obj: GRPO = setup.objective
+    _check_group(setup)
+    rewards, reward_tokenizers = resolve_rewards(obj.reward, setup)
+    args = GRPOConfig(**_online_args(setup), loss_type=obj.loss, scale_rewards=obj.scale_rewards)
+    with _reference_from_memory(grpo_module, setup):
         return GRPOTrainer(
-            model=run.model,
+            model=setup.model,
             reward_funcs=rewards,
             args=args,
-            **_data(run),
+            **trainer_data(setup),
             reward_processing_classes=reward_tokenizers,
         )
 
 
-def _rloo(run: Setup) -> Any:
+def _rloo(setup: Setup) -> Any:
     import trl.trainer.rloo_trainer as rloo_module
     from trl import RLOOConfig, RLOOTrainer
 
-    obj: RLOO = run.objective
-    _check_group(run)
-    rewards, reward_tokenizers = resolve_rewards(obj.reward, run)
-    args = RLOOConfig(**_online_args(run), normalize_advantages=obj.normalize_advantages)
-    with _reference_from_memory(rloo_module, run):
+    obj: RLOO = setup.objective
+    _check_group(setup)
+    rewards, reward_tokenizers = resolve_rewards(obj.reward, setup)
+    args = RLOOConfig(**_online_args(setup), normalize_advantages=obj.normalize_advantages)
+    with _reference_from_memory(rloo_module, setup):
         return RLOOTrainer(
-            model=run.model,
+            model=setup.model,
             reward_funcs=rewards,
             args=args,
-            **_data(run),
+            **trainer_data(setup),
             reward_processing_classes=reward_tokenizers,
         )
 
@@ -379,16 +294,14 @@ def build_trainer(
     """The trl trainer for ``objective``, configured from ``training``."""
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-    build = next((TRAINERS[c] for c in type(objective).__mro__ if c in TRAINERS), None)
-    if build is None:
-        raise TrainingError(f"objective {objective.name} has no trainer in the hf backend")
-    run = Setup(
+    build = builder_for(TRAINERS, objective, backend="hf")
+    setup = Setup(
         objective, model, tokenizer, train_dataset, eval_dataset, training, output_dir, precision, device,
         learning_rate, callbacks,
     )  # fmt: skip
     if build is not _sft:
         _head_bias_visible(model)
-    trainer = build(run)
+    trainer = build(setup)
     # The library never prints: progress and logs reach the application through hooks.
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
@@ -410,14 +323,12 @@ def release_trainer(trainer: Any, model: Any) -> None:
       over this model object; a later ``copy.deepcopy`` (the next run's reference) would call the
       original model through it.
     """
-    from tunekit.backends.hf.fastpath import release
-
     release(trainer)  # the model's own attention implementation back
     if _is_peft(model) and "ref" in model.peft_config:
         model.delete_adapter("ref")
     targets = [model]
     if _is_peft(model):
-        targets.append(model.get_base_model())
+        targets.append(unwrap_peft(model))
     for m in targets:
         m.__dict__.pop("forward", None)
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None

@@ -20,6 +20,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from tunekit.methods import Method
+
 __all__ = ["fix_untrained_template_tokens", "template_token_ids"]
 
 logger = logging.getLogger("tunekit")
@@ -42,7 +44,8 @@ def template_token_ids(tokenizer: Any, end_of_turn_id: int) -> list[int]:
     for turns in (messages, messages[1:]):  # some templates refuse a system turn
         try:
             text = tokenizer.apply_chat_template(turns, tokenize=False)
-        except Exception:  # a template's own refusal (e.g. "system role not supported")
+        except Exception as e:  # a template's own refusal (e.g. "system role not supported")
+            logger.debug("the chat template refuses %s: %s", [m["role"] for m in turns], e)
             continue
         ids |= {int(i) for i in tokenizer(str(text), add_special_tokens=False)["input_ids"] if i in special}
     return sorted(i for i in ids if i is not None and i >= 0)
@@ -69,12 +72,7 @@ def _degenerate_rows(norms: Any, ids: list[int] | None = None) -> list[int]:
     return [i for i in ids if i < norms.shape[0] and bool(small[i])]
 
 
-# LoRA and AdaLoRA train just these rows (peft's trainable_token_indices); Full trains every weight anyway. The other
-# methods could only train both embedding matrices whole: for a 128k vocabulary and 4096 wide, a billion parameters.
-_TRAINS_ROWS = frozenset({"LoRA", "AdaLoRA", "Full"})
-
-
-def fix_untrained_template_tokens(model: Any, tokenizer: Any, end_of_turn_id: int, method: Any) -> list[int]:
+def fix_untrained_template_tokens(model: Any, tokenizer: Any, end_of_turn_id: int, method: Method) -> list[int]:
     """Start the untrained template tokens' rows at the mean trained row; returns the ids ``method`` must train
     (none for methods that cannot train just those rows)."""
     import torch
@@ -95,7 +93,9 @@ def fix_untrained_template_tokens(model: Any, tokenizer: Any, end_of_turn_id: in
             total = w.sum(dim=0, dtype=torch.float32) - w[untrained].sum(dim=0, dtype=torch.float32)
             w[rows] = (total / (w.shape[0] - len(untrained))).to(w.dtype)
     names = tokenizer.convert_ids_to_tokens(bad)
-    if method.name not in _TRAINS_ROWS:
+    # Methods without ``trains_token_rows`` could only train both embedding matrices whole: for a 128k vocabulary
+    # and 4096 wide, a billion parameters.
+    if not method.trains_token_rows:
         logger.warning(
             "the base model never trained the chat template's tokens %s (their embedding rows are zero): tunekit "
             "starts them at the mean embedding, but %s cannot train just those rows (only both embedding matrices "

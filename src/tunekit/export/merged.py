@@ -14,66 +14,54 @@ from pathlib import Path
 from typing import Any
 
 from tunekit._quiet import quiet
+from tunekit._torch import is_quantized, torch_dtype
+from tunekit.backends.base import Trained
 from tunekit.errors import ExportError, IncompatibleError
 
-__all__ = ["DTYPES", "full_precision_model", "held_in_fp32", "reload_hf", "torch_dtype_of", "write_hf"]
-
-DTYPES = ("fp32", "bf16", "fp16")
+__all__ = ["eos_ids", "full_precision_model", "held_in_fp32", "reload_hf", "write_hf", "written_copy"]
 
 
-def torch_dtype_of(dtype: str) -> Any:
-    import torch
-
-    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "f32": torch.float32}[dtype]
-
-
-def _dequantized_base(tuner: Any) -> Any:
-    """A QLoRA tuner's base re-loaded in fp32 with its trained adapter merged in."""
+def _dequantized_base(trained: Trained) -> Any:
+    """A QLoRA run's base re-loaded in fp32 with its trained adapter merged in."""
     from peft import PeftModel
 
-    from tunekit.backends.hf.models import load_model
-
-    ref = tuner.model_ref
-    if not isinstance(ref, (str, Path)):
+    spec, loaded = trained.spec, trained.loaded
+    if not isinstance(spec.model_ref, (str, Path)):
         raise IncompatibleError(
-            f"{tuner.method.name}(quantize=...) was given a quantized model object; export needs the base model's "
+            f"{spec.method.name}(quantize=...) was given a quantized model object; export needs the base model's "
             "hub id or directory to re-load it in full precision for the merge (merging into 4-bit weights would "
             "round the trained update away)"
         )
     with tempfile.TemporaryDirectory(prefix="tunekit-qlora-") as tmp, quiet():
-        tuner.backend.save(tuner.loaded, Path(tmp))
-        import torch
-
-        base = load_model(str(ref), dtype=torch.float32, trust_remote_code=tuner.training.trust_remote_code)
-        if len(tuner.tokenizer) > base.get_input_embeddings().num_embeddings:
-            base.resize_token_embeddings(len(tuner.tokenizer))
-            base.config.vocab_size = len(tuner.tokenizer)
+        trained.backend.save(loaded, Path(tmp))
+        base = trained.backend.load_base(spec, precision="fp32")
+        if len(loaded.tokenizer) > base.get_input_embeddings().num_embeddings:
+            base.resize_token_embeddings(len(loaded.tokenizer))
+            base.config.vocab_size = len(loaded.tokenizer)
         merged = PeftModel.from_pretrained(base, tmp).merge_and_unload()
     merged.eval()
     return merged
 
 
-def full_precision_model(tuner: Any) -> tuple[Any, bool]:
+def full_precision_model(trained: Trained) -> tuple[Any, bool]:
     """``(model, owned)``: the trained model as one plain transformers model in fp32.
 
-    ``owned`` is true when it is a copy (a merge), false when it is ``tuner.model`` itself (``Full`` /
+    ``owned`` is true when it is a copy (a merge), false when it is the trained model itself (``Full`` /
     ``Freeze``), which export must then not modify.
     """
-    method = tuner.method
+    method, model = trained.spec.method, trained.loaded.model
     if not method.is_adapter:
-        return tuner.model, False
+        return model, False
     if not method.mergeable:
         raise IncompatibleError(
             f"{method.name} cannot be exported as a merged model: {method.not_mergeable_because}. "
             'Export the adapter instead: tuner.export(path, format="adapter") (load it with peft on the base model)'
         )
-    from tunekit.backends.hf.quantization import is_quantized
-
-    if is_quantized(tuner.model):
-        return _dequantized_base(tuner), True
-    if held_in_fp32(tuner.model):
-        return tuner.merge(), True
-    return _merged_in_fp32(tuner.model), True
+    if is_quantized(model):
+        return _dequantized_base(trained), True
+    if held_in_fp32(model):
+        return trained.backend.merge(trained.loaded, method), True
+    return _merged_in_fp32(model), True
 
 
 def held_in_fp32(model: Any) -> bool:
@@ -102,7 +90,7 @@ def _merged_in_fp32(model: Any) -> Any:
 def written_copy(model: Any, owned: bool, dtype: str) -> Any:
     """The model in the export dtype: cast in place when tunekit owns the copy, else a new copy."""
 
-    target = torch_dtype_of(dtype)
+    target = torch_dtype(dtype)
     if all(p.dtype == target for p in model.parameters()):
         return model
     out = model if owned else copy.deepcopy(model)
@@ -114,9 +102,7 @@ def set_generation_eos(model: Any, tokenizer: Any, end_of_turn_id: int) -> list[
     tokenizer's EOS (added to the model's, never replacing them: a model that stops on several tokens
     keeps stopping on each)."""
     gen = model.generation_config
-    eos = sorted(
-        ({end_of_turn_id, tokenizer.eos_token_id} | _ids(gen.eos_token_id) | _ids(model.config.eos_token_id)) - {None}
-    )
+    eos = eos_ids(end_of_turn_id, tokenizer.eos_token_id, gen.eos_token_id, model.config.eos_token_id)
     gen.eos_token_id = eos
     gen.pad_token_id = tokenizer.pad_token_id
     gen.do_sample = False  # greedy, as tuner.generate() and the verification decode; users may sample
@@ -125,6 +111,14 @@ def set_generation_eos(model: Any, tokenizer: Any, end_of_turn_id: int) -> list[
     model.config.eos_token_id = eos[0] if len(eos) == 1 else eos
     model.config.pad_token_id = tokenizer.pad_token_id
     return eos
+
+
+def eos_ids(*values: Any) -> list[int]:
+    """The EOS ids of several sources (each None, an id, or a list of ids, as configs hold them), once each, sorted."""
+    out: set[int] = set()
+    for value in values:
+        out |= _ids(value)
+    return sorted(out)
 
 
 def _ids(value: Any) -> set[int]:
@@ -176,11 +170,8 @@ def free(n_params: int = 0) -> None:
     """
     if n_params < 50_000_000:
         return
-    gc.collect()
-    try:
-        import torch
+    import torch
 
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    except ImportError:  # pragma: no cover
-        pass
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -4,7 +4,7 @@ It builds the torchrun (or accelerate) command and runs it (``--dry-run`` prints
 tunekit starts no process of its own, so what runs is exactly what torchrun documents.
 
 Example:
-    >>> from tunekit.launch import launch_command
+    >>> from tunekit.cli.launch import launch_command
     >>> launch_command("train.py", nproc=2, python="python")
     ['python', '-m', 'torch.distributed.run', '--standalone', '--nnodes', '1', '--nproc_per_node', '2', 'train.py']
 

@@ -6,12 +6,12 @@ import argparse
 import sys
 from typing import Any
 
+import tunekit as tk
+
 __all__ = ["add_generate_parser"]
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
-    import tunekit as tk
-
     prompts = list(args.prompt)
     if prompts == ["-"]:
         prompts = [line.rstrip("\n") for line in sys.stdin if line.strip()]

@@ -13,8 +13,10 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from tunekit.data.formats import Example, _normalise_row, detect_format
+from tunekit._quiet import quiet
+from tunekit.data.formats import Example, detect_format, normalise_row
 from tunekit.data.loading import load_rows
+from tunekit.data.templates import ensure_template, render
 from tunekit.errors import DatasetError
 
 __all__ = ["add_validate_data_parser", "validate_data"]
@@ -50,9 +52,6 @@ def _stats(values: list[int]) -> dict[str, float]:
 def _token_counter(model: str) -> Any:
     from transformers import AutoTokenizer
 
-    from tunekit._quiet import quiet
-    from tunekit.data.templates import ensure_template, render
-
     with quiet():
         tokenizer = AutoTokenizer.from_pretrained(model)
     ensure_template(tokenizer)  # the template fit would use (the tokenizer's own, else tunekit's ChatML)
@@ -72,7 +71,7 @@ def validate_data(path: str | Path, *, model: str | None = None, max_length: int
     bad: list[tuple[int, str]] = []
     for i, row in enumerate(rows, 1):
         try:
-            examples.append(_normalise_row(fmt, row, i))
+            examples.append(normalise_row(fmt, row, i))
         except DatasetError as e:
             bad.append((i, str(e)))
     report: dict[str, Any] = {

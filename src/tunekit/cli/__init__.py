@@ -1,15 +1,20 @@
-"""The ``tunekit`` command line."""
+"""The ``tunekit`` command line: every subcommand is a module of this package (``fit``, ``plan`` and ``schema``
+in :mod:`.fit`; :mod:`.generate`, :mod:`.validate_data`, :mod:`.export`, :mod:`.launch`), registered by
+:func:`build_parser`; ``demo``, ``methods`` and ``version`` are here."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import Sequence
 
+from tunekit._version import __version__
+from tunekit.cli import export, fit, generate, launch, validate_data
+from tunekit.demo import run_demo
 from tunekit.errors import TunekitError
-from tunekit.export.cli import add_export_parser
-from tunekit.launch import add_launch_parser
+from tunekit.methods import registry
 
 __all__ = ["main"]
 
@@ -17,17 +22,11 @@ __all__ = ["main"]
 def _cmd_demo(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from tunekit.demo import run_demo
-
     run_demo(args.output_dir, console=Console(), seed=args.seed)
     return 0
 
 
 def _cmd_methods(args: argparse.Namespace) -> int:
-    import json
-
-    from tunekit.methods import registry
-
     rows = []
     for name, cls in registry().items():
         caps = cls.capabilities()
@@ -43,6 +42,7 @@ def _cmd_methods(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
+
     from rich.console import Console
     from rich.table import Table
 
@@ -73,8 +73,6 @@ def _cmd_methods(args: argparse.Namespace) -> int:
 
 
 def _cmd_version(args: argparse.Namespace) -> int:
-    from tunekit import __version__
-
     print(f"tunekit {__version__}")
     return 0
 
@@ -93,15 +91,13 @@ def build_parser() -> argparse.ArgumentParser:
     methods.set_defaults(func=_cmd_methods)
     version = sub.add_parser("version", help="Print the tunekit version.")
     version.set_defaults(func=_cmd_version)
-    add_launch_parser(sub)
-    add_export_parser(sub)
-    from tunekit._cli import generate, run, validate_data
-
-    run.add_fit_parser(sub)
-    run.add_plan_parser(sub)
+    launch.add_launch_parser(sub)
+    export.add_export_parser(sub)
+    fit.add_fit_parser(sub)
+    fit.add_plan_parser(sub)
     generate.add_generate_parser(sub)
     validate_data.add_validate_data_parser(sub)
-    run.add_schema_parser(sub)
+    fit.add_schema_parser(sub)
     return parser
 
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+import tunekit as tk
+
 __all__ = ["add_export_parser"]
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    import tunekit as tk
-
     tuner = tk.load(args.run_dir, base_model=args.base_model)
     result = tuner.export(
         args.out,

@@ -1,9 +1,4 @@
-"""Helpers for tests, examples and users' own tests: tiny local models, no network.
-
-Example:
-    >>> import tempfile, tunekit as tk
-    >>> path = tk.testing.tiny_model(tempfile.mkdtemp())  # doctest: +SKIP
-"""
+"""Tiny local models and toy tasks for tests and examples: no network, seconds on a CPU."""
 
 from __future__ import annotations
 
@@ -13,7 +8,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
-__all__ = ["DEFAULT_TEXTS", "first_task", "reverse_task", "tiny_model", "write_jsonl"]
+from tunekit._quiet import quiet
+
+__all__ = ["CHATML", "DEFAULT_TEXTS", "first_task", "reverse_task", "tiny_model", "train_tokenizer", "write_jsonl"]
 
 DEFAULT_TEXTS = [
     "The quick brown fox jumps over the lazy dog.",
@@ -35,7 +32,8 @@ CHATML = (
 )
 
 
-def _train_tokenizer(texts: Iterable[str], vocab_size: int, chat_template: bool, pad_token: bool) -> Any:
+def train_tokenizer(texts: Iterable[str], vocab_size: int, chat_template: bool, pad_token: bool) -> Any:
+    """A byte-level BPE tokenizer (transformers' fast tokenizer) trained on ``texts``, with tunekit's test specials."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -96,7 +94,7 @@ def tiny_model(
     corpus = list(texts) if texts is not None else list(DEFAULT_TEXTS)
     # Make every digit, letter and common CJK punctuation a token even if the corpus is small.
     corpus += [" ".join("0123456789"), "abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ .,:;!?-\n"]
-    tokenizer = _train_tokenizer(corpus, vocab_size, chat_template, pad_token)
+    tokenizer = train_tokenizer(corpus, vocab_size, chat_template, pad_token)
     cfg_cls = {"llama": LlamaConfig, "qwen2": Qwen2Config}[arch]
     config = cfg_cls(
         vocab_size=len(tokenizer),
@@ -117,7 +115,6 @@ def tiny_model(
         model = AutoModelForCausalLM.from_config(config)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    from tunekit._quiet import quiet
 
     with quiet():
         model.save_pretrained(path)

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from tunekit.config_file import RunConfig, run_config_schema
 from tunekit.errors import ConfigError
 from tunekit.hooks import Hook, RunContext
 
@@ -63,8 +64,6 @@ def _own_flags(args: argparse.Namespace) -> None:
 
 
 def _load(args: argparse.Namespace) -> Any:
-    from tunekit.config_file import RunConfig
-
     _own_flags(args)
     return RunConfig.from_yaml(args.config, parse_overrides(args.overrides))
 
@@ -119,8 +118,6 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
 
 def _cmd_schema(args: argparse.Namespace) -> int:
-    from tunekit.config_file import run_config_schema
-
     text = json.dumps(run_config_schema(), indent=2, ensure_ascii=False)
     if args.output:
         Path(args.output).write_text(text + "\n", encoding="utf-8")

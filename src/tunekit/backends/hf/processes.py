@@ -21,10 +21,17 @@ What tunekit adds is the rule for its own side effects, written once here:
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+from datetime import timedelta
 from typing import Any
 
+from tunekit._torch import unwrap_peft
 from tunekit.distributed import DDP, FSDP, DeepSpeed, shards_parameters, world
 from tunekit.errors import CheckpointError, ConfigError, IncompatibleError, MissingDependencyError
+from tunekit.hooks import RunControl
+from tunekit.methods import Method
+from tunekit.training import Training
 
 __all__ = [
     "check_distributed",
@@ -58,12 +65,12 @@ def rank_device(pref: str, device: Any) -> Any:
     return torch.device("cuda", w.local_rank)
 
 
-def _method_call(method: Any) -> str:
-    q = getattr(method, "quantize", None)
+def _method_call(method: Method) -> str:
+    q = method.quantization
     return f"{method.name}(quantize={q!r})" if q else f"{method.name}()"
 
 
-def check_distributed(method: Any, training: Any, device: Any) -> None:
+def check_distributed(method: Method, training: Training, device: Any) -> None:
     """Raise IncompatibleError (before any weight loads) for engine choices that cannot work.
 
     The engine applies only when the script runs in several processes (in one, it is ignored).
@@ -93,7 +100,6 @@ def check_distributed(method: Any, training: Any, device: Any) -> None:
                 "before tunekit can drop a non-finite step; use on_nonfinite='error' (the run stops naming the "
                 "step), or tk.DDP() / tk.FSDP()"
             )
-        import importlib.util
 
         if importlib.util.find_spec("deepspeed") is None:
             raise MissingDependencyError(
@@ -105,8 +111,7 @@ def check_distributed(method: Any, training: Any, device: Any) -> None:
             "accelerate shards with FSDP on accelerators only (on CPU it would quietly run DDP); on CPU use "
             "distributed=tk.DDP() or None"
         )
-    quantized = getattr(method, "quantize", None)
-    if quantized and shards_parameters(engine):
+    if method.quantization and shards_parameters(engine):
         raise IncompatibleError(
             f"{_method_call(method)} with Training(distributed=tk.{label}): sharding a bitsandbytes-quantized base "
             "needs it loaded without a device map and stored in the compute dtype, which tunekit does not do; "
@@ -166,7 +171,7 @@ def engine_args(training: Any, model: Any, *, world_size: int) -> dict[str, Any]
 
 def _layer_classes(model: Any) -> list[str]:
     """The decoder-layer classes FSDP shards as units: the model's own ``_no_split_modules``."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = unwrap_peft(model)
     names = list(getattr(base, "_no_split_modules", None) or [])
     present = {type(m).__name__ for m in base.modules()}
     found = [n for n in names if n in present]
@@ -233,13 +238,11 @@ def _collective_device() -> Any:
 
 
 def _ready() -> bool:
-    import sys
-
     dist = sys.modules.get("torch.distributed")
     return bool(dist is not None and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1)
 
 
-def share_stop(ctx: Any) -> None:
+def share_stop(control: RunControl) -> None:
     """Make a stop (and a checkpoint-on-stop) asked for on any process hold on all of them.
 
     Called by the hook bridge at every trainer callback, which every process reaches together.
@@ -249,15 +252,15 @@ def share_stop(ctx: Any) -> None:
     import torch
     import torch.distributed as dist
 
-    stop, save = int(ctx.stop_requested), int(ctx._checkpoint_on_stop)
+    ctx = control.ctx
+    stop, save = int(ctx.stop_requested), int(control.checkpoint_on_stop)
     # One MAX all-reduce answers "did any process ask?" (stop, save, a hook failed) and "did every one?"
     # (1 - (1 - stop)). A failed hook (hooks run on rank 0) must be known everywhere: it skips the final
     # evaluation, which is a collective.
-    flags = torch.tensor([stop, save, 1 - stop, int(ctx._hook_failed)], device=_collective_device())
+    flags = torch.tensor([stop, save, 1 - stop, int(control.hook_failed)], device=_collective_device())
     dist.all_reduce(flags, op=dist.ReduceOp.MAX)
     any_stop, any_save, every_stop = bool(flags[0]), bool(flags[1]), not bool(flags[2])
-    ctx._checkpoint_on_stop = ctx._checkpoint_on_stop or any_save
-    ctx._hook_failed = ctx._hook_failed or bool(flags[3])
+    control.merge(checkpoint_on_stop=any_save, hook_failed=bool(flags[3]))
     if not any_stop or every_stop:
         return
     # Some processes asked and some did not (once per run): tell the others why.
@@ -275,8 +278,6 @@ def join_group(training: Any = None) -> None:
     later ``fit`` finds the group it would have made (the group's settings cannot change once made)."""
     if not world().distributed or _ready():
         return
-    from datetime import timedelta
-
     import torch
     from accelerate import PartialState
 

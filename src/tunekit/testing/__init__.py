@@ -1,0 +1,32 @@
+"""Helpers for tests, examples and applications' own tests: tiny local models (no network) and a test double.
+
+- :func:`tiny_model` writes a tiny random causal LM with a trained tokenizer and a chat template into a
+  directory, for tests that train for real in seconds;
+- :class:`FakeBackend` stands in for the engine, so code around ``tk.Tuner`` (hooks, run events, cancels,
+  error handling) is tested without any model: ``tk.Tuner("name", backend=tk.testing.FakeBackend())``;
+- :func:`reverse_task`, :func:`first_task` and :func:`write_jsonl` make toy data.
+
+Example:
+    >>> import tunekit as tk
+    >>> tuner = tk.Tuner("any-name", backend=tk.testing.FakeBackend(losses=[1.0, 0.5]), progress=False)
+    >>> tuner.fit(tk.testing.reverse_task(4)).steps
+    2
+    >>> import tempfile
+    >>> path = tk.testing.tiny_model(tempfile.mkdtemp())  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from tunekit.testing.backend import FakeBackend, FakeModel
+from tunekit.testing.models import CHATML, DEFAULT_TEXTS, first_task, reverse_task, tiny_model, write_jsonl
+
+__all__ = [
+    "CHATML",
+    "DEFAULT_TEXTS",
+    "FakeBackend",
+    "FakeModel",
+    "first_task",
+    "reverse_task",
+    "tiny_model",
+    "write_jsonl",
+]

@@ -1,0 +1,123 @@
+"""Rows to the data a run feeds its trainer: normalise, infer and check the objective, encode.
+
+One path for ``Tuner.fit`` / ``start`` / ``prepare`` and for ``plan`` (the backend's planning encodes
+with the tokenizer it built), so that what a plan counts is what a run trains on.
+
+Example:
+    >>> import tunekit as tk
+    >>> from tunekit.training_data import normalise_for
+    >>> norm, objective = normalise_for(
+    ...     [{"prompt": "2+2=", "completion": "4"}], training=tk.Training(), method=tk.LoRA(), objective=None
+    ... )
+    >>> norm.format, objective.name
+    ('prompt_completion', 'SFT')
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from tunekit.backends.base import RunSpec
+from tunekit.data import encode_examples, load_rows, normalise
+from tunekit.data.cache import cached_encode
+from tunekit.data.encoding import Encoded
+from tunekit.data.formats import NormalisedData
+from tunekit.data.rows import TrainerRows, prepare_rows
+from tunekit.errors import IncompatibleError
+from tunekit.methods import Method
+from tunekit.objectives import Objective, infer_objective
+from tunekit.training import Training
+
+__all__ = ["check_compatible", "encode_for", "normalise_for"]
+
+logger = logging.getLogger("tunekit")
+
+
+def check_compatible(method: Method, objective: Objective) -> None:
+    """Raise when ``objective`` cannot train (e.g. GRPO without a reward) or ``method`` does not support it."""
+    objective.check_ready()
+    if not method.supports(objective.name):
+        raise IncompatibleError(
+            f"{method.name} does not support the {objective.name} objective; "
+            f"it supports {sorted(method.objectives or [])}"
+        )
+
+
+def normalise_for(
+    data: Any,
+    *,
+    training: Training,
+    method: Method,
+    objective: Objective | None,
+    what: str = "training",
+) -> tuple[NormalisedData, Objective]:
+    """Load and validate ``data``; returns it normalised, with the objective it trains.
+
+    ``objective`` is the one the run must train (``None``: inferred from the data's format, text ->
+    CausalLM, preference pairs -> DPO, labelled rows -> KTO, else SFT, and checked against ``method``).
+    ``what`` names the data in errors (``"training"``, ``"eval"``).
+    """
+    norm = normalise(load_rows(data), on_bad_rows=training.on_bad_rows)
+    chosen = objective or infer_objective(norm.format)
+    if norm.format not in chosen.data_formats:
+        raise IncompatibleError(
+            f"the {what} data is in the {norm.format!r} format, which {chosen.name} cannot train on; "
+            f"{chosen.name} takes {sorted(chosen.data_formats)}"
+            + (" (raw text trains with tk.CausalLM())" if norm.format == "text" else "")
+        )
+    if objective is None:
+        check_compatible(method, chosen)
+    for _row, reason in norm.skipped:
+        logger.warning("skipped %s", reason)
+    return norm, chosen
+
+
+def encode_for(spec: RunSpec, norm: NormalisedData, tokenizer: Any) -> Encoded | TrainerRows:
+    """``norm`` as ``spec.objective`` trains on it: token ids with masked labels (SFT, CausalLM; cached), or
+    the conversational rows trl renders with the same template (preference, reward and RL objectives)."""
+    obj, training = spec.objective, spec.training
+    if not obj.tokenised_by_tunekit:  # preference and RL rows: trl renders them with the same template
+        rows = prepare_rows(
+            tokenizer,
+            norm,
+            max_length=training.max_length,
+            whole_pairs=obj.model_head == "sequence_classification",
+            on_bad_rows=training.on_bad_rows,
+        )
+        rows.skipped = norm.skipped + rows.skipped
+        for _row, reason in rows.skipped[len(norm.skipped) :]:
+            logger.warning("skipped %s", reason)
+        if rows.truncated:
+            logger.warning(
+                "%d of %d rows are longer than max_length=%d; their answers will be truncated",
+                rows.truncated,
+                len(rows.records),
+                training.max_length,
+            )
+        return rows
+    settings: dict[str, Any] = {
+        "max_length": training.max_length,
+        "train_on_prompt": getattr(obj, "train_on_prompt", False),
+        "add_eos": getattr(obj, "add_eos", True),
+        "on_bad_rows": training.on_bad_rows,
+    }
+    enc = cached_encode(  # a second run on the same data, tokenizer and settings skips tokenising
+        lambda: encode_examples(tokenizer, norm.examples, **settings),
+        tokenizer,
+        norm.examples,
+        {"objective": obj.name, **settings},
+        enabled=training.cache,
+        directory=training.cache_dir,
+    )
+    for _row, reason in enc.skipped:  # rows that tokenised to nothing to learn (normalise logged its own)
+        logger.warning("skipped %s", reason)
+    enc.skipped = norm.skipped + enc.skipped
+    if enc.truncated:
+        logger.warning(
+            "%d of %d examples were longer than max_length=%d and were truncated",
+            enc.truncated,
+            len(enc.input_ids),
+            training.max_length,
+        )
+    return enc
