@@ -159,9 +159,11 @@ def examples(session: nox.Session) -> None:
 
 @nox.session(python="3.11")
 def lint(session: nox.Session) -> None:
-    session.install("ruff>=0.6")
+    session.install("ruff>=0.12", "import-linter>=2.16")
     session.run("ruff", "check", "src", "tests", "examples", "scripts", "benchmarks", "noxfile.py")
     session.run("ruff", "format", "--check", "src", "tests", "examples", "scripts", "benchmarks", "noxfile.py")
+    # The layers of docs/concepts/architecture.md ([tool.importlinter] in pyproject.toml); grimp reads the source.
+    session.run("lint-imports", env={"PYTHONPATH": str(Path(__file__).resolve().parent / "src")})
 
 
 @nox.session(python="3.11")

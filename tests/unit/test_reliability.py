@@ -176,6 +176,22 @@ def test_differences_are_named_in_option_names():
     assert compare_identity(two, identity, data=True) == ["processes: checkpoint 2, this run 1"]
 
 
+def test_checkpoints_of_either_layout_of_the_method_resume():
+    """The config records the method as {"name", "options"} (Method.record); a checkpoint written before, with the
+    options beside the name, compares equal, and differences are named by option either way."""
+    from tunekit.backends.base import RunSpec
+    from tunekit.backends.hf.checkpoints import run_config
+
+    spec = RunSpec(model_ref="m", method=tk.LoRA(r=8), objective=tk.SFT(), training=tk.Training())
+    identity = RunIdentity("me", run_config(spec), "data-a")
+    flat = {key: {"name": value["name"], **value["options"]} if key in ("method", "objective") else value
+            for key, value in identity.config.items()}  # fmt: skip
+    old = {"config": flat, "config_hash": "written-by-an-earlier-tunekit", "data_fingerprint": "data-a"}
+    assert compare_identity(old, identity, data=True) == []
+    other = {**old, "config": {**flat, "method": {**flat["method"], "r": 16}}}
+    assert compare_identity(other, identity, data=True) == ["method.r: checkpoint 16, this run 8"]
+
+
 def test_explicit_resume_of_a_checkpoint_without_manifest_needs_force(tmp_path, caplog):
     plain = tmp_path / "checkpoint-3"
     plain.mkdir()
