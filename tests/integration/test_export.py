@@ -80,7 +80,7 @@ def lora_export(lora_tuner, tmp_path_factory):
     return lora_tuner.export(tmp_path_factory.mktemp("exp") / "merged", format="hf", max_new_tokens=8)
 
 
-def test_golden_prompts_default_to_the_eval_data_and_card_describes_the_run(lora_export):
+def test_golden_prompts_default_to_the_eval_data_and_card_describes_the_run(lora_tuner, lora_export):
     v = lora_export.verification
     assert "golden prompts: sampled from the eval data" in v.notes
     eval_prompts = [r["prompt"] for r in reverse_task(8, seed=6)]
@@ -93,6 +93,8 @@ def test_golden_prompts_default_to_the_eval_data_and_card_describes_the_run(lora
     assert (lora_export.path / "loss.png").stat().st_size > 1000
     manifest = json.loads((lora_export.path / "tunekit_export.json").read_text(encoding="utf-8"))
     assert manifest["verification"]["passed"] is True and manifest["format"] == "hf"
+    # The method and objective as every manifest records them (saves and checkpoints too: Method.record()).
+    assert manifest["method"] == lora_tuner.method.record() and manifest["objective"] == tk.SFT().record()
     assert "golden prompts" in str(lora_export) and "adapter alone" in lora_export.size_report()
 
 
