@@ -65,7 +65,10 @@ def test_reward_model_ranks_held_out_pairs(tiny_llama_init02, tmp_path, prove):
 
 @pytest.fixture(scope="module")
 def tiny_bert(tmp_path_factory, tiny_llama):
-    """A tiny BERT (an encoder) for sequence classification, with the tiny models' tokenizer."""
+    """A tiny BERT (an encoder) for sequence classification, with the tiny models' tokenizer.
+
+    Its weights come from a fixed seed: an unseeded init made the test pass or fail by the draw."""
+    import torch
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
     path = tmp_path_factory.mktemp("tiny-bert")
@@ -80,7 +83,9 @@ def tiny_bert(tmp_path_factory, tiny_llama):
         pad_token_id=tok.pad_token_id,
         num_labels=1,
     )
-    BertForSequenceClassification(config).save_pretrained(path)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        BertForSequenceClassification(config).save_pretrained(path)
     tok.save_pretrained(path)
     return path
 
@@ -98,7 +103,10 @@ def test_encoder_reward_model(tiny_bert, tmp_path, method, prove):
         "BertForSequenceClassification"
     )
     result = rm.fit(TRAIN)
-    assert result.train_loss < result.history[0]["loss"]
+    # One batch of 16 pairs is noisy (a single late batch can score above the first), so compare the
+    # first loss with the mean of the last ten.
+    losses = [h["loss"] for h in result.history if "loss" in h]
+    assert sum(losses[-10:]) / 10 < losses[0] - 0.1, losses
     assert ranks_chosen(rm, HELD) >= 0.7
     again = tk.load(rm.save(tmp_path / "rm"))
     assert again.score([("sort: 2 1", "1 2"), "x"]) == pytest.approx(rm.score([("sort: 2 1", "1 2"), "x"]), abs=1e-5)
