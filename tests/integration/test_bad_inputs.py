@@ -1,133 +1,38 @@
-"""The bad-input catalogue: data, config, model and path mistakes users make, each with its specific error.
+"""The bad-input catalogue, first part: data, config, model and path mistakes users make.
 
-Every row asserts the error class, words naming the problem and words naming the fix, and that the
-run's output_dir (which holds a complete checkpoint of an earlier run) is left exactly as it was:
-no partial checkpoint, nothing corrupted.
+Each row asserts the error class, words naming the problem and words naming the fix, and that the
+run's output_dir (which holds a complete checkpoint of an earlier run) is left exactly as it was.
+The shared machinery is in ``bad_input_kit.py``; the other parts of the catalogue are the
+``test_bad_inputs_*.py`` files beside this one.
 """
 
 from __future__ import annotations
 
-import errno
-import json
-import os
-import re
-import shutil
-from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+import importlib
+import pkgutil
 
 import pytest
 
 import tunekit as tk
-from tunekit import _fs
-from tunekit.backends.hf.checkpoints import STAGING
 from tunekit.testing import reverse_task
 
+from . import __path__ as here
+from .bad_input_kit import (
+    GOOD,
+    Row,
+    check,
+    conv,
+    full_disk_at_first_save,
+    full_disk_in_save,
+    pickle_weights,
+    read_only,
+    remote_code,
+    rows_with,
+)
 from .helpers import cpu
 
-GOOD = reverse_task(8, seed=4)
-
-
-@dataclass
-class Case:
-    model: Path
-    out: Path
-    tmp: Path
-    monkeypatch: pytest.MonkeyPatch
-
-    def tuner(self, model: Any = None, **kw: Any) -> tk.Tuner:
-        training = cpu(**{"max_steps": 2, "batch_size": 4, "save_every": 1, **kw.pop("training", {})})
-        return tk.Tuner(model or self.model, training=training, output_dir=self.out, progress=False, **kw)
-
-    def fit(self, data: Any, **kw: Any) -> Any:
-        return self.tuner(training=kw).fit(data)
-
-    def file(self, name: str, content: str | bytes) -> Path:
-        p = self.tmp / name
-        p.write_bytes(content if isinstance(content, bytes) else content.encode("utf-8"))
-        return p
-
-    def model_copy(self, edit: Callable[[Path], None]) -> Path:
-        p = self.tmp / "model-copy"
-        shutil.copytree(self.model, p)
-        edit(p)
-        return p
-
-
-def rows_with(bad: dict[str, Any], at: int = 3) -> list[dict[str, Any]]:
-    rows = list(GOOD)
-    rows.insert(at - 1, bad)
-    return rows
-
-
-def conv(*roles: str) -> dict[str, Any]:
-    return {"messages": [{"role": r, "content": f"{r} text"} for r in roles]}
-
-
-def remote_code(p: Path) -> None:
-    config = json.loads((p / "config.json").read_text(encoding="utf-8"))
-    config["model_type"] = "acme-custom"  # an architecture transformers does not know: only its own code loads it
-    config["auto_map"] = {
-        "AutoConfig": "configuration_acme.AcmeConfig",
-        "AutoModelForCausalLM": "modeling_acme.AcmeForCausalLM",
-    }
-    (p / "config.json").write_text(json.dumps(config), encoding="utf-8")
-
-
-def pickle_weights(p: Path) -> None:
-    import torch
-    from safetensors.torch import load_file
-
-    torch.save(load_file(str(p / "model.safetensors")), p / "pytorch_model.bin")
-    (p / "model.safetensors").unlink()
-
-
-def read_only(c: Case) -> Path:
-    """A directory writes fail in (permissions are not enough when the tests run as root)."""
-    target = c.tmp / "locked"
-    target.mkdir()
-    real = os.open
-
-    def refuse(path: Any, flags: int, *a: Any, **k: Any) -> int:
-        if Path(path).parent == target and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
-            raise PermissionError(errno.EACCES, "Permission denied", str(path))
-        return real(path, flags, *a, **k)
-
-    c.monkeypatch.setattr(os, "open", refuse)
-    return target
-
-
-def full_disk_at_first_save(c: Case) -> Any:
-    from tunekit.backends.hf import checkpoints
-
-    def full(root: Path) -> Any:
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    c.monkeypatch.setattr(checkpoints._fs, "list_files", full)
-    return c.fit(GOOD)
-
-
-def full_disk_in_save(c: Case) -> Any:
-    from tunekit import save_format
-
-    tuner = tk.Tuner(c.model, training=cpu(max_steps=1, batch_size=4), progress=False)
-    tuner.fit(GOOD)
-    target = tuner.save(c.tmp / "adapter")
-
-    def full(*args: Any) -> None:
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    c.monkeypatch.setattr(save_format._fs, "write_json", full)
-    try:
-        tuner.save(target)
-    finally:
-        c.monkeypatch.undo()
-        tk.load(target)  # the earlier save is whole
-
-
 # id, action, error class, words of the problem, words of the fix
-CATALOGUE: list[tuple[str, Callable[[Case], Any], type[Exception], str, str]] = [
+CATALOGUE: list[Row] = [
     # --- data ---
     ("invalid-json-line", lambda c: c.fit(c.file("d.jsonl", '{"prompt": "a", "completion": "b"}\n{"prompt": oops}\n')),
      tk.DatasetError, "invalid JSON on line 2", "one JSON object"),
@@ -199,46 +104,21 @@ CATALOGUE: list[tuple[str, Callable[[Case], Any], type[Exception], str, str]] = 
 ]  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def earlier_run(tiny_llama, tmp_path_factory):
-    """An output_dir holding a complete checkpoint of an earlier run (what must survive)."""
-    out = tmp_path_factory.mktemp("earlier") / "run"
-
-    class Stop(tk.Hook):
-        def on_step_end(self, ctx):
-            ctx.request_stop()
-
-    tuner = tk.Tuner(tiny_llama, training=cpu(max_steps=3, batch_size=4, save_every=1), output_dir=out, hooks=[Stop()])
-    tuner.fit(GOOD)  # stopped by request: a finished run whose checkpoint stays on disk
-    assert (out / "checkpoint-1").is_dir()
-    return out
-
-
-def snapshot(out: Path) -> dict[str, str]:
-    return {p.relative_to(out).as_posix(): _fs.sha256_file(p) for p in sorted(out.rglob("*")) if p.is_file()}
-
-
-@pytest.mark.parametrize(
-    ("action", "error", "problem", "fix"), [c[1:] for c in CATALOGUE], ids=[c[0] for c in CATALOGUE]
-)
-def test_bad_input(tiny_llama, earlier_run, tmp_path, monkeypatch, action, error, problem, fix):
-    out = tmp_path / "run"
-    shutil.copytree(earlier_run, out)
-    before = snapshot(out)
-    case = Case(tiny_llama, out, tmp_path, monkeypatch)
-    with pytest.raises(error) as info:
-        action(case)
-    monkeypatch.undo()
-    message = str(info.value)
-    assert type(info.value) is error
-    assert re.search(problem, message), message
-    assert re.search(fix, message), message
-    assert snapshot(out) == before  # the earlier checkpoint untouched, no partial one beside it
-    assert not (out / STAGING).exists()
+@pytest.mark.parametrize("row", CATALOGUE, ids=[c[0] for c in CATALOGUE])
+def test_bad_input(tiny_llama, earlier_run, tmp_path, monkeypatch, row):
+    check(tiny_llama, earlier_run, tmp_path, monkeypatch, row)
 
 
 def test_catalogue_is_complete():
-    assert len(CATALOGUE) >= 25 and len({c[0] for c in CATALOGUE}) == len(CATALOGUE)
+    """Every part of the catalogue counts: its error rows and its ``test_correct_*`` behaviour tests."""
+    ids: list[str] = []
+    for info in pkgutil.iter_modules(here):
+        if info.name == "test_bad_inputs" or info.name.startswith("test_bad_inputs_"):
+            module = importlib.import_module(f"{__package__}.{info.name}")
+            ids += [row[0] for row in getattr(module, "CATALOGUE", [])]
+            ids += [name for name in vars(module) if name.startswith("test_correct_")]
+    assert len(ids) == len(set(ids)), sorted(i for i in ids if ids.count(i) > 1)
+    assert len(ids) >= 36, len(ids)
 
 
 def test_skip_bad_rows_reports_which_and_why(tiny_llama, caplog):
