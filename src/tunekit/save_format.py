@@ -13,6 +13,8 @@ through the same function and its own ``load``.
 from __future__ import annotations
 
 import errno
+import hashlib
+import json
 import os
 import uuid
 from dataclasses import dataclass
@@ -25,7 +27,7 @@ from tunekit._version import __version__
 from tunekit.backends.base import Backend, RunSpec, Trained
 from tunekit.data.summary import data_summary_of
 from tunekit.distributed import world
-from tunekit.errors import CheckpointError, ConfigError
+from tunekit.errors import CheckpointError, ConfigError, IncompatibleError
 from tunekit.hooks import Hook
 from tunekit.methods import Method, registry
 from tunekit.objectives import OBJECTIVES, Objective
@@ -34,6 +36,7 @@ from tunekit.training import Training
 __all__ = [
     "MANIFEST",
     "Saved",
+    "base_fingerprint",
     "base_model_of",
     "check_save",
     "read_manifest",
@@ -67,6 +70,103 @@ def base_model_of(spec: RunSpec) -> str | None:
     return getattr(ref, "name_or_path", None) or None
 
 
+# Keys of config.json that say nothing about the weights (where a copy came from, how it was last loaded).
+_VOLATILE_CONFIG = frozenset(
+    {"_name_or_path", "_commit_hash", "transformers_version", "torch_dtype", "dtype", "use_cache"}
+)
+# The keys an error names when two bases differ in shape (the common case: another size of the same family).
+_SHAPE_KEYS = (
+    "model_type",
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "intermediate_size",
+)
+_SAMPLES = 16  # blocks read from each weights file: a different seed, revision or fine-tune differs in all of them
+_BLOCK = 4096
+
+
+def base_fingerprint(ref: Any) -> dict[str, Any] | None:
+    """What identifies the base model ``ref`` (a local model directory; None for anything else): the sha256 of its
+    config (less the keys that do not describe the weights), its shape, and a sha256 over the names, sizes and
+    16 evenly spaced 4 KiB blocks of each weights file.
+
+    Sampled rather than hashed whole: a 7B base is 15 GB, and every block of another seed, revision or
+    fine-tune differs, so a sample tells them apart in milliseconds."""
+    if not isinstance(ref, (str, Path)):
+        return None
+    root = Path(ref)
+    config_path = root / "config.json"
+    if not config_path.is_file():
+        return None
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(config, dict):
+        return None
+    kept = {k: v for k, v in config.items() if k not in _VOLATILE_CONFIG}
+    weights = sorted(p for p in root.iterdir() if p.is_file() and p.suffix in (".safetensors", ".bin", ".pt", ".pth"))
+    digest = hashlib.sha256()
+    for f in weights:
+        size = f.stat().st_size
+        digest.update(f"{f.name}:{size};".encode())
+        with open(f, "rb") as fh:
+            for i in range(_SAMPLES):
+                fh.seek(i * size // _SAMPLES)
+                digest.update(fh.read(_BLOCK))
+    return {
+        "config_sha256": hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest(),
+        "shape": {k: kept[k] for k in _SHAPE_KEYS if k in kept},
+        "weights_sample_sha256": digest.hexdigest() if weights else None,
+    }
+
+
+def _recorded_fingerprint(spec: RunSpec) -> dict[str, Any] | None:
+    found = base_fingerprint(spec.model_ref)
+    if found is None and spec.adapter_path is not None:  # a loaded save on a base we cannot read: keep its record
+        recorded = read_manifest(spec.adapter_path).get("base_fingerprint")
+        return recorded if isinstance(recorded, dict) else None
+    return found
+
+
+def check_base(path: Path, recorded: Any, base: Any) -> None:
+    """Refuse to put the adapter saved at ``path`` on a base other than the one it was trained on (its
+    ``recorded`` fingerprint): a base of another shape would fail deep in torch, one of the same shape (another
+    seed, revision or fine-tune) would load without a word and give wrong outputs."""
+    if not isinstance(recorded, dict):
+        return  # a save written before fingerprints, or of a base tunekit could not read
+    fix = (
+        "pass the base it was trained on (tk.load(path, base_model=...)), or, to put it on another base on "
+        "purpose, tk.load(path, base_model=..., allow_base_change=True)"
+    )
+    where = f"load({str(path)!r})"
+    shape: dict[str, Any] = recorded["shape"] if isinstance(recorded.get("shape"), dict) else {}
+    config = getattr(base, "config", None)
+    found = None if config is not None else base_fingerprint(base)
+    if config is not None:  # a model object: compare what its config says of the shape
+        now = {k: getattr(config, k, None) for k in shape}
+    elif found is None:
+        return  # a hub id or a path we cannot read: peft's own checks are all there is
+    else:
+        now = found["shape"]
+    differs = [f"{k} {shape[k]} -> {now.get(k)}" for k in shape if now.get(k) != shape[k]]
+    if differs:
+        raise IncompatibleError(
+            f"{where}: the adapter was trained on a base of another shape ({', '.join(differs)}); {fix}"
+        )
+    if found is None:
+        return  # a model object of the same shape: its weights are not compared
+    for key, what in (("config_sha256", "config"), ("weights_sample_sha256", "weights")):
+        if found[key] != recorded.get(key):
+            raise IncompatibleError(
+                f"{where}: the base model {str(base)!r} is not the one the adapter was trained on (same shape, "
+                f"different {what}: another revision, seed or fine-tune); {fix}"
+            )
+
+
 def write_manifest(trained: Trained, directory: Path) -> None:
     """Write ``tunekit.json`` into ``directory``, last: a directory with a manifest is complete."""
     spec, loaded = trained.spec, trained.loaded
@@ -74,6 +174,7 @@ def write_manifest(trained: Trained, directory: Path) -> None:
         "tunekit_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "base_model": base_model_of(spec) if spec.method.is_adapter else None,
+        "base_fingerprint": _recorded_fingerprint(spec) if spec.method.is_adapter else None,
         "method": spec.method.record(),
         "objective": spec.objective.record(),
         "training": spec.training.model_dump(mode="json", exclude={"resume"}),  # resume belongs to one run
@@ -173,20 +274,34 @@ def spec_from_save(
     training: Training | None = None,
     hooks: tuple[Hook, ...] = (),
     objective: Objective | None = None,
+    trust_remote_code: bool | None = None,
+    allow_pickle: bool | None = None,
+    verify: bool = True,
+    allow_base_change: bool = False,
 ) -> Saved:
     """How to load the save at ``path``: the manifest checked and read back into a :class:`RunSpec`.
 
     ``base_model`` replaces the base an adapter save records, ``training`` and ``objective`` the saved
-    ones.
+    ones. Trust is the caller's alone: ``trust_remote_code`` and ``allow_pickle`` come from these
+    arguments (or, when they are None, from the caller's ``training``), never from the manifest, which
+    records what the training run used but grants nothing. ``verify`` checks every file against the
+    sha256 the manifest records (False checks only sizes). An adapter goes only on the base it was
+    trained on (its recorded fingerprint), unless ``allow_base_change``.
     """
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"load({str(path)!r}): no such directory")
     m = read_manifest(path)
-    if isinstance(m.get("files"), dict):  # written by tunekit >= 0.2: check nothing is missing or truncated
-        problem = _fs.verify_files(path, m["files"], hashes=False)
+    if isinstance(m.get("files"), dict):  # written by tunekit >= 0.2: check nothing is missing, truncated or changed
+        problem = _fs.verify_files(path, m["files"], hashes=verify)
         if problem is not None:
-            raise CheckpointError(f"load({str(path)!r}): the save is incomplete or corrupt: {problem}; save it again")
+            fix = "save it again, or copy it again from where it came from"
+            raise CheckpointError(f"load({str(path)!r}): the save is incomplete or corrupt: {problem}; {fix}")
+    elif verify:
+        raise CheckpointError(
+            f"load({str(path)!r}): {MANIFEST} lists no files, so the save cannot be checked; save it again with this "
+            "tunekit, or pass verify=False if you trust where it came from"
+        )
     try:
         method = _method_of(m["method"])
         if objective is None:
@@ -198,10 +313,17 @@ def spec_from_save(
             f"{path / MANIFEST}: unknown, missing or invalid entry ({type(e).__name__}: {e}); "
             "was it written by a newer tunekit, or edited by hand?"
         ) from e
+    # The manifest records what the run used; what this process may run or unpickle is its caller's decision.
+    trust = {
+        "trust_remote_code": bool(
+            trust_remote_code if trust_remote_code is not None else _given(training, "trust_remote_code")
+        ),
+        "allow_pickle": bool(allow_pickle if allow_pickle is not None else _given(training, "allow_pickle")),
+    }
     common: dict[str, Any] = {
         "method": method,
         "objective": objective,
-        "training": training or saved_training,
+        "training": (training or saved_training).model_copy(update=trust),
         "template": chat_template,
         "hooks": tuple(hooks),
     }
@@ -214,11 +336,17 @@ def spec_from_save(
                 f"{path}: the base model {base!r} recorded in the manifest is not there; "
                 "pass tk.load(path, base_model=...)"
             )
+        if not allow_base_change:
+            check_base(path, m.get("base_fingerprint"), base)
         spec = RunSpec(model_ref=base, tokenizer_ref=str(path), adapter_path=path, **common)
     else:
         spec = RunSpec(model_ref=str(path), **common)
     data = m.get("data")
     return Saved(spec, data if isinstance(data, dict) else None)
+
+
+def _given(training: Training | None, name: str) -> bool:
+    return bool(getattr(training, name)) if training is not None else False
 
 
 def _method_of(record: dict[str, Any]) -> Method:

@@ -22,6 +22,10 @@ def load(
     training: Training | None = None,
     hooks: Sequence[Hook] = (),
     objective: Objective | None = None,
+    trust_remote_code: bool | None = None,
+    allow_pickle: bool | None = None,
+    verify: bool = True,
+    allow_base_change: bool = False,
 ) -> Tuner:
     """Load a tuner written by ``Tuner.save``, ready to generate or train further.
 
@@ -29,12 +33,30 @@ def load(
     machine). ``training`` replaces the saved training config for further training, and
     ``objective`` the saved objective (e.g. an SFT model trained on with ``tk.DPO()``).
 
+    What a save may do is the caller's decision, never the save's: code in the base model's
+    directory runs only with ``trust_remote_code=True`` and pickle files load only with
+    ``allow_pickle=True`` (both default to the given ``training``'s, else False), whatever the
+    manifest recorded of the run that wrote it. Every file is checked against the sha256 in the
+    manifest (``verify=False`` checks sizes only, for a save you trust and load often), and an
+    adapter goes only on the base it was trained on: a base of another shape, revision, seed or
+    fine-tune is refused unless ``allow_base_change=True``.
+
     Example:
         >>> import tunekit as tk
         >>> tuner = tk.load("runs/qa/adapter")  # doctest: +SKIP
         >>> tuner.generate("Translate to French: cheese")  # doctest: +SKIP
     """
-    saved = spec_from_save(path, base_model=base_model, training=training, hooks=tuple(hooks), objective=objective)
+    saved = spec_from_save(
+        path,
+        base_model=base_model,
+        training=training,
+        hooks=tuple(hooks),
+        objective=objective,
+        trust_remote_code=trust_remote_code,
+        allow_pickle=allow_pickle,
+        verify=verify,
+        allow_base_change=allow_base_change,
+    )
     spec = saved.spec
     tuner = Tuner(
         spec.model_ref,

@@ -473,11 +473,24 @@ def apply_method(
 
 def load_adapter(model: Any, method: Method, path: str | Path, *, training: Training | None = None) -> Any:
     """Put a saved adapter back on ``model``, trainable, giving the saved model's outputs."""
-    from peft import PeftConfig, PeftModel
-
     _translation(method)  # an unknown method fails here, before peft guesses
     if is_quantized(model):
         prepare_for_kbit_training(model, training)
+    try:
+        return _load_adapter(model, path)
+    except RuntimeError as e:
+        if "size mismatch" not in str(e):
+            raise
+        first = next((line.strip() for line in str(e).splitlines() if "size mismatch" in line), str(e))
+        raise IncompatibleError(
+            f"the adapter at {str(path)!r} does not fit this base model ({first[:300]}): it was trained on a base "
+            "of another size; load it on the base it was trained on"
+        ) from None
+
+
+def _load_adapter(model: Any, path: str | Path) -> Any:
+    from peft import PeftConfig, PeftModel
+
     if not PeftConfig.from_pretrained(str(path)).is_prompt_learning:
         return PeftModel.from_pretrained(model, str(path), is_trainable=True)
     # peft refuses to reload prompt-learning adapters as trainable, and it saves P-tuning and

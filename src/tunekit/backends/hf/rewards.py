@@ -96,11 +96,14 @@ def _freeze(model: Any, device: Any) -> Any:
     return model
 
 
-def load_reward_model(path: str, *, device: Any, dtype: Any = None, trust_remote_code: bool = False) -> Any:
+def load_reward_model(
+    path: str, *, device: Any, dtype: Any = None, trust_remote_code: bool = False, allow_pickle: bool = False
+) -> Any:
     """(model, tokenizer) of a reward model: a tunekit save or a sequence-classification checkpoint."""
     p = Path(path)
     if (p / MANIFEST).exists():
-        spec = spec_from_save(p).spec  # the save format read back, loaded by the engine's own load
+        # The save format read back, loaded by the engine's own load; trust is the run's, never the save's.
+        spec = spec_from_save(p, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle).spec
         if spec.objective.model_head != "sequence_classification":
             raise IncompatibleError(
                 f"reward={path!r}: this save was trained with {spec.objective.name} and is not a reward "
@@ -117,7 +120,11 @@ def load_reward_model(path: str, *, device: Any, dtype: Any = None, trust_remote
     if not p.exists() and (p.is_absolute() or path.startswith((".", "~")) or path.count("/") > 1):
         raise ConfigError(f"reward={path!r}: no such directory; pass the path of a reward model saved by tunekit")
     model = load_model(
-        path, dtype=dtype, trust_remote_code=trust_remote_code, auto_class=AutoModelForSequenceClassification
+        path,
+        dtype=dtype,
+        trust_remote_code=trust_remote_code,
+        allow_pickle=allow_pickle,
+        auto_class=AutoModelForSequenceClassification,
     )
     if getattr(model.config, "num_labels", None) != 1:
         raise IncompatibleError(
@@ -152,6 +159,7 @@ def resolve_rewards(specs: Sequence[Any], setup: Setup) -> tuple[list[Any], list
             device=setup.device,
             dtype=torch_dtype(setup.precision),
             trust_remote_code=setup.training.trust_remote_code,
+            allow_pickle=setup.training.allow_pickle,
         )
         funcs.append(model)
         tokenizers.append(tokenizer)
