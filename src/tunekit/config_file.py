@@ -34,6 +34,7 @@ from tunekit.errors import ConfigError
 from tunekit.methods import LoRA, Method, registry
 from tunekit.objectives import OBJECTIVES, Objective
 from tunekit.objectives.online_rl import PY_PREFIX, resolve_reward_name
+from tunekit.output_dir import claim
 from tunekit.testing import tiny_model
 from tunekit.training import Training
 from tunekit.tuner import Tuner
@@ -272,7 +273,11 @@ class RunConfig(Config):
             raise ConfigError(f"model={self.model!r}: a tiny model is 'tiny', 'tiny:llama' or 'tiny:qwen2'")
 
         texts = [" ".join(_strings(row)) for row in load_rows(self.data)]
-        where = Path(self.output_dir) / "tiny-model" if self.output_dir else Path(tempfile.mkdtemp(prefix="tunekit-"))
+        if self.output_dir:
+            claim(Path(self.output_dir), reuse=False, write=True)  # the run's directory is tunekit's before it writes
+            where = Path(self.output_dir) / "tiny-model"
+        else:
+            where = Path(tempfile.mkdtemp(prefix="tunekit-"))
         # initializer_range=0.2: random logits with a usable scale, so adapters learn a toy task from scratch.
         return str(tiny_model(where, arch=arch or "llama", texts=texts, initializer_range=0.2))  # type: ignore[arg-type]
 

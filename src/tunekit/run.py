@@ -33,6 +33,7 @@ from tunekit.events import Checkpoint, Evaluate, Event, Failed, FitEnd, FitStart
 from tunekit.hooks import Hook, HookDispatcher, RunContext, RunControl, preflight
 from tunekit.hooks_builtin import ProgressBar
 from tunekit.inference import generate_text
+from tunekit.output_dir import claim
 from tunekit.results import FitResult
 from tunekit.training import Training
 from tunekit.training_data import encode_for
@@ -82,6 +83,8 @@ def prepare(
 ) -> Prepared:
     """Validate everything else that needs no model: the backend's preflight (trackers, output_dir, the checkpoint
     to resume from) and the hooks'."""
+    if spec.output_dir is not None:  # first: nothing is written into a directory of someone else's files
+        claim(Path(spec.output_dir), reuse=spec.reuse_output_dir, write=world().is_main)
     resume_from = backend.preflight(spec, resume=resume)
     preflight(run_hooks(spec), output_dir=spec.output_dir, has_eval=evaluation is not None, training=spec.training)
     return Prepared(spec, train, evaluation, resume_from)

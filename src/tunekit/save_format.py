@@ -16,6 +16,7 @@ import errno
 import hashlib
 import json
 import os
+import tempfile
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -39,6 +40,7 @@ __all__ = [
     "base_fingerprint",
     "base_model_of",
     "check_save",
+    "check_save_path",
     "read_manifest",
     "spec_from_save",
     "write_manifest",
@@ -200,14 +202,42 @@ def check_save(path: Path, spec: RunSpec, backend: Backend) -> None:
         _check_path(path)
 
 
+def check_save_path(path: Path) -> None:
+    """What :func:`check_save` checks of the path alone (``tunekit fit`` calls it before training)."""
+    _check_path(path)
+
+
 def _check_path(path: Path) -> None:
+    """Refuse, before anything is written (or trained: ``tunekit fit`` checks its save path first), a path a save
+    cannot go to: not a path, a file in the way, a dangling link, someone else's files, a place it cannot write."""
+    where = f"save({str(path)!r})"
+    if not str(path).strip() or "\x00" in str(path):
+        raise CheckpointError(f"{where}: not a usable path; choose a directory path")
+    if path.is_symlink() and not path.exists():
+        raise CheckpointError(
+            f"{where}: a symbolic link to {str(path.readlink())!r}, which does not exist; create its target or "
+            "choose a directory"
+        )
     if path.exists() and not path.is_dir():
-        raise CheckpointError(f"save({str(path)!r}): a file is in the way; choose a directory path")
+        raise CheckpointError(f"{where}: a file is in the way; choose a directory path")
+    existing = next(p for p in (path.absolute(), *path.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        raise CheckpointError(f"{where}: a file is in the way ({str(existing)!r}); choose a directory path")
     if path.is_dir() and any(path.iterdir()) and not (path / MANIFEST).exists():
         raise CheckpointError(
-            f"save({str(path)!r}): the directory is not empty and is not a tunekit save; "
+            f"{where}: the directory is not empty and is not a tunekit save; "
             "choose a new or empty directory (tunekit never overwrites files it did not write)"
         )
+    parent = path.absolute().parent
+    place = parent if parent.is_dir() else existing  # where the save (or the directories above it) is created
+    try:  # a probe file, removed at once
+        fd, probe = tempfile.mkstemp(prefix=".tunekit-write-test-", dir=place)
+    except OSError as e:
+        raise CheckpointError(
+            f"{where}: cannot write to {str(place)!r} ({e.strerror or e}); choose a directory you can write to"
+        ) from None
+    os.close(fd)
+    os.unlink(probe)
 
 
 def write_save(trained: Trained, path: Path) -> Path:
@@ -231,15 +261,16 @@ def write_save(trained: Trained, path: Path) -> Path:
 
 def _write(trained: Trained, path: Path, state_dict: dict[str, Any] | None = None) -> Path:
     _check_path(path)  # again: the path may have changed since the caller checked
-    path.parent.mkdir(parents=True, exist_ok=True)
+    target = path.absolute()  # "." has a name to put a staging directory beside
     # Not tempfile.mkdtemp: that makes the directory private (0700), while a save is an ordinary
     # directory with the permissions the user's umask gives (reading the umask would change it).
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:12]}")
-    tmp.mkdir()
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:12]}")
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()
         trained.backend.save(trained.loaded, tmp, state_dict=state_dict)
         write_manifest(trained, tmp)
-        _fs.replace_dir(tmp, path)
+        _fs.replace_dir(tmp, target)
     except OSError as e:
         _fs.remove_tree(tmp)
         if e.errno == errno.ENOSPC:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import weakref
 from collections.abc import Sequence
 from pathlib import Path
@@ -46,7 +47,11 @@ class Tuner:
         progress: the automatic progress bar: ``None`` (default) shows it when stderr is a
             terminal, ``True`` always, ``False`` adds none. A ``tk.ProgressBar`` in ``hooks`` is
             used as given instead.
-        output_dir: where checkpoints and logs go (default: a temporary directory, removed after).
+        output_dir: where checkpoints and logs go (default: a temporary directory, removed after). A new or
+            empty directory, or one of an earlier tunekit run; one holding other files is refused before
+            training (tunekit never writes over files it did not write).
+        reuse_output_dir: write into an ``output_dir`` that holds other files, beside them: the run is
+            still refused if it would write over one of them (e.g. a ``metrics.jsonl`` of your own).
         tokenizer: a tokenizer object or path, when it is not beside the model.
         template: a Jinja chat template to use instead of the tokenizer's.
         backend: ``"hf"`` (transformers, peft and trl), or an object implementing
@@ -69,6 +74,7 @@ class Tuner:
         training: Training | None = None,
         hooks: Sequence[Hook] = (),
         output_dir: str | Path | None = None,
+        reuse_output_dir: bool = False,
         tokenizer: Any = None,
         template: str | None = None,
         backend: str | Backend = "hf",
@@ -86,6 +92,14 @@ class Tuner:
                 raise ConfigError(
                     f"Tuner({name}={value!r}): expected a tunekit {cls.__name__}, got {type(value).__name__}"
                 )
+        if isinstance(hooks, Hook) or not isinstance(hooks, (list, tuple)):
+            raise ConfigError(
+                f"Tuner(hooks={hooks!r}): pass a list of hooks, e.g. hooks=[{type(hooks).__name__}(...)]"
+                if isinstance(hooks, Hook)
+                else f"Tuner(hooks=...): expected a list of tunekit.Hook instances, got {type(hooks).__name__}"
+            )
+        if reuse_output_dir not in (True, False):
+            raise ConfigError(f"Tuner(reuse_output_dir={reuse_output_dir!r}): must be True or False")
         for h in hooks:
             if not isinstance(h, Hook):
                 raise ConfigError(f"Tuner(hooks=...): {h!r} is not a tunekit.Hook subclass instance")
@@ -99,6 +113,7 @@ class Tuner:
             raise ConfigError(f"Tuner(progress={progress!r}): must be None (when stderr is a terminal), True or False")
         self.progress = progress
         self.output_dir = Path(output_dir) if output_dir is not None else None
+        self.reuse_output_dir = bool(reuse_output_dir)
         self.tokenizer_ref = tokenizer
         self.template = template
         self.adapter_path: Path | None = None  # set by tk.load for adapter checkpoints
@@ -111,6 +126,8 @@ class Tuner:
         # The background run, weakly: an ended run the application dropped (with a failed run's traceback, which
         # holds the trainer) is not kept alive by its tuner; a running one is kept by its own thread.
         self._active_run: weakref.ref[Run] | None = None
+        self._fitting: int | None = None  # the thread running fit(), while it runs
+        self._lock = threading.Lock()
         if objective is not None:
             check_compatible(self.method, objective)
         if output_dir is not None and Path(output_dir).exists() and not Path(output_dir).is_dir():
@@ -150,6 +167,7 @@ class Tuner:
             tokenizer_ref=self.tokenizer_ref,
             template=self.template,
             output_dir=self.output_dir,
+            reuse_output_dir=self.reuse_output_dir,
             adapter_path=self.adapter_path,
             hooks=tuple(self.hooks),
             hook_errors=self.hook_errors,
@@ -205,8 +223,13 @@ class Tuner:
         directory; the optimizer, schedule, random state and position in the data are restored, so
         pass the same data (a different config or data raises ``CheckpointError``).
         """
-        prepared = self._prepare_run(data, eval_data, resume)
-        return execute(prepared, self.backend, self._model_for_run, on_result=self._keep_result)
+        with self._lock:  # one activity at a time: a second fit, or a start, from another thread is refused
+            prepared = self._prepare_run(data, eval_data, resume)
+            self._fitting = threading.get_ident()
+        try:
+            return execute(prepared, self.backend, self._model_for_run, on_result=self._keep_result)
+        finally:
+            self._fitting = None
 
     def start(self, data: Any, *, eval_data: Any = None, resume: bool | str | Path | None = None) -> Run:
         """Like :meth:`fit`, in a background thread: returns a :class:`tunekit.Run` at once.
@@ -215,13 +238,19 @@ class Tuner:
         raise here); loading and training go on in the background. See :class:`tunekit.Run` for
         ``events()``, ``progress``, ``cancel()`` and ``wait()``.
         """
-        prepared = self._prepare_run(data, eval_data, resume)
-        run = Run(prepared, self.backend, self._model_for_run, on_result=self._keep_result)
-        self._active_run = weakref.ref(run)
+        with self._lock:
+            prepared = self._prepare_run(data, eval_data, resume)
+            run = Run(prepared, self.backend, self._model_for_run, on_result=self._keep_result)
+            self._active_run = weakref.ref(run)
         return run
 
     def _prepare_run(self, data: Any, eval_data: Any, resume: bool | str | Path | None) -> Prepared:
         """Everything ``fit`` and ``start`` check in the caller's thread, before anything loads."""
+        if self._fitting is not None:
+            raise ConfigError(
+                "this Tuner is already training (fit() is running in another thread); wait for it to return before "
+                "fitting again (or use a second Tuner)"
+            )
         active = self._running()
         if active is not None:
             raise ConfigError(
@@ -247,6 +276,14 @@ class Tuner:
         self.last_result = result
 
     def _check_not_training(self, what: str) -> None:
+        """Refuse ``what`` while a fit runs in another thread: it would switch the shared model to eval mode and
+        swap its attention mid-training. A hook (in the training thread, between steps) may call it."""
+        fitting = self._fitting
+        if fitting is not None and fitting != threading.get_ident():
+            raise ConfigError(
+                f"{what}: this Tuner is training (fit() is running in another thread); call it after fit returns, "
+                "or from a hook, which runs between steps"
+            )
         run = self._running()
         if run is not None and not run.owns_current_thread():
             raise ConfigError(
@@ -281,6 +318,7 @@ class Tuner:
             >>> rm.score([("2 + 2 =", "4"), ("2 + 2 =", "5")])  # doctest: +SKIP
             [3.1, -2.7]
         """
+        self._check_not_training("score()")
         items = check_items(texts, self.objective_used)  # before anything loads
         if not items:
             return []
@@ -297,6 +335,7 @@ class Tuner:
         prompt-based methods (their virtual tokens are inputs, not weights) and ``Full`` / ``Freeze``
         (``tuner.model`` already is the whole model).
         """
+        self._check_not_training("merge()")
         if not self.method.mergeable:
             raise IncompatibleError(f"{self.method.name} cannot be merged: {self.method.not_mergeable_because}")
         return self.backend.merge(self.loaded, self.method)

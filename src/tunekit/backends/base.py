@@ -57,6 +57,7 @@ class RunSpec:
     tokenizer_ref: Any = None  # a tokenizer object or directory, when it is not beside the model
     template: str | None = None  # a Jinja chat template replacing the tokenizer's
     output_dir: Path | None = None
+    reuse_output_dir: bool = False  # write beside files already in output_dir (never over them)
     adapter_path: Path | None = None
     hooks: tuple[Hook, ...] = ()
     hook_errors: HookErrors = "stop"

@@ -11,6 +11,7 @@ from typing import Any
 from tunekit.config_file import RunConfig, run_config_schema
 from tunekit.errors import ConfigError
 from tunekit.hooks import Hook, RunContext
+from tunekit.save_format import check_save_path
 
 __all__ = ["add_fit_parser", "add_plan_parser", "add_schema_parser", "parse_overrides"]
 
@@ -93,6 +94,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         raise ConfigError(
             f"{args.config}: set output_dir (or save) so that the trained model is kept, e.g. output_dir: runs/my-run"
         )
+    check_save_path(Path(save_path))  # before training: a run whose result cannot be saved is a run lost
     hooks = [] if sys.stderr.isatty() else [_LogLines()]
     tuner = cfg.to_tuner(hooks=hooks)
     objective = cfg.objective.name if cfg.objective is not None else "inferred from the data"

@@ -336,6 +336,10 @@ class CheckpointMixin:
 
     _tk_deferred: list[Exception] | None = None  # during a checkpoint: this process's failed writes
 
+    def create_model_card(self, *args: Any, **kwargs: Any) -> None:
+        """Nothing: trl writes a draft README.md into output_dir at every checkpoint, over any README.md there.
+        tunekit's model card is written by ``Tuner.export``, into the export."""
+
     def _save_checkpoint(self, model: Any, trial: Any) -> None:
         trainer: Any = self
         run_dir = Path(trainer._get_output_dir(trial=trial))
