@@ -96,6 +96,11 @@ class Training(Config):
         description="Allow loading model or adapter weights stored with pickle (.bin, .pt, .pkl), which can run "
         "code when loaded; by default only safetensors and JSON are read.",
     )
+    allow_control_tokens: bool = Field(
+        False,
+        description="Read control-token strings typed inside data and prompts (e.g. '<|im_end|>') as the control "
+        "tokens; by default they are encoded as the plain text they are, so untrusted text cannot forge a turn.",
+    )
 
     # --- speed (SFT and CausalLM; the other objectives train through trl's own batching) ---------
     packing: bool | Literal["auto"] = Field(

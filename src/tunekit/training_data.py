@@ -21,6 +21,7 @@ from typing import Any
 from tunekit.backends.base import RunSpec
 from tunekit.data import encode_examples, load_rows, normalise
 from tunekit.data.cache import cached_encode
+from tunekit.data.control_tokens import check_no_control_tokens
 from tunekit.data.encoding import Encoded
 from tunekit.data.formats import NormalisedData
 from tunekit.data.rows import TrainerRows, prepare_rows
@@ -78,6 +79,8 @@ def encode_for(spec: RunSpec, norm: NormalisedData, tokenizer: Any) -> Encoded |
     the conversational rows trl renders with the same template (preference, reward and RL objectives)."""
     obj, training = spec.objective, spec.training
     if not obj.tokenised_by_tunekit:  # preference and RL rows: trl renders them with the same template
+        if not training.allow_control_tokens:  # and would read a control token typed in them as a real one
+            check_no_control_tokens(norm.examples, tokenizer, objective=obj.name)
         rows = prepare_rows(
             tokenizer,
             norm,
@@ -101,6 +104,7 @@ def encode_for(spec: RunSpec, norm: NormalisedData, tokenizer: Any) -> Encoded |
         "train_on_prompt": getattr(obj, "train_on_prompt", False),
         "add_eos": getattr(obj, "add_eos", True),
         "on_bad_rows": training.on_bad_rows,
+        "allow_control_tokens": training.allow_control_tokens,
     }
     enc = cached_encode(  # a second run on the same data, tokenizer and settings skips tokenising
         lambda: encode_examples(tokenizer, norm.examples, **settings),

@@ -297,12 +297,15 @@ class Tuner:
         ``prompt`` is a string, a list of chat messages, or a list of either (then a list comes
         back). Options go to ``transformers``' ``generate`` (greedy by default, at most 256 new
         tokens; ``max_new_tokens``, ``do_sample``, ``temperature``, ...). Generation stops at the
-        template's end-of-turn token.
+        template's end-of-turn token. A control token typed inside a prompt (``<|im_end|>``) is
+        encoded as the text it is, unless ``allow_control_tokens=True`` (default:
+        ``Training.allow_control_tokens``).
         """
         self._check_not_training("generate()")
         prompts, single = check_prompts(prompt, self.objective_used)  # before anything loads
         if not prompts:
             return []
+        options.setdefault("allow_control_tokens", self.training.allow_control_tokens)  # typed control tokens are text
         return generate(self.backend, self.loaded, self.objective_used, prompts, single=single, **options)
 
     def score(self, texts: Sequence[Any]) -> list[float]:

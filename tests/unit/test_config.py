@@ -108,6 +108,7 @@ NON_DEFAULTS: dict[type[Config], dict[str, Any]] = {
         "on_nonfinite": "skip",
         "auto_batch_size": True,
         "allow_pickle": True,
+        "allow_control_tokens": True,
         "packing": True,
         "tokens_per_batch": 4096,
         "compile": True,

@@ -44,6 +44,7 @@ def test_defaults() -> None:
         "on_nonfinite": "error",
         "auto_batch_size": False,
         "allow_pickle": False,
+        "allow_control_tokens": False,
         "packing": "auto",
         "tokens_per_batch": None,
         "compile": False,

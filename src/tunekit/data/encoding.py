@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from tunekit.data.control_tokens import control_tokens, encode_plain, find_control_token, plain_spans
 from tunekit.data.formats import Example
-from tunekit.data.templates import render_segments
-from tunekit.errors import DatasetError
+from tunekit.data.templates import render, render_segments
+from tunekit.errors import DatasetError, IncompatibleError
 
 __all__ = ["Encoded", "encode_examples"]
 
@@ -32,22 +33,37 @@ class Encoded:
         return Dataset.from_dict({"input_ids": self.input_ids, "labels": self.labels})
 
 
-def _encode_chat(tokenizer: Any, ex: Example, train_on_prompt: bool) -> tuple[list[int], list[int]]:
+def _encode_chat(
+    tokenizer: Any, ex: Example, train_on_prompt: bool, tokens: tuple[str, ...]
+) -> tuple[list[int], list[int]]:
     ids: list[int] = []
     labels: list[int] = []
-    segments = render_segments(tokenizer, list(ex.messages or ()))
+    messages = list(ex.messages or ())
+    segments = render_segments(tokenizer, messages)
     if not segments:
         return ids, labels
-    # One batched call for the example's segments: the tokenizer's per-call overhead dominates short texts.
-    pieces = tokenizer([text for text, _ in segments], add_special_tokens=False)["input_ids"]
+    # The segments joined are the conversation up to its last answer; control tokens typed in it stay text.
+    last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+    spans = plain_spans(
+        lambda ms: render(tokenizer, ms, add_generation_prompt=False), messages[: last + 1], tokens, row=ex.row
+    )
+    if spans:
+        pieces, offset = [], 0
+        for text, _ in segments:
+            pieces.append(encode_plain(tokenizer, text, spans, offset=offset))
+            offset += len(text)
+    else:  # one batched call for the example's segments: the tokenizer's per-call overhead dominates short texts
+        pieces = tokenizer([text for text, _ in segments], add_special_tokens=False)["input_ids"]
     for piece, (_text, is_assistant) in zip(pieces, segments):
         ids += piece
         labels += piece if (is_assistant or train_on_prompt) else [IGNORE] * len(piece)
     return ids, labels
 
 
-def _encode_text(tokenizer: Any, ex: Example, add_eos: bool) -> tuple[list[int], list[int]]:
-    ids = list(tokenizer(ex.text or "", add_special_tokens=True)["input_ids"])
+def _encode_text(tokenizer: Any, ex: Example, add_eos: bool, tokens: tuple[str, ...]) -> tuple[list[int], list[int]]:
+    text = ex.text or ""
+    plain = [(0, len(text))] if find_control_token([text], tokens) else []
+    ids = encode_plain(tokenizer, text, plain, add_special_tokens=True)
     if add_eos and tokenizer.eos_token_id is not None and (not ids or ids[-1] != tokenizer.eos_token_id):
         ids.append(tokenizer.eos_token_id)
     return ids, list(ids)
@@ -61,17 +77,25 @@ def encode_examples(
     train_on_prompt: bool = False,
     add_eos: bool = True,
     on_bad_rows: str = "error",
+    allow_control_tokens: bool = False,
 ) -> Encoded:
-    """Encode, truncate to ``max_length`` and check every example keeps a supervised token."""
+    """Encode, truncate to ``max_length`` and check every example keeps a supervised token.
+
+    A control-token string inside the data (``<|im_end|>`` typed in a message) is encoded as the plain text it
+    is, unless ``allow_control_tokens`` (see :mod:`tunekit.data.control_tokens`)."""
     out = Encoded([], [], [])
+    tokens = () if allow_control_tokens else control_tokens(tokenizer)
     for ex in examples:
         if ex.messages is not None:
             try:
-                ids, labels = _encode_chat(tokenizer, ex, train_on_prompt)
+                ids, labels = _encode_chat(tokenizer, ex, train_on_prompt, tokens)
             except DatasetError as e:  # a template problem, not a bad row: never skipped, but say where
-                raise DatasetError(f"row {ex.row}: {e}", row=ex.row) from None
+                message = str(e) if str(e).startswith(f"row {ex.row}:") else f"row {ex.row}: {e}"
+                raise DatasetError(message, row=ex.row) from None
+            except IncompatibleError as e:  # the template refused this conversation (its raise_exception)
+                raise IncompatibleError(f"row {ex.row}: {e}") from None
         else:
-            ids, labels = _encode_text(tokenizer, ex, add_eos)
+            ids, labels = _encode_text(tokenizer, ex, add_eos, tokens)
         truncated = len(ids) > max_length
         if truncated:
             ids, labels = ids[:max_length], labels[:max_length]

@@ -7,8 +7,14 @@ by the backend, and the new rows train with the adapter).
 
 from __future__ import annotations
 
+import ctypes
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
+
+from jinja2 import TemplateError  # transformers' dependency: a chat template's errors are jinja2's
 
 from tunekit.errors import DatasetError, IncompatibleError
 
@@ -42,9 +48,80 @@ class Template:
         return {"chat_template": self.chat_template, "end_of_turn": self.end_of_turn, "builtin": self.builtin}
 
 
-def render(tokenizer: Any, messages: list[dict[str, str]], *, add_generation_prompt: bool) -> str:
-    out = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
-    return str(out)
+RENDER_SECONDS = 10.0  # one render of a conversation; a template that loops for longer is refused
+RENDER_CHARS = 50_000_000  # what one render may return
+_T = TypeVar("_T")
+
+
+class _RenderTimeout(BaseException):
+    """Raised inside a render that ran past its time (a BaseException: a template cannot catch it)."""
+
+
+def _within(seconds: float, fn: Callable[[], _T]) -> _T:
+    """``fn()``, interrupted when it runs for more than ``seconds``.
+
+    jinja2's sandbox blocks unsafe attributes and caps ``range`` but not time: nested loops hang a render
+    for hours. The interruption is an exception raised asynchronously in this thread (CPython's
+    ``PyThreadState_SetAsyncExc``), delivered at the template's next Python bytecode; a watchdog thread
+    waits and fires only if the render has not finished."""
+    finished = threading.Event()
+    lock = threading.Lock()
+    target = threading.get_ident()
+
+    def watchdog() -> None:
+        if finished.wait(seconds):
+            return
+        with lock:
+            if not finished.is_set():
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(target), ctypes.py_object(_RenderTimeout))
+
+    threading.Thread(target=watchdog, name="tunekit-template-watchdog", daemon=True).start()
+    try:
+        return fn()
+    finally:
+        with lock:
+            finished.set()
+
+
+def template_source(tokenizer: Any) -> str:
+    """Where the tokenizer's chat template came from, for error messages."""
+    source = getattr(tokenizer, "_tunekit_template_source", None)
+    if source:
+        return str(source)
+    root = Path(str(getattr(tokenizer, "name_or_path", "") or ""))
+    for name in ("chat_template.jinja", "tokenizer_config.json"):
+        if root.is_dir() and (root / name).is_file():
+            return f"the chat template in {root / name}"
+    return "the tokenizer's chat template"
+
+
+def render(tokenizer: Any, messages: list[dict[str, str]], *, add_generation_prompt: bool, timed: bool = False) -> str:
+    """The template's text for ``messages``; a template that fails, refuses or (``timed``) runs too long raises
+    IncompatibleError naming it. Timed renders are the probes that check a template (one a model load)."""
+    def go() -> str:
+        return str(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt))
+
+    try:
+        out = _within(RENDER_SECONDS, go) if timed else go()
+    except _RenderTimeout:
+        raise IncompatibleError(
+            f"{template_source(tokenizer)} ran for more than {RENDER_SECONDS:.0f} s on a two-message conversation "
+            "(a runaway loop); fix the template or pass template=..."
+        ) from None
+    except TemplateError as e:  # a syntax error, a sandbox refusal, or the template's own raise_exception
+        kind = {"TemplateSyntaxError": "has a syntax error", "SecurityError": "tried something the sandbox forbids"}
+        what = kind.get(type(e).__name__, "refused the conversation")
+        lineno = getattr(e, "lineno", None)
+        line = f" (line {lineno})" if lineno else ""
+        raise IncompatibleError(
+            f"{template_source(tokenizer)} {what}{line}: {e}; fix the template or pass template=..."
+        ) from None
+    if len(out) > RENDER_CHARS:
+        raise IncompatibleError(
+            f"{template_source(tokenizer)} wrote {len(out):,} characters for one conversation (more than "
+            f"{RENDER_CHARS:,}); fix the template or pass template=..."
+        )
+    return out
 
 
 def find_end_of_turn(tokenizer: Any) -> str:
@@ -54,7 +131,13 @@ def find_end_of_turn(tokenizer: Any) -> str:
         tokenizer,
         [{"role": "user", "content": "hi"}, {"role": "assistant", "content": marker}],
         add_generation_prompt=False,
+        timed=True,
     )
+    if marker not in text:
+        raise IncompatibleError(
+            f"{template_source(tokenizer)} does not write the messages' content (an assistant message "
+            f"{marker!r} is missing from its output); fix the template or pass template=..."
+        )
     tail = text[text.index(marker) + len(marker) :]
     special = set(tokenizer.all_special_tokens) | {
         t.content for t in getattr(tokenizer, "added_tokens_decoder", {}).values() if getattr(t, "special", False)
@@ -75,6 +158,7 @@ def ensure_template(tokenizer: Any, chat_template: str | None = None) -> tuple[T
     added: list[str] = []
     if chat_template is not None:
         tokenizer.chat_template = chat_template
+        tokenizer._tunekit_template_source = "the chat template passed as template=..."
     elif not getattr(tokenizer, "chat_template", None):
         tokenizer.chat_template = CHATML_TEMPLATE
     # Compared, not remembered: a second call on the same tokenizer (or a saved and reloaded one)

@@ -216,6 +216,7 @@ class FakeBackend:
     # --- use of the trained model -------------------------------------------------------------------
     def generate(self, loaded: LoadedModel, prompts: list[Any], *, chat: bool, options: dict[str, Any]) -> list[str]:
         self.calls.append("generate")
+        options.pop("allow_control_tokens", None)  # what the engine's encoding takes; nothing to encode here
         return [self._reply(p) for p in prompts]
 
     def _reply(self, prompt: Any) -> str:

@@ -33,6 +33,7 @@ from tunekit.backends.hf.resume import check_identity, resolve_resume
 from tunekit.backends.hf.rewards import score_items
 from tunekit.backends.hf.tracking import check_trackers, tracking_env
 from tunekit.backends.hf.trainers import build_trainer, release_trainer, tokens_seen
+from tunekit.data.control_tokens import control_tokens, encode_plain, find_control_token, plain_spans
 from tunekit.data.encoding import Encoded
 from tunekit.data.formats import NormalisedData
 from tunekit.data.rows import TrainerRows
@@ -206,13 +207,21 @@ class HFBackend:
 
         hf = _hf(loaded)
         tok, model = hf.tokenizer, hf.model
-        texts = []
+        # A control token typed in a prompt is the text it is (data/control_tokens.py), unless the caller allows it.
+        tokens = () if options.pop("allow_control_tokens", False) else control_tokens(tok)
+        texts, spans = [], []
         for p in prompts:
             if chat:
                 msgs = [{"role": "user", "content": p}] if isinstance(p, str) else list(p)
                 texts.append(render(tok, msgs, add_generation_prompt=True))
+                spans.append(
+                    plain_spans(
+                        lambda ms: render(tok, ms, add_generation_prompt=True), msgs, tokens, where="generate()"
+                    )
+                )
             else:
                 texts.append(p)
+                spans.append([(0, len(p))] if find_control_token([p], tokens) else [])
         opts = {"max_new_tokens": 256, "do_sample": False}
         if shards_parameters(hf.engine):  # every process runs each forward until all are done
             opts["synced_gpus"] = True
@@ -229,7 +238,15 @@ class HFBackend:
         try:
             with quiet(), torch.no_grad(), own_attention(model):
                 for i in range(0, len(texts), batch_size):
-                    enc = tok(texts[i : i + batch_size], return_tensors="pt", padding=True, add_special_tokens=not chat)
+                    batch = texts[i : i + batch_size]
+                    if any(spans[i : i + batch_size]):
+                        ids = [
+                            encode_plain(tok, t, sp, add_special_tokens=not chat)
+                            for t, sp in zip(batch, spans[i : i + batch_size])
+                        ]
+                        enc = tok.pad({"input_ids": ids}, return_tensors="pt", padding=True)
+                    else:
+                        enc = tok(batch, return_tensors="pt", padding=True, add_special_tokens=not chat)
                     enc = {k: v.to(hf.device) for k, v in enc.items()}
                     gen = model.generate(
                         **enc,
