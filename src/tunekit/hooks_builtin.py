@@ -12,10 +12,11 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any, Literal
 
+from tunekit import _fs
 from tunekit.errors import ConfigError
 from tunekit.hooks import Hook, RunContext
 from tunekit.plotting import loss_series, plot_loss, require_matplotlib
@@ -110,6 +111,37 @@ class ProgressBar(Hook):
             bar.stop()
 
 
+def _metrics_file(head: bytes) -> bool:
+    line = head.split(b"\n", 1)[0]
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return False
+    return isinstance(row, dict) and "step" in row
+
+
+def _matplotlib_png(head: bytes) -> bool:
+    return head.startswith(b"\x89PNG\r\n\x1a\n") and b"Matplotlib" in head
+
+
+def _check_target(what: str, path: Path, ours: Callable[[bytes], bool]) -> None:
+    """Before training: ``path`` can be written, and is not a file of the user's that the hook would replace."""
+    if path.is_dir():
+        raise ConfigError(f"{what}: {str(path)!r} is a directory; pass a file path")
+    if path.is_file() and path.stat().st_size > 0:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+        if not ours(head):
+            raise ConfigError(
+                f"{what}: {str(path)!r} holds a file tunekit did not write, which the run would replace; "
+                "move it or choose another path"
+            )
+    parent = next(p for p in (path.absolute().parent, *path.absolute().parents) if p.exists())
+    if not parent.is_dir():
+        raise ConfigError(f"{what}: {str(parent)!r} is a file, not a directory; choose another path")
+    _fs.check_writable(path.absolute().parent, what)
+
+
 class JSONLMetrics(Hook):
     """Append every logged metric dict as one JSON line: ``{"step", "epoch", "time", **logs}``.
 
@@ -134,6 +166,8 @@ class JSONLMetrics(Hook):
                 "JSONLMetrics(path=None): there is no output_dir to write metrics.jsonl into; "
                 "pass JSONLMetrics(path=...) or Tuner(output_dir=...)"
             )
+        if self.path is not None:  # the default, in output_dir, is checked with output_dir (tunekit.output_dir)
+            _check_target(f"JSONLMetrics(path={str(self.path)!r})", self.path, _metrics_file)
 
     def on_fit_start(self, ctx: RunContext) -> None:
         target = self.path or (ctx.output_dir / "metrics.jsonl" if ctx.output_dir is not None else None)
@@ -180,6 +214,8 @@ class LossPlot(Hook):
                 "pass LossPlot(path=...) or Tuner(output_dir=...)"
             )
         require_matplotlib()
+        if self.path is not None:
+            _check_target(f"LossPlot(path={str(self.path)!r})", self.path, _matplotlib_png)
 
     def _target(self, ctx: RunContext) -> Path | None:
         return self.path or (ctx.output_dir / "loss.png" if ctx.output_dir is not None else None)

@@ -70,6 +70,15 @@ CATALOGUE: list[Row] = [
      "symbolic link to .*gone', which does not exist", "create its target"),
     ("output-dir-under-a-file", lambda c: fit_into(c, under_a_file(c)), tk.ConfigError,
      "plain-file' is a file, not a directory", "choose another output_dir"),
+    ("metrics-path-is-a-users-file",
+     lambda c: c.tuner(hooks=[tk.JSONLMetrics(c.file("notes.md", "my notes\n"))]).fit(GOOD), tk.ConfigError,
+     "notes.md' holds a file tunekit did not write, which the run would replace", "choose another path"),
+    ("loss-plot-path-is-a-users-png",
+     lambda c: c.tuner(hooks=[tk.LossPlot(c.file("photo.png", b"\x89PNG\r\n\x1a\n my photo"))]).fit(GOOD),
+     tk.ConfigError, "photo.png' holds a file tunekit did not write", "move it"),
+    ("metrics-path-under-a-file",
+     lambda c: c.tuner(hooks=[tk.JSONLMetrics(under_a_file(c) / "m.jsonl")]).fit(GOOD), tk.ConfigError,
+     "plain-file' is a file, not a directory", "choose another path"),
     ("hooks-not-a-list", lambda c: tk.Tuner(c.model, hooks=tk.JSONLMetrics()), tk.ConfigError,  # type: ignore[arg-type]
      r"pass a list of hooks", r"hooks=\[JSONLMetrics\(...\)\]"),
     ("save-under-a-file", lambda c: trained(c).save(under_a_file(c)), tk.CheckpointError,
@@ -240,3 +249,12 @@ def test_correct_the_marker_is_written_by_the_main_process_only(tiny_llama, tmp_
     assert not out.exists()
     output_dir.claim(out, reuse=False, write=True)
     assert (out / MARKER).is_file() and os.listdir(out) == [MARKER]
+
+
+def test_correct_an_explicit_metrics_path_of_an_earlier_run_is_reused(tiny_llama, tmp_path):
+    target = tmp_path / "logs" / "metrics.jsonl"
+    for _ in range(2):  # the second run replaces the first run's lines, which tunekit wrote
+        tuner = tk.Tuner(tiny_llama, training=cpu(max_steps=2, batch_size=4), hooks=[tk.JSONLMetrics(target)])
+        tuner.fit(GOOD)
+        lines = [json.loads(line) for line in target.read_text(encoding="utf-8").splitlines()]
+        assert [row["step"] for row in lines if "loss" in row] == [1, 2]
