@@ -23,9 +23,9 @@ from tunekit.data import encode_examples, load_rows, normalise
 from tunekit.data.cache import cached_encode
 from tunekit.data.control_tokens import check_no_control_tokens
 from tunekit.data.encoding import Encoded
-from tunekit.data.formats import NormalisedData
+from tunekit.data.formats import NormalisedData, numeric_labels, renamed_answer_column
 from tunekit.data.rows import TrainerRows, prepare_rows
-from tunekit.errors import IncompatibleError
+from tunekit.errors import DatasetError, IncompatibleError
 from tunekit.methods import Method
 from tunekit.objectives import Objective, infer_objective
 from tunekit.training import Training
@@ -59,8 +59,21 @@ def normalise_for(
     CausalLM, preference pairs -> DPO, labelled rows -> KTO, else SFT, and checked against ``method``).
     ``what`` names the data in errors (``"training"``, ``"eval"``).
     """
-    norm = normalise(load_rows(data), on_bad_rows=training.on_bad_rows)
+    rows = load_rows(data, what=what)
+    try:
+        norm = normalise(rows, on_bad_rows=training.on_bad_rows)
+    except DatasetError as e:
+        if what == "training":
+            raise
+        raise DatasetError(f"{what}_data: {e}", row=e.row, field=e.field) from None
+    _check_meaning(norm, rows, objective, what)
     chosen = objective or infer_objective(norm.format)
+    if norm.format == "unpaired_preference" and norm.format not in chosen.data_formats:
+        raise IncompatibleError(
+            f"the {what} data has a 'label' column beside 'prompt' and 'completion' (KTO's layout: True marks a "
+            f"desirable answer), which {chosen.name} cannot use; drop the 'label' column to train {chosen.name} on "
+            "the prompt/completion pairs, or pass objective=tk.KTO() to train on the labels"
+        )
     if norm.format not in chosen.data_formats:
         raise IncompatibleError(
             f"the {what} data is in the {norm.format!r} format, which {chosen.name} cannot train on; "
@@ -72,6 +85,32 @@ def normalise_for(
     for _row, reason in norm.skipped:
         logger.warning("skipped %s", reason)
     return norm, chosen
+
+
+def _check_meaning(norm: NormalisedData, rows: list[dict[str, Any]], objective: Objective | None, what: str) -> None:
+    """Refuse data whose objective would be guessed from a column that may mean something else."""
+    if objective is None and norm.format == "unpaired_preference":
+        numeric = numeric_labels(rows)
+        if numeric:
+            raise DatasetError(
+                f"the {what} data has a 'label' column of numbers (row {numeric[0]}: "
+                f"{rows[numeric[0] - 1]['label']!r}) beside 'prompt' and 'completion': that is KTO's layout (1 marks a "
+                "desirable answer, 0 an undesirable one), but 0/1 may as well be class ids, and tunekit does not "
+                "switch objective on a guess: pass objective=tk.KTO() to train on the labels, or drop the 'label' "
+                "column to train SFT on the prompt/completion pairs",
+                row=numeric[0],
+                field="label",
+            )
+    if norm.format == "prompt_only" and (objective is None or "prompt_only" not in objective.data_formats):
+        hint = renamed_answer_column(rows[0])
+        if hint is not None:
+            raise DatasetError(
+                f"row 1 of the {what} data has a 'prompt' but no 'completion' (nor 'chosen' / 'rejected'): {hint}; "
+                "as they are, the rows are prompts only, which train with online RL (objective=tk.GRPO(reward=...)) "
+                "and pass their other columns to the reward function",
+                row=1,
+                field=hint.split("'")[1],
+            )
 
 
 def encode_for(spec: RunSpec, norm: NormalisedData, tokenizer: Any) -> Encoded | TrainerRows:

@@ -121,7 +121,7 @@ def test_detect_format_on_no_rows() -> None:
             "messages",
             Example(row=1, messages=(system("S"), user("u1"), assistant("a1"), user("u2"), assistant("a2"))),
         ),
-        (  # extra keys on a message (name, tool ids ...) are dropped
+        (  # a speaker's name on a message is ignored (other keys are refused; tool calls are not supported yet)
             {"messages": [{"role": "user", "content": "u", "name": "bob"}, assistant("a")]},
             "messages",
             Example(row=1, messages=(user("u"), assistant("a"))),
@@ -160,8 +160,12 @@ def test_rows_are_numbered_from_one() -> None:
 
 
 def test_explicit_format_overrides_detection() -> None:
-    data = normalise([{"text": "t", "prompt": "p", "completion": "c"}], "text")
-    assert data.examples == [Example(row=1, text="t")]
+    # a table's empty 'label' column detects KTO data; told the format, the rows are prompt/completion
+    data = normalise([{"prompt": "p", "completion": "c", "label": None}], "prompt_completion")
+    assert data.examples == [Example(row=1, messages=(user("p"), assistant("c")))]
+    # a row holding a second format's columns is refused, not trimmed to the one asked for
+    with pytest.raises(tk.DatasetError, match="column 'prompt' belongs to the 'prompt_completion' format"):
+        normalise([{"text": "t", "prompt": "p", "completion": "c"}], "text")
 
 
 def test_examples_are_immutable() -> None:
@@ -185,9 +189,21 @@ GOOD = {
     "sharegpt": {"conversations": [{"from": "human", "value": "u"}, {"from": "gpt", "value": "a"}]},
 }
 
+IGNORED = (
+    "(and ignores ['id', 'uuid', 'idx', 'source', 'metadata', 'me"
+    "ta']), and tunekit never drops a column silently: rename the column, or remove it if it holds nothing to train on"
+)
+
 BAD_ROWS = [
     # (format, bad row, field, message after "row 2")
-    ("text", {"txt": "typo"}, "text", ": missing field 'text'"),
+    # an unknown column is refused, never dropped (it used to be ignored, and the row then lacked 'text')
+    (
+        "text",
+        {"txt": "typo"},
+        "txt",
+        ": unknown column 'txt' (did you mean 'text'?); the data is in the 'text' format, which reads ['text'] "
+        f"{IGNORED}",
+    ),
     ("text", {"text": None}, "text", ": missing field 'text'"),
     ("text", {"text": 3}, "text", ", field 'text': expected a string, got int (3)"),
     ("text", {"text": "  "}, "text", ", field 'text': empty string; every example needs text here"),
@@ -216,7 +232,12 @@ BAD_ROWS = [
     ),
     ("messages", {"messages": []}, "messages", ", field 'messages': expected a non-empty list of messages"),
     ("messages", {"messages": "hi"}, "messages", ", field 'messages': expected a non-empty list of messages"),
-    ("messages", {"other": 1}, "messages", ", field 'messages': expected a non-empty list of messages"),
+    (
+        "messages",
+        {"other": 1},
+        "other",
+        f": unknown column 'other'; the data is in the 'messages' format, which reads ['messages', 'system'] {IGNORED}",
+    ),
     (
         "messages",
         {"messages": [user("u"), {"role": "bot", "content": "a"}]},

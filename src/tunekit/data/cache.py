@@ -78,7 +78,8 @@ def cache_key(tokenizer: Any, examples: list[Example], settings: dict[str, Any])
     h.update(json.dumps({**versions, "format": _FORMAT, **settings}, sort_keys=True).encode("utf-8"))
     h.update(_tokenizer_digest(tokenizer).encode("utf-8"))
     for ex in examples:
-        h.update(json.dumps([ex.row, ex.text, ex.messages], ensure_ascii=False, default=str).encode("utf-8"))
+        fields = [ex.row, ex.text, ex.messages] + ([list(ex.trained)] if ex.trained is not None else [])
+        h.update(json.dumps(fields, ensure_ascii=False, default=str).encode("utf-8"))
         h.update(b"\x00")
     return h.hexdigest()
 

@@ -54,9 +54,18 @@ def _encode_chat(
             offset += len(text)
     else:  # one batched call for the example's segments: the tokenizer's per-call overhead dominates short texts
         pieces = tokenizer([text for text, _ in segments], add_special_tokens=False)["input_ids"]
+    answers = sum(is_assistant for _, is_assistant in segments)
+    if ex.trained is not None and answers != len(ex.trained):
+        raise DatasetError(f"the chat template rendered {answers} assistant turns of {len(ex.trained)}")
+    turn = 0
     for piece, (_text, is_assistant) in zip(pieces, segments):
         ids += piece
-        labels += piece if (is_assistant or train_on_prompt) else [IGNORE] * len(piece)
+        if is_assistant:  # an assistant turn trains unless its row gave it OpenAI's "weight": 0
+            trained = ex.trained is None or ex.trained[turn]
+            turn += 1
+        else:
+            trained = train_on_prompt
+        labels += piece if trained else [IGNORE] * len(piece)
     return ids, labels
 
 

@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from tunekit.data.formats import no_duplicate_keys
 from tunekit.errors import DatasetError
 
 __all__ = ["DataInput", "load_rows"]
@@ -42,14 +43,85 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
             if not line.strip():
                 continue
             try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
+                rows.append(json.loads(line, object_pairs_hook=no_duplicate_keys))
+            except ValueError as e:
+                if not isinstance(e, json.JSONDecodeError):  # a key twice in one object
+                    raise DatasetError(
+                        f"{path}, line {lineno}: {_twice(e)}; JSON would keep only the last value, so tunekit "
+                        "refuses to guess: remove or rename one of them",
+                        row=lineno,
+                    ) from None
                 raise DatasetError(
                     f"{path}: invalid JSON on line {lineno} ({e.msg} at column {e.colno}); "
                     "each line of a .jsonl file must be one JSON object",
                     row=lineno,
                 ) from None
     return rows
+
+
+def _twice(e: ValueError) -> str:
+    return f"the key {e.args[0]!r} appears twice in one object"
+
+
+class _Marked(dict):  # type: ignore[type-arg]
+    """An object that held a key twice (the second parse of a .json file, to find the row)."""
+
+    twice = ""
+
+
+def _mark_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = _Marked()
+    for key, value in pairs:
+        if key in out:
+            out.twice = key  # type: ignore[attr-defined]
+        out[key] = value
+    return out
+
+
+def _holds_duplicate(value: Any) -> str:
+    if isinstance(value, _Marked) and value.twice:
+        return value.twice
+    children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+    return next((key for key in map(_holds_duplicate, children) if key), "")
+
+
+def _duplicate_in_json(path: Path, text: str, e: ValueError) -> DatasetError:
+    """The error for a .json file with a key twice in one object, naming the row that holds it."""
+    data = json.loads(text, object_pairs_hook=_mark_duplicates)
+    rows = data if isinstance(data, list) else next(iter(data.values()), []) if isinstance(data, dict) else []
+    at = next((i for i, row in enumerate(rows if isinstance(rows, list) else [], 1) if _holds_duplicate(row)), None)
+    where = f"row {at}" if at is not None else "an object"
+    return DatasetError(
+        f"{path}, {where}: {_twice(e)}; JSON would keep only the last value, so tunekit refuses to guess: "
+        "remove or rename one of them",
+        row=at,
+    )
+
+
+def _read_csv(path: Path) -> list[dict[str, Any]]:
+    with path.open(encoding=UTF8, newline="") as f:
+        reader = csv.DictReader(f)
+        header = reader.fieldnames or []
+        twice = sorted({name for name in header if header.count(name) > 1})
+        if twice:
+            where = ", ".join(
+                f"{name!r} (columns {[k + 1 for k, n in enumerate(header) if n == name]})" for name in twice
+            )
+            raise DatasetError(
+                f"{path}: the header names a column twice: {where}; a row would keep only the last cell, so "
+                "tunekit refuses to guess: rename or remove one of them",
+                field=twice[0],
+            )
+        rows = []
+        for i, row in enumerate(reader, 1):
+            if None in row:  # DictReader puts the cells beyond the header under the key None
+                raise DatasetError(
+                    f"{path}: row {i} (line {reader.line_num}) has {len(header) + len(row[None])} cells but the "
+                    f"header names {len(header)} columns; quote cells that hold commas, or name every column",
+                    row=i,
+                )
+            rows.append(dict(row))
+        return rows
 
 
 def _where_not_utf8(path: Path) -> str:
@@ -69,9 +141,12 @@ def _read_file(path: Path) -> list[Any]:
         if suffix == ".jsonl":
             return _read_jsonl(path)
         if suffix == ".json":
+            text = path.read_text(encoding=UTF8)
             try:
-                data = json.loads(path.read_text(encoding=UTF8))
-            except json.JSONDecodeError as e:
+                data = json.loads(text, object_pairs_hook=no_duplicate_keys)
+            except ValueError as e:
+                if not isinstance(e, json.JSONDecodeError):
+                    raise _duplicate_in_json(path, text, e) from None
                 raise DatasetError(
                     f"{path}: invalid JSON on line {e.lineno} ({e.msg}); a .json file must hold a list of objects",
                     row=None,
@@ -85,12 +160,11 @@ def _read_file(path: Path) -> list[Any]:
                 )
             return data
         if suffix == ".csv":
-            with path.open(encoding=UTF8, newline="") as f:
-                return [dict(r) for r in csv.DictReader(f)]
+            return _read_csv(path)
         if suffix == ".parquet":
             import pandas as pd
 
-            return list(pd.read_parquet(path).to_dict("records"))
+            return _frame_rows(pd.read_parquet(path), str(path))
     except UnicodeDecodeError:
         raise DatasetError(
             f"{path}: not valid UTF-8 ({_where_not_utf8(path)}); save the file as UTF-8 "
@@ -100,8 +174,24 @@ def _read_file(path: Path) -> list[Any]:
     raise DatasetError(f"{path}: unsupported file type {suffix!r}; use one of {', '.join(SUFFIXES)}")
 
 
-def load_rows(data: DataInput) -> list[dict[str, Any]]:
-    """Return the rows of ``data`` as a list of dicts (missing cells as ``None``)."""
+def _frame_rows(frame: Any, name: str) -> list[dict[str, Any]]:
+    """A DataFrame's rows; refuses duplicate column names (``to_dict`` would keep the last one's cells)."""
+    names = [str(c) for c in frame.columns]
+    twice = sorted({c for c in names if names.count(c) > 1})
+    if twice:
+        raise DatasetError(
+            f"{name} has the column {twice[0]!r} twice{f' (and {twice[1:]})' if len(twice) > 1 else ''}; a row would "
+            "keep only the last one's cells, so tunekit refuses to guess: rename or drop one (df.columns = [...])",
+            field=twice[0],
+        )
+    return list(frame.to_dict("records"))
+
+
+def load_rows(data: DataInput, *, what: str = "training") -> list[dict[str, Any]]:
+    """Return the rows of ``data`` as a list of dicts (missing cells as ``None``).
+
+    ``what`` names the data in the message for empty data (``"training"``, ``"eval"``).
+    """
     if isinstance(data, (str, Path)):
         path = Path(data)
         if not path.exists():
@@ -114,7 +204,7 @@ def load_rows(data: DataInput) -> list[dict[str, Any]]:
     elif isinstance(data, list):
         rows = data
     elif hasattr(data, "to_dict") and hasattr(data, "columns"):  # pandas DataFrame
-        rows = list(data.to_dict("records"))
+        rows = _frame_rows(data, "the DataFrame")
     elif hasattr(data, "to_list") and hasattr(data, "column_names"):  # datasets.Dataset
         rows = data.to_list()
     elif hasattr(data, "keys") and hasattr(data, "column_names"):  # datasets.DatasetDict
@@ -131,5 +221,9 @@ def load_rows(data: DataInput) -> list[dict[str, Any]]:
         out.append(_clean(row))
     if not out:
         where = f"{data}: the file has no rows" if isinstance(data, (str, Path)) else "it has no rows"
+        if what == "eval":
+            raise DatasetError(
+                f"eval_data is empty: {where} to evaluate on; add at least one example, or leave eval_data out"
+            )
         raise DatasetError(f"the dataset is empty: {where} to train on; add at least one example")
     return out

@@ -1,0 +1,240 @@
+"""The bad-input catalogue, data part: columns that mean something, duplicates, mixed formats, tool calls.
+
+A column is used or refused, never dropped; a key or column given twice is refused rather than the last
+one winning; a row in another format, a tool-call conversation or an empty eval set each get an error that
+says so. Cases whose right answer is a behaviour (OpenAI ``weight: 0`` turns left out of the loss, JSON
+messages in CSV cells parsed, a ``system`` column used) are the ``test_correct_*`` tests below.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import tunekit as tk
+from tunekit.cli.validate_data import validate_data
+from tunekit.data.encoding import IGNORE
+
+from .bad_input_kit import GOOD, Row, check, rows_with
+from .helpers import cpu
+
+DATA = Path(__file__).parent.parent / "data"
+
+
+def msg(role: str, content: Any, **extra: Any) -> dict[str, Any]:
+    return {"role": role, "content": content, **extra}
+
+
+def chat(*messages: dict[str, Any]) -> dict[str, Any]:
+    return {"messages": list(messages)}
+
+
+def labelled(good: Any, bad: Any) -> list[dict[str, Any]]:
+    return [{**row, "label": good if i % 2 else bad} for i, row in enumerate(GOOD)]
+
+
+def frame(columns: list[str]) -> Any:
+    import pandas as pd
+
+    return pd.DataFrame([["reverse: 1 2", "2 1", "1 2"]] * 4, columns=columns)
+
+
+TWICE_IN_A_MESSAGE = (
+    '{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b", "content": "c"}]}\n'
+)
+SHAREGPT_TOOLS = {
+    "conversations": [
+        {"from": "human", "value": "What is 2 + 2?"},
+        {"from": "function_call", "value": '{"name": "add", "arguments": {"a": 2, "b": 2}}'},
+        {"from": "observation", "value": "4"},
+        {"from": "gpt", "value": "2 + 2 = 4."},
+    ]
+}
+
+# id, action, error class, words of the problem, words of the fix
+CATALOGUE: list[Row] = [
+    # --- a column that means something: used or refused, never dropped ---
+    ("label-01-not-taken-for-kto", lambda c: c.fit(labelled(1, 0)), tk.DatasetError,
+     r"'label' column of numbers .* KTO's layout .* may as well be class ids",
+     r"pass objective=tk\.KTO\(\) .* or drop the 'label' column"),
+    ("label-with-explicit-sft", lambda c: c.tuner(objective=tk.SFT()).fit(labelled(True, False)), tk.IncompatibleError,
+     r"'label' column beside 'prompt' and 'completion' .* which SFT cannot use",
+     r"drop the 'label' column .* or pass objective=tk\.KTO\(\)"),
+    ("label-beside-messages", lambda c: c.fit([{**chat(msg("user", "hi"), msg("assistant", "hello")), "label": 1}] * 4),
+     tk.DatasetError, r"row 1, column 'label': .* the 'messages' format cannot use it", "remove the column"),
+    ("misspelled-system-column", lambda c: c.fit(rows_with({"prompt": "reverse: 1 2", "completion": "2 1",
+                                                              "sytem": "Be brief."})),
+     tk.DatasetError, r"row 3: unknown column 'sytem' \(did you mean 'system'\?\)",
+     "never drops a column silently: rename the column, or remove it"),
+    ("misspelled-answer-column", lambda c: c.fit([{"prompt": r["prompt"], "reponse": r["completion"]} for r in GOOD]),
+     tk.DatasetError, r"has a 'prompt' but no 'completion' .* column 'reponse' \(did you mean 'response'\?",
+     "tunekit reads that from 'completion': rename the column to it"),
+    ("misspelled-extra-column", lambda c: c.fit(rows_with({"prompt": "reverse: 1 2", "completion": "2 1",
+                                                             "reponse": "2 1"})),
+     tk.DatasetError, r"row 3: unknown column 'reponse'", "rename the column to it"),
+    ("column-of-another-format", lambda c: c.fit(rows_with({"prompt": "reverse: 1 2", "completion": "2 1",
+                                                              "text": "reverse: 1 2 -> 2 1"})),
+     tk.DatasetError, r"row 3: column 'text' belongs to the 'text' format; the data is in the 'prompt_completion'",
+     "remove it if it holds nothing to train on"),
+    ("images-column", lambda c: c.fit(rows_with({"prompt": "what is this?", "completion": "a cat",
+                                                  "images": ["cat.png"]})),
+     tk.DatasetError, r"row 3, column 'images': image, audio and video data is not supported yet",
+     "remove the column to train on the text alone"),
+    ("image-content-part", lambda c: c.fit([chat(msg("user", [{"type": "text", "text": "what is this?"},
+                                                               {"type": "image_url", "image_url": {"url": "x"}}]),
+                                                  msg("assistant", "a cat"))] * 4),
+     tk.DatasetError, r"row 1, field 'messages', message 1: image, audio and video data is not supported yet",
+     "remove the non-text parts"),
+    ("unknown-message-key", lambda c: c.fit([chat(msg("user", "hi", contnet="hi"), msg("assistant", "hello"))] * 4),
+     tk.DatasetError, r"message 1: unknown key 'contnet' \(did you mean 'content'\?\)", "remove it"),
+    ("system-column-and-message", lambda c: c.fit([{"system": "Be brief.", **chat(msg("system", "Be kind."),
+                                                    msg("user", "hi"), msg("assistant", "hello"))}] * 4),
+     tk.DatasetError, "row 1: both a 'system' column and a system message", "keep one of them"),
+    ("system-not-a-string", lambda c: c.fit(rows_with({"prompt": "reverse: 1 2", "completion": "2 1", "system": 7})),
+     tk.DatasetError, r"row 3, field 'system': expected a string, got int", ""),
+    # --- OpenAI's per-turn weight ---
+    ("weight-on-user-turn", lambda c: c.fit([chat(msg("user", "hi", weight=0), msg("assistant", "hello"))] * 4),
+     tk.DatasetError, r"message 1: 'weight' is only read on assistant messages .* not on a user message", "remove it"),
+    ("weight-out-of-range", lambda c: c.fit([chat(msg("user", "hi"), msg("assistant", "hello", weight=0.5))] * 4),
+     tk.DatasetError, r"message 2: 'weight' must be 0 \(do not train on this turn\) or 1", r"got 0\.5"),
+    ("every-turn-weight-0", lambda c: c.fit([chat(msg("user", "hi"), msg("assistant", "hello", weight=0))] * 4),
+     tk.DatasetError, r"row 1, field 'messages': every assistant message has 'weight': 0",
+     "set 'weight': 1 on at least one"),
+    ("weight-0-in-an-answer", lambda c: c.fit([{"prompt": "hi", "completion": [msg("assistant", "hello", weight=0)]}]
+                                              * 4),
+     tk.DatasetError, r"row 1, field 'completion', message 1: 'weight': 0 .* is read in a whole conversation",
+     "give the row as a conversation"),
+    # --- given twice: refused, not the last one winning ---
+    ("duplicate-jsonl-key", lambda c: c.fit(c.file("d.jsonl", '{"prompt": "a", "completion": "b"}\n'
+                                                   '{"prompt": "a", "prompt": "b", "completion": "c"}\n')),
+     tk.DatasetError, r"d\.jsonl, line 2: the key 'prompt' appears twice in one object", "remove or rename one"),
+    ("duplicate-key-in-a-message", lambda c: c.fit(c.file("d.jsonl", TWICE_IN_A_MESSAGE)),
+     tk.DatasetError, r"line 1: the key 'content' appears twice", "remove or rename one"),
+    ("duplicate-json-key", lambda c: c.fit(c.file("d.json", '[{"text": "a b c"},\n {"text": "a", "text": "b"}]')),
+     tk.DatasetError, r"d\.json, row 2: the key 'text' appears twice in one object", "remove or rename one"),
+    ("duplicate-csv-column", lambda c: c.fit(c.file("d.csv", "prompt,completion,completion\nreverse: 1 2,2 1,1 2\n")),
+     tk.DatasetError, r"the header names a column twice: 'completion' \(columns \[2, 3\]\)", "rename or remove one"),
+    ("csv-row-with-extra-cells", lambda c: c.fit(c.file("d.csv", "prompt,completion\nreverse: 1, 2,2 1\n")),
+     tk.DatasetError, r"row 1 \(line 2\) has 3 cells but the header names 2 columns", "quote cells that hold commas"),
+    ("duplicate-dataframe-column", lambda c: c.fit(frame(["prompt", "completion", "completion"])), tk.DatasetError,
+     "the DataFrame has the column 'completion' twice", "rename or drop one"),
+    # --- errors that say what is wrong ---
+    ("mixed-formats", lambda c: c.fit([*GOOD[:4], chat(msg("user", "reverse: 1 2"), msg("assistant", "2 1")),
+                                       *GOOD[4:]]),
+     tk.DatasetError, r"row 5 is in the 'messages' format .* but the data is in the 'prompt_completion' format "
+     r"\(that of row 1\)", "convert row 5 to the 'prompt_completion' columns, or train the two formats from separate"),
+    ("openai-tool-calls", lambda c: c.fit(DATA / "openai_tool_calls.jsonl"), tk.DatasetError,
+     r"row 1, column 'tools': tool calls are not supported yet", "remove the tool-call turns"),
+    ("tool-call-turn", lambda c: c.fit([chat(msg("user", "weather?"),
+                                             msg("assistant", None, tool_calls=[{"id": "1", "type": "function"}]),
+                                             msg("tool", "sunny", tool_call_id="1"), msg("assistant", "Sunny."))] * 4),
+     tk.DatasetError, r"row 1, field 'messages', message 2: tool calls are not supported yet .* issue #16",
+     r"on_bad_rows='skip'"),
+    ("sharegpt-tool-turn", lambda c: c.fit([SHAREGPT_TOOLS] * 4), tk.DatasetError,
+     r"row 1, field 'conversations', message 2: tool calls are not supported yet", "remove the tool-call turns"),
+    ("empty-eval-data", lambda c: c.tuner().fit(GOOD, eval_data=[]), tk.DatasetError,
+     "eval_data is empty: it has no rows to evaluate on", "leave eval_data out"),
+    ("empty-eval-file", lambda c: c.tuner().fit(GOOD, eval_data=c.file("val.jsonl", "")), tk.DatasetError,
+     r"eval_data is empty: .*val\.jsonl: the file has no rows", "add at least one example"),
+    ("bad-eval-row", lambda c: c.tuner().fit(GOOD, eval_data=rows_with({"prompt": "reverse: 1 2"}, at=2)),
+     tk.DatasetError, r"^eval_data: row 2: missing field 'completion'", ""),
+    ("csv-messages-not-json", lambda c: c.fit(c.file("d.csv", 'messages\n"[{""role"": ""user"", ""content"": ""hi""}, '
+                                                  '{""role"": ""assistant"" ""content"": ""yo""}]"\n')),
+     tk.DatasetError, r"row 1, field 'messages': the cell holds text that is not valid JSON \(Expecting ',' delimiter",
+     "must be a JSON list of messages"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("row", CATALOGUE, ids=[c[0] for c in CATALOGUE])
+def test_bad_input_data(tiny_llama, earlier_run, tmp_path, monkeypatch, row):
+    check(tiny_llama, earlier_run, tmp_path, monkeypatch, row)
+
+
+# --- behaviours ------------------------------------------------------------------------------------
+
+
+def _tuner(model: Path, **kw: Any) -> tk.Tuner:
+    return tk.Tuner(model, training=cpu(max_steps=1, batch_size=2, cache=False), progress=False, **kw)
+
+
+def _unweighted(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [chat(*({k: v for k, v in m.items() if k != "weight"} for m in r["messages"])) for r in rows]
+
+
+def test_correct_openai_weight_0_turn_is_left_out_of_the_loss(tiny_llama):
+    """OpenAI fine-tuning JSONL: the assistant turn with ``"weight": 0`` is in the input but not in the labels."""
+    path = DATA / "openai_weighted.jsonl"
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    tuner = _tuner(tiny_llama)
+    weighted, plain = tuner.prepare(path), tuner.prepare(_unweighted(rows))
+    assert weighted.input_ids == plain.input_ids  # the wrong answer stays in the context
+    tok = tuner.tokenizer
+    ids, labels, all_labels = weighted.input_ids[0], weighted.labels[0], plain.labels[0]
+    trained = tok.decode([t for t, lab in zip(ids, labels) if lab != IGNORE])
+    assert "3 2 1 0" not in trained and "3 2 1" in trained  # only the corrected answer (and its end of turn)
+    left_out = [i for i, (a, b) in enumerate(zip(labels, all_labels)) if a != b]
+    assert left_out and all(labels[i] == IGNORE for i in left_out)
+    assert tok.decode([ids[i] for i in left_out]).strip().startswith("3 2 1 0")
+    assert weighted.labels[1] == plain.labels[1]  # a row without weights trains every assistant turn
+    # fit counts both rows: the one with a weight-0 turn is trained on (its other turn), not skipped
+    result = _tuner(tiny_llama).fit(path)
+    assert result.num_examples == 2 and result.skipped_rows == []
+
+
+def test_correct_csv_messages_cells_are_parsed_like_jsonl(tiny_llama):
+    """A spreadsheet export holding each conversation as JSON text trains exactly what the JSONL does."""
+    tuner = _tuner(tiny_llama)
+    from_csv, from_jsonl = tuner.prepare(DATA / "chat_export.csv"), tuner.prepare(DATA / "chat_export.jsonl")
+    assert from_csv.input_ids == from_jsonl.input_ids and from_csv.labels == from_jsonl.labels
+    assert "Réponds brièvement." in tuner.tokenizer.decode(from_csv.input_ids[1])
+
+
+def test_correct_system_column_beside_a_conversation_is_used(tiny_llama):
+    """ShareGPT with a ``system`` column (LLaMA-Factory's layout): the system prompt leads the conversation."""
+    tuner = _tuner(tiny_llama)
+    enc = tuner.prepare(DATA / "sharegpt_system.jsonl")
+    rows = [json.loads(line) for line in (DATA / "sharegpt_system.jsonl").read_text(encoding="utf-8").splitlines()]
+    same = [
+        chat(msg("system", r["system"]), *(msg({"human": "user", "gpt": "assistant"}[m["from"]], m["value"])
+                                            for m in r["conversations"]))
+        for r in rows
+    ]  # fmt: skip
+    assert enc.input_ids == tuner.prepare(same).input_ids
+    alpaca = tuner.prepare([{"system": "Be brief.", "instruction": "reverse: 1 2", "output": "2 1"}] * 2)
+    assert "Be brief." in tuner.tokenizer.decode(alpaca.input_ids[0])
+
+
+def test_correct_metadata_columns_are_ignored_on_purpose(tiny_llama):
+    tuner = _tuner(tiny_llama)
+    tagged = [{**r, "id": i, "source": "toy", "metadata": {"split": "train"}} for i, r in enumerate(GOOD)]
+    assert tuner.prepare(tagged).input_ids == tuner.prepare(GOOD).input_ids
+
+
+def test_correct_01_labels_train_kto_when_asked(tiny_llama):
+    """0/1 labels are refused only as a guess: with objective=tk.KTO() they are KTO's True / False."""
+    rows = labelled(1, 0)
+    prepared = _tuner(tiny_llama, objective=tk.KTO()).prepare(rows)
+    assert [r["label"] for r in prepared.records] == [bool(r["label"]) for r in rows]
+    inferred = _tuner(tiny_llama).prepare(labelled(True, False))  # True / False still infers KTO, as documented
+    assert [r["label"] for r in inferred.records] == [r["label"] for r in labelled(True, False)]
+
+
+def test_correct_validate_data_names_unknown_and_tool_rows(tmp_path):
+    """``tunekit validate-data`` runs the same checks: a misspelled column and a tool call are bad rows."""
+    rows = [
+        {"prompt": "reverse: 1 2", "completion": "2 1"},
+        {"prompt": "reverse: 3 4", "completion": "4 3", "sytem": "Be brief."},
+        {"prompt": "reverse: 5 6", "completion": "6 5", "images": ["x.png"]},
+    ]
+    path = tmp_path / "d.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    report = validate_data(path)
+    assert report["valid_rows"] == 1
+    reasons = [b["reason"] for b in report["bad_rows"]]
+    assert "row 2: unknown column 'sytem' (did you mean 'system'?)" in reasons[0]
+    assert "row 3, column 'images': image, audio and video data is not supported yet" in reasons[1]
+    tools = validate_data(DATA / "openai_tool_calls.jsonl")
+    assert "tool calls are not supported yet" in tools["bad_rows"][0]["reason"]
