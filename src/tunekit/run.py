@@ -34,7 +34,7 @@ from tunekit.hooks import Hook, HookDispatcher, RunContext, RunControl, prefligh
 from tunekit.hooks_builtin import ProgressBar
 from tunekit.inference import generate_text
 from tunekit.results import FitResult
-from tunekit.training import Training
+from tunekit.training import Training, check_fit_options
 from tunekit.training_data import encode_for
 
 __all__ = ["Prepared", "Progress", "Run", "RunState", "check_resume", "execute", "prepare", "run_hooks"]
@@ -82,6 +82,7 @@ def prepare(
 ) -> Prepared:
     """Validate everything else that needs no model: the backend's preflight (trackers, output_dir, the checkpoint
     to resume from) and the hooks'."""
+    check_fit_options(spec.training, output_dir=spec.output_dir, has_eval=evaluation is not None, hooks=spec.hooks)
     resume_from = backend.preflight(spec, resume=resume)
     preflight(run_hooks(spec), output_dir=spec.output_dir, has_eval=evaluation is not None, training=spec.training)
     return Prepared(spec, train, evaluation, resume_from)
