@@ -54,6 +54,16 @@ def resolve_device(pref: str) -> Any:
     dev = torch.device(pref)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise IncompatibleError(f"Training(device={pref!r}): no CUDA device is available; use device='auto' or 'cpu'")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise IncompatibleError(
+            f"Training(device={pref!r}): this machine has {torch.cuda.device_count()} CUDA device(s), numbered from "
+            "0; use device='cuda' or an index below the count"
+        )
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise IncompatibleError(
+            f"Training(device={pref!r}): no Apple MPS device is available (it needs a Mac with Apple silicon and a "
+            "torch built with MPS); use device='auto' or 'cpu'"
+        )
     return dev
 
 
