@@ -67,7 +67,10 @@ def check_scalar(name: str, value: Any, annotation: Any, default: Any = None) ->
         if bool not in kinds and kinds & {int, float}:
             what = "a whole number" if float not in kinds else "a number"
             example = default if isinstance(default, (int, float)) and not isinstance(default, bool) else 1
-            raise ValueError(f"{name} must be {what}, got a boolean; write a number, e.g. {name}={example}")
+            raise ValueError(
+                f"{name} must be {what}, got a boolean (in YAML, yes/no/on/off are booleans too); write a number, "
+                f"e.g. {name}={example}"
+            )
         return
     if bool in kinds and not kinds & {int, float} and value is not None:
         if str not in kinds or not isinstance(value, str):
