@@ -63,6 +63,8 @@ def check_scalar(name: str, value: Any, annotation: Any, default: Any = None) ->
     ``max_steps: yes``), a number or a string for a boolean (``dora=1``, ``trust_remote_code="no"``), a whole number
     too large for the 64-bit integers training computes with. Raises ValueError in the user's words."""
     kinds = _kinds(annotation)
+    if isinstance(value, (bytes, bytearray)) and str in kinds and bytes not in kinds:
+        raise ValueError(f"{name} must be a string, got bytes; decode it first, e.g. value.decode('utf-8')")
     if isinstance(value, bool):
         if bool not in kinds and kinds & {int, float}:
             what = "a whole number" if float not in kinds else "a number"

@@ -111,8 +111,9 @@ class Training(Config):
     tokens_per_batch: int | None = Field(
         None,
         ge=8,
+        le=2**22,  # the packer's index grows with the budget: 2**40 ran out of host memory before training
         description="Token-budget batching: pack examples into micro-batches of at most this many tokens (best-fit "
-        "decreasing) instead of batch_size examples each; needs packing. Must be at least max_length.",
+        "decreasing) instead of batch_size examples each; needs packing. Must be at least max_length, at most 2**22.",
     )
     compile: bool = Field(False, description="torch.compile the model for training (slow first steps; opt-in).")
     cache: bool = Field(
