@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import difflib
+import types
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 from typing_extensions import Self
 
 from tunekit.errors import ConfigError
@@ -31,11 +32,69 @@ _RULES: dict[str, str] = {
 }
 
 
+# The largest whole number an option takes: what fits the 64-bit integers torch and numpy compute with.
+MAX_INT = 2**63 - 1
+
+
+def _kinds(annotation: Any) -> set[type]:
+    """The scalar types an annotation accepts (``int | None`` -> {int, NoneType}; a Literal's values' types)."""
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        return _kinds(get_args(annotation)[0])
+    if origin is Union or origin is types.UnionType:
+        return set().union(*(_kinds(a) for a in get_args(annotation)))
+    if origin is Literal:
+        return {type(a) for a in get_args(annotation)}
+    return {annotation} if isinstance(annotation, type) else set()
+
+
+def _literal_words(annotation: Any) -> list[str]:
+    """The string values of the Literals in an annotation (``bool | Literal["auto"]`` -> ["'auto'"])."""
+    origin = get_origin(annotation)
+    if origin is Literal:
+        return [repr(a) for a in get_args(annotation) if isinstance(a, str)]
+    if origin in (Union, types.UnionType, Annotated):
+        return [w for a in get_args(annotation) for w in _literal_words(a)]
+    return []
+
+
+def check_scalar(name: str, value: Any, annotation: Any, default: Any = None) -> None:
+    """What pydantic's lax mode lets through and a user does not mean: a boolean for a number (``epochs=True``, YAML
+    ``max_steps: yes``), a number or a string for a boolean (``dora=1``, ``trust_remote_code="no"``), a whole number
+    too large for the 64-bit integers training computes with. Raises ValueError in the user's words."""
+    kinds = _kinds(annotation)
+    if isinstance(value, (bytes, bytearray)) and str in kinds and bytes not in kinds:
+        raise ValueError(f"{name} must be a string, got bytes; decode it first, e.g. value.decode('utf-8')")
+    if isinstance(value, bool):
+        if bool not in kinds and kinds & {int, float}:
+            what = "a whole number" if float not in kinds else "a number"
+            example = default if isinstance(default, (int, float)) and not isinstance(default, bool) else 1
+            raise ValueError(
+                f"{name} must be {what}, got a boolean (in YAML, yes/no/on/off are booleans too); write a number, "
+                f"e.g. {name}={example}"
+            )
+        return
+    if bool in kinds and not kinds & {int, float} and value is not None:
+        if str not in kinds or not isinstance(value, str):
+            if not isinstance(value, (str, int, float)):
+                return  # a list, a dict: pydantic's own message says what is expected
+            words = _literal_words(annotation)
+            also = f" or {' or '.join(words)}" if words else ", or a string" if str in kinds else ""
+            raise ValueError(f"{name} must be True or False{also}")
+    if isinstance(value, int) and int in kinds and abs(value) > MAX_INT:
+        raise ValueError(f"{name} is too large: at most {MAX_INT} (2**63 - 1)")
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def _normalise_name(name: str) -> str:
     return name.strip().lower().replace("-", "_")
 
 
-def _suggest(name: str, options: list[str], aliases: Mapping[str, str] | None = None) -> str:
+def suggest(name: str, options: list[str], aliases: Mapping[str, str] | None = None) -> str:
     """The nearest valid option for a misspelled or foreign (peft / transformers) option name."""
     key = _normalise_name(name)
     target = (aliases or {}).get(key)
@@ -51,7 +110,7 @@ def _suggest(name: str, options: list[str], aliases: Mapping[str, str] | None = 
 
 
 def _call(cls_name: str, data: Mapping[str, Any]) -> str:
-    return f"{cls_name}({', '.join(f'{k}={v!r}' for k, v in data.items())})"
+    return f"{cls_name}({', '.join(f'{k}={_shown(v)}' for k, v in data.items())})"
 
 
 def _plain(v: Any) -> Any:
@@ -100,8 +159,8 @@ def format_validation_error(
             continue
         field = str(loc[0])
         if e["type"] == "extra_forbidden":
-            hint = _suggest(field, fields, aliases) if fields else f"{cls_name} takes no options"
-            lines.append(f"{cls_name}({field}={value!r}): unknown option {field!r}; {hint}")
+            hint = suggest(field, fields, aliases) if fields else f"{cls_name} takes no options"
+            lines.append(f"{cls_name}({field}={_shown(value)}): unknown option {field!r}; {hint}")
             continue
         if data is not None and field in data:
             value = data[field]  # the whole value, not the part one branch of a union looked at
@@ -110,7 +169,7 @@ def format_validation_error(
             lines[seen[field]] += f", or {text.removeprefix(field + ' ')}"
             continue
         seen[field] = len(lines)
-        lines.append(f"{cls_name}({field}={value!r}): {text}")
+        lines.append(f"{cls_name}({field}={_shown(value)}): {text}")
     return "\n".join(lines)
 
 
@@ -130,6 +189,20 @@ class Config(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True, allow_inf_nan=False)
 
     _aliases: ClassVar[dict[str, str]] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _strict_scalars(cls, data: Any) -> Any:
+        if isinstance(data, Mapping):
+            for name, value in data.items():
+                field = cls.model_fields.get(name) if isinstance(name, str) else None
+                if field is None:
+                    continue
+                try:
+                    check_scalar(name, value, field.annotation, field.default)
+                except ValueError as e:
+                    raise ConfigError(f"{cls.__name__}({name}={_shown(value)}): {e}") from None
+        return data
 
     def __init__(self, **data: Any) -> None:
         try:

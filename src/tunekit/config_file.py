@@ -207,19 +207,19 @@ class RunConfig(Config):
             >>> import tunekit as tk
             >>> cfg = tk.RunConfig.from_yaml("run.yaml", ["training.learning_rate=1e-4"])  # doctest: +SKIP
         """
-        import yaml
-
         path = Path(path)
+        if path.is_dir():
+            raise ConfigError(f"{path} is a directory, not a config file; pass the YAML file, e.g. {path / 'run.yaml'}")
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8-sig"))
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]}; {_where(e)})") from None
+        data = read_yaml(path)
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping of options (model:, method:, data:, ...), got {data!r:.80}")
         # Absolute: the config printed back (--print-config, to_yaml) loads the same from any folder.
-        data = _resolve_paths(data, path.parent.resolve())
+        try:
+            data = _resolve_paths(data, path.parent.resolve())
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from None
         data = apply_overrides(data, overrides)
         try:
             with _importable(path.parent):  # `reward: py:rewards:fn` finds rewards.py beside the YAML
@@ -298,6 +298,43 @@ def _where(e: Any) -> str:
     return f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "see the line above"
 
 
+def read_yaml(path: Path) -> Any:
+    """A YAML file's data; ConfigError (with the line and the cause) for text that is not UTF-8, not YAML, or that
+    gives a key twice in one mapping (PyYAML keeps the last one silently)."""
+    import yaml
+
+    class _Loader(yaml.SafeLoader):
+        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                if isinstance(key, (str, int, float, bool)) and key in seen:
+                    raise ConfigError(
+                        f"{path}: key {key!r} appears twice in one mapping (lines {seen[key]} and {line}); YAML would "
+                        "keep only the last one: delete or merge one of them"
+                    )
+                if isinstance(key, (str, int, float, bool)):
+                    seen[key] = line
+            return super().construct_mapping(node, deep=deep)
+
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = path.read_bytes()[: e.start].count(b"\n") + 1
+        raise ConfigError(
+            f"{path}: not valid UTF-8 (byte {e.object[e.start]:#04x} on line {line}); save the file as UTF-8"
+        ) from None
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as e:
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        context = getattr(e, "context", None)
+        cause = f"{context}: {problem}" if context and problem and context not in problem else problem
+        hint = "; indent with spaces, not tabs" if "'\\t'" in str(problem) else ""
+        raise ConfigError(f"{path}: not valid YAML ({cause}; {_where(e)}){hint}") from None
+
+
 _TEMPLATE_FILES = (".jinja", ".j2", ".txt")  # a template value ending so names a file, not template text
 
 
@@ -320,6 +357,12 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
     model = out.get("model")
     if isinstance(model, str) and not Path(model).is_absolute() and (base / model).exists():
         out["model"] = os.path.normpath(base / model)  # a local directory; anything else stays a hub id
+    elif isinstance(model, str) and _is_path(model) and not Path(model).expanduser().exists():
+        where = Path(model).expanduser() if Path(model).expanduser().is_absolute() else base / model
+        raise ConfigError(
+            f"model: model path does not exist: {model!r} (read from the config file's folder: "
+            f"{os.path.normpath(where)}); pass a local model directory or a hub id (organisation/name)"
+        )
     objective = out.get("objective")
     if isinstance(objective, Mapping) and isinstance(objective.get("reward"), (list, str)):
         rewards = objective["reward"] if isinstance(objective["reward"], list) else [objective["reward"]]
@@ -329,6 +372,17 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
         ]
         out["objective"] = {**objective, "reward": resolved}
     return out
+
+
+def _is_path(ref: str) -> bool:
+    """Whether a model reference can only be a local path (a hub id is ``name`` or ``organisation/name``)."""
+    return (
+        ref.startswith((".", "~", "/", "\\"))
+        or Path(ref).is_absolute()
+        or ref.endswith(("/", "\\"))
+        or ref.count("/") > 1
+        or "\\" in ref
+    )
 
 
 @contextlib.contextmanager

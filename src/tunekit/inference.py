@@ -7,14 +7,103 @@ template.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
+from tunekit._config import suggest
 from tunekit.backends.base import Backend, LoadedModel
-from tunekit.errors import ConfigError, IncompatibleError
+from tunekit.data.formats import normalise_row
+from tunekit.errors import ConfigError, DatasetError, IncompatibleError
 from tunekit.objectives import CausalLM, Objective
 
-__all__ = ["check_items", "check_prompts", "generate", "generate_text", "score"]
+__all__ = ["check_items", "check_options", "check_prompts", "generate", "generate_text", "score"]
+
+# The generation options used most, checked here; any other option transformers' GenerationConfig knows is passed on.
+_OPTIONS = (
+    "chat", "batch_size", "max_new_tokens", "min_new_tokens", "do_sample", "temperature", "top_p", "top_k", "min_p",
+    "typical_p", "repetition_penalty", "no_repeat_ngram_size", "num_beams", "length_penalty", "early_stopping",
+    "stop_strings", "max_time", "use_cache", "allow_control_tokens",
+)  # fmt: skip
+# Names other libraries (OpenAI, vLLM, llama.cpp) use for an option, so the error suggests tunekit's.
+_FOREIGN = {
+    "max_tokens": "max_new_tokens",
+    "max_completion_tokens": "max_new_tokens",
+    "max_output_tokens": "max_new_tokens",
+    "n_predict": "max_new_tokens",
+    "num_predict": "max_new_tokens",
+    "max_length": "max_new_tokens",  # a total length, silently overridden by max_new_tokens (always set)
+    "stop": "stop_strings",
+    "frequency_penalty": "repetition_penalty",
+    "presence_penalty": "repetition_penalty",
+    "repeat_penalty": "repetition_penalty",
+    "sample": "do_sample",
+    "sampling": "do_sample",
+    "beams": "num_beams",
+}
+# Options tunekit sets itself, or that would change what generate returns.
+_REFUSED = {
+    "eos_token_id": "generation stops at the template's end-of-turn token, which tunekit sets",
+    "pad_token_id": "tunekit pads with the tokenizer's pad token",
+    "num_return_sequences": "generate returns one text per prompt; pass a prompt several times (with do_sample=True) "
+    "for several samples",
+    "return_dict_in_generate": "generate returns the new text only",
+    "output_scores": "generate returns the new text only",
+    "output_logits": "generate returns the new text only",
+    "streamer": "use tuner.stream(prompt) where available, or tuner.model.generate(...) directly",
+}
+
+
+def _known_to_transformers(name: str) -> bool:
+    from transformers import GenerationConfig
+
+    return not name.startswith("_") and name in GenerationConfig().to_dict()
+
+
+def _number(name: str, value: Any, *, whole: bool = False) -> float:
+    ok = isinstance(value, int) if whole else isinstance(value, (int, float))
+    if isinstance(value, bool) or not ok or not math.isfinite(value):
+        what = "a whole number" if whole else "a finite number"
+        raise ConfigError(f"generate({name}={value!r}): {name} must be {what}")
+    return float(value)
+
+
+def check_options(options: dict[str, Any]) -> dict[str, Any]:
+    """``generate()``'s options checked before anything loads: unknown names (with the nearest valid one), values
+    out of range. ``temperature=0`` means greedy decoding (as in most APIs): it turns sampling off."""
+    out = dict(options)
+    for name, value in options.items():
+        if name in _REFUSED:
+            raise ConfigError(f"generate({name}={value!r}): not a generate() option: {_REFUSED[name]}")
+        if name in _FOREIGN or (name not in _OPTIONS and not _known_to_transformers(name)):
+            raise ConfigError(
+                f"generate({name}={value!r}): unknown option {name!r}; {suggest(name, list(_OPTIONS), _FOREIGN)}"
+            )
+    for name in ("max_new_tokens", "batch_size", "num_beams"):
+        if name in out and _number(name, out[name], whole=True) < 1:
+            raise ConfigError(f"generate({name}={out[name]!r}): {name} must be at least 1")
+    for name in ("min_new_tokens", "top_k", "no_repeat_ngram_size"):
+        if name in out and _number(name, out[name], whole=True) < 0:
+            raise ConfigError(f"generate({name}={out[name]!r}): {name} must be at least 0")
+    for name in ("chat", "do_sample", "use_cache", "allow_control_tokens"):
+        if name in out and not isinstance(out[name], bool):
+            raise ConfigError(f"generate({name}={out[name]!r}): {name} must be True or False")
+    if "temperature" in out and _number("temperature", out["temperature"]) < 0:
+        raise ConfigError(
+            f"generate(temperature={out['temperature']!r}): temperature must be at least 0 (0: greedy decoding)"
+        )
+    for name in ("top_p", "min_p", "typical_p"):
+        if name in out and not 0 < _number(name, out[name]) <= 1:
+            raise ConfigError(f"generate({name}={out[name]!r}): {name} must be greater than 0 and at most 1")
+    if "repetition_penalty" in out and _number("repetition_penalty", out["repetition_penalty"]) <= 0:
+        raise ConfigError(
+            f"generate(repetition_penalty={out['repetition_penalty']!r}): repetition_penalty must be greater than 0 "
+            "(1.0: no penalty)"
+        )
+    if out.get("temperature") == 0:  # greedy: the most likely token each step, whatever do_sample says
+        del out["temperature"]
+        out["do_sample"] = False
+    return out
 
 
 def check_prompts(prompt: Any, objective: Objective) -> tuple[list[Any], bool]:
@@ -23,9 +112,15 @@ def check_prompts(prompt: Any, objective: Objective) -> tuple[list[Any], bool]:
     prompts = [prompt] if single else list(prompt)
     if not prompts:
         return [], False
-    for p in prompts:
+    for i, p in enumerate(prompts, 1):
         if not isinstance(p, (str, list)):
             raise ConfigError(f"generate(): expected a string or a list of chat messages, got {type(p).__name__}")
+        if isinstance(p, list):
+            try:  # the checks a prompt in the training data gets: roles, their order, a user turn last
+                normalise_row("prompt_only", {"prompt": p}, i)
+            except DatasetError as e:
+                message = str(e).replace(f"row {i}, field 'prompt'", f"generate(): prompt {i}", 1)
+                raise DatasetError(message, row=i, field="prompt") from None
     if objective.model_head == "sequence_classification":
         raise IncompatibleError(
             f"generate(): this tuner is a reward model ({objective.name}); it scores text and does "
@@ -44,6 +139,7 @@ def generate(
     """
     if not prompts:
         return []
+    options = check_options(options)
     chat = options.pop("chat", not isinstance(objective, CausalLM))
     outs = backend.generate(loaded, prompts, chat=chat, options=options)
     return outs[0] if single else outs

@@ -35,7 +35,7 @@ from tunekit.hooks_builtin import ProgressBar
 from tunekit.inference import generate_text
 from tunekit.output_dir import claim
 from tunekit.results import FitResult
-from tunekit.training import Training
+from tunekit.training import Training, check_fit_options
 from tunekit.training_data import encode_for
 
 __all__ = ["Prepared", "Progress", "Run", "RunState", "check_resume", "execute", "prepare", "run_hooks"]
@@ -83,7 +83,8 @@ def prepare(
 ) -> Prepared:
     """Validate everything else that needs no model: the backend's preflight (trackers, output_dir, the checkpoint
     to resume from) and the hooks'."""
-    if spec.output_dir is not None:  # first: nothing is written into a directory of someone else's files
+    check_fit_options(spec.training, output_dir=spec.output_dir, has_eval=evaluation is not None, hooks=spec.hooks)
+    if spec.output_dir is not None:  # then: nothing is written into a directory of someone else's files
         claim(Path(spec.output_dir), reuse=spec.reuse_output_dir, write=world().is_main)
     resume_from = backend.preflight(spec, resume=resume)
     preflight(run_hooks(spec), output_dir=spec.output_dir, has_eval=evaluation is not None, training=spec.training)

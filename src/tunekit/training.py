@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import PurePath
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from tunekit._config import Config
 from tunekit.distributed import Distributed, coerce
+from tunekit.errors import ConfigError
 
-__all__ = ["Training"]
+__all__ = ["Training", "check_fit_options"]
 
 
 class Training(Config):
@@ -31,7 +33,9 @@ class Training(Config):
     batch_size: int = Field(8, ge=1, description="Examples per micro-batch on each device.")
     grad_accum: int = Field(1, ge=1, description="Micro-batches accumulated per optimizer step.")
     max_length: int = Field(1024, ge=8, description="Tokens per example; longer examples are truncated at the end.")
-    seed: int = Field(42, ge=0, description="Seed for data order, initialisation and dropout.")
+    seed: int = Field(
+        42, ge=0, le=2**32 - 1, description="Seed for data order, initialisation and dropout (0 to 2**32 - 1)."
+    )
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="'auto': bf16 on GPUs that support it, else fp32."
     )
@@ -112,8 +116,9 @@ class Training(Config):
     tokens_per_batch: int | None = Field(
         None,
         ge=8,
+        le=2**22,  # the packer's index grows with the budget: 2**40 ran out of host memory before training
         description="Token-budget batching: pack examples into micro-batches of at most this many tokens (best-fit "
-        "decreasing) instead of batch_size examples each; needs packing. Must be at least max_length.",
+        "decreasing) instead of batch_size examples each; needs packing. Must be at least max_length, at most 2**22.",
     )
     compile: bool = Field(False, description="torch.compile the model for training (slow first steps; opt-in).")
     cache: bool = Field(
@@ -234,3 +239,28 @@ class Training(Config):
                     f"longest examples would not fit; use tokens_per_batch >= {self.max_length}"
                 )
         return self
+
+
+def _handles_checkpoints(hook: Any) -> bool:
+    """Whether a hook does something with each checkpoint (overrides ``on_checkpoint``, e.g. to upload it)."""
+    method = getattr(type(hook), "on_checkpoint", None)
+    return method is not None and getattr(method, "__qualname__", "") != "Hook.on_checkpoint"
+
+
+def check_fit_options(training: Training, *, output_dir: Any, has_eval: bool, hooks: Sequence[Any] = ()) -> None:
+    """Options of ``training`` that would do nothing in this fit: raise ConfigError rather than ignore them.
+
+    ``eval_every`` with no eval data evaluates nothing; ``save_every`` with no ``output_dir`` writes checkpoints to a
+    temporary directory deleted when the run ends (allowed when a hook handles each checkpoint in ``on_checkpoint``).
+    """
+    if training.eval_every is not None and not has_eval:
+        raise ConfigError(
+            f"Training(eval_every={training.eval_every}): there is no eval data to evaluate on; pass "
+            "fit(..., eval_data=...) (eval_data: in a config file), or drop eval_every"
+        )
+    if training.save_every is not None and output_dir is None and not any(_handles_checkpoints(h) for h in hooks):
+        raise ConfigError(
+            f"Training(save_every={training.save_every}): this Tuner has no output_dir, so the checkpoints would be "
+            "written to a temporary directory and deleted when the run ends; pass Tuner(output_dir=...) (or set "
+            "tuner.output_dir) to keep them, or drop save_every"
+        )

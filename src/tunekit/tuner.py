@@ -17,7 +17,7 @@ from tunekit.data.summary import summarise_data
 from tunekit.errors import ConfigError, IncompatibleError
 from tunekit.export import ExportResult, Verification, check_request, export_format, export_trained, verify_trained
 from tunekit.hooks import Hook, HookErrors, check_hook_errors
-from tunekit.inference import check_items, check_prompts, generate, score
+from tunekit.inference import check_items, check_options, check_prompts, generate, score
 from tunekit.methods import LoRA, Method
 from tunekit.objectives import SFT, Objective
 from tunekit.plan import Plan
@@ -297,12 +297,15 @@ class Tuner:
         ``prompt`` is a string, a list of chat messages, or a list of either (then a list comes
         back). Options go to ``transformers``' ``generate`` (greedy by default, at most 256 new
         tokens; ``max_new_tokens``, ``do_sample``, ``temperature``, ...). Generation stops at the
-        template's end-of-turn token. A control token typed inside a prompt (``<|im_end|>``) is
-        encoded as the text it is, unless ``allow_control_tokens=True`` (default:
-        ``Training.allow_control_tokens``).
+        template's end-of-turn token. ``temperature=0`` means greedy decoding, even with ``do_sample=True``.
+        Options are checked before the model loads: an unknown name (``max_tokens``) or a value out of
+        range raises ConfigError; a chat message with an unknown role raises DatasetError, as in training.
+        A control token typed inside a prompt (``<|im_end|>``) is encoded as the text it is, unless
+        ``allow_control_tokens=True`` (default: ``Training.allow_control_tokens``).
         """
         self._check_not_training("generate()")
         prompts, single = check_prompts(prompt, self.objective_used)  # before anything loads
+        options = check_options(options)
         if not prompts:
             return []
         options.setdefault("allow_control_tokens", self.training.allow_control_tokens)  # typed control tokens are text

@@ -153,7 +153,9 @@ def train(model: str, out: Path) -> None:
 
 
 def crash(model: str, out: Path) -> None:
-    tuner = tk.Tuner(model, method=tk.LoRA(r=4), training=training(PER_RANK_BATCH), progress=False)
+    # No output_dir: no save_every either (its checkpoints would be deleted; fit refuses that combination).
+    training_ = training(PER_RANK_BATCH, save_every=None)
+    tuner = tk.Tuner(model, method=tk.LoRA(r=4), training=training_, progress=False)
     rank = int(os.environ["RANK"])
     forwards = [0]
 

@@ -185,8 +185,22 @@ def test_fit_needs_somewhere_to_save(tmp_path: Path, capsys) -> None:
     assert "model: tiny" in capsys.readouterr().out
 
 
-def test_an_unreadable_model_is_one_line_with_exit_1(tmp_path: Path, capsys) -> None:
+def test_an_unreadable_model_is_one_line_with_exit_1(tmp_path: Path, tiny_llama, capsys, monkeypatch) -> None:
+    import transformers
+
+    def unreadable(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(tiny_llama / "tokenizer.json"))
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", unreadable)
     data = write_jsonl(first_task(4), tmp_path / "d.jsonl")
-    assert main(["validate-data", str(data), "--model", str(tmp_path / "no-such-model")]) == 1
+    assert main(["validate-data", str(data), "--model", str(tiny_llama)]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "TUNEKIT_TRACEBACK=1" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_missing_model_path_is_a_config_error_with_exit_2(tmp_path: Path, capsys) -> None:
+    """As in `tunekit fit` (and like a missing data or config file): a wrong argument, exit 2, not exit 1."""
+    data = write_jsonl(first_task(4), tmp_path / "d.jsonl")
+    assert main(["validate-data", str(data), "--model", str(tmp_path / "no-such-model")]) == 2
+    err = capsys.readouterr().err
+    assert "model path does not exist" in err and len(err.strip().splitlines()) == 1, err

@@ -87,9 +87,9 @@ def test_resume_checks_sha256_before_loading_and_reads_state_with_weights_only(t
     good = optimizer.read_bytes()
     optimizer.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))  # tampered, same size
     with pytest.raises(tk.CheckpointError, match=r"optimizer.pt does not match its sha256"):
-        tk.Tuner(tiny_llama, training=training.model_copy(update={"resume": str(optimizer.parent)})).fit(
-            reverse_task(8)
-        )
+        # No output_dir for this run: no save_every either (its checkpoints would be deleted at the end).
+        resume = training.model_copy(update={"resume": str(optimizer.parent), "save_every": None})
+        tk.Tuner(tiny_llama, training=resume).fit(reverse_task(8))
     assert loads == []  # refused before anything was unpickled
     optimizer.write_bytes(good)
     result = tk.Tuner(tiny_llama, training=training, output_dir=tmp_path).fit(reverse_task(8))

@@ -10,7 +10,7 @@ import yaml
 from pydantic import ValidationError
 
 import tunekit as tk
-from tunekit._config import Config, _suggest, format_validation_error
+from tunekit._config import Config, format_validation_error, suggest
 from tunekit.methods import registry
 
 OBJECTIVES = [tk.SFT, tk.CausalLM]
@@ -262,14 +262,14 @@ class TestSuggest:
         ],
     )
     def test_close_spellings(self, typed: str, expected: str) -> None:
-        assert _suggest(typed, self.OPTIONS) == expected
+        assert suggest(typed, self.OPTIONS) == expected
 
     def test_alias_wins_over_spelling(self) -> None:
-        assert _suggest("lr", self.OPTIONS, {"lr": "learning_rate"}) == "did you mean 'learning_rate'?"
-        assert _suggest("LR", self.OPTIONS, {"lr": "learning_rate"}) == "did you mean 'learning_rate'?"
+        assert suggest("lr", self.OPTIONS, {"lr": "learning_rate"}) == "did you mean 'learning_rate'?"
+        assert suggest("LR", self.OPTIONS, {"lr": "learning_rate"}) == "did you mean 'learning_rate'?"
 
     def test_nothing_close_lists_the_options(self) -> None:
-        assert _suggest("zzz", self.OPTIONS) == "valid options are batch_size, epochs, learning_rate, max_length"
+        assert suggest("zzz", self.OPTIONS) == "valid options are batch_size, epochs, learning_rate, max_length"
 
 
 def test_format_validation_error_without_data_uses_pydantic_input() -> None:

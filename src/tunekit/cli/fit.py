@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,13 +23,32 @@ _OVERRIDES_HELP = (
 )
 
 
-def parse_overrides(tokens: list[str]) -> list[str]:
-    """``["--training.lr", "1e-4", "method.r=16"]`` -> ``["training.lr=1e-4", "method.r=16"]``."""
+def _check_flag(token: str, command: str, flags: Sequence[str]) -> None:
+    """``--name`` after CONFIG is an override of a top-level key (``--output_dir runs/x``), or a mistake."""
+    name = token[2:].partition("=")[0]
+    if "." in name or name.replace("-", "_") in RunConfig.model_fields:
+        return
+    options = [f"--{k}" for k in RunConfig.model_fields] + list(flags)
+    close = difflib.get_close_matches(f"--{name}", options, n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    own = f" (its own options: {', '.join(flags)})" if flags else ""
+    raise ConfigError(
+        f"unknown option {token!r} for `tunekit {command}`{own}; {hint}overrides of the config look like "
+        "--training.learning_rate 1e-4 or --output_dir runs/x"
+    )
+
+
+def parse_overrides(tokens: list[str], *, command: str = "fit", flags: Sequence[str] = ()) -> list[str]:
+    """``["--training.lr", "1e-4", "method.r=16"]`` -> ``["training.lr=1e-4", "method.r=16"]``.
+
+    A ``--name`` that is neither a config key (``--output_dir``, ``--training.epochs``) nor one of the command's own
+    ``flags`` is an error, not an override."""
     out: list[str] = []
     i = 0
     while i < len(tokens):
         token = tokens[i]
         if token.startswith("--") and len(token) > 2:
+            _check_flag(token, command, flags)
             key = token[2:]
             if "=" in key:
                 out.append(key)
@@ -66,7 +87,8 @@ def _own_flags(args: argparse.Namespace) -> None:
 
 def _load(args: argparse.Namespace) -> Any:
     _own_flags(args)
-    return RunConfig.from_yaml(args.config, parse_overrides(args.overrides))
+    flags = list(getattr(args, "own_flags", {}))
+    return RunConfig.from_yaml(args.config, parse_overrides(args.overrides, command=args.command, flags=flags))
 
 
 _SHOWN = ("loss", "reward", "accuracy", "margin", "learning_rate")

@@ -17,7 +17,7 @@ from tunekit._quiet import quiet
 from tunekit.data.formats import Example, detect_format, normalise_row
 from tunekit.data.loading import load_rows
 from tunekit.data.templates import ensure_template, render
-from tunekit.errors import DatasetError
+from tunekit.errors import ConfigError, DatasetError
 
 __all__ = ["add_validate_data_parser", "validate_data"]
 
@@ -49,11 +49,45 @@ def _stats(values: list[int]) -> dict[str, float]:
     }
 
 
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
+
+
+def _check_model(model: str) -> None:
+    """``--model`` names an existing model or tokenizer directory, or a hub id: ConfigError otherwise."""
+    p = Path(model).expanduser()
+    if not p.exists():
+        if p.is_absolute() or model.startswith((".", "~")) or model.count("/") > 1 or model.endswith("/"):
+            raise ConfigError(
+                f"--model {model}: model path does not exist; pass a local model or tokenizer directory, or a hub id"
+            )
+        return  # a hub id
+    if not p.is_dir():
+        raise ConfigError(
+            f"--model {model}: is a file, not a model or tokenizer directory; pass the directory that holds "
+            f"{' or '.join(_TOKENIZER_FILES)}"
+        )
+    if not any((p / name).is_file() for name in _TOKENIZER_FILES):
+        raise ConfigError(
+            f"--model {model}: is not a model or tokenizer directory (none of {list(_TOKENIZER_FILES)} in it); "
+            "pass the directory a model was saved to (save_pretrained, Tuner.save), or a hub id"
+        )
+
+
 def _token_counter(model: str) -> Any:
     from transformers import AutoTokenizer
 
-    with quiet():
-        tokenizer = AutoTokenizer.from_pretrained(model)
+    _check_model(model)
+    try:
+        with quiet():
+            tokenizer = AutoTokenizer.from_pretrained(model)
+    except OSError:
+        raise  # a model that cannot be read: one line, exit 1 (see tunekit.cli.main)
+    except Exception as e:  # transformers' ValueError for a directory it cannot make a tokenizer from, ...
+        cause = " ".join(str(e).split())
+        raise ConfigError(
+            f"--model {model}: could not load its tokenizer ({type(e).__name__}: {cause:.300}); pass a model or "
+            "tokenizer directory, or a hub id"
+        ) from None
     ensure_template(tokenizer)  # the template fit would use (the tokenizer's own, else tunekit's ChatML)
 
     def count(piece: list[dict[str, str]] | str) -> int:
@@ -127,6 +161,8 @@ def _print(report: dict[str, Any]) -> None:
 
 
 def _cmd_validate_data(args: argparse.Namespace) -> int:
+    if args.max_length is not None and args.max_length < 1:
+        raise ConfigError(f"--max-length {args.max_length}: must be at least 1 (a number of tokens, e.g. 1024)")
     if args.max_length is not None and args.model is None:
         raise DatasetError("--max-length counts tokens: pass --model PATH (a model or tokenizer) too")
     report = validate_data(args.file, model=args.model, max_length=args.max_length)

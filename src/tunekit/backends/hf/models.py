@@ -54,6 +54,16 @@ def resolve_device(pref: str) -> Any:
     dev = torch.device(pref)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise IncompatibleError(f"Training(device={pref!r}): no CUDA device is available; use device='auto' or 'cpu'")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise IncompatibleError(
+            f"Training(device={pref!r}): this machine has {torch.cuda.device_count()} CUDA device(s), numbered from "
+            "0; use device='cuda' or an index below the count"
+        )
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise IncompatibleError(
+            f"Training(device={pref!r}): no Apple MPS device is available (it needs a Mac with Apple silicon and a "
+            "torch built with MPS); use device='auto' or 'cpu'"
+        )
     return dev
 
 
@@ -119,10 +129,25 @@ def load_model(
             ) from e
         raise ConfigError(f"could not load model {ref!r}: {e}") from e
     except OSError as e:
-        raise ConfigError(
-            f"could not load model {ref!r}: {e}. tunekit loads safetensors weights only; "
+        raise ConfigError(_unloadable(ref, e)) from e
+
+
+def _unloadable(ref: str, error: OSError) -> str:
+    """Why ``ref`` did not load, in the user's terms: a hub id the hub could not give, or a local directory."""
+    cause = " ".join(str(error).split())
+    p = Path(ref)
+    if not p.exists():
+        return (
+            f"could not load model {ref!r}: there is no local directory {ref!r} (from {Path.cwd()}), and as a hub id "
+            f"it could not be found or downloaded ({cause}); pass an existing local model directory, or a hub id "
+            "you can reach (check the spelling, the network, and HF_TOKEN for a gated model)"
+        )
+    if p.is_dir() and any(p.glob("*.bin")):
+        return (
+            f"could not load model {ref!r}: {cause}. tunekit loads safetensors weights only; "
             "convert .bin checkpoints with transformers' save_pretrained(safe_serialization=True)"
-        ) from e
+        )
+    return f"could not load model {ref!r}: {cause}"
 
 
 def head_kwargs(objective: Any) -> dict[str, Any]:
