@@ -143,6 +143,11 @@ class RunConfig(Config):
     output_dir: str | None = Field(
         None, description="Checkpoints and logs; the trained tuner goes to <output_dir>/final."
     )
+    reuse_output_dir: bool = Field(
+        False,
+        description="Write into an output_dir that holds other files, beside them (never over them); by default "
+        "such a directory is refused.",
+    )
     save: str | None = Field(None, description="Where to save the trained tuner; default <output_dir>/final.")
     template: str | None = Field(
         None, description="A Jinja chat template (or a .jinja file) to use instead of the tokenizer's."
@@ -245,6 +250,7 @@ class RunConfig(Config):
             objective=self.objective,
             training=self.training,
             output_dir=self.output_dir,
+            reuse_output_dir=self.reuse_output_dir,
             template=template,
             **kwargs,
         )
@@ -274,7 +280,9 @@ class RunConfig(Config):
 
         texts = [" ".join(_strings(row)) for row in load_rows(self.data)]
         if self.output_dir:
-            claim(Path(self.output_dir), reuse=False, write=True)  # the run's directory is tunekit's before it writes
+            claim(
+                Path(self.output_dir), reuse=self.reuse_output_dir, write=True
+            )  # the run's directory is tunekit's before it writes
             where = Path(self.output_dir) / "tiny-model"
         else:
             where = Path(tempfile.mkdtemp(prefix="tunekit-"))

@@ -177,6 +177,21 @@ def test_correct_cli_fit_refuses_an_unusable_save_path_before_training(tmp_path,
     assert (tmp_path / "mine" / "notes.txt").read_text(encoding="utf-8") == "mine"
 
 
+def test_correct_cli_fit_refuses_a_foreign_output_dir_unless_reuse_is_set(tmp_path, capsys):
+    config = Path(__file__).resolve().parents[2] / "examples" / "configs" / "sft_lora.yaml"
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine", encoding="utf-8")
+    args = ["fit", str(config), "--output_dir", str(mine), "--training.max_steps", "2"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "holds files tunekit did not write (notes.txt)" in err and "reuse_output_dir" in err, err
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]  # not even the tiny model was written
+    assert main([*args, "--reuse_output_dir", "true"]) == 0, capsys.readouterr().err
+    assert (mine / "notes.txt").read_text(encoding="utf-8") == "mine"
+    assert (mine / "final" / "tunekit.json").is_file()
+
+
 # --- one tuner, one activity ---------------------------------------------------------------------------
 
 
