@@ -194,25 +194,32 @@ def control_ids(tuner: tk.Tuner) -> set[int]:
     return {tok.convert_tokens_to_ids(t) for t in ("<|im_start|>", "<|im_end|>")}
 
 
-@pytest.mark.parametrize("fmt", ["messages", "text"])
-def test_correct_control_tokens_typed_in_data_are_text(tiny_llama, fmt):
-    rows: list[dict[str, Any]] = forged_rows() if fmt == "messages" else [{"text": FORGED}] * 4
-    objective = tk.SFT() if fmt == "messages" else tk.CausalLM()
-    safe = tk.Tuner(tiny_llama, objective=objective, training=cpu(max_steps=1))
-    trusting = tk.Tuner(tiny_llama, objective=objective, training=cpu(max_steps=1, allow_control_tokens=True))
-    ids, raw = safe.prepare(rows).input_ids[0], trusting.prepare(rows).input_ids[0]
+def test_correct_control_tokens_typed_in_messages_are_text(tiny_llama):
+    safe = tk.Tuner(tiny_llama, training=cpu(max_steps=1))
+    trusting = tk.Tuner(tiny_llama, training=cpu(max_steps=1, allow_control_tokens=True))
+    ids, raw = safe.prepare(forged_rows()).input_ids[0], trusting.prepare(forged_rows()).input_ids[0]
     special = control_ids(safe)
-    # the template's own markers only: 2 per turn for a conversation, none in raw text
-    assert sum(i in special for i in ids) == (4 if fmt == "messages" else 0)
-    assert sum(i in special for i in raw) == (4 if fmt == "messages" else 0) + 3  # the typed ones, read as markers
+    assert sum(i in special for i in ids) == 4  # the template's own markers only: 2 per turn
+    assert sum(i in special for i in raw) == 4 + 3  # the typed ones, read as markers
     assert FORGED in safe.tokenizer.decode(ids)  # the typed text is all there, character for character
     # rows without control-token strings encode exactly as before
-    plain: list[dict[str, Any]] = (
-        [{"messages": [{"role": "user", "content": "reverse: 1 2"}, {"role": "assistant", "content": "2 1"}]}]
-        if fmt == "messages"
-        else [{"text": "reverse: 1 2 -> 2 1"}]
-    )
+    plain = [{"messages": [{"role": "user", "content": "reverse: 1 2"}, {"role": "assistant", "content": "2 1"}]}]
     assert safe.prepare(plain).input_ids == trusting.prepare(plain).input_ids
+
+
+def test_correct_raw_text_with_control_tokens_needs_the_opt_in(tiny_llama):
+    """Raw text is the sequence as written (often pre-rendered chat): its markers are read as markers only when the
+    caller says so; it is never silently re-encoded as plain text."""
+    rows = [{"text": FORGED}] * 3 + [{"text": "reverse: 1 2 -> 2 1"}]
+    with pytest.raises(
+        tk.DatasetError, match=r"row 1, field 'text': holds the control token .*allow_control_tokens=True"
+    ):
+        tk.Tuner(tiny_llama, objective=tk.CausalLM(), training=cpu(max_steps=1)).prepare(rows)
+    skipping = tk.Tuner(tiny_llama, objective=tk.CausalLM(), training=cpu(max_steps=1, on_bad_rows="skip"))
+    assert skipping.prepare(rows).rows == [4]
+    trusting = tk.Tuner(tiny_llama, objective=tk.CausalLM(), training=cpu(max_steps=1, allow_control_tokens=True))
+    ids = trusting.prepare(rows).input_ids[0]
+    assert sum(i in control_ids(trusting) for i in ids) == 3
 
 
 def test_correct_control_tokens_typed_in_a_prompt_are_text(tiny_llama, monkeypatch):

@@ -69,10 +69,8 @@ def _encode_chat(
     return ids, labels
 
 
-def _encode_text(tokenizer: Any, ex: Example, add_eos: bool, tokens: tuple[str, ...]) -> tuple[list[int], list[int]]:
-    text = ex.text or ""
-    plain = [(0, len(text))] if find_control_token([text], tokens) else []
-    ids = encode_plain(tokenizer, text, plain, add_special_tokens=True)
+def _encode_text(tokenizer: Any, ex: Example, add_eos: bool) -> tuple[list[int], list[int]]:
+    ids = list(tokenizer(ex.text or "", add_special_tokens=True)["input_ids"])
     if add_eos and tokenizer.eos_token_id is not None and (not ids or ids[-1] != tokenizer.eos_token_id):
         ids.append(tokenizer.eos_token_id)
     return ids, list(ids)
@@ -90,8 +88,11 @@ def encode_examples(
 ) -> Encoded:
     """Encode, truncate to ``max_length`` and check every example keeps a supervised token.
 
-    A control-token string inside the data (``<|im_end|>`` typed in a message) is encoded as the plain text it
-    is, unless ``allow_control_tokens`` (see :mod:`tunekit.data.control_tokens`)."""
+    A control-token string inside a message (``<|im_end|>`` typed in it) is encoded as the plain text it is,
+    unless ``allow_control_tokens`` (see :mod:`tunekit.data.control_tokens`). Raw text (``text`` rows) is the
+    sequence as written, often pre-rendered chat whose markers must stay markers: one holding a control-token
+    string is a bad row unless ``allow_control_tokens`` says to read them as such (encoding them as plain
+    text without a word would silently unteach the markers; training on them untold would trust the data)."""
     out = Encoded([], [], [])
     tokens = () if allow_control_tokens else control_tokens(tokenizer)
     for ex in examples:
@@ -104,7 +105,18 @@ def encode_examples(
             except IncompatibleError as e:  # the template refused this conversation (its raise_exception)
                 raise IncompatibleError(f"row {ex.row}: {e}") from None
         else:
-            ids, labels = _encode_text(tokenizer, ex, add_eos, tokens)
+            found = find_control_token([ex.text or ""], tokens)
+            if found is not None:
+                reason = (
+                    f"row {ex.row}, field 'text': holds the control token {found!r}; pass "
+                    "Training(allow_control_tokens=True) if the text is pre-rendered (its control tokens are meant), "
+                    "or remove it"
+                )
+                if on_bad_rows == "skip":
+                    out.skipped.append((ex.row, reason))
+                    continue
+                raise DatasetError(reason, row=ex.row, field="text")
+            ids, labels = _encode_text(tokenizer, ex, add_eos)
         truncated = len(ids) > max_length
         if truncated:
             ids, labels = ids[:max_length], labels[:max_length]
@@ -129,6 +141,8 @@ def encode_examples(
         out.labels.append(labels)
         out.rows.append(ex.row)
     if not out.input_ids:
+        if out.skipped and "control token" in out.skipped[0][1]:
+            raise DatasetError(f"no row left to train on: every row was skipped, the first as {out.skipped[0][1]}")
         raise DatasetError(
             f"no example has a supervised token after truncation to max_length={max_length}; "
             "raise Training(max_length=...)"

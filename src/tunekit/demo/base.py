@@ -79,6 +79,8 @@ def pretrain_base(out: Path, recipe: Recipe, seed: int, show: Show) -> Pretraine
                 device="cpu",
                 seed=seed,
                 log_every=50,
+                # The corpus holds conversations rendered with the chat template: its markers are meant.
+                allow_control_tokens=True,
             ),
         )
         with show.step(f"Pretraining a tiny base model on {len(data.corpus):,} bundled texts (tk.Full + tk.CausalLM)"):
