@@ -147,7 +147,10 @@ def test_text_without_eos(tok: Any) -> None:
 
 
 def test_text_already_ending_in_eos_gets_no_second_one(tok: Any) -> None:
-    enc = encode_examples(tok, [Example(row=1, text="Hello<|endoftext|>")], max_length=512)
+    # The text's own EOS is meant (pre-rendered text): the caller says so, else the row is refused.
+    with pytest.raises(tk.DatasetError, match=r"holds the control token '<\|endoftext\|>'"):
+        encode_examples(tok, [Example(row=1, text="Hello<|endoftext|>")], max_length=512)
+    enc = encode_examples(tok, [Example(row=1, text="Hello<|endoftext|>")], max_length=512, allow_control_tokens=True)
     assert enc.input_ids[0].count(tok.eos_token_id) == 1
     assert enc.input_ids[0][-1] == tok.eos_token_id
 
