@@ -97,7 +97,8 @@ def template_source(tokenizer: Any) -> str:
 
 def render(tokenizer: Any, messages: list[dict[str, str]], *, add_generation_prompt: bool, timed: bool = False) -> str:
     """The template's text for ``messages``; a template that fails, refuses or (``timed``) runs too long raises
-    IncompatibleError naming it. Timed renders are the probes that check a template (one a model load)."""
+    IncompatibleError naming it. Timed renders are the probes that check a template (at model load)."""
+
     def go() -> str:
         return str(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt))
 
