@@ -20,11 +20,13 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import stat
 import sys
 import tempfile
 import time
+import traceback
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -32,13 +34,19 @@ from typing import Any, TypeVar
 
 from tunekit.errors import CheckpointError, ConfigError, TunekitError
 
+if sys.platform != "win32":
+    import resource
+
 __all__ = [
     "check_writable",
+    "disk_full",
+    "disk_full_reason",
     "flush_tree",
     "fsync_dir",
     "fsync_file",
     "inside",
     "read_manifest",
+    "release_frames",
     "remove_tree",
     "replace_dir",
     "retry",
@@ -68,6 +76,102 @@ def retry(fn: Callable[[], T], *, attempts: int = ATTEMPTS, delay: float = 0.05)
                 raise
             time.sleep(delay * 2**i)
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+# How a full disk (or a file over the process's size limit, ``ulimit -f``) shows through the libraries that write
+# saves, checkpoints and exports: an OSError (Python's own writes, ``torch.save`` into a Python file), safetensors'
+# ``SafetensorError`` and tokenizers' bare ``Exception`` carrying the OS message with Rust's "(os error N)".
+_FULL_ERRNO = {errno.ENOSPC: "No space left on device", errno.EFBIG: "File too large"}
+if hasattr(errno, "EDQUOT"):
+    _FULL_ERRNO[errno.EDQUOT] = "Disk quota exceeded"
+_FULL_TEXT = (
+    (re.compile(r"no space left on device|os error 28\b|not enough space on the disk|os error 112\b", re.I),
+     "No space left on device"),
+    (re.compile(r"file too large|os error 27\b", re.I), "File too large"),
+    (re.compile(r"disk quota exceeded|os error 122\b", re.I), "Disk quota exceeded"),
+)  # fmt: skip
+# torch.save into a path writes through a C++ stream that reports no reason: "basic_ios::clear: iostream error",
+# then "[enforce fail at inline_container.cc] unexpected pos N vs M" (older releases: "PytorchStreamWriter failed
+# writing file ...: file write failed"). Such a failure is a full disk when the disk it wrote to is full.
+_OPAQUE_WRITE = re.compile(r"PytorchStreamWriter failed writing|file write failed|iostream error|unexpected pos \d+ vs")
+_NEARLY_FULL = 1 << 20  # bytes free on the disk after a failed write that count as none
+
+
+def _chain(e: BaseException) -> list[BaseException]:
+    """``e`` and every exception it was raised from or during (``__cause__`` and ``__context__``), once each."""
+    seen: list[BaseException] = []
+    todo: list[BaseException] = [e]
+    while todo:
+        err = todo.pop(0)
+        if any(err is s for s in seen):
+            continue
+        seen.append(err)
+        todo.extend(x for x in (err.__cause__, err.__context__) if x is not None)
+    return seen
+
+
+def release_frames(e: BaseException) -> None:
+    """Let go of what the frames of a failed write hold (every traceback in ``e``'s chain keeps its locals, the
+    line numbers stay): torch.save's writer, kept alive there, keeps its half-written file open, and a deleted
+    file's space on a full disk is only freed once it is closed."""
+    for err in _chain(e):
+        traceback.clear_frames(err.__traceback__)
+
+
+def _free_bytes(where: Path) -> int | None:
+    """Bytes free on the disk holding ``where`` (its nearest existing parent), or None when it cannot be read."""
+    for p in (where, *where.parents):
+        if p.exists():
+            try:
+                return shutil.disk_usage(p).free
+            except OSError:
+                return None
+    return None
+
+
+def _at_size_limit(where: Path) -> bool:
+    """Whether a file at or under ``where`` has reached this process's file size limit (``ulimit -f``)."""
+    if sys.platform == "win32":
+        return False
+    soft, _hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    if soft == resource.RLIM_INFINITY or soft < 0:
+        return False
+    try:
+        files = [where] if where.is_file() else [p for p in where.rglob("*") if p.is_file()]
+        return any(p.stat().st_size >= soft for p in files)
+    except OSError:
+        return False
+
+
+def disk_full_reason(e: BaseException, where: Path | None = None) -> str | None:
+    """Why a write failed, when the failure is a full disk: "No space left on device", "File too large" (the file
+    size limit) or "Disk quota exceeded"; None for any other failure.
+
+    Recognised anywhere in ``e``'s chain: an OSError with ENOSPC, EFBIG or EDQUOT, and the libraries' own
+    exceptions carrying that message (safetensors' ``SafetensorError``, the bare ``Exception`` of tokenizers'
+    writer). torch's stream writer says only that a write failed; with ``where`` (the directory being written),
+    such a failure counts when that disk has (almost) nothing left, or a file there has reached the size limit.
+    """
+    opaque = False
+    for err in _chain(e):
+        if isinstance(err, OSError) and err.errno in _FULL_ERRNO:
+            return _FULL_ERRNO[err.errno]
+        text = str(err)
+        for pattern, reason in _FULL_TEXT:
+            if pattern.search(text):
+                return reason
+        opaque = opaque or bool(_OPAQUE_WRITE.search(text))
+    if not opaque or where is None:
+        return None
+    if _at_size_limit(where):
+        return "File too large"
+    free = _free_bytes(where)
+    return "No space left on device" if free is not None and free < _NEARLY_FULL else None
+
+
+def disk_full(e: BaseException, where: Path | None = None) -> bool:
+    """Whether the failed write ``e`` is a full disk (see :func:`disk_full_reason`)."""
+    return disk_full_reason(e, where) is not None
 
 
 def fsync_file(path: Path) -> None:

@@ -12,7 +12,6 @@ through the same function and its own ``load``.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
@@ -271,17 +270,25 @@ def _write(trained: Trained, path: Path, state_dict: dict[str, Any] | None = Non
         trained.backend.save(trained.loaded, tmp, state_dict=state_dict)
         write_manifest(trained, tmp)
         _fs.replace_dir(tmp, target)
-    except OSError as e:
+    except Exception as e:
+        full = _fs.disk_full_reason(e, tmp)  # before the partial save is removed: what it filled tells
         _fs.remove_tree(tmp)
-        if e.errno == errno.ENOSPC:
+        if full is not None:
             fix = "the disk is full; free some space or save elsewhere"
+            if full == "File too large":
+                fix = "the disk is full or a file reached the size limit (ulimit -f); free some space or save elsewhere"
+            reason = full
         elif isinstance(e, PermissionError):
             fix = "a file is locked or not writable (another program, antivirus, a read-only directory); retry, or "
             fix += "save elsewhere"
-        else:
+            reason = e.strerror or str(e)
+        elif isinstance(e, OSError):
             fix = "check the path and retry"
+            reason = e.strerror or str(e)
+        else:  # not a write that failed: raised as it is
+            raise
         raise CheckpointError(
-            f"save({str(path)!r}): could not write the save ({e.strerror or e}): {fix}"
+            f"save({str(path)!r}): could not write the save ({reason}): {fix}"
             + ("; the previous save there is intact" if path.exists() else "")
         ) from e
     except BaseException:

@@ -2,7 +2,8 @@
 target, prove it behaves like the trained model, then move it into place.
 
 A failed export (an error, or a verification that does not match) leaves nothing at the target and
-keeps a previous export there untouched.
+keeps a previous export there untouched; a full disk, whichever library's write meets it, is an ``ExportError``
+saying so.
 """
 
 from __future__ import annotations
@@ -273,9 +274,18 @@ def export_trained(
         size = _dir_size(staging)
         _fs.flush_tree(staging)  # the weights too, as a save's are: the export is on disk before it is in place
         _fs.replace_dir(staging, path)
-    except BaseException:
+    except BaseException as e:
+        full = _fs.disk_full_reason(e, staging) if isinstance(e, Exception) else None  # before staging goes
         _fs.remove_tree(staging)
-        raise
+        if full is None:
+            raise
+        fix = "the disk is full; free some space or export elsewhere"
+        if full == "File too large":
+            fix = "the disk is full or a file reached the size limit (ulimit -f); free some space or export elsewhere"
+        raise ExportError(
+            f"export({str(path)!r}): could not write the export ({full}): {fix}"
+            + ("; the previous export there is intact" if path.exists() else "")
+        ) from e
     return ExportResult(
         path=path,
         format=format,  # type: ignore[arg-type]

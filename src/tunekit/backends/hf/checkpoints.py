@@ -22,7 +22,6 @@ rather than some waiting for ever.
 
 from __future__ import annotations
 
-import errno
 import functools
 import hashlib
 import json
@@ -314,17 +313,24 @@ def _publish(trainer: Any, staging: Path, final: Path) -> None:
     _rotate(final.parent, identity.run_id, trainer._tk_keep, final)
 
 
-def _save_failed(e: OSError, final: Path, run_dir: Path) -> str:
-    if e.errno == errno.ENOSPC:
+def _save_failed(e: Exception, final: Path, run_dir: Path, full: str | None) -> str:
+    """The message of a checkpoint that could not be written: ``e`` an OSError, or a library's error for a full
+    disk (``full``: its reason, from :func:`tunekit._fs.disk_full_reason`)."""
+    if full is not None:
         fix = "the disk is full; free some space, keep fewer checkpoints (Training(keep_checkpoints=N)) or save "
         fix += "less often"
+        if full == "File too large":
+            fix = fix.replace("the disk is full;", "the disk is full or a file reached the size limit (ulimit -f);")
+        reason = full
     elif isinstance(e, PermissionError):
         fix = "a file is locked or not writable (another program, antivirus, a read-only directory); check output_dir"
+        reason = e.strerror or str(e)
     else:
         fix = "check output_dir and its disk"
+        reason = (e.strerror if isinstance(e, OSError) else None) or str(e)
     previous = next((p.name for _s, p in checkpoint_dirs(run_dir) if p != final), None)
     kept = f"the previous checkpoint {previous} is intact" if previous else "there is no earlier checkpoint"
-    return f"could not write {final.name} in {run_dir} ({e.strerror or e}): {fix}; {kept}"
+    return f"could not write {final.name} in {run_dir} ({reason}): {fix}; {kept}"
 
 
 class CheckpointMixin:
@@ -380,8 +386,10 @@ class CheckpointMixin:
                     step()
                 except Exception as e:
                     error = e
-                    if isinstance(e, OSError):
-                        error = CheckpointError(_save_failed(e, final, run_dir))
+                    # A full disk shows as an OSError, or as safetensors', tokenizers' or torch's own error.
+                    full = _fs.disk_full_reason(e, staging)
+                    if isinstance(e, OSError) or full is not None:
+                        error = CheckpointError(_save_failed(e, final, run_dir, full))
                         error.__cause__ = e
                 settle(error, what=final.name)
             except Exception:
@@ -402,6 +410,9 @@ class CheckpointMixin:
         try:
             return write(*args, **kwargs)
         except Exception as e:  # OSError, or torch.save's RuntimeError for a directory an earlier failure left out
+            # The failed write's frames hold its writer: torch.save's stays open on the half-written file (deleted
+            # with the staging directory, its space on a full disk kept) for as long as the error lives.
+            _fs.release_frames(e)
             self._tk_deferred.append(e)
             return None
 
