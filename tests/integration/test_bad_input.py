@@ -10,7 +10,7 @@ from tunekit.testing import reverse_task
 from .helpers import cpu
 
 BAD_ROWS = [
-    ({"prompt": "reverse: 1 2"}, "completion", "missing field 'completion'"),
+    ({"prompt": "reverse: 1 2"}, "completion", "missing field 'completion'; add it to every row"),
     ({"prompt": "reverse: 1 2", "completion": 12}, "completion", "expected a string"),
     ({"prompt": "reverse: 1 2", "completion": "  "}, "completion", "empty string"),
 ]

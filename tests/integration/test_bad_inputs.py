@@ -41,21 +41,24 @@ CATALOGUE: list[Row] = [
     ("empty-file", lambda c: c.fit(c.file("d.jsonl", "")), tk.DatasetError, "the file has no rows", "add at least one"),
     ("empty-list", lambda c: c.fit([]), tk.DatasetError, "dataset is empty", "add at least one"),
     ("missing-field", lambda c: c.fit(rows_with({"prompt": "reverse: 1 2"})),
-     tk.DatasetError, "row 3.*missing field 'completion'", ""),
+     tk.DatasetError, "row 3.*missing field 'completion'", "add it to every row"),
     ("wrong-type", lambda c: c.fit(rows_with({"prompt": "reverse: 1 2", "completion": 12})),
-     tk.DatasetError, "row 3, field 'completion': expected a string or a list of chat messages, got int", ""),
+     tk.DatasetError, "row 3, field 'completion': expected a string or a list of chat messages, got int",
+     "write it as text, or as a list of"),
     ("empty-string", lambda c: c.fit(rows_with({"prompt": "reverse: 1 2", "completion": "  "})),
      tk.DatasetError, "row 3, field 'completion': empty string", "needs text"),
     ("roles-out-of-order", lambda c: c.fit([conv("user", "user", "assistant")] * 4),
      tk.DatasetError, "row 1, field 'messages': roles out of order at message 2", "must alternate"),
     ("unknown-role", lambda c: c.fit([conv("user", "robot")] * 4),
      tk.DatasetError, "unknown role 'robot'", "expected one of"),
-    ("no-answer", lambda c: c.fit([conv("user")] * 4), tk.DatasetError, "must end with an assistant message", ""),
+    ("no-answer", lambda c: c.fit([conv("user")] * 4), tk.DatasetError, "must end with an assistant message",
+     "add the answer"),
     ("no-supervised-token", lambda c: c.fit([{"prompt": "reverse: " + "1 " * 200, "completion": "1"}], max_length=32),
      tk.DatasetError, "no supervised token left after truncation", r"raise Training\(max_length"),
     ("unknown-columns", lambda c: c.fit([{"question": "q", "answer": "a"}] * 4),
      tk.DatasetError, "cannot tell the data format", "expected one of"),
-    ("row-not-an-object", lambda c: c.fit(["reverse: 1 2"] * 4), tk.DatasetError, "row 1: expected an object", ""),
+    ("row-not-an-object", lambda c: c.fit(["reverse: 1 2"] * 4), tk.DatasetError, "row 1: expected an object",
+     "write each row as an object"),
     ("json-not-a-list", lambda c: c.fit(c.file("d.json", '{"prompt": "a"}')),
      tk.DatasetError, "expected a JSON list of objects", "one object a line"),
     ("unsupported-file", lambda c: c.fit(c.file("d.txt", "hello")),
@@ -130,7 +133,7 @@ def test_skip_bad_rows_reports_which_and_why(tiny_llama, caplog):
     with caplog.at_level("WARNING", logger="tunekit"):
         result = tuner.fit(rows)
     assert result.skipped_rows == [2, 5, 7] and result.num_examples == 7
-    assert result.skipped_reasons[5] == "row 5: missing field 'completion'"
+    assert result.skipped_reasons[5] == "row 5: missing field 'completion'; add it to every row"
     assert "no supervised token left after truncation" in result.skipped_reasons[7]
     for why in (
         "row 2, field 'completion': empty string",

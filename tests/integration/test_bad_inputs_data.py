@@ -140,7 +140,7 @@ CATALOGUE: list[Row] = [
     ("empty-eval-file", lambda c: c.tuner().fit(GOOD, eval_data=c.file("val.jsonl", "")), tk.DatasetError,
      r"eval_data is empty: .*val\.jsonl: the file has no rows", "add at least one example"),
     ("bad-eval-row", lambda c: c.tuner().fit(GOOD, eval_data=rows_with({"prompt": "reverse: 1 2"}, at=2)),
-     tk.DatasetError, r"^eval_data: row 2: missing field 'completion'", ""),
+     tk.DatasetError, r"^eval_data: row 2: missing field 'completion'; add it to every row", ""),
     ("csv-messages-not-json", lambda c: c.fit(c.file("d.csv", 'messages\n"[{""role"": ""user"", ""content"": ""hi""}, '
                                                   '{""role"": ""assistant"" ""content"": ""yo""}]"\n')),
      tk.DatasetError, r"row 1, field 'messages': the cell holds text that is not valid JSON \(Expecting ',' delimiter",

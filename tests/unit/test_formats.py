@@ -204,11 +204,11 @@ BAD_ROWS = [
         ": unknown column 'txt' (did you mean 'text'?); the data is in the 'text' format, which reads ['text'] "
         f"{IGNORED}",
     ),
-    ("text", {"text": None}, "text", ": missing field 'text'"),
+    ("text", {"text": None}, "text", ": missing field 'text'; add it to every row"),
     ("text", {"text": 3}, "text", ", field 'text': expected a string, got int (3)"),
     ("text", {"text": "  "}, "text", ", field 'text': empty string; every example needs text here"),
-    ("prompt_completion", {"prompt": "p"}, "completion", ": missing field 'completion'"),
-    ("prompt_completion", {"completion": "c"}, "prompt", ": missing field 'prompt'"),
+    ("prompt_completion", {"prompt": "p"}, "completion", ": missing field 'completion'; add it to every row"),
+    ("prompt_completion", {"completion": "c"}, "prompt", ": missing field 'prompt'; add it to every row"),
     (
         "prompt_completion",
         {"prompt": "p", "completion": ""},
@@ -222,7 +222,7 @@ BAD_ROWS = [
         # a list is read as chat messages (trl's conversational format), so the element is what is wrong
         ", field 'completion', message 1: expected an object with 'role' and 'content'",
     ),
-    ("alpaca", {"instruction": "i"}, "output", ": missing field 'output'"),
+    ("alpaca", {"instruction": "i"}, "output", ": missing field 'output'; add it to every row"),
     ("alpaca", {"instruction": "i", "output": "o", "input": 5}, "input", ", field 'input': expected a string, got int"),
     (
         "alpaca",
@@ -298,13 +298,13 @@ BAD_ROWS = [
         "messages",
         {"messages": [user("u"), assistant("a"), user("and then?")]},
         "messages",
-        ", field 'messages': the conversation must end with an assistant message (the text to learn)",
+        ", field 'messages': the conversation must end with an assistant message (the text to learn); add the answer",
     ),
     (
         "messages",
         {"messages": [system("s")]},
         "messages",
-        ", field 'messages': the conversation must end with an assistant message (the text to learn)",
+        ", field 'messages': the conversation must end with an assistant message (the text to learn); add the answer",
     ),
     (
         "sharegpt",
@@ -330,7 +330,8 @@ BAD_ROWS = [
         "sharegpt",
         {"conversations": [{"from": "human", "value": "u"}]},
         "conversations",
-        ", field 'conversations': the conversation must end with an assistant message (the text to learn)",
+        ", field 'conversations':"
+        " the conversation must end with an assistant message (the text to learn); add the answer",
     ),
 ]
 
@@ -356,10 +357,10 @@ def test_skip_drops_bad_rows_and_reports_them(fmt: str, bad: dict[str, Any], fie
 def test_row_that_is_not_an_object_is_a_bad_row() -> None:
     with pytest.raises(tk.DatasetError) as info:
         normalise([{"text": "a"}, "b"])  # type: ignore[list-item]
-    assert str(info.value) == "row 2: expected an object with named fields, got str"
+    assert str(info.value) == "row 2: expected an object with named fields, got str; write each row as an object"
     assert info.value.row == 2
     data = normalise([{"text": "a"}, "b"], on_bad_rows="skip")  # type: ignore[list-item]
-    assert data.skipped == [(2, "row 2: expected an object with named fields, got str")]
+    assert data.skipped == [(2, "row 2: expected an object with named fields, got str; write each row as an object")]
 
 
 def test_all_rows_bad_is_an_error_even_when_skipping() -> None:
@@ -415,7 +416,7 @@ def test_dataframe_with_mixed_rows_reports_the_missing_cell() -> None:
     df = pd.DataFrame([{"prompt": "p", "completion": "c"}, {"prompt": "p2"}])
     with pytest.raises(tk.DatasetError) as info:
         normalise(load_rows(df))
-    assert str(info.value) == "row 2: missing field 'completion'"
+    assert str(info.value) == "row 2: missing field 'completion'; add it to every row"
 
 
 def test_prompt_completion_accepts_chat_message_prompt() -> None:

@@ -214,7 +214,9 @@ def test_empty_in_memory_inputs() -> None:
 def test_row_that_is_not_an_object(tmp_path: Path, bad: Any) -> None:
     err = error([{"text": "fine"}, {"text": "fine"}, bad])
     assert err.row == 3
-    assert str(err) == f"row 3: expected an object with named fields, got {type(bad).__name__}"
+    assert str(err) == (
+        f"row 3: expected an object with named fields, got {type(bad).__name__}; write each row as an object"
+    )
     path = tmp_path / "d.jsonl"
     path.write_text('{"text": "a"}\n' + json.dumps(bad) + "\n", encoding="utf-8")
     assert error(path).row == 2

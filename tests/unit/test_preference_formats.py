@@ -150,8 +150,8 @@ BAD_ROWS = [
         ", field 'rejected': identical to 'chosen' ('x'); a preference pair needs two different answers: "
         "fix or drop the row",
     ),
-    ("preference", {"chosen": "a", "rejected": "b"}, "prompt", ": missing field 'prompt'"),
-    ("preference", {"prompt": "p", "chosen": "a"}, "rejected", ": missing field 'rejected'"),
+    ("preference", {"chosen": "a", "rejected": "b"}, "prompt", ": missing field 'prompt'; add it to every row"),
+    ("preference", {"prompt": "p", "chosen": "a"}, "rejected", ": missing field 'rejected'; add it to every row"),
     (
         "preference",
         {"prompt": "p", "chosen": "", "rejected": "b"},
@@ -162,13 +162,15 @@ BAD_ROWS = [
         "preference",
         {"prompt": 7, "chosen": "a", "rejected": "b"},
         "prompt",
-        ", field 'prompt': expected a string or a list of chat messages, got int (7)",
+        ", field 'prompt': expected a string or a list of chat messages, got int (7)"
+        "; write it as text, or as a list of {'role', 'content'} messages",
     ),
     (
         "preference",
         {"prompt": "p", "chosen": {"text": "a"}, "rejected": "b"},
         "chosen",
-        ", field 'chosen': expected a string or a list of chat messages, got dict ({'text': 'a'})",
+        ", field 'chosen': expected a string or a list of chat messages, got dict ({'text': 'a'})"
+        "; write it as text, or as a list of {'role', 'content'} messages",
     ),
     (
         "preference",
@@ -195,7 +197,12 @@ BAD_ROWS = [
         "chosen",
         ", field 'chosen', message 1: empty assistant message; nothing to learn from",
     ),
-    ("unpaired_preference", {"prompt": "p", "completion": "a"}, "label", ": missing field 'label'"),
+    (
+        "unpaired_preference",
+        {"prompt": "p", "completion": "a"},
+        "label",
+        ": missing field 'label'; add it to every row",
+    ),
     (
         "unpaired_preference",
         {"prompt": "p", "completion": "a", "label": "maybe"},
@@ -214,10 +221,10 @@ BAD_ROWS = [
         "unpaired_preference",
         {"prompt": "p", "completion": None, "label": False},
         "completion",
-        ": missing field 'completion'",
+        ": missing field 'completion'; add it to every row",
     ),
     ("prompt_only", {"prompt": "  "}, "prompt", ", field 'prompt': empty string; every example needs text here"),
-    ("prompt_only", {"prompt": None}, "prompt", ": missing field 'prompt'"),
+    ("prompt_only", {"prompt": None}, "prompt", ": missing field 'prompt'; add it to every row"),
     (
         "prompt_only",
         {"prompt": "p", "completion_ids": [1, 2]},

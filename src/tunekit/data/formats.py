@@ -43,6 +43,9 @@ __all__ = [
     "renamed_answer_column",
 ]
 
+_MISSING_FIX = "add it to every row"
+_OBJECT_FIX = "write each row as an object"
+
 Format = Literal[
     "text",
     "prompt_completion",
@@ -292,7 +295,9 @@ def detect_format(rows: list[dict[str, Any]]) -> Format:
     if not rows:
         raise DatasetError("the dataset is empty: it has no rows to train on; add at least one example")
     if not isinstance(rows[0], dict):
-        raise DatasetError(f"row 1: expected an object with named fields, got {type(rows[0]).__name__}", row=1)
+        raise DatasetError(
+            f"row 1: expected an object with named fields, got {type(rows[0]).__name__}; {_OBJECT_FIX}", row=1
+        )
     keys = set(rows[0])
     # Tables (CSV, parquet, DataFrame, Dataset) give every row every column, empty ones as None:
     # a text row in a table that also has prompt/completion columns is still a text row.
@@ -315,7 +320,7 @@ def detect_format(rows: list[dict[str, Any]]) -> Format:
 
 def _need_str(row: dict[str, Any], i: int, name: str, *, allow_empty: bool = False) -> str:
     if name not in row or row[name] is None:
-        raise DatasetError(f"row {i}: missing field {name!r}", row=i, field=name)
+        raise DatasetError(f"row {i}: missing field {name!r}; {_MISSING_FIX}", row=i, field=name)
     value = row[name]
     if not isinstance(value, str):
         raise DatasetError(
@@ -448,7 +453,8 @@ def _messages(
             )
     if not body or body[-1] != last:
         what = {
-            ("user", "assistant"): "the conversation must end with an assistant message (the text to learn)",
+            ("user", "assistant"): "the conversation must end with an assistant message (the text to learn); add "
+            "the answer",
             ("user", "user"): "the prompt must end with a user message (the turn to answer)",
             ("assistant", "assistant"): "the answer must end with an assistant message",
         }[(first, last)]
@@ -505,7 +511,7 @@ def _prompt(row: dict[str, Any], i: int) -> tuple[Messages, str | None]:
     if value is not None and not isinstance(value, str):
         raise DatasetError(
             f"row {i}, field 'prompt': expected a string or a list of chat messages, got {type(value).__name__} "
-            f"({value!r:.60})",
+            f"({value!r:.60}); write it as text, or as a list of {{'role', 'content'}} messages",
             row=i,
             field="prompt",
         )
@@ -521,7 +527,7 @@ def _answer(row: dict[str, Any], i: int, name: str) -> Messages:
     if value is not None and not isinstance(value, str):
         raise DatasetError(
             f"row {i}, field {name!r}: expected a string or a list of chat messages, got {type(value).__name__} "
-            f"({value!r:.60})",
+            f"({value!r:.60}); write it as text, or as a list of {{'role', 'content'}} messages",
             row=i,
             field=name,
         )
@@ -535,7 +541,7 @@ _FALSE = {"false", "0", "no", "n", "f"}
 def _label(row: dict[str, Any], i: int) -> bool:
     value = row.get("label")
     if value is None:
-        raise DatasetError(f"row {i}: missing field 'label'", row=i, field="label")
+        raise DatasetError(f"row {i}: missing field 'label'; {_MISSING_FIX}", row=i, field="label")
     if isinstance(value, bool):
         return value
     if isinstance(value, int) and value in (0, 1):
@@ -626,7 +632,9 @@ def normalise(rows: list[dict[str, Any]], fmt: Format | None = None, *, on_bad_r
     for i, row in enumerate(rows, 1):
         try:
             if not isinstance(row, dict):
-                raise DatasetError(f"row {i}: expected an object with named fields, got {type(row).__name__}", row=i)
+                raise DatasetError(
+                    f"row {i}: expected an object with named fields, got {type(row).__name__}; {_OBJECT_FIX}", row=i
+                )
             examples.append(normalise_row(fmt, row, i))
         except DatasetError as e:
             if on_bad_rows != "skip":

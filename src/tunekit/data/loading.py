@@ -217,7 +217,10 @@ def load_rows(data: DataInput, *, what: str = "training") -> list[dict[str, Any]
     out = []
     for i, row in enumerate(rows, 1):
         if not isinstance(row, dict):
-            raise DatasetError(f"row {i}: expected an object with named fields, got {type(row).__name__}", row=i)
+            raise DatasetError(
+                f"row {i}: expected an object with named fields, got {type(row).__name__}; write each row as an object",
+                row=i,
+            )
         out.append(_clean(row))
     if not out:
         where = f"{data}: the file has no rows" if isinstance(data, (str, Path)) else "it has no rows"
