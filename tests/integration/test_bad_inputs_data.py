@@ -94,7 +94,8 @@ CATALOGUE: list[Row] = [
                                                     msg("user", "hi"), msg("assistant", "hello"))}] * 4),
      tk.DatasetError, "row 1: both a 'system' column and a system message", "keep one of them"),
     ("system-not-a-string", lambda c: c.fit(rows_with({"prompt": "reverse: 1 2", "completion": "2 1", "system": 7})),
-     tk.DatasetError, r"row 3, field 'system': expected a string, got int", ""),
+     tk.DatasetError, r"row 3, field 'system': expected a string, got int",
+     "write the system prompt as text"),
     # --- OpenAI's per-turn weight ---
     ("weight-on-user-turn", lambda c: c.fit([chat(msg("user", "hi", weight=0), msg("assistant", "hello"))] * 4),
      tk.DatasetError, r"message 1: 'weight' is only read on assistant messages .* not on a user message", "remove it"),
@@ -140,7 +141,7 @@ CATALOGUE: list[Row] = [
     ("empty-eval-file", lambda c: c.tuner().fit(GOOD, eval_data=c.file("val.jsonl", "")), tk.DatasetError,
      r"eval_data is empty: .*val\.jsonl: the file has no rows", "add at least one example"),
     ("bad-eval-row", lambda c: c.tuner().fit(GOOD, eval_data=rows_with({"prompt": "reverse: 1 2"}, at=2)),
-     tk.DatasetError, r"^eval_data: row 2: missing field 'completion'; add it to every row", ""),
+     tk.DatasetError, r"^eval_data: row 2: missing field 'completion'", "add it to every row"),
     ("csv-messages-not-json", lambda c: c.fit(c.file("d.csv", 'messages\n"[{""role"": ""user"", ""content"": ""hi""}, '
                                                   '{""role"": ""assistant"" ""content"": ""yo""}]"\n')),
      tk.DatasetError, r"row 1, field 'messages': the cell holds text that is not valid JSON \(Expecting ',' delimiter",

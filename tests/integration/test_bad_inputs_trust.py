@@ -282,7 +282,8 @@ CATALOGUE += [
          "<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")).fit(
          [{"prompt": "reverse: 1 2", "completion": "2 1"}, {"prompt": "boom", "completion": "x"}]),
-     tk.IncompatibleError, "row 2: the chat template passed as template=... refused the conversation: no boom", ""),
+     tk.IncompatibleError, "row 2: the chat template passed as template=... refused the conversation: no boom",
+     "fix the template"),
 ]  # fmt: skip
 
 

@@ -489,7 +489,8 @@ def _system(row: dict[str, Any], i: int) -> Messages:
     system = row.get("system")
     if system is not None and not isinstance(system, str):
         raise DatasetError(
-            f"row {i}, field 'system': expected a string, got {type(system).__name__} ({system!r:.60})",
+            f"row {i}, field 'system': expected a string, got {type(system).__name__} ({system!r:.60}); "
+            "write the system prompt as text",
             row=i,
             field="system",
         )
