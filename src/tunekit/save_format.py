@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import tempfile
 import uuid
@@ -47,6 +48,7 @@ __all__ = [
 ]
 
 MANIFEST = "tunekit.json"
+logger = logging.getLogger("tunekit")
 
 
 def read_manifest(path: Path) -> dict[str, Any]:
@@ -59,15 +61,15 @@ def read_manifest(path: Path) -> dict[str, Any]:
 
 
 def base_model_of(spec: RunSpec) -> str | None:
-    """The base model a save of ``spec`` records: the base an adapter save recorded, else the model reference
-    (an existing directory made absolute), else a model object's ``name_or_path``."""
-    if spec.adapter_path is not None and spec.method.is_adapter:
-        recorded = read_manifest(spec.adapter_path).get("base_model")
-        return str(recorded) if recorded is not None else None
+    """The base model a save of ``spec`` records: the model reference (an existing directory made absolute),
+    else, for a model object, the base an adapter save recorded or the object's ``name_or_path``."""
     ref = spec.model_ref
-    if isinstance(ref, (str, Path)):
+    if isinstance(ref, (str, Path)):  # the base it sits on now (tk.load may have been given another one)
         p = Path(ref)
         return str(p.resolve()) if p.exists() else str(ref)
+    if spec.adapter_path is not None and spec.method.is_adapter:  # a model object: what the save recorded
+        recorded = read_manifest(spec.adapter_path).get("base_model")
+        return str(recorded) if recorded is not None else None
     return getattr(ref, "name_or_path", None) or None
 
 
@@ -160,12 +162,17 @@ def check_base(path: Path, recorded: Any, base: Any) -> None:
         )
     if found is None:
         return  # a model object of the same shape: its weights are not compared
-    for key, what in (("config_sha256", "config"), ("weights_sample_sha256", "weights")):
-        if found[key] != recorded.get(key):
-            raise IncompatibleError(
-                f"{where}: the base model {str(base)!r} is not the one the adapter was trained on (same shape, "
-                f"different {what}: another revision, seed or fine-tune); {fix}"
-            )
+    if found["weights_sample_sha256"] != recorded.get("weights_sample_sha256"):
+        raise IncompatibleError(
+            f"{where}: the base model {str(base)!r} is not the one the adapter was trained on (same shape, "
+            f"different weights: another revision, seed or fine-tune); {fix}"
+        )
+    if found["config_sha256"] != recorded.get("config_sha256"):  # e.g. a new eos_token_id upstream: same weights
+        logger.warning(
+            "%s: the base model %r has the weights the adapter was trained on but a different config.json",
+            where,
+            str(base),
+        )
 
 
 def write_manifest(trained: Trained, directory: Path) -> None:
@@ -227,6 +234,13 @@ def _check_path(path: Path) -> None:
             f"{where}: the directory is not empty and is not a tunekit save; "
             "choose a new or empty directory (tunekit never overwrites files it did not write)"
         )
+    if (path / MANIFEST).is_file():  # an earlier save, replaced whole: only if it holds nothing else
+        extra = _unlisted(path)
+        if extra:
+            raise CheckpointError(
+                f"{where}: the earlier save there also holds files tunekit did not write ({', '.join(extra[:5])}); "
+                "move them away or save elsewhere (replacing the save would delete them)"
+            )
     parent = path.absolute().parent
     place = parent if parent.is_dir() else existing  # where the save (or the directories above it) is created
     try:  # a probe file, removed at once
@@ -314,15 +328,17 @@ def spec_from_save(
     objective: Objective | None = None,
     trust_remote_code: bool | None = None,
     allow_pickle: bool | None = None,
+    allow_control_tokens: bool | None = None,
     verify: bool = True,
     allow_base_change: bool = False,
 ) -> Saved:
     """How to load the save at ``path``: the manifest checked and read back into a :class:`RunSpec`.
 
     ``base_model`` replaces the base an adapter save records, ``training`` and ``objective`` the saved
-    ones. Trust is the caller's alone: ``trust_remote_code`` and ``allow_pickle`` come from these
-    arguments (or, when they are None, from the caller's ``training``), never from the manifest, which
-    records what the training run used but grants nothing. ``verify`` checks every file against the
+    ones. Trust is the caller's alone: ``trust_remote_code``, ``allow_pickle`` and
+    ``allow_control_tokens`` come from these arguments (or, when they are None, from the caller's
+    ``training``), never from the manifest, which records what the training run used but grants nothing
+    (nor does it choose the trackers or the cache directory of later runs). ``verify`` checks every file against the
     sha256 the manifest records (False checks only sizes). An adapter goes only on the base it was
     trained on (its recorded fingerprint), unless ``allow_base_change``.
     """
@@ -332,6 +348,9 @@ def spec_from_save(
     m = read_manifest(path)
     if isinstance(m.get("files"), dict):  # written by tunekit >= 0.2: check nothing is missing, truncated or changed
         problem = _fs.verify_files(path, m["files"], hashes=verify)
+        extra = _unlisted(path)
+        if problem is None and extra:  # the loaders read what is there, listed or not
+            problem = f"{', '.join(extra[:5])} {'is' if len(extra) == 1 else 'are'} not listed in its manifest"
         if problem is not None:
             fix = "save it again, or copy it again from where it came from"
             raise CheckpointError(f"load({str(path)!r}): the save is incomplete or corrupt: {problem}; {fix}")
@@ -352,12 +371,17 @@ def spec_from_save(
             "was it written by a newer tunekit, or edited by hand?"
         ) from e
     # The manifest records what the run used; what this process may run or unpickle is its caller's decision.
-    trust = {
-        "trust_remote_code": bool(
-            trust_remote_code if trust_remote_code is not None else _given(training, "trust_remote_code")
-        ),
-        "allow_pickle": bool(allow_pickle if allow_pickle is not None else _given(training, "allow_pickle")),
+    trust: dict[str, Any] = {
+        name: bool(given if given is not None else _given(training, name))
+        for name, given in (
+            ("trust_remote_code", trust_remote_code),
+            ("allow_pickle", allow_pickle),
+            ("allow_control_tokens", allow_control_tokens),
+        )
     }
+    if training is None:  # where the loader's later runs report to and cache in is not the save's to say either
+        defaults = Training()
+        trust.update(report_to=defaults.report_to, cache_dir=defaults.cache_dir)
     common: dict[str, Any] = {
         "method": method,
         "objective": objective,
@@ -381,6 +405,21 @@ def spec_from_save(
         spec = RunSpec(model_ref=str(path), **common)
     data = m.get("data")
     return Saved(spec, data if isinstance(data, dict) else None)
+
+
+def _unlisted(path: Path) -> list[str]:
+    """Files under the save ``path`` that its manifest does not list (the manifest itself aside)."""
+    try:
+        listed = read_manifest(path).get("files")
+    except CheckpointError:
+        return []
+    if not isinstance(listed, dict):
+        return []
+    return sorted(
+        rel
+        for p in path.rglob("*")
+        if (p.is_file() or p.is_symlink()) and (rel := p.relative_to(path).as_posix()) != MANIFEST and rel not in listed
+    )
 
 
 def _given(training: Training | None, name: str) -> bool:

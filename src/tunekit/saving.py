@@ -24,6 +24,7 @@ def load(
     objective: Objective | None = None,
     trust_remote_code: bool | None = None,
     allow_pickle: bool | None = None,
+    allow_control_tokens: bool | None = None,
     verify: bool = True,
     allow_base_change: bool = False,
 ) -> Tuner:
@@ -34,9 +35,10 @@ def load(
     ``objective`` the saved objective (e.g. an SFT model trained on with ``tk.DPO()``).
 
     What a save may do is the caller's decision, never the save's: code in the base model's
-    directory runs only with ``trust_remote_code=True`` and pickle files load only with
-    ``allow_pickle=True`` (both default to the given ``training``'s, else False), whatever the
-    manifest recorded of the run that wrote it. Every file is checked against the sha256 in the
+    directory runs only with ``trust_remote_code=True``, pickle files load only with
+    ``allow_pickle=True`` and control tokens typed in prompts act as such only with
+    ``allow_control_tokens=True`` (each defaults to the given ``training``'s, else False), whatever
+    the manifest recorded of the run that wrote it. Every file is checked against the sha256 in the
     manifest (``verify=False`` checks sizes only, for a save you trust and load often), and an
     adapter goes only on the base it was trained on: a base of another shape, revision, seed or
     fine-tune is refused unless ``allow_base_change=True``.
@@ -54,6 +56,7 @@ def load(
         objective=objective,
         trust_remote_code=trust_remote_code,
         allow_pickle=allow_pickle,
+        allow_control_tokens=allow_control_tokens,
         verify=verify,
         allow_base_change=allow_base_change,
     )

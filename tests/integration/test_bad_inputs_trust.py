@@ -103,7 +103,27 @@ def other_size(c: Case) -> Path:
     return tiny_model(c.tmp / "other-size", texts=texts, hidden_size=32)
 
 
+def unlisted_file(c: Case) -> Any:
+    path = saved(c)
+    (path / "added_tokens.json").write_text('{"EVIL": 600}', encoding="utf-8")  # the tokenizer would read it
+    return tk.load(path)
+
+
+def save_over_a_save_with_notes(c: Case) -> Any:
+    path = saved(c)
+    tuner = tk.load(path)
+    (path / "MY_NOTES.txt").write_text("mine", encoding="utf-8")
+    try:
+        return tuner.save(path)
+    finally:
+        assert (path / "MY_NOTES.txt").read_text(encoding="utf-8") == "mine"
+
+
 CATALOGUE: list[Row] = [
+    ("unlisted-file-in-a-save", unlisted_file, tk.CheckpointError,
+     "added_tokens.json is not listed in its manifest", "save it again"),
+    ("save-over-a-save-holding-user-files", save_over_a_save_with_notes, tk.CheckpointError,
+     r"also holds files tunekit did not write \(MY_NOTES.txt\)", "move them away or save elsewhere"),
     ("manifest-grants-remote-code", manifest_grants_remote_code, tk.IncompatibleError, "needs its own Python code",
      "trust_remote_code=True"),
     ("manifest-grants-pickle", manifest_grants_pickle, tk.CheckpointError,
@@ -144,6 +164,24 @@ def test_correct_trust_is_the_callers(tiny_llama, tmp_path):
     assert tk.load(path, trust_remote_code=True).training.trust_remote_code
     assert tk.load(path, training=cpu(allow_pickle=True)).training.allow_pickle
     assert not tk.load(path, training=cpu(allow_pickle=True), allow_pickle=False).training.allow_pickle
+    # nor the control-token opt-in, the trackers or the cache directory of the loader's later runs
+    edit_manifest(path, training__allow_control_tokens=True, training__report_to=["wandb"], training__cache_dir="/x")
+    loaded = tk.load(path).training
+    assert (loaded.allow_control_tokens, tuple(loaded.report_to), loaded.cache_dir) == (False, (), None)
+    assert tk.load(path, allow_control_tokens=True).training.allow_control_tokens
+
+
+def test_correct_a_base_with_a_new_config_but_the_same_weights_loads_with_a_warning(tiny_llama, tmp_path, caplog):
+    case = Case(tiny_llama, tmp_path, tmp_path, pytest.MonkeyPatch())
+    path = saved(case)
+    base = tmp_path / "edited-base"
+    shutil.copytree(tiny_llama, base)
+    config = json.loads((base / "config.json").read_text(encoding="utf-8"))
+    config["max_position_embeddings"] = 1024  # what an upstream repo edits without touching the weights
+    (base / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    with caplog.at_level("WARNING", logger="tunekit"):
+        tk.load(path, base_model=str(base))
+    assert "has the weights the adapter was trained on but a different config.json" in caplog.text
 
 
 def test_correct_a_moved_base_loads_and_a_deliberate_change_is_allowed(tiny_llama, tmp_path):
@@ -162,9 +200,7 @@ def test_correct_a_moved_base_loads_and_a_deliberate_change_is_allowed(tiny_llam
     assert not torch.allclose(logits(changed.model), logits(original.model))
     # the manifest of a save made from it records the base it now sits on, so it loads there again
     resaved = changed.save(tmp_path / "resaved")
-    torch.testing.assert_close(
-        logits(tk.load(resaved, base_model=str(other)).model), logits(changed.model), rtol=0, atol=0
-    )
+    torch.testing.assert_close(logits(tk.load(resaved).model), logits(changed.model), rtol=0, atol=0)
 
 
 def test_correct_fast_path_skips_only_the_hashes(tiny_llama, tmp_path):
