@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import weakref
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,12 @@ from tunekit.training import Training
 from tunekit.training_data import check_compatible, encode_for, normalise_for
 
 __all__ = ["Tuner", "verify_export"]
+
+
+_BUSY = (
+    "{what}: this Tuner is in use in another thread (generate(), score(), save(), merge() or export() is running); "
+    "call it after that returns (or use a second Tuner)"
+)
 
 
 class Tuner:
@@ -128,6 +135,10 @@ class Tuner:
         self._active_run: weakref.ref[Run] | None = None
         self._fitting: int | None = None  # the thread running fit(), while it runs
         self._lock = threading.Lock()
+        # Held by fit() for its run and by generate/score/save/merge/export while they work: two threads never
+        # use the model at once (one would switch it to eval mode, or change the tokenizer's padding side, under
+        # the other). Re-entrant: a hook, in fit's thread, may generate or save.
+        self._use_lock = threading.RLock()
         if objective is not None:
             check_compatible(self.method, objective)
         if output_dir is not None and Path(output_dir).exists() and not Path(output_dir).is_dir():
@@ -225,11 +236,14 @@ class Tuner:
         """
         with self._lock:  # one activity at a time: a second fit, or a start, from another thread is refused
             prepared = self._prepare_run(data, eval_data, resume)
+            if not self._use_lock.acquire(blocking=False):
+                raise ConfigError(_BUSY.format(what="fit()"))
             self._fitting = threading.get_ident()
         try:
             return execute(prepared, self.backend, self._model_for_run, on_result=self._keep_result)
         finally:
             self._fitting = None
+            self._use_lock.release()
 
     def start(self, data: Any, *, eval_data: Any = None, resume: bool | str | Path | None = None) -> Run:
         """Like :meth:`fit`, in a background thread: returns a :class:`tunekit.Run` at once.
@@ -240,12 +254,20 @@ class Tuner:
         """
         with self._lock:
             prepared = self._prepare_run(data, eval_data, resume)
+            if not self._use_lock.acquire(blocking=False):
+                raise ConfigError(_BUSY.format(what="start()"))
+            self._use_lock.release()
             run = Run(prepared, self.backend, self._model_for_run, on_result=self._keep_result)
             self._active_run = weakref.ref(run)
         return run
 
     def _prepare_run(self, data: Any, eval_data: Any, resume: bool | str | Path | None) -> Prepared:
         """Everything ``fit`` and ``start`` check in the caller's thread, before anything loads."""
+        if self._fitting == threading.get_ident():
+            raise ConfigError(
+                "fit() was called from inside the running fit (a hook?); a hook may generate or save, but a new "
+                "run starts after this one returns"
+            )
         if self._fitting is not None:
             raise ConfigError(
                 "this Tuner is already training (fit() is running in another thread); wait for it to return before "
@@ -275,6 +297,15 @@ class Tuner:
     def _keep_result(self, result: FitResult) -> None:
         self.last_result = result
 
+    @contextlib.contextmanager
+    def _using(self, what: str) -> Iterator[None]:
+        """Use of the model by ``what``: refused while a run trains in another thread; waits for another thread's
+        generate/save/... to finish (so a server may call generate from several threads)."""
+        self._check_not_training(what)
+        with self._use_lock:
+            self._check_not_training(what)  # a fit may have started while this one waited
+            yield
+
     def _check_not_training(self, what: str) -> None:
         """Refuse ``what`` while a fit runs in another thread: it would switch the shared model to eval mode and
         swap its attention mid-training. A hook (in the training thread, between steps) may call it."""
@@ -303,13 +334,13 @@ class Tuner:
         A control token typed inside a prompt (``<|im_end|>``) is encoded as the text it is, unless
         ``allow_control_tokens=True`` (default: ``Training.allow_control_tokens``).
         """
-        self._check_not_training("generate()")
         prompts, single = check_prompts(prompt, self.objective_used)  # before anything loads
         options = check_options(options)
         if not prompts:
             return []
         options.setdefault("allow_control_tokens", self.training.allow_control_tokens)  # typed control tokens are text
-        return generate(self.backend, self.loaded, self.objective_used, prompts, single=single, **options)
+        with self._using("generate()"):
+            return generate(self.backend, self.loaded, self.objective_used, prompts, single=single, **options)
 
     def score(self, texts: Sequence[Any]) -> list[float]:
         """Reward-model scores, one float per item (higher is better).
@@ -324,11 +355,11 @@ class Tuner:
             >>> rm.score([("2 + 2 =", "4"), ("2 + 2 =", "5")])  # doctest: +SKIP
             [3.1, -2.7]
         """
-        self._check_not_training("score()")
         items = check_items(texts, self.objective_used)  # before anything loads
         if not items:
             return []
-        return score(self.backend, self.loaded, items, max_length=self.training.max_length)
+        with self._using("score()"):
+            return score(self.backend, self.loaded, items, max_length=self.training.max_length)
 
     def merge(self) -> Any:
         """The trained model with the adapter merged into the base weights: a plain transformers model.
@@ -341,17 +372,17 @@ class Tuner:
         prompt-based methods (their virtual tokens are inputs, not weights) and ``Full`` / ``Freeze``
         (``tuner.model`` already is the whole model).
         """
-        self._check_not_training("merge()")
         if not self.method.mergeable:
             raise IncompatibleError(f"{self.method.name} cannot be merged: {self.method.not_mergeable_because}")
-        return self.backend.merge(self.loaded, self.method)
+        with self._using("merge()"):
+            return self.backend.merge(self.loaded, self.method)
 
     def save(self, path: str | Path) -> Path:
         """Write the adapter (or whole model for ``Full``), tokenizer, template and manifest."""
-        self._check_not_training("save()")
         target = Path(path)
-        check_save(target, self._spec(), self.backend)  # before anything loads
-        return write_save(self._trained(), target)
+        with self._using("save()"):
+            check_save(target, self._spec(), self.backend)  # before anything loads
+            return write_save(self._trained(), target)
 
     def export(
         self,
@@ -385,18 +416,18 @@ class Tuner:
             >>> print(result.size_report())  # doctest: +SKIP
             >>> tuner.export("out/gguf", format="gguf", dtype="q8_0")  # doctest: +SKIP
         """
-        self._check_not_training("export()")
-        check_request(self._spec(), Path(path), format, merge, dtype, max_new_tokens=max_new_tokens)  # before loading
-        return export_trained(
-            self._trained(),
-            path,
-            format=format,
-            merge=merge,
-            dtype=dtype,
-            golden_prompts=golden_prompts,
-            verify=verify,
-            max_new_tokens=max_new_tokens,
-        )
+        with self._using("export()"):
+            check_request(self._spec(), Path(path), format, merge, dtype, max_new_tokens=max_new_tokens)  # before load
+            return export_trained(
+                self._trained(),
+                path,
+                format=format,
+                merge=merge,
+                dtype=dtype,
+                golden_prompts=golden_prompts,
+                verify=verify,
+                max_new_tokens=max_new_tokens,
+            )
 
     def __repr__(self) -> str:
         return f"Tuner({self.model_ref!r}, method={self.method!r}, objective={self._objective_used!r})"

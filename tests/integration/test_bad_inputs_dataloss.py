@@ -273,3 +273,51 @@ def test_correct_an_explicit_metrics_path_of_an_earlier_run_is_reused(tiny_llama
         tuner.fit(GOOD)
         lines = [json.loads(line) for line in target.read_text(encoding="utf-8").splitlines()]
         assert [row["step"] for row in lines if "loss" in row] == [1, 2]
+
+
+def test_correct_a_running_generate_blocks_fit_and_other_generates_wait(tiny_llama, monkeypatch):
+    tuner = tk.Tuner(tiny_llama, training=cpu(max_steps=1, batch_size=4), progress=False)
+    tuner.model  # noqa: B018
+    side = tuner.tokenizer.padding_side
+    inside, release = threading.Event(), threading.Event()
+    real = tuner.backend.generate
+    active: list[int] = []
+
+    def slow(*args: Any, **kw: Any) -> Any:
+        active.append(1)
+        assert len(active) == 1, "two generate() calls used the model at once"
+        inside.set()
+        assert release.wait(60)
+        try:
+            return real(*args, **kw)
+        finally:
+            active.pop()
+
+    monkeypatch.setattr(tuner.backend, "generate", slow)
+    errors: list[BaseException] = []
+    first = threading.Thread(target=lambda: _catch(errors, lambda: tuner.generate("reverse: 1 2", max_new_tokens=1)))
+    first.start()
+    assert inside.wait(60)
+    inside.clear()
+    second = threading.Thread(target=lambda: _catch(errors, lambda: tuner.generate("reverse: 3", max_new_tokens=1)))
+    second.start()
+    with pytest.raises(tk.ConfigError, match=r"fit\(\): this Tuner is in use in another thread"):
+        tuner.fit(GOOD)
+    release.set()
+    first.join(60)
+    second.join(60)
+    assert not errors, errors
+    assert tuner.tokenizer.padding_side == side  # each generate put it back: they did not interleave
+    assert tuner.fit(GOOD).steps == 1  # once they are done, training may start
+
+
+def test_correct_a_nested_fit_from_a_hook_says_so(tiny_llama):
+    class Again(tk.Hook):
+        def on_step_end(self, ctx: tk.RunContext) -> None:
+            box[0].fit(GOOD)
+
+    box: list[tk.Tuner] = []
+    tuner = tk.Tuner(tiny_llama, training=cpu(max_steps=1, batch_size=4), hooks=[Again()], progress=False)
+    box.append(tuner)
+    with pytest.raises(tk.TrainingError, match="called from inside the running fit"):
+        tuner.fit(GOOD)
