@@ -292,6 +292,32 @@ def runaway(c: Case) -> Any:
     return tk.Tuner(c.model, template=loop).model
 
 
+CHATML_BODY = (
+    "<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+HANG = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
+
+
+def runaway_when(c: Case, condition: str, *, fit: bool = False) -> Any:
+    """A template that behaves on the two-message probe and loops for ever when ``condition`` holds."""
+    from tunekit.data import templates
+
+    c.monkeypatch.setattr(templates, "RENDER_SECONDS", 1.0)
+    template = "{% if " + condition + " %}" + HANG + "{% endif %}{% for m in messages %}" + CHATML_BODY
+    tuner = tk.Tuner(c.model, template=template, training=cpu(max_steps=1))
+    if not fit:
+        return tuner.model
+    return tuner.fit([{"prompt": "reverse: 1 2", "completion": "2 1"}, {"prompt": "boom", "completion": "x"}])
+
+
+def huge_output(c: Case) -> Any:
+    from tunekit.data import templates
+
+    c.monkeypatch.setattr(templates, "RENDER_CHARS", 100_000)
+    return tk.Tuner(c.model, template="{{ 'x' * 200000 }}{% for m in messages %}" + CHATML_BODY).model
+
+
 def model_with_template(c: Case, template: str) -> Path:
     def edit(p: Path) -> None:
         (p / "chat_template.jinja").write_text(template, encoding="utf-8")
@@ -311,6 +337,13 @@ CATALOGUE += [
     ("template-sandbox-escape", lambda c: tk.Tuner(c.model, template="{{ ''.__class__.__mro__ }}").model,
      tk.IncompatibleError, "tried something the sandbox forbids", "fix the template"),
     ("template-runaway-loop", runaway, tk.IncompatibleError, r"ran for more than 1 s .*runaway loop",
+     "fix the template"),
+    ("template-runaway-on-three-messages", lambda c: runaway_when(c, "messages|length > 2"), tk.IncompatibleError,
+     r"ran for more than 1 s on a conversation of 3 messages", "fix the template"),
+    ("template-runaway-on-one-row",
+     lambda c: runaway_when(c, "messages|selectattr('content', 'equalto', 'boom')|list", fit=True),
+     tk.IncompatibleError, r"row 2: .*ran for more than 1 s", "fix the template"),
+    ("template-huge-output", huge_output, tk.IncompatibleError, r"wrote 2\d\d,\d\d\d characters .*more than 100,000",
      "fix the template"),
     ("template-refuses-a-row",
      lambda c: tk.Tuner(c.model, training=cpu(max_steps=1), template=(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,16 @@ from jinja2 import TemplateError  # transformers' dependency: a chat template's 
 
 from tunekit.errors import DatasetError, IncompatibleError
 
-__all__ = ["CHATML_TEMPLATE", "Template", "ensure_template", "find_end_of_turn", "render_segments"]
+__all__ = [
+    "CHATML_TEMPLATE",
+    "Template",
+    "ensure_template",
+    "find_end_of_turn",
+    "render",
+    "render_segments",
+    "template_source",
+    "try_render",
+]
 
 IM_START, IM_END, PAD = "<|im_start|>", "<|im_end|>", "<|pad|>"
 
@@ -49,7 +59,7 @@ class Template:
 
 
 RENDER_SECONDS = 10.0  # one render of a conversation; a template that loops for longer is refused
-RENDER_CHARS = 50_000_000  # what one render may return
+RENDER_CHARS = 4_000_000  # what one render may return (about a million tokens: beyond any model's context)
 _T = TypeVar("_T")
 
 
@@ -57,30 +67,51 @@ class _RenderTimeout(BaseException):
     """Raised inside a render that ran past its time (a BaseException: a template cannot catch it)."""
 
 
-def _within(seconds: float, fn: Callable[[], _T]) -> _T:
-    """``fn()``, interrupted when it runs for more than ``seconds``.
+class _Watchdog:
+    """One daemon thread that interrupts renders running past their deadline.
 
     jinja2's sandbox blocks unsafe attributes and caps ``range`` but not time: nested loops hang a render
-    for hours. The interruption is an exception raised asynchronously in this thread (CPython's
-    ``PyThreadState_SetAsyncExc``), delivered at the template's next Python bytecode; a watchdog thread
-    waits and fires only if the render has not finished."""
-    finished = threading.Event()
-    lock = threading.Lock()
-    target = threading.get_ident()
+    for hours. The interruption is an exception raised asynchronously in the rendering thread (CPython's
+    ``PyThreadState_SetAsyncExc``), delivered at the template's next Python bytecode. Every render is
+    timed, so the cost per render is two dictionary updates; the thread starts with the first render."""
 
-    def watchdog() -> None:
-        if finished.wait(seconds):
-            return
-        with lock:
-            if not finished.is_set():
-                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(target), ctypes.py_object(_RenderTimeout))
+    def __init__(self) -> None:
+        self._deadlines: dict[int, float] = {}
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
 
-    threading.Thread(target=watchdog, name="tunekit-template-watchdog", daemon=True).start()
-    try:
-        return fn()
-    finally:
-        with lock:
-            finished.set()
+    def run(self, seconds: float, fn: Callable[[], _T]) -> _T:
+        me = threading.get_ident()
+        with self._lock:
+            if me in self._deadlines:  # a render inside a render (a template calling back): the outer one's clock
+                nested = True
+            else:
+                nested = False
+                self._deadlines[me] = time.monotonic() + seconds
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._watch, name="tunekit-template-watchdog", daemon=True)
+                self._thread.start()
+        try:
+            return fn()
+        finally:
+            if not nested:
+                with self._lock:
+                    self._deadlines.pop(me, None)
+
+    def _watch(self) -> None:
+        while True:
+            time.sleep(0.05)
+            now = time.monotonic()
+            with self._lock:
+                for ident, deadline in list(self._deadlines.items()):
+                    if now > deadline:
+                        del self._deadlines[ident]
+                        ctypes.pythonapi.PyThreadState_SetAsyncExc(
+                            ctypes.c_ulong(ident), ctypes.py_object(_RenderTimeout)
+                        )
+
+
+_WATCHDOG = _Watchdog()
 
 
 def template_source(tokenizer: Any) -> str:
@@ -95,23 +126,35 @@ def template_source(tokenizer: Any) -> str:
     return "the tokenizer's chat template"
 
 
-def render(tokenizer: Any, messages: list[dict[str, str]], *, add_generation_prompt: bool, timed: bool = False) -> str:
-    """The template's text for ``messages``; a template that fails, refuses or (``timed``) runs too long raises
-    IncompatibleError naming it. Timed renders are the probes that check a template (at model load)."""
+def render(tokenizer: Any, messages: list[dict[str, Any]], *, add_generation_prompt: bool) -> str:
+    """The template's text for ``messages``. A template that fails, refuses the conversation, runs for more than
+    ``RENDER_SECONDS`` or writes more than ``RENDER_CHARS`` raises IncompatibleError naming it."""
+    out = try_render(tokenizer, messages, add_generation_prompt=add_generation_prompt, refusals=False)
+    assert out is not None  # refusals=False: a refusal raised
+    return out
+
+
+def try_render(
+    tokenizer: Any, messages: list[dict[str, Any]], *, add_generation_prompt: bool, refusals: bool = True
+) -> str | None:
+    """:func:`render`, but None when the template refuses the conversation (its ``raise_exception``, e.g.
+    "system role not supported") and ``refusals``; a runaway or broken template still raises."""
 
     def go() -> str:
         return str(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt))
 
     try:
-        out = _within(RENDER_SECONDS, go) if timed else go()
+        out = _WATCHDOG.run(RENDER_SECONDS, go)
     except _RenderTimeout:
         raise IncompatibleError(
-            f"{template_source(tokenizer)} ran for more than {RENDER_SECONDS:.0f} s on a two-message conversation "
-            "(a runaway loop); fix the template or pass template=..."
+            f"{template_source(tokenizer)} ran for more than {RENDER_SECONDS:.0f} s on a conversation of "
+            f"{len(messages)} messages (a runaway loop); fix the template or pass template=..."
         ) from None
     except TemplateError as e:  # a syntax error, a sandbox refusal, or the template's own raise_exception
         kind = {"TemplateSyntaxError": "has a syntax error", "SecurityError": "tried something the sandbox forbids"}
         what = kind.get(type(e).__name__, "refused the conversation")
+        if refusals and what == "refused the conversation":
+            return None
         lineno = getattr(e, "lineno", None)
         line = f" (line {lineno})" if lineno else ""
         raise IncompatibleError(
@@ -132,7 +175,6 @@ def find_end_of_turn(tokenizer: Any) -> str:
         tokenizer,
         [{"role": "user", "content": "hi"}, {"role": "assistant", "content": marker}],
         add_generation_prompt=False,
-        timed=True,
     )
     if marker not in text:
         raise IncompatibleError(

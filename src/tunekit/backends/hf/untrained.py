@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from tunekit.data.templates import try_render
 from tunekit.methods import Method
 
 __all__ = ["fix_untrained_template_tokens", "template_token_ids"]
@@ -42,10 +43,9 @@ def template_token_ids(tokenizer: Any, end_of_turn_id: int) -> list[int]:
     ]
     ids: set[int] = {end_of_turn_id}
     for turns in (messages, messages[1:]):  # some templates refuse a system turn
-        try:
-            text = tokenizer.apply_chat_template(turns, tokenize=False)
-        except Exception as e:  # a template's own refusal (e.g. "system role not supported")
-            logger.debug("the chat template refuses %s: %s", [m["role"] for m in turns], e)
+        text = try_render(tokenizer, turns, add_generation_prompt=False)  # timed; a runaway template raises
+        if text is None:  # a template's own refusal (e.g. "system role not supported")
+            logger.debug("the chat template refuses %s", [m["role"] for m in turns])
             continue
         ids |= {int(i) for i in tokenizer(str(text), add_special_tokens=False)["input_ids"] if i in special}
     return sorted(i for i in ids if i is not None and i >= 0)
