@@ -119,7 +119,23 @@ def save_over_a_save_with_notes(c: Case) -> Any:
         assert (path / "MY_NOTES.txt").read_text(encoding="utf-8") == "mine"
 
 
+def one_tensor_changed(c: Case) -> Path:
+    """A copy of the base with one small tensor (the final norm) changed in place: a partial fine-tune."""
+    base = c.tmp / "one-tensor"
+    shutil.copytree(c.model, base)
+    weights = base / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    length = int.from_bytes(data[:8], "little")
+    start, end = json.loads(data[8 : 8 + length])["model.norm.weight"]["data_offsets"]
+    middle = 8 + length + (start + end) // 2
+    data[middle] ^= 0x40
+    weights.write_bytes(bytes(data))
+    return base
+
+
 CATALOGUE: list[Row] = [
+    ("adapter-on-a-base-with-one-tensor-changed", lambda c: tk.load(saved(c), base_model=str(one_tensor_changed(c))),
+     tk.IncompatibleError, "same shape, different weights", "allow_base_change=True"),
     ("unlisted-file-in-a-save", unlisted_file, tk.CheckpointError,
      "added_tokens.json is not listed in its manifest", "save it again"),
     ("save-over-a-save-holding-user-files", save_over_a_save_with_notes, tk.CheckpointError,
