@@ -19,7 +19,7 @@ from typing import IO, Any, Literal
 from tunekit import _fs
 from tunekit.errors import ConfigError
 from tunekit.hooks import Hook, RunContext
-from tunekit.plotting import loss_series, plot_loss, require_matplotlib
+from tunekit.plotting import PNG_SOURCE, loss_series, plot_loss, require_matplotlib
 from tunekit.results import FitResult
 
 __all__ = ["EarlyStopping", "JSONLMetrics", "LossPlot", "ProgressBar", "SampleGenerations"]
@@ -112,16 +112,21 @@ class ProgressBar(Hook):
 
 
 def _metrics_file(head: bytes) -> bool:
-    line = head.split(b"\n", 1)[0]
-    try:
-        row = json.loads(line)
-    except ValueError:
-        return False
-    return isinstance(row, dict) and "step" in row
+    """A file JSONLMetrics wrote: every line (of the first 4 KiB) a JSON object with its step, epoch and time."""
+    lines = [line for line in head.split(b"\n")[:-1] if line.strip()] or [head]
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except ValueError:
+            return False
+        if not (isinstance(row, dict) and {"step", "epoch", "time"} <= set(row)):
+            return False
+    return True
 
 
-def _matplotlib_png(head: bytes) -> bool:
-    return head.startswith(b"\x89PNG\r\n\x1a\n") and b"Matplotlib" in head
+def _tunekit_png(head: bytes) -> bool:
+    """A PNG tunekit's loss plot wrote (its text chunk names it; any other PNG, matplotlib's included, is not)."""
+    return head.startswith(b"\x89PNG\r\n\x1a\n") and PNG_SOURCE.encode() in head
 
 
 def _check_target(what: str, path: Path, ours: Callable[[bytes], bool]) -> None:
@@ -215,7 +220,7 @@ class LossPlot(Hook):
             )
         require_matplotlib()
         if self.path is not None:
-            _check_target(f"LossPlot(path={str(self.path)!r})", self.path, _matplotlib_png)
+            _check_target(f"LossPlot(path={str(self.path)!r})", self.path, _tunekit_png)
 
     def _target(self, ctx: RunContext) -> Path | None:
         return self.path or (ctx.output_dir / "loss.png" if ctx.output_dir is not None else None)

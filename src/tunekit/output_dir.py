@@ -33,7 +33,8 @@ MARKER = "tunekit-output.json"
 # record; the built-in hooks' default files; the CLI's default save and its `model: tiny`). tests/ checks these
 # against the engine's.
 _WRITES = re.compile(
-    r"^(checkpoint-\d+|\.tunekit-staging|tunekit-run\.json|metrics\.jsonl|loss\.png|final|tiny-model)$"
+    r"^(checkpoint-\d+|\.tunekit-staging|tunekit-run\.json|metrics\.jsonl|loss\.png|final|tiny-model"
+    r"|runs|mlruns|wandb|trackio)$"  # and the trackers' folders (Training(report_to=...))
 )
 # Files of a moment: the write probe, a marker being replaced.
 _TRANSIENT = re.compile(r"^\.tunekit-(write-test-|output-).*")

@@ -9,7 +9,7 @@ from typing import Any
 
 from tunekit.errors import ConfigError, MissingDependencyError
 
-__all__ = ["loss_series", "plot_loss"]
+__all__ = ["PNG_SOURCE", "loss_series", "plot_loss"]
 
 Series = dict[str, tuple[list[int], list[float]]]
 
@@ -32,6 +32,9 @@ def loss_series(history: Any) -> Series:
         if pts:
             series[key] = ([s for s, _ in pts], [v for _, v in pts])
     return series
+
+
+PNG_SOURCE = "tunekit loss plot"
 
 
 def plot_loss(history: Any, path: str | Path, *, title: str | None = None) -> Path:
@@ -73,6 +76,6 @@ def _draw(series: Series, path: Path, *, title: str | None) -> Path:
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    fig.savefig(tmp, format="png")
+    fig.savefig(tmp, format="png", metadata={"Source": PNG_SOURCE})  # how LossPlot knows its own file again
     tmp.replace(path)  # readers (a dashboard polling the file) never see half a PNG
     return path

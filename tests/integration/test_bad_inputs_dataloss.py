@@ -76,6 +76,12 @@ CATALOGUE: list[Row] = [
     ("loss-plot-path-is-a-users-png",
      lambda c: c.tuner(hooks=[tk.LossPlot(c.file("photo.png", b"\x89PNG\r\n\x1a\n my photo"))]).fit(GOOD),
      tk.ConfigError, "photo.png' holds a file tunekit did not write", "move it"),
+    ("loss-plot-path-is-a-users-matplotlib-png",
+     lambda c: c.tuner(hooks=[tk.LossPlot(c.file("fig1.png", b"\x89PNG\r\n\x1a\n tEXtSoftware Matplotlib"))]).fit(GOOD),
+     tk.ConfigError, "fig1.png' holds a file tunekit did not write", "move it"),
+    ("metrics-path-is-a-users-jsonl",
+     lambda c: c.tuner(hooks=[tk.JSONLMetrics(c.file("log.jsonl", '{"step": 1, "note": "mine"}\n'))]).fit(GOOD),
+     tk.ConfigError, "log.jsonl' holds a file tunekit did not write", "choose another path"),
     ("metrics-path-under-a-file",
      lambda c: c.tuner(hooks=[tk.JSONLMetrics(under_a_file(c) / "m.jsonl")]).fit(GOOD), tk.ConfigError,
      "plain-file' is a file, not a directory", "choose another path"),
@@ -154,6 +160,8 @@ def test_correct_an_output_dir_of_an_earlier_tunekit_is_adopted(tiny_llama, earl
 
 def test_correct_the_names_a_run_writes_are_the_engines():
     for name in (checkpoints.STAGING, checkpoints.RUN_STATE, "checkpoint-12", "metrics.jsonl", "loss.png", "final"):
+        assert writes(name), name
+    for name in ("runs", "mlruns", "wandb", "trackio"):  # the trackers' folders, beside them
         assert writes(name), name
     assert not writes("README.md") and not writes("checkpoint-x") and not writes("config.json")
 
@@ -321,3 +329,11 @@ def test_correct_a_nested_fit_from_a_hook_says_so(tiny_llama):
     box.append(tuner)
     with pytest.raises(tk.TrainingError, match="called from inside the running fit"):
         tuner.fit(GOOD)
+
+
+def test_correct_an_explicit_loss_plot_path_of_an_earlier_run_is_reused(tiny_llama, tmp_path):
+    pytest.importorskip("matplotlib")
+    target = tmp_path / "plots" / "loss.png"
+    for _ in range(2):  # the second run redraws the first run's plot, which tunekit wrote
+        tk.Tuner(tiny_llama, training=cpu(max_steps=2, batch_size=4), hooks=[tk.LossPlot(target)]).fit(GOOD)
+        assert target.read_bytes().startswith(b"\x89PNG")
