@@ -174,7 +174,7 @@ def check_base(path: Path, recorded: Any, base: Any) -> None:
         return  # a save written before fingerprints, or of a base tunekit could not read
     fix = (
         "pass the base it was trained on (tk.load(path, base_model=...)), or, to put it on another base on "
-        "purpose, tk.load(path, base_model=..., allow_base_change=True)"
+        "purpose, tk.load(path, base_model=..., allow_base_change=True) (on the command line: --allow-base-change)"
     )
     where = f"load({str(path)!r})"
     shape: dict[str, Any] = recorded["shape"] if isinstance(recorded.get("shape"), dict) else {}

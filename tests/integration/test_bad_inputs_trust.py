@@ -375,3 +375,18 @@ CATALOGUE += [
 @pytest.mark.parametrize("row", CATALOGUE, ids=[c[0] for c in CATALOGUE])
 def test_bad_input(tiny_llama, earlier_run, tmp_path, monkeypatch, row):
     check(tiny_llama, earlier_run, tmp_path, monkeypatch, row)
+
+
+def test_correct_the_cli_grants_what_its_flags_say(tiny_llama, tmp_path, capsys):
+    """tunekit generate / export load like tk.load: a changed base is refused until --allow-base-change."""
+    from tunekit.cli import main
+
+    case = Case(tiny_llama, tmp_path, tmp_path, pytest.MonkeyPatch())
+    path, other = saved(case), other_seed(case)
+    args = ["generate", str(path), "reverse: 1 2", "--max-new-tokens", "2", "--base-model", str(other)]
+    assert main(args) == 2
+    assert "allow_base_change=True" in capsys.readouterr().err
+    assert main([*args, "--allow-base-change"]) == 0
+    (path / "extra.txt").write_text("x", encoding="utf-8")
+    assert main(["generate", str(path), "reverse: 1 2", "--max-new-tokens", "2"]) != 0
+    assert "extra.txt is not listed in its manifest" in capsys.readouterr().err

@@ -6,12 +6,13 @@ import argparse
 from typing import Any
 
 import tunekit as tk
+from tunekit.cli.load_flags import add_load_flags, load_options
 
 __all__ = ["add_export_parser"]
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    tuner = tk.load(args.run_dir, base_model=args.base_model)
+    tuner = tk.load(args.run_dir, base_model=args.base_model, **load_options(args))
     result = tuner.export(
         args.out,
         format=args.format,
@@ -58,4 +59,5 @@ def add_export_parser(sub: Any) -> None:
     )
     p.add_argument("--max-new-tokens", type=int, default=16, help="Tokens generated per golden prompt (default 16).")
     p.add_argument("--no-verify", action="store_true", help="Write the export without reloading and comparing it.")
+    add_load_flags(p)
     p.set_defaults(func=_cmd_export)
