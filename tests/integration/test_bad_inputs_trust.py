@@ -84,6 +84,18 @@ def manifest_grants_pickle(c: Case) -> Any:
     return tk.load(path).model
 
 
+def pickle_beside_a_decoy(c: Case) -> Any:
+    """A pickled adapter next to an unrelated .safetensors file: peft would load the pickle."""
+    from safetensors.torch import load_file, save_file
+
+    path = saved(c)
+    torch.save(load_file(str(path / "adapter_model.safetensors")), path / "adapter_model.bin")
+    (path / "adapter_model.safetensors").unlink()
+    save_file({"x": torch.zeros(1)}, str(path / "decoy.safetensors"))
+    edit_manifest(path)
+    return tk.load(path).model
+
+
 def flipped_byte(c: Case) -> Any:
     path = saved(c)
     weights = path / "adapter_model.safetensors"
@@ -144,6 +156,8 @@ CATALOGUE: list[Row] = [
      "trust_remote_code=True"),
     ("manifest-grants-pickle", manifest_grants_pickle, tk.CheckpointError,
      r"adapter weights are stored with pickle \(adapter_model.bin\)", "allow_pickle=True"),
+    ("pickle-beside-a-decoy-safetensors", pickle_beside_a_decoy, tk.CheckpointError,
+     r"adapter weights are stored with pickle \(adapter_model.bin", "allow_pickle=True"),
     ("flipped-byte-in-weights", flipped_byte, tk.CheckpointError,
      "adapter_model.safetensors does not match its sha256", "copy it again"),
     ("adapter-on-another-seed", lambda c: tk.load(saved(c), base_model=str(other_seed(c))), tk.IncompatibleError,

@@ -27,7 +27,10 @@ def check_weights(path: str | Path, *, allow_pickle: bool, what: str = "model") 
     if allow_pickle or not p.is_dir():
         return  # a hub id: transformers is asked for safetensors only (use_safetensors=True)
     files = [f for f in p.iterdir() if f.is_file()]
-    if any(f.suffix == ".safetensors" for f in files):
+    if what == "adapter":  # peft reads adapter_model.safetensors, else adapter_model.bin: any other file is a decoy
+        if (p / "adapter_model.safetensors").is_file():
+            return
+    elif any(f.suffix == ".safetensors" for f in files):
         return
     pickled = sorted(
         f.name
