@@ -35,6 +35,7 @@ from tunekit.objectives import OBJECTIVES, Objective
 from tunekit.training import Training
 
 __all__ = [
+    "EXPORT_MANIFEST",
     "MANIFEST",
     "Saved",
     "base_fingerprint",
@@ -48,6 +49,8 @@ __all__ = [
 ]
 
 MANIFEST = "tunekit.json"
+# An adapter export is a save plus its own manifest, written after (tunekit.export); no loader reads it.
+EXPORT_MANIFEST = "tunekit_export.json"
 logger = logging.getLogger("tunekit")
 
 
@@ -449,7 +452,9 @@ def _unlisted(path: Path) -> list[str]:
     return sorted(
         rel
         for p in path.rglob("*")
-        if (p.is_file() or p.is_symlink()) and (rel := p.relative_to(path).as_posix()) != MANIFEST and rel not in listed
+        if (p.is_file() or p.is_symlink())
+        and (rel := p.relative_to(path).as_posix()) not in (MANIFEST, EXPORT_MANIFEST)
+        and rel not in listed
     )
 
 

@@ -31,13 +31,12 @@ from tunekit.export.prompts import golden_prompts as pick_prompts
 from tunekit.export.result import ExportResult, Verification, human_size
 from tunekit.export.verify import encode_prompts
 from tunekit.objectives import CausalLM
-from tunekit.save_format import base_model_of, write_manifest
+from tunekit.save_format import EXPORT_MANIFEST, base_model_of, write_manifest
 
 __all__ = ["EXPORT_MANIFEST", "FORMATS", "check_request", "export_format", "export_trained", "verify_trained"]
 
 logger = logging.getLogger("tunekit")
 
-EXPORT_MANIFEST = "tunekit_export.json"
 FORMATS = ("hf", "adapter", "gguf")
 _DTYPES = {"hf": ("auto", "fp32", "bf16", "fp16"), "adapter": ("auto",), "gguf": ("auto", "f32", "f16", "bf16", "q8_0")}
 
