@@ -115,13 +115,17 @@ def test_bad_input(tiny_llama, earlier_run, tmp_path, monkeypatch, row):
 def test_catalogue_is_complete():
     """Every part of the catalogue counts: its error rows and its ``test_correct_*`` behaviour tests."""
     ids: list[str] = []
+    rows: list[Row] = []
     for info in pkgutil.iter_modules(here):
         if info.name == "test_bad_inputs" or info.name.startswith("test_bad_inputs_"):
             module = importlib.import_module(f"{__package__}.{info.name}")
+            rows += getattr(module, "CATALOGUE", [])
             ids += [row[0] for row in getattr(module, "CATALOGUE", [])]
             ids += [name for name in vars(module) if name.startswith("test_correct_")]
     assert len(ids) == len(set(ids)), sorted(i for i in ids if ids.count(i) > 1)
-    assert len(ids) >= 140, len(ids)  # 36 before the hardening issue
+    empty = [row[0] for row in rows if not row[3] or not row[4]]
+    assert not empty, f"rows whose problem or fix pattern is empty (it would match anything): {empty}"
+    assert len(ids) >= 160, len(ids)  # 36 before the hardening issue
 
 
 def test_skip_bad_rows_reports_which_and_why(tiny_llama, caplog):
