@@ -21,9 +21,10 @@ from typing import Any
 from tunekit.backends.base import RunSpec
 from tunekit.data import encode_examples, load_rows, normalise
 from tunekit.data.cache import cached_encode
+from tunekit.data.columns import numeric_labels, renamed_answer_column
 from tunekit.data.control_tokens import check_no_control_tokens
 from tunekit.data.encoding import Encoded
-from tunekit.data.formats import NormalisedData, numeric_labels, renamed_answer_column
+from tunekit.data.formats import NormalisedData
 from tunekit.data.rows import TrainerRows, prepare_rows
 from tunekit.errors import DatasetError, IncompatibleError
 from tunekit.methods import Method

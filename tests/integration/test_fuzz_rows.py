@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 
 import tunekit as tk
-from tunekit.data.formats import METADATA_COLUMNS
+from tunekit.data.columns import METADATA_COLUMNS
 from tunekit.training_data import normalise_for
 
 from .helpers import cpu

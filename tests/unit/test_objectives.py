@@ -30,7 +30,7 @@ def test_causal_lm() -> None:
 def test_every_format_has_an_objective_and_a_default() -> None:
     from typing import get_args
 
-    from tunekit.data.formats import Format
+    from tunekit.data.columns import Format
     from tunekit.objectives import OBJECTIVES, infer_objective
 
     covered = {f for cls in OBJECTIVES.values() for f in cls.data_formats}

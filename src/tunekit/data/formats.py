@@ -13,7 +13,7 @@ Every chat-like format becomes a list of ``{"role", "content"}`` messages: a pro
 string is one user message, an answer given as a string one assistant message.
 
 A column is used or refused, never dropped: each format reads its own columns (and ``system``), the
-metadata columns in ``METADATA_COLUMNS`` are ignored on purpose, and any other filled column raises a
+metadata columns in ``columns.METADATA_COLUMNS`` are ignored on purpose, and any other filled column raises a
 :class:`DatasetError` naming it (with the near-miss when it looks like a typo). Prompt-only rows are the
 exception: their other columns go to the reward functions. In a conversation, an assistant message may
 carry OpenAI's ``"weight": 0`` (do not train on this turn) or ``1``.
@@ -21,54 +21,34 @@ carry OpenAI's ``"weight": 0`` (do not train on this turn) or ``1``.
 
 from __future__ import annotations
 
-import difflib
-import json
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
+from tunekit.data.columns import (
+    MEDIA_UNSUPPORTED,
+    SIGNATURES,
+    TOOLS_UNSUPPORTED,
+    Format,
+    check_columns,
+    did_you_mean,
+    filled,
+    given,
+    parse_json_cell,
+)
 from tunekit.errors import DatasetError
 
 __all__ = [
-    "FORMAT_COLUMNS",
-    "METADATA_COLUMNS",
     "RESERVED_COLUMNS",
     "Example",
     "NormalisedData",
     "detect_format",
-    "no_duplicate_keys",
     "normalise",
     "normalise_row",
-    "numeric_labels",
-    "parse_json_cell",
-    "renamed_answer_column",
 ]
 
 _MISSING_FIX = "add it to every row"
 _OBJECT_FIX = "write each row as an object"
 
-Format = Literal[
-    "text",
-    "prompt_completion",
-    "alpaca",
-    "messages",
-    "sharegpt",
-    "preference",
-    "unpaired_preference",
-    "prompt_only",
-]
-
-# Column sets that identify a format, checked in order (the more specific first: a preference row
-# also has a prompt, a KTO row also has a prompt and a completion).
-_SIGNATURES: list[tuple[Format, tuple[str, ...]]] = [
-    ("messages", ("messages",)),
-    ("sharegpt", ("conversations",)),
-    ("alpaca", ("instruction", "output")),
-    ("preference", ("chosen", "rejected")),
-    ("unpaired_preference", ("prompt", "completion", "label")),
-    ("prompt_completion", ("prompt", "completion")),
-    ("text", ("text",)),
-    ("prompt_only", ("prompt",)),
-]
 # A prompt-only (RL) dataset is one whose rows have no column of the demonstration or preference
 # formats at all; a half-filled prompt/completion row is a bad SFT row, not an RL prompt.
 _NOT_PROMPT_ONLY = ("completion", "chosen", "rejected", "label", "text", "messages", "conversations", "output")
@@ -81,178 +61,8 @@ RESERVED_COLUMNS = (
 _SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
 ROLES = ("system", "user", "assistant")
 
-# The columns each format reads (prompt-only rows take any column: the rest go to the reward functions).
-FORMAT_COLUMNS: dict[str, frozenset[str]] = {
-    "text": frozenset({"text"}),
-    "prompt_completion": frozenset({"prompt", "completion", "system"}),
-    "alpaca": frozenset({"instruction", "input", "output", "system"}),
-    "messages": frozenset({"messages", "system"}),
-    "sharegpt": frozenset({"conversations", "system"}),
-    "preference": frozenset({"prompt", "chosen", "rejected", "system"}),
-    "unpaired_preference": frozenset({"prompt", "completion", "label", "system"}),
-}
-# Columns that say where a row comes from, not what to learn: ignored in every format, on purpose. "" and
-# "Unnamed: 0" are the index column pandas writes into a CSV (and reads back) unless told index=False.
-METADATA_COLUMNS = ("id", "uuid", "idx", "source", "metadata", "meta", "", "Unnamed: 0")
-# Column names of other tools' layouts, and what tunekit calls them (for "did you mean" hints).
-_ALIASES = {
-    "response": "completion",
-    "answer": "completion",
-    "question": "prompt",
-    "query": "prompt",
-    "conversation": "conversations",
-    "system_prompt": "system",
-}
-_MEDIA = ("image", "images", "image_url", "pixel_values", "video", "videos", "audio")
-_TOOL_COLUMNS = ("tools", "functions", "tool_calls")
 _TOOL_KEYS = ("tool_calls", "function_call", "tool_call_id")
 _TOOL_ROLES = ("tool", "function", "ipython", "function_call", "observation")
-_TOOLS_UNSUPPORTED = (
-    "tool calls are not supported yet (tunekit trains on plain system / user / assistant turns; tool-use training "
-    "is planned, issue #16): remove the tool-call turns from the conversation, or leave the row out "
-    "(Training(on_bad_rows='skip'))"
-)
-_MEDIA_UNSUPPORTED = (
-    "image, audio and video data is not supported yet (tunekit trains text-only language models; vision-language "
-    "training is planned): remove the column to train on the text alone"
-)
-
-
-def _given(value: Any) -> bool:
-    """Whether a cell is given (tables give every row every column, empty ones as None, or "" in a CSV)."""
-    return value is not None and not (isinstance(value, str) and not value.strip())
-
-
-def _filled(value: Any) -> bool:
-    """Whether a cell holds something that could be lost: given, and not an empty list or object."""
-    return _given(value) and not (isinstance(value, (list, dict)) and not value)
-
-
-def _did_you_mean(name: Any, known: set[str] | frozenset[str]) -> str:
-    if not isinstance(name, str):
-        return ""
-    options = sorted(set(known) | set(_ALIASES))
-    close = difflib.get_close_matches(name.lower(), options, n=1, cutoff=0.75)
-    if not close:
-        return ""
-    guess = close[0]
-    if guess in _ALIASES and _ALIASES[guess] != name:
-        reads = f"tunekit reads that from {_ALIASES[guess]!r}: rename the column to it"
-        return f" ({reads})" if guess == name else f" (did you mean {guess!r}? {reads})"
-    return f" (did you mean {guess!r}?)" if guess != name else ""
-
-
-def renamed_answer_column(row: dict[str, Any]) -> str | None:
-    """A hint for a prompt-only row whose answer column seems misnamed (``response``, ``reponse``, ...)."""
-    answers = {"completion", "chosen", "rejected", "label"} | {k for k, v in _ALIASES.items() if v == "completion"}
-    for key, value in row.items():
-        if isinstance(key, str) and _filled(value) and difflib.get_close_matches(key.lower(), sorted(answers), 1, 0.75):
-            return f"column {key!r}{_did_you_mean(key, answers)}"
-    return None
-
-
-def _row_format(row: dict[str, Any]) -> Format | None:
-    """The format row ``row`` alone is in, judged from its filled columns (``None``: no format's)."""
-    filled = {k for k, v in row.items() if _given(v)}
-    for fmt, cols in _SIGNATURES:
-        if fmt != "prompt_only" and all(c in filled for c in cols):
-            return fmt
-    return None
-
-
-def _check_columns(fmt: Format, row: dict[str, Any], i: int) -> None:
-    """Refuse a row of another format than the data's, and columns the format does not read."""
-    own = _row_format(row)
-    mine = {k for k, v in row.items() if _given(v)} >= set(dict(_SIGNATURES)[fmt])
-    if (
-        own is not None
-        and own != fmt
-        and not mine
-        and not set(dict(_SIGNATURES)[own]) <= FORMAT_COLUMNS.get(fmt, set())
-    ):
-        raise DatasetError(
-            f"row {i} is in the {own!r} format ({' + '.join(repr(c) for c in dict(_SIGNATURES)[own])} columns) but the "
-            f"data is in the {fmt!r} format (that of row 1); one dataset holds one format: convert row {i} to "
-            f"the {fmt!r} columns, or train the two formats from separate files",
-            row=i,
-        )
-    if fmt == "prompt_only":
-        return
-    known = FORMAT_COLUMNS[fmt]
-    for key, value in row.items():
-        if key in known or key in METADATA_COLUMNS or not _filled(value):
-            continue
-        where = f"row {i}, column {key!r}"
-        if key in _MEDIA:
-            raise DatasetError(f"{where}: {_MEDIA_UNSUPPORTED}", row=i, field=str(key))
-        if key in _TOOL_COLUMNS:
-            raise DatasetError(f"{where}: {_TOOLS_UNSUPPORTED}", row=i, field=str(key))
-        if key == "label":
-            raise DatasetError(
-                f"{where}: a 'label' marks an answer desirable or not, which only 'prompt' + 'completion' + "
-                f"'label' rows (KTO) carry; the {fmt!r} format cannot use it: remove the column (or give the rows "
-                "as prompt / completion / label and pass objective=tk.KTO())",
-                row=i,
-                field="label",
-            )
-        owner = next((f for f, cols in FORMAT_COLUMNS.items() if key in cols), None)
-        what = f"column {key!r} belongs to the {owner!r} format" if owner else f"unknown column {key!r}"
-        raise DatasetError(
-            f"row {i}: {what}{_did_you_mean(key, known)}; the data is in the {fmt!r} format, which reads "
-            f"{sorted(known)} (and ignores {list(METADATA_COLUMNS[:6])}), and tunekit never drops a column "
-            "silently: rename the column, or remove it if it holds nothing to train on",
-            row=i,
-            field=str(key),
-        )
-
-
-class _DuplicateKey(ValueError):
-    def __init__(self, key: str) -> None:
-        super().__init__(key)
-        self.key = key
-
-
-def no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """``json.loads(..., object_pairs_hook=...)``: refuse an object with a key twice (JSON would keep the last)."""
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise _DuplicateKey(key)
-        out[key] = value
-    return out
-
-
-def parse_json_cell(value: str, i: int, name: str) -> Any:
-    """A JSON list held in a string cell (a CSV cannot hold a list): parsed, or a DatasetError naming the cell."""
-    try:
-        return json.loads(value, object_pairs_hook=no_duplicate_keys)
-    except json.JSONDecodeError as e:
-        raise DatasetError(
-            f"row {i}, field {name!r}: the cell holds text that is not valid JSON ({e.msg} at character {e.pos}); "
-            f"a {name!r} cell must be a JSON list of messages, e.g. "
-            '[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]',
-            row=i,
-            field=name,
-        ) from None
-    except _DuplicateKey as e:
-        raise DatasetError(
-            f"row {i}, field {name!r}: the key {e.key!r} appears twice in one message (JSON would keep only the "
-            "last); remove or rename one",
-            row=i,
-            field=name,
-        ) from None
-
-
-def numeric_labels(rows: list[dict[str, Any]]) -> list[int]:
-    """The 1-based rows whose ``label`` is a number (``0`` / ``1``, or such text) rather than True / False."""
-    out = []
-    for i, row in enumerate(rows, 1):
-        value = row.get("label") if isinstance(row, dict) else None
-        if isinstance(value, bool) or value is None:
-            continue
-        if isinstance(value, (int, float)) or (isinstance(value, str) and value.strip() in ("0", "1")):
-            out.append(i)
-    return out
 
 
 Messages = tuple[dict[str, str], ...]
@@ -301,9 +111,9 @@ def detect_format(rows: list[dict[str, Any]]) -> Format:
     keys = set(rows[0])
     # Tables (CSV, parquet, DataFrame, Dataset) give every row every column, empty ones as None:
     # a text row in a table that also has prompt/completion columns is still a text row.
-    filled = {k for k, v in rows[0].items() if _given(v)}
+    filled = {k for k, v in rows[0].items() if given(v)}
     for candidates in (filled, keys):
-        for fmt, cols in _SIGNATURES:
+        for fmt, cols in SIGNATURES:
             if fmt == "prompt_only" and any(c in keys for c in _NOT_PROMPT_ONLY):
                 continue
             if fmt == "prompt_completion" and "label" in keys:
@@ -399,17 +209,17 @@ def _messages(
         rk, ck = role_key, content_key
         if isinstance(m, dict) and rk not in m and "role" in m:
             rk, ck = "role", "content"  # many ShareGPT-style datasets use OpenAI keys in "conversations"
-        if isinstance(m, dict) and (m.get(rk) in _TOOL_ROLES or any(_filled(m.get(k)) for k in _TOOL_KEYS)):
-            raise DatasetError(f"{where}: {_TOOLS_UNSUPPORTED}", row=i, field=name)
+        if isinstance(m, dict) and (m.get(rk) in _TOOL_ROLES or any(filled(m.get(k)) for k in _TOOL_KEYS)):
+            raise DatasetError(f"{where}: {TOOLS_UNSUPPORTED}", row=i, field=name)
         if not isinstance(m, dict) or rk not in m or ck not in m:
             keys = [k for k in m if k not in (rk, ck)] if isinstance(m, dict) else []
-            hint = "".join(_did_you_mean(k, {rk, ck}) for k in keys)
+            hint = "".join(did_you_mean(k, {rk, ck}) for k in keys)
             raise DatasetError(f"{where}: expected an object with {rk!r} and {ck!r}{hint}", row=i, field=name)
         for key, value in m.items():
-            if key in (rk, ck, "weight", "name") or not _filled(value):
+            if key in (rk, ck, "weight", "name") or not filled(value):
                 continue  # a speaker's "name" is ignored, as documented; an empty key loses nothing
             raise DatasetError(
-                f"{where}: unknown key {key!r}{_did_you_mean(key, {rk, ck, 'weight'})}; a message holds {rk!r}, "
+                f"{where}: unknown key {key!r}{did_you_mean(key, {rk, ck, 'weight'})}; a message holds {rk!r}, "
                 f"{ck!r} and (on an assistant turn) 'weight', and tunekit never drops a key silently: remove it",
                 row=i,
                 field=name,
@@ -423,7 +233,7 @@ def _messages(
         content = m[ck]
         if isinstance(content, list) and any(isinstance(part, dict) and part.get("type") != "text" for part in content):
             raise DatasetError(
-                f"{where}: {_MEDIA_UNSUPPORTED.replace('the column', 'the non-text parts')}", row=i, field=name
+                f"{where}: {MEDIA_UNSUPPORTED.replace('the column', 'the non-text parts')}", row=i, field=name
             )
         if not isinstance(content, str):
             raise DatasetError(
@@ -592,7 +402,7 @@ def _prompt_only(row: dict[str, Any], i: int) -> Example:
 
 def normalise_row(fmt: Format, row: dict[str, Any], i: int) -> Example:
     """Row ``i`` (1-based, as the user counts) of format ``fmt`` as an :class:`Example`; raises DatasetError."""
-    _check_columns(fmt, row, i)
+    check_columns(fmt, row, i)
     if fmt == "preference":
         return _preference(row, i)
     if fmt == "unpaired_preference":

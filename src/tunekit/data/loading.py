@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from tunekit.data.formats import no_duplicate_keys
+from tunekit.data.columns import no_duplicate_keys
 from tunekit.errors import DatasetError
 
 __all__ = ["DataInput", "load_rows"]
