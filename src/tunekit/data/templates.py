@@ -73,21 +73,21 @@ class _Watchdog:
     jinja2's sandbox blocks unsafe attributes and caps ``range`` but not time: nested loops hang a render
     for hours. The interruption is an exception raised asynchronously in the rendering thread (CPython's
     ``PyThreadState_SetAsyncExc``), delivered at the template's next Python bytecode. Every render is
-    timed, so the cost per render is two dictionary updates; the thread starts with the first render."""
+    timed, so the cost per render is two dictionary updates; the thread starts with the first render and
+    sleeps until the nearest deadline (with no render running, until the next one starts)."""
 
     def __init__(self) -> None:
         self._deadlines: dict[int, float] = {}
-        self._lock = threading.Lock()
+        self._wake = threading.Condition()
         self._thread: threading.Thread | None = None
 
     def run(self, seconds: float, fn: Callable[[], _T]) -> _T:
         me = threading.get_ident()
-        with self._lock:
-            if me in self._deadlines:  # a render inside a render (a template calling back): the outer one's clock
-                nested = True
-            else:
-                nested = False
+        with self._wake:
+            nested = me in self._deadlines  # a render inside a render: the outer one's clock runs
+            if not nested:
                 self._deadlines[me] = time.monotonic() + seconds
+                self._wake.notify()
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._watch, name="tunekit-template-watchdog", daemon=True)
                 self._thread.start()
@@ -95,20 +95,21 @@ class _Watchdog:
             return fn()
         finally:
             if not nested:
-                with self._lock:
+                with self._wake:
                     self._deadlines.pop(me, None)
 
     def _watch(self) -> None:
-        while True:
-            time.sleep(0.05)
-            now = time.monotonic()
-            with self._lock:
+        with self._wake:
+            while True:
+                now = time.monotonic()
                 for ident, deadline in list(self._deadlines.items()):
-                    if now > deadline:
+                    if now >= deadline:
                         del self._deadlines[ident]
                         ctypes.pythonapi.PyThreadState_SetAsyncExc(
                             ctypes.c_ulong(ident), ctypes.py_object(_RenderTimeout)
                         )
+                nearest = min(self._deadlines.values(), default=None)
+                self._wake.wait(None if nearest is None else max(nearest - time.monotonic(), 0.0) + 0.01)
 
 
 _WATCHDOG = _Watchdog()
