@@ -16,7 +16,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import re
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,7 +23,7 @@ from typing import Any
 
 from tunekit import _fs
 from tunekit._version import __version__
-from tunekit.errors import ConfigError
+from tunekit.errors import CheckpointError, ConfigError
 
 __all__ = ["MARKER", "claim", "writes"]
 
@@ -113,10 +112,9 @@ def _earlier_tunekit_run(output_dir: Path, entries: list[str]) -> bool:
 
 
 def _read(path: Path) -> dict[str, Any] | None:
-    if not path.is_file():
-        return None
+    """The marker at ``path``, or None when there is none or it is not one (read as a foreign file)."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        data = _fs.read_manifest(path, missing="", fix="")
+    except CheckpointError:
         return None
-    return data if isinstance(data, dict) and data.get("written_by") == "tunekit" else None
+    return data if data.get("written_by") == "tunekit" else None

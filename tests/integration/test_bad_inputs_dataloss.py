@@ -158,6 +158,18 @@ def test_correct_an_output_dir_of_an_earlier_tunekit_is_adopted(tiny_llama, earl
     assert json.loads((out / MARKER).read_text(encoding="utf-8"))["foreign"] == ["README.md"]
 
 
+def test_correct_everything_a_run_writes_is_among_the_names_it_may_write(tiny_llama, tmp_path):
+    """Derived from a real run (checkpoints, the built-in hooks' files), not from a list: a new file the engine
+    or a hook starts writing fails here until the claim knows it (and protects a user's file of that name)."""
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "run"
+    hooks = [tk.JSONLMetrics(), tk.LossPlot()]
+    tk.Tuner(tiny_llama, training=cpu(max_steps=2, batch_size=4, save_every=1), output_dir=out, hooks=hooks).fit(GOOD)
+    written = sorted(p.name for p in out.iterdir())
+    assert {"checkpoint-2", "metrics.jsonl", "loss.png"} <= set(written)
+    assert [n for n in written if not writes(n) and n != MARKER] == []
+
+
 def test_correct_the_names_a_run_writes_are_the_engines():
     for name in (checkpoints.STAGING, checkpoints.RUN_STATE, "checkpoint-12", "metrics.jsonl", "loss.png", "final"):
         assert writes(name), name
