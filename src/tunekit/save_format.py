@@ -27,6 +27,7 @@ from tunekit import _fs
 from tunekit._version import __version__
 from tunekit.backends.base import Backend, RunSpec, Trained
 from tunekit.data.summary import data_summary_of
+from tunekit.data.templates import check_template_options
 from tunekit.distributed import world
 from tunekit.errors import CheckpointError, ConfigError, IncompatibleError
 from tunekit.hooks import Hook
@@ -399,6 +400,7 @@ def spec_from_save(
             objective = _objective_of(m["objective"])
         saved_training = Training(**m["training"])
         chat_template = m["template"]["chat_template"]
+        template_options = check_template_options(m["template"].get("options"))
     except (KeyError, TypeError, ConfigError) as e:
         raise CheckpointError(
             f"{path / MANIFEST}: unknown, missing or invalid entry ({type(e).__name__}: {e}); "
@@ -421,6 +423,7 @@ def spec_from_save(
         "objective": objective,
         "training": (training or saved_training).model_copy(update=trust),
         "template": chat_template,
+        "template_options": template_options,
         "hooks": tuple(hooks),
     }
     if method.is_adapter:

@@ -68,6 +68,7 @@ def load(
         training=spec.training,
         tokenizer=spec.tokenizer_ref,
         template=spec.template,
+        template_options=spec.template_options,
         hooks=spec.hooks,
     )
     tuner.adapter_path = spec.adapter_path  # the adapter goes back on its base when the tuner loads

@@ -142,6 +142,8 @@ def encode_for(spec: RunSpec, norm: NormalisedData, tokenizer: Any) -> Encoded |
     settings: dict[str, Any] = {
         "max_length": training.max_length,
         "train_on_prompt": getattr(obj, "train_on_prompt", False),
+        "train_on": getattr(obj, "train_on", "all_assistant"),
+        "reasoning": getattr(obj, "reasoning", "inference"),
         "add_eos": getattr(obj, "add_eos", True),
         "on_bad_rows": training.on_bad_rows,
         "allow_control_tokens": training.allow_control_tokens,

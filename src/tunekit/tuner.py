@@ -15,6 +15,7 @@ from tunekit.data.encoding import Encoded
 from tunekit.data.formats import NormalisedData
 from tunekit.data.rows import TrainerRows
 from tunekit.data.summary import summarise_data
+from tunekit.data.templates import check_template_options
 from tunekit.errors import ConfigError, IncompatibleError
 from tunekit.export import ExportResult, Verification, check_request, export_format, export_trained, verify_trained
 from tunekit.hooks import Hook, HookErrors, check_hook_errors
@@ -61,6 +62,8 @@ class Tuner:
             still refused if it would write over one of them (e.g. a ``metrics.jsonl`` of your own).
         tokenizer: a tokenizer object or path, when it is not beside the model.
         template: a Jinja chat template to use instead of the tokenizer's.
+        template_options: options the chat template is rendered with, in training and generation alike, such
+            as ``{"enable_thinking": False}`` for Qwen3-style templates (a model that answers without reasoning).
         backend: ``"hf"`` (transformers, peft and trl), or an object implementing
             :class:`tunekit.backends.base.Backend`, such as the test double
             :class:`tunekit.testing.FakeBackend` for an application's own tests.
@@ -84,6 +87,7 @@ class Tuner:
         reuse_output_dir: bool = False,
         tokenizer: Any = None,
         template: str | None = None,
+        template_options: dict[str, Any] | None = None,
         backend: str | Backend = "hf",
         hook_errors: HookErrors = "stop",
         progress: bool | None = None,
@@ -123,6 +127,7 @@ class Tuner:
         self.reuse_output_dir = bool(reuse_output_dir)
         self.tokenizer_ref = tokenizer
         self.template = template
+        self.template_options = check_template_options(template_options)
         self.adapter_path: Path | None = None  # set by tk.load for adapter checkpoints
         self.backend: Backend = get_backend(backend) if isinstance(backend, str) else backend
         self.last_result: FitResult | None = None
@@ -177,6 +182,7 @@ class Tuner:
             training=self.training,
             tokenizer_ref=self.tokenizer_ref,
             template=self.template,
+            template_options=self.template_options,
             output_dir=self.output_dir,
             reuse_output_dir=self.reuse_output_dir,
             adapter_path=self.adapter_path,

@@ -79,7 +79,7 @@ NON_DEFAULTS: dict[type[Config], dict[str, Any]] = {
         "encoder_layers": 1,
         "encoder_dropout": 0.1,
     },
-    tk.SFT: {"train_on_prompt": True},
+    tk.SFT: {"train_on_prompt": True, "train_on": "last_assistant", "reasoning": "drop"},
     tk.CausalLM: {"add_eos": False},
     tk.Training: {
         "epochs": 1.5,

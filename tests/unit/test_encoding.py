@@ -53,9 +53,10 @@ def tok(request: pytest.FixtureRequest, chat_tokenizer: Any, base_tokenizer: Any
 def test_prompt_masked_completion_supervised_exactly(tok: Any) -> None:
     enc = encode_examples(tok, [chat(user("Translate to French: cheese"), assistant("fromage"))], max_length=512)
     prompt = ids_of(tok, "<|im_start|>user\nTranslate to French: cheese<|im_end|>\n<|im_start|>assistant\n")
-    answer = ids_of(tok, "fromage<|im_end|>\n")
-    assert enc.input_ids == [prompt + answer]
-    assert enc.labels == [[IGNORE] * len(prompt) + answer]
+    answer = ids_of(tok, "fromage<|im_end|>")
+    tail = ids_of(tok, "\n")  # what the template writes after the end of turn: context, never generated
+    assert enc.input_ids == [prompt + answer + tail]
+    assert enc.labels == [[IGNORE] * len(prompt) + answer + [IGNORE] * len(tail)]
     assert enc.rows == [1]
     assert (enc.skipped, enc.truncated) == ([], 0)
 
@@ -82,15 +83,15 @@ def test_multi_turn_supervises_every_assistant_turn(tok: Any) -> None:
     enc = encode_examples(tok, [ex], max_length=512)
     ids, labels = enc.input_ids[0], enc.labels[0]
     assert supervised_spans(tok, ids, labels) == [
-        "first answer<|im_end|>\n",
-        "天气很好<|im_end|>\n",
-        "third<|im_end|>\n",
+        "first answer<|im_end|>",
+        "天气很好<|im_end|>",
+        "third<|im_end|>",
     ]
     masked = tok.decode([i for i, lab in zip(ids, labels) if lab == IGNORE])
     assert masked == (
         "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nu1<|im_end|>\n<|im_start|>assistant\n"
-        "<|im_start|>user\n今天<|im_end|>\n<|im_start|>assistant\n"
-        "<|im_start|>user\nu3<|im_end|>\n<|im_start|>assistant\n"
+        "\n<|im_start|>user\n今天<|im_end|>\n<|im_start|>assistant\n"
+        "\n<|im_start|>user\nu3<|im_end|>\n<|im_start|>assistant\n\n"
     )
     im_end = tok.convert_tokens_to_ids("<|im_end|>")
     assert sum(1 for lab in labels if lab == im_end) == 3
@@ -126,7 +127,7 @@ def test_every_chat_format_encodes_the_same(tok: Any) -> None:
         encoded[fmt] = (enc.input_ids, enc.labels)
     assert len(set(map(repr, encoded.values()))) == 1
     ids, labels = encoded["messages"]
-    assert supervised_spans(tok, ids[0], labels[0]) == ["Hi!<|im_end|>\n"]
+    assert supervised_spans(tok, ids[0], labels[0]) == ["Hi!<|im_end|>"]
 
 
 # ---- CausalLM text ----------------------------------------------------------------------------
@@ -173,7 +174,7 @@ def test_chinese_conversation_round_trips(tok: Any) -> None:
     data = normalise([{"prompt": "请把这句话翻译成英文。", "completion": "今天天气很好"}])
     enc = encode_examples(tok, data.examples, max_length=512)
     ids, labels = enc.input_ids[0], enc.labels[0]
-    assert supervised_spans(tok, ids, labels) == ["今天天气很好<|im_end|>\n"]
+    assert supervised_spans(tok, ids, labels) == ["今天天气很好<|im_end|>"]
     assert "请把这句话翻译成英文。" in tok.decode(ids)
 
 
@@ -249,9 +250,9 @@ def test_non_prefix_stable_template_error_names_the_row(load_tokenizer: Callable
     ensure_template(
         tok, "{% for m in messages %}{% if loop.last %}LAST {% endif %}{{ m['content'] }}<|im_end|>{% endfor %}"
     )
-    with pytest.raises(tk.DatasetError, match=r"^row 7: the chat template is not prefix-stable") as info:
+    with pytest.raises(tk.IncompatibleError, match=r"^row 7: cannot tell which tokens of assistant message 2") as info:
         encode_examples(tok, [chat(user("hi"), assistant("yo"), row=7)], max_length=64, on_bad_rows="skip")
-    assert info.value.row == 7
+    assert "differs from the generation prompt" in str(info.value)  # a template problem: never skipped
 
 
 # ---- the Encoded result -----------------------------------------------------------------------
@@ -278,4 +279,4 @@ def test_pipeline_from_a_file(tmp_path, chat_tokenizer: Any) -> None:
     assert enc.rows == [1, 2, 3, 4]
     for row, ids, labels in zip(tk.testing.reverse_task(4, fmt="messages"), enc.input_ids, enc.labels):
         answer = row["messages"][1]["content"]
-        assert supervised_spans(chat_tokenizer, ids, labels) == [answer + "<|im_end|>\n"]
+        assert supervised_spans(chat_tokenizer, ids, labels) == [answer + "<|im_end|>"]

@@ -236,19 +236,20 @@ BAD_ROWS = [
         "messages",
         {"other": 1},
         "other",
-        f": unknown column 'other'; the data is in the 'messages' format, which reads ['messages', 'system'] {IGNORED}",
+        ": unknown column 'other'; the data is in the 'messages' format, which reads "
+        f"['messages', 'system', 'tools'] {IGNORED}",
     ),
     (
         "messages",
         {"messages": [user("u"), {"role": "bot", "content": "a"}]},
         "messages",
-        ", field 'messages', message 2: unknown role 'bot'; expected one of ['system', 'user', 'assistant']",
+        ", field 'messages', message 2: unknown role 'bot'; expected one of ['system', 'user', 'assistant', 'tool']",
     ),
     (
         "messages",
         {"messages": [{"role": ["user"], "content": "u"}, assistant("a")]},
         "messages",
-        ", field 'messages', message 1: unknown role ['user']; expected one of ['system', 'user', 'assistant']",
+        ", field 'messages', message 1: unknown role ['user']; expected one of ['system', 'user', 'assistant', 'tool']",
     ),
     (
         "messages",
@@ -311,14 +312,14 @@ BAD_ROWS = [
         {"conversations": [{"from": "human", "value": "u"}, {"from": "bot", "value": "a"}]},
         "conversations",
         ", field 'conversations', message 2: unknown role 'bot'; "
-        "expected one of ['assistant', 'gpt', 'human', 'system', 'user']",
+        "expected one of ['system', 'human', 'gpt', 'function_call', 'observation']",
     ),
     (
         "sharegpt",
         {"conversations": [{"from": ["human"], "value": "u"}, {"from": "gpt", "value": "a"}]},
         "conversations",
         ", field 'conversations', message 1: unknown role ['human']; "
-        "expected one of ['assistant', 'gpt', 'human', 'system', 'user']",
+        "expected one of ['system', 'human', 'gpt', 'function_call', 'observation']",
     ),
     (
         "sharegpt",

@@ -15,7 +15,7 @@ def test_sft() -> None:
     assert sft.train_on_prompt is False
     assert tk.SFT(train_on_prompt=True).train_on_prompt is True
     assert tk.SFT.data_formats == frozenset({"prompt_completion", "alpaca", "messages", "sharegpt"})
-    assert sft.model_dump() == {"train_on_prompt": False}
+    assert sft.model_dump() == {"train_on_prompt": False, "train_on": "all_assistant", "reasoning": "inference"}
 
 
 def test_causal_lm() -> None:

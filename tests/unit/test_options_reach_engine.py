@@ -210,6 +210,50 @@ def _check_train_on_prompt(env: Any) -> None:
     assert masked[0] > 0 and kept == [0], (masked, kept)
 
 
+_TWO_TURNS = [
+    {
+        "messages": [
+            {"role": "user", "content": "1 2"},
+            {"role": "assistant", "content": "2 1", "reasoning_content": "flip"},
+            {"role": "user", "content": "3 4"},
+            {"role": "assistant", "content": "4 3"},
+        ]
+    }
+]
+
+
+# A template that writes every turn's reasoning, history included (tunekit's ChatML drops earlier turns').
+_REASONING_EVERYWHERE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% if m.get('reasoning_content') %}<think>"
+    "{{ m['reasoning_content'] }}</think>{% endif %}{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def _supervised(env: Any, objective: tk.Objective, template: str | None = None) -> list[str]:
+    tuner = tk.Tuner(
+        env.tiny_llama, objective=objective, training=tk.Training(device="cpu", cache=False), template=template
+    )
+    enc = tuner.prepare(_TWO_TURNS)
+    return [tuner.tokenizer.decode([t for t in labels if t != -100]) for labels in enc.labels]
+
+
+def _check_train_on(env: Any) -> None:
+    """SFT(train_on="last_assistant"): only the last assistant turn is supervised (both by default)."""
+    assert sorted(_supervised(env, tk.SFT())) == ["4 3<|im_end|>", "<think>\nflip\n</think>\n\n2 1<|im_end|>"]
+    assert _supervised(env, tk.SFT(train_on="last_assistant")) == ["4 3<|im_end|>"]
+
+
+def _check_reasoning(env: Any) -> None:
+    """SFT(reasoning=...): "drop" trains the answers alone, in one sequence; "keep" trains the reasoning in place
+    (one sequence, history included); the default "inference" trains each user turn's answers with the history a
+    server shows (earlier reasoning dropped), so two sequences here."""
+    assert _supervised(env, tk.SFT(reasoning="drop")) == ["2 1<|im_end|>4 3<|im_end|>"]
+    everywhere = _REASONING_EVERYWHERE
+    assert _supervised(env, tk.SFT(reasoning="keep"), everywhere) == ["<think>flip</think>2 1<|im_end|>4 3<|im_end|>"]
+    assert sorted(_supervised(env, tk.SFT(), everywhere)) == ["4 3<|im_end|>", "<think>flip</think>2 1<|im_end|>"]
+
+
 def _check_add_eos(env: Any) -> None:
     """CausalLM(add_eos=False): tunekit's token ids of a text do not end with EOS (they do by default)."""
     rows = [{"text": "1 2 3 4"}]
@@ -330,6 +374,8 @@ ROWS: dict[tuple[str, str], Row] = {
     ("SFT", "train_on_prompt"): Exempt(
         "tunekit tokenises and masks SFT data itself (trl gets skip_prepare_dataset)", _check_train_on_prompt
     ),
+    ("SFT", "train_on"): Exempt("tunekit masks SFT data itself", _check_train_on),
+    ("SFT", "reasoning"): Exempt("tunekit renders SFT data itself", _check_reasoning),
     ("CausalLM", "add_eos"): Exempt("tunekit tokenises CausalLM text itself", _check_add_eos),
     ("RewardModeling", "center_rewards"): Reaches(
         0.01, _arg("center_rewards_coefficient"), 0.01, "RewardConfig.center_rewards_coefficient"

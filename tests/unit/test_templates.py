@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 import tunekit as tk
-from tunekit.data import CHATML_TEMPLATE, Template, ensure_template, render_segments
+from tunekit.data import CHATML_TEMPLATE, Template, ensure_template
+from tunekit.data.turns import render_turns
 from tunekit.testing import CHATML
 
 MSGS = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]
@@ -54,10 +56,10 @@ def test_base_tokenizer_gets_builtin_chatml_as_special_tokens(load_tokenizer: Ca
     template, added = ensure_template(tok)
     assert template.builtin is True
     assert tok.chat_template == CHATML_TEMPLATE == template.chat_template
-    assert added == ["<|im_start|>", "<|im_end|>", "<|pad|>"]
-    assert len(tok) == vocab_before + 3
+    assert added == ["<|im_start|>", "<|im_end|>", "<tool_call>", "</tool_call>", "<think>", "</think>", "<|pad|>"]
+    assert len(tok) == vocab_before + 7
     ids = {t: tok.convert_tokens_to_ids(t) for t in added}
-    assert sorted(ids.values()) == list(range(vocab_before, vocab_before + 3))
+    assert sorted(ids.values()) == list(range(vocab_before, vocab_before + 7))
     assert {"<|im_start|>", "<|im_end|>", "<|pad|>"} <= set(tok.all_special_tokens)
     # each marker is one token, never split into pieces by BPE
     text = "<|im_start|>user\nhi<|im_end|>"
@@ -130,7 +132,7 @@ def test_explicit_template_argument_wins(load_tokenizer: Callable[[str], Any]) -
 def test_explicit_chatml_on_a_base_tokenizer_adds_the_markers(load_tokenizer: Callable[[str], Any]) -> None:
     tok = load_tokenizer("base")
     template, added = ensure_template(tok, CHATML)
-    assert added == ["<|im_start|>", "<|im_end|>", "<|pad|>"]
+    assert added == ["<|im_start|>", "<|im_end|>", "<tool_call>", "</tool_call>", "<think>", "</think>", "<|pad|>"]
     assert template.end_of_turn == "<|im_end|>"
 
 
@@ -160,13 +162,23 @@ def test_template_to_dict() -> None:
     assert t.to_dict() == {"chat_template": "T", "end_of_turn": "<|im_end|>", "builtin": True}
 
 
-# ---- render_segments --------------------------------------------------------------------------
+# ---- the supervised spans (tunekit.data.turns) -------------------------------------------------
+
+
+def render_segments(tok: Any, msgs: list[dict[str, Any]]) -> list[tuple[str, bool]]:
+    """The one training sequence of ``msgs`` as (text, trains) pieces, every assistant turn training."""
+    turns = [k for k, m in enumerate(msgs) if m["role"] == "assistant"]
+    (seq,) = render_turns(tok, msgs, turns)
+    bounds = [0] + [b for span in seq.spans for b in span] + [len(seq.text)]
+    pieces = [(seq.text[a:b], k % 2 == 1) for k, (a, b) in enumerate(itertools.pairwise(bounds))]
+    return [(text, trains) for text, trains in pieces if text]
 
 
 def test_segments_single_turn(chat_tokenizer: Any) -> None:
     assert render_segments(chat_tokenizer, MSGS) == [
         ("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n", False),
-        ("yo<|im_end|>\n", True),
+        ("yo<|im_end|>", True),
+        ("\n", False),
     ]
 
 
@@ -181,9 +193,10 @@ def test_segments_multi_turn_with_system(chat_tokenizer: Any) -> None:
     segments = render_segments(chat_tokenizer, msgs)
     assert segments == [
         ("<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nu1<|im_end|>\n<|im_start|>assistant\n", False),
-        ("a1<|im_end|>\n", True),
-        ("<|im_start|>user\n今天<|im_end|>\n<|im_start|>assistant\n", False),
-        ("天气很好<|im_end|>\n", True),
+        ("a1<|im_end|>", True),
+        ("\n<|im_start|>user\n今天<|im_end|>\n<|im_start|>assistant\n", False),
+        ("天气很好<|im_end|>", True),
+        ("\n", False),
     ]
     full = chat_tokenizer.apply_chat_template(msgs, tokenize=False)
     assert "".join(text for text, _ in segments) == full
@@ -192,7 +205,7 @@ def test_segments_multi_turn_with_system(chat_tokenizer: Any) -> None:
 def test_segments_with_eos_template(load_tokenizer: Callable[[str], Any]) -> None:
     tok = load_tokenizer("chat")
     ensure_template(tok, EOS_TEMPLATE)
-    assert render_segments(tok, MSGS) == [("user: hi\nassistant: ", False), ("yo<|endoftext|>\n", True)]
+    assert render_segments(tok, MSGS) == [("user: hi\nassistant: ", False), ("yo<|endoftext|>", True), ("\n", False)]
 
 
 def test_template_that_is_not_prefix_stable_is_refused(load_tokenizer: Callable[[str], Any]) -> None:
@@ -200,5 +213,5 @@ def test_template_that_is_not_prefix_stable_is_refused(load_tokenizer: Callable[
     tok.chat_template = (
         "{% for m in messages %}{% if loop.last %}LAST {% endif %}{{ m['content'] }}<|im_end|>{% endfor %}"
     )
-    with pytest.raises(tk.DatasetError, match="not prefix-stable"):
+    with pytest.raises(tk.IncompatibleError, match="differs from the generation prompt"):
         render_segments(tok, MSGS)

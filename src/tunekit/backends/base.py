@@ -56,6 +56,7 @@ class RunSpec:
     training: Training
     tokenizer_ref: Any = None  # a tokenizer object or directory, when it is not beside the model
     template: str | None = None  # a Jinja chat template replacing the tokenizer's
+    template_options: dict[str, Any] | None = None  # passed to the template with every render (enable_thinking=...)
     output_dir: Path | None = None
     reuse_output_dir: bool = False  # write beside files already in output_dir (never over them)
     adapter_path: Path | None = None

@@ -3,7 +3,7 @@
 from tunekit.data.encoding import Encoded, encode_examples
 from tunekit.data.formats import Example, NormalisedData, detect_format, normalise
 from tunekit.data.loading import load_rows
-from tunekit.data.templates import CHATML_TEMPLATE, Template, ensure_template, render_segments
+from tunekit.data.templates import CHATML_TEMPLATE, Template, ensure_template
 
 __all__ = [
     "CHATML_TEMPLATE",
@@ -16,5 +16,4 @@ __all__ = [
     "ensure_template",
     "load_rows",
     "normalise",
-    "render_segments",
 ]

@@ -27,12 +27,13 @@ from typing import Any
 from tunekit._version import __version__
 from tunekit.data.encoding import Encoded
 from tunekit.data.formats import Example
+from tunekit.data.templates import template_options
 
 __all__ = ["cache_dir", "cache_key", "cached_encode"]
 
 logger = logging.getLogger("tunekit")
 
-_FORMAT = 1  # bump when the stored layout changes
+_FORMAT = 2  # bump when the stored layout or what encoding supervises changes (2: spans end at the end of turn)
 
 
 def cache_dir(configured: str | None = None) -> Path:
@@ -56,6 +57,7 @@ def _tokenizer_digest(tokenizer: Any) -> str:
     h.update(type(tokenizer).__name__.encode("utf-8"))
     h.update(json.dumps(getattr(tokenizer, "special_tokens_map", {}), sort_keys=True, default=str).encode("utf-8"))
     h.update(str(getattr(tokenizer, "chat_template", None)).encode("utf-8"))
+    h.update(json.dumps(template_options(tokenizer), sort_keys=True, default=str).encode("utf-8"))
     for attr in ("add_bos_token", "add_eos_token", "eos_token_id", "bos_token_id"):
         h.update(f"{attr}={getattr(tokenizer, attr, None)}".encode())
     return h.hexdigest()
@@ -78,7 +80,8 @@ def cache_key(tokenizer: Any, examples: list[Example], settings: dict[str, Any])
     h.update(json.dumps({**versions, "format": _FORMAT, **settings}, sort_keys=True).encode("utf-8"))
     h.update(_tokenizer_digest(tokenizer).encode("utf-8"))
     for ex in examples:
-        fields = [ex.row, ex.text, ex.messages] + ([list(ex.trained)] if ex.trained is not None else [])
+        fields: list[Any] = [ex.row, ex.text, ex.messages]
+        fields += ([list(ex.trained)] if ex.trained is not None else []) + ([list(ex.tools)] if ex.tools else [])
         h.update(json.dumps(fields, ensure_ascii=False, default=str).encode("utf-8"))
         h.update(b"\x00")
     return h.hexdigest()

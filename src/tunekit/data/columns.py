@@ -54,12 +54,12 @@ SIGNATURES: list[tuple[Format, tuple[str, ...]]] = [
 # The columns each format reads (prompt-only rows take any column: the rest go to the reward functions).
 FORMAT_COLUMNS: dict[str, frozenset[str]] = {
     "text": frozenset({"text"}),
-    "prompt_completion": frozenset({"prompt", "completion", "system"}),
-    "alpaca": frozenset({"instruction", "input", "output", "system"}),
-    "messages": frozenset({"messages", "system"}),
-    "sharegpt": frozenset({"conversations", "system"}),
-    "preference": frozenset({"prompt", "chosen", "rejected", "system"}),
-    "unpaired_preference": frozenset({"prompt", "completion", "label", "system"}),
+    "prompt_completion": frozenset({"prompt", "completion", "system", "tools"}),
+    "alpaca": frozenset({"instruction", "input", "output", "system", "tools"}),
+    "messages": frozenset({"messages", "system", "tools"}),
+    "sharegpt": frozenset({"conversations", "system", "tools"}),
+    "preference": frozenset({"prompt", "chosen", "rejected", "system", "tools"}),
+    "unpaired_preference": frozenset({"prompt", "completion", "label", "system", "tools"}),
 }
 # Columns that say where a row comes from, not what to learn: ignored in every format, on purpose. "" and
 # "Unnamed: 0" are the index column pandas writes into a CSV (and reads back) unless told index=False.
@@ -74,7 +74,7 @@ _ALIASES = {
     "system_prompt": "system",
 }
 _MEDIA = ("image", "images", "image_url", "pixel_values", "video", "videos", "audio")
-_TOOL_COLUMNS = ("tools", "functions", "tool_calls")
+_TOOL_COLUMNS = ("functions", "tool_calls")
 TOOLS_UNSUPPORTED = (
     "tool calls are not supported yet (tunekit trains on plain system / user / assistant turns; tool-use training "
     "is planned, issue #16): remove the tool-call turns from the conversation, or leave the row out "

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
 from tunekit.data.control_tokens import control_tokens, encode_plain, find_control_token, plain_spans
 from tunekit.data.formats import Example
-from tunekit.data.templates import render, render_segments
+from tunekit.data.templates import render
+from tunekit.data.turns import Reasoning, TrainOn, render_turns, supervised_turns
 from tunekit.errors import DatasetError, IncompatibleError
 
 __all__ = ["Encoded", "encode_examples"]
@@ -34,39 +36,42 @@ class Encoded:
 
 
 def _encode_chat(
-    tokenizer: Any, ex: Example, train_on_prompt: bool, tokens: tuple[str, ...]
-) -> tuple[list[int], list[int]]:
-    ids: list[int] = []
-    labels: list[int] = []
-    messages = list(ex.messages or ())
-    segments = render_segments(tokenizer, messages)
-    if not segments:
-        return ids, labels
-    # The segments joined are the conversation up to its last answer; control tokens typed in it stay text.
-    last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
-    spans = plain_spans(
-        lambda ms: render(tokenizer, ms, add_generation_prompt=False), messages[: last + 1], tokens, row=ex.row
-    )
-    if spans:
-        pieces, offset = [], 0
-        for text, _ in segments:
-            pieces.append(encode_plain(tokenizer, text, spans, offset=offset))
-            offset += len(text)
-    else:  # one batched call for the example's segments: the tokenizer's per-call overhead dominates short texts
-        pieces = tokenizer([text for text, _ in segments], add_special_tokens=False)["input_ids"]
-    answers = sum(is_assistant for _, is_assistant in segments)
-    if ex.trained is not None and answers != len(ex.trained):
-        raise DatasetError(f"the chat template rendered {answers} assistant turns of {len(ex.trained)}")
-    turn = 0
-    for piece, (_text, is_assistant) in zip(pieces, segments):
-        ids += piece
-        if is_assistant:  # an assistant turn trains unless its row gave it OpenAI's "weight": 0
-            trained = ex.trained is None or ex.trained[turn]
-            turn += 1
-        else:
-            trained = train_on_prompt
-        labels += piece if trained else [IGNORE] * len(piece)
-    return ids, labels
+    tokenizer: Any,
+    ex: Example,
+    train_on_prompt: bool,
+    tokens: tuple[str, ...],
+    train_on: TrainOn,
+    reasoning: Reasoning,
+) -> list[tuple[list[int], list[int]]]:
+    """The example's training sequences (usually one; see :mod:`tunekit.data.turns`): ids and labels."""
+    messages = ex.messages or ()
+    turns = supervised_turns(messages, ex.trained, train_on, row=ex.row)
+    out = []
+    for seq in render_turns(tokenizer, messages, turns, tools=ex.tools, reasoning=reasoning, row=ex.row):
+        bounds = [0]
+        for start, end in seq.spans:
+            bounds += [start, end]
+        bounds.append(len(seq.text))
+        pieces_text = [seq.text[a:b] for a, b in itertools.pairwise(bounds)]  # prompt, turn, ..., turn, what follows
+        # Control tokens typed in a message stay text; the template's own are control tokens.
+        spans = plain_spans(
+            lambda ms: render(tokenizer, ms, add_generation_prompt=False, tools=ex.tools),
+            list(seq.messages),
+            tokens,
+            row=ex.row,
+        )
+        if spans:
+            pieces = [encode_plain(tokenizer, text, spans, offset=a) for text, a in zip(pieces_text, bounds)]
+        else:  # one batched call for the sequence's pieces: the tokenizer's per-call overhead dominates short texts
+            pieces = tokenizer([t or " " for t in pieces_text], add_special_tokens=False)["input_ids"]
+            pieces = [p if t else [] for p, t in zip(pieces, pieces_text)]
+        ids: list[int] = []
+        labels: list[int] = []
+        for k, piece in enumerate(pieces):
+            ids += piece
+            labels += piece if (k % 2 == 1 or train_on_prompt) else [IGNORE] * len(piece)
+        out.append((ids, labels))
+    return out
 
 
 def _encode_text(tokenizer: Any, ex: Example, add_eos: bool) -> tuple[list[int], list[int]]:
@@ -85,6 +90,8 @@ def encode_examples(
     add_eos: bool = True,
     on_bad_rows: str = "error",
     allow_control_tokens: bool = False,
+    train_on: TrainOn = "all_assistant",
+    reasoning: Reasoning = "inference",
 ) -> Encoded:
     """Encode, truncate to ``max_length`` and check every example keeps a supervised token.
 
@@ -98,12 +105,13 @@ def encode_examples(
     for ex in examples:
         if ex.messages is not None:
             try:
-                ids, labels = _encode_chat(tokenizer, ex, train_on_prompt, tokens)
+                sequences = _encode_chat(tokenizer, ex, train_on_prompt, tokens, train_on, reasoning)
             except DatasetError as e:  # a template problem, not a bad row: never skipped, but say where
                 message = str(e) if str(e).startswith(f"row {ex.row}:") else f"row {ex.row}: {e}"
                 raise DatasetError(message, row=ex.row) from None
             except IncompatibleError as e:  # the template refused this conversation (its raise_exception)
-                raise IncompatibleError(f"row {ex.row}: {e}") from None
+                message = str(e) if str(e).startswith(f"row {ex.row}:") else f"row {ex.row}: {e}"
+                raise IncompatibleError(message) from None
         else:
             found = find_control_token([ex.text or ""], tokens)
             if found is not None:
@@ -116,30 +124,9 @@ def encode_examples(
                     out.skipped.append((ex.row, reason))
                     continue
                 raise DatasetError(reason, row=ex.row, field="text")
-            ids, labels = _encode_text(tokenizer, ex, add_eos)
-        truncated = len(ids) > max_length
-        if truncated:
-            ids, labels = ids[:max_length], labels[:max_length]
-            out.truncated += 1
-        # A causal LM never predicts the first token, so a label there alone supervises nothing.
-        if all(lab == IGNORE for lab in labels[1:]):
-            if truncated:
-                reason = (
-                    f"row {ex.row}: no supervised token left after truncation to max_length={max_length} "
-                    f"(the prompt alone is {len(ids)}+ tokens); raise Training(max_length=...) or shorten the prompt"
-                )
-            else:  # e.g. a one-token text without EOS: there is no next token to predict
-                reason = (
-                    f"row {ex.row}: nothing to learn: the example is {len(ids)} token(s) long and none after the "
-                    "first is supervised; use longer text (or keep CausalLM(add_eos=True))"
-                )
-            if on_bad_rows == "skip":
-                out.skipped.append((ex.row, reason))
-                continue
-            raise DatasetError(reason, row=ex.row)
-        out.input_ids.append(ids)
-        out.labels.append(labels)
-        out.rows.append(ex.row)
+            sequences = [_encode_text(tokenizer, ex, add_eos)]
+        for ids, labels in sequences:
+            _add(out, ex.row, ids, labels, max_length=max_length, on_bad_rows=on_bad_rows)
     if not out.input_ids:
         if out.skipped and "control token" in out.skipped[0][1]:
             raise DatasetError(f"no row left to train on: every row was skipped, the first as {out.skipped[0][1]}")
@@ -148,3 +135,30 @@ def encode_examples(
             "raise Training(max_length=...)"
         )
     return out
+
+
+def _add(out: Encoded, row: int, ids: list[int], labels: list[int], *, max_length: int, on_bad_rows: str) -> None:
+    """Truncate one sequence and keep it, or skip or refuse it when nothing in it is supervised."""
+    truncated = len(ids) > max_length
+    if truncated:
+        ids, labels = ids[:max_length], labels[:max_length]
+        out.truncated += 1
+    # A causal LM never predicts the first token, so a label there alone supervises nothing.
+    if all(lab == IGNORE for lab in labels[1:]):
+        if truncated:
+            reason = (
+                f"row {row}: no supervised token left after truncation to max_length={max_length} "
+                f"(the prompt alone is {len(ids)}+ tokens); raise Training(max_length=...) or shorten the prompt"
+            )
+        else:  # e.g. a one-token text without EOS: there is no next token to predict
+            reason = (
+                f"row {row}: nothing to learn: the example is {len(ids)} token(s) long and none after the "
+                "first is supervised; use longer text (or keep CausalLM(add_eos=True))"
+            )
+        if on_bad_rows == "skip":
+            out.skipped.append((row, reason))
+            return
+        raise DatasetError(reason, row=row)
+    out.input_ids.append(ids)
+    out.labels.append(labels)
+    out.rows.append(row)

@@ -24,17 +24,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from tunekit.data.columns import (
-    MEDIA_UNSUPPORTED,
-    SIGNATURES,
-    TOOLS_UNSUPPORTED,
-    Format,
-    check_columns,
-    did_you_mean,
-    filled,
-    given,
-    parse_json_cell,
-)
+from tunekit.data.columns import SIGNATURES, Format, check_columns, given
+from tunekit.data.messages import Messages, parse_messages, parse_tools
 from tunekit.errors import DatasetError
 
 __all__ = [
@@ -58,14 +49,7 @@ _NOT_PROMPT_ONLY = ("completion", "chosen", "rejected", "label", "text", "messag
 RESERVED_COLUMNS = (
     "prompts", "completions", "completion_ids", "trainer_state", "log_extra", "log_metric", "environments",
 )  # fmt: skip
-_SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
-ROLES = ("system", "user", "assistant")
-
-_TOOL_KEYS = ("tool_calls", "function_call", "tool_call_id")
-_TOOL_ROLES = ("tool", "function", "ipython", "function_call", "observation")
-
-
-Messages = tuple[dict[str, str], ...]
+Tools = tuple[dict[str, Any], ...]
 
 
 @dataclass(frozen=True)
@@ -77,7 +61,9 @@ class Example:
     RL prompts ``prompt`` and the row's other ``columns``. ``prompt`` is the conversation so far
     (ending with a user message); answers are assistant messages. ``prompt_text`` keeps a prompt
     given as a plain string, which is what reward functions then receive. ``trained`` says, per
-    assistant message of ``messages``, whether it is trained on (OpenAI's ``"weight": 0`` turns are not).
+    assistant message of ``messages``, whether the row said to train on it (``"train": false``, a weight of 0:
+    not; None: the row did not say, and ``SFT(train_on=...)`` decides). ``tools``: the function schemas the
+    conversation may call (OpenAI's shape), rendered by the chat template.
     """
 
     row: int
@@ -90,7 +76,8 @@ class Example:
     label: bool | None = None
     prompt_text: str | None = None
     columns: dict[str, Any] | None = None
-    trained: tuple[bool, ...] | None = None  # per assistant message of ``messages``; None: every one trains
+    trained: tuple[bool | None, ...] | None = None  # per assistant message of ``messages``; None: none said
+    tools: Tools | None = None
 
 
 @dataclass
@@ -146,137 +133,31 @@ def _check_messages(
     i: int,
     name: str,
     *,
-    role_key: str = "role",
-    content_key: str = "content",
     first: str = "user",
     last: str = "assistant",
+    tools: Tools | None = None,
 ) -> Messages:
-    """Validate a message list whose turns alternate from ``first`` to ``last`` (a system message may lead
-    when ``first`` is the user): a whole conversation, a prompt (ending with the user) or an answer.
-    A ``weight`` must be 1 here: only a whole conversation may leave a turn out (:func:`_conversation`)."""
-    out, weights = _messages(msgs, i, name, role_key=role_key, content_key=content_key, first=first, last=last)
-    for j, w in enumerate(weights):
-        if not w:
+    """Validate a message list (see :mod:`tunekit.data.messages`): a whole conversation, a prompt (ending with the
+    user, or tool results) or an answer. A turn may leave training (``"train": false``) only in a whole
+    conversation (:func:`_conversation`)."""
+    out, flags = parse_messages(msgs, i, name, first=first, last=last, tools=tools)
+    for j, flag in enumerate(flags):
+        if flag is False:
             raise DatasetError(
-                f"row {i}, field {name!r}, message {j + 1}: 'weight': 0 (leave this turn out of training) is read "
-                "in a whole conversation ('messages' or 'conversations' rows) only; remove the message, or give "
-                "the row as a conversation",
+                f"row {i}, field {name!r}, message {j + 1}: a per-turn training flag ('train', 'loss_weight', "
+                "'weight') is read in a whole conversation ('messages' or 'conversations' rows) only; remove it, or "
+                "give the row as a conversation",
                 row=i,
                 field=name,
             )
     return out
 
 
-def _weight(m: dict[str, Any], role: str, where: str, i: int, name: str) -> bool:
-    value = m.get("weight")
-    if value is None:
-        return True
-    if isinstance(value, (bool, int, float)) and value in (0, 1):
-        if role != "assistant":
-            raise DatasetError(
-                f"{where}: 'weight' is only read on assistant messages (the turns trained on), not on a "
-                f"{role} message; remove it",
-                row=i,
-                field=name,
-            )
-        return bool(value)
-    raise DatasetError(
-        f"{where}: 'weight' must be 0 (do not train on this turn) or 1 (train on it), got {value!r:.60}",
-        row=i,
-        field=name,
-    )
-
-
-def _messages(
-    msgs: Any,
-    i: int,
-    name: str,
-    *,
-    role_key: str,
-    content_key: str,
-    first: str,
-    last: str,
-) -> tuple[Messages, tuple[bool, ...]]:
-    """The validated messages and, per message, whether it trains (``weight``; only assistant ones may be 0)."""
-    if isinstance(msgs, str) and msgs.strip().startswith("["):
-        msgs = parse_json_cell(msgs, i, name)  # a CSV cell (or a double-encoded column) holding the JSON list
-    if not isinstance(msgs, list) or not msgs:
-        raise DatasetError(f"row {i}, field {name!r}: expected a non-empty list of messages", row=i, field=name)
-    out: list[dict[str, str]] = []
-    weights: list[bool] = []
-    for j, m in enumerate(msgs):
-        where = f"row {i}, field {name!r}, message {j + 1}"
-        rk, ck = role_key, content_key
-        if isinstance(m, dict) and rk not in m and "role" in m:
-            rk, ck = "role", "content"  # many ShareGPT-style datasets use OpenAI keys in "conversations"
-        if isinstance(m, dict) and (m.get(rk) in _TOOL_ROLES or any(filled(m.get(k)) for k in _TOOL_KEYS)):
-            raise DatasetError(f"{where}: {TOOLS_UNSUPPORTED}", row=i, field=name)
-        if not isinstance(m, dict) or rk not in m or ck not in m:
-            keys = [k for k in m if k not in (rk, ck)] if isinstance(m, dict) else []
-            hint = "".join(did_you_mean(k, {rk, ck}) for k in keys)
-            raise DatasetError(f"{where}: expected an object with {rk!r} and {ck!r}{hint}", row=i, field=name)
-        for key, value in m.items():
-            if key in (rk, ck, "weight", "name") or not filled(value):
-                continue  # a speaker's "name" is ignored, as documented; an empty key loses nothing
-            raise DatasetError(
-                f"{where}: unknown key {key!r}{did_you_mean(key, {rk, ck, 'weight'})}; a message holds {rk!r}, "
-                f"{ck!r} and (on an assistant turn) 'weight', and tunekit never drops a key silently: remove it",
-                row=i,
-                field=name,
-            )
-        raw_role = m[rk]
-        # ShareGPT names roles differently; a non-string role (a list, a dict) is simply unknown.
-        role = _SHAREGPT_ROLES.get(raw_role) if rk == "from" and isinstance(raw_role, str) else raw_role
-        if not isinstance(role, str) or role not in ROLES:
-            known = sorted(_SHAREGPT_ROLES) if rk == "from" else list(ROLES)
-            raise DatasetError(f"{where}: unknown role {raw_role!r}; expected one of {known}", row=i, field=name)
-        content = m[ck]
-        if isinstance(content, list) and any(isinstance(part, dict) and part.get("type") != "text" for part in content):
-            raise DatasetError(
-                f"{where}: {MEDIA_UNSUPPORTED.replace('the column', 'the non-text parts')}", row=i, field=name
-            )
-        if not isinstance(content, str):
-            raise DatasetError(
-                f"{where}: {ck!r} must be a string, got {type(content).__name__}"
-                + (" (a list of content parts: join their text into one string)" if isinstance(content, list) else ""),
-                row=i,
-                field=name,
-            )
-        if role == "assistant" and not content.strip():
-            raise DatasetError(f"{where}: empty assistant message; nothing to learn from", row=i, field=name)
-        weights.append(_weight(m, role, where, i, name))
-        out.append({"role": role, "content": content})
-    roles = [m["role"] for m in out]
-    body = roles[1:] if roles[0] == "system" and first == "user" else roles
-    if "system" in body:
-        where = "may only come first" if first == "user" else "cannot be part of an answer"
-        raise DatasetError(f"row {i}, field {name!r}: a system message {where}", row=i, field=name)
-    other = "assistant" if first == "user" else "user"
-    for k, role in enumerate(body):
-        expected = first if k % 2 == 0 else other
-        if role != expected:
-            raise DatasetError(
-                f"row {i}, field {name!r}: roles out of order at message {k + 1 + (len(roles) - len(body))} "
-                f"(got {role!r}, expected {expected!r}); turns must alternate {first}, {other}, ...",
-                row=i,
-                field=name,
-            )
-    if not body or body[-1] != last:
-        what = {
-            ("user", "assistant"): "the conversation must end with an assistant message (the text to learn); add "
-            "the answer",
-            ("user", "user"): "the prompt must end with a user message (the turn to answer)",
-            ("assistant", "assistant"): "the answer must end with an assistant message",
-        }[(first, last)]
-        raise DatasetError(f"row {i}, field {name!r}: {what}", row=i, field=name)
-    return tuple(out), tuple(weights)
-
-
-def _conversation(row: dict[str, Any], i: int, name: str, role_key: str, content_key: str) -> Example:
-    """A whole conversation (``messages`` / ``conversations``), with a ``system`` column and per-turn weights."""
-    msgs, weights = _messages(
-        row.get(name), i, name, role_key=role_key, content_key=content_key, first="user", last="assistant"
-    )
+def _conversation(row: dict[str, Any], i: int, name: str) -> Example:
+    """A whole conversation (``messages`` / ``conversations``), with ``system`` and ``tools`` columns and per-turn
+    training flags."""
+    tools = parse_tools(row.get("tools"), i)
+    msgs, flags = parse_messages(row.get(name), i, name, first="user", last="assistant", tools=tools)
     system = _system(row, i)
     if system and msgs[0]["role"] == "system":
         raise DatasetError(
@@ -284,15 +165,20 @@ def _conversation(row: dict[str, Any], i: int, name: str, role_key: str, content
             row=i,
             field="system",
         )
-    trained = tuple(w for m, w in zip(msgs, weights) if m["role"] == "assistant")
-    if not any(trained):
+    trained = tuple(f for m, f in zip(msgs, flags) if m["role"] == "assistant")
+    if all(f is False for f in trained):
         raise DatasetError(
-            f"row {i}, field {name!r}: every assistant message has 'weight': 0, so nothing is left to train on; "
-            "set 'weight': 1 on at least one, or leave the row out",
+            f"row {i}, field {name!r}: every assistant message says not to train on it ('train': false, or a "
+            "weight of 0), so nothing is left to train on; let at least one train, or leave the row out",
             row=i,
             field=name,
         )
-    return Example(row=i, messages=(*system, *msgs), trained=None if all(trained) else trained)
+    return Example(
+        row=i,
+        messages=(*system, *msgs),
+        trained=None if all(f is None for f in trained) else trained,
+        tools=tools,
+    )
 
 
 def _system(row: dict[str, Any], i: int) -> Messages:
@@ -307,11 +193,11 @@ def _system(row: dict[str, Any], i: int) -> Messages:
     return ({"role": "system", "content": system},) if system and system.strip() else ()
 
 
-def _prompt(row: dict[str, Any], i: int) -> tuple[Messages, str | None]:
-    """The prompt as messages ending with a user turn, and the plain string when it was one."""
+def _prompt(row: dict[str, Any], i: int, tools: Tools | None = None) -> tuple[Messages, str | None]:
+    """The prompt as messages ending with a user turn (or tool results), and the plain string when it was one."""
     value = row.get("prompt")
     if isinstance(value, list):
-        msgs, system = _check_messages(value, i, "prompt", last="user"), _system(row, i)
+        msgs, system = _check_messages(value, i, "prompt", last="user", tools=tools), _system(row, i)
         if system and msgs[0]["role"] == "system":
             raise DatasetError(
                 f"row {i}: both a 'system' column and a system message in 'prompt'; keep one of them",
@@ -330,11 +216,13 @@ def _prompt(row: dict[str, Any], i: int) -> tuple[Messages, str | None]:
     return (*_system(row, i), {"role": "user", "content": text}), text
 
 
-def _answer(row: dict[str, Any], i: int, name: str) -> Messages:
+def _answer(row: dict[str, Any], i: int, name: str, tools: Tools | None = None) -> Messages:
     """An answer: a string (one assistant message) or a list of messages from the assistant's turn on."""
     value = row.get(name)
+    if isinstance(value, dict) and ("role" in value or "from" in value):
+        value = [value]  # one message object (ShareGPT preference data gives chosen / rejected so)
     if isinstance(value, list):
-        return _check_messages(value, i, name, first="assistant", last="assistant")
+        return _check_messages(value, i, name, first="assistant", last="assistant", tools=tools)
     if value is not None and not isinstance(value, str):
         raise DatasetError(
             f"row {i}, field {name!r}: expected a string or a list of chat messages, got {type(value).__name__} "
@@ -369,8 +257,9 @@ def _label(row: dict[str, Any], i: int) -> bool:
 
 
 def _preference(row: dict[str, Any], i: int) -> Example:
-    prompt, text = _prompt(row, i)
-    chosen, rejected = _answer(row, i, "chosen"), _answer(row, i, "rejected")
+    tools = parse_tools(row.get("tools"), i)
+    prompt, text = _prompt(row, i, tools)
+    chosen, rejected = _answer(row, i, "chosen", tools), _answer(row, i, "rejected", tools)
     if chosen == rejected:
         raise DatasetError(
             f"row {i}, field 'rejected': identical to 'chosen' ({_shown(chosen)}); a preference pair needs two "
@@ -378,7 +267,7 @@ def _preference(row: dict[str, Any], i: int) -> Example:
             row=i,
             field="rejected",
         )
-    return Example(row=i, prompt=prompt, chosen=chosen, rejected=rejected, prompt_text=text)
+    return Example(row=i, prompt=prompt, chosen=chosen, rejected=rejected, prompt_text=text, tools=tools)
 
 
 def _shown(msgs: Messages) -> str:
@@ -387,7 +276,8 @@ def _shown(msgs: Messages) -> str:
 
 
 def _prompt_only(row: dict[str, Any], i: int) -> Example:
-    prompt, text = _prompt(row, i)
+    tools = parse_tools(row.get("tools"), i)
+    prompt, text = _prompt(row, i, tools)
     for name in RESERVED_COLUMNS:
         if name in row:
             raise DatasetError(
@@ -396,8 +286,8 @@ def _prompt_only(row: dict[str, Any], i: int) -> Example:
                 row=i,
                 field=name,
             )
-    columns = {k: v for k, v in row.items() if k not in ("prompt", "system")}
-    return Example(row=i, prompt=prompt, prompt_text=text, columns=columns)
+    columns = {k: v for k, v in row.items() if k not in ("prompt", "system", "tools")}
+    return Example(row=i, prompt=prompt, prompt_text=text, columns=columns, tools=tools)
 
 
 def normalise_row(fmt: Format, row: dict[str, Any], i: int) -> Example:
@@ -405,17 +295,20 @@ def normalise_row(fmt: Format, row: dict[str, Any], i: int) -> Example:
     check_columns(fmt, row, i)
     if fmt == "preference":
         return _preference(row, i)
+    tools = parse_tools(row.get("tools"), i) if fmt not in ("text", "prompt_only", "preference") else None
     if fmt == "unpaired_preference":
-        question, given = _prompt(row, i)
-        answer = _answer(row, i, "completion")
-        return Example(row=i, prompt=question, completion=answer, label=_label(row, i), prompt_text=given)
+        question, text = _prompt(row, i, tools)
+        answer = _answer(row, i, "completion", tools)
+        label = _label(row, i)
+        return Example(row=i, prompt=question, completion=answer, label=label, prompt_text=text, tools=tools)
     if fmt == "prompt_only":
         return _prompt_only(row, i)
     if fmt == "text":
         return Example(row=i, text=_need_str(row, i, "text"))
     if fmt == "prompt_completion":
         # The prompt may be a string or chat messages (trl's conversational prompt/completion), as for pairs.
-        return Example(row=i, messages=(*_prompt(row, i)[0], *_answer(row, i, "completion")))
+        messages = (*_prompt(row, i, tools)[0], *_answer(row, i, "completion", tools))
+        return Example(row=i, messages=messages, tools=tools)
     if fmt == "alpaca":
         instruction = _need_str(row, i, "instruction")
         output = _need_str(row, i, "output")
@@ -426,10 +319,10 @@ def normalise_row(fmt: Format, row: dict[str, Any], i: int) -> Example:
             )
         user = f"{instruction}\n\n{extra}" if extra and extra.strip() else instruction
         turns = ({"role": "user", "content": user}, {"role": "assistant", "content": output})
-        return Example(row=i, messages=(*_system(row, i), *turns))
+        return Example(row=i, messages=(*_system(row, i), *turns), tools=tools)
     if fmt == "messages":
-        return _conversation(row, i, "messages", "role", "content")
-    return _conversation(row, i, "conversations", "from", "value")
+        return _conversation(row, i, "messages")
+    return _conversation(row, i, "conversations")
 
 
 def normalise(rows: list[dict[str, Any]], fmt: Format | None = None, *, on_bad_rows: str = "error") -> NormalisedData:

@@ -10,35 +10,85 @@ from __future__ import annotations
 import ctypes
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from jinja2 import TemplateError  # transformers' dependency: a chat template's errors are jinja2's
 
-from tunekit.errors import DatasetError, IncompatibleError
+from tunekit.errors import ConfigError, IncompatibleError
 
 __all__ = [
+    "BUILTIN_MARKERS",
     "CHATML_TEMPLATE",
+    "REASONING_TEMPLATE_KEYS",
     "Template",
+    "check_template_options",
     "ensure_template",
     "find_end_of_turn",
+    "reasoning_key",
     "render",
-    "render_segments",
+    "template_options",
     "template_source",
     "try_render",
 ]
 
 IM_START, IM_END, PAD = "<|im_start|>", "<|im_end|>", "<|pad|>"
 
-# ChatML, as used by Qwen and many others; prefix-stable, so prompt and completion split cleanly.
+# ChatML, as used by Qwen and many others; prefix-stable, so prompt and completion split cleanly. Plain
+# conversations render as ``<|im_start|>{role}\n{content}<|im_end|>\n`` per message. Tools, tool calls and
+# reasoning, in one documented format (the one Qwen and Hermes use):
+# - a ``tools=`` list goes into the system turn, one JSON schema per line inside ``<tools>...</tools>``;
+# - an assistant's tool calls follow its content, each ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>``;
+# - a tool result is a ``tool`` turn;
+# - an assistant turn's reasoning (``reasoning_content``) is ``<think>\n...\n</think>\n\n`` before the answer, for
+#   the turns after the last user message only (earlier turns' reasoning is dropped, as Qwen3 does);
+# - ``enable_thinking=False`` (a template option) writes an empty ``<think>\n\n</think>\n\n`` after the
+#   generation prompt and on the last turn, for a model trained to answer without reasoning.
 CHATML_TEMPLATE = (
+    "{%- set ns = namespace(last_user=-1) -%}"
+    "{%- for message in messages -%}{%- if message['role'] == 'user' -%}{%- set ns.last_user = loop.index0 -%}"
+    "{%- endif -%}{%- endfor -%}"
+    "{%- set no_thinking = enable_thinking is defined and enable_thinking is false -%}"
+    "{%- if tools -%}"
+    "{{- '<|im_start|>system\n' -}}"
+    "{%- if messages and messages[0]['role'] == 'system' -%}{{- messages[0]['content'] + '\n\n' -}}{%- endif -%}"
+    "{{- '# Tools\n\nYou may call one or more of these functions (one JSON schema per line):\n<tools>' -}}"
+    "{%- for tool in tools -%}{{- '\n' + (tool | tojson) -}}{%- endfor -%}"
+    '{{- \'\n</tools>\n\nFor each call, write <tool_call>{"name": <function name>, "arguments": '
+    "<arguments object>}</tool_call>.<|im_end|>\n' -}}"
+    "{%- endif -%}"
+    "{%- for message in messages -%}"
+    "{%- if message['role'] == 'system' and tools and loop.first -%}"
+    "{%- elif message['role'] == 'assistant' -%}"
+    "{{- '<|im_start|>assistant\n' -}}"
+    "{%- if message.get('reasoning_content') and loop.index0 > ns.last_user -%}"
+    "{{- '<think>\n' + message['reasoning_content'] + '\n</think>\n\n' -}}"
+    "{%- elif no_thinking and loop.last -%}{{- '<think>\n\n</think>\n\n' -}}"
+    "{%- endif -%}"
+    "{{- message['content'] -}}"
+    "{%- for call in message.get('tool_calls') or [] -%}"
+    "{{- '<tool_call>' + ({'name': call['function']['name'], 'arguments': call['function']['arguments']} | tojson)"
+    " + '</tool_call>' -}}"
+    "{%- endfor -%}"
+    "{{- '<|im_end|>\n' -}}"
+    "{%- else -%}"
+    "{{- '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' -}}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\n' -}}"
+    "{%- if no_thinking -%}{{- '<think>\n\n</think>\n\n' -}}{%- endif -%}{%- endif -%}"
+)
+# tunekit's ChatML before tools and reasoning: a tokenizer saved with it still counts as the built-in template.
+_EARLIER_CHATML = (
     "{% for message in messages %}"
     "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
+TOOL_CALL, TOOL_CALL_END, THINK, THINK_END = "<tool_call>", "</tool_call>", "<think>", "</think>"
+BUILTIN_MARKERS = (IM_START, IM_END, TOOL_CALL, TOOL_CALL_END, THINK, THINK_END)
 
 
 @dataclass(frozen=True)
@@ -53,9 +103,11 @@ class Template:
     end_of_turn: str
     end_of_turn_id: int
     builtin: bool
+    options: dict[str, Any] = field(default_factory=dict)  # rendered with every conversation (enable_thinking=...)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"chat_template": self.chat_template, "end_of_turn": self.end_of_turn, "builtin": self.builtin}
+        out = {"chat_template": self.chat_template, "end_of_turn": self.end_of_turn, "builtin": self.builtin}
+        return {**out, "options": dict(self.options)} if self.options else out
 
 
 RENDER_SECONDS = 10.0  # one render of a conversation; a template that loops for longer is refused
@@ -127,22 +179,77 @@ def template_source(tokenizer: Any) -> str:
     return "the tokenizer's chat template"
 
 
-def render(tokenizer: Any, messages: list[dict[str, Any]], *, add_generation_prompt: bool) -> str:
-    """The template's text for ``messages``. A template that fails, refuses the conversation, runs for more than
-    ``RENDER_SECONDS`` or writes more than ``RENDER_CHARS`` raises IncompatibleError naming it."""
-    out = try_render(tokenizer, messages, add_generation_prompt=add_generation_prompt, refusals=False)
+def check_template_options(options: Any) -> dict[str, Any] | None:
+    """``template_options``: a mapping of names to plain values (JSON-like), or None; ConfigError otherwise."""
+    if options is None:
+        return None
+    if not isinstance(options, dict) or not all(isinstance(k, str) and k.isidentifier() for k in options):
+        raise ConfigError(
+            f"template_options={options!r:.80}: expected a mapping of option names to values, e.g. "
+            "{'enable_thinking': False}"
+        )
+    for name, value in options.items():
+        if name in ("messages", "tools", "add_generation_prompt", "tokenize", "chat_template", "documents"):
+            raise ConfigError(f"template_options: {name!r} is set by tunekit on every render; remove it")
+        if not isinstance(value, (str, int, float, bool, type(None), list, dict)):
+            raise ConfigError(
+                f"template_options[{name!r}]={value!r:.60}: expected a plain value (text, a number, true/false)"
+            )
+    return dict(options)
+
+
+def template_options(tokenizer: Any) -> dict[str, Any]:
+    """The options the template is rendered with (``Tuner(template_options=...)``, e.g. ``enable_thinking``)."""
+    return dict(getattr(tokenizer, "_tunekit_template_options", None) or {})
+
+
+def render(
+    tokenizer: Any,
+    messages: list[dict[str, Any]],
+    *,
+    add_generation_prompt: bool,
+    tools: Sequence[dict[str, Any]] | None = None,
+) -> str:
+    """The template's text for ``messages`` (and ``tools``). A template that fails, refuses the conversation, runs for
+    more than ``RENDER_SECONDS`` or writes more than ``RENDER_CHARS`` raises IncompatibleError naming it."""
+    out = try_render(tokenizer, messages, add_generation_prompt=add_generation_prompt, refusals=False, tools=tools)
     assert out is not None  # refusals=False: a refusal raised
     return out
 
 
 def try_render(
-    tokenizer: Any, messages: list[dict[str, Any]], *, add_generation_prompt: bool, refusals: bool = True
+    tokenizer: Any,
+    messages: list[dict[str, Any]],
+    *,
+    add_generation_prompt: bool,
+    refusals: bool = True,
+    tools: Sequence[dict[str, Any]] | None = None,
 ) -> str | None:
     """:func:`render`, but None when the template refuses the conversation (its ``raise_exception``, e.g.
     "system role not supported") and ``refusals``; a runaway or broken template still raises."""
+    if any(m.get("reasoning_content") for m in messages):
+        messages = _with_reasoning(tokenizer, messages)
+    return _render_raw(tokenizer, messages, add_generation_prompt=add_generation_prompt, refusals=refusals, tools=tools)
+
+
+def _render_raw(
+    tokenizer: Any,
+    messages: list[dict[str, Any]],
+    *,
+    add_generation_prompt: bool,
+    refusals: bool,
+    tools: Sequence[dict[str, Any]] | None,
+) -> str | None:
+    options = template_options(tokenizer)
+    if tools:  # never tools=[]: some templates (Llama 3.1) write their tool boilerplate for an empty list
+        options["tools"] = list(tools)
 
     def go() -> str:
-        return str(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt))
+        return str(
+            tokenizer.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=add_generation_prompt, **options
+            )
+        )
 
     try:
         out = _WATCHDOG.run(RENDER_SECONDS, go)
@@ -166,6 +273,49 @@ def try_render(
             f"{template_source(tokenizer)} wrote {len(out):,} characters for one conversation (more than "
             f"{RENDER_CHARS:,}); fix the template or pass template=..."
         )
+    return out
+
+
+_PROBE = "TUNEKIT_REASONING_3e1b"
+
+
+def reasoning_key(tokenizer: Any) -> str | None:
+    """The message key the template writes an assistant's reasoning from (``reasoning_content`` for Qwen3,
+    DeepSeek and tunekit's ChatML, ``thinking`` for gpt-oss, ``reasoning`` for some others), or None when it writes
+    none of them (then tunekit puts the reasoning into the content as ``<think>...</think>``). Found by rendering a
+    probe once per template."""
+    cached = getattr(tokenizer, "_tunekit_reasoning_key", None)
+    if cached is not None and cached[0] == tokenizer.chat_template:
+        return cast("str | None", cached[1])
+    found = None
+    for key in REASONING_TEMPLATE_KEYS:
+        probe = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", key: _PROBE}]
+        out = _render_raw(tokenizer, probe, add_generation_prompt=False, refusals=True, tools=None)
+        if out is not None and _PROBE in out:
+            found = key
+            break
+    tokenizer._tunekit_reasoning_key = (tokenizer.chat_template, found)
+    return found
+
+
+REASONING_TEMPLATE_KEYS = ("reasoning_content", "thinking", "reasoning")
+
+
+def _with_reasoning(tokenizer: Any, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The messages with their reasoning under the key the template reads, or inline when it reads none."""
+    key = reasoning_key(tokenizer)
+    out = []
+    for m in messages:
+        text = m.get("reasoning_content")
+        if not text:
+            out.append(m)
+            continue
+        rest = {k: v for k, v in m.items() if k != "reasoning_content"}
+        if key is None:
+            rest["content"] = f"{THINK}\n{text}\n{THINK_END}\n\n{rest.get('content') or ''}"
+        else:
+            rest[key] = text
+        out.append(rest)
     return out
 
 
@@ -197,19 +347,23 @@ def find_end_of_turn(tokenizer: Any) -> str:
     return str(tokenizer.eos_token)
 
 
-def ensure_template(tokenizer: Any, chat_template: str | None = None) -> tuple[Template, list[str]]:
-    """Install the template and a distinct pad token; returns the template and tokens added."""
+def ensure_template(
+    tokenizer: Any, chat_template: str | None = None, options: dict[str, Any] | None = None
+) -> tuple[Template, list[str]]:
+    """Install the template, its options and a distinct pad token; returns the template and tokens added."""
     added: list[str] = []
     if chat_template is not None:
         tokenizer.chat_template = chat_template
         tokenizer._tunekit_template_source = "the chat template passed as template=..."
     elif not getattr(tokenizer, "chat_template", None):
         tokenizer.chat_template = CHATML_TEMPLATE
+    tokenizer._tunekit_template_options = dict(options or {})
     # Compared, not remembered: a second call on the same tokenizer (or a saved and reloaded one)
     # must still report the built-in template as built-in.
-    builtin = tokenizer.chat_template == CHATML_TEMPLATE
+    builtin = tokenizer.chat_template in (CHATML_TEMPLATE, _EARLIER_CHATML)
+    markers = BUILTIN_MARKERS if tokenizer.chat_template == CHATML_TEMPLATE else (IM_START, IM_END)
     if builtin or IM_START in (tokenizer.chat_template or ""):
-        missing = [t for t in (IM_START, IM_END) if t not in tokenizer.get_vocab()]
+        missing = [t for t in markers if t not in tokenizer.get_vocab()]
         if missing:
             tokenizer.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False)
             added += missing
@@ -223,28 +377,5 @@ def ensure_template(tokenizer: Any, chat_template: str | None = None) -> tuple[T
         if PAD not in tokenizer.get_vocab():
             added.append(PAD)
         tokenizer.add_special_tokens({"pad_token": PAD})
-    return Template(str(tokenizer.chat_template), eot, int(eot_id), builtin), added
-
-
-def render_segments(tokenizer: Any, messages: list[dict[str, str]]) -> list[tuple[str, bool]]:
-    """Split a rendered conversation into ``(text, is_assistant)`` pieces, in order.
-
-    Each assistant piece runs from after the generation prompt to the end of the rendered turn,
-    so it includes the end-of-turn token: the model learns to stop.
-    """
-    pieces: list[tuple[str, bool]] = []
-    done = ""
-    for i, msg in enumerate(messages):
-        if msg["role"] != "assistant":
-            continue
-        prefix = render(tokenizer, messages[:i], add_generation_prompt=True)
-        full = render(tokenizer, messages[: i + 1], add_generation_prompt=False)
-        if not prefix.startswith(done) or not full.startswith(prefix):
-            raise DatasetError(
-                "the chat template is not prefix-stable (rendering a longer conversation changes earlier text), "
-                "so prompt and answer cannot be told apart by position; pass template=... with a template that is"
-            )
-        pieces.append((prefix[len(done) :], False))
-        pieces.append((full[len(prefix) :], True))
-        done = full
-    return [(t, a) for t, a in pieces if t]
+    template = Template(str(tokenizer.chat_template), eot, int(eot_id), builtin, dict(options or {}))
+    return template, added

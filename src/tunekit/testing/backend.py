@@ -128,7 +128,7 @@ class FakeBackend:
         tokenizer = spec.tokenizer_ref
         if tokenizer is None or isinstance(tokenizer, (str, Path)):
             tokenizer = train_tokenizer([*DEFAULT_TEXTS, " ".join("0123456789")], 400, True, True)
-        template, _ = ensure_template(tokenizer, spec.template)
+        template, _ = ensure_template(tokenizer, spec.template, spec.template_options)
         return tokenizer, template
 
     def preflight(self, spec: RunSpec, *, resume: bool | str | Path) -> Path | None:

@@ -268,7 +268,7 @@ def build_model(spec: RunSpec, *, precision: str, meta: bool = False) -> tuple[A
             model = ref  # a transformers model object, used as it is
             check_head(model, spec.objective)
         tokenizer = _tokenizer_of(spec, model)
-        template, added = ensure_template(tokenizer, spec.template)
+        template, added = ensure_template(tokenizer, spec.template, spec.template_options)
         new_ids = [tokenizer.convert_tokens_to_ids(t) for t in added if t != PAD]
         with own_rng(training.seed):
             # New embedding rows are drawn from tunekit's seeded RNG, never the caller's global state.
