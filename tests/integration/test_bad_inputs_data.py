@@ -102,11 +102,19 @@ CATALOGUE: list[Row] = [
     ("weight-out-of-range", lambda c: c.fit([chat(msg("user", "hi"), msg("assistant", "hello", weight=0.5))] * 4),
      tk.DatasetError, r"message 2: 'weight' must be 0 \(do not train on this turn\) or 1", r"got 0\.5"),
     ("every-turn-weight-0", lambda c: c.fit([chat(msg("user", "hi"), msg("assistant", "hello", weight=0))] * 4),
-     tk.DatasetError, r"row 1, field 'messages': every assistant message has 'weight': 0",
-     "set 'weight': 1 on at least one"),
+     tk.DatasetError, r"row 1, field 'messages': every assistant message says not to train on it",
+     "let at least one train, or leave the row out"),
+    ("every-turn-train-false", lambda c: c.fit([chat(msg("user", "hi"), msg("assistant", "hello", train=False))] * 4),
+     tk.DatasetError, r"row 1, field 'messages': every assistant message says not to train on it",
+     "let at least one train"),
+    ("last-turn-train-false-last-only", lambda c: c.tuner(objective=tk.SFT(train_on="last_assistant")).fit(
+        [chat(msg("user", "hi"), msg("assistant", "hello"), msg("user", "again"), msg("assistant", "no", train=False))]
+        * 4),
+     tk.DatasetError, r"row 1: nothing in it is trained on .*SFT\(train_on='last_assistant'\)",
+     "let a turn train, or leave the row out"),
     ("weight-0-in-an-answer", lambda c: c.fit([{"prompt": "hi", "completion": [msg("assistant", "hello", weight=0)]}]
                                               * 4),
-     tk.DatasetError, r"row 1, field 'completion', message 1: 'weight': 0 .* is read in a whole conversation",
+     tk.DatasetError, r"row 1, field 'completion', message 1: a per-turn training flag .* is read in a whole conversation",
      "give the row as a conversation"),
     # --- given twice: refused, not the last one winning ---
     ("duplicate-jsonl-key", lambda c: c.fit(c.file("d.jsonl", '{"prompt": "a", "completion": "b"}\n'
