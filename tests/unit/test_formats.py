@@ -234,9 +234,10 @@ BAD_ROWS = [
     ("messages", {"messages": "hi"}, "messages", ", field 'messages': expected a non-empty list of messages"),
     (
         "messages",
-        {"other": 1},
-        "other",
-        f": unknown column 'other'; the data is in the 'messages' format, which reads ['messages', 'system'] {IGNORED}",
+        {"sytem": "Be brief."},  # a misspelling stays an error (an unknown column with no near miss is unused)
+        "sytem",
+        ": unknown column 'sytem' (did you mean 'system'?); the data is in the 'messages' format, which reads "
+        f"['messages', 'system', 'tools'] {IGNORED}",
     ),
     (
         "messages",
