@@ -68,8 +68,9 @@ def normalise_for(
         if what == "training":
             raise
         raise DatasetError(f"{what}_data: {e}", row=e.row, field=e.field) from None
-    _check_meaning(norm, rows, objective, what)
     layout = detect_layout(rows)
+    beside = " and ".join(repr(c) for c in layout.columns if c != "label") if layout else "'prompt' and 'completion'"
+    _check_meaning(norm, rows, objective, what, beside)
     unused = unused_columns(norm.format, rows, layout.reads if layout is not None else frozenset())
     if unused:
         logger.warning(
@@ -81,7 +82,6 @@ def normalise_for(
         )
     chosen = objective or infer_objective(norm.format)
     if norm.format == "unpaired_preference" and norm.format not in chosen.data_formats:
-        beside = " and ".join(repr(c) for c in layout.columns if c != "label") if layout else "'prompt' and 'completion'"
         pairs = "the conversations" if layout is not None else "the prompt/completion pairs"
         raise IncompatibleError(
             f"the {what} data has a 'label' column beside {beside} (KTO's layout: True marks a desirable answer, "
@@ -101,17 +101,20 @@ def normalise_for(
     return norm, chosen
 
 
-def _check_meaning(norm: NormalisedData, rows: list[dict[str, Any]], objective: Objective | None, what: str) -> None:
-    """Refuse data whose objective would be guessed from a column that may mean something else."""
+def _check_meaning(
+    norm: NormalisedData, rows: list[dict[str, Any]], objective: Objective | None, what: str, beside: str
+) -> None:
+    """Refuse data whose objective would be guessed from a column that may mean something else (``beside``: the
+    columns a 'label' stands beside)."""
     if objective is None and norm.format == "unpaired_preference":
         numeric = numeric_labels(rows)
         if numeric:
             raise DatasetError(
                 f"the {what} data has a 'label' column of numbers (row {numeric[0]}: "
-                f"{rows[numeric[0] - 1]['label']!r}) beside 'prompt' and 'completion': that is KTO's layout (1 marks a "
+                f"{rows[numeric[0] - 1]['label']!r}) beside {beside}: that is KTO's layout (1 marks a "
                 "desirable answer, 0 an undesirable one), but 0/1 may as well be class ids, and tunekit does not "
                 "switch objective on a guess: pass objective=tk.KTO() to train on the labels, or drop the 'label' "
-                "column to train SFT on the prompt/completion pairs",
+                "column to train SFT on the rest",
                 row=numeric[0],
                 field="label",
             )
