@@ -183,7 +183,7 @@ def check_columns(fmt: Format, row: dict[str, Any], i: int) -> None:
             )
         owner = next((f for f, cols in FORMAT_COLUMNS.items() if key in cols), None)
         hint = did_you_mean(key, known | _KNOWN_COLUMNS)
-        if owner is None and not hint:
+        if owner is None and not hint and isinstance(key, str):
             continue  # unused: listed once per dataset by unused_columns (a warning), not an error
         what = f"column {key!r} belongs to the {owner!r} format" if owner else f"unknown column {key!r}"
         raise DatasetError(
