@@ -188,7 +188,7 @@ def test_mapping_errors() -> None:
         tk.Data(DATA / "mapped_chats.jsonl", roles={"asistant": "agent"})
     with pytest.raises(tk.ConfigError, match="unknown option 'colums'"):
         tk.Data(DATA / "mapped_chats.jsonl", colums={})
-    with pytest.raises(tk.ConfigError, match="the data is missing"):
+    with pytest.raises(tk.ConfigError, match=r"Data\(columns=...\): the data \(source\) is missing"):
         tk.Data(columns={"messages": "dialog"})
 
 

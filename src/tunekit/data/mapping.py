@@ -19,6 +19,7 @@ Example:
 from __future__ import annotations
 
 import difflib
+import os
 from typing import Any
 
 from pydantic import Field, field_validator, model_validator
@@ -116,9 +117,30 @@ class Data(Config):
             if "source" in data:
                 raise ConfigError("Data: give the data as path or as source, not both")
             data = {("source" if k == "path" else k): v for k, v in data.items()}
-        if isinstance(data, dict) and data.get("source") is None:
-            raise ConfigError("Data: the data is missing; pass it first, e.g. tk.Data('train.jsonl', columns={...})")
+        if isinstance(data, dict) and "source" not in data:
+            given = ", ".join(f"{k}=..." for k in data)
+            raise ConfigError(
+                f"Data({given}): the data (source) is missing; pass it first, e.g. tk.Data('train.jsonl', "
+                "columns={...})"
+            )
+        if isinstance(data, dict) and data["source"] is None:
+            raise ConfigError(
+                "Data(source=None): the data is missing; pass it first, e.g. tk.Data('train.jsonl', columns={...})"
+            )
         return data
+
+    @field_validator("source", mode="before")
+    @classmethod
+    def _source(cls, v: Any) -> Any:
+        if isinstance(v, os.PathLike):
+            return os.fspath(v)
+        table = (hasattr(v, "to_dict") and hasattr(v, "columns")) or hasattr(v, "column_names")
+        if isinstance(v, str) or table or (isinstance(v, list) and all(isinstance(row, dict) for row in v)):
+            return v
+        raise ConfigError(
+            f"Data(source={v!r:.60}): expected a path (.jsonl, .json, .csv, .parquet), a list of rows (dicts), a "
+            f"datasets.Dataset or a pandas DataFrame, got {type(v).__name__}"
+        )
 
     @field_validator("columns", mode="before")
     @classmethod
