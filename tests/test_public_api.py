@@ -72,6 +72,8 @@ EXPECTED = {
     "verify_export",
     # YAML run configs and the CLI (issue 8)
     "RunConfig",
+    # data layouts and mappings (issue 16)
+    "Data",
 }
 
 

@@ -12,6 +12,7 @@ from tunekit import events, testing
 from tunekit._version import __version__
 from tunekit.compare import Comparison, compare
 from tunekit.config_file import RunConfig
+from tunekit.data.mapping import Data
 from tunekit.distributed import DDP, FSDP, DeepSpeed
 from tunekit.errors import (
     CheckpointError,
@@ -67,6 +68,7 @@ __all__ = [
     "CheckpointError",
     "Comparison",
     "ConfigError",
+    "Data",
     "DatasetError",
     "DeepSpeed",
     "EarlyStopping",

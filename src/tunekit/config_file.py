@@ -7,7 +7,7 @@ This is what ``tunekit fit config.yaml`` reads. The YAML mirrors the Python API:
     objective: sft                    # optional: inferred from the data's columns
     training: {epochs: 3, learning_rate: 2.0e-4, batch_size: 8}
     data: data/train.jsonl            # relative paths are read from the YAML file's folder
-    eval_data: data/val.jsonl
+    eval_data: data/val.jsonl         # or {path: data/val.jsonl, columns: {messages: dialog}, roles: {...}}
     output_dir: runs/qa               # the trained tuner is saved to runs/qa/final
 
 Every level rejects unknown keys with the nearest valid name (``trainig`` -> ``training``,
@@ -25,11 +25,12 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pydantic import Field, field_serializer, field_validator
+from pydantic import Field, ValidationInfo, field_serializer, field_validator
 from pydantic.json_schema import GenerateJsonSchema
 
 from tunekit._config import Config
 from tunekit.data import load_rows
+from tunekit.data.mapping import Data
 from tunekit.errors import ConfigError
 from tunekit.methods import LoRA, Method, registry
 from tunekit.objectives import OBJECTIVES, Objective
@@ -138,8 +139,14 @@ class RunConfig(Config):
         None, description="What signal trains them: {name: dpo, beta: 0.1}, or a name; default: inferred from data."
     )
     training: Training = Field(default_factory=Training, description="tk.Training's fields.")
-    data: str = Field(description="The training data file (.jsonl, .json, .csv, .parquet).")
-    eval_data: str | None = Field(None, description="Held-out data, evaluated at the end (and every eval_every).")
+    data: str | Data = Field(
+        description="The training data file (.jsonl, .json, .csv, .parquet), or {path: ..., columns: {...}, "
+        "roles: {...}} for a file with its own column, key and role names (tk.Data)."
+    )
+    eval_data: str | Data | None = Field(
+        None,
+        description="Held-out data, evaluated at the end (and every eval_every); a path or {path, columns, roles}.",
+    )
     output_dir: str | None = Field(
         None, description="Checkpoints and logs; the trained tuner goes to <output_dir>/final."
     )
@@ -183,6 +190,16 @@ class RunConfig(Config):
     @classmethod
     def _objective(cls, v: Any) -> Any:
         return v if v is None or isinstance(v, Objective) else _build("objective", v, OBJECTIVES)
+
+    @field_validator("data", "eval_data", mode="before")
+    @classmethod
+    def _data(cls, v: Any, info: ValidationInfo) -> Any:
+        if not isinstance(v, Mapping):
+            return v
+        try:
+            return Data(**v)
+        except ConfigError as e:
+            raise ConfigError(f"{info.field_name}: {e}") from None
 
     @field_validator("training", mode="before")
     @classmethod
@@ -349,7 +366,13 @@ _TEMPLATE_FILES = (".jinja", ".j2", ".txt")  # a template value ending so names 
 def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
     """Relative data, output, saved-model, template-file, cache and checkpoint paths are read from the YAML's folder."""
     out = dict(data)
-    for key in ("data", "eval_data", "output_dir", "save", "template"):
+    for key in ("data", "eval_data"):  # {path: ..., columns: ..., roles: ...}
+        value = out.get(key)
+        if isinstance(value, Mapping):
+            out[key] = _resolve_paths({k: v for k, v in value.items() if k in ("path", "source")}, base) | {
+                k: v for k, v in value.items() if k not in ("path", "source")
+            }
+    for key in ("data", "eval_data", "output_dir", "save", "template", "path", "source"):
         value = out.get(key)
         if isinstance(value, str) and value and not Path(value).is_absolute():
             if key != "template" or value.endswith(_TEMPLATE_FILES):

@@ -21,10 +21,11 @@ from typing import Any
 from tunekit.backends.base import RunSpec
 from tunekit.data import encode_examples, load_rows, normalise
 from tunekit.data.cache import cached_encode
-from tunekit.data.columns import numeric_labels, renamed_answer_column
+from tunekit.data.columns import numeric_labels, renamed_answer_column, unused_columns
 from tunekit.data.control_tokens import check_no_control_tokens
 from tunekit.data.encoding import Encoded
 from tunekit.data.formats import NormalisedData
+from tunekit.data.layouts import detect_layout
 from tunekit.data.rows import TrainerRows, prepare_rows
 from tunekit.errors import DatasetError, IncompatibleError
 from tunekit.methods import Method
@@ -67,13 +68,25 @@ def normalise_for(
         if what == "training":
             raise
         raise DatasetError(f"{what}_data: {e}", row=e.row, field=e.field) from None
-    _check_meaning(norm, rows, objective, what)
+    layout = detect_layout(rows)
+    beside = " and ".join(repr(c) for c in layout.columns if c != "label") if layout else "'prompt' and 'completion'"
+    _check_meaning(norm, rows, objective, what, beside)
+    unused = unused_columns(norm.format, rows, layout.reads if layout is not None else frozenset())
+    if unused:
+        logger.warning(
+            "the %s data has columns that are not used for training: %s (the %r format reads none of them); if one "
+            "was meant to be read, rename it, or map it with tk.Data(..., columns={...})",
+            what,
+            ", ".join(repr(c) for c in unused),
+            norm.format,
+        )
     chosen = objective or infer_objective(norm.format)
     if norm.format == "unpaired_preference" and norm.format not in chosen.data_formats:
+        pairs = "the conversations" if layout is not None else "the prompt/completion pairs"
         raise IncompatibleError(
-            f"the {what} data has a 'label' column beside 'prompt' and 'completion' (KTO's layout: True marks a "
-            f"desirable answer), which {chosen.name} cannot use; drop the 'label' column to train {chosen.name} on "
-            "the prompt/completion pairs, or pass objective=tk.KTO() to train on the labels"
+            f"the {what} data has a 'label' column beside {beside} (KTO's layout: True marks a desirable answer, "
+            f"False an undesirable one), which {chosen.name} cannot use; drop the 'label' column to train "
+            f"{chosen.name} on {pairs}, or pass objective=tk.KTO() to train on the labels"
         )
     if norm.format not in chosen.data_formats:
         raise IncompatibleError(
@@ -88,17 +101,20 @@ def normalise_for(
     return norm, chosen
 
 
-def _check_meaning(norm: NormalisedData, rows: list[dict[str, Any]], objective: Objective | None, what: str) -> None:
-    """Refuse data whose objective would be guessed from a column that may mean something else."""
+def _check_meaning(
+    norm: NormalisedData, rows: list[dict[str, Any]], objective: Objective | None, what: str, beside: str
+) -> None:
+    """Refuse data whose objective would be guessed from a column that may mean something else (``beside``: the
+    columns a 'label' stands beside)."""
     if objective is None and norm.format == "unpaired_preference":
         numeric = numeric_labels(rows)
         if numeric:
             raise DatasetError(
                 f"the {what} data has a 'label' column of numbers (row {numeric[0]}: "
-                f"{rows[numeric[0] - 1]['label']!r}) beside 'prompt' and 'completion': that is KTO's layout (1 marks a "
+                f"{rows[numeric[0] - 1]['label']!r}) beside {beside}: that is KTO's layout (1 marks a "
                 "desirable answer, 0 an undesirable one), but 0/1 may as well be class ids, and tunekit does not "
                 "switch objective on a guess: pass objective=tk.KTO() to train on the labels, or drop the 'label' "
-                "column to train SFT on the prompt/completion pairs",
+                "column to train SFT on the rest",
                 row=numeric[0],
                 field="label",
             )

@@ -45,6 +45,11 @@ def frame(columns: list[str]) -> Any:
 TWICE_IN_A_MESSAGE = (
     '{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b", "content": "c"}]}\n'
 )
+# tunekit's ChatML before tool support: it writes role and content only, so tool calls and schemas would vanish.
+PLAIN_CHATML = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
 SHAREGPT_TOOLS = {
     "conversations": [
         {"from": "human", "value": "What is 2 + 2?"},
@@ -63,8 +68,56 @@ CATALOGUE: list[Row] = [
     ("label-with-explicit-sft", lambda c: c.tuner(objective=tk.SFT()).fit(labelled(True, False)), tk.IncompatibleError,
      r"'label' column beside 'prompt' and 'completion' .* which SFT cannot use",
      r"drop the 'label' column .* or pass objective=tk\.KTO\(\)"),
-    ("label-beside-messages", lambda c: c.fit([{**chat(msg("user", "hi"), msg("assistant", "hello")), "label": 1}] * 4),
-     tk.DatasetError, r"row 1, column 'label': .* the 'messages' format cannot use it", "remove the column"),
+    # a label beside a conversation is KTO data (it used to be refused, and before that trained as SFT)
+    ("label-beside-messages-explicit-sft", lambda c: c.tuner(objective=tk.SFT()).fit(
+        [{**chat(msg("user", "hi"), msg("assistant", "hello")), "label": True}] * 4),
+     tk.IncompatibleError, r"'label' column beside 'messages' \(KTO's layout.* which SFT cannot use",
+     r"drop the 'label' column to train SFT on the conversations, or pass objective=tk\.KTO\(\)"),
+    ("label-01-beside-messages", lambda c: c.fit([{**chat(msg("user", "hi"), msg("assistant", "hello")), "label": 1}]
+                                                 * 4),
+     tk.DatasetError, r"'label' column of numbers \(row 1: 1\) beside 'messages': that is KTO's layout",
+     r"pass objective=tk\.KTO\(\)"),
+    ("label-beside-unanswered-conversation", lambda c: c.fit(
+        [{**chat(msg("user", "hi"), msg("assistant", "hello"), msg("user", "and?")), "label": True}] * 4),
+     tk.DatasetError, r"row 1, field 'messages': a 'label' marks the last assistant turn .* ends with a 'user' turn",
+     "end it with the answer the label judges, or remove the 'label' column"),
+    ("label-beside-text", lambda c: c.fit([{"text": "a b c", "label": True}] * 4),
+     tk.DatasetError, r"row 1, column 'label': 'label' is read by KTO .* the 'text' format cannot use it",
+     "remove the column"),
+    ("history-beside-messages", lambda c: c.fit([{**chat(msg("user", "hi"), msg("assistant", "hello")),
+                                                  "history": [["a", "b"]]}] * 4),
+     tk.DatasetError, r"row 1, column 'history': 'history' .* is read by Alpaca rows", "remove the column"),
+    ("tools-beside-text", lambda c: c.fit([{"text": "a b c", "tools": [{"type": "function"}]}] * 4),
+     tk.DatasetError, r"row 1, column 'tools': .* 'text' rows cannot carry tools", "give the rows as a conversation"),
+    ("functions-column", lambda c: c.fit([{**chat(msg("user", "hi"), msg("assistant", "hello")),
+                                           "functions": [{"name": "f"}]}] * 4),
+     tk.DatasetError, r"row 1, column 'functions': 'functions' is OpenAI's older name", "rename the column to 'tools'"),
+    ("reasoning-column", lambda c: c.fit([{"prompt": "2+2?", "completion": "4", "reasoning_content": "2+2 is 4"}] * 4),
+     tk.DatasetError, r"row 1, column 'reasoning_content': a reasoning trace belongs on the assistant message",
+     "move it into the conversation, or remove the column"),
+    # --- layouts of other tools: what cannot be rewritten says why ---
+    ("implicit-prompt-strings", lambda c: c.fit([{"chosen": "good", "rejected": "bad"}] * 4),
+     tk.DatasetError, r"row 1: 'chosen' and 'rejected' with no 'prompt' column, given as text",
+     "add a 'prompt' column"),
+    ("implicit-prompt-nothing-shared", lambda c: c.fit(
+        [{"chosen": [msg("user", "a"), msg("assistant", "b")], "rejected": [msg("user", "c"), msg("assistant", "d")]}]
+        * 4),
+     tk.DatasetError, r"row 1: no 'prompt' column, and 'chosen' and 'rejected' share no leading message",
+     "start both with the same prompt turns, or add a 'prompt' column"),
+    ("implicit-prompt-shared-assistant", lambda c: c.fit(
+        [{"chosen": [msg("user", "a"), msg("assistant", "b"), msg("assistant", "c")],
+          "rejected": [msg("user", "a"), msg("assistant", "b"), msg("assistant", "d")]}] * 4),
+     tk.DatasetError, r"row 1: no 'prompt' column, and the messages .* share end with a 'assistant' turn",
+     "add a 'prompt' column that says where the answers start"),
+    # --- tk.Data: a mapping of the file's names ---
+    ("mapping-names-an-absent-column", lambda c: c.fit(tk.Data(GOOD, columns={"prompt": "question"})),
+     tk.DatasetError, r"row 1: no column 'question', which Data\(columns=\{'prompt': 'question'\}\) names",
+     "fix the name in the mapping"),
+    ("mapping-unknown-column-key", lambda c: c.fit(tk.Data(GOOD, columns={"promt": "question"})),
+     tk.ConfigError, r"Data\(columns=\{'promt': 'question'\}\): unknown column 'promt'; did you mean 'prompt'\?",
+     "the keys are tunekit's names, the values the file's"),
+    ("mapping-unknown-role-key", lambda c: c.fit(tk.Data(GOOD, roles={"asistant": "agent"})),
+     tk.ConfigError, r"unknown role 'asistant'; did you mean 'assistant'\?", "the keys are tunekit's names"),
     ("misspelled-system-column", lambda c: c.fit(rows_with({"prompt": "reverse: 1 2", "completion": "2 1",
                                                               "sytem": "Be brief."})),
      tk.DatasetError, r"row 3: unknown column 'sytem' \(did you mean 'system'\?\)",
@@ -114,7 +167,7 @@ CATALOGUE: list[Row] = [
      "let a turn train, or leave the row out"),
     ("weight-0-in-an-answer", lambda c: c.fit([{"prompt": "hi", "completion": [msg("assistant", "hello", weight=0)]}]
                                               * 4),
-     tk.DatasetError, r"row 1, field 'completion', message 1: a per-turn training flag .* is read in a whole conversation",
+     tk.DatasetError, r"row 1, field 'completion', message 1: a per-turn training flag .* is read in a whole",
      "give the row as a conversation"),
     # --- given twice: refused, not the last one winning ---
     ("duplicate-jsonl-key", lambda c: c.fit(c.file("d.jsonl", '{"prompt": "a", "completion": "b"}\n'
@@ -135,15 +188,26 @@ CATALOGUE: list[Row] = [
                                        *GOOD[4:]]),
      tk.DatasetError, r"row 5 is in the 'messages' format .* but the data is in the 'prompt_completion' format "
      r"\(that of row 1\)", "convert row 5 to the 'prompt_completion' columns, or train the two formats from separate"),
-    ("openai-tool-calls", lambda c: c.fit(DATA / "openai_tool_calls.jsonl"), tk.DatasetError,
-     r"row 1, column 'tools': tool calls are not supported yet", "remove the tool-call turns"),
-    ("tool-call-turn", lambda c: c.fit([chat(msg("user", "weather?"),
+    ("tool-call-of-an-unlisted-function", lambda c: c.fit([{**SHAREGPT_TOOLS, "tools": '[{"name": "sub"}]'}] * 4),
+     tk.DatasetError, r"row 1, field 'conversations', message 2: calls 'add', which is not among the row's tools",
+     "fix the call or add its schema to 'tools'"),
+    ("tool-call-arguments-not-json", lambda c: c.fit([chat(
+        msg("user", "weather?"),
+        msg("assistant", None, tool_calls=[{"type": "function", "function": {"name": "w", "arguments": "{city: P"}}]),
+        msg("tool", "sunny"), msg("assistant", "Sunny."))] * 4),
+     tk.DatasetError, r"message 2: the arguments of 'w' is not valid JSON", "write it as a JSON object"),
+    ("tool-call-without-a-name", lambda c: c.fit([chat(msg("user", "weather?"),
                                              msg("assistant", None, tool_calls=[{"id": "1", "type": "function"}]),
                                              msg("tool", "sunny", tool_call_id="1"), msg("assistant", "Sunny."))] * 4),
-     tk.DatasetError, r"row 1, field 'messages', message 2: tool calls are not supported yet .* issue #16",
-     r"on_bad_rows='skip'"),
-    ("sharegpt-tool-turn", lambda c: c.fit([SHAREGPT_TOOLS] * 4), tk.DatasetError,
-     r"row 1, field 'conversations', message 2: tool calls are not supported yet", "remove the tool-call turns"),
+     tk.DatasetError, r"row 1, field 'messages', message 2: a tool call needs a function 'name'", r"'arguments'"),
+    ("tool-result-without-a-call", lambda c: c.fit([chat(msg("user", "hi"), msg("tool", "sunny"),
+                                                         msg("assistant", "Sunny."))] * 4),
+     tk.DatasetError, r"roles out of order at message 2 \(got 'tool', expected 'assistant'\)",
+     "a tool result answers an assistant turn that calls tools"),
+    ("tools-with-a-template-that-ignores-them", lambda c: c.tuner(template=PLAIN_CHATML).fit(
+        DATA / "openai_tool_calls.jsonl"),
+     tk.IncompatibleError, r"row 1: the chat template passed as template=\.\.\. does not write the row's tools",
+     "use a template that renders tools"),
     ("empty-eval-data", lambda c: c.tuner().fit(GOOD, eval_data=[]), tk.DatasetError,
      "eval_data is empty: it has no rows to evaluate on", "leave eval_data out"),
     ("empty-eval-file", lambda c: c.tuner().fit(GOOD, eval_data=c.file("val.jsonl", "")), tk.DatasetError,
@@ -232,7 +296,7 @@ def test_correct_01_labels_train_kto_when_asked(tiny_llama):
 
 
 def test_correct_validate_data_names_unknown_and_tool_rows(tmp_path):
-    """``tunekit validate-data`` runs the same checks: a misspelled column and a tool call are bad rows."""
+    """``tunekit validate-data`` runs the same checks: a misspelled column and an image column are bad rows."""
     rows = [
         {"prompt": "reverse: 1 2", "completion": "2 1"},
         {"prompt": "reverse: 3 4", "completion": "4 3", "sytem": "Be brief."},
@@ -245,5 +309,20 @@ def test_correct_validate_data_names_unknown_and_tool_rows(tmp_path):
     reasons = [b["reason"] for b in report["bad_rows"]]
     assert "row 2: unknown column 'sytem' (did you mean 'system'?)" in reasons[0]
     assert "row 3, column 'images': image, audio and video data is not supported yet" in reasons[1]
-    tools = validate_data(DATA / "openai_tool_calls.jsonl")
-    assert "tool calls are not supported yet" in tools["bad_rows"][0]["reason"]
+    tools = validate_data(DATA / "openai_tool_calls.jsonl")  # tool calls are read now: every row is valid
+    assert tools["bad_rows"] == [] and tools["valid_rows"] == 1
+
+
+def test_correct_kto_label_beside_messages_trains_kto(tiny_llama):
+    """A 'label' beside a conversation is KTO data (it was dropped, or trained as SFT): prepared as KTO rows."""
+    prepared = _tuner(tiny_llama).prepare(DATA / "kto_messages.jsonl")
+    assert [r["label"] for r in prepared.records] == [True, False, True]
+
+
+def test_correct_unused_columns_train_like_without_them(tiny_llama, caplog):
+    """A column no format reads and no known name is near (category, lang) is listed once, and trains nothing."""
+    tuner = _tuner(tiny_llama)
+    tagged = [{**r, "category": "toy", "lang": "en"} for r in GOOD]
+    with caplog.at_level("WARNING", logger="tunekit"):
+        assert tuner.prepare(tagged).input_ids == tuner.prepare(GOOD).input_ids
+    assert sum("not used for training: 'category', 'lang'" in r.getMessage() for r in caplog.records) == 1

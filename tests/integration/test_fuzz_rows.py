@@ -27,7 +27,8 @@ from typing import Any
 import pytest
 
 import tunekit as tk
-from tunekit.data.columns import METADATA_COLUMNS
+from tunekit.data.columns import METADATA_COLUMNS, unused_columns
+from tunekit.data.layouts import detect_layout
 from tunekit.training_data import normalise_for
 
 from .helpers import cpu
@@ -190,11 +191,13 @@ def strings(x: Any) -> list[str]:
     return []
 
 
-def meant(row: dict[str, Any]) -> list[str]:
-    """The strings of a row that must reach training: not metadata, labels, roles or a speaker's name."""
+def meant(row: dict[str, Any], unused: set[str]) -> list[str]:
+    """The strings of a row that must reach training: not metadata, labels, roles or a speaker's name, nor the
+    columns the data's warning lists as not used for training (``unused``), nor the tool definitions (read by the
+    message model, not message text)."""
     out = []
     for key, v in row.items():
-        if key in METADATA_COLUMNS or key == "label":
+        if key in METADATA_COLUMNS or key == "label" or key in unused or key == "tools":
             continue
         if key in ("messages", "conversations") and isinstance(v, str) and v.strip().startswith("["):
             try:
@@ -238,11 +241,13 @@ def test_fuzz_rows_train_or_raise_a_tunekit_error(tiny_llama, tmp_path):
         # no row lost: each is an example or a skipped row with its reason
         kept, skipped = [ex.row for ex in norm.examples], [r for r, _ in norm.skipped]
         assert sorted(kept + skipped) == list(range(1, len(rows) + 1)), where
-        # no text dropped: every string a kept row means is in what it trains on
+        # no text dropped: every string a kept row means is in what it trains on (or in a column the warning lists)
+        layout = detect_layout(rows)
+        unused = set(unused_columns(norm.format, rows, layout.reads if layout is not None else frozenset()))
         for ex in norm.examples:
             held = example_strings(ex)
             row = rows[ex.row - 1]
-            lost = [s for s in meant(row) if s not in held]
+            lost = [s for s in meant(row, unused) if s not in held]
             assert not lost, f"{where}: row {ex.row} dropped {lost}"
         # encoded for its objective, every row accounted for
         key = type(obj).__name__ if obj is not None else "inferred"

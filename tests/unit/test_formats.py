@@ -234,9 +234,9 @@ BAD_ROWS = [
     ("messages", {"messages": "hi"}, "messages", ", field 'messages': expected a non-empty list of messages"),
     (
         "messages",
-        {"other": 1},
-        "other",
-        ": unknown column 'other'; the data is in the 'messages' format, which reads "
+        {"sytem": "Be brief."},  # a misspelling stays an error (an unknown column with no near miss is unused)
+        "sytem",
+        ": unknown column 'sytem' (did you mean 'system'?); the data is in the 'messages' format, which reads "
         f"['messages', 'system', 'tools'] {IGNORED}",
     ),
     (

@@ -1,8 +1,14 @@
 """``tunekit validate-data FILE``: check a data file before training on it.
 
-Reports the format tunekit detects, the row count, length statistics (tokens with ``--model``,
-else characters and words), rows longer than ``--max-length``, and every bad row with its number
-and reason: the same checks ``fit`` runs, without loading a model. Exits 1 when a row is bad.
+Reports the format tunekit detects (and the layout it was rewritten from, when the rows are laid out as another
+tool publishes them), the row count, length statistics (tokens with ``--model``, else characters and words), rows
+longer than ``--max-length``, the columns not used for training, and every bad row with its number and reason: the
+same checks ``fit`` runs, without loading a model. Exits 1 when a row is bad.
+
+A file whose columns, message keys or roles have other names is read with ``--columns`` and ``--roles`` (tunekit's
+name = the file's, comma-separated), as ``tk.Data(path, columns=..., roles=...)`` does:
+
+    tunekit validate-data chats.jsonl --columns messages=dialog,system=sys_prompt --roles user=customer,assistant=agent
 """
 
 from __future__ import annotations
@@ -14,8 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from tunekit._quiet import quiet
+from tunekit.data.columns import unused_columns
 from tunekit.data.formats import Example, detect_format, normalise_row
+from tunekit.data.layouts import detect_layout
 from tunekit.data.loading import load_rows
+from tunekit.data.mapping import Data
 from tunekit.data.templates import ensure_template, render
 from tunekit.errors import ConfigError, DatasetError
 
@@ -97,22 +106,28 @@ def _token_counter(model: str) -> Any:
     return count
 
 
-def validate_data(path: str | Path, *, model: str | None = None, max_length: int | None = None) -> dict[str, Any]:
-    """Check every row of a data file; returns the report as a dict (what the command prints)."""
+def validate_data(
+    path: str | Path | Data, *, model: str | None = None, max_length: int | None = None
+) -> dict[str, Any]:
+    """Check every row of a data file (a :class:`tunekit.Data` for one with its own names); returns the report as a
+    dict (what the command prints)."""
     rows = load_rows(path)
     fmt = detect_format(rows)
+    layout = detect_layout(rows)
     examples: list[Example] = []
     bad: list[tuple[int, str]] = []
     for i, row in enumerate(rows, 1):
         try:
-            examples.append(normalise_row(fmt, row, i))
+            examples.append(normalise_row(fmt, row, i, layout=layout))
         except DatasetError as e:
             bad.append((i, str(e)))
     report: dict[str, Any] = {
-        "file": str(path),
+        "file": str(path.source if isinstance(path, Data) else path),
         "format": fmt,
+        **({"layout": layout.name} if layout is not None else {}),
         "rows": len(rows),
         "valid_rows": len(examples),
+        "unused_columns": unused_columns(fmt, rows, layout.reads if layout is not None else frozenset()),
         "bad_rows": [{"row": r, "reason": reason} for r, reason in bad],
     }
     if not examples:
@@ -134,7 +149,7 @@ def validate_data(path: str | Path, *, model: str | None = None, max_length: int
 
 def _print(report: dict[str, Any]) -> None:
     print(f"file       {report['file']}")
-    print(f"format     {report['format']}")
+    print(f"format     {report['format']}" + (f" (rewritten from {report['layout']})" if "layout" in report else ""))
     print(f"rows       {report['rows']:,} ({report['valid_rows']:,} valid, {len(report['bad_rows']):,} bad)")
     for unit in ("tokens", "characters", "words"):
         s = report.get(unit)
@@ -143,6 +158,8 @@ def _print(report: dict[str, Any]) -> None:
                 f"{unit:<11}min {s['min']:,}  mean {s['mean']:,}  median {s['median']:,}  p95 {s['p95']:,}  "
                 f"max {s['max']:,}  total {s['total']:,}"
             )
+    if report["unused_columns"]:
+        print(f"unused     {', '.join(report['unused_columns'])} (not used for training)")
     long = report.get("longer_than_max_length")
     if long and long["rows"]:
         print(
@@ -165,12 +182,31 @@ def _cmd_validate_data(args: argparse.Namespace) -> int:
         raise ConfigError(f"--max-length {args.max_length}: must be at least 1 (a number of tokens, e.g. 1024)")
     if args.max_length is not None and args.model is None:
         raise DatasetError("--max-length counts tokens: pass --model PATH (a model or tokenizer) too")
-    report = validate_data(args.file, model=args.model, max_length=args.max_length)
+    columns, roles = _pairs("--columns", args.columns), _pairs("--roles", args.roles)
+    data = Data(args.file, columns=columns, roles=roles) if columns or roles else args.file
+    report = validate_data(data, model=args.model, max_length=args.max_length)
     if args.json:
         print(json.dumps(report, indent=2, ensure_ascii=False))
     else:
         _print(report)
     return 1 if report["bad_rows"] else 0
+
+
+def _pairs(option: str, text: str | None) -> dict[str, str]:
+    """``messages=dialog,system=sys`` as a mapping (tunekit's name -> the file's)."""
+    out: dict[str, str] = {}
+    for item in (text or "").split(","):
+        if not item.strip():
+            continue
+        ours, sep, theirs = item.partition("=")
+        if not sep or not ours.strip() or not theirs.strip():
+            example = "messages=dialog,system=sys" if option == "--columns" else "user=customer,assistant=agent"
+            raise ConfigError(
+                f"{option} {text}: {item.strip()!r} is not NAME=FILE_NAME; write tunekit's name, '=', and the "
+                f"file's, comma-separated, e.g. {option} {example}"
+            )
+        out[ours.strip()] = theirs.strip()
+    return out
 
 
 def add_validate_data_parser(sub: Any) -> None:
@@ -183,5 +219,15 @@ def add_validate_data_parser(sub: Any) -> None:
     p.add_argument("file", help="A .jsonl, .json, .csv or .parquet file.")
     p.add_argument("--model", help="A model or tokenizer (hub id or directory) to count tokens with.")
     p.add_argument("--max-length", type=int, help="Count the rows longer than this many tokens (needs --model).")
+    p.add_argument(
+        "--columns",
+        metavar="NAME=COLUMN,...",
+        help="The file's name for tunekit's columns, e.g. messages=dialog,system=sys_prompt (see tk.Data).",
+    )
+    p.add_argument(
+        "--roles",
+        metavar="NAME=VALUE,...",
+        help="The file's message keys and roles, e.g. role=speaker,content=text,user=customer,assistant=agent.",
+    )
     p.add_argument("--json", action="store_true", help="Print the report as JSON.")
     p.set_defaults(func=_cmd_validate_data)

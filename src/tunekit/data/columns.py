@@ -1,6 +1,7 @@
 """Columns and cells of a row: which columns identify each format, which each format reads, which are ignored on
-purpose (metadata) and which are refused and why (media, tools, a misspelling, another format's), and the cells
-that hold JSON. :mod:`tunekit.data.formats` turns rows into examples under this policy.
+purpose (metadata), which are refused and why (media, a column with a meaning the format cannot use, a misspelling,
+another format's), which are unused (any other column: listed once, in a warning), and the cells that hold JSON.
+:mod:`tunekit.data.formats` turns rows into examples under this policy.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ __all__ = [
     "MEDIA_UNSUPPORTED",
     "METADATA_COLUMNS",
     "SIGNATURES",
-    "TOOLS_UNSUPPORTED",
     "Format",
     "check_columns",
     "did_you_mean",
@@ -26,6 +26,7 @@ __all__ = [
     "numeric_labels",
     "parse_json_cell",
     "renamed_answer_column",
+    "unused_columns",
 ]
 
 Format = Literal[
@@ -51,7 +52,8 @@ SIGNATURES: list[tuple[Format, tuple[str, ...]]] = [
     ("text", ("text",)),
     ("prompt_only", ("prompt",)),
 ]
-# The columns each format reads (prompt-only rows take any column: the rest go to the reward functions).
+# The columns each format reads (prompt-only rows take any column: the rest go to the reward functions). Every
+# chat format reads a row-level ``tools`` column (the tool definitions the conversation may call).
 FORMAT_COLUMNS: dict[str, frozenset[str]] = {
     "text": frozenset({"text"}),
     "prompt_completion": frozenset({"prompt", "completion", "system", "tools"}),
@@ -63,7 +65,7 @@ FORMAT_COLUMNS: dict[str, frozenset[str]] = {
 }
 # Columns that say where a row comes from, not what to learn: ignored in every format, on purpose. "" and
 # "Unnamed: 0" are the index column pandas writes into a CSV (and reads back) unless told index=False.
-METADATA_COLUMNS = ("id", "uuid", "idx", "source", "metadata", "meta", "", "Unnamed: 0")
+METADATA_COLUMNS = ("id", "uuid", "idx", "source", "metadata", "meta", "prompt_id", "", "Unnamed: 0")
 # Column names of other tools' layouts, and what tunekit calls them (for "did you mean" hints).
 _ALIASES = {
     "response": "completion",
@@ -72,14 +74,29 @@ _ALIASES = {
     "query": "prompt",
     "conversation": "conversations",
     "system_prompt": "system",
+    "kto_tag": "label",
 }
 _MEDIA = ("image", "images", "image_url", "pixel_values", "video", "videos", "audio")
-_TOOL_COLUMNS = ("functions", "tool_calls")
-TOOLS_UNSUPPORTED = (
-    "tool calls are not supported yet (tunekit trains on plain system / user / assistant turns; tool-use training "
-    "is planned, issue #16): remove the tool-call turns from the conversation, or leave the row out "
-    "(Training(on_bad_rows='skip'))"
-)
+# Columns that carry meaning no format reads at the row level (or that this format cannot carry): refused, saying what
+# would read them. ``tools`` is here for the formats that do not read it (plain text).
+_MEANINGFUL = {
+    "functions": "'functions' is OpenAI's older name for the tool definitions, which tunekit reads from a 'tools' "
+    "column: rename the column to 'tools'",
+    "tool_calls": "tool calls belong on the assistant message that makes them (its 'tool_calls' key), not in a column "
+    "of the row: move them into the conversation",
+    "tools": "'tools' (the tool definitions) is read by the chat formats (messages, conversations, prompt / "
+    "completion, instruction / output, preference pairs); {fmt!r} rows cannot carry tools: give the rows as a "
+    "conversation, or remove the column",
+    "reasoning_content": "a reasoning trace belongs on the assistant message it precedes (that message's "
+    "'reasoning_content' key), not in a column of the row: move it into the conversation, or remove the column",
+    "history": "'history' (earlier [instruction, response] turns) is read by Alpaca rows ('instruction' + 'output'), "
+    "which the {fmt!r} format is not: give the earlier turns as part of the conversation, or remove the column",
+}
+for _name in ("reasoning", "thinking"):
+    _MEANINGFUL[_name] = _MEANINGFUL["reasoning_content"]
+# Every column name tunekit gives a meaning to: a column close to one of them is taken for a misspelling (an error),
+# any other unknown column is unused (a warning).
+_KNOWN_COLUMNS = frozenset().union(*FORMAT_COLUMNS.values(), _MEANINGFUL, ("label",))
 MEDIA_UNSUPPORTED = (
     "image, audio and video data is not supported yet (tunekit trains text-only language models; vision-language "
     "training is planned): remove the column to train on the text alone"
@@ -148,25 +165,49 @@ def check_columns(fmt: Format, row: dict[str, Any], i: int) -> None:
         where = f"row {i}, column {key!r}"
         if key in _MEDIA:
             raise DatasetError(f"{where}: {MEDIA_UNSUPPORTED}", row=i, field=str(key))
-        if key in _TOOL_COLUMNS:
-            raise DatasetError(f"{where}: {TOOLS_UNSUPPORTED}", row=i, field=str(key))
+        if key in _MEANINGFUL:
+            raise DatasetError(f"{where}: {_MEANINGFUL[key].format(fmt=fmt)}", row=i, field=str(key))
         if key == "label":
             raise DatasetError(
-                f"{where}: a 'label' marks an answer desirable or not, which only 'prompt' + 'completion' + "
-                f"'label' rows (KTO) carry; the {fmt!r} format cannot use it: remove the column (or give the rows "
-                "as prompt / completion / label and pass objective=tk.KTO())",
+                f"{where}: 'label' is read by KTO (it marks an answer desirable or not, on 'prompt' + 'completion' "
+                f"+ 'label' rows, or beside a conversation whose last turn is the answer); the {fmt!r} format cannot "
+                "use it: remove the column, or give the rows as one of KTO's layouts and pass objective=tk.KTO()",
                 row=i,
                 field="label",
             )
         owner = next((f for f, cols in FORMAT_COLUMNS.items() if key in cols), None)
+        hint = did_you_mean(key, known | _KNOWN_COLUMNS)
+        if owner is None and not hint and isinstance(key, str):
+            continue  # unused: listed once per dataset by unused_columns (a warning), not an error
         what = f"column {key!r} belongs to the {owner!r} format" if owner else f"unknown column {key!r}"
         raise DatasetError(
-            f"row {i}: {what}{did_you_mean(key, known)}; the data is in the {fmt!r} format, which reads "
+            f"row {i}: {what}{hint}; the data is in the {fmt!r} format, which reads "
             f"{sorted(known)} (and ignores {list(METADATA_COLUMNS[:6])}), and tunekit never drops a column "
             "silently: rename the column, or remove it if it holds nothing to train on",
             row=i,
             field=str(key),
         )
+
+
+def unused_columns(fmt: Format, rows: list[dict[str, Any]], reads: frozenset[str] = frozenset()) -> list[str]:
+    """The filled columns of ``rows`` that nothing reads and that :func:`check_columns` lets pass (no near miss of a
+    known name, no meaning tunekit knows): tunekit does not train on them, and says so once per dataset.
+    ``reads``: the columns a layout (:mod:`tunekit.data.layouts`) consumed before the format saw the rows."""
+    if fmt == "prompt_only":
+        return []  # the other columns of prompts go to the reward functions
+    known = FORMAT_COLUMNS[fmt] | reads
+    out: dict[str, None] = {}
+    for row in rows:
+        if not isinstance(row, dict):
+            continue
+        for key, value in row.items():
+            if key in out or key in known or key in METADATA_COLUMNS or not isinstance(key, str) or not filled(value):
+                continue
+            if key in _MEDIA or key in _MEANINGFUL or key == "label" or key in _KNOWN_COLUMNS:
+                continue  # refused by check_columns
+            if not did_you_mean(key, known | _KNOWN_COLUMNS):
+                out[key] = None
+    return list(out)
 
 
 class _DuplicateKey(ValueError):

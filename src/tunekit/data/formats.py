@@ -13,10 +13,12 @@ Every chat-like format becomes a list of ``{"role", "content"}`` messages: a pro
 string is one user message, an answer given as a string one assistant message.
 
 A column is used or refused, never dropped: each format reads its own columns (and ``system``), the
-metadata columns in ``columns.METADATA_COLUMNS`` are ignored on purpose, and any other filled column raises a
-:class:`DatasetError` naming it (with the near-miss when it looks like a typo). Prompt-only rows are the
-exception: their other columns go to the reward functions. In a conversation, an assistant message may
-carry OpenAI's ``"weight": 0`` (do not train on this turn) or ``1``.
+metadata columns in ``columns.METADATA_COLUMNS`` are ignored on purpose, a column with a meaning the format cannot
+use (or that looks like a typo of a known one) raises a :class:`DatasetError` naming it, and any other column is
+unused (``columns.unused_columns``: a warning lists them). Prompt-only rows are the exception: their other columns
+go to the reward functions. Rows in another tool's layout (:mod:`tunekit.data.layouts`) are rewritten into one of
+these formats first. Messages are read by :mod:`tunekit.data.messages` (tool calls, tool results, reasoning, and
+per-turn ``"train": false``).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tunekit.data.columns import SIGNATURES, Format, check_columns, given
+from tunekit.data.layouts import Layout, detect_layout
 from tunekit.data.messages import Messages, parse_messages, parse_tools
 from tunekit.errors import DatasetError
 
@@ -95,6 +98,9 @@ def detect_format(rows: list[dict[str, Any]]) -> Format:
         raise DatasetError(
             f"row 1: expected an object with named fields, got {type(rows[0]).__name__}; {_OBJECT_FIX}", row=1
         )
+    layout = detect_layout(rows)  # another tool's layout (tunekit.data.layouts), rewritten into a format below
+    if layout is not None:
+        return layout.format
     keys = set(rows[0])
     # Tables (CSV, parquet, DataFrame, Dataset) give every row every column, empty ones as None:
     # a text row in a table that also has prompt/completion columns is still a text row.
@@ -290,8 +296,11 @@ def _prompt_only(row: dict[str, Any], i: int) -> Example:
     return Example(row=i, prompt=prompt, prompt_text=text, columns=columns, tools=tools)
 
 
-def normalise_row(fmt: Format, row: dict[str, Any], i: int) -> Example:
-    """Row ``i`` (1-based, as the user counts) of format ``fmt`` as an :class:`Example`; raises DatasetError."""
+def normalise_row(fmt: Format, row: dict[str, Any], i: int, *, layout: Layout | None = None) -> Example:
+    """Row ``i`` (1-based, as the user counts) of format ``fmt`` as an :class:`Example`; raises DatasetError.
+    ``layout``: the foreign layout the data is in (:func:`tunekit.data.layouts.detect_layout`), rewritten first."""
+    if layout is not None:
+        row = layout.rewrite(row, i)
     check_columns(fmt, row, i)
     if fmt == "preference":
         return _preference(row, i)
@@ -332,6 +341,7 @@ def normalise(rows: list[dict[str, Any]], fmt: Format | None = None, *, on_bad_r
     first one raises :class:`DatasetError` naming its row and field.
     """
     fmt = fmt or detect_format(rows)
+    layout = detect_layout(rows)
     examples, skipped = [], []
     for i, row in enumerate(rows, 1):
         try:
@@ -339,7 +349,7 @@ def normalise(rows: list[dict[str, Any]], fmt: Format | None = None, *, on_bad_r
                 raise DatasetError(
                     f"row {i}: expected an object with named fields, got {type(row).__name__}; {_OBJECT_FIX}", row=i
                 )
-            examples.append(normalise_row(fmt, row, i))
+            examples.append(normalise_row(fmt, row, i, layout=layout))
         except DatasetError as e:
             if on_bad_rows != "skip":
                 raise

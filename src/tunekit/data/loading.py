@@ -9,11 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from tunekit.data.columns import no_duplicate_keys
+from tunekit.data.mapping import Data, rename
 from tunekit.errors import DatasetError
 
 __all__ = ["DataInput", "load_rows"]
 
-DataInput = Any  # str | Path | datasets.Dataset | list[dict] | pandas.DataFrame
+DataInput = Any  # str | Path | datasets.Dataset | list[dict] | pandas.DataFrame | tk.Data
 
 SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 
@@ -190,8 +191,11 @@ def _frame_rows(frame: Any, name: str) -> list[dict[str, Any]]:
 def load_rows(data: DataInput, *, what: str = "training") -> list[dict[str, Any]]:
     """Return the rows of ``data`` as a list of dicts (missing cells as ``None``).
 
-    ``what`` names the data in the message for empty data (``"training"``, ``"eval"``).
+    ``what`` names the data in the message for empty data (``"training"``, ``"eval"``). A :class:`tunekit.Data`
+    is loaded from its source, its columns, message keys and roles renamed to tunekit's.
     """
+    if isinstance(data, Data):
+        return rename(load_rows(data.source, what=what), data)
     if isinstance(data, (str, Path)):
         path = Path(data)
         if not path.exists():

@@ -1,0 +1,228 @@
+"""``tk.Data``: data whose columns, message keys or roles have other names than tunekit's, and the renaming.
+
+``columns`` maps tunekit's column name to the file's (``{"messages": "dialog", "system": "sys_prompt"}``);
+``roles`` maps tunekit's message keys and roles to the file's (``{"role": "speaker", "content": "text",
+"user": "customer", "assistant": "agent"}``). LLaMA-Factory's ``dataset_info.json`` names are accepted too: its
+``tags`` (``role_tag``, ``content_tag``, ``user_tag``, ``assistant_tag``, ``system_tag``, ``observation_tag``,
+``function_tag``) as ``roles`` keys, and its ``kto_tag`` column as ``label``. The rows are renamed one for one as
+they are loaded (:func:`tunekit.data.loading.load_rows`), before anything reads them.
+
+Example:
+    >>> import tunekit as tk
+    >>> data = tk.Data("chats.jsonl", columns={"messages": "dialog"}, roles={"user": "customer", "assistant": "agent"})
+    >>> from tunekit.data.mapping import rename
+    >>> row = {"dialog": [{"role": "customer", "content": "Hi"}, {"role": "agent", "content": "Hello!"}]}
+    >>> rename([row], data)[0]["messages"][0]
+    {'role': 'user', 'content': 'Hi'}
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from typing import Any
+
+from pydantic import Field, field_validator, model_validator
+
+from tunekit._config import Config
+from tunekit.data.columns import FORMAT_COLUMNS, parse_json_cell
+from tunekit.errors import ConfigError, DatasetError
+
+__all__ = ["COLUMN_KEYS", "ROLE_KEYS", "Data", "rename"]
+
+# tunekit's column names a mapping may name (and LLaMA-Factory's name for the KTO label).
+COLUMN_KEYS: dict[str, str] = {
+    **{name: name for cols in FORMAT_COLUMNS.values() for name in sorted(cols)},
+    "history": "history",
+    "label": "label",
+    "kto_tag": "label",
+}
+# tunekit's message keys and roles a mapping may name, with LLaMA-Factory's tag names: name -> (what, tunekit's name).
+ROLE_KEYS: dict[str, tuple[str, str]] = {
+    "role": ("key", "role"),
+    "role_tag": ("key", "role"),
+    "content": ("key", "content"),
+    "content_tag": ("key", "content"),
+    "user": ("role", "user"),
+    "user_tag": ("role", "user"),
+    "assistant": ("role", "assistant"),
+    "assistant_tag": ("role", "assistant"),
+    "system": ("role", "system"),
+    "system_tag": ("role", "system"),
+    "tool": ("role", "tool"),
+    "observation_tag": ("role", "tool"),
+    "function_call": ("role", "function_call"),
+    "function_tag": ("role", "function_call"),
+}
+# The columns that hold messages, whose keys and roles ``roles`` renames.
+_MESSAGE_COLUMNS = ("messages", "conversations", "prompt", "chosen", "rejected", "completion")
+
+
+def _check_keys(option: str, given: dict[str, str], known: list[str]) -> dict[str, str]:
+    for key, value in given.items():
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.6)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ConfigError(
+                f"Data({option}={{{key!r}: {value!r}}}): unknown {option[:-1]} {key!r}; {hint}the keys are tunekit's "
+                f"names, the values the file's: one of {known}"
+            )
+        if not isinstance(value, str) or not value:
+            raise ConfigError(
+                f"Data({option}={{{key!r}: {value!r}}}): the file's name must be a non-empty string, "
+                f"got {type(value).__name__}"
+            )
+    return given
+
+
+class Data(Config):
+    """Training or eval data with its own column, key and role names: accepted wherever data is (``fit``,
+    ``eval_data``, ``plan``, ``prepare``, a YAML config's ``data:``, ``tunekit validate-data --columns``).
+
+    ``tk.Data(source, columns={tunekit's: file's}, roles={tunekit's: file's})``; ``source`` is what ``fit`` takes
+    (a path, a list of dicts, a ``datasets.Dataset``, a DataFrame). ``columns`` keys: ``messages``,
+    ``conversations``, ``prompt``, ``completion``, ``chosen``, ``rejected``, ``label`` (or ``kto_tag``),
+    ``instruction``, ``input``, ``output``, ``history``, ``text``, ``system``, ``tools``. ``roles`` keys: ``role``
+    and ``content`` (the message keys), ``user``, ``assistant``, ``system``, ``tool``, ``function_call`` (the
+    roles), or LLaMA-Factory's ``role_tag``, ``content_tag``, ``user_tag``, ``assistant_tag``, ``system_tag``,
+    ``observation_tag``, ``function_tag``.
+
+    Example:
+        >>> import tunekit as tk
+        >>> tk.Data("qa.csv", columns={"prompt": "question", "completion": "answer"}).columns
+        {'prompt': 'question', 'completion': 'answer'}
+    """
+
+    source: Any = Field(description="The data: a path (.jsonl, .json, .csv, .parquet), rows, a Dataset, a DataFrame.")
+    columns: dict[str, str] = Field(
+        default_factory=dict, description="tunekit's column name -> the file's, e.g. {messages: dialog}."
+    )
+    roles: dict[str, str] = Field(
+        default_factory=dict,
+        description="tunekit's message key or role -> the file's, e.g. {role: speaker, user: customer}.",
+    )
+
+    def __init__(self, source: Any = None, /, **data: Any) -> None:
+        if source is not None:
+            if "source" in data or "path" in data:
+                raise ConfigError("Data(...): the data is given twice (positionally and as source=/path=); keep one")
+            data["source"] = source
+        super().__init__(**data)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _path(cls, data: Any) -> Any:
+        """``path:`` (how a YAML config names the file) is ``source``."""
+        if isinstance(data, dict) and "path" in data:
+            if "source" in data:
+                raise ConfigError("Data: give the data as path or as source, not both")
+            data = {("source" if k == "path" else k): v for k, v in data.items()}
+        if isinstance(data, dict) and "source" not in data:
+            given = ", ".join(f"{k}=..." for k in data)
+            raise ConfigError(
+                f"Data({given}): the data (source) is missing; pass it first, e.g. tk.Data('train.jsonl', "
+                "columns={...})"
+            )
+        if isinstance(data, dict) and data["source"] is None:
+            raise ConfigError(
+                "Data(source=None): the data is missing; pass it first, e.g. tk.Data('train.jsonl', columns={...})"
+            )
+        return data
+
+    @field_validator("source", mode="before")
+    @classmethod
+    def _source(cls, v: Any) -> Any:
+        if isinstance(v, os.PathLike):
+            return os.fspath(v)
+        table = (hasattr(v, "to_dict") and hasattr(v, "columns")) or hasattr(v, "column_names")
+        if isinstance(v, str) or table or (isinstance(v, list) and all(isinstance(row, dict) for row in v)):
+            return v
+        raise ConfigError(
+            f"Data(source={v!r:.60}): expected a path (.jsonl, .json, .csv, .parquet), a list of rows (dicts), a "
+            f"datasets.Dataset or a pandas DataFrame, got {type(v).__name__}"
+        )
+
+    @field_validator("columns", mode="before")
+    @classmethod
+    def _columns(cls, v: Any) -> Any:
+        if not isinstance(v, dict):
+            raise ConfigError(f"Data(columns={v!r:.60}): expected a mapping of tunekit's column name to the file's")
+        _check_keys("columns", v, list(COLUMN_KEYS))
+        targets = [COLUMN_KEYS[k] for k in v]
+        twice = sorted({t for t in targets if targets.count(t) > 1})
+        if twice:
+            raise ConfigError(f"Data(columns=...): the column {twice[0]!r} is mapped twice; keep one of its names")
+        return v
+
+    @field_validator("roles", mode="before")
+    @classmethod
+    def _roles(cls, v: Any) -> Any:
+        if not isinstance(v, dict):
+            raise ConfigError(f"Data(roles={v!r:.60}): expected a mapping of tunekit's key or role to the file's")
+        _check_keys("roles", v, list(ROLE_KEYS))
+        targets = [ROLE_KEYS[k] for k in v]
+        twice = sorted({t[1] for t in targets if targets.count(t) > 1})
+        if twice:
+            raise ConfigError(f"Data(roles=...): {twice[0]!r} is mapped twice; keep one of its names")
+        return v
+
+
+def rename(rows: list[dict[str, Any]], data: Data) -> list[dict[str, Any]]:
+    """``rows`` with ``data``'s column, key and role names turned into tunekit's (one row out per row in)."""
+    columns = {COLUMN_KEYS[ours]: theirs for ours, theirs in data.columns.items()}
+    missing = [theirs for theirs in columns.values() if rows and theirs not in rows[0]]
+    if missing:
+        ours = next(k for k, v in data.columns.items() if v == missing[0])
+        raise DatasetError(
+            f"row 1: no column {missing[0]!r}, which Data(columns={{{ours!r}: {missing[0]!r}}}) names; row 1 has "
+            f"{sorted(map(str, rows[0]))}: fix the name in the mapping",
+            row=1,
+            field=missing[0],
+        )
+    keys = {ROLE_KEYS[k][1]: v for k, v in data.roles.items() if ROLE_KEYS[k][0] == "key"}
+    values = {v: ROLE_KEYS[k][1] for k, v in data.roles.items() if ROLE_KEYS[k][0] == "role"}
+    if not columns and not keys and not values:
+        return rows
+    return [_rename_row(row, i, columns, keys, values) for i, row in enumerate(rows, 1)]
+
+
+def _rename_row(
+    row: dict[str, Any], i: int, columns: dict[str, str], keys: dict[str, str], values: dict[str, str]
+) -> dict[str, Any]:
+    taken = set(columns.values())
+    out = {k: v for k, v in row.items() if k not in taken}
+    for ours, theirs in columns.items():
+        if theirs not in row:
+            continue
+        if ours in out:
+            raise DatasetError(
+                f"row {i}: the file has a column {ours!r} and Data(columns=...) maps {theirs!r} to {ours!r} too; "
+                "rename one of them in the mapping",
+                row=i,
+                field=ours,
+            )
+        out[ours] = row[theirs]
+    if keys or values:
+        for name in _MESSAGE_COLUMNS:
+            if name in out:
+                out[name] = _rename_messages(out[name], i, name, keys, values)
+    return out
+
+
+def _rename_messages(value: Any, i: int, name: str, keys: dict[str, str], values: dict[str, str]) -> Any:
+    if isinstance(value, str) and value.strip().startswith(("[", "{")):
+        value = parse_json_cell(value, i, name)  # a CSV cell holding the messages as JSON
+    if isinstance(value, dict):
+        return _rename_message(value, keys, values)
+    if isinstance(value, list):
+        return [_rename_message(m, keys, values) if isinstance(m, dict) else m for m in value]
+    return value  # a prompt or answer given as text: no message keys to rename
+
+
+def _rename_message(m: dict[str, Any], keys: dict[str, str], values: dict[str, str]) -> dict[str, Any]:
+    theirs = {v: k for k, v in keys.items()}
+    out = {theirs.get(k, k): v for k, v in m.items()}
+    role_key = "role" if "role" in out else "from" if "from" in out else None
+    if role_key is not None and isinstance(out[role_key], str):
+        out[role_key] = values.get(out[role_key], out[role_key])
+    return out
