@@ -14,16 +14,17 @@ from typing import Any
 from tunekit._config import suggest
 from tunekit.backends.base import Backend, LoadedModel
 from tunekit.data.formats import normalise_row
+from tunekit.data.messages import parse_tools
 from tunekit.errors import ConfigError, DatasetError, IncompatibleError
 from tunekit.objectives import CausalLM, Objective
 
-__all__ = ["check_items", "check_options", "check_prompts", "generate", "generate_text", "score"]
+__all__ = ["check_items", "check_options", "check_prompts", "check_tools", "generate", "generate_text", "score"]
 
 # The generation options used most, checked here; any other option transformers' GenerationConfig knows is passed on.
 _OPTIONS = (
     "chat", "batch_size", "max_new_tokens", "min_new_tokens", "do_sample", "temperature", "top_p", "top_k", "min_p",
     "typical_p", "repetition_penalty", "no_repeat_ngram_size", "num_beams", "length_penalty", "early_stopping",
-    "stop_strings", "max_time", "use_cache", "allow_control_tokens",
+    "stop_strings", "max_time", "use_cache", "allow_control_tokens", "tools",
 )  # fmt: skip
 # Names other libraries (OpenAI, vLLM, llama.cpp) use for an option, so the error suggests tunekit's.
 _FOREIGN = {
@@ -100,10 +101,37 @@ def check_options(options: dict[str, Any]) -> dict[str, Any]:
             f"generate(repetition_penalty={out['repetition_penalty']!r}): repetition_penalty must be greater than 0 "
             "(1.0: no penalty)"
         )
+    if "tools" in out:
+        out["tools"] = check_tools(out["tools"])
     if out.get("temperature") == 0:  # greedy: the most likely token each step, whatever do_sample says
         del out["temperature"]
         out["do_sample"] = False
     return out
+
+
+def check_tools(tools: Any) -> tuple[dict[str, Any], ...] | None:
+    """``generate(tools=...)``: function schemas (OpenAI's shape or bare ``{"name", "parameters"}``) or Python
+    functions with type hints and a Google-style docstring (turned into schemas by transformers' ``get_json_schema``),
+    as the chat template receives them; None for none."""
+    if tools is None:
+        return None
+    if not isinstance(tools, (list, tuple)):
+        raise ConfigError(f"generate(tools={tools!r:.60}): pass a list of function schemas or Python functions")
+    schemas: list[Any] = []
+    for tool in tools:
+        if callable(tool) and not isinstance(tool, dict):
+            from transformers.utils import get_json_schema
+
+            try:
+                schemas.append(get_json_schema(tool))
+            except Exception as e:  # transformers' TypeHintParsingException / DocstringParsingException
+                raise ConfigError(f"generate(tools=[{getattr(tool, '__name__', tool)!r}]): {e}") from None
+        else:
+            schemas.append(tool)
+    try:
+        return parse_tools(schemas, 1) if schemas else None
+    except DatasetError as e:
+        raise ConfigError(str(e).replace("row 1, field 'tools'", "generate(tools=...)", 1)) from None
 
 
 def check_prompts(prompt: Any, objective: Objective) -> tuple[list[Any], bool]:

@@ -217,6 +217,7 @@ class FakeBackend:
     def generate(self, loaded: LoadedModel, prompts: list[Any], *, chat: bool, options: dict[str, Any]) -> list[str]:
         self.calls.append("generate")
         options.pop("allow_control_tokens", None)  # what the engine's encoding takes; nothing to encode here
+        options.pop("tools", None)
         return [self._reply(p) for p in prompts]
 
     def _reply(self, prompt: Any) -> str:

@@ -36,6 +36,7 @@ from tunekit.backends.hf.trainers import build_trainer, release_trainer, tokens_
 from tunekit.data.control_tokens import control_tokens, encode_plain, find_control_token, plain_spans
 from tunekit.data.encoding import Encoded
 from tunekit.data.formats import NormalisedData
+from tunekit.data.replies import parse_reply
 from tunekit.data.rows import TrainerRows
 from tunekit.data.templates import render
 from tunekit.distributed import shards_parameters, world
@@ -210,13 +211,17 @@ class HFBackend:
         # A control token typed in a prompt is the text it is (data/control_tokens.py), unless the caller allows it.
         tokens = () if options.pop("allow_control_tokens", False) else control_tokens(tok)
         texts, spans = [], []
+        tools = options.pop("tools", None)
         for p in prompts:
             if chat:
                 msgs = [{"role": "user", "content": p}] if isinstance(p, str) else list(p)
-                texts.append(render(tok, msgs, add_generation_prompt=True))
+                texts.append(render(tok, msgs, add_generation_prompt=True, tools=tools))
                 spans.append(
                     plain_spans(
-                        lambda ms: render(tok, ms, add_generation_prompt=True), msgs, tokens, where="generate()"
+                        lambda ms: render(tok, ms, add_generation_prompt=True, tools=tools),
+                        msgs,
+                        tokens,
+                        where="generate()",
                     )
                 )
             else:
@@ -255,7 +260,16 @@ class HFBackend:
                         **opts,
                     )
                     new = gen[:, enc["input_ids"].shape[1] :]
-                    out += [s for s in tok.batch_decode(new, skip_special_tokens=True)]
+                    plain = tok.batch_decode(new, skip_special_tokens=True)
+                    if not chat:
+                        out += plain
+                        continue
+                    eos = model.generation_config.eos_token_id
+                    stops = set(eos if isinstance(eos, list) else [eos]) | {tok.pad_token_id}
+                    for row, text in zip(new.tolist(), plain):  # cut at the end of turn, markers kept
+                        end = next((k for k, t in enumerate(row) if t in stops), len(row))
+                        raw = tok.decode(row[:end], skip_special_tokens=False)
+                        out.append(parse_reply(raw, control_tokens(tok), tools_offered=bool(tools), plain=text))
         finally:
             tok.padding_side = old_side
             if was_training:
