@@ -72,8 +72,9 @@ EXPECTED = {
     "verify_export",
     # YAML run configs and the CLI (issue 8)
     "RunConfig",
-    # data layouts and mappings (issue 16)
+    # data layouts and mappings, chat replies with tool calls and reasoning (issue 16)
     "Data",
+    "Reply",
 }
 
 

@@ -13,6 +13,7 @@ from tunekit._version import __version__
 from tunekit.compare import Comparison, compare
 from tunekit.config_file import RunConfig
 from tunekit.data.mapping import Data
+from tunekit.data.replies import Reply
 from tunekit.distributed import DDP, FSDP, DeepSpeed
 from tunekit.errors import (
     CheckpointError,
@@ -93,6 +94,7 @@ __all__ = [
     "ProgressBar",
     "PromptTuning",
     "RLHFResult",
+    "Reply",
     "RewardModeling",
     "Run",
     "RunConfig",
