@@ -32,7 +32,17 @@ _MISTRAL = "[TOOL_CALLS]"
 class Reply(str):
     """The answer a chat model wrote (a ``str``), with ``reasoning`` (or None) and ``tool_calls`` (OpenAI's shape,
     ``[{"type": "function", "function": {"name", "arguments"}}]``, ready to append to the conversation as the
-    assistant message's ``tool_calls``) and ``raw`` (the whole text generated, markers included)."""
+    assistant message's ``tool_calls``) and ``raw`` (the whole text generated, markers included).
+
+    Example:
+        >>> import tunekit as tk
+        >>> reply = tk.Reply("", tool_calls=[{"type": "function", "function": {"name": "get_weather",
+        ...                                   "arguments": {"city": "Paris"}}}])
+        >>> reply == "", reply.tool_calls[0]["function"]["arguments"]
+        (True, {'city': 'Paris'})
+        >>> reply.message()["role"]
+        'assistant'
+    """
 
     reasoning: str | None
     tool_calls: list[dict[str, Any]]
