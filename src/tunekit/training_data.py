@@ -134,6 +134,13 @@ def encode_for(spec: RunSpec, norm: NormalisedData, tokenizer: Any) -> Encoded |
     """``norm`` as ``spec.objective`` trains on it: token ids with masked labels (SFT, CausalLM; cached), or
     the conversational rows trl renders with the same template (preference, reward and RL objectives)."""
     obj, training = spec.objective, spec.training
+    if not obj.reads_tools and any(ex.tools for ex in norm.examples):
+        row = next(ex.row for ex in norm.examples if ex.tools)
+        raise IncompatibleError(
+            f"row {row} lists tools, which {obj.name} training cannot show the model (trl's {obj.name} renders "
+            "prompts without them): train the tool-calling pairs with tk.DPO() (any of its losses) or tk.KTO(), or "
+            "remove the 'tools' column"
+        )
     if not obj.tokenised_by_tunekit:  # preference and RL rows: trl renders them with the same template
         if not training.allow_control_tokens:  # and would read a control token typed in them as a real one
             check_no_control_tokens(norm.examples, tokenizer, objective=obj.name)

@@ -122,7 +122,7 @@ LEARNS = [
     # (objective, data, metrics in history, method, learning rate, steps)
     pytest.param(tk.DPO(), TRAIN, DPO_METRICS, tk.LoRA(r=8), 3e-3, 40, id="dpo-lora"),
     pytest.param(tk.KTO(), unpaired(TRAIN), KTO_METRICS, tk.LoRA(r=8), 3e-3, 40, id="kto-lora"),
-    pytest.param(tk.ORPO(), TRAIN, ORPO_METRICS, tk.LoRA(r=8), 3e-3, 40, id="orpo-lora"),
+    pytest.param(tk.ORPO(), TRAIN, ORPO_METRICS, tk.LoRA(r=8), 3e-3, 50, id="orpo-lora"),
     pytest.param(tk.DPO(), TRAIN, DPO_METRICS, tk.Full(), 5e-4, 30, id="dpo-full"),
     pytest.param(tk.KTO(), unpaired(TRAIN), KTO_METRICS, tk.Full(), 5e-4, 30, id="kto-full"),
     pytest.param(tk.ORPO(), TRAIN, ORPO_METRICS, tk.Full(), 1e-3, 30, id="orpo-full"),

@@ -3,7 +3,9 @@
 Reports the format tunekit detects (and the layout it was rewritten from, when the rows are laid out as another
 tool publishes them), the row count, length statistics (tokens with ``--model``, else characters and words), rows
 longer than ``--max-length``, the columns not used for training, and every bad row with its number and reason: the
-same checks ``fit`` runs, without loading a model. Exits 1 when a row is bad.
+same checks ``fit`` runs, without loading a model. For conversations it counts turns, tool calls and the share of
+assistant turns with reasoning; with ``--model`` also the supervised tokens per row (as ``SFT()`` trains them), and
+it prints one rendered row with the trained spans between ``[[`` and ``]]``. Exits 1 when a row is bad.
 
 A file whose columns, message keys or roles have other names is read with ``--columns`` and ``--roles`` (tunekit's
 name = the file's, comma-separated), as ``tk.Data(path, columns=..., roles=...)`` does:
@@ -21,12 +23,14 @@ from typing import Any
 
 from tunekit._quiet import quiet
 from tunekit.data.columns import unused_columns
+from tunekit.data.encoding import IGNORE, encode_examples
 from tunekit.data.formats import Example, detect_format, normalise_row
 from tunekit.data.layouts import detect_layout
 from tunekit.data.loading import load_rows
 from tunekit.data.mapping import Data
 from tunekit.data.templates import ensure_template, render
-from tunekit.errors import ConfigError, DatasetError
+from tunekit.data.turns import render_turns, supervised_turns
+from tunekit.errors import ConfigError, DatasetError, IncompatibleError
 
 __all__ = ["add_validate_data_parser", "validate_data"]
 
@@ -82,7 +86,58 @@ def _check_model(model: str) -> None:
         )
 
 
-def _token_counter(model: str) -> Any:
+def _conversations(examples: list[Example]) -> dict[str, Any] | None:
+    """Turns, tool calls and reasoning of the rows that are conversations (or prompt + answers)."""
+    chats = [(ex, [m for p in _pieces(ex) if not isinstance(p, str) for m in p]) for ex in examples]
+    chats = [(ex, msgs) for ex, msgs in chats if msgs]
+    if not chats:
+        return None
+    answers = [m for _, msgs in chats for m in msgs if m["role"] == "assistant"]
+    calls = [len(m.get("tool_calls", ())) for _, msgs in chats for m in msgs]
+    return {
+        "turns": _stats([len(msgs) for _, msgs in chats]),
+        "rows_with_tool_calls": sum(any(m.get("tool_calls") for m in msgs) for _, msgs in chats),
+        "tool_calls": sum(calls),
+        "rows_with_tools": sum(bool(ex.tools) for ex, _ in chats),
+        "reasoning_share": round(sum(bool(m.get("reasoning_content")) for m in answers) / max(len(answers), 1), 3),
+    }
+
+
+def _supervised(tokenizer: Any, examples: list[Example]) -> tuple[list[int], str | None, list[tuple[int, str]]]:
+    """Per conversation row, the tokens ``SFT()`` trains on; one row rendered with its trained spans marked; the rows
+    the template cannot train (their reasons)."""
+    counts: list[int] = []
+    shown: str | None = None
+    bad: list[tuple[int, str]] = []
+    chats = [ex for ex in examples if ex.messages is not None]
+    first = next(
+        (ex for ex in chats if any(m.get("tool_calls") for m in ex.messages or ())), chats[0] if chats else None
+    )
+    for ex in chats:
+        try:
+            enc = encode_examples(tokenizer, [ex], max_length=1 << 30)
+        except (DatasetError, IncompatibleError) as e:
+            bad.append((ex.row, str(e)))
+            continue
+        counts.append(sum(t != IGNORE for labels in enc.labels for t in labels))
+        if ex is first:
+            messages = ex.messages or ()
+            seq = render_turns(
+                tokenizer,
+                messages,
+                supervised_turns(messages, ex.trained, "all_assistant", row=ex.row),
+                tools=ex.tools,
+                row=ex.row,
+            )[0]
+            marked, cursor = [], 0
+            for start, end in seq.spans:
+                marked += [seq.text[cursor:start], "[[", seq.text[start:end], "]]"]
+                cursor = end
+            shown = f"row {ex.row}:\n" + "".join([*marked, seq.text[cursor:]])
+    return counts, shown, bad
+
+
+def _load_tokenizer(model: str) -> Any:
     from transformers import AutoTokenizer
 
     _check_model(model)
@@ -98,9 +153,12 @@ def _token_counter(model: str) -> Any:
             "tokenizer directory, or a hub id"
         ) from None
     ensure_template(tokenizer)  # the template fit would use (the tokenizer's own, else tunekit's ChatML)
+    return tokenizer
 
-    def count(piece: list[dict[str, str]] | str) -> int:
-        text = piece if isinstance(piece, str) else render(tokenizer, piece, add_generation_prompt=False)
+
+def _token_counter(tokenizer: Any) -> Any:
+    def count(piece: list[dict[str, Any]] | str, tools: Any = None) -> int:
+        text = piece if isinstance(piece, str) else render(tokenizer, piece, add_generation_prompt=False, tools=tools)
         return len(tokenizer(text, add_special_tokens=isinstance(piece, str))["input_ids"])
 
     return count
@@ -132,14 +190,24 @@ def validate_data(
     }
     if not examples:
         return report
+    chats = _conversations(examples)
+    if chats is not None:
+        report["conversations"] = chats
     if model is not None:
-        count = _token_counter(model)
-        lengths = [max(count(p) for p in _pieces(ex)) for ex in examples]
+        tokenizer = _load_tokenizer(model)
+        count = _token_counter(tokenizer)
+        lengths = [max(count(p, ex.tools) for p in _pieces(ex)) for ex in examples]
         report["tokens"] = _stats(lengths)
         report["tokenizer"] = model
         if max_length is not None:
             long = [ex.row for ex, n in zip(examples, lengths) if n > max_length]
             report["longer_than_max_length"] = {"max_length": max_length, "rows": len(long), "first": long[:10]}
+        counts, shown, untrainable = _supervised(tokenizer, examples)
+        if counts:
+            report["supervised_tokens"] = _stats(counts)
+        if shown is not None:
+            report["rendered_row"] = shown
+        report["bad_rows"] += [{"row": r, "reason": reason} for r, reason in untrainable]
     else:
         texts = [max((_as_text(p) for p in _pieces(ex)), key=len) for ex in examples]
         report["characters"] = _stats([len(t) for t in texts])
@@ -158,6 +226,20 @@ def _print(report: dict[str, Any]) -> None:
                 f"{unit:<11}min {s['min']:,}  mean {s['mean']:,}  median {s['median']:,}  p95 {s['p95']:,}  "
                 f"max {s['max']:,}  total {s['total']:,}"
             )
+    chats = report.get("conversations")
+    if chats:
+        t = chats["turns"]
+        print(f"turns      min {t['min']:,}  mean {t['mean']:,}  max {t['max']:,}")
+        print(
+            f"tool calls {chats['tool_calls']:,} in {chats['rows_with_tool_calls']:,} rows "
+            f"({chats['rows_with_tools']:,} with a tools list); reasoning on {chats['reasoning_share']:.0%} of "
+            "assistant turns"
+        )
+    s = report.get("supervised_tokens")
+    if s:
+        print(
+            f"trained    min {s['min']:,}  mean {s['mean']:,}  max {s['max']:,} tokens per row (as SFT() trains them)"
+        )
     if report["unused_columns"]:
         print(f"unused     {', '.join(report['unused_columns'])} (not used for training)")
     long = report.get("longer_than_max_length")
@@ -168,6 +250,9 @@ def _print(report: dict[str, Any]) -> None:
         )
     elif long:
         print(f"longer than max_length={long['max_length']}: none")
+    if report.get("rendered_row"):
+        print("one row as the model sees it, the trained spans between [[ and ]]:")
+        print("  " + report["rendered_row"].replace("\n", "\n  "))
     if report["bad_rows"]:
         print("bad rows:")
         for b in report["bad_rows"][:50]:

@@ -9,17 +9,21 @@ drops rows that do not fit silently, and bad data must never train silently.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
 from tunekit.data.formats import Example, Messages, NormalisedData
-from tunekit.data.templates import render
+from tunekit.data.templates import render, template_messages
 from tunekit.errors import DatasetError
 
-__all__ = ["PROMPT_TEXT", "TrainerRows", "prepare_rows"]
+__all__ = ["MESSAGE_COLUMNS", "PROMPT_MESSAGES", "PROMPT_TEXT", "TrainerRows", "prepare_rows"]
 
 # Hidden column: a prompt the user gave as a plain string, handed back to reward functions as such.
 PROMPT_TEXT = "_tunekit_prompt"
+# Hidden column: the prompt's messages, when tunekit rendered the prompt itself (online RL prompts with tools).
+PROMPT_MESSAGES = "_tunekit_prompt_messages"
+MESSAGE_COLUMNS = ("prompt", "chosen", "rejected", "completion")
 
 
 @dataclass
@@ -34,9 +38,19 @@ class TrainerRows:
     num_tokens: int = 0
 
     def to_dataset(self) -> Any:
-        from datasets import Dataset
+        from datasets import Dataset, Features, Json, List
 
+        # Messages with more than role and content (tool calls, whose arguments differ from row to row) are stored as
+        # JSON: Arrow would merge every row's keys into one struct and hand the template null-valued extra keys.
+        structured = sorted(
+            {k for r in self.records for k in MESSAGE_COLUMNS if _structured(r.get(k))}
+            | ({PROMPT_MESSAGES} if any(PROMPT_MESSAGES in r for r in self.records) else set())
+        )
         try:
+            if structured:
+                rest = Dataset.from_list([{k: v for k, v in r.items() if k not in structured} for r in self.records])
+                features = Features({**rest.features, **{k: List(Json()) for k in structured}})
+                return Dataset.from_list(self.records, features=features)
             return Dataset.from_list(self.records)
         except (TypeError, ValueError) as e:  # pyarrow's errors subclass these
             extra = sorted({k for r in self.records for k in r} - {"prompt", "chosen", "rejected", "completion"})
@@ -46,17 +60,32 @@ class TrainerRows:
             ) from None
 
 
-def _count(tokenizer: Any, messages: Messages, *, generation_prompt: bool) -> int:
-    text = render(tokenizer, list(messages), add_generation_prompt=generation_prompt)
+def _structured(value: Any) -> bool:
+    return isinstance(value, list) and any(isinstance(m, dict) and set(m) - {"role", "content"} for m in value)
+
+
+def _count(tokenizer: Any, messages: Messages, *, generation_prompt: bool, tools: Any = None) -> int:
+    text = render(tokenizer, list(messages), add_generation_prompt=generation_prompt, tools=tools)
     return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def _record(ex: Example) -> dict[str, Any]:
-    prompt = list(ex.prompt or ())
+def _record(tokenizer: Any, ex: Example, *, prompt_as_text: bool, with_tools: bool) -> dict[str, Any]:
+    """The example as trl reads it. Reasoning goes under the key the template reads (trl renders the messages with
+    it); tools as the JSON string trl's preference trainers read. Online RL prompts with tools are rendered here
+    (trl's GRPO / RLOO take tools as Python functions to run, not per-row schemas), the messages kept for the
+    reward functions."""
+    prompt = template_messages(tokenizer, list(ex.prompt or ()))
+    tools = {"tools": json.dumps(list(ex.tools), ensure_ascii=False) if ex.tools else None} if with_tools else {}
     if ex.chosen is not None:
-        return {"prompt": prompt, "chosen": list(ex.chosen), "rejected": list(ex.rejected or ())}
+        chosen, rejected = (template_messages(tokenizer, list(a or ())) for a in (ex.chosen, ex.rejected))
+        return {"prompt": prompt, "chosen": chosen, "rejected": rejected, **tools}
     if ex.completion is not None:
-        return {"prompt": prompt, "completion": list(ex.completion), "label": bool(ex.label)}
+        completion = template_messages(tokenizer, list(ex.completion))
+        return {"prompt": prompt, "completion": completion, "label": bool(ex.label), **tools}
+    if prompt_as_text:
+        shown = render(tokenizer, list(ex.prompt or ()), add_generation_prompt=True, tools=ex.tools)
+        extra = {PROMPT_MESSAGES: list(ex.prompt or ())}
+        return {"prompt": shown, PROMPT_TEXT: ex.prompt_text, **extra, **(ex.columns or {})}
     return {"prompt": prompt, PROMPT_TEXT: ex.prompt_text, **(ex.columns or {})}
 
 
@@ -75,15 +104,17 @@ def prepare_rows(
     ``max_length`` is bad too; otherwise long answers are truncated by the trainer and counted.
     """
     out = TrainerRows(norm.format, [], [])
+    with_tools = any(ex.tools for ex in norm.examples)
+    prompt_as_text = norm.format == "prompt_only" and with_tools
     for ex in norm.examples:
         if ex.prompt is None:
             raise DatasetError(
                 f"row {ex.row}: expected a prompt (preference, unpaired preference or prompt-only data), "
                 f"got {norm.format!r} data"
             )
-        prompt_len = _count(tokenizer, ex.prompt, generation_prompt=True)
+        prompt_len = _count(tokenizer, ex.prompt, generation_prompt=True, tools=ex.tools)
         answers = [a for a in (ex.chosen, ex.rejected, ex.completion) if a is not None]
-        full = [_count(tokenizer, (*ex.prompt, *a), generation_prompt=False) for a in answers]
+        full = [_count(tokenizer, (*ex.prompt, *a), generation_prompt=False, tools=ex.tools) for a in answers]
         reason = None
         if prompt_len >= max_length:
             reason = (
@@ -102,7 +133,7 @@ def prepare_rows(
             raise DatasetError(reason, row=ex.row)
         if full and max(full) > max_length:
             out.truncated += 1
-        out.records.append(_record(ex))
+        out.records.append(_record(tokenizer, ex, prompt_as_text=prompt_as_text, with_tools=with_tools))
         out.rows.append(ex.row)
         out.num_tokens += min(sum(full), max_length * len(full)) if full else prompt_len
     if not out.records:

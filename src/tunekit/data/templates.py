@@ -29,6 +29,7 @@ __all__ = [
     "find_end_of_turn",
     "reasoning_key",
     "render",
+    "template_messages",
     "template_options",
     "template_source",
     "try_render",
@@ -299,6 +300,11 @@ def reasoning_key(tokenizer: Any) -> str | None:
 
 
 REASONING_TEMPLATE_KEYS = ("reasoning_content", "thinking", "reasoning")
+
+
+def template_messages(tokenizer: Any, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``messages`` as the template is given them (for a library that renders them itself, as trl does)."""
+    return _with_reasoning(tokenizer, messages) if any(m.get("reasoning_content") for m in messages) else messages
 
 
 def _with_reasoning(tokenizer: Any, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -29,6 +29,8 @@ class Objective(Config):
 
     data_formats: ClassVar[frozenset[str]] = frozenset()
     tokenised_by_tunekit: ClassVar[bool] = True
+    # Whether the trainer renders a row's tool schemas (a 'tools' column) with its prompt.
+    reads_tools: ClassVar[bool] = True
     model_head: ClassVar[Literal["causal_lm", "sequence_classification"]] = "causal_lm"
 
     @property

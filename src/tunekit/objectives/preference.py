@@ -118,6 +118,7 @@ class ORPO(Objective):
 
     data_formats: ClassVar[frozenset[str]] = frozenset({"preference"})
     tokenised_by_tunekit: ClassVar[bool] = False
+    reads_tools: ClassVar[bool] = False  # trl's ORPO renders the chat template without the row's tools
 
     beta: float = Field(0.1, gt=0, description="Weight of the odds-ratio term (the paper's lambda).")
 

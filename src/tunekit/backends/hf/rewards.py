@@ -19,7 +19,7 @@ from tunekit._torch import torch_dtype, unwrap_peft
 from tunekit.backends.hf.args import Setup
 from tunekit.backends.hf.models import load, load_model, load_tokenizer
 from tunekit.data.formats import RESERVED_COLUMNS
-from tunekit.data.rows import PROMPT_TEXT
+from tunekit.data.rows import PROMPT_MESSAGES, PROMPT_TEXT
 from tunekit.data.templates import render
 from tunekit.errors import ConfigError, IncompatibleError, TrainingError
 from tunekit.objectives.online_rl import PY_PREFIX, resolve_reward_name
@@ -28,7 +28,7 @@ from tunekit.save_format import MANIFEST, spec_from_save
 __all__ = ["load_reward_model", "resolve_rewards", "score_items", "wrap_reward"]
 
 # What trl passes reward functions besides the data columns, and tunekit's own column of the prompt as given.
-_NOT_COLUMNS = frozenset({*RESERVED_COLUMNS, PROMPT_TEXT})
+_NOT_COLUMNS = frozenset({*RESERVED_COLUMNS, PROMPT_TEXT, PROMPT_MESSAGES})
 
 
 def _text(completion: Any) -> str:
@@ -50,7 +50,9 @@ def wrap_reward(fn: Any) -> Any:
 
     def reward(prompts: list[Any], completions: list[Any], **kwargs: Any) -> list[float | None]:
         given = kwargs.get(PROMPT_TEXT)
-        shown = [t if t is not None else p for p, t in zip(prompts, given)] if given is not None else list(prompts)
+        messages = kwargs.get(PROMPT_MESSAGES)  # the prompt as messages, when tunekit rendered it (tools)
+        prompts = list(messages) if messages is not None else list(prompts)
+        shown = [t if t is not None else p for p, t in zip(prompts, given)] if given is not None else prompts
         columns = {k: v for k, v in kwargs.items() if k not in _NOT_COLUMNS}
         texts = [_text(c) for c in completions]
         out = fn(shown, texts, **columns)
