@@ -106,6 +106,15 @@ def _trailing_marker(body: str, markers: Sequence[str]) -> int | None:
     return best
 
 
+def _where(prompt: str, full: str) -> str:
+    """Where the generation prompt and the conversation part, for the error message."""
+    k = next((i for i, (a, b) in enumerate(zip(prompt, full)) if a != b), min(len(prompt), len(full)))
+    if k >= len(prompt):
+        return ""
+    start = max(k - 30, 0)
+    return f" (the prompt reads {prompt[start : k + 30]!r} where the conversation reads {full[start : k + 30]!r})"
+
+
 def _problem(body: str, message: dict[str, Any], keeps_reasoning: bool) -> str | None:
     """What of the turn is missing from its span, or None."""
     content = str(message.get("content") or "").strip()
@@ -136,12 +145,15 @@ def _locate(
         prompt = render(tokenizer, messages[:t], add_generation_prompt=True, tools=tools)
         turn = render(tokenizer, messages[: t + 1], add_generation_prompt=False, tools=tools)
         if not (full.startswith(prompt) and full.startswith(turn) and len(prompt) >= done and len(turn) > len(prompt)):
-            failed[t] = "the conversation's text before it differs from the generation prompt"
+            failed[t] = "the conversation's text before it differs from the generation prompt" + _where(prompt, full)
             continue
         body = full[len(prompt) : len(turn)]
         end = _trailing_marker(body, markers)
         if end is None:
-            failed[t] = "it does not end with a control token (an end of turn the model could learn to stop at)"
+            failed[t] = (
+                "it does not end with a control token, so the model would never learn to stop (the template ends an "
+                "assistant turn with no end-of-turn token)"
+            )
             continue
         missing = _problem(body[:end], messages[t], keeps_reasoning=True)
         if missing is not None:
