@@ -31,6 +31,7 @@ from pydantic.json_schema import GenerateJsonSchema
 from tunekit._config import Config
 from tunekit.data import load_rows
 from tunekit.data.mapping import Data
+from tunekit.data.templates import check_template_options
 from tunekit.errors import ConfigError
 from tunekit.methods import LoRA, Method, registry
 from tunekit.objectives import OBJECTIVES, Objective
@@ -159,6 +160,11 @@ class RunConfig(Config):
     template: str | None = Field(
         None, description="A Jinja chat template (or a .jinja file) to use instead of the tokenizer's."
     )
+    template_options: dict[str, Any] | None = Field(
+        None,
+        description="Options the chat template is rendered with in training and generation, e.g. "
+        "{enable_thinking: false} for a Qwen3-style model that answers without reasoning.",
+    )
 
     _aliases: ClassVar[dict[str, str]] = {
         "model_name": "model",
@@ -179,7 +185,17 @@ class RunConfig(Config):
         "validation_data": "eval_data",
         "output": "output_dir",
         "chat_template": "template",
+        "chat_template_kwargs": "template_options",
+        "enable_thinking": "template_options",
     }
+
+    @field_validator("template_options", mode="before")
+    @classmethod
+    def _check_template_options(cls, value: Any) -> Any:
+        try:
+            return check_template_options(value)
+        except ConfigError as e:
+            raise ValueError(str(e)) from None
 
     @field_validator("method", mode="before")
     @classmethod
@@ -269,6 +285,7 @@ class RunConfig(Config):
             output_dir=self.output_dir,
             reuse_output_dir=self.reuse_output_dir,
             template=template,
+            template_options=self.template_options,
             **kwargs,
         )
 
