@@ -284,3 +284,27 @@ def test_validate_data_reports_turns_tools_reasoning_and_a_marked_row(tiny_llama
         in (tools["rendered_row"])
     )
     assert "[[18 C" not in tools["rendered_row"]
+
+
+def test_template_options_reach_training_generation_saves_and_exports(tiny_llama: Path, tmp_path: Path) -> None:
+    """Tuner(template_options={"enable_thinking": False}): the generation prompt ends with the empty think block in
+    training, after tk.load, and in an export read by plain transformers (the option is written into its template)."""
+    from transformers import AutoTokenizer
+
+    tuner = tk.Tuner(
+        tiny_llama, template_options={"enable_thinking": False}, training=cpu(max_steps=2, cache=False),
+        output_dir=tmp_path / "run",
+    )  # fmt: skip
+    rows = [{"prompt": "reverse: 1 2", "completion": "2 1"}] * 8
+    enc = tuner.prepare(rows)
+    assert tuner.tokenizer.decode(enc.input_ids[0]).endswith(
+        "<|im_start|>assistant\n<think>\n\n</think>\n\n2 1<|im_end|>\n"
+    )
+    assert supervised(tuner.tokenizer, enc.input_ids[0], enc.labels[0]) == ["2 1<|im_end|>"]
+    tuner.fit(rows)
+    again = tk.load(tuner.save(tmp_path / "saved"))
+    assert again.template_options == {"enable_thinking": False}
+    exported = tuner.export(tmp_path / "hf", format="hf")
+    plain = AutoTokenizer.from_pretrained(exported.path)
+    shown = plain.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
+    assert shown.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")

@@ -8,9 +8,11 @@ by the backend, and the new rows train with the adapter).
 from __future__ import annotations
 
 import ctypes
+import json
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -27,6 +29,7 @@ __all__ = [
     "check_template_options",
     "ensure_template",
     "find_end_of_turn",
+    "options_baked_in",
     "reasoning_key",
     "render",
     "template_messages",
@@ -197,6 +200,34 @@ def check_template_options(options: Any) -> dict[str, Any] | None:
                 f"template_options[{name!r}]={value!r:.60}: expected a plain value (text, a number, true/false)"
             )
     return dict(options)
+
+
+def _literal(value: Any) -> str:
+    """``value`` as a Jinja literal."""
+    if value is None or isinstance(value, bool):
+        return {None: "none", True: "true", False: "false"}[value]
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_literal(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{json.dumps(str(k))}: {_literal(v)}" for k, v in value.items()) + "}"
+    return json.dumps(value)  # numbers and strings: JSON's spelling is Jinja's
+
+
+@contextmanager
+def options_baked_in(tokenizer: Any) -> Iterator[None]:
+    """Within: the tokenizer's chat template sets its ``template_options`` itself (``{%- set enable_thinking = false
+    -%}`` first), so an exported tokenizer renders as in training for a user who passes no option."""
+    options = template_options(tokenizer)
+    if not options:
+        yield
+        return
+    source = tokenizer.chat_template
+    head = "".join(f"{{%- set {name} = {_literal(value)} -%}}" for name, value in options.items())
+    tokenizer.chat_template = head + source
+    try:
+        yield
+    finally:
+        tokenizer.chat_template = source
 
 
 def template_options(tokenizer: Any) -> dict[str, Any]:

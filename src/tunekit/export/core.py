@@ -22,6 +22,7 @@ from tunekit._quiet import quiet
 from tunekit._torch import GGUF_NAMES, count_parameters, dtype_name
 from tunekit._version import __version__
 from tunekit.backends.base import RunSpec, Trained
+from tunekit.data.templates import options_baked_in
 from tunekit.errors import ConfigError, ExportError, IncompatibleError
 from tunekit.export import checks, merged
 from tunekit.export.card import loss_plot, model_card
@@ -164,7 +165,7 @@ def _write_model(trained: Trained, model: Any, owned: bool, staging: Path, fmt: 
         return None
     name = f"{_safe_name(trained.spec)}-{dtype}.gguf"
     with tempfile.TemporaryDirectory(prefix="tunekit-tok-") as tmp:
-        with quiet():
+        with quiet(), options_baked_in(tokenizer):
             tokenizer.save_pretrained(tmp)
         write_gguf(model, tokenizer, Path(tmp), staging / name, ftype=dtype, end_of_turn_id=eot)
     stops = [loaded.template.end_of_turn, *([tokenizer.eos_token] if tokenizer.eos_token else [])]

@@ -16,6 +16,7 @@ from typing import Any
 from tunekit._quiet import quiet
 from tunekit._torch import is_quantized, torch_dtype
 from tunekit.backends.base import Trained
+from tunekit.data.templates import options_baked_in
 from tunekit.errors import ExportError, IncompatibleError
 
 __all__ = ["eos_ids", "full_precision_model", "held_in_fp32", "reload_hf", "write_hf", "written_copy"]
@@ -139,7 +140,8 @@ def write_hf(model: Any, tokenizer: Any, end_of_turn_id: int, out: Path, *, max_
     try:
         with quiet():
             model.save_pretrained(out, max_shard_size=max_shard_size)
-            tokenizer.save_pretrained(out)
+            with options_baked_in(tokenizer):
+                tokenizer.save_pretrained(out)
     finally:
         model.generation_config, model.config.eos_token_id, model.config.pad_token_id = saved
     if not any(out.glob("*.safetensors")):
