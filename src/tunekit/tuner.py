@@ -61,7 +61,9 @@ class Tuner:
         reuse_output_dir: write into an ``output_dir`` that holds other files, beside them: the run is
             still refused if it would write over one of them (e.g. a ``metrics.jsonl`` of your own).
         tokenizer: a tokenizer object or path, when it is not beside the model.
-        template: a Jinja chat template to use instead of the tokenizer's.
+        template: a Jinja chat template to use instead of the tokenizer's, or ``"chatml"`` for tunekit's built-in one
+            (which renders tools, tool calls and reasoning in one documented format, for models whose own template
+            does not).
         template_options: options the chat template is rendered with, in training and generation alike, such
             as ``{"enable_thinking": False}`` for Qwen3-style templates (a model that answers without reasoning).
         backend: ``"hf"`` (transformers, peft and trl), or an object implementing

@@ -308,3 +308,19 @@ def test_template_options_reach_training_generation_saves_and_exports(tiny_llama
     plain = AutoTokenizer.from_pretrained(exported.path)
     shown = plain.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
     assert shown.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+
+
+def test_template_chatml_by_name_renders_tools_where_the_models_own_does_not(tiny_llama: Path, tmp_path: Path) -> None:
+    """A model whose template writes role and content only is refused on tool data (the catalogue checks the words);
+    template="chatml" switches to tunekit's built-in template, which renders them."""
+    plain = (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    with pytest.raises(tk.IncompatibleError, match="pass template='chatml'"):
+        tk.Tuner(tiny_llama, template=plain, training=cpu(cache=False)).prepare(DATA / "openai_tool_calls.jsonl")
+    tuner = tk.Tuner(tiny_llama, template="chatml", training=cpu(cache=False))
+    enc = tuner.prepare(DATA / "openai_tool_calls.jsonl")
+    assert supervised(tuner.tokenizer, enc.input_ids[0], enc.labels[0])[0].startswith(
+        '<tool_call>{"name": "get_weather"'
+    )

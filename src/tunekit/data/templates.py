@@ -389,6 +389,8 @@ def ensure_template(
 ) -> tuple[Template, list[str]]:
     """Install the template, its options and a distinct pad token; returns the template and tokens added."""
     added: list[str] = []
+    if chat_template == "chatml":  # tunekit's built-in template by name (it renders tools, calls and reasoning)
+        chat_template = CHATML_TEMPLATE
     if chat_template is not None:
         tokenizer.chat_template = chat_template
         tokenizer._tunekit_template_source = "the chat template passed as template=..."

@@ -188,7 +188,7 @@ def render_turns(
                 raise IncompatibleError(
                     f"row {row}: {template_source(tokenizer)} does not write the row's tools (no {absent[0]!r} in "
                     "its output), so the model would learn calls without their schemas; use a template that "
-                    "renders tools=... (tunekit's built-in one does: pass template=tunekit.data.CHATML_TEMPLATE)"
+                    "renders tools=... (tunekit's built-in one does: pass template='chatml')"
                 )
         if len(failed) < len(ts):
             out.append(rendered)
@@ -201,7 +201,7 @@ def render_turns(
                     "; train without it (SFT(reasoning='drop')) or use a template that writes reasoning"
                     if "reasoning" in why[t]
                     else "; use a template that renders tool calls (tunekit's built-in one does: pass "
-                    "template=tunekit.data.CHATML_TEMPLATE)"
+                    "template='chatml')"
                     if "call of" in why[t]
                     else "; fix the template or pass template=..."
                 )
