@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="hub id or directory (default: a tiny random model, no network)")
     parser.add_argument("--workdir", type=Path, help="where the model and adapter go (default: a temporary folder)")
-    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--steps", type=int, default=120)
     parser.add_argument("--lr", type=float, default=0.3, help="prompt tuning wants a high rate (3e-2 to 3e-1)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # a tiny model runs fastest on one thread; drop this line for a real one
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
 
     tuner = tk.Tuner(
         model,
-        method=tk.PromptTuning(num_virtual_tokens=16, init_text="reverse the digits"),
+        method=tk.PromptTuning(num_virtual_tokens=32, init_text="reverse the digits"),
         objective=tk.SFT(),
         training=tk.Training(max_steps=args.steps, learning_rate=args.lr, batch_size=16, log_every=20),
     )
