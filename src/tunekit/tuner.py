@@ -20,11 +20,12 @@ from tunekit.errors import ConfigError, IncompatibleError
 from tunekit.eval_result import EvalResult
 from tunekit.evaluation import evaluate, generation_options, read_items
 from tunekit.export import ExportResult, Verification, check_request, export_format, export_trained, verify_trained
+from tunekit.harness import check_tasks, run_benchmark
 from tunekit.hooks import Hook, HookErrors, check_hook_errors
 from tunekit.inference import check_items, check_options, check_prompts, generate, score
 from tunekit.methods import LoRA, Method
 from tunekit.metrics import MetricFunction, check_metrics
-from tunekit.objectives import SFT, Objective
+from tunekit.objectives import SFT, CausalLM, Objective
 from tunekit.plan import Plan
 from tunekit.results import FitResult
 from tunekit.run import Prepared, Run, check_resume, execute, prepare
@@ -410,7 +411,7 @@ class Tuner:
         result reports both and the rows that got better and worse.
 
         Example:
-            >>> result = tuner.evaluate("val.jsonl", metrics=["exact_match", "rouge_l"], baseline=True)  # doctest: +SKIP
+            >>> result = tuner.evaluate("val.jsonl", metrics=["rouge_l"], baseline=True)  # doctest: +SKIP
             >>> print(result)  # doctest: +SKIP
             >>> result.to_jsonl("predictions.jsonl")  # doctest: +SKIP
         """
@@ -428,9 +429,45 @@ class Tuner:
         items = read_items(data)
         with self._using("evaluate()"):
             options = generation_options(self.loaded, items, max_new_tokens=max_new_tokens, batch_size=batch_size)
-            result = evaluate(self.backend, self._spec(), self.loaded, items, checked, baseline=baseline, options=options)
+            result = evaluate(
+                self.backend, self._spec(), self.loaded, items, checked, baseline=baseline, options=options
+            )
         self.last_evaluation = result
         return result
+
+    def benchmark(
+        self,
+        tasks: str | Sequence[str],
+        *,
+        limit: float | None = None,
+        include_path: str | Path | None = None,
+        num_fewshot: int | None = None,
+        batch_size: int = 8,
+    ) -> dict[str, dict[str, Any]]:
+        """Run lm-evaluation-harness tasks (MMLU, C-Eval, CMMLU, GSM8K, ... or your own YAML tasks in
+        ``include_path``) on this tuner's model as it is in memory, with its tokenizer and chat template.
+
+        ``limit`` caps the examples per task (a number, or a fraction below 1). Returns the harness's figures task by
+        task, e.g. ``{"gsm8k": {"exact_match,strict-match": 0.41, ...}}``. Needs ``pip install "tunekit[eval]"``;
+        the standard tasks download their datasets from the Hugging Face Hub on first use.
+
+        Example:
+            >>> scores = tuner.benchmark(["mmlu", "gsm8k"], limit=200)  # doctest: +SKIP
+            >>> scores["mmlu"]["acc,none"]  # doctest: +SKIP
+        """
+        names = check_tasks(tasks, limit)
+        if self.objective_used.model_head == "sequence_classification":
+            raise IncompatibleError(f"benchmark(): this tuner is a reward model ({self.objective_used.name})")
+        with self._using("benchmark()"):
+            return run_benchmark(
+                self.loaded,
+                names,
+                chat=not isinstance(self.objective_used, CausalLM),
+                limit=limit,
+                include_path=include_path,
+                num_fewshot=num_fewshot,
+                batch_size=batch_size,
+            )
 
     def save(self, path: str | Path) -> Path:
         """Write the adapter (or whole model for ``Full``), tokenizer, template and manifest."""

@@ -81,8 +81,8 @@ class Backend(Protocol):
 
     Lifecycle of a run: :meth:`preflight` (checks that need no model), :meth:`load` (once, lazily),
     :meth:`fit`. Use of the trained model: :meth:`generate`, :meth:`score`, :meth:`loglikelihood`,
-    :meth:`baseline`, :meth:`merge`, :meth:`save`. Queries: :meth:`plan`, :meth:`load_base`. Several processes (torchrun):
-    :meth:`gather_weights`, :meth:`join_processes`, :meth:`settle`.
+    :meth:`baseline`, :meth:`merge`, :meth:`save`. Queries: :meth:`plan`, :meth:`load_base`. Several processes
+    (torchrun): :meth:`gather_weights`, :meth:`join_processes`, :meth:`settle`.
     """
 
     name: str

@@ -373,9 +373,9 @@ class HFBackend:
             loaded.tokenizer.save_pretrained(path)
 
 
-def _continuation_ids(tok: Any, end_of_turn: int | None, prompt: Any, continuation: str, *, chat: bool) -> tuple[
-    list[int], int
-]:
+def _continuation_ids(
+    tok: Any, end_of_turn: int | None, prompt: Any, continuation: str, *, chat: bool
+) -> tuple[list[int], int]:
     """``(ids, start)``: the prompt and continuation as one sequence of token ids, the continuation from ``start``.
 
     With ``chat`` the prompt is rendered with the template's generation prompt and the continuation is the
