@@ -23,14 +23,14 @@ from typing import Any
 
 from tunekit.backends.base import Backend, LoadedModel, RunSpec
 from tunekit.data import load_rows, normalise
-from tunekit.data.formats import Example
+from tunekit.data.formats import Example, NormalisedData
 from tunekit.errors import ConfigError, DatasetError
 from tunekit.eval_result import EvalResult, EvalRow
 from tunekit.inference import generate
 from tunekit.metrics import Metric, MetricFunction, check_metrics, mean
 from tunekit.objectives import CausalLM, Objective
 
-__all__ = ["EvalItem", "evaluate", "generation_options", "read_items", "training_evaluator"]
+__all__ = ["EvalItem", "evaluate", "generation_options", "items_of", "read_items", "training_evaluator"]
 
 _PROMPT_FIELDS = ("prompt", "question", "messages")
 
@@ -150,6 +150,15 @@ def read_items(data: Any, *, need_reference: bool = True) -> list[EvalItem]:
     except DatasetError as e:
         raise DatasetError(f"evaluation data: {e}", row=e.row, field=e.field) from None
     return [_from_example(ex, rows[ex.row - 1] if ex.row <= len(rows) else {}, need_reference) for ex in norm.examples]
+
+
+def items_of(norm: NormalisedData, *, what: str = "eval") -> list[EvalItem]:
+    """The evaluation items of data already normalised (a fit's eval data, for ``Training(eval_metrics=...)``):
+    metric functions receive the row's other columns, when it has any."""
+    try:
+        return [_from_example(ex, dict(ex.columns or {}), True) for ex in norm.examples]
+    except DatasetError as e:
+        raise DatasetError(f"Training(eval_metrics=...) scores the {what} data: {e}", row=e.row) from None
 
 
 def _checked(value: Any, metric: Metric, item: EvalItem) -> float:

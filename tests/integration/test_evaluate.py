@@ -164,3 +164,59 @@ def test_multiple_choice_takes_an_index_a_letter_or_the_text():
     assert result.metrics["accuracy"] == 0.75
     assert [r.prediction for r in result.rows] == ["no", "yes", "x", "ab"]
     assert result.rows[3].reference == "abc"
+
+
+def test_eval_metrics_are_recorded_during_training_and_rise(tiny_llama_init02):
+    seen = []
+
+    class Watch(tk.Hook):
+        def on_evaluate(self, ctx, metrics):
+            seen.append(dict(metrics))
+
+    tuner = tk.Tuner(
+        tiny_llama_init02,
+        method=tk.LoRA(r=16),
+        training=cpu(max_steps=200, learning_rate=5e-3, batch_size=16, eval_every=100, eval_metrics=["exact_match"]),
+        hooks=[Watch()],
+    )
+    result = tuner.fit(first_task(400, seed=1), eval_data=first_task(20, seed=2))
+    evals = [e for e in result.history if "eval_exact_match" in e]
+    assert [e["step"] for e in evals] == [100, 200]
+    assert all("eval_loss" in e for e in evals)  # one entry per evaluation: the loss and the metrics together
+    assert evals[-1]["eval_exact_match"] >= 0.9
+    assert [m["eval_exact_match"] for m in seen] == [e["eval_exact_match"] for e in evals]
+    assert result.metrics["eval_exact_match"] == evals[-1]["eval_exact_match"]
+
+
+def test_early_stopping_on_a_generation_metric():
+    answers = iter(["1", "1", "x", "x", "x", "x", "x", "x", "x", "x"])  # right twice, then wrong from the third eval
+
+    def reply(prompt):
+        return next(answers)
+
+    stop = tk.EarlyStopping("exact_match", patience=2)
+    assert stop.mode == "max"
+    tuner = tk.Tuner(
+        "fake",
+        backend=FakeBackend(losses=[1.0] * 20, replies=reply),
+        training=tk.Training(eval_every=2, eval_metrics=["exact_match"]),
+        hooks=[stop],
+        progress=False,
+    )
+    result = tuner.fit([{"prompt": "a", "completion": "b"}] * 4, eval_data=[{"prompt": "q", "completion": "1"}])
+    assert result.stopped_early and "eval_exact_match did not improve" in (result.stop_reason or "")
+    assert [e["eval_exact_match"] for e in result.history if "eval_exact_match" in e] == [1.0, 1.0, 0.0]
+    assert result.steps == 6
+
+
+def test_eval_metrics_are_checked_before_the_run():
+    with pytest.raises(tk.ConfigError, match=r"unknown metric 'rogue_l'; did you mean 'rouge_l'\?"):
+        tk.Training(eval_metrics=["rogue_l"])
+    assert tk.Training(eval_metrics="bleu").eval_metrics == ("bleu",)
+    tuner = tk.Tuner("fake", backend=FakeBackend(), training=tk.Training(eval_metrics=["exact_match"]), progress=False)
+    with pytest.raises(tk.ConfigError, match=r"there is no eval data to score them on"):
+        tuner.fit([{"prompt": "a", "completion": "b"}])
+    stop = tk.EarlyStopping("exact_match")
+    tuner = tk.Tuner("fake", backend=FakeBackend(), training=tk.Training(eval_every=1), hooks=[stop], progress=False)
+    with pytest.raises(tk.ConfigError, match=r"pass Training\(eval_metrics=\['exact_match'\]\)"):
+        tuner.fit([{"prompt": "a", "completion": "b"}], eval_data=[{"prompt": "a", "completion": "b"}])
