@@ -29,10 +29,10 @@ from tunekit.backends.base import Backend, LoadedModel, RunSpec
 from tunekit.data.formats import NormalisedData
 from tunekit.distributed import world
 from tunekit.errors import ConfigError
+from tunekit.evaluation import EvalItem, items_of, training_evaluator
 from tunekit.events import Checkpoint, Evaluate, Event, Failed, FitEnd, FitStart, Log, RunEvent, StepEnd
 from tunekit.hooks import Hook, HookDispatcher, RunContext, RunControl, preflight
 from tunekit.hooks_builtin import ProgressBar
-from tunekit.evaluation import EvalItem, items_of, training_evaluator
 from tunekit.inference import generate_text
 from tunekit.output_dir import claim
 from tunekit.results import FitResult

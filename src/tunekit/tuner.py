@@ -200,7 +200,9 @@ class Tuner:
 
     def _trained(self) -> Trained:
         """The loaded model with what made it, for saving and exporting."""
-        return Trained(self._spec(), self.backend, self.loaded, self.data_summary, self.last_result)
+        return Trained(
+            self._spec(), self.backend, self.loaded, self.data_summary, self.last_result, self.last_evaluation
+        )
 
     # --- data -------------------------------------------------------------------------------------
     def _normalise(self, data: Any, what: str) -> NormalisedData:

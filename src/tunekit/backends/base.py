@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from tunekit.data.formats import NormalisedData
     from tunekit.data.rows import TrainerRows
     from tunekit.data.templates import Template
+    from tunekit.eval_result import EvalResult
     from tunekit.plan import Plan
     from tunekit.results import FitResult
 
@@ -185,6 +186,7 @@ class Trained:
     loaded: LoadedModel
     data_summary: dict[str, Any] | None = None
     result: FitResult | None = None
+    evaluation: EvalResult | None = None  # the last Tuner.evaluate(), shown in an export's model card
 
 
 def builder_for(table: Mapping[type, _Builder], config: Method | Objective, *, backend: str) -> _Builder:
