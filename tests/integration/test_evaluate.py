@@ -52,6 +52,10 @@ def test_exact_match_rises_after_training_and_the_baseline_shows_it(tiny_llama_i
     mc = tuner.evaluate(_choices(held), metrics=["accuracy"], baseline=True)
     assert mc.metrics["accuracy"] >= 0.9 and mc.metrics["accuracy"] > mc.baseline["accuracy"]
     assert all(r.prediction in r.choices for r in mc.rows)
+    # An export's model card shows the last evaluation, base against fine-tuned.
+    tuner.export(tmp_path / "export", format="adapter", verify=False)
+    card = (tmp_path / "export" / "README.md").read_text(encoding="utf-8")
+    assert "### Evaluation" in card and "| accuracy |" in card and "base model" in card
 
 
 def test_full_fine_tuning_baseline_reloads_the_base(tiny_llama):
