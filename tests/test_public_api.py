@@ -8,6 +8,8 @@ import sys
 import tunekit as tk
 
 EXPECTED = {
+    "EvalResult",
+    "EvalRow",
     "SFT",
     "CausalLM",
     "CheckpointError",

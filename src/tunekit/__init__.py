@@ -25,6 +25,7 @@ from tunekit.errors import (
     TrainingError,
     TunekitError,
 )
+from tunekit.eval_result import EvalResult, EvalRow
 from tunekit.export import ExportResult
 from tunekit.hooks import Hook, RunContext
 from tunekit.hooks_builtin import EarlyStopping, JSONLMetrics, LossPlot, ProgressBar, SampleGenerations
@@ -73,6 +74,8 @@ __all__ = [
     "DatasetError",
     "DeepSpeed",
     "EarlyStopping",
+    "EvalResult",
+    "EvalRow",
     "ExportError",
     "ExportResult",
     "FitResult",

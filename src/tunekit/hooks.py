@@ -139,6 +139,8 @@ class RunControl:
         self.hook_failed = False  # a hook raised under hook_errors="stop" (on any process: shared like a stop)
         self.history: list[dict[str, Any]] = []  # FitResult.history: logged entries and ctx.record() values
         self.generator: Callable[..., Any] | None = None  # what ctx.generate() calls, while a run goes
+        # Training(eval_metrics=...): scores the eval data on the model as it is, {"eval_<metric>": value}
+        self.evaluator: Callable[[], dict[str, float]] | None = None
 
     @classmethod
     def of(cls, ctx: RunContext) -> RunControl:
@@ -254,6 +256,8 @@ class HookDispatcher:
     def emit(self, event: str, *payload: Any) -> None:
         """Call ``on_<event>(ctx, *payload)`` on every hook; a hook's exception follows the policy."""
         assert event in _EVENTS, event
+        if event == "evaluate" and self.control.evaluator is not None:
+            self._add_eval_metrics(payload[0])
         main = self.ctx.is_main_process
         for hook in self.hooks:
             if not (main or hook.all_ranks):
@@ -262,6 +266,23 @@ class HookDispatcher:
                 getattr(hook, "on_" + event)(self.ctx, *payload)
             except Exception as err:  # KeyboardInterrupt and SystemExit still end the run at once
                 self._on_error(hook, event, err)
+
+    def _add_eval_metrics(self, metrics: dict[str, float]) -> None:
+        """Training(eval_metrics=...): score the eval data now (every process: a sharded model generates on all),
+        add the figures to the evaluation's metrics (what hooks and the final result see) and to its history
+        entry."""
+        assert self.control.evaluator is not None
+        extra = self.control.evaluator()
+        metrics.update(extra)
+        history, step = self.control.history, self.ctx.step
+        entry = next(
+            (e for e in reversed(history) if e.get("step") == step and any(str(k).startswith("eval_") for k in e)),
+            None,
+        )
+        if entry is None:
+            history.append({"step": step, "epoch": round(self.ctx.epoch, 4), **extra})
+        else:
+            entry.update(extra)
 
     def _on_error(self, hook: Hook, event: str, err: Exception) -> None:
         name = type(hook).__name__

@@ -19,6 +19,7 @@ from typing import IO, Any, Literal
 from tunekit import _fs
 from tunekit.errors import ConfigError
 from tunekit.hooks import Hook, RunContext
+from tunekit.metrics import METRICS
 from tunekit.plotting import PNG_SOURCE, loss_series, plot_loss, require_matplotlib
 from tunekit.results import FitResult
 
@@ -251,8 +252,10 @@ class LossPlot(Hook):
 class EarlyStopping(Hook):
     """Stop when an evaluation metric has not improved for ``patience`` evaluations.
 
-    ``metric`` is an evaluation metric (``"eval_loss"``; the ``eval_`` prefix may be left out),
-    ``mode`` says whether lower (``"min"``) or higher (``"max"``) is better, and an improvement
+    ``metric`` is an evaluation metric (``"eval_loss"``, or a generation metric of
+    ``Training(eval_metrics=[...])`` such as ``"exact_match"``; the ``eval_`` prefix may be left out),
+    ``mode`` says whether lower (``"min"``) or higher (``"max"``) is better (default: ``"max"`` for the
+    metrics of :mod:`tunekit.metrics` where higher is better, else ``"min"``), and an improvement
     must beat the best value so far by more than ``min_delta``. Needs ``eval_data`` and
     ``Training(eval_every=N)``. The run ends like ``ctx.request_stop()``: the result is kept and
     ``FitResult.stop_reason`` says why.
@@ -262,6 +265,8 @@ class EarlyStopping(Hook):
         >>> stop = tk.EarlyStopping("eval_loss", patience=3, min_delta=0.01)
         >>> tuner = tk.Tuner("Qwen/Qwen2-0.5B", hooks=[stop], training=tk.Training(eval_every=100))
         >>> tuner.fit("train.jsonl", eval_data="val.jsonl")  # doctest: +SKIP
+        >>> tk.EarlyStopping("exact_match").mode  # with Training(eval_metrics=["exact_match"])
+        'max'
     """
 
     # transformers' EarlyStoppingCallback needs load_best_model_at_end and metric_for_best_model in
@@ -274,12 +279,15 @@ class EarlyStopping(Hook):
         *,
         patience: int = 3,
         min_delta: float = 0.0,
-        mode: Literal["min", "max"] = "min",
+        mode: Literal["min", "max"] | None = None,
     ) -> None:
         if not isinstance(patience, int) or patience < 1:
             raise ConfigError(f"EarlyStopping(patience={patience!r}): patience must be a whole number of at least 1")
         if not isinstance(min_delta, (int, float)) or not math.isfinite(min_delta) or min_delta < 0:
             raise ConfigError(f"EarlyStopping(min_delta={min_delta!r}): min_delta must be a finite number >= 0")
+        name = metric.removeprefix("eval_")
+        if mode is None:
+            mode = "max" if name in METRICS and METRICS[name].higher_is_better else "min"
         if mode not in ("min", "max"):
             raise ConfigError(f"EarlyStopping(mode={mode!r}): mode must be 'min' (lower is better) or 'max'")
         self.metric = metric
@@ -294,6 +302,12 @@ class EarlyStopping(Hook):
             raise ConfigError(
                 f"EarlyStopping(metric={self.metric!r}) needs evaluations during training: pass "
                 "eval_data=... to fit() and Training(eval_every=N)"
+            )
+        name = self.metric.removeprefix("eval_")
+        if name in METRICS and name not in getattr(training, "eval_metrics", ()):
+            raise ConfigError(
+                f"EarlyStopping(metric={self.metric!r}) stops on a generation metric, which the evaluations score "
+                f"only when asked: pass Training(eval_metrics=[{name!r}])"
             )
 
     def on_fit_start(self, ctx: RunContext) -> None:

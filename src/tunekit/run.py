@@ -29,6 +29,7 @@ from tunekit.backends.base import Backend, LoadedModel, RunSpec
 from tunekit.data.formats import NormalisedData
 from tunekit.distributed import world
 from tunekit.errors import ConfigError
+from tunekit.evaluation import EvalItem, items_of, training_evaluator
 from tunekit.events import Checkpoint, Evaluate, Event, Failed, FitEnd, FitStart, Log, RunEvent, StepEnd
 from tunekit.hooks import Hook, HookDispatcher, RunContext, RunControl, preflight
 from tunekit.hooks_builtin import ProgressBar
@@ -55,6 +56,7 @@ class Prepared:
     train: NormalisedData
     eval: NormalisedData | None
     resume_from: Path | None
+    eval_items: list[EvalItem] | None = None  # what Training(eval_metrics=...) scores
 
 
 def check_resume(resume: bool | str | Path | None, training: Training, output_dir: Path | None) -> bool | str | Path:
@@ -88,7 +90,8 @@ def prepare(
         claim(Path(spec.output_dir), reuse=spec.reuse_output_dir, write=world().is_main)
     resume_from = backend.preflight(spec, resume=resume)
     preflight(run_hooks(spec), output_dir=spec.output_dir, has_eval=evaluation is not None, training=spec.training)
-    return Prepared(spec, train, evaluation, resume_from)
+    items = items_of(evaluation) if evaluation is not None and spec.training.eval_metrics else None
+    return Prepared(spec, train, evaluation, resume_from, items)
 
 
 def run_hooks(spec: RunSpec, extra: Sequence[Hook] = ()) -> list[Hook]:
@@ -123,6 +126,10 @@ def execute(
         try:
             loaded = model()
             control.generator = functools.partial(generate_text, backend, loaded, spec.objective)
+            if prepared.eval_items is not None:
+                control.evaluator = training_evaluator(
+                    backend, loaded, spec.objective, prepared.eval_items, spec.training.eval_metrics
+                )
             train = encode_for(spec, prepared.train, loaded.tokenizer)
             evaluation = encode_for(spec, prepared.eval, loaded.tokenizer) if prepared.eval is not None else None
             result = backend.fit(
@@ -142,6 +149,7 @@ def execute(
             raise error from failure.error
     finally:
         control.generator = None  # no reference from a kept context back to the model
+        control.evaluator = None
     logger.info("%s", result)
     return result
 

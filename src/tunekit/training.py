@@ -12,6 +12,7 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 from tunekit._config import Config
 from tunekit.distributed import Distributed, coerce
 from tunekit.errors import ConfigError
+from tunekit.metrics import check_metrics
 
 __all__ = ["Training", "check_fit_options"]
 
@@ -54,6 +55,12 @@ class Training(Config):
     log_every: int = Field(10, ge=1, description="Record the loss in FitResult.history every N steps.")
     eval_every: int | None = Field(
         None, ge=1, description="Evaluate on eval_data every N steps (and always at the end)."
+    )
+    eval_metrics: tuple[str, ...] = Field(
+        (),
+        description="Generation metrics scored on eval_data at each evaluation (names from tunekit.metrics: "
+        "'exact_match', 'rouge_l', 'bleu', 'chrf', 'contains', 'accuracy', 'perplexity'), recorded as eval_<name> in "
+        "FitResult.history and given to hooks' on_evaluate (EarlyStopping(metric='exact_match') stops on one).",
     )
     save_every: int | None = Field(None, ge=1, description="Write a checkpoint into output_dir every N steps.")
     on_bad_rows: Literal["error", "skip"] = Field(
@@ -195,6 +202,23 @@ class Training(Config):
             return () if v == "none" else (v,)
         return v
 
+    @field_validator("eval_metrics", mode="before")
+    @classmethod
+    def _metric_names(cls, v: object) -> object:
+        names = [v] if isinstance(v, str) else v
+        if isinstance(names, (list, tuple)) and names:
+            if not all(isinstance(n, str) for n in names):
+                raise ValueError(
+                    "eval_metrics takes metric names (a function metric is for tuner.evaluate(metrics=[...]): "
+                    "Training must stay writable as YAML)"
+                )
+            try:
+                check_metrics(list(names), where="Training(eval_metrics=...)")
+            except ConfigError as e:
+                raise ValueError(str(e).split(": ", 1)[-1]) from None
+            return tuple(names)
+        return v
+
     @field_validator("gradient_checkpointing", "packing", mode="before")
     @classmethod
     def _bool_or_auto(cls, v: object, info: ValidationInfo) -> object:
@@ -257,6 +281,11 @@ def check_fit_options(training: Training, *, output_dir: Any, has_eval: bool, ho
         raise ConfigError(
             f"Training(eval_every={training.eval_every}): there is no eval data to evaluate on; pass "
             "fit(..., eval_data=...) (eval_data: in a config file), or drop eval_every"
+        )
+    if training.eval_metrics and not has_eval:
+        raise ConfigError(
+            f"Training(eval_metrics={list(training.eval_metrics)!r}): there is no eval data to score them on; pass "
+            "fit(..., eval_data=...) (eval_data: in a config file), or drop eval_metrics"
         )
     if training.save_every is not None and output_dir is None and not any(_handles_checkpoints(h) for h in hooks):
         raise ConfigError(

@@ -17,11 +17,15 @@ from tunekit.data.rows import TrainerRows
 from tunekit.data.summary import summarise_data
 from tunekit.data.templates import check_template_options
 from tunekit.errors import ConfigError, IncompatibleError
+from tunekit.eval_result import EvalResult
+from tunekit.evaluation import evaluate, generation_options, read_items
 from tunekit.export import ExportResult, Verification, check_request, export_format, export_trained, verify_trained
+from tunekit.harness import check_tasks, run_benchmark
 from tunekit.hooks import Hook, HookErrors, check_hook_errors
 from tunekit.inference import check_items, check_options, check_prompts, generate, score
 from tunekit.methods import LoRA, Method
-from tunekit.objectives import SFT, Objective
+from tunekit.metrics import MetricFunction, check_metrics
+from tunekit.objectives import SFT, CausalLM, Objective
 from tunekit.plan import Plan
 from tunekit.results import FitResult
 from tunekit.run import Prepared, Run, check_resume, execute, prepare
@@ -133,6 +137,7 @@ class Tuner:
         self.adapter_path: Path | None = None  # set by tk.load for adapter checkpoints
         self.backend: Backend = get_backend(backend) if isinstance(backend, str) else backend
         self.last_result: FitResult | None = None
+        self.last_evaluation: EvalResult | None = None  # the last evaluate(): the model card of an export shows it
         # Rows, formats and a few prompts of the last data fit saw: the model card and export verification use them.
         self.data_summary: dict[str, Any] | None = None
         self._loaded: LoadedModel | None = None
@@ -195,7 +200,9 @@ class Tuner:
 
     def _trained(self) -> Trained:
         """The loaded model with what made it, for saving and exporting."""
-        return Trained(self._spec(), self.backend, self.loaded, self.data_summary, self.last_result)
+        return Trained(
+            self._spec(), self.backend, self.loaded, self.data_summary, self.last_result, self.last_evaluation
+        )
 
     # --- data -------------------------------------------------------------------------------------
     def _normalise(self, data: Any, what: str) -> NormalisedData:
@@ -384,6 +391,85 @@ class Tuner:
             raise IncompatibleError(f"{self.method.name} cannot be merged: {self.method.not_mergeable_because}")
         with self._using("merge()"):
             return self.backend.merge(self.loaded, self.method)
+
+    def evaluate(
+        self,
+        data: Any,
+        *,
+        metrics: str | Sequence[str | MetricFunction] = ("exact_match",),
+        baseline: bool = False,
+        max_new_tokens: int | None = None,
+        batch_size: int | None = None,
+    ) -> EvalResult:
+        """Answer the prompts of ``data`` and score the answers against its references: a :class:`tk.EvalResult`.
+
+        ``data`` is anything ``fit`` takes; each row's reference is its last assistant turn (``completion``,
+        ``output``). Answers are generated greedily in batches (``batch_size``, default 16), with the training
+        template, and stop at the end of turn; ``max_new_tokens`` defaults to the longest reference's length and 16
+        tokens more. ``metrics``: names from :mod:`tunekit.metrics` (``exact_match``, ``contains``, ``rouge_l``,
+        ``bleu``, ``chrf``, ``accuracy`` for multiple-choice rows with ``choices`` and ``answer``, ``perplexity``)
+        or functions ``(prediction, reference, row) -> float``. With ``baseline=True`` the base model answers too
+        (the adapter disabled; for ``Full`` and ``Freeze`` the base reloaded beside the trained model), and the
+        result reports both and the rows that got better and worse.
+
+        Example:
+            >>> result = tuner.evaluate("val.jsonl", metrics=["rouge_l"], baseline=True)  # doctest: +SKIP
+            >>> print(result)  # doctest: +SKIP
+            >>> result.to_jsonl("predictions.jsonl")  # doctest: +SKIP
+        """
+        checked = check_metrics(metrics)  # before anything loads
+        if baseline not in (True, False):
+            raise ConfigError(f"evaluate(baseline={baseline!r}): must be True or False")
+        for name, value in (("max_new_tokens", max_new_tokens), ("batch_size", batch_size)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ConfigError(f"evaluate({name}={value!r}): {name} must be a whole number of at least 1")
+        if self.objective_used.model_head == "sequence_classification":
+            raise IncompatibleError(
+                f"evaluate(): this tuner is a reward model ({self.objective_used.name}), which scores text and does "
+                "not answer; use tuner.score([...])"
+            )
+        items = read_items(data)
+        with self._using("evaluate()"):
+            options = generation_options(self.loaded, items, max_new_tokens=max_new_tokens, batch_size=batch_size)
+            result = evaluate(
+                self.backend, self._spec(), self.loaded, items, checked, baseline=baseline, options=options
+            )
+        self.last_evaluation = result
+        return result
+
+    def benchmark(
+        self,
+        tasks: str | Sequence[str],
+        *,
+        limit: float | None = None,
+        include_path: str | Path | None = None,
+        num_fewshot: int | None = None,
+        batch_size: int = 8,
+    ) -> dict[str, dict[str, Any]]:
+        """Run lm-evaluation-harness tasks (MMLU, C-Eval, CMMLU, GSM8K, ... or your own YAML tasks in
+        ``include_path``) on this tuner's model as it is in memory, with its tokenizer and chat template.
+
+        ``limit`` caps the examples per task (a number, or a fraction below 1). Returns the harness's figures task by
+        task, e.g. ``{"gsm8k": {"exact_match,strict-match": 0.41, ...}}``. Needs ``pip install "tunekit[eval]"``;
+        the standard tasks download their datasets from the Hugging Face Hub on first use.
+
+        Example:
+            >>> scores = tuner.benchmark(["mmlu", "gsm8k"], limit=200)  # doctest: +SKIP
+            >>> scores["mmlu"]["acc,none"]  # doctest: +SKIP
+        """
+        names = check_tasks(tasks, limit)
+        if self.objective_used.model_head == "sequence_classification":
+            raise IncompatibleError(f"benchmark(): this tuner is a reward model ({self.objective_used.name})")
+        with self._using("benchmark()"):
+            return run_benchmark(
+                self.loaded,
+                names,
+                chat=not isinstance(self.objective_used, CausalLM),
+                limit=limit,
+                include_path=include_path,
+                num_fewshot=num_fewshot,
+                batch_size=batch_size,
+            )
 
     def save(self, path: str | Path) -> Path:
         """Write the adapter (or whole model for ``Full``), tokenizer, template and manifest."""

@@ -20,6 +20,7 @@ CASES = {
         {"trl_lora", "tunekit_lora", "tunekitbig_lora", "trl_full", "tunekit_full", "lora_speedup", "full_speedup"},
     ),
     "cache.py": (["--rows", "200", "--warm-runs", "1"], {"cold_s", "warm_s", "speedup"}),
+    "eval_throughput.py": (["--rows", "8", "--repeats", "1", "--max-new-tokens", "4"], {"speedup", "batched_s"}),
     "plan_accuracy.py": (
         ["--quick", "--hidden", "64", "--layers", "2", "--rows", "6"],
         {"configs", "worst", "all_exact_terms_equal"},

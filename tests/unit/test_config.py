@@ -98,6 +98,7 @@ NON_DEFAULTS: dict[type[Config], dict[str, Any]] = {
         "gradient_checkpointing": True,
         "log_every": 5,
         "eval_every": 50,
+        "eval_metrics": ("exact_match", "rouge_l"),
         "save_every": 25,
         "on_bad_rows": "skip",
         "trust_remote_code": True,

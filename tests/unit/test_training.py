@@ -34,6 +34,7 @@ def test_defaults() -> None:
         "gradient_checkpointing": "auto",
         "log_every": 10,
         "eval_every": None,
+        "eval_metrics": (),
         "save_every": None,
         "on_bad_rows": "error",
         "trust_remote_code": False,

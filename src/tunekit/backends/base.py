@@ -18,6 +18,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
     from tunekit.data.formats import NormalisedData
     from tunekit.data.rows import TrainerRows
     from tunekit.data.templates import Template
+    from tunekit.eval_result import EvalResult
     from tunekit.plan import Plan
     from tunekit.results import FitResult
 
@@ -79,9 +81,9 @@ class Backend(Protocol):
     """What tunekit's callers (the Tuner, ``tk.load``, export) use of an engine; nothing else is called.
 
     Lifecycle of a run: :meth:`preflight` (checks that need no model), :meth:`load` (once, lazily),
-    :meth:`fit`. Use of the trained model: :meth:`generate`, :meth:`score`, :meth:`merge`,
-    :meth:`save`. Queries: :meth:`plan`, :meth:`load_base`. Several processes (torchrun):
-    :meth:`gather_weights`, :meth:`join_processes`, :meth:`settle`.
+    :meth:`fit`. Use of the trained model: :meth:`generate`, :meth:`score`, :meth:`loglikelihood`,
+    :meth:`baseline`, :meth:`merge`, :meth:`save`. Queries: :meth:`plan`, :meth:`load_base`. Several processes
+    (torchrun): :meth:`gather_weights`, :meth:`join_processes`, :meth:`settle`.
     """
 
     name: str
@@ -117,6 +119,18 @@ class Backend(Protocol):
 
     def score(self, loaded: LoadedModel, items: list[Any], *, max_length: int) -> list[float]:
         """A reward model's score of each item."""
+        ...
+
+    def loglikelihood(
+        self, loaded: LoadedModel, requests: list[tuple[Any, str]], *, chat: bool, batch_size: int
+    ) -> list[tuple[float, int]]:
+        """For each ``(prompt, continuation)``: the summed log-probability of the continuation's tokens after the
+        prompt (with ``chat``, the continuation is the assistant's answer, end of turn included) and their count."""
+        ...
+
+    def baseline(self, spec: RunSpec, loaded: LoadedModel) -> AbstractContextManager[LoadedModel]:
+        """The base model, for the length of a ``with``: the adapter disabled (peft's ``disable_adapter``), or for
+        methods that change the weights themselves (Full, Freeze) the base reloaded beside the trained model."""
         ...
 
     def merge(self, loaded: LoadedModel, method: Method) -> Any:
@@ -172,6 +186,7 @@ class Trained:
     loaded: LoadedModel
     data_summary: dict[str, Any] | None = None
     result: FitResult | None = None
+    evaluation: EvalResult | None = None  # the last Tuner.evaluate(), shown in an export's model card
 
 
 def builder_for(table: Mapping[type, _Builder], config: Method | Objective, *, backend: str) -> _Builder:

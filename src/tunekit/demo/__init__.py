@@ -5,9 +5,10 @@ Everything runs on CPU with no network, in about a minute and a half on two core
 1. write a tiny random llama with a tokenizer trained on the bundled phrasings
    (:func:`tunekit.testing.tiny_model`), and pretrain it with ``tk.Full()`` + ``tk.CausalLM()`` on
    sentences that state a skill (reversing digits) in English and Chinese (:mod:`.data`);
-2. ask it, in chat form, to reverse held-out sequences: it knows the skill, not the request;
-3. fine-tune a LoRA adapter with ``tk.SFT()`` on English and Chinese instructions, ask again, and
-   print both sets of answers side by side, with the adapter's share and size (:mod:`.report`).
+2. fine-tune a LoRA adapter with ``tk.SFT()`` on English and Chinese instructions;
+3. ask the base model (adapter disabled) and the fine-tuned one, in chat form, to reverse held-out sequences
+   (``tuner.evaluate(..., baseline=True)``): the base knows the skill, not the request; print both sets of
+   answers side by side and the evaluation table, with the adapter's share and size (:mod:`.report`).
 
 Example:
     >>> from rich.console import Console
@@ -105,23 +106,26 @@ def run_demo(
                 log_every=50,
             ),
         )
-        prompts = [row["prompt"] for row in data.held_out]
-        # Before fit, the new adapter is a no-op (LoRA's B starts at zero): this is the base model.
-        with show.step(f"Asking the base model to reverse {len(prompts)} held-out sequences, in chat form"):
-            before = tuner.generate(prompts, max_new_tokens=_MAX_NEW_TOKENS)
         with show.step(
             f"Fine-tuning a LoRA adapter (r={recipe.lora_r}) on {len(data.train):,} English and Chinese "
             "instructions (tk.LoRA + tk.SFT)"
         ):
             result = tuner.fit(data.train)
-        with show.step("Asking the fine-tuned model the same questions"):
-            after = tuner.generate(prompts, max_new_tokens=_MAX_NEW_TOKENS)
+        # baseline=True: the base model (adapter disabled) answers too: the "before" column.
+        with show.step(f"Asking the base and the fine-tuned model to reverse {len(data.held_out)} held-out sequences"):
+            evaluation = tuner.evaluate(
+                data.held_out, metrics=["exact_match", "chrf"], baseline=True, max_new_tokens=_MAX_NEW_TOKENS
+            )
         adapter_dir = tuner.save(out / "adapter")
 
-    held_out = tuple(Sample(row["prompt"], b, a, row["completion"]) for row, b, a in zip(data.held_out, before, after))
+    held_out = tuple(
+        Sample(str(r.prompt), r.baseline_prediction or "", r.prediction or "", r.reference) for r in evaluation.rows
+    )
+    assert evaluation.baseline is not None
     report = DemoReport(
-        accuracy_before=sum(s.answer_before == s.expected for s in held_out) / len(held_out),
-        accuracy_after=sum(s.answer_after == s.expected for s in held_out) / len(held_out),
+        accuracy_before=evaluation.baseline["exact_match"],
+        accuracy_after=evaluation.metrics["exact_match"],
+        evaluation=evaluation,
         samples=Sample.pick(held_out, recipe.samples),
         held_out=held_out,
         trainable_params=result.trainable_params,

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
+from tunekit.eval_result import EvalResult
+
 if TYPE_CHECKING:
     from rich.console import Console
     from rich.text import Text
@@ -60,6 +62,7 @@ class DemoReport:
     base_dir: Path
     base_completions: tuple[tuple[str, str], ...]  # (plain-text prompt, the base model's continuation)
     runtime_s: float
+    evaluation: EvalResult | None = None  # tuner.evaluate(held_out, baseline=True): where the accuracies come from
 
     @property
     def trainable_share(self) -> float:
@@ -139,6 +142,8 @@ class Show:
             f"Exact match on all {len(r.held_out)} held-out questions: before [bold red]{r.accuracy_before:.0%}[/]"
             f", after [bold green]{r.accuracy_after:.0%}[/]\n"
         )
+        if r.evaluation is not None:
+            self.print(escape(str(r.evaluation)))
         self.print(
             f"Trainable: [bold]{r.trainable_params:,}[/] of {r.total_params:,} parameters "
             f"([bold]{r.trainable_share:.1%}[/]): the adapter's; the base model's {r.base_params:,} stayed frozen."

@@ -192,6 +192,19 @@ def model_card(
     else:
         lines.append("Not recorded (this tuner was not trained in this session).")
     lines += ["", "![loss](loss.png)" if plot_note is None else plot_note, ""]
+    evaluation = trained.evaluation
+    if evaluation is not None:  # the last tuner.evaluate() of this session
+        lines += ["### Evaluation", "", f"`tuner.evaluate()` on {len(evaluation.rows)} rows:", ""]
+        if evaluation.baseline is not None:
+            lines += ["| metric | base model | fine-tuned |", "|---|---|---|"]
+            lines += [
+                f"| {name} | {evaluation.baseline.get(name, float('nan')):.4g} | {value:.4g} |"
+                for name, value in evaluation.metrics.items()
+            ]
+        else:
+            lines += ["| metric | fine-tuned |", "|---|---|"]
+            lines += [f"| {name} | {value:.4g} |" for name, value in evaluation.metrics.items()]
+        lines.append("")
     lines += [
         "## Chat template",
         "",

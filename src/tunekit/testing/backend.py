@@ -10,10 +10,11 @@ step ``k`` is ``losses[k - 1]``.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -237,6 +238,19 @@ class FakeBackend:
         if self.rewards is not None:
             return [float(self.rewards(item)) for item in items]
         return [float(len(json.dumps(item, ensure_ascii=False))) for item in items]
+
+    def loglikelihood(
+        self, loaded: LoadedModel, requests: list[tuple[Any, str]], *, chat: bool, batch_size: int
+    ) -> list[tuple[float, int]]:
+        """A scripted likelihood: each character of the continuation costs 1 (shorter answers are likelier)."""
+        self.calls.append("loglikelihood")
+        return [(-float(len(c)), max(len(c), 1)) for _, c in requests]
+
+    @contextlib.contextmanager
+    def baseline(self, spec: RunSpec, loaded: LoadedModel) -> Iterator[LoadedModel]:
+        """The same fake model (it has no adapter to disable)."""
+        self.calls.append("baseline")
+        yield loaded
 
     def merge(self, loaded: LoadedModel, method: Method) -> Any:
         self.calls.append("merge")

@@ -10,7 +10,7 @@ import contextlib
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,7 @@ from tunekit.hooks import HookDispatcher
 from tunekit.methods import Method
 from tunekit.plan import Plan
 from tunekit.results import FitResult
+from tunekit.save_format import MANIFEST
 from tunekit.training import Training
 
 __all__ = ["HFBackend", "Loaded"]
@@ -276,6 +277,70 @@ class HFBackend:
                 model.train()
         return out
 
+    def loglikelihood(
+        self, loaded: LoadedModel, requests: list[tuple[Any, str]], *, chat: bool, batch_size: int
+    ) -> list[tuple[float, int]]:
+        """Summed log-probability and count of each continuation's tokens after its prompt (right padding)."""
+        import torch
+
+        hf = _hf(loaded)
+        tok, model = hf.tokenizer, hf.model
+        encoded = [_continuation_ids(tok, hf.template.end_of_turn_id, p, c, chat=chat) for p, c in requests]
+        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+        out: list[tuple[float, int]] = []
+        was_training = model.training
+        model.eval()
+        try:
+            with quiet(), torch.no_grad(), own_attention(model):
+                for i in range(0, len(encoded), batch_size):
+                    batch = encoded[i : i + batch_size]
+                    width = max(len(ids) for ids, _ in batch)
+                    ids = torch.full((len(batch), width), pad, dtype=torch.long)
+                    mask = torch.zeros((len(batch), width), dtype=torch.long)
+                    for j, (row, _) in enumerate(batch):
+                        ids[j, : len(row)] = torch.tensor(row)
+                        mask[j, : len(row)] = 1
+                    logits = model(input_ids=ids.to(hf.device), attention_mask=mask.to(hf.device)).logits
+                    for j, (row, start) in enumerate(batch):  # one row at a time: a vocabulary-wide softmax is big
+                        target = torch.tensor(row[start:], device=logits.device)
+                        logps = logits[j, start - 1 : len(row) - 1].float().log_softmax(-1)
+                        out.append((float(logps.gather(-1, target[:, None]).sum()), len(row) - start))
+        finally:
+            if was_training:
+                model.train()
+        return out
+
+    @contextlib.contextmanager
+    def baseline(self, spec: RunSpec, loaded: LoadedModel) -> Iterator[LoadedModel]:
+        """The base model: the adapter disabled for adapter methods, else the base reloaded (Full, Freeze)."""
+        hf = _hf(loaded)
+        model = hf.model
+        if spec.method.is_adapter:
+            if not hasattr(model, "disable_adapter"):
+                raise IncompatibleError(f"the {spec.method.name} adapter cannot be disabled on this model")
+            with model.disable_adapter():
+                yield hf
+            return
+        ref = spec.model_ref
+        if isinstance(ref, (str, Path)) and (Path(ref) / MANIFEST).is_file():
+            raise IncompatibleError(
+                f"baseline=True: this tuner was loaded from a whole-model save ({spec.method.name}), which does not "
+                "keep the model it was trained from; evaluate the base model with its own tk.Tuner(base) and compare"
+            )
+        base = self.load_base(spec, precision=hf.precision)
+        tok = hf.tokenizer
+        with quiet():
+            if len(tok) > base.get_input_embeddings().num_embeddings:  # the template tokens tunekit added
+                base.resize_token_embeddings(len(tok))
+            base.generation_config.eos_token_id = model.generation_config.eos_token_id
+            base.generation_config.pad_token_id = tok.pad_token_id
+            base.to(hf.device)
+        base.eval()
+        try:
+            yield Loaded(base, tok, hf.template, hf.device, hf.precision)
+        finally:
+            del base
+
     def merge(self, loaded: LoadedModel, method: Method) -> Any:
         """A merged copy of the trained model (adapter folded into the base weights)."""
         with quiet():
@@ -306,6 +371,32 @@ class HFBackend:
             else:
                 loaded.model.save_pretrained(path)
             loaded.tokenizer.save_pretrained(path)
+
+
+def _continuation_ids(
+    tok: Any, end_of_turn: int | None, prompt: Any, continuation: str, *, chat: bool
+) -> tuple[list[int], int]:
+    """``(ids, start)``: the prompt and continuation as one sequence of token ids, the continuation from ``start``.
+
+    With ``chat`` the prompt is rendered with the template's generation prompt and the continuation is the
+    assistant's answer, cut after its end-of-turn token (the template's trailing newline is not the answer's).
+    """
+    if chat:
+        msgs = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+        head_text = render(tok, msgs, add_generation_prompt=True)
+        full_text = render(tok, [*msgs, {"role": "assistant", "content": continuation}], add_generation_prompt=False)
+    else:
+        head_text, full_text = str(prompt), str(prompt) + continuation
+    head = tok(head_text, add_special_tokens=not chat)["input_ids"]
+    full = tok(full_text, add_special_tokens=not chat)["input_ids"]
+    if full[: len(head)] != head:  # the answer's first token merged with the prompt's last: tokenise them apart
+        tail = full_text[len(head_text) :] if full_text.startswith(head_text) else continuation
+        full = head + tok(tail, add_special_tokens=False)["input_ids"]
+    if chat and end_of_turn is not None and end_of_turn in full[len(head) :]:
+        full = full[: full.index(end_of_turn, len(head)) + 1]
+    if len(full) == len(head):  # nothing to score (an empty continuation without a template)
+        full = [*full, tok.eos_token_id if tok.eos_token_id is not None else 0]
+    return full, max(len(head), 1)
 
 
 _check: type[Backend] = HFBackend  # mypy checks that HFBackend implements the protocol
