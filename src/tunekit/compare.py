@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict
 from tunekit.errors import ConfigError, MissingDependencyError
 from tunekit.hooks import Hook
 from tunekit.methods import Method
+from tunekit.metrics import MetricFunction, check_metrics
 from tunekit.objectives import Objective
 from tunekit.training import Training
 from tunekit.tuner import Tuner
@@ -51,6 +52,7 @@ class ComparisonRow(BaseModel):
     eval_loss: float | None
     adapter_bytes: int
     steps: int
+    eval_metrics: dict[str, float] = {}  # compare(metrics=[...]): each metric on eval_data (tuner.evaluate)
 
     @property
     def trainable_share(self) -> float:
@@ -104,6 +106,7 @@ class Comparison(BaseModel):
             ("time", "right"),
             ("train loss", "right"),
             ("eval loss", "right"),
+            *[(name, "right") for name in self._metric_names()],
             ("size on disk", "right"),
         ]:
             table.add_column(name, justify=justify)  # type: ignore[arg-type]
@@ -115,11 +118,15 @@ class Comparison(BaseModel):
                 f"{r.wall_time_s:.1f}s",
                 f"{r.train_loss:.4f}",
                 f"{r.eval_loss:.4f}" if r.eval_loss is not None else "-",
+                *[f"{r.eval_metrics[m]:.4g}" if m in r.eval_metrics else "-" for m in self._metric_names()],
                 _human_bytes(r.adapter_bytes),
             )
         out = io.StringIO()
         Console(width=120, file=out, color_system=None).print(table)
         return out.getvalue().rstrip() + "\n"
+
+    def _metric_names(self) -> list[str]:
+        return list(dict.fromkeys(name for r in self.rows for name in r.eval_metrics))
 
     def plot(self, path: str | Path) -> Path:
         """Write a PNG chart: eval (or train) loss, trainable share, wall time and size per method."""
@@ -140,6 +147,7 @@ class Comparison(BaseModel):
         has_eval = all(r.eval_loss is not None for r in self.rows)
         panels = [
             ("eval loss" if has_eval else "train loss", [r.eval_loss if has_eval else r.train_loss for r in self.rows]),
+            *[(name, [r.eval_metrics.get(name, 0.0) for r in self.rows]) for name in self._metric_names()],
             ("trainable parameters (%)", [100 * r.trainable_share for r in self.rows]),
             ("wall time (s)", [r.wall_time_s for r in self.rows]),
             ("size on disk (MB)", [r.adapter_bytes / 1e6 for r in self.rows]),
@@ -197,6 +205,7 @@ def compare(
     hooks: Sequence[Hook] = (),
     output_dir: str | Path | None = None,
     save_png: str | Path | None = None,
+    metrics: Sequence[str | MetricFunction] = (),
 ) -> Comparison:
     """Train ``model`` once per method with the same data, objective and training, and tabulate.
 
@@ -204,7 +213,9 @@ def compare(
     evaluation), final train loss and eval loss (when ``eval_data`` is given), and the size of the
     saved weights: the adapter, or the whole model for ``Full`` and ``Freeze``. With
     ``output_dir``, each method's save is kept in ``output_dir/<n>-<method>``; otherwise it is
-    written to a temporary directory only to be measured. ``save_png`` also writes the chart.
+    written to a temporary directory only to be measured. ``save_png`` also writes the chart. ``metrics``
+    (names or functions, as ``Tuner.evaluate`` takes them) scores each method's answers on ``eval_data``, in the
+    table, the chart and each row's ``eval_metrics``.
 
     Keep ``training`` short (``Training(max_steps=...)``): the point is the trade-offs, quickly.
 
@@ -224,6 +235,12 @@ def compare(
             raise ConfigError(f"compare(methods=[..., {m!r}, ...]): expected tunekit methods such as tk.LoRA()")
     if save_png is not None and Path(save_png).suffix.lower() != ".png":
         raise ConfigError(f"compare(save_png={str(save_png)!r}): give a path ending in .png")
+    if isinstance(metrics, str):
+        metrics = [metrics]
+    if metrics:
+        check_metrics(metrics, where="compare")
+        if eval_data is None:
+            raise ConfigError("compare(metrics=[...]): the metrics score answers on eval_data; pass eval_data=...")
     training = training or Training()
     rows: list[ComparisonRow] = []
     seen: dict[str, int] = {}
@@ -244,6 +261,7 @@ def compare(
         )
         result = tuner.fit(data, eval_data=eval_data)
         wall = time.perf_counter() - start
+        scores = tuner.evaluate(eval_data, metrics=list(metrics)).metrics if metrics else {}
         with tempfile.TemporaryDirectory(prefix="tunekit-compare-") as tmp:
             target = Path(output_dir) / f"{i}-{method.name}" if output_dir is not None else Path(tmp) / "saved"
             tuner.save(target)
@@ -260,6 +278,7 @@ def compare(
                 eval_loss=result.eval_loss,
                 adapter_bytes=size,
                 steps=result.steps,
+                eval_metrics=scores,
             )
         )
         del tuner  # free the model before the next method loads its own

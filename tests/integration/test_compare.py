@@ -94,3 +94,32 @@ def test_a_model_object_is_copied_for_each_method(tiny_llama_init02) -> None:
     )
     assert result["LoRA"].eval_loss is None
     assert not any("lora_" in n or "ia3_" in n for n, _ in model.named_parameters())  # untouched
+
+
+def test_metrics_score_each_method_on_the_eval_data(tiny_llama_init02) -> None:
+    """compare(metrics=[...]): each row carries tuner.evaluate's figures on eval_data (the same as evaluating the
+    trained method by hand), and the table shows them."""
+    seen: list[str] = []
+
+    def answered(prediction: str, reference: str, row: dict) -> float:
+        seen.append(reference)
+        return float(bool(prediction.strip()))
+
+    held = reverse_task(6, seed=2)
+    table = tk.compare(
+        tiny_llama_init02,
+        methods=[tk.LoRA(), tk.IA3()],
+        data=reverse_task(16, seed=1),
+        eval_data=held,
+        training=cpu(max_steps=2, batch_size=8, learning_rate=1e-2),
+        metrics=["exact_match", answered],
+    )
+    for row in table.rows:
+        assert set(row.eval_metrics) == {"exact_match", "answered"}
+        assert 0.0 <= row.eval_metrics["exact_match"] <= 1.0
+    assert sorted(seen) == sorted([r["completion"] for r in held] * 2)  # every held-out row, for each method
+    assert "exact_match" in str(table) and "answered" in str(table)
+    with pytest.raises(tk.ConfigError, match=r"compare\(metrics=\[\.\.\.\]\): the metrics score answers on eval_data"):
+        tk.compare(tiny_llama_init02, methods=[tk.LoRA()], data=reverse_task(4), metrics=["exact_match"])
+    with pytest.raises(tk.ConfigError, match="exact_mtch"):
+        tk.compare(tiny_llama_init02, methods=[tk.LoRA()], data=reverse_task(4), eval_data=held, metrics=["exact_mtch"])
