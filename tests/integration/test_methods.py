@@ -48,10 +48,10 @@ CASES: dict[str, list[Case]] = {
     "OFT": [Case("OFT", tk.OFT(), 1e-2, 30)],
     "IA3": [Case("IA3", tk.IA3(), 3e-1, 50)],
     "PromptTuning": [
-        Case("PromptTuning", tk.PromptTuning(num_virtual_tokens=16, init_text="reverse the digits"), 3e-1, 60)
+        Case("PromptTuning", tk.PromptTuning(num_virtual_tokens=32, init_text="reverse the digits"), 3e-1, 120)
     ],
     "PrefixTuning": [Case("PrefixTuning", tk.PrefixTuning(num_virtual_tokens=16), 3e-1, 50)],
-    "PTuning": [Case("PTuning", tk.PTuning(num_virtual_tokens=16), 3e-2, 60)],
+    "PTuning": [Case("PTuning", tk.PTuning(num_virtual_tokens=32), 3e-2, 200)],
 }
 
 _MISSING = "MISSING"

@@ -94,7 +94,7 @@ def _zero_markers(path: Path) -> Path:
 
 @pytest.mark.parametrize(
     ("base", "extra_rows"),
-    [("untrained-rows", 2), ("untrained-rows-tied", 2), ("new-tokens", 2), ("trained", 0)],
+    [("untrained-rows", 2), ("untrained-rows-tied", 2), ("new-tokens", 6), ("trained", 0)],
 )
 def test_plan_counts_the_token_rows_fit_trains(
     tmp_path: Path, task_texts: list[str], base: str, extra_rows: int, caplog: pytest.LogCaptureFixture
