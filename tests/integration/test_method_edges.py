@@ -93,7 +93,8 @@ def test_prompt_methods_cannot_learn_added_template_tokens(tiny_base_no_template
         tuner.model  # noqa: B018
     text = str(info.value)
     assert text.startswith(f"{method.name} keeps every weight of the base model frozen")
-    assert "['<|im_start|>', '<|im_end|>', '<tool_call>', '</tool_call>', '<think>', '</think>']" in text and "tk.LoRA()" in text
+    markers = "['<|im_start|>', '<|im_end|>', '<tool_call>', '</tool_call>', '<think>', '</think>']"
+    assert markers in text and "tk.LoRA()" in text
 
 
 def test_adalora_orthogonal_regulariser_reaches_the_loss(tiny_llama_init02) -> None:

@@ -62,7 +62,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[tk.Tuner, float, 
     tuner = tk.Tuner(
         model,
         method=tk.Full(),
-        training=tk.Training(max_steps=60, learning_rate=3e-3, batch_size=8, device="cpu"),
+        training=tk.Training(max_steps=100, learning_rate=3e-3, batch_size=8, device="cpu"),
         progress=False,
     )
     before = call_accuracy(tuner, held_out)

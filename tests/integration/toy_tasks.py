@@ -117,6 +117,7 @@ def sample_answers(tuner: tk.Tuner, prompts: list[dict[str, Any]], *, seed: int,
 def _with_sevens(rng: random.Random, text: str, k: int) -> str:
     base = text.replace("7", "")
     chars = list(base if base.strip() else "x")
+    chars += ["x"] * (4 - len(chars))  # room for up to 4 sevens: a short answer gets as many as asked
     for pos in rng.sample(range(len(chars)), min(k, len(chars))):
         chars[pos] = rng.choice(["7", " 7"])
     return "".join(chars)

@@ -391,6 +391,10 @@ def ensure_template(
     added: list[str] = []
     if chat_template == "chatml":  # tunekit's built-in template by name (it renders tools, calls and reasoning)
         chat_template = CHATML_TEMPLATE
+    # tunekit's ChatML put on a tokenizer brings all its markers (tools and reasoning included) as special tokens; a
+    # tokenizer that ships a ChatML template of its own keeps its vocabulary (only missing turn markers are added).
+    before = getattr(tokenizer, "chat_template", None)
+    installs_builtin = before != CHATML_TEMPLATE and (chat_template == CHATML_TEMPLATE or not (chat_template or before))
     if chat_template is not None:
         tokenizer.chat_template = chat_template
         tokenizer._tunekit_template_source = "the chat template passed as template=..."
@@ -400,7 +404,7 @@ def ensure_template(
     # Compared, not remembered: a second call on the same tokenizer (or a saved and reloaded one)
     # must still report the built-in template as built-in.
     builtin = tokenizer.chat_template in (CHATML_TEMPLATE, _EARLIER_CHATML)
-    markers = BUILTIN_MARKERS if tokenizer.chat_template == CHATML_TEMPLATE else (IM_START, IM_END)
+    markers = BUILTIN_MARKERS if installs_builtin else (IM_START, IM_END)
     if builtin or IM_START in (tokenizer.chat_template or ""):
         missing = [t for t in markers if t not in tokenizer.get_vocab()]
         if missing:

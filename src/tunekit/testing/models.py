@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from tunekit._quiet import quiet
-from tunekit.data.templates import BUILTIN_MARKERS, CHATML_TEMPLATE
+from tunekit.data.templates import CHATML_TEMPLATE
 
 __all__ = ["CHATML", "DEFAULT_TEXTS", "first_task", "reverse_task", "tiny_model", "train_tokenizer", "write_jsonl"]
 
@@ -23,7 +23,7 @@ DEFAULT_TEXTS = [
     "Hello world! How are you today?",
 ]
 
-_SPECIAL = ["<|endoftext|>", "<|pad|>", *BUILTIN_MARKERS]
+_SPECIAL = ["<|endoftext|>", "<|pad|>", "<|im_start|>", "<|im_end|>"]
 
 CHATML = CHATML_TEMPLATE  # the tiny models ship tunekit's ChatML (tools and reasoning included) as their own
 
@@ -36,7 +36,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, chat_template: bool, 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    special = _SPECIAL if chat_template else [t for t in _SPECIAL if t not in BUILTIN_MARKERS]
+    special = _SPECIAL if chat_template else [t for t in _SPECIAL if t not in ("<|im_start|>", "<|im_end|>")]
     if not pad_token:
         special = [t for t in special if t != "<|pad|>"]
     trainer = trainers.BpeTrainer(
