@@ -169,6 +169,15 @@ def examples(session: nox.Session) -> None:
 
 
 @nox.session(python="3.11")
+def mutation(session: nox.Session) -> None:
+    """Mutation testing (mutmut) of the modules where a silent bug costs users most, each against its own tests, one
+    worker: scripts/mutation.py, scores and survivors in tests/MUTATION.md. Not in CI (tens of minutes to hours).
+    Arguments go to the script: `nox -s mutation -- peft_map --sample 60`."""
+    _install(session, extras="test,mutation")
+    session.run(_python(session), "scripts/mutation.py", *session.posargs)
+
+
+@nox.session(python="3.11")
 def lint(session: nox.Session) -> None:
     session.install("ruff>=0.12", "import-linter>=2.16")
     session.run("ruff", "check", "src", "tests", "examples", "scripts", "benchmarks", "noxfile.py")
