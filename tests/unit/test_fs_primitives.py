@@ -376,3 +376,110 @@ def test_release_frames_clears_every_traceback_in_the_chain():
     assert "big" in inner_tb.tb_frame.f_locals
     _fs.release_frames(err)
     assert "big" not in inner_tb.tb_frame.f_locals
+
+
+# --- what each failure says (the log lines are how a user learns why a flush or a removal was skipped) -------------
+
+
+def test_every_skipped_flush_and_removal_is_logged_with_its_path_and_reason(tmp_path, monkeypatch, caplog):
+    target = tmp_path / "f"
+    target.write_text("x", encoding="utf-8")
+    caplog.set_level(logging.DEBUG, logger="tunekit")
+
+    def no_fsync(fd):
+        raise OSError(errno.EINVAL, "not supported")
+
+    monkeypatch.setattr(os, "fsync", no_fsync)
+    _fs.fsync_file(target)
+    _fs.fsync_dir(tmp_path)
+    real_open = os.open
+
+    def no_dir_open(path, flags, *a, **k):
+        if Path(path) == tmp_path:
+            raise PermissionError(errno.EACCES, "Access is denied")
+        return real_open(path, flags, *a, **k)
+
+    monkeypatch.setattr(os, "open", no_dir_open)
+    _fs.fsync_dir(tmp_path)
+    monkeypatch.undo()
+    _fs._chmod_and_retry(os.rmdir, str(tmp_path / "missing"), None)
+    messages = [r.getMessage() for r in caplog.records]
+    expected = [
+        f"fsync of {target} skipped: [Errno 22] not supported",
+        f"fsync of the directory {tmp_path} skipped: [Errno 22] not supported",
+        f"fsync of the directory {tmp_path} skipped: [Errno 13] Access is denied",
+        f"could not remove {tmp_path / 'missing'}: [Errno 2] No such file or directory: '{tmp_path / 'missing'}'",
+    ]
+    assert messages == expected
+
+
+def test_remove_tree_names_what_stays_in_use(tmp_path, monkeypatch, caplog):
+    tree = tmp_path / "locked"
+    tree.mkdir()
+    monkeypatch.setattr(_fs.time, "sleep", lambda s: None)
+    monkeypatch.setattr(_fs.shutil, "rmtree", lambda *a, **k: None)
+    with caplog.at_level(logging.WARNING, logger="tunekit"):
+        _fs.remove_tree(tree)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"could not remove {tree} ([Errno 13] still in use: '{tree}'); delete it by hand if it stays"
+    ]
+
+
+def test_check_writable_probes_the_directory_itself(tmp_path, monkeypatch):
+    where = tmp_path / "locked"
+    where.mkdir()
+    real_open = os.open
+
+    def refuse(path, flags, *a, **k):
+        if Path(path).parent == where and flags & os.O_CREAT:
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_open(path, flags, *a, **k)
+
+    monkeypatch.setattr(os, "open", refuse)
+    with pytest.raises(tk.ConfigError, match=r"x: cannot write to .*locked \(Permission denied\)"):
+        _fs.check_writable(where, "x")
+
+
+def test_a_torch_write_error_is_a_full_disk_only_where_the_disk_is_full(tmp_path, monkeypatch):
+    opaque = RuntimeError("[enforce fail at inline_container.cc:603] . unexpected pos 128 vs 64")
+    monkeypatch.setattr(_fs, "_at_size_limit", lambda where: False)
+    monkeypatch.setattr(_fs, "_free_bytes", lambda where: 0)
+    assert _fs.disk_full(opaque, tmp_path) and not _fs.disk_full(opaque)
+    monkeypatch.setattr(_fs, "_free_bytes", lambda where: _fs._NEARLY_FULL - 1)
+    assert _fs.disk_full_reason(opaque, tmp_path) == "No space left on device"
+    monkeypatch.setattr(_fs, "_free_bytes", lambda where: _fs._NEARLY_FULL)  # a megabyte free: not full
+    assert _fs.disk_full_reason(opaque, tmp_path) is None
+    monkeypatch.setattr(_fs, "_free_bytes", lambda where: None)
+    assert _fs.disk_full_reason(opaque, tmp_path) is None
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="no RLIMIT_FSIZE")
+def test_a_zero_size_limit_counts_every_file(tmp_path, monkeypatch):
+    (tmp_path / "empty").write_bytes(b"")
+    monkeypatch.setattr(_fs.resource, "getrlimit", lambda which: (0, resource.RLIM_INFINITY))
+    assert _fs._at_size_limit(tmp_path)
+
+
+def test_chain_visits_an_exception_met_twice_once_and_goes_on():
+    top, twice, deeper = RuntimeError("top"), ValueError("twice"), KeyError("deeper")
+    top.__cause__ = top.__context__ = twice
+    twice.__context__ = deeper
+    assert _fs._chain(top) == [top, twice, deeper]
+
+
+@pytest.mark.parametrize("relative", ["a/../b", "/abs/path", ".."])
+def test_inside_refuses_dot_dot_and_absolute_paths_before_resolving(tmp_path, relative):
+    (tmp_path / "a").mkdir()
+    with pytest.raises(tk.CheckpointError, match="which is outside its directory"):
+        _fs.inside(tmp_path, relative)  # "a/../b" resolves inside root, and is still refused
+
+
+def test_replace_dir_sets_the_old_one_aside_in_the_trash_it_is_given(tmp_path, monkeypatch):
+    src, dst, trash = tmp_path / "new", tmp_path / "dst", tmp_path / ".trash"
+    src.mkdir()
+    dst.mkdir()
+    moves: list[tuple[str, str]] = []
+    real = os.replace
+    monkeypatch.setattr(os, "replace", lambda a, b: (moves.append((str(a), str(b))), real(a, b))[1])
+    _fs.replace_dir(src, dst, trash=trash)
+    assert moves == [(str(dst), str(trash)), (str(src), str(dst))] and not trash.exists()
