@@ -337,3 +337,97 @@ def test_recover_puts_back_what_a_crash_moved_aside(tmp_path, caplog):
     assert (tmp_path / "checkpoint-3" / "w").read_text(encoding="utf-8") == "kept"
     assert "restoring" in caplog.text and not staging.exists()
     assert verify(tmp_path / "checkpoint-5")["step"] == 5
+
+
+# --- the exact words (a resume refused is where a user reads what to do next) -----------------------------------------
+
+
+def test_every_refusal_of_resolve_resume_says_what_to_do_in_full(tmp_path):
+    with pytest.raises(tk.ConfigError) as info:
+        resolve_resume(True, None)
+    assert str(info.value) == (
+        "resume=True: resuming looks for checkpoints in output_dir, and this Tuner has none; "
+        "pass Tuner(output_dir=...) or resume='<path to a checkpoint-N directory>'"
+    )
+    with pytest.raises(tk.CheckpointError) as info:
+        resolve_resume(True, tmp_path)
+    assert str(info.value) == (
+        f"resume=True: there is no complete checkpoint in {tmp_path} to resume from; use resume=False to start "
+        "afresh, resume='auto' to resume only when one exists, or write checkpoints with Training(save_every=N) "
+        "or run.cancel()"
+    )
+    with pytest.raises(tk.CheckpointError) as info:
+        resolve_resume(str(tmp_path), None)
+    assert str(info.value) == (
+        f"resume={str(tmp_path)!r}: not a checkpoint directory (no trainer_state.json in it); pass a checkpoint-N "
+        "directory written by a previous run, or resume=True for the newest one in output_dir"
+    )
+    _checkpoint(tmp_path, 4)
+    mark_finished(tmp_path, "run-a", 4)
+    with pytest.raises(tk.CheckpointError) as info:
+        resolve_resume(True, tmp_path)
+    assert str(info.value) == (
+        f"resume=True: the run in {tmp_path} finished (its newest checkpoint is checkpoint-4); there is nothing left "
+        "to resume. Start afresh with resume=False, or to train it further raise Training(max_steps=...) and pass "
+        "Training(force_resume=True)"
+    )
+
+
+def test_a_resume_of_another_run_names_each_difference_and_the_ways_out(tmp_path, caplog):
+    path = _checkpoint(tmp_path, 2)
+    changed = RunIdentity("x", run_config(_spec(seed=7, batch_size=3)), "other")
+    with pytest.raises(tk.CheckpointError) as info:
+        check_identity(path, changed, force=False)
+    assert str(info.value) == (
+        f"resume from checkpoint-2: the checkpoint {path} was written by a different run: "
+        "training.batch_size: checkpoint 8, this run 3; training.seed: checkpoint 42, this run 7; "
+        "the training data (its examples, order or tokenisation) differs from the checkpoint's. Resume with the same "
+        "settings and data, start afresh with resume=False (or another output_dir), or pass "
+        "Training(force_resume=True) to resume anyway"
+    )
+    with caplog.at_level(logging.WARNING, logger="tunekit"):
+        check_identity(path, changed, force=True)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"resuming from {path} although this run differs (force_resume=True): training.batch_size: checkpoint 8, "
+        "this run 3; training.seed: checkpoint 42, this run 7; the training data (its examples, order or "
+        "tokenisation) differs from the checkpoint's"
+    ]
+
+
+def test_the_logged_lines_of_resolve_resume_name_the_directory(tmp_path, caplog):
+    plain = tmp_path / "plain" / "checkpoint-3"
+    plain.mkdir(parents=True)
+    (plain / "trainer_state.json").write_text("{}", encoding="utf-8")
+    _checkpoint(tmp_path, 4)
+    mark_finished(tmp_path, "run-a", 4)
+    with caplog.at_level(logging.INFO, logger="tunekit"):
+        assert resolve_resume(str(plain), None, force=True) == plain
+        assert resolve_resume("auto", tmp_path) is None
+    assert [r.getMessage() for r in caplog.records] == [
+        f"resuming from {plain}, which has no tunekit manifest, because force_resume=True",
+        f"the run in {tmp_path} finished; starting a new run there",
+    ]
+
+
+def test_a_checkpoint_without_a_step_counts_as_step_0(tmp_path):
+    path = _checkpoint(tmp_path, 1)
+    manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+    del manifest["step"]
+    (path / MANIFEST).write_text(json.dumps(manifest), encoding="utf-8")
+    mark_finished(tmp_path, "run-a", 0)
+    assert resolve_resume("auto", tmp_path) is None  # finished at step 0, and this checkpoint is at step 0
+
+
+def test_only_the_main_process_tidies_what_a_crash_left(tmp_path, monkeypatch):
+    aside = tmp_path / STAGING / "old-checkpoint-3"
+    aside.mkdir(parents=True)
+    monkeypatch.setenv("RANK", "1")
+    assert resolve_resume(False, tmp_path) is None
+    assert aside.is_dir()  # rank 1 leaves it to rank 0
+    monkeypatch.setenv("RANK", "0")
+    resolve_resume(False, tmp_path)
+    assert (tmp_path / "checkpoint-3").is_dir() and not aside.exists()
+    aside.mkdir(parents=True)
+    monkeypatch.delenv("RANK")  # one process, no torchrun: the main process
+    resolve_resume(False, tmp_path)
+    assert not aside.exists()
