@@ -168,6 +168,17 @@ def run(name: str, sample: int | None, seed: int, keep: bool, only: list[str], w
     return report
 
 
+def show(work: Path) -> None:
+    """Print each survivor of the run in ``work`` with the line it changes (what tests/MUTATION.md lists)."""
+    report = json.loads((work / "report.json").read_text(encoding="utf-8"))
+    for name in report["survivors"]:
+        diff = subprocess.run(
+            [sys.executable, "-m", "mutmut", "show", name], cwd=work, capture_output=True, text=True, check=False
+        ).stdout
+        changed = [line for line in diff.splitlines() if line[:1] in "-+" and line[:3] not in ("---", "+++")]
+        print(f"{name}: " + "  =>  ".join(line[1:].strip() for line in changed))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("modules", nargs="*", help=f"default: all of {', '.join(MODULES)}")
@@ -187,10 +198,17 @@ def main() -> None:
         metavar="TEST_FILE",
         help="leave this test file out (repeatable): the score before it; in build/mutation/<module>-without",
     )
+    parser.add_argument("--show", action="store_true", help="print the survivors of the last run, with their lines")
     args = parser.parse_args()
     unknown = sorted(set(args.modules) - set(MODULES))
     if unknown:
         parser.error(f"unknown module(s) {unknown}; choose from {list(MODULES)}")
+    if args.show:
+        for name in args.modules or list(MODULES):
+            work = ROOT / "build" / "mutation" / (name + ("-without" if args.without else ""))
+            if (work / "report.json").exists():
+                show(work)
+        return
     reports = [
         run(name, args.sample, args.seed, args.keep, args.mutant, args.without)
         for name in (args.modules or list(MODULES))
