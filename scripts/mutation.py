@@ -40,6 +40,7 @@ MODULES: dict[str, tuple[str, list[str]]] = {
         [
             "tests/unit/test_options_reach_engine.py",
             "tests/unit/test_method_catalogue.py",
+            "tests/unit/test_peft_translation.py",
             "tests/integration/test_save_load.py",
         ],
     ),
