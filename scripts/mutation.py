@@ -46,7 +46,7 @@ MODULES: dict[str, tuple[str, list[str]]] = {
     ),
     "trainers": (
         "src/tunekit/backends/hf/trainers.py",
-        ["tests/unit/test_options_reach_engine.py", "tests/unit/test_seam.py"],
+        ["tests/unit/test_options_reach_engine.py", "tests/unit/test_seam.py", "tests/unit/test_trainer_table.py"],
     ),
     "resume": (
         "src/tunekit/backends/hf/resume.py",
