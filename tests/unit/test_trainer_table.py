@@ -143,3 +143,32 @@ def test_release_trainer_drops_the_reference_adapter_and_trls_forward(llama, mon
     plain.forward = lambda *a, **k: "patched"
     release_trainer(trainer, plain)
     assert "forward" not in plain.__dict__
+
+
+def test_the_lm_head_bias_is_visible_through_the_trainable_tokens_wrapper_and_released_after(
+    llama, recorded, tmp_path, monkeypatch
+):
+    import copy
+
+    from tunekit.backends.hf.peft_map import apply_method
+
+    model, tokenizer = llama
+    wrapped = apply_method(copy.deepcopy(model), tk.LoRA(r=4), [5, 7])  # new template tokens: lm_head rows train
+    head = wrapped.get_output_embeddings()
+    assert type(head).__name__ == "TrainableTokensWrapper" and "bias" not in head.__dict__
+    monkeypatch.setattr(trainers, "release", lambda trainer: None)
+    _build(wrapped, tokenizer, tk.DPO(), tmp_path)
+    assert "bias" in head.__dict__ and head.__dict__["bias"] is None  # what trl's fused head reads
+    release_trainer(object(), wrapped)
+    assert "bias" not in head.__dict__
+
+
+def test_online_rl_keeps_the_prompt_columns_and_gets_the_eval_data(llama, recorded, tmp_path):
+    model, tokenizer = llama
+    evaluation = [{"prompt": "x"}]
+    for objective in (tk.GRPO(reward=[len], num_generations=2), tk.RLOO(reward=[len], num_generations=2)):
+        built = _build(model, tokenizer, objective, tmp_path, batch_size=2, eval_dataset=evaluation)
+        assert built.args.remove_unused_columns is False  # the rows' other columns go to the reward functions
+        assert built.kwargs["eval_dataset"] is evaluation
+    dpo = _build(model, tokenizer, tk.DPO(), tmp_path, eval_dataset=evaluation)
+    assert dpo.kwargs["eval_dataset"] is evaluation and dpo.kwargs["model"] is model
