@@ -431,3 +431,16 @@ def test_only_the_main_process_tidies_what_a_crash_left(tmp_path, monkeypatch):
     monkeypatch.delenv("RANK")  # one process, no torchrun: the main process
     resolve_resume(False, tmp_path)
     assert not aside.exists()
+
+
+def test_an_explicit_checkpoint_of_another_run_is_refused_unless_forced(tmp_path, caplog):
+    path = _checkpoint(tmp_path, 2)
+    changed = run_config(_spec(learning_rate=1e-3))
+    with pytest.raises(tk.CheckpointError) as info:
+        resolve_resume(str(path), None, config=changed)
+    assert str(info.value).startswith(f"resume={str(path)!r}: the checkpoint {path} was written by a different run: ")
+    assert "training.learning_rate: checkpoint None, this run 0.001" in str(info.value)
+    with caplog.at_level(logging.WARNING, logger="tunekit"):
+        assert resolve_resume(str(path), None, config=changed, force=True) == path
+    assert f"resuming from {path} although this run differs" in caplog.text
+    assert resolve_resume(str(path), None, config=None) == path  # no config given: nothing to compare
