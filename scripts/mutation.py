@@ -54,7 +54,12 @@ MODULES: dict[str, tuple[str, list[str]]] = {
     ),
     "checkpoints": (
         "src/tunekit/backends/hf/checkpoints.py",
-        ["tests/unit/test_reliability.py", "tests/unit/test_resume_identity.py"],
+        [
+            "tests/unit/test_reliability.py",
+            "tests/unit/test_resume_identity.py",
+            # the checkpoint writer (CheckpointMixin) runs only inside a training run: ten short runs, 20 s
+            "tests/integration/test_checkpoints.py",
+        ],
     ),
     "save_format": (
         "src/tunekit/save_format.py",
