@@ -63,7 +63,7 @@ MODULES: dict[str, tuple[str, list[str]]] = {
     ),
     "save_format": (
         "src/tunekit/save_format.py",
-        ["tests/integration/test_save_load.py", "tests/unit/test_seam.py"],
+        ["tests/integration/test_save_load.py", "tests/unit/test_seam.py", "tests/unit/test_save_format_units.py"],
     ),
     "formats": (
         "src/tunekit/data/formats.py",
