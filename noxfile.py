@@ -2,6 +2,9 @@
 CUDA machine and `nox -s multi_gpu` two or more GPUs. `nox -s distributed` runs only the 2-process CPU
 tests (torchrun, gloo), which `tests` includes.
 
+`nox -s mutation` (not in CI, slow) runs mutmut over the modules where a silent bug costs users most, each against
+its own tests (scripts/mutation.py; scores and survivors in tests/MUTATION.md).
+
 `nox -s docs` builds the site with no warning allowed and runs every snippet in docs/; `nox -s examples`
 runs every example and `tunekit fit` on every example config. The default suite runs both too
 (tests/test_docs.py, tests/integration/test_examples*.py, tests/integration/test_cli.py), so CI covers them.
@@ -74,11 +77,22 @@ def slow(session: nox.Session) -> None:
     _pytest(session, "-m", "slow", *session.posargs)
 
 
+DEEPSPEED_CPU = "deepspeed==0.19.8"
+
+
 @nox.session(python="3.11")
 def distributed(session: nox.Session) -> None:
-    """The 2-process CPU tests (torchrun, gloo): parity with one process, one writer, resume, a failing rank."""
+    """The 2-process CPU tests (torchrun, gloo): parity with one process, one writer, resume, a failing rank; and
+    the tests marked deepspeed, with deepspeed installed (it builds on a CPU machine, its ops compiled only when
+    used), which fail rather than skip here if deepspeed cannot be imported (TUNEKIT_REQUIRE_DEEPSPEED)."""
     _install(session)
-    _pytest(session, "-m", "distributed", *session.posargs)
+    if not _no_venv(session):
+        # An sdist whose setup.py imports torch: built against the CPU torch installed above, not an isolated
+        # build environment that would download a CUDA torch. DS_BUILD_OPS=0: no op is compiled at install.
+        session.install("setuptools", "wheel")
+        session.install("--no-build-isolation", DEEPSPEED_CPU, env={"DS_BUILD_OPS": "0"})
+    session.env["TUNEKIT_REQUIRE_DEEPSPEED"] = "1"
+    _pytest(session, "-m", "distributed or deepspeed", *session.posargs)
 
 
 def _no_gpu_no_install(session: nox.Session, count: int) -> None:
@@ -155,6 +169,15 @@ def examples(session: nox.Session) -> None:
         "tests/integration/test_cli.py",
         *session.posargs,
     )
+
+
+@nox.session(python="3.11")
+def mutation(session: nox.Session) -> None:
+    """Mutation testing (mutmut) of the modules where a silent bug costs users most, each against its own tests, one
+    worker: scripts/mutation.py, scores and survivors in tests/MUTATION.md. Not in CI (tens of minutes to hours).
+    Arguments go to the script: `nox -s mutation -- peft_map --sample 60`."""
+    _install(session, extras="test,mutation")
+    session.run(_python(session), "scripts/mutation.py", *session.posargs)
 
 
 @nox.session(python="3.11")

@@ -127,7 +127,8 @@ def prove(request: Any) -> Any:
     yield lambda method, objective: pending.append((method, objective))
     if request.node.stash.get(_PASSED, False):
         for cell in pending:
-            PROVEN.setdefault(cell, set()).add(request.node.nodeid.split("::", 1)[-1])
+            # The full node id (file::test[params]): tests/unit/test_support_matrix.py checks that it resolves.
+            PROVEN.setdefault(cell, set()).add(request.node.nodeid)
 
 
 def pytest_sessionfinish(session: Any, exitstatus: Any) -> None:

@@ -101,8 +101,30 @@ def test_error_tree():
         assert issubclass(cls, tk.TunekitError)
 
 
-def test_cli_version_and_help():
-    from tunekit.cli import main
+def test_cli_version_and_help(capsys):
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
 
+    from tunekit.cli import build_parser, main
+
+    # `tunekit version` prints "tunekit <version>" (docs/cli.md), the package's own version, which is pyproject's.
     assert main(["version"]) == 0
+    out = capsys.readouterr()
+    assert out.out == f"tunekit {tk.__version__}\n" and out.err == ""
+    pyproject = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text(encoding="utf-8")
+    assert re.search(r'^version = "([^"]+)"$', pyproject, re.M)[1] == tk.__version__  # no tomllib on 3.10
+    assert re.fullmatch(r"\d+\.\d+\.\d+([.-]?\w+)*", tk.__version__)
+    # the same through the module entry point, in a fresh process
+    run = subprocess.run([sys.executable, "-m", "tunekit", "version"], capture_output=True, text=True, timeout=120)
+    assert (run.returncode, run.stdout) == (0, f"tunekit {tk.__version__}\n"), run.stderr
+
+    # no command: the help, listing every command, and exit code 2
     assert main([]) == 2
+    help_text = capsys.readouterr().out
+    assert help_text.startswith("usage: tunekit")
+    commands = next(a for a in build_parser()._actions if a.dest == "command").choices
+    assert {"version", "fit", "plan", "export", "generate", "demo", "methods"} <= set(commands)
+    for command in commands:
+        assert command in help_text, command

@@ -81,7 +81,9 @@ def claim(output_dir: Path, *, reuse: bool, write: bool) -> None:
             f"{'them' if len(clash) > 1 else 'it'} away or choose another output_dir"
         )
     if write and record is None:
-        output_dir.mkdir(parents=True, exist_ok=True)
+        # A directory that cannot be written to is a ConfigError here, before the marker, not a raw PermissionError
+        # from writing it (the backend's own check comes later, when the marker would already be written).
+        _fs.check_writable(output_dir, "Tuner(output_dir=...)")
         marker = {
             "written_by": "tunekit",
             "tunekit_version": __version__,

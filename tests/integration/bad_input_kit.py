@@ -9,13 +9,14 @@ holds a complete checkpoint of an earlier run) is left exactly as it was.
 
 from __future__ import annotations
 
+import builtins
 import errno
 import json
 import os
 import re
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +32,31 @@ from .helpers import cpu
 GOOD = reverse_task(8, seed=4)
 
 
+def state(path: Path) -> Any:
+    """What is at ``path``, byte for byte: a file's sha256, a directory's files and folders, a link's target, or
+    ``"absent"``. A refused call must leave the user's things with the same state."""
+    if path.is_symlink():
+        return ("link", os.readlink(path), state(path.resolve()) if path.resolve().exists() else "absent")
+    if path.is_file():
+        return ("file", _fs.sha256_file(path))
+    if path.is_dir():
+        return ("dir", {p.relative_to(path).as_posix(): state(p) for p in sorted(path.iterdir())})
+    return "absent"
+
+
 @dataclass
 class Case:
     model: Path
     out: Path
     tmp: Path
     monkeypatch: pytest.MonkeyPatch
+    # The user's files, folders and links a row makes (its data, the path it names as output, an earlier save),
+    # with their state when made: check() asserts each is exactly so after the refused call.
+    protected: dict[Path, Any] = field(default_factory=dict)
+
+    def protect(self, path: Path) -> Path:
+        self.protected[path] = state(path)
+        return path
 
     def tuner(self, model: Any = None, **kw: Any) -> tk.Tuner:
         training = cpu(**{"max_steps": 2, "batch_size": 4, "save_every": 1, **kw.pop("training", {})})
@@ -48,13 +68,13 @@ class Case:
     def file(self, name: str, content: str | bytes) -> Path:
         p = self.tmp / name
         p.write_bytes(content if isinstance(content, bytes) else content.encode("utf-8"))
-        return p
+        return self.protect(p)
 
     def model_copy(self, edit: Callable[[Path], None]) -> Path:
         p = self.tmp / "model-copy"
         shutil.copytree(self.model, p)
         edit(p)
-        return p
+        return self.protect(p)
 
 
 def rows_with(bad: dict[str, Any], at: int = 3) -> list[dict[str, Any]]:
@@ -89,6 +109,7 @@ def read_only(c: Case) -> Path:
     """A directory writes fail in (permissions are not enough when the tests run as root)."""
     target = c.tmp / "locked"
     target.mkdir()
+    c.protect(target)  # stays empty
     real = os.open
 
     def refuse(path: Any, flags: int, *a: Any, **k: Any) -> int:
@@ -96,7 +117,21 @@ def read_only(c: Case) -> Path:
             raise PermissionError(errno.EACCES, "Permission denied", str(path))
         return real(path, flags, *a, **k)
 
+    def refuse_open(file: Any, mode: str = "r", *a: Any, **k: Any) -> Any:
+        if isinstance(file, (str, os.PathLike)) and Path(file).parent == target and set(mode) & set("wax+"):
+            raise PermissionError(errno.EACCES, "Permission denied", str(file))
+        return real_builtin_open(file, mode, *a, **k)
+
+    def refuse_rename(src: Any, dst: Any, *a: Any, **k: Any) -> None:
+        if Path(dst).parent == target:
+            raise PermissionError(errno.EACCES, "Permission denied", str(dst))
+        return real_replace(src, dst, *a, **k)
+
+    real_builtin_open, real_replace = builtins.open, os.replace
     c.monkeypatch.setattr(os, "open", refuse)
+    c.monkeypatch.setattr(builtins, "open", refuse_open)  # io.open does not go through os.open
+    c.monkeypatch.setattr(os, "replace", refuse_rename)
+    c.monkeypatch.setattr(os, "rename", refuse_rename)
     return target
 
 
@@ -115,7 +150,7 @@ def full_disk_in_save(c: Case) -> Any:
 
     tuner = tk.Tuner(c.model, training=cpu(max_steps=1, batch_size=4), progress=False)
     tuner.fit(GOOD)
-    target = tuner.save(c.tmp / "adapter")
+    target = c.protect(tuner.save(c.tmp / "adapter"))  # the previous save: byte for byte as it was
 
     def full(*args: Any) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -166,3 +201,13 @@ def check(model: Path, earlier: Path, tmp: Path, monkeypatch: pytest.MonkeyPatch
     assert re.search(fix, message), message
     assert snapshot(out) == before  # the earlier checkpoint untouched, no partial one beside it
     assert not (out / STAGING).exists()
+    # The output the row names (the user's file, folder or link in the way, an earlier save) byte for byte as it was,
+    # or still absent; nothing written beside it.
+    changed = {str(p.relative_to(tmp)): (was, state(p)) for p, was in case.protected.items() if state(p) != was}
+    assert not changed, changed
+    if re.search(CLAIMS, problem + " " + fix):
+        assert case.protected, f"{row[0]}: it names an output it keeps; protect it (Case.protect) to check it"
+
+
+# Words of a row that say some output of the user's is kept as it was: such a row must check that output.
+CLAIMS = r"did not write|in the way|is a file|intact|would replace|would write over|symbolic link|cannot write to"

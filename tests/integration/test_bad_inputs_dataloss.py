@@ -27,7 +27,7 @@ def user_dir(c: Case, *names: str) -> Path:
     d.mkdir(exist_ok=True)
     for name in ("README.md", *names):
         (d / name).write_text(f"my own {name}\n", encoding="utf-8")
-    return d
+    return c.protect(d)
 
 
 def fit_into(c: Case, out: Path, **kw: Any) -> Any:
@@ -40,13 +40,13 @@ def fit_into(c: Case, out: Path, **kw: Any) -> Any:
 def base_copy(c: Case) -> Path:
     base = c.tmp / "base"
     shutil.copytree(c.model, base)
-    return base
+    return c.protect(base)
 
 
 def dangling(c: Case) -> Path:
     link = c.tmp / "link"
     link.symlink_to(c.tmp / "gone")
-    return link
+    return c.protect(link)  # still a link to nothing: the refused call created no target
 
 
 def under_a_file(c: Case) -> Path:
@@ -91,7 +91,9 @@ CATALOGUE: list[Row] = [
      "a file is in the way .*plain-file", "choose a directory path"),
     ("save-to-dangling-link", lambda c: trained(c).save(dangling(c)), tk.CheckpointError,
      "a symbolic link to .*gone', which does not exist", "create its target"),
-    ("save-to-nul-path", lambda c: trained(c).save(c.tmp / "bad\x00name"), tk.CheckpointError, "not a usable path",
+    # nothing is written at the path cut short at its NUL either
+    ("save-to-nul-path", lambda c: (c.protect(c.tmp / "bad"), trained(c).save(c.tmp / "bad\x00name")),
+     tk.CheckpointError, "not a usable path",
      "choose a directory path"),
     ("save-read-only", lambda c: trained(c).save(read_only(c) / "adapter"), tk.CheckpointError,
      "cannot write to .*locked", "choose a directory you can write to"),

@@ -125,6 +125,7 @@ def save_over_a_save_with_notes(c: Case) -> Any:
     path = saved(c)
     tuner = tk.load(path)
     (path / "MY_NOTES.txt").write_text("mine", encoding="utf-8")
+    c.protect(path)  # the earlier save and the user's notes in it, byte for byte
     try:
         return tuner.save(path)
     finally:

@@ -172,8 +172,54 @@ def test_plan_prints_the_plan_without_training(tmp_path: Path, capsys) -> None:
     table = capsys.readouterr().out
     assert "LoRA" in table and not (tmp_path / "final").exists()
     assert main(["plan", "--json", config, "--output_dir", str(tmp_path)]) == 0
-    plan = json.loads(capsys.readouterr().out)
-    assert isinstance(plan, dict) and plan
+    printed = json.loads(capsys.readouterr().out)
+
+    # The keys and types Plan.to_dict() documents: counts, flags, then memory in bytes (weights ... total).
+    types = {
+        "method": str,
+        "objective": str,
+        "device": str,
+        "precision": str,
+        "trainable_params": int,
+        "total_params": int,
+        "examples": int,
+        "tokens": int,
+        "steps": int,
+        "micro_batch_tokens": int,
+        "packing": bool,
+        "gradient_checkpointing": bool,
+        "device_memory_bytes": int,  # on the CPU: the RAM available when planned
+        "fits": bool,
+        "trainable_fraction": float,
+        "memory": dict,
+    }
+    assert set(printed) == set(types)
+    for key, kind in types.items():
+        assert type(printed[key]) is kind, (key, printed[key])
+    assert set(printed["memory"]) == {"weights", "gradients", "optimizer", "activations", "total"}
+    assert all(type(v) is int and v > 0 for v in printed["memory"].values()), printed["memory"]
+    parts = ("weights", "gradients", "optimizer", "activations")
+    assert printed["memory"]["total"] == sum(printed["memory"][k] for k in parts)
+
+    # The figures are tuner.plan()'s for the same config (the RAM available is read afresh, so it may move).
+    from tunekit.config_file import RunConfig
+
+    cfg = RunConfig.from_yaml(config, [f"output_dir={tmp_path}"])
+    plan = cfg.to_tuner(progress=False).plan(cfg.data, eval_data=cfg.eval_data)
+    expected = plan.to_dict()
+    assert expected["memory"] == {
+        "weights": plan.weights_bytes,
+        "gradients": plan.gradients_bytes,
+        "optimizer": plan.optimizer_bytes,
+        "activations": plan.activations_bytes,
+        "total": plan.total_bytes,
+    }
+    for key in ("device_memory_bytes", "fits"):
+        printed.pop(key), expected.pop(key)
+    assert printed == expected
+    assert (printed["method"], printed["objective"], printed["device"]) == ("LoRA", "SFT", "cpu")
+    assert 0 < printed["trainable_params"] < printed["total_params"]
+    assert printed["steps"] == 100 and printed["examples"] > 0 and printed["tokens"] > printed["examples"]
 
 
 def test_fit_needs_somewhere_to_save(tmp_path: Path, capsys) -> None:

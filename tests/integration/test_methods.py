@@ -19,7 +19,7 @@ from tunekit.methods import registry
 from tunekit.testing import reverse_task
 
 from ._threads import one_thread  # noqa: F401  (autouse)
-from .helpers import cpu
+from .helpers import cpu, heldout_loss
 
 
 @dataclass(frozen=True)
@@ -70,26 +70,6 @@ def test_every_registered_method_has_a_case() -> None:
 @pytest.fixture(scope="module")
 def toy() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     return reverse_task(200, seed=1), reverse_task(32, seed=2)
-
-
-def heldout_loss(tuner: tk.Tuner, rows: list[dict[str, Any]]) -> float:
-    """Mean cross-entropy per supervised token, computed the same way for every method.
-
-    The logits of the input's own positions are the last ones (prompt tuning puts its virtual
-    tokens in front); model-added losses (AdaLoRA's regulariser) are left out.
-    """
-    enc = tuner.prepare(rows)
-    model = tuner.model
-    model.eval()
-    total, count = 0.0, 0
-    with torch.no_grad():
-        for ids, labels in zip(enc.input_ids, enc.labels):
-            n = len(ids)
-            logits = model(input_ids=torch.tensor([ids])).logits[0, -n:].float()
-            target = torch.tensor(labels)[1:]
-            total += torch.nn.functional.cross_entropy(logits[:-1], target, ignore_index=-100, reduction="sum").item()
-            count += int((target != -100).sum())
-    return total / count
 
 
 def logits_of(model: Any, ids: torch.Tensor) -> torch.Tensor:

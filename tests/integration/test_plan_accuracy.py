@@ -1,4 +1,4 @@
-"""plan()'s memory estimate against one measured training step on the CPU (issue #7: within 25%).
+"""plan()'s memory estimate against one measured training step on the CPU: within the 2% the README states.
 
 The measurement (backends/hf/memory_measure.py) runs the step tunekit's fast path takes and counts
 what autograd saves for the backward, storage by storage, plus the LM-head loss's transient peak
@@ -14,9 +14,12 @@ import pytest
 import tunekit as tk
 from tunekit.testing import reverse_task
 
-TOLERANCE = 0.25  # what the issue asks of plan()
-# The formula counts the saved tensors of these architectures term by term (measured within 2.5%): a tighter
-# bound on each part, so that a wrong or missing term fails here even where the total would hide it.
+# What the README states: plan()'s activation memory (and so its total) within 2% of a measured step on CPU. Measured
+# on these cases (the counts are deterministic): activations within 1.97%, the total within 1.86%.
+TOLERANCE = 0.02
+# Each part on its own (what the layers save, the loss's transient peak) is off by up to 4.5% (saved) and 2.2% (loss),
+# partly in opposite directions; a bound on each, so that a wrong or missing term fails here even where the sum would
+# hide it.
 PART_TOLERANCE = 0.06
 
 
@@ -58,7 +61,7 @@ CASES = [
         for m, p, g, x in CASES
     ],
 )
-def test_plan_is_within_25_percent_of_the_measured_step(
+def test_plan_is_within_2_percent_of_the_measured_step(
     small_qwen: Path, method: tk.Method, packing: bool, checkpointing: bool, precision: str
 ) -> None:
     import torch
@@ -90,7 +93,7 @@ def test_plan_is_within_25_percent_of_the_measured_step(
         measured.gradients,
         measured.optimizer,
     )
-    # Each estimated part of the activations, and their sum and the total, within 25% of the measurement.
+    # The activations and the total within 2% of the measurement, and each estimated part within 6%.
     parts = activation_parts(
         tuner.model,
         tokens=measured.tokens,
@@ -106,7 +109,7 @@ def test_plan_is_within_25_percent_of_the_measured_step(
         "activations": plan.activations_bytes / measured.activations,
         "total": plan.total_bytes / measured.total,
     }
-    off = {k: round(v, 3) for k, v in ratios.items() if abs(v - 1) > TOLERANCE}
-    assert not off, f"plan vs measured off by more than 25%: {off} (measured {measured.to_dict()}, plan {parts})"
+    off = {k: round(v, 4) for k, v in ratios.items() if k in ("activations", "total") and abs(v - 1) > TOLERANCE}
+    assert not off, f"plan vs measured off by more than 2%: {off} (measured {measured.to_dict()}, plan {parts})"
     off = {k: round(v, 3) for k, v in ratios.items() if k in ("saved", "loss") and abs(v - 1) > PART_TOLERANCE}
     assert not off, f"a part of plan's activations is off: {off} (measured {measured.to_dict()}, plan {parts})"

@@ -102,12 +102,16 @@ def test_encoder_reward_model(tiny_bert, tmp_path, method, prove):
     assert type(rm.model.get_base_model() if method.is_adapter else rm.model).__name__ == (
         "BertForSequenceClassification"
     )
+    before = ranks_chosen(rm, HELD)
     result = rm.fit(TRAIN)
+    after = ranks_chosen(rm, HELD)
     # One batch of 16 pairs is noisy (a single late batch can score above the first), so compare the
     # first loss with the mean of the last ten.
     losses = [h["loss"] for h in result.history if "loss" in h]
     assert sum(losses[-10:]) / 10 < losses[0] - 0.1, losses
-    assert ranks_chosen(rm, HELD) >= 0.7
+    # Held-out pairs ranked right, before vs after. Over init seeds 0-4: before 0.42-0.77 (the untrained head's
+    # luck), after 0.84-0.95 (Full) and 0.73-0.88 (LoRA), a gain of at least 0.11; untrained, after == before.
+    assert after >= 0.7 and after >= before + 0.08, (before, after)
     again = tk.load(rm.save(tmp_path / "rm"))
     assert again.score([("sort: 2 1", "1 2"), "x"]) == pytest.approx(rm.score([("sort: 2 1", "1 2"), "x"]), abs=1e-5)
 

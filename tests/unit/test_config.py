@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal, get_args, get_origin
 
 import pytest
 import yaml
@@ -11,10 +11,14 @@ from pydantic import ValidationError
 
 import tunekit as tk
 from tunekit._config import Config, format_validation_error, suggest
+from tunekit.distributed import ENGINES
 from tunekit.methods import registry
+from tunekit.objectives import OBJECTIVES, Objective
 
-OBJECTIVES = [tk.SFT, tk.CausalLM]
-ALL_CONFIGS: list[type[Config]] = [*registry().values(), *OBJECTIVES, tk.Training]
+# Derived from the registries (what tk.load and Training(distributed=...) read), never a hand-written list: a new
+# method, objective or distributed engine goes through every test below, and test_every_config_is_covered_here fails
+# until it has its NON_DEFAULTS row.
+ALL_CONFIGS: list[type[Config]] = [*registry().values(), *OBJECTIVES.values(), *ENGINES.values(), tk.Training]
 
 # One non-default, valid value per field, to check that round trips keep every option.
 NON_DEFAULTS: dict[type[Config], dict[str, Any]] = {
@@ -81,6 +85,52 @@ NON_DEFAULTS: dict[type[Config], dict[str, Any]] = {
     },
     tk.SFT: {"train_on_prompt": True, "train_on": "last_assistant", "reasoning": "drop"},
     tk.CausalLM: {"add_eos": False},
+    tk.RewardModeling: {"center_rewards": 0.01},
+    tk.DPO: {"beta": 0.3, "loss": "ipo", "label_smoothing": 0.1, "simpo_gamma": 1.0},
+    tk.KTO: {"beta": 0.2, "desirable_weight": 1.5, "undesirable_weight": 0.5, "loss": "apo_zero_unpaired"},
+    tk.ORPO: {"beta": 0.25},
+    tk.GRPO: {
+        "reward": ["runs/rm", "runs/rm2"],
+        "reward_weights": [1.0, 0.5],
+        "num_generations": 4,
+        "max_completion_length": 64,
+        "temperature": 0.7,
+        "beta": 0.04,
+        "epsilon": 0.1,
+        "num_iterations": 2,
+        "loss": "grpo",
+        "scale_rewards": "batch",
+    },
+    tk.RLOO: {
+        "reward": ["runs/rm"],
+        "reward_weights": [2.0],
+        "num_generations": 4,
+        "max_completion_length": 64,
+        "temperature": 0.7,
+        "beta": 0.1,
+        "epsilon": 0.1,
+        "num_iterations": 2,
+        "normalize_advantages": True,
+    },
+    tk.DDP: {"kind": "ddp", "find_unused_parameters": True, "bucket_cap_mb": 50, "timeout_s": 600},
+    tk.FSDP: {
+        "kind": "fsdp",
+        "reshard_after_forward": False,
+        "cpu_offload": True,
+        "auto_wrap": "size",
+        "wrap_classes": None,  # non-default in VARIANTS: it applies to auto_wrap="transformer" only
+        "min_params": 1000,
+        "activation_checkpointing": True,
+        "state_dict": "sharded",
+        "timeout_s": 600,
+    },
+    tk.DeepSpeed: {
+        "kind": "deepspeed",
+        "stage": 3,
+        "offload": "all",
+        "overrides": {"train_batch_size": 8},
+        "timeout_s": 60,
+    },
     tk.Training: {
         "epochs": 1.5,
         "max_steps": 100,
@@ -125,14 +175,38 @@ NON_DEFAULTS: dict[type[Config], dict[str, Any]] = {
     },
 }
 
+# Options that cannot all be non-default at once: each variant updates NON_DEFAULTS[cls], and every field must be
+# non-default in NON_DEFAULTS or in one of its variants (each of which also round-trips).
+VARIANTS: dict[type[Config], list[dict[str, Any]]] = {
+    tk.FSDP: [{"auto_wrap": "transformer", "wrap_classes": ("LlamaDecoderLayer",)}],
+}
+
 
 def ids(cls: type) -> str:
     return cls.__name__
 
 
+def _single_valued(cls: type[Config], name: str) -> bool:
+    """A field with one possible value (the engines' ``kind`` tag): it has no non-default to try."""
+    return (
+        get_origin(cls.model_fields[name].annotation) is Literal
+        and len(get_args(cls.model_fields[name].annotation)) == 1
+    )
+
+
+def _subclasses(cls: type) -> set[type]:
+    return {sub for direct in cls.__subclasses__() for sub in {direct, *_subclasses(direct)}}
+
+
 def test_every_config_is_covered_here() -> None:
     # A new method, objective or config must get an entry in NON_DEFAULTS (and so these tests).
     assert set(ALL_CONFIGS) == set(NON_DEFAULTS)
+    # Every objective and engine the product offers is in those registries (so in ALL_CONFIGS).
+    assert {tk.RewardModeling, tk.DPO, tk.KTO, tk.ORPO, tk.GRPO, tk.RLOO, tk.DDP, tk.FSDP, tk.DeepSpeed} <= set(
+        ALL_CONFIGS
+    )
+    concrete = {c for c in _subclasses(Objective) if c.__module__.startswith("tunekit.") and c.__name__ in tk.__all__}
+    assert concrete <= set(OBJECTIVES.values()), concrete - set(OBJECTIVES.values())
 
 
 @pytest.mark.parametrize("cls", ALL_CONFIGS, ids=ids)
@@ -141,14 +215,24 @@ def test_non_defaults_cover_every_field(cls: type[Config]) -> None:
     obj = cls(**NON_DEFAULTS[cls])
     assert obj.model_dump() == NON_DEFAULTS[cls]
     defaults = cls()
+    variants = [obj] + [cls(**{**NON_DEFAULTS[cls], **v}) for v in VARIANTS.get(cls, [])]
     for name in cls.model_fields:
-        assert getattr(obj, name) != getattr(defaults, name), name
+        if not _single_valued(cls, name):
+            assert any(getattr(o, name) != getattr(defaults, name) for o in variants), name
 
 
 @pytest.mark.parametrize("cls", ALL_CONFIGS, ids=ids)
-@pytest.mark.parametrize("which", ["default", "custom"])
+@pytest.mark.parametrize("which", ["default", "custom", "variants"])
 def test_round_trip_through_dump_json_and_yaml(cls: type[Config], which: str) -> None:
-    obj = cls() if which == "default" else cls(**NON_DEFAULTS[cls])
+    if which == "variants":
+        for variant in VARIANTS.get(cls, []):
+            _round_trip(cls(**{**NON_DEFAULTS[cls], **variant}))
+        return
+    _round_trip(cls() if which == "default" else cls(**NON_DEFAULTS[cls]))
+
+
+def _round_trip(obj: Config) -> None:
+    cls = type(obj)
     assert cls(**obj.model_dump()) == obj
     assert cls.from_dict(json.loads(obj.model_dump_json())) == obj
     assert cls.model_validate_json(obj.model_dump_json()) == obj

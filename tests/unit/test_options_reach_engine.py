@@ -417,13 +417,22 @@ CLASS_BASE: dict[str, dict[str, Any]] = {"GRPO": {"reward": [_length]}, "RLOO": 
 CLASSES: dict[str, type[Any]] = {**registry(), **OBJECTIVES}
 
 
+def _shown(value: Any) -> str:
+    """A test id's value, the same in every process (a function's repr holds its address; mutmut reruns by id)."""
+    if callable(value):
+        return getattr(value, "__qualname__", type(value).__name__)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_shown(v) for v in value) + "]"
+    return repr(value)
+
+
 def _cases(kind: type[Any]) -> list[Any]:
     out = []
     for (cls, option), row in ROWS.items():
         if not issubclass(CLASSES[cls], kind) or isinstance(row, Exempt):
             continue
         for r in row if isinstance(row, tuple) else (row,):
-            out.append(pytest.param(cls, option, r, id=f"{cls}.{option}={r.value!r}"[:60]))
+            out.append(pytest.param(cls, option, r, id=f"{cls}.{option}={_shown(r.value)}"[:60]))
     return out
 
 
