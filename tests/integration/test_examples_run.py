@@ -18,6 +18,7 @@ EXPECTED = {
     "chat_messages.py": r"held-out accuracy: \d+% before, (\d+)% after fine-tuning",
     "prompt_tuning.py": r"held-out loss per answer token: [\d.]+ before, [\d.]+ after \((-\d+)%\)",
     "dpo.py": r"chosen answer is more likely: (\d+)% before, (\d+)% after DPO",
+    "tool_calling.py": r"held-out calls exactly right: (\d+)% before, (\d+)% after fine-tuning",
 }
 # script -> what its figures must show, beyond the script's own exit code.
 LEARNED = {
@@ -27,6 +28,9 @@ LEARNED = {
     # Chance is 50% on these pairs. Measured with Training seeds 0-3 and 42 (the default): 42% before and 95-100%
     # after; so at least 90% after, and at least 40 points above before.
     "dpo.py": lambda before, after: after >= 90 and after - before >= 40,
+    # Issue #16: at most 10% before, at least 90% after. The default run (seed 0) gets 100%; seeds 1 and 2 of the held-out
+    # split gave 100% and 77% (85% at a learning rate of 2e-3): the tiny model's copying of the room is the weak spot.
+    "tool_calling.py": lambda before, after: before <= 10 and after >= 90,
 }
 # Run by their own tests: test_examples_embed.py, test_rlhf_pipeline.py.
 ELSEWHERE = {"embed_in_app.py", "rlhf_pipeline.py"}
