@@ -28,8 +28,8 @@ LEARNED = {
     # Chance is 50% on these pairs. Measured with Training seeds 0-3 and 42 (the default): 42% before and 95-100%
     # after; so at least 90% after, and at least 40 points above before.
     "dpo.py": lambda before, after: after >= 90 and after - before >= 40,
-    # Issue #16: at most 10% before, at least 90% after. The default run (seed 0) gets 100%; seeds 1 and 2 of the held-out
-    # split gave 100% and 77% (85% at a learning rate of 2e-3): the tiny model's copying of the room is the weak spot.
+    # Issue #16: at most 10% before, at least 90% after. The default run (seed 0) gets 100%; seeds 1 and 2 of the
+    # held-out split gave 100% and 77% (85% at a learning rate of 2e-3): copying the room is the tiny model's weak spot.
     "tool_calling.py": lambda before, after: before <= 10 and after >= 90,
 }
 # Run by their own tests: test_examples_embed.py, test_rlhf_pipeline.py.
