@@ -8,7 +8,7 @@ template.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from tunekit._config import suggest
@@ -18,7 +18,16 @@ from tunekit.data.messages import parse_tools
 from tunekit.errors import ConfigError, DatasetError, IncompatibleError
 from tunekit.objectives import CausalLM, Objective
 
-__all__ = ["check_items", "check_options", "check_prompts", "check_tools", "generate", "generate_text", "score"]
+__all__ = [
+    "check_items",
+    "check_options",
+    "check_prompts",
+    "check_tools",
+    "generate",
+    "generate_text",
+    "score",
+    "stream",
+]
 
 # The generation options used most, checked here; any other option transformers' GenerationConfig knows is passed on.
 _OPTIONS = (
@@ -51,7 +60,7 @@ _REFUSED = {
     "return_dict_in_generate": "generate returns the new text only",
     "output_scores": "generate returns the new text only",
     "output_logits": "generate returns the new text only",
-    "streamer": "use tuner.stream(prompt) where available, or tuner.model.generate(...) directly",
+    "streamer": "use tuner.stream(prompt), or tuner.model.generate(...) directly",
 }
 
 
@@ -171,6 +180,14 @@ def generate(
     chat = options.pop("chat", not isinstance(objective, CausalLM))
     outs = backend.generate(loaded, prompts, chat=chat, options=options)
     return outs[0] if single else outs
+
+
+def stream(backend: Backend, loaded: LoadedModel, objective: Objective, prompt: Any, **options: Any) -> Iterator[str]:
+    """The new text for one prompt (as :func:`check_prompts` gave it), in pieces as the backend generates it."""
+    options = check_options(options)
+    chat = options.pop("chat", not isinstance(objective, CausalLM))
+    options.pop("batch_size", None)  # one prompt
+    yield from backend.stream(loaded, prompt, chat=chat, options=options)
 
 
 def generate_text(backend: Backend, loaded: LoadedModel, objective: Objective, prompt: Any, **options: Any) -> Any:

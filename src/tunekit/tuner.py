@@ -22,7 +22,7 @@ from tunekit.evaluation import evaluate, generation_options, read_items
 from tunekit.export import ExportResult, Verification, check_request, export_format, export_trained, verify_trained
 from tunekit.harness import check_tasks, run_benchmark
 from tunekit.hooks import Hook, HookErrors, check_hook_errors
-from tunekit.inference import check_items, check_options, check_prompts, generate, score
+from tunekit.inference import check_items, check_options, check_prompts, generate, score, stream
 from tunekit.methods import LoRA, Method
 from tunekit.metrics import MetricFunction, check_metrics
 from tunekit.objectives import SFT, CausalLM, Objective
@@ -151,6 +151,7 @@ class Tuner:
         # use the model at once (one would switch it to eval mode, or change the tokenizer's padding side, under
         # the other). Re-entrant: a hook, in fit's thread, may generate or save.
         self._use_lock = threading.RLock()
+        self._streaming: set[int] = set()  # threads with an open stream() (it holds the use lock)
         if objective is not None:
             check_compatible(self.method, objective)
         if output_dir is not None and Path(output_dir).exists() and not Path(output_dir).is_dir():
@@ -317,6 +318,8 @@ class Tuner:
         """Use of the model by ``what``: refused while a run trains in another thread; waits for another thread's
         generate/save/... to finish (so a server may call generate from several threads)."""
         self._check_not_training(what)
+        if threading.get_ident() in self._streaming:
+            raise ConfigError(f"{what}: a stream() of this Tuner is open in this thread; finish it or close() it first")
         with self._use_lock:
             self._check_not_training(what)  # a fit may have started while this one waited
             yield
@@ -356,6 +359,35 @@ class Tuner:
         options.setdefault("allow_control_tokens", self.training.allow_control_tokens)  # typed control tokens are text
         with self._using("generate()"):
             return generate(self.backend, self.loaded, self.objective_used, prompts, single=single, **options)
+
+    def stream(self, prompt: Any, **options: Any) -> Iterator[str]:
+        """Continue one prompt (a string or a list of chat messages) like :meth:`generate`, yielding the text as it
+        is generated.
+
+        The same template, options, checks and end-of-turn stop as ``generate``; joined, the pieces are what
+        ``generate`` returns (its plain text: tool calls and reasoning are not parsed out, use ``generate`` for
+        those). Prompts and options are checked here, before anything loads. The model is generating (and this
+        tuner's other uses wait) from the first piece until the iterator ends or is closed: breaking out of the
+        loop, ``close()`` or dropping it stops the generation at once. Consume and close it in one thread.
+
+        Example:
+            >>> for piece in tuner.stream("first: 7 3 1", max_new_tokens=64):  # doctest: +SKIP
+            ...     print(piece, end="", flush=True)
+        """
+        prompts, single = check_prompts(prompt, self.objective_used)  # before anything loads
+        if not single:
+            raise ConfigError("stream(): pass one prompt (a string or a list of chat messages), not a list of prompts")
+        options = check_options(options)
+        options.setdefault("allow_control_tokens", self.training.allow_control_tokens)
+        return self._stream(prompts[0], options)
+
+    def _stream(self, prompt: Any, options: dict[str, Any]) -> Iterator[str]:
+        with self._using("stream()"):
+            self._streaming.add(threading.get_ident())
+            try:
+                yield from stream(self.backend, self.loaded, self.objective_used, prompt, **options)
+            finally:
+                self._streaming.discard(threading.get_ident())
 
     def score(self, texts: Sequence[Any]) -> list[float]:
         """Reward-model scores, one float per item (higher is better).

@@ -17,7 +17,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,7 +81,7 @@ class Backend(Protocol):
     """What tunekit's callers (the Tuner, ``tk.load``, export) use of an engine; nothing else is called.
 
     Lifecycle of a run: :meth:`preflight` (checks that need no model), :meth:`load` (once, lazily),
-    :meth:`fit`. Use of the trained model: :meth:`generate`, :meth:`score`, :meth:`loglikelihood`,
+    :meth:`fit`. Use of the trained model: :meth:`generate`, :meth:`stream`, :meth:`score`, :meth:`loglikelihood`,
     :meth:`baseline`, :meth:`merge`, :meth:`save`. Queries: :meth:`plan`, :meth:`load_base`. Several processes
     (torchrun): :meth:`gather_weights`, :meth:`join_processes`, :meth:`settle`.
     """
@@ -115,6 +115,11 @@ class Backend(Protocol):
 
     def generate(self, loaded: LoadedModel, prompts: list[Any], *, chat: bool, options: dict[str, Any]) -> list[str]:
         """The new text for each prompt (a string, or chat messages rendered with the template when ``chat``)."""
+        ...
+
+    def stream(self, loaded: LoadedModel, prompt: Any, *, chat: bool, options: dict[str, Any]) -> Iterator[str]:
+        """The new text for one prompt, in pieces as it is generated (joined: what :meth:`generate` returns for it
+        when the reply has no reasoning or tool calls); closing the iterator early stops the generation."""
         ...
 
     def score(self, loaded: LoadedModel, items: list[Any], *, max_length: int) -> list[float]:

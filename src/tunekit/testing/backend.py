@@ -221,6 +221,15 @@ class FakeBackend:
         options.pop("tools", None)
         return [self._reply(p) for p in prompts]
 
+    def stream(self, loaded: LoadedModel, prompt: Any, *, chat: bool, options: dict[str, Any]) -> Iterator[str]:
+        """The scripted reply in pieces of at most four characters."""
+        self.calls.append("stream")
+        options.pop("allow_control_tokens", None)
+        options.pop("tools", None)
+        reply = self._reply(prompt)
+        for i in range(0, len(reply), 4):
+            yield reply[i : i + 4]
+
     def _reply(self, prompt: Any) -> str:
         text = (
             prompt

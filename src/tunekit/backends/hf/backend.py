@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -209,32 +210,8 @@ class HFBackend:
 
         hf = _hf(loaded)
         tok, model = hf.tokenizer, hf.model
-        # A control token typed in a prompt is the text it is (data/control_tokens.py), unless the caller allows it.
-        tokens = () if options.pop("allow_control_tokens", False) else control_tokens(tok)
-        texts, spans = [], []
-        tools = options.pop("tools", None)
-        for p in prompts:
-            if chat:
-                msgs = [{"role": "user", "content": p}] if isinstance(p, str) else list(p)
-                texts.append(render(tok, msgs, add_generation_prompt=True, tools=tools))
-                spans.append(
-                    plain_spans(
-                        lambda ms: render(tok, ms, add_generation_prompt=True, tools=tools),
-                        msgs,
-                        tokens,
-                        where="generate()",
-                    )
-                )
-            else:
-                texts.append(p)
-                spans.append([(0, len(p))] if find_control_token([p], tokens) else [])
-        opts = {"max_new_tokens": 256, "do_sample": False}
-        if shards_parameters(hf.engine):  # every process runs each forward until all are done
-            opts["synced_gpus"] = True
-        opts.update(options)
-        if not opts.get("do_sample"):
-            opts.pop("temperature", None)
-            opts.pop("top_p", None)
+        tools = options.get("tools")
+        texts, spans, opts = _prompts_and_options(hf, prompts, chat=chat, options=options)
         batch_size = int(opts.pop("batch_size", 16))
         was_training = model.training
         model.eval()
@@ -245,15 +222,7 @@ class HFBackend:
             with quiet(), torch.no_grad(), own_attention(model):
                 for i in range(0, len(texts), batch_size):
                     batch = texts[i : i + batch_size]
-                    if any(spans[i : i + batch_size]):
-                        ids = [
-                            encode_plain(tok, t, sp, add_special_tokens=not chat)
-                            for t, sp in zip(batch, spans[i : i + batch_size])
-                        ]
-                        enc = tok.pad({"input_ids": ids}, return_tensors="pt", padding=True)
-                    else:
-                        enc = tok(batch, return_tensors="pt", padding=True, add_special_tokens=not chat)
-                    enc = {k: v.to(hf.device) for k, v in enc.items()}
+                    enc = _encode(hf, batch, spans[i : i + batch_size], chat=chat)
                     gen = model.generate(
                         **enc,
                         eos_token_id=model.generation_config.eos_token_id,
@@ -276,6 +245,64 @@ class HFBackend:
             if was_training:
                 model.train()
         return out
+
+    def stream(self, loaded: LoadedModel, prompt: Any, *, chat: bool, options: dict[str, Any]) -> Iterator[str]:
+        """Generation on a background thread, its text handed over by transformers' ``TextIteratorStreamer``; on
+        close (or an error, or Ctrl-C while waiting) a stopping criterion ends the generation and the thread is
+        joined before this returns."""
+        import torch
+        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+
+        hf = _hf(loaded)
+        tok, model = hf.tokenizer, hf.model
+        texts, spans, opts = _prompts_and_options(hf, [prompt], chat=chat, options=options)
+        opts.pop("batch_size", None)
+        stop = threading.Event()
+        failed: list[BaseException] = []
+
+        class _Stopped(StoppingCriteria):  # type: ignore[misc]
+            def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+                return torch.full((input_ids.shape[0],), stop.is_set(), dtype=torch.bool, device=input_ids.device)
+
+        streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True)
+
+        def work(enc: dict[str, Any]) -> None:
+            try:
+                with torch.no_grad():
+                    model.generate(
+                        **enc,
+                        eos_token_id=model.generation_config.eos_token_id,
+                        pad_token_id=tok.pad_token_id,
+                        streamer=streamer,
+                        stopping_criteria=StoppingCriteriaList([_Stopped()]),
+                        **opts,
+                    )
+            except BaseException as e:  # handed to the reader, which raises it
+                failed.append(e)
+            finally:
+                streamer.end()
+
+        was_training = model.training
+        model.eval()
+        thread: threading.Thread | None = None
+        try:
+            with quiet(), own_attention(model):
+                enc = _encode(hf, texts, spans, chat=chat)
+                thread = threading.Thread(target=work, args=(enc,), name="tunekit-stream", daemon=True)
+                thread.start()
+                for piece in streamer:
+                    if piece:
+                        yield piece
+                thread.join()
+                thread = None
+                if failed:
+                    raise failed[0]
+        finally:
+            stop.set()
+            if thread is not None:
+                thread.join()
+            if was_training:
+                model.train()
 
     def loglikelihood(
         self, loaded: LoadedModel, requests: list[tuple[Any, str]], *, chat: bool, batch_size: int
@@ -400,3 +427,49 @@ def _continuation_ids(
 
 
 _check: type[Backend] = HFBackend  # mypy checks that HFBackend implements the protocol
+
+
+def _prompts_and_options(
+    hf: Loaded, prompts: list[Any], *, chat: bool, options: dict[str, Any]
+) -> tuple[list[str], list[Any], dict[str, Any]]:
+    """The prompts as text (rendered with the template when ``chat``), the plain-text spans of each (control tokens
+    typed in a prompt are text unless ``allow_control_tokens``) and transformers' generation options."""
+    tok = hf.tokenizer
+    # A control token typed in a prompt is the text it is (data/control_tokens.py), unless the caller allows it.
+    tokens = () if options.pop("allow_control_tokens", False) else control_tokens(tok)
+    texts, spans = [], []
+    tools = options.pop("tools", None)
+    for p in prompts:
+        if chat:
+            msgs = [{"role": "user", "content": p}] if isinstance(p, str) else list(p)
+            texts.append(render(tok, msgs, add_generation_prompt=True, tools=tools))
+            spans.append(
+                plain_spans(
+                    lambda ms: render(tok, ms, add_generation_prompt=True, tools=tools),
+                    msgs,
+                    tokens,
+                    where="generate()",
+                )
+            )
+        else:
+            texts.append(p)
+            spans.append([(0, len(p))] if find_control_token([p], tokens) else [])
+    opts: dict[str, Any] = {"max_new_tokens": 256, "do_sample": False}
+    if shards_parameters(hf.engine):  # every process runs each forward until all are done
+        opts["synced_gpus"] = True
+    opts.update(options)
+    if not opts.get("do_sample"):
+        opts.pop("temperature", None)
+        opts.pop("top_p", None)
+    return texts, spans, opts
+
+
+def _encode(hf: Loaded, texts: list[str], spans: list[Any], *, chat: bool) -> dict[str, Any]:
+    """A batch of prompts as input ids and attention mask on the model's device (padded on the tokenizer's side)."""
+    tok = hf.tokenizer
+    if any(spans):
+        ids = [encode_plain(tok, t, sp, add_special_tokens=not chat) for t, sp in zip(texts, spans)]
+        enc = tok.pad({"input_ids": ids}, return_tensors="pt", padding=True)
+    else:
+        enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=not chat)
+    return {k: v.to(hf.device) for k, v in enc.items()}
