@@ -186,11 +186,24 @@ def test_rl_prompts_with_tools_are_rendered_with_them_and_rewards_see_the_messag
     }
 
 
-def test_generate_with_tools_renders_them_and_returns_a_reply(tiny_llama: Path) -> None:
+def test_generate_with_tools_renders_them_and_returns_a_reply(
+    tiny_llama: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tunekit.backends.hf.backend as hf_backend
+
+    prompts: list[str] = []
+
+    def spy(*args: Any, **kwargs: Any) -> str:
+        prompts.append(render(*args, **kwargs))
+        return prompts[-1]
+
+    monkeypatch.setattr(hf_backend, "render", spy)
     tuner = tk.Tuner(tiny_llama, training=cpu())
     reply = tuner.generate([{"role": "user", "content": "Weather in Oslo?"}], tools=TOOLS, max_new_tokens=4)
     assert isinstance(reply, tk.Reply) and isinstance(reply, str) and isinstance(reply.tool_calls, list)
     assert reply.message()["role"] == "assistant"
+    assert prompts and '"name": "get_time"' in prompts[0]  # the schemas went into the prompt the model saw
+    assert prompts[0].endswith("Weather in Oslo?<|im_end|>\n<|im_start|>assistant\n")
 
     def get_weather(city: str) -> str:
         """Current weather.

@@ -159,10 +159,9 @@ def _check_messages(
     return out
 
 
-def _conversation(row: dict[str, Any], i: int, name: str) -> Example:
+def _conversation(row: dict[str, Any], i: int, name: str, tools: Tools | None) -> Example:
     """A whole conversation (``messages`` / ``conversations``), with ``system`` and ``tools`` columns and per-turn
     training flags."""
-    tools = parse_tools(row.get("tools"), i)
     msgs, flags = parse_messages(row.get(name), i, name, first="user", last="assistant", tools=tools)
     system = _system(row, i)
     if system and msgs[0]["role"] == "system":
@@ -262,8 +261,7 @@ def _label(row: dict[str, Any], i: int) -> bool:
     )
 
 
-def _preference(row: dict[str, Any], i: int) -> Example:
-    tools = parse_tools(row.get("tools"), i)
+def _preference(row: dict[str, Any], i: int, tools: Tools | None) -> Example:
     prompt, text = _prompt(row, i, tools)
     chosen, rejected = _answer(row, i, "chosen", tools), _answer(row, i, "rejected", tools)
     if chosen == rejected:
@@ -281,8 +279,7 @@ def _shown(msgs: Messages) -> str:
     return repr(content) if len(content) <= 60 else repr(content[:57] + "...")
 
 
-def _prompt_only(row: dict[str, Any], i: int) -> Example:
-    tools = parse_tools(row.get("tools"), i)
+def _prompt_only(row: dict[str, Any], i: int, tools: Tools | None) -> Example:
     prompt, text = _prompt(row, i, tools)
     for name in RESERVED_COLUMNS:
         if name in row:
@@ -302,18 +299,18 @@ def normalise_row(fmt: Format, row: dict[str, Any], i: int, *, layout: Layout | 
     if layout is not None:
         row = layout.rewrite(row, i)
     check_columns(fmt, row, i)
+    if fmt == "text":
+        return Example(row=i, text=_need_str(row, i, "text"))
+    tools = parse_tools(row.get("tools"), i)  # every other format may carry the schemas its conversations call
     if fmt == "preference":
-        return _preference(row, i)
-    tools = parse_tools(row.get("tools"), i) if fmt not in ("text", "prompt_only", "preference") else None
+        return _preference(row, i, tools)
     if fmt == "unpaired_preference":
         question, text = _prompt(row, i, tools)
         answer = _answer(row, i, "completion", tools)
         label = _label(row, i)
         return Example(row=i, prompt=question, completion=answer, label=label, prompt_text=text, tools=tools)
     if fmt == "prompt_only":
-        return _prompt_only(row, i)
-    if fmt == "text":
-        return Example(row=i, text=_need_str(row, i, "text"))
+        return _prompt_only(row, i, tools)
     if fmt == "prompt_completion":
         # The prompt may be a string or chat messages (trl's conversational prompt/completion), as for pairs.
         messages = (*_prompt(row, i, tools)[0], *_answer(row, i, "completion", tools))
@@ -330,8 +327,8 @@ def normalise_row(fmt: Format, row: dict[str, Any], i: int, *, layout: Layout | 
         turns = ({"role": "user", "content": user}, {"role": "assistant", "content": output})
         return Example(row=i, messages=(*_system(row, i), *turns), tools=tools)
     if fmt == "messages":
-        return _conversation(row, i, "messages")
-    return _conversation(row, i, "conversations")
+        return _conversation(row, i, "messages", tools)
+    return _conversation(row, i, "conversations", tools)
 
 
 def normalise(rows: list[dict[str, Any]], fmt: Format | None = None, *, on_bad_rows: str = "error") -> NormalisedData:

@@ -123,13 +123,14 @@ def parse_reply(
         if whole is not None:
             calls.append(whole)
             text = ""
-    for token in sorted(special, key=len, reverse=True):
-        if token:
-            text = text.replace(token, "")
-    if reasoning is not None:
-        for token in special:
-            reasoning = reasoning.replace(token, "") if token else reasoning
-        text = text.lstrip("\n")
     if not calls and reasoning is None:
-        return Reply(plain if plain is not None else text, raw=raw)
-    return Reply(text.strip(), reasoning=reasoning, tool_calls=calls, raw=raw)
+        return Reply(plain if plain is not None else _without(text, special), raw=raw)
+    reasoning = _without(reasoning, special) if reasoning is not None else None
+    return Reply(_without(text, special).strip(), reasoning=reasoning, tool_calls=calls, raw=raw)
+
+
+def _without(text: str, special: Sequence[str]) -> str:
+    """``text`` with the special-token strings removed (the longest first, as a tokenizer matches them)."""
+    for token in sorted((t for t in special if t), key=len, reverse=True):
+        text = text.replace(token, "")
+    return text

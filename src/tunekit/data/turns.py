@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 from tunekit.data.control_tokens import control_tokens
 from tunekit.data.messages import Messages, strip_reasoning
-from tunekit.data.templates import reasoning_key, render, template_source
+from tunekit.data.templates import render, template_source
 from tunekit.errors import DatasetError, IncompatibleError
 
 __all__ = ["Reasoning", "Rendered", "TrainOn", "render_turns", "supervised_turns"]
@@ -71,10 +71,11 @@ def _views(messages: Messages, turns: list[int], reasoning: Reasoning) -> list[t
         return [(strip_reasoning(messages), turns)]
     if reasoning == "keep" or not any(m.get("reasoning_content") for m in messages):
         return [(list(messages), turns)]
+    users = [k for k, m in enumerate(messages) if m["role"] == "user"]
+    query = {t: max(k for k in users if k < t) for t in turns}  # the user turn each answers
     groups: list[list[int]] = []
-    for t in turns:  # turns grouped by the user turn they answer
-        query = max(k for k in range(t) if messages[k]["role"] == "user")
-        if groups and max(k for k in range(groups[-1][0]) if messages[k]["role"] == "user") == query:
+    for t in turns:
+        if groups and query[groups[-1][0]] == query[t]:
             groups[-1].append(t)
         else:
             groups.append([t])
@@ -86,9 +87,9 @@ def _views(messages: Messages, turns: list[int], reasoning: Reasoning) -> list[t
             views.append(list(group))
     out = []
     for ts in views:
-        query = max(k for k in range(ts[-1]) if messages[k]["role"] == "user")
+        last = query[ts[-1]]
         shown = [
-            {k: v for k, v in m.items() if k != "reasoning_content"} if i < query and m["role"] == "assistant" else m
+            {k: v for k, v in m.items() if k != "reasoning_content"} if i < last and m["role"] == "assistant" else m
             for i, m in enumerate(messages[: ts[-1] + 1])
         ]
         out.append((shown, ts))
@@ -115,7 +116,7 @@ def _where(prompt: str, full: str) -> str:
     return f" (the prompt reads {prompt[start : k + 30]!r} where the conversation reads {full[start : k + 30]!r})"
 
 
-def _problem(body: str, message: dict[str, Any], keeps_reasoning: bool) -> str | None:
+def _problem(body: str, message: dict[str, Any]) -> str | None:
     """What of the turn is missing from its span, or None."""
     content = str(message.get("content") or "").strip()
     if content and content not in body:
@@ -124,7 +125,7 @@ def _problem(body: str, message: dict[str, Any], keeps_reasoning: bool) -> str |
         if call["function"]["name"] not in body:
             return f"its call of {call['function']['name']!r}"
     reasoning = str(message.get("reasoning_content") or "").strip()
-    if keeps_reasoning and reasoning and reasoning not in body:
+    if reasoning and reasoning not in body:
         return "its reasoning"
     return None
 
@@ -155,7 +156,7 @@ def _locate(
                 "assistant turn with no end-of-turn token)"
             )
             continue
-        missing = _problem(body[:end], messages[t], keeps_reasoning=True)
+        missing = _problem(body[:end], messages[t])
         if missing is not None:
             failed[t] = f"the template does not write {missing} there"
             continue
@@ -175,8 +176,6 @@ def render_turns(
 ) -> list[Rendered]:
     """The sequences that train ``turns`` of ``messages`` (usually one), each with its supervised spans."""
     markers = control_tokens(tokenizer)
-    if any(m.get("reasoning_content") for m in messages) and reasoning != "drop":
-        reasoning_key(tokenizer)  # found once per template, before the renders that use it
     out: list[Rendered] = []
     for shown, ts in _views(messages, turns, reasoning):
         whole = shown[: ts[-1] + 1]
