@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from tunekit._version import __version__
-from tunekit.cli import chat, evaluate, export, fit, generate, launch, validate_data
+from tunekit.cli import chat, evaluate, export, fit, generate, launch, serve, validate_data
 from tunekit.demo import run_demo
 from tunekit.errors import TunekitError
 from tunekit.methods import registry
@@ -98,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_plan_parser(sub)
     generate.add_generate_parser(sub)
     chat.add_chat_parser(sub)
+    serve.add_serve_parser(sub)
     evaluate.add_evaluate_parser(sub)
     evaluate.add_predict_parser(sub)
     evaluate.add_eval_parser(sub)
