@@ -21,6 +21,10 @@ CASES = {
     ),
     "cache.py": (["--rows", "200", "--warm-runs", "1"], {"cold_s", "warm_s", "speedup"}),
     "eval_throughput.py": (["--rows", "8", "--repeats", "1", "--max-new-tokens", "4"], {"speedup", "batched_s"}),
+    "serve_load.py": (
+        ["--clients", "4", "--requests", "1", "--max-tokens", "4"],
+        {"served_rps", "p95_ms", "wrong_or_lost"},
+    ),
     "plan_accuracy.py": (
         ["--quick", "--hidden", "64", "--layers", "2", "--rows", "6"],
         {"configs", "worst", "all_exact_terms_equal"},
