@@ -4,6 +4,7 @@ queue bound gives 429, and the server stops cleanly."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -255,3 +256,48 @@ def test_each_base_loads_once_and_other_kinds_load_on_their_own(
     shared = pool.routes["b"].tuner
     assert str(shared.generate(PROMPTS[0], adapter="b", max_new_tokens=8)) == saves["expected"]["b"][0]
     pool.close()
+
+
+def test_the_vllm_engine_gets_the_base_once_each_adapter_and_the_template_stop(
+    saves: dict[str, Any], tmp_path: Path
+) -> None:
+    from tunekit.serving.vllm_engine import vllm_command
+
+    cmd = vllm_command(
+        [("a", saves["a"]), ("b", saves["b"])], host="127.0.0.1", port=8123, api_key="k", workdir=tmp_path
+    )
+    args = dict(zip(cmd[3::2], cmd[4::2]))  # python -m MODULE, then --flag value pairs (and flags)
+    base = str(tk.load(saves["a"]).model_ref)
+    assert cmd[1:3] == ["-m", "vllm.entrypoints.openai.api_server"] and args["--model"] == base
+    assert args["--served-model-name"] == saves["base"] and args["--tokenizer"] == str(saves["a"])
+    assert cmd[cmd.index("--lora-modules") + 1 :][:2] == [f"a={saves['a']}", f"b={saves['b']}"]
+    assert "--enable-lora" in cmd and cmd[cmd.index("--max-lora-rank") + 1] == "8" and args["--api-key"] == "k"
+    generation = json.loads((Path(args["--generation-config"]) / "generation_config.json").read_text(encoding="utf-8"))
+    tuner = tk.load(saves["a"])
+    assert tuner.loaded.template.end_of_turn_id in generation["eos_token_id"]
+
+
+def test_the_vllm_engine_refuses_what_vllm_cannot_serve(
+    saves: dict[str, Any], tiny_llama_init02: Path, tmp_path: Path
+) -> None:
+    from tunekit.serving.vllm_engine import vllm_command
+
+    def quick(base: Path, method: tk.Method, path: Path) -> Path:
+        tuner = tk.Tuner(str(base), method=method, training=tk.Training(device="cpu", max_steps=1), progress=False)
+        tuner.fit([{"prompt": "first: 1 2", "completion": "1"}] * 2)
+        tuner.save(path)
+        return path
+
+    qwen = Path(str(tk.load(saves["a"]).model_ref))
+    loha = quick(qwen, tk.LoHa(r=4), tmp_path / "loha")
+    llama = quick(tiny_llama_init02, tk.LoRA(r=4), tmp_path / "llama")
+    for pair, why in (((saves["a"], loha), "LoRA adapters only"), ((saves["a"], llama), "different bases")):
+        with pytest.raises(tk.IncompatibleError, match=why):
+            vllm_command([("x", pair[0]), ("y", pair[1])], host="h", port=1, api_key=None, workdir=tmp_path)
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "tunekit", "serve", "--engine", "vllm", str(saves["a"])],
+        capture_output=True, text=True, env=env, timeout=120, check=False,
+    )  # fmt: skip
+    if importlib.util.find_spec("vllm") is None:
+        assert proc.returncode == 2 and "needs vLLM" in proc.stderr

@@ -58,7 +58,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     if args.max_queue < 1:
         raise ConfigError(f"tunekit serve --max-queue {args.max_queue}: must be at least 1")
     missing = [m for m in ("fastapi", "uvicorn") if importlib.util.find_spec(m) is None]
-    if missing:
+    if missing and args.engine == "hf":
         raise ConfigError(f"tunekit serve needs {' and '.join(missing)}: pip install 'tunekit[serve]'")
     saves = named_saves(args.paths)
     log = logging.getLogger("tunekit.serve")
@@ -73,11 +73,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from tunekit.serving import ModelPool, create_app  # noqa: PLC0415 -- the serve extra, for this command only
 
     if args.engine == "vllm":
-        from tunekit.serving.vllm_engine import vllm_pool  # noqa: PLC0415 -- CUDA and vllm, for --engine vllm only
+        from tunekit.serving.vllm_engine import run_vllm  # noqa: PLC0415 -- CUDA and vllm, for --engine vllm only
 
-        pool = vllm_pool(saves, max_pending=args.max_queue, **load_options(args))
-    else:
-        pool = ModelPool.from_saves(saves, max_pending=args.max_queue, **load_options(args))
+        return run_vllm(saves, host=args.host, port=args.port, api_key=api_key, **load_options(args))
+    pool = ModelPool.from_saves(saves, max_pending=args.max_queue, **load_options(args))
     app = create_app(pool, api_key=api_key)
     names = ", ".join(sorted(pool.routes))
     print(f"tunekit serve: http://{args.host}:{args.port}/v1 (models: {names})", file=sys.stderr, flush=True)
