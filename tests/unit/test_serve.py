@@ -159,6 +159,8 @@ def test_malformed_json_a_wrong_key_and_an_unknown_path_are_json_errors() -> Non
         assert response.status_code == 401 and response.json()["error"]["code"] == "invalid_api_key"
     assert client.get("/v1/nothing-here", headers=H).json()["error"]["message"].startswith("Not found")
     assert client.get("/v1/chat/completions", headers=H).status_code == 405
+    huge = client.post("/v1/chat/completions", headers=H, content=b" " * (16 * 1024 * 1024 + 1))
+    assert huge.status_code == 413 and "limit" in huge.json()["error"]["message"]
 
 
 def test_a_fault_is_a_500_without_a_traceback() -> None:

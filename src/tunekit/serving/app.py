@@ -10,6 +10,7 @@ line on the ``tunekit.serve`` logger.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
 import logging
@@ -58,7 +59,12 @@ def create_app(pool: ModelPool, *, api_key: str | None = None) -> FastAPI:
         >>> pool.add("bot", tk.Tuner("any-name", backend=tk.testing.FakeBackend(), progress=False))
         >>> app = create_app(pool, api_key="secret")  # run it with uvicorn.run(app)
     """
-    app = FastAPI(title="tunekit serve", docs_url=None, redoc_url=None, openapi_url=None)
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        pool.close()  # the workers finish what they run and stop
+
+    app = FastAPI(title="tunekit serve", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     started = int(time.time())
 
     @app.middleware("http")
@@ -188,10 +194,6 @@ def create_app(pool: ModelPool, *, api_key: str | None = None) -> FastAPI:
 
         return await _stream(request, pool, route, job, frames)
 
-    @app.on_event("shutdown")
-    async def shutdown() -> None:
-        pool.close()
-
     return app
 
 
@@ -217,6 +219,9 @@ def _count(request: Request, reply: Reply) -> None:
 
 
 async def _body(request: Request) -> Any:
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY:  # refused before it is read
+        raise ApiError(413, f"The request body is {declared} bytes; the limit is {MAX_BODY}.")
     raw = await request.body()
     if len(raw) > MAX_BODY:
         raise ApiError(413, f"The request body is {len(raw)} bytes; the limit is {MAX_BODY}.")
