@@ -114,6 +114,14 @@ def server(saves: dict[str, Any]) -> Iterator[Server]:
     assert srv.stop() == 0, srv.log()
 
 
+def quick(base: Path, method: tk.Method, path: Path) -> Path:
+    """A save of ``method`` on ``base`` after one step (what it learned does not matter)."""
+    tuner = tk.Tuner(str(base), method=method, training=tk.Training(device="cpu", max_steps=1), progress=False)
+    tuner.fit([{"prompt": "first: 1 2", "completion": "1"}] * 2)
+    tuner.save(path)
+    return path
+
+
 def _chat(client: Any, model: str, prompt: str, **kw: Any) -> Any:
     return client.chat.completions.create(
         model=model, messages=[{"role": "user", "content": prompt}], temperature=0, max_tokens=8, **kw
@@ -239,12 +247,6 @@ def test_a_server_stops_cleanly_on_a_signal(saves: dict[str, Any]) -> None:
 def test_each_base_loads_once_and_other_kinds_load_on_their_own(
     saves: dict[str, Any], tiny_llama_init02: Path, tmp_path: Path
 ) -> None:
-    def quick(base: Path, method: tk.Method, path: Path) -> Path:
-        tuner = tk.Tuner(str(base), method=method, training=tk.Training(device="cpu", max_steps=2), progress=False)
-        tuner.fit([{"prompt": "first: 1 2", "completion": "1"}] * 4)
-        tuner.save(path)
-        return path
-
     other_base = quick(tiny_llama_init02, tk.LoRA(r=4), tmp_path / "llama-lora")
     loha = quick(Path(str(tk.load(saves["a"]).model_ref)), tk.LoHa(r=4), tmp_path / "qwen-loha")
     pool = ModelPool.from_saves([("a", saves["a"]), ("l", other_base), ("b", saves["b"]), ("h", loha)])
@@ -281,12 +283,6 @@ def test_the_vllm_engine_refuses_what_vllm_cannot_serve(
     saves: dict[str, Any], tiny_llama_init02: Path, tmp_path: Path
 ) -> None:
     from tunekit.serving.vllm_engine import vllm_command
-
-    def quick(base: Path, method: tk.Method, path: Path) -> Path:
-        tuner = tk.Tuner(str(base), method=method, training=tk.Training(device="cpu", max_steps=1), progress=False)
-        tuner.fit([{"prompt": "first: 1 2", "completion": "1"}] * 2)
-        tuner.save(path)
-        return path
 
     qwen = Path(str(tk.load(saves["a"]).model_ref))
     loha = quick(qwen, tk.LoHa(r=4), tmp_path / "loha")
