@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import io
+import json
 import os
 import re
 import subprocess
@@ -34,20 +35,66 @@ def snippets(page: Path) -> list[tuple[int, str, str | None]]:
     ]
 
 
-def test_site_builds_with_no_warning(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    """The site built once for the tests that read it: its folder and the build's process."""
+    folder = tmp_path_factory.mktemp("docs") / "site"
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1", "PYTHONPATH": str(ROOT / "src")}
     proc = subprocess.run(
-        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(folder)],
         capture_output=True, text=True, encoding="utf-8", cwd=ROOT, env=env, timeout=600, check=False,
     )  # fmt: skip
+    return folder, proc
+
+
+def test_site_builds_with_no_warning(site: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+    folder, proc = site
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
     assert "WARNING" not in out, out
-    api = (tmp_path / "site" / "reference" / "api" / "index.html").read_text(encoding="utf-8")
+    api = (folder / "reference" / "api" / "index.html").read_text(encoding="utf-8")
     for name in ("tunekit.Tuner", "tunekit.LoRA", "tunekit.RunConfig", "tunekit.testing"):
         assert f'id="{name}"' in api, name
-    lora = (tmp_path / "site" / "methods" / "lora" / "index.html").read_text(encoding="utf-8")
+    lora = (folder / "methods" / "lora" / "index.html").read_text(encoding="utf-8")
     assert "<code>dora</code>" in lora and "tunekit:options" not in lora  # the generated option table
+
+
+def test_the_search_index_finds_chinese_words_on_the_chinese_pages(
+    site: tuple[Path, subprocess.CompletedProcess[str]],
+) -> None:
+    """Chinese has no spaces: the index must hold jieba's words (joined by U+200B), split by the index's separator."""
+    folder, proc = site
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    index = json.loads((folder / "search" / "search_index.json").read_text(encoding="utf-8"))
+    assert "zh" in index["config"]["lang"]
+    separator = re.compile(index["config"]["separator"])
+    pages: dict[str, set[str]] = {}
+    for doc in index["docs"]:
+        words = set(separator.split(doc["title"])) | set(separator.split(doc["text"]))
+        pages.setdefault(doc["location"].split("#")[0], set()).update(words)
+    for word, page in (("微调", "zh/tutorial/"), ("适配器", "zh/adapters/"), ("复读", "zh/troubleshooting/")):
+        assert word in pages.get(page, set()), f"the search index has no word {word!r} on {page}"
+    assert "LoRA" in pages["methods/lora/"]  # English words are still split as before
+
+
+def test_the_language_switcher_links_the_english_and_chinese_pages(
+    site: tuple[Path, subprocess.CompletedProcess[str]],
+) -> None:
+    folder, _ = site
+    home = (folder / "index.html").read_text(encoding="utf-8")
+    assert re.search(r'href="zh/"\s+hreflang="zh"', home), "no link to the Chinese docs in the header"
+    zh = (folder / "zh" / "tutorial" / "index.html").read_text(encoding="utf-8")
+    assert re.search(r'href="\.\./\.\./"\s+hreflang="en"', zh) and (folder / "zh" / "index.html").is_file()
+
+
+@pytest.mark.parametrize("page", ["tutorial.md", "zh/tutorial.md"])
+def test_the_tutorial_switches_model_in_one_place_and_keeps_the_default_learning_rate(page: str) -> None:
+    """The real-model tutorial runs here on a stand-in: one switch picks the model, and no block sets a learning
+    rate (the tiny models' 5e-3 would wreck a real one)."""
+    code = "\n".join(block for _, block, reason in snippets(DOCS / page) if reason is None)
+    assert code.count('REAL = os.environ.get("TUNEKIT_REAL_MODEL") == "1"') == 1
+    assert code.count('MODEL = "Qwen/Qwen2.5-0.5B-Instruct" if REAL else tiny_model(') == 1
+    assert "learning_rate=" not in code and "tuner.evaluate(" in code and "baseline=True" in code
 
 
 @pytest.mark.parametrize("page", [p for p in PAGES if snippets(p)], ids=lambda p: str(p.relative_to(DOCS)))
