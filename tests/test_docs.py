@@ -135,6 +135,15 @@ def test_every_error_class_has_an_anchor_on_the_error_page() -> None:
         assert re.search(rf"^## {name} \{{#{name.lower()}\}}$", text, re.M), f"add '## {name} {{#{name.lower()}}}'"
 
 
+def test_every_error_class_has_a_section_on_the_chinese_error_page() -> None:
+    text = (DOCS / "zh" / "errors.md").read_text(encoding="utf-8")
+    for name in tk.errors.__all__:
+        if name != "TunekitError":  # the base class is the page's introduction
+            assert re.search(rf"^## {name}：.+ \{{#{name.lower()}\}}$", text, re.M), (
+                f"add '## {name}：... {{#{name.lower()}}}'"
+            )
+
+
 def test_every_method_and_objective_has_a_page_with_its_options_and_a_snippet() -> None:
     from tunekit.methods import registry
     from tunekit.objectives import OBJECTIVES
