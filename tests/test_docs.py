@@ -10,6 +10,7 @@ import io
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -75,6 +76,27 @@ def test_the_search_index_finds_chinese_words_on_the_chinese_pages(
     for word, page in (("微调", "zh/tutorial/"), ("适配器", "zh/adapters/"), ("复读", "zh/troubleshooting/")):
         assert word in pages.get(page, set()), f"the search index has no word {word!r} on {page}"
     assert "LoRA" in pages["methods/lora/"]  # English words are still split as before
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="needs Node.js to run the site's search worker")
+def test_searching_a_chinese_word_on_the_site_finds_the_chinese_pages(
+    site: tuple[Path, subprocess.CompletedProcess[str]],
+) -> None:
+    """What a reader gets from the search box: mkdocs-material's own search worker, run in Node on the built index."""
+    import material  # the theme whose worker the site ships
+
+    folder, proc = site
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assets = Path(material.__file__).parent / "templates" / "assets" / "javascripts"
+    index = folder / "search" / "search_index.json"
+    queries = {"微调": "zh/", "复读": "zh/troubleshooting/", "适配器": "zh/adapters/", "WinError": "zh/windows/"}
+    out = subprocess.run(
+        ["node", str(ROOT / "tests" / "docs_search.js"), str(assets), str(index), *queries],
+        capture_output=True, text=True, encoding="utf-8", timeout=120, check=True,
+    ).stdout  # fmt: skip
+    found = json.loads(out)
+    for query, page in queries.items():
+        assert found[query] and found[query][0].startswith(page), f"searching {query!r} found {found[query][:5]}"
 
 
 def test_the_language_switcher_links_the_english_and_chinese_pages(
