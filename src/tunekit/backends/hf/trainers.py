@@ -359,7 +359,7 @@ def release_trainer(trainer: Any, model: Any) -> None:
       original model through it.
     """
     release(trainer)  # the model's own attention implementation back
-    head, (pre, post) = trainer.__dict__.pop("_tunekit_head_hooks", (None, (set(), set())))
+    head, (pre, post) = getattr(trainer, "__dict__", {}).pop("_tunekit_head_hooks", (None, (set(), set())))
     if head is not None:  # the forward hooks trl's activation offloading put on the output head
         for key in set(head._forward_pre_hooks) - pre:
             head._forward_pre_hooks.pop(key, None)
