@@ -6,20 +6,9 @@ validated like every tunekit config. These are pure configs: they import neither
 optimizers' packages; the engine builds the optimizer (``backends/hf/optimizers.py``) and ``plan()``
 counts its state.
 
-=====================  ==================================  ===================================  =========
-name                   what it is                          state per trainable parameter        runs on
-=====================  ==================================  ===================================  =========
-``"adamw"``            torch's AdamW (fused on CUDA)       2 moments, 8 bytes in fp32           any
-``"adamw_8bit"``       bitsandbytes' 8-bit AdamW           2 bytes + block scales (~2.03)       CUDA; CPU
-                                                                                                with bnb 0.50+
-``"paged_adamw_8bit"`` the same, paged to CPU RAM on spikes 2 bytes + block scales               CUDA
-``"adafactor"``        factored second moment              ~4 bytes x (rows + cols) per matrix  any
-``"lion"``             sign of the momentum (bitsandbytes)  1 moment, 4 bytes                    any
-``"galore"``           AdamW on a low-rank projection       2 x rank x (rows or cols) + proj.    any
-``"apollo"``           random projection, AdamW-like scale  like GaLore, rank can be 1 (Mini)    any
-``"muon"``             orthogonalised momentum (torch)      1 moment for matrices; AdamW rest    any
-``"sgd"``              SGD with momentum                    1 moment (0 without momentum)        any
-=====================  ==================================  ===================================  =========
+The optimizers: ``"adamw"`` (default; fused), ``"adamw_8bit"`` and ``"paged_adamw_8bit"`` (bitsandbytes),
+``"adafactor"``, ``"lion"``, ``"galore"``, ``"apollo"``, ``"muon"`` and ``"sgd"``. docs/guides/optimizers.md
+gives each one's memory per parameter and when to use it.
 
 Example:
     >>> import tunekit as tk

@@ -100,3 +100,20 @@ def test_low_rank_projection_optimizers_refuse_adapters(tiny_llama):
     with pytest.raises(tk.IncompatibleError, match=r"LoRA trains low-rank adapters already.*tk.Full\(\)"):
         tuner.fit(ROWS)
     assert tuner._loaded is None
+
+
+def test_optimizers_that_need_whole_matrices_refuse_sharding_engines(monkeypatch):
+    import torch
+
+    from tunekit.backends.hf import optimizers
+    from tunekit.distributed import World
+
+    monkeypatch.setattr(optimizers, "world", lambda: World(rank=0, local_rank=0, size=2))
+    cpu = torch.device("cpu")
+    for name in ("galore", "apollo", "muon"):
+        with pytest.raises(tk.IncompatibleError, match=r"shards them across processes; use tk.DDP\(\)"):
+            optimizers.check_optimizer(tk.Training(optimizer=name, distributed=tk.FSDP()), cpu, tk.Full())
+        optimizers.check_optimizer(tk.Training(optimizer=name, distributed=tk.DDP()), cpu, tk.Full())  # fine
+    offload = tk.Training(optimizer="adafactor", distributed=tk.DeepSpeed(stage=2, offload="optimizer"))
+    with pytest.raises(tk.IncompatibleError, match=r"its own CPU AdamW; use optimizer='adamw'"):
+        optimizers.check_optimizer(offload, cpu, tk.Full())

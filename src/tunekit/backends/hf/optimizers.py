@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from tunekit._torch import unique_parameters, unwrap_peft
+from tunekit.distributed import DeepSpeed, shards_parameters, world
 from tunekit.errors import IncompatibleError, MissingDependencyError
 from tunekit.methods import Method
 from tunekit.optimizers import APOLLOOptions, GaLoreOptions, LionOptions, MuonOptions, SGDOptions, options_for
@@ -82,6 +83,18 @@ def check_optimizer(training: Training, device: Any, method: Method) -> None:
             f"{where} runs bitsandbytes' optimizer, which needs CUDA or, on the CPU, bitsandbytes 0.50 or newer "
             f"(installed: {'.'.join(map(str, _version('bitsandbytes')))}); run: pip install -U bitsandbytes, or "
             "train on a CUDA device"
+        )
+    engine = training.distributed if world().distributed else None
+    if name != "adamw" and isinstance(engine, DeepSpeed) and engine.offload != "none":
+        raise IncompatibleError(
+            f"{where} with tk.DeepSpeed(offload={engine.offload!r}): DeepSpeed updates offloaded optimizer states "
+            "with its own CPU AdamW; use optimizer='adamw', or DeepSpeed without offload"
+        )
+    if name in ("galore", "apollo", "muon") and shards_parameters(engine):
+        raise IncompatibleError(
+            f"{where} needs each weight matrix whole (an SVD, a projection or an orthogonalisation of its update), "
+            f"and {type(engine).__name__} shards them across processes; use tk.DDP() (or DeepSpeed stage 1-2), or "
+            "optimizer='adamw' / 'adamw_8bit'"
         )
     if name in ("galore", "apollo") and method.is_adapter:
         raise IncompatibleError(
