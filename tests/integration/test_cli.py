@@ -190,6 +190,8 @@ def test_plan_prints_the_plan_without_training(tmp_path: Path, capsys) -> None:
         "gradient_checkpointing": bool,
         "device_memory_bytes": int,  # on the CPU: the RAM available when planned
         "fits": bool,
+        "optimizer": str,  # Training(optimizer=...); memory["optimizer"] is its state's bytes
+        "activation_offload": bool,
         "trainable_fraction": float,
         "memory": dict,
     }
