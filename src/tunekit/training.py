@@ -46,7 +46,7 @@ class Training(Config):
         "linear", description="Learning-rate schedule after warm-up."
     )
     warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Share of the steps spent warming the rate up.")
-    weight_decay: float = Field(0.0, ge=0, description="Decoupled weight decay (not on biases and norms).")
+    weight_decay: float = Field(0.0, ge=0, description="Weight decay of the optimizer (not on biases and norms).")
     optimizer: OptimizerName = Field(
         "adamw",
         description="'adamw' (fused on CUDA), 'adamw_8bit' and 'paged_adamw_8bit' (bitsandbytes), 'adafactor', "
@@ -260,9 +260,11 @@ class Training(Config):
             return v
         options = OPTIONS.get(name)
         if options is None:
+            meant = getattr(type(v), "optimizer", None) if type(v) in OPTIONS.values() else None
             raise ValueError(
-                f"optimizer={name!r} takes no options; drop optimizer_options (optimizers with options: "
-                f"{', '.join(repr(o) for o in OPTIONS)})"
+                f"optimizer={name!r} takes no options; "
+                + (f"set optimizer={meant!r} for tk.{type(v).__name__}, or " if meant else "")
+                + f"drop optimizer_options (optimizers with options: {', '.join(repr(o) for o in OPTIONS)})"
             )
         if isinstance(v, dict):
             return options(**v)

@@ -111,3 +111,27 @@ def test_optimizers_differ_in_memory_as_documented(tiny_llama):
     assert sizes["galore"] < adamw and sizes["apollo"] < adamw and sizes["muon"] < adamw
     plain_sgd = training("sgd").model_copy(update={"optimizer_options": tk.SGDOptions(momentum=0.0)})
     assert tk.Tuner(tiny_llama, method=tk.Full(), training=plain_sgd).plan(DATA).optimizer_bytes == 0
+
+
+def test_activation_offload_counts_two_layers_in_flight(tiny_llama):
+    """plan()'s activations under offloading (CUDA runs; the formula is device-free): two layers' saved tensors on
+    the device instead of every layer's, with or without checkpointing."""
+    from tunekit.backends.hf.memory import activation_parts
+
+    model = tk.Tuner(tiny_llama, method=tk.Full(), training=cpu()).model
+    layers = model.config.num_hidden_layers
+    assert layers == 2  # the tiny model: offloading keeps both, so nothing changes
+
+    def saved(**kw):
+        return activation_parts(model, tokens=512, padded_length=0, precision="fp32", device=torch.device("cpu"), **kw)[
+            "saved"
+        ]
+
+    assert saved(checkpointing=False, offload=True) == saved(checkpointing=False)
+    model.config.num_hidden_layers = 8  # as if deeper: the formula reads the count from the config
+    try:
+        full, offloaded = saved(checkpointing=False), saved(checkpointing=False, offload=True)
+        gc, gc_offloaded = saved(checkpointing=True), saved(checkpointing=True, offload=True)
+    finally:
+        model.config.num_hidden_layers = layers
+    assert offloaded < full and gc_offloaded < gc

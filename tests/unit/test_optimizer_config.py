@@ -27,7 +27,7 @@ ROWS = [{"prompt": "reverse: 1 2", "completion": "2 1"}] * 4
         ({"optimizer": "muon", "optimizer_options": {"ns_step": 3}}, r"MuonOptions\(ns_step=3\).*'ns_steps'\?"),
         ({"optimizer": "galore", "optimizer_options": {"r": 8}}, r"unknown option 'r'; did you mean 'rank'\?"),
         ({"optimizer": "galore", "optimizer_options": tk.MuonOptions()}, r"takes tk.GaLoreOptions, not MuonOptions; "),
-        ({"optimizer": "adamw", "optimizer_options": tk.SGDOptions()}, r"optimizer='adamw' takes no options"),
+        ({"optimizer_options": tk.SGDOptions()}, r"optimizer='adamw' takes no options; set optimizer='sgd' for tk.SGD"),
         ({"optimizer": "sgd", "optimizer_options": {"momentum": 0, "nesterov": True}}, r"nesterov=True needs momentum"),
         ({"optimizer": "apollo", "optimizer_options": {"rank": 0}}, r"rank must be at least 1"),
         ({"activation_offload": True, "device": "cpu"}, r"activation_offload=True .* drop activation_offload"),

@@ -363,7 +363,7 @@ def _embeddings(model: Any) -> set[int]:
     """Parameters of nn.Embedding modules (transformers keeps them in 32-bit state under bitsandbytes' 8-bit Adam)."""
     import torch
 
-    return {id(p) for m in model.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters()}
+    return {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
 
 
 def _low_rank_bytes(p: Any, options: GaLoreOptions | APOLLOOptions) -> int:
