@@ -5,6 +5,9 @@ tests (torchrun, gloo), which `tests` includes.
 `nox -s mutation` (not in CI, slow) runs mutmut over the modules where a silent bug costs users most, each against
 its own tests (scripts/mutation.py; scores and survivors in tests/MUTATION.md).
 
+`nox -s "compat(oldest)"` and `nox -s "compat(newest)"` run a core subset of the suite against the lower bounds of the
+tested ranges in pyproject.toml (read from there) and against the newest releases the ranges admit (what CI installs).
+
 `nox -s docs` builds the site with no warning allowed and runs every snippet in docs/; `nox -s examples`
 runs every example and `tunekit fit` on every example config. The default suite runs both too
 (tests/test_docs.py, tests/integration/test_examples*.py, tests/integration/test_cli.py), so CI covers them.
