@@ -19,6 +19,7 @@ import importlib
 import importlib.metadata
 import importlib.util
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -170,7 +171,10 @@ def parse_requires_dist(lines: list[str]) -> tuple[list[Requirement], dict[str, 
         if "extra" not in marker:
             core.append(req)
             continue
-        name = marker.split("extra ==", 1)[1].split()[0].strip("\"'")
+        match = re.search(r"extra\s*==\s*['\"]([^'\"]+)['\"]", marker)
+        if match is None:
+            continue
+        name = match.group(1)
         req.marker = None
         extras.setdefault(name, []).append(req)
     return core, extras
@@ -488,7 +492,8 @@ def report() -> Report:
     """
     problems: list[Problem] = []
     core, extras = requirements()
-    dependencies = [_check_dependency(req, problems) for req in core]
+    # A requirement for other platforms or Pythons (a marker false here) is not checked.
+    dependencies = [_check_dependency(req, problems) for req in core if req.marker is None or req.marker.evaluate()]
     torch_info = _torch(problems)
     features = [_feature(check, torch_info, problems) for check in FEATURES]
     return Report(
