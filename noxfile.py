@@ -170,7 +170,7 @@ COMPAT_TESTS = (
 )
 
 
-def _oldest_pins() -> list[str]:
+def oldest_pins() -> list[str]:
     """``name==lower`` for each of COMPAT_PACKAGES, the lower bound read from pyproject.toml's dependencies."""
     import tomllib  # Python 3.11+: nox itself may run on 3.10
     from packaging.requirements import Requirement
@@ -198,7 +198,7 @@ def compat(session: nox.Session, versions: str) -> None:
     datasets (each at its lower bound in pyproject.toml), or against the newest releases their ranges admit (what a
     fresh install, and so CI, gets). tunekit and pytest only, no extras: `nox -s "compat(oldest)"`."""
     session.install(TORCH_CPU)
-    pins = _oldest_pins() if versions == "oldest" else []
+    pins = oldest_pins() if versions == "oldest" else []
     # One resolve: tunekit's own requirements and the pins together, so pip cannot pick a combination it would refuse.
     session.install("-e", ".", "pytest>=8", "pytest-timeout>=2.3", *pins)
     session.run(

@@ -116,13 +116,9 @@ def test_a_missing_requirement_is_an_error(monkeypatch) -> None:
 
 def test_a_package_built_for_another_torch_is_an_error(monkeypatch, tmp_path: Path) -> None:
     """vLLM pins the torch it was built for: another torch installed is named, with the fix (vllm is not imported)."""
-    info = tmp_path / "vllm-0.33.0.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text(
-        "Metadata-Version: 2.1\nName: vllm\nVersion: 0.33.0\nRequires-Dist: torch==2.9.0\n", encoding="utf-8"
+    fake_distribution(
+        tmp_path, "vllm", "vllm", "0.33.0", "raise SystemExit('vllm must not be imported')\n", "torch==2.9.0"
     )
-    (tmp_path / "vllm").mkdir()
-    (tmp_path / "vllm" / "__init__.py").write_text("raise SystemExit('vllm must not be imported')\n", encoding="utf-8")
     monkeypatch.syspath_prepend(str(tmp_path))
     r = doctor.report()
     [vllm] = [f for f in r.features if f.name == "vllm"]
@@ -189,3 +185,49 @@ def test_human_output_names_every_section(capsys) -> None:
         assert name in out, name
     assert out.rstrip().endswith("Attach this output to bug reports.")
     assert code == (0 if doctor.report().ok else 1)
+
+
+def test_the_compat_session_installs_each_lower_bound() -> None:
+    """`nox -s "compat(oldest)"` reads its pins from pyproject.toml, the same lines doctor checks against."""
+    pytest.importorskip("nox")
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("tunekit_noxfile", ROOT / "noxfile.py")
+    noxfile = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(noxfile)
+    core, _extras = doctor.requirements()
+    lower = {r.name: next(s.version for s in r.specifier if s.operator == ">=") for r in core if r.name in RANGED}
+    assert noxfile.oldest_pins() == [f"{name}=={lower[name]}" for name in noxfile.COMPAT_PACKAGES]
+    assert set(noxfile.COMPAT_PACKAGES) == set(RANGED)
+
+
+def fake_distribution(root: Path, name: str, module: str, version: str, body: str, requires: str = "") -> None:
+    """An installed package as importlib.metadata and the import system find it: a dist-info and a module."""
+    info = root / f"{name.replace('-', '_')}-{version}.dist-info"
+    info.mkdir()
+    lines = f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n" + (
+        f"Requires-Dist: {requires}\n" if requires else ""
+    )
+    (info / "METADATA").write_text(lines, encoding="utf-8")
+    (root / module).mkdir()
+    (root / module / "__init__.py").write_text(body, encoding="utf-8")
+
+
+@pytest.mark.parametrize(("name", "module"), [("bitsandbytes", "bitsandbytes"), ("liger-kernel", "liger_kernel")])
+def test_a_cuda_only_package_without_cuda_is_a_warning_and_not_imported(monkeypatch, tmp_path, name, module) -> None:
+    import torch
+
+    fake_distribution(tmp_path, name, module, "9.9.9", "raise SystemExit('imported without CUDA')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, module, raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    r = doctor.report()
+    [feature] = [f for f in r.features if f.name == name]
+    assert (feature.version, feature.installed, feature.usable, feature.detail) == (
+        "9.9.9",
+        True,
+        False,
+        "needs a CUDA GPU",
+    )
+    [p] = [p for p in r.problems if p.what.startswith(f"{name} 9.9.9")]
+    assert p.severity == "warning" and "no usable CUDA GPU" in p.what
