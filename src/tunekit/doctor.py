@@ -177,7 +177,20 @@ def parse_requires_dist(lines: list[str]) -> tuple[list[Requirement], dict[str, 
         name = match.group(1)
         req.marker = None
         extras.setdefault(name, []).append(req)
-    return core, extras
+    return core, _expand(extras)
+
+
+def _expand(extras: dict[str, list[Requirement]]) -> dict[str, list[Requirement]]:
+    """An extra made of others (``dev = ["tunekit[test,docs]", ...]``) with their requirements in place of the
+    reference, as the build backend writes it into the metadata."""
+    out = {}
+    for name, reqs in extras.items():
+        flat: dict[str, Requirement] = {}  # by its text: test and docs both list mkdocs-material
+        for req in reqs:
+            inner = [x for e in sorted(req.extras) for x in extras.get(e, [])] if req.name == "tunekit" else [req]
+            flat.update((str(x), x) for x in inner if str(x) not in flat)
+        out[name] = list(flat.values())
+    return out
 
 
 def _checkout_pyproject() -> Path | None:
@@ -197,7 +210,7 @@ def requirements() -> tuple[list[Requirement], dict[str, list[Requirement]]]:
         project = tomllib.loads(path.read_text(encoding="utf-8"))["project"]
         core = [Requirement(line) for line in project["dependencies"]]
         extras = {name: [Requirement(x) for x in lines] for name, lines in project["optional-dependencies"].items()}
-        return core, extras
+        return core, _expand(extras)
     try:
         return parse_requires_dist(importlib.metadata.requires("tunekit") or [])
     except (importlib.metadata.PackageNotFoundError, InvalidRequirement):
@@ -459,8 +472,6 @@ def _extras(extras: dict[str, list[Requirement]], problems: list[Problem]) -> li
     for name, reqs in extras.items():
         missing = []
         for req in reqs:
-            if req.name == "tunekit":  # an extra made of others (dev = test + docs + tools)
-                continue
             version = installed_version(req.name)
             if version is not None and req.name not in modules:
                 modules[req.name] = _top_modules(req.name)

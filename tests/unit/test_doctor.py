@@ -48,9 +48,17 @@ def test_metadata_and_pyproject_give_the_same_requirements() -> None:
         lines += [f'{r}; extra == "{extra}"' for r in reqs]
     core, extras = doctor.parse_requires_dist(lines)
     pcore, pextras = doctor.requirements()
-    assert [str(r) for r in core] == [str(r) for r in pcore]
-    assert {k: [str(r) for r in v] for k, v in extras.items()} == {k: [str(r) for r in v] for k, v in pextras.items()}
+
+    def names(reqs):  # the build backend sorts the lines
+        return sorted(str(r) for r in reqs)
+
+    assert names(core) == names(pcore)
+    assert {k: names(v) for k, v in extras.items()} == {k: names(v) for k, v in pextras.items()}
     assert set(extras) == set(PYPROJECT["optional-dependencies"])
+    # an extra made of others lists their packages (dev = test + docs + tools), as installed metadata does
+    assert {"pytest", "mkdocs-material", "ruff"} <= {r.name for r in pextras["dev"]}
+    assert "tunekit" not in {r.name for e in pextras.values() for r in e}
+    assert all(len(names(v)) == len(set(names(v))) for v in pextras.values())
 
 
 def test_report_fields_and_types() -> None:
@@ -231,3 +239,13 @@ def test_a_cuda_only_package_without_cuda_is_a_warning_and_not_imported(monkeypa
     )
     [p] = [p for p in r.problems if p.what.startswith(f"{name} 9.9.9")]
     assert p.severity == "warning" and "no usable CUDA GPU" in p.what
+
+
+def test_an_installed_tunekit_reads_its_metadata(monkeypatch) -> None:
+    """Outside a checkout (a wheel install) the ranges come from the Requires-Dist lines of tunekit's metadata."""
+    lines = ["torch>=2.6", "trl>=1.16,<1.17", 'bitsandbytes>=0.48; extra == "qlora"']
+    monkeypatch.setattr(doctor, "_checkout_pyproject", lambda: None)
+    monkeypatch.setattr(importlib.metadata, "requires", lambda name: lines if name == "tunekit" else None)
+    core, extras = doctor.requirements()
+    assert [str(r) for r in core] == ["torch>=2.6", "trl<1.17,>=1.16"]
+    assert {k: [str(r) for r in v] for k, v in extras.items()} == {"qlora": ["bitsandbytes>=0.48"]}
