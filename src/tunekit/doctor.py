@@ -373,7 +373,7 @@ FEATURES: tuple[_FeatureCheck, ...] = (
         fix="its native library does not load with this torch / CUDA: pip install --force-reinstall bitsandbytes",
     ),
     _FeatureCheck(
-        "vllm", "vllm", "fast generation (CUDA)", cuda=True, import_to_check=False,
+        "vllm", "vllm", "tunekit serve --engine vllm (CUDA)", cuda=True, import_to_check=False,
         fix="install the torch vLLM was built for, or the vLLM release built for the installed torch",
     ),
     _FeatureCheck(
