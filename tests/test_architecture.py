@@ -24,6 +24,9 @@ SRC = ROOT / "src" / "tunekit"
 ALLOWED_LOCAL = {
     # The engine imports torch, transformers, peft and trl; `import tunekit` stays light until a Tuner needs it.
     ("tunekit.backends", "tunekit.backends.hf"),
+    # The server needs FastAPI and uvicorn (the serve extra) and vLLM (CUDA); every other command works without them.
+    ("tunekit.cli.serve", "tunekit.serving"),
+    ("tunekit.cli.serve", "tunekit.serving.vllm_engine"),
 }
 
 

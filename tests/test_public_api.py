@@ -82,6 +82,7 @@ EXPECTED = {
     # data layouts and mappings, chat replies with tool calls and reasoning (issue 16)
     "Data",
     "Reply",
+    "ReplyDelta",
 }
 
 

@@ -13,7 +13,7 @@ from tunekit._version import __version__
 from tunekit.compare import Comparison, compare
 from tunekit.config_file import RunConfig
 from tunekit.data.mapping import Data
-from tunekit.data.replies import Reply
+from tunekit.data.replies import Reply, ReplyDelta
 from tunekit.distributed import DDP, FSDP, DeepSpeed
 from tunekit.errors import (
     CheckpointError,
@@ -103,6 +103,7 @@ __all__ = [
     "PromptTuning",
     "RLHFResult",
     "Reply",
+    "ReplyDelta",
     "RewardModeling",
     "Run",
     "RunConfig",

@@ -13,8 +13,11 @@ from typing import Any
 
 from tunekit._config import suggest
 from tunekit.backends.base import Backend, LoadedModel
+from tunekit.data.control_tokens import control_tokens
 from tunekit.data.formats import normalise_row
 from tunekit.data.messages import parse_tools
+from tunekit.data.replies import Reply, ReplyDelta, ReplyStream
+from tunekit.data.templates import render
 from tunekit.errors import ConfigError, DatasetError, IncompatibleError
 from tunekit.objectives import CausalLM, Objective
 
@@ -182,12 +185,41 @@ def generate(
     return outs[0] if single else outs
 
 
-def stream(backend: Backend, loaded: LoadedModel, objective: Objective, prompt: Any, **options: Any) -> Iterator[str]:
-    """The new text for one prompt (as :func:`check_prompts` gave it), in pieces as the backend generates it."""
+def stream(
+    backend: Backend, loaded: LoadedModel, objective: Objective, prompt: Any, **options: Any
+) -> Iterator[ReplyDelta]:
+    """One prompt's reply (as :func:`check_prompts` gave it) in pieces as the backend generates it: reasoning, answer
+    and tool calls split as ``generate`` splits them (:class:`~tunekit.data.replies.ReplyStream`), then an ``"end"``
+    piece with the whole :class:`~tunekit.data.replies.Reply`."""
     options = check_options(options)
     chat = options.pop("chat", not isinstance(objective, CausalLM))
     options.pop("batch_size", None)  # one prompt
-    yield from backend.stream(loaded, prompt, chat=chat, options=options)
+    splitter: ReplyStream | None = None
+    if chat:
+        tok = loaded.tokenizer
+        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+        opened = render(tok, messages, add_generation_prompt=True, tools=options.get("tools")).rstrip()
+        splitter = ReplyStream(
+            control_tokens(tok), tools_offered=bool(options.get("tools")), opened=opened.endswith("<think>")
+        )
+    pieces = backend.stream(loaded, prompt, chat=chat, options=options)
+    try:
+        while True:
+            try:
+                piece = next(pieces)
+            except StopIteration as done:
+                final = done.value
+                break
+            if splitter is None:
+                yield ReplyDelta("content", piece)
+            else:
+                yield from splitter.feed(piece)
+        reply = final if isinstance(final, Reply) else Reply(str(final))
+        if splitter is not None:
+            yield from splitter.finish(reply)
+        yield ReplyDelta("end", reply=reply)
+    finally:
+        pieces.close()
 
 
 def generate_text(backend: Backend, loaded: LoadedModel, objective: Objective, prompt: Any, **options: Any) -> Any:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import contextlib
 import threading
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from tunekit._config import suggest
 from tunekit.backends import get_backend
 from tunekit.backends.base import Backend, LoadedModel, RunSpec, Trained
 from tunekit.data.encoding import Encoded
@@ -29,7 +30,7 @@ from tunekit.objectives import SFT, CausalLM, Objective
 from tunekit.plan import Plan
 from tunekit.results import FitResult
 from tunekit.run import Prepared, Run, check_resume, execute, prepare
-from tunekit.save_format import check_save, write_save
+from tunekit.save_format import check_save, spec_from_save, write_save
 from tunekit.training import Training
 from tunekit.training_data import check_compatible, encode_for, normalise_for
 
@@ -152,6 +153,7 @@ class Tuner:
         # the other). Re-entrant: a hook, in fit's thread, may generate or save.
         self._use_lock = threading.RLock()
         self._streaming: set[int] = set()  # threads with an open stream() (it holds the use lock)
+        self._adapters: dict[str, Path] = {}  # adapters added beside this tuner's own (add_adapter), for serving
         if objective is not None:
             check_compatible(self.method, objective)
         if output_dir is not None and Path(output_dir).exists() and not Path(output_dir).is_dir():
@@ -279,6 +281,7 @@ class Tuner:
 
     def _prepare_run(self, data: Any, eval_data: Any, resume: bool | str | Path | None) -> Prepared:
         """Everything ``fit`` and ``start`` check in the caller's thread, before anything loads."""
+        self._single_adapter("fit()")
         if self._fitting == threading.get_ident():
             raise ConfigError(
                 "fit() was called from inside the running fit (a hook?); a hook may generate or save, but a new "
@@ -340,7 +343,7 @@ class Tuner:
                 "and run.wait()), or from a hook, which runs between steps"
             )
 
-    def generate(self, prompt: Any, **options: Any) -> Any:
+    def generate(self, prompt: Any, *, adapter: str | None = None, **options: Any) -> Any:
         """Continue ``prompt`` with the training template; returns only the new text.
 
         ``prompt`` is a string, a list of chat messages, or a list of either (then a list comes
@@ -351,24 +354,35 @@ class Tuner:
         range raises ConfigError; a chat message with an unknown role raises DatasetError, as in training.
         A control token typed inside a prompt (``<|im_end|>``) is encoded as the text it is, unless
         ``allow_control_tokens=True`` (default: ``Training.allow_control_tokens``).
+
+        A chat prompt's answer is a :class:`tk.Reply`: the text, with its reasoning, tool calls, ``finish_reason``
+        (``"length"`` when ``max_new_tokens`` cut it) and token counts. ``adapter`` picks one of the adapters
+        this tuner holds (:meth:`add_adapter`): ``"default"`` (its own), an added name, or ``"base"`` (none: the
+        bare base model).
         """
         prompts, single = check_prompts(prompt, self.objective_used)  # before anything loads
         options = check_options(options)
+        self._check_adapter(adapter)
         if not prompts:
             return []
         options.setdefault("allow_control_tokens", self.training.allow_control_tokens)  # typed control tokens are text
-        with self._using("generate()"):
+        with self._using("generate()"), self._adapter(adapter):
             return generate(self.backend, self.loaded, self.objective_used, prompts, single=single, **options)
 
-    def stream(self, prompt: Any, **options: Any) -> Iterator[str]:
+    def stream(
+        self, prompt: Any, *, adapter: str | None = None, parts: bool = False, **options: Any
+    ) -> Generator[Any, None, None]:
         """Continue one prompt (a string or a list of chat messages) like :meth:`generate`, yielding the text as it
         is generated.
 
-        The same template, options, checks and end-of-turn stop as ``generate``; joined, the pieces are what
-        ``generate`` returns (its plain text: tool calls and reasoning are not parsed out, use ``generate`` for
-        those). Prompts and options are checked here, before anything loads. The model is generating (and this
-        tuner's other uses wait) from the first piece until the iterator ends or is closed: breaking out of the
-        loop, ``close()`` or dropping it stops the generation at once. Consume and close it in one thread.
+        The same template, options, checks and end-of-turn stop as ``generate``; joined, the pieces are the
+        answer ``generate`` returns (reasoning and tool-call markup split off as ``generate`` splits them). With
+        ``parts=True`` the pieces are :class:`tk.ReplyDelta` objects instead: the reasoning and the answer as they
+        come, each tool call once complete, and last an ``"end"`` piece with the whole :class:`tk.Reply` (why
+        generation ended, the tokens counted). ``adapter``: as in :meth:`generate`. Prompts and options are checked
+        here, before anything loads. The model is generating (and this tuner's other uses wait) from the first
+        piece until the iterator ends or is closed: breaking out of the loop, ``close()`` or dropping it stops the
+        generation at once. Consume and close it in one thread.
 
         Example:
             >>> for piece in tuner.stream("first: 7 3 1", max_new_tokens=64):  # doctest: +SKIP
@@ -377,17 +391,104 @@ class Tuner:
         prompts, single = check_prompts(prompt, self.objective_used)  # before anything loads
         if not single:
             raise ConfigError("stream(): pass one prompt (a string or a list of chat messages), not a list of prompts")
+        if parts not in (True, False):
+            raise ConfigError(f"stream(parts={parts!r}): must be True or False")
         options = check_options(options)
+        self._check_adapter(adapter)
         options.setdefault("allow_control_tokens", self.training.allow_control_tokens)
-        return self._stream(prompts[0], options)
+        return self._stream(prompts[0], options, adapter=adapter, parts=parts)
 
-    def _stream(self, prompt: Any, options: dict[str, Any]) -> Iterator[str]:
-        with self._using("stream()"):
+    def _stream(
+        self, prompt: Any, options: dict[str, Any], *, adapter: str | None, parts: bool
+    ) -> Generator[Any, None, None]:
+        with self._using("stream()"), self._adapter(adapter):
             self._streaming.add(threading.get_ident())
             try:
-                yield from stream(self.backend, self.loaded, self.objective_used, prompt, **options)
+                for delta in stream(self.backend, self.loaded, self.objective_used, prompt, **options):
+                    if parts:
+                        yield delta
+                    elif delta.kind == "content":
+                        yield delta.text
             finally:
                 self._streaming.discard(threading.get_ident())
+
+    # --- several adapters on one base (for serving) ------------------------------------------------
+    @property
+    def adapters(self) -> list[str]:
+        """The adapters ``generate(adapter=...)`` can pick: ``"default"`` (this tuner's own), those added with
+        :meth:`add_adapter`, and ``"base"`` (no adapter); empty for a method that is no adapter."""
+        if not self.method.is_adapter:
+            return []
+        return ["default", *self._adapters, "base"]
+
+    def add_adapter(self, name: str, path: str | Path, *, verify: bool = True) -> None:
+        """Load the adapter saved at ``path`` (by ``Tuner.save``) beside this tuner's own, on the same copy of the
+        base model, under ``name``; ``generate(..., adapter=name)`` and ``stream`` then use it.
+
+        The save must be an adapter trained on this tuner's base (checked by its recorded fingerprint, like
+        ``tk.load``), of the same low-rank kind (LoRA with LoRA), with the same tokenizer and template; anything
+        else raises :class:`IncompatibleError` (load it as a tuner of its own). Its files are checked against its
+        manifest (``verify``); trust (remote code, pickle files) is this tuner's ``training``'s. A tuner holding
+        added adapters serves them: it does not fit, save, merge or export (load a save on its own for that).
+
+        Example:
+            >>> tuner = tk.load("runs/support-bot")  # doctest: +SKIP
+            >>> tuner.add_adapter("sql", "runs/sql-bot")  # doctest: +SKIP
+            >>> tuner.generate("List the tables", adapter="sql")  # doctest: +SKIP
+        """
+        if not isinstance(name, str) or not name.strip() or name in ("default", "base") or name in self._adapters:
+            taken = "is taken" if name in self._adapters or name in ("default", "base") else "must be a non-empty name"
+            raise ConfigError(f"add_adapter(name={name!r}): the name {taken} ('default' and 'base' are reserved)")
+        if not self.method.is_adapter:
+            raise IncompatibleError(
+                f"add_adapter({name!r}): this tuner's method ({self.method.name}) is no adapter; adapters go beside "
+                "an adapter on its base (load an adapter save, or train one, first)"
+            )
+        self._check_not_training("add_adapter()")
+        saved = spec_from_save(path, base_model=self.model_ref, training=self.training, verify=verify)
+        other = saved.spec
+        if other.adapter_path is None or not other.method.is_adapter:
+            raise IncompatibleError(
+                f"add_adapter({name!r}): {path} is a whole-model save ({other.method.name}), not an adapter; "
+                "serve it as a tuner of its own"
+            )
+        if (other.template_options or {}) != (self.template_options or {}):  # the template itself: the backend's check
+            raise IncompatibleError(
+                f"add_adapter({name!r}): {path} was trained with other template options ({other.template_options}) "
+                f"than this tuner ({self.template_options}); it reads prompts differently, so it cannot share this "
+                "model: load it on its own"
+            )
+        with self._using("add_adapter()"):
+            self.backend.add_adapter(self.loaded, name, other)
+        self._adapters[name] = Path(path)
+
+    def _check_adapter(self, adapter: str | None) -> None:
+        if adapter is None:
+            return
+        names = self.adapters
+        if adapter not in names:
+            if not names:
+                raise IncompatibleError(
+                    f"adapter={adapter!r}: this tuner's method ({self.method.name}) is no adapter; there is "
+                    "nothing to pick"
+                )
+            raise ConfigError(f"adapter={adapter!r}: no such adapter; {suggest(str(adapter), names)}")
+
+    @contextlib.contextmanager
+    def _adapter(self, adapter: str | None) -> Iterator[None]:
+        if adapter is None:
+            yield
+            return
+        with self.backend.adapter(self.loaded, adapter):
+            yield
+
+    def _single_adapter(self, what: str) -> None:
+        """Refuse ``what`` on a tuner that serves added adapters (peft would save or train them all)."""
+        if self._adapters:
+            raise IncompatibleError(
+                f"{what}: this tuner holds added adapters ({', '.join(self._adapters)}) for serving; {what} works "
+                "on a tuner with its own adapter only: load the save you want on its own (tk.load) for that"
+            )
 
     def score(self, texts: Sequence[Any]) -> list[float]:
         """Reward-model scores, one float per item (higher is better).
@@ -421,6 +522,7 @@ class Tuner:
         """
         if not self.method.mergeable:
             raise IncompatibleError(f"{self.method.name} cannot be merged: {self.method.not_mergeable_because}")
+        self._single_adapter("merge()")
         with self._using("merge()"):
             return self.backend.merge(self.loaded, self.method)
 
@@ -506,6 +608,7 @@ class Tuner:
     def save(self, path: str | Path) -> Path:
         """Write the adapter (or whole model for ``Full``), tokenizer, template and manifest."""
         target = Path(path)
+        self._single_adapter("save()")
         with self._using("save()"):
             check_save(target, self._spec(), self.backend)  # before anything loads
             return write_save(self._trained(), target)
@@ -542,6 +645,7 @@ class Tuner:
             >>> print(result.size_report())  # doctest: +SKIP
             >>> tuner.export("out/gguf", format="gguf", dtype="q8_0")  # doctest: +SKIP
         """
+        self._single_adapter("export()")
         with self._using("export()"):
             check_request(self._spec(), Path(path), format, merge, dtype, max_new_tokens=max_new_tokens)  # before load
             return export_trained(

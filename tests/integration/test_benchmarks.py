@@ -25,6 +25,10 @@ CASES = {
         ["--steps", "5", "--hidden", "64", "--layers", "2", "--rank", "8", "--rows", "24", "--repeats", "1"],
         {"optimizers", "plan_equals_measured"},
     ),
+    "serve_load.py": (
+        ["--clients", "4", "--requests", "1", "--max-tokens", "4"],
+        {"served_rps", "p95_ms", "wrong_or_lost"},
+    ),
     "plan_accuracy.py": (
         ["--quick", "--hidden", "64", "--layers", "2", "--rows", "6"],
         {"configs", "worst", "all_exact_terms_equal"},

@@ -96,3 +96,24 @@ def test_chat_with_piped_input_answers_each_line(saved: Path) -> None:
 def test_chat_on_a_missing_save_is_one_error_line(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["chat", "no/such/dir"]) == 2
     assert capsys.readouterr().err.startswith("error: load('no/such/dir'): no such directory")
+
+
+def test_a_reply_says_why_it_ended_and_stop_strings_end_it(tiny_qwen_init02: Path) -> None:
+    tuner = tk.Tuner(str(tiny_qwen_init02), training=tk.Training(device="cpu"))
+    free = tuner.generate("first: 7 3 1", max_new_tokens=24)
+    assert free.prompt_tokens is not None and free.prompt_tokens > 3
+    if free.finish_reason == "length":
+        assert free.completion_tokens == 24
+    else:
+        assert free.finish_reason == "stop" and 1 <= free.completion_tokens <= 24
+    long = tuner.generate("first: 7 3 1", max_new_tokens=24, min_new_tokens=24)
+    assert long.finish_reason == "length" and long.completion_tokens == 24
+    text = str(long)
+    at = next(
+        i for i in range(len(text) // 3, len(text) - 1) if text[i : i + 2].isascii() and text[i : i + 2].isalnum()
+    )
+    stop = text[at : at + 2]  # plain letters in the middle of the answer (not half a UTF-8 character)
+    cut = tuner.generate("first: 7 3 1", max_new_tokens=24, stop_strings=[stop])  # failed inside transformers before
+    assert stop in cut and len(cut) < len(text) and cut.finish_reason == "stop"
+    end = list(tuner.stream("first: 7 3 1", max_new_tokens=24, min_new_tokens=24, parts=True))[-1]
+    assert end.kind == "end" and end.reply == long and end.reply.completion_tokens == 24

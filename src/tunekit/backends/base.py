@@ -17,7 +17,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Generator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,9 +117,32 @@ class Backend(Protocol):
         """The new text for each prompt (a string, or chat messages rendered with the template when ``chat``)."""
         ...
 
-    def stream(self, loaded: LoadedModel, prompt: Any, *, chat: bool, options: dict[str, Any]) -> Iterator[str]:
-        """The new text for one prompt, in pieces as it is generated (joined: what :meth:`generate` returns for it
-        when the reply has no reasoning or tool calls); closing the iterator early stops the generation."""
+    def stream(
+        self, loaded: LoadedModel, prompt: Any, *, chat: bool, options: dict[str, Any]
+    ) -> Generator[str, None, str]:
+        """The new text for one prompt, in pieces as it is generated (for a chat prompt the raw text, markers and
+        special tokens included, for :class:`~tunekit.data.replies.ReplyStream` to split); returns what
+        :meth:`generate` returns for it. Closing the iterator early stops the generation."""
+        ...
+
+    def prompt_length(self, loaded: LoadedModel, prompt: Any, *, chat: bool, options: dict[str, Any]) -> int:
+        """How many tokens ``prompt`` is, rendered and encoded as :meth:`generate` would (``options``: its ``tools``
+        and ``allow_control_tokens``)."""
+        ...
+
+    def context_length(self, loaded: LoadedModel) -> int | None:
+        """The most tokens (prompt and answer together) the model takes; None when its config states no limit."""
+        ...
+
+    def add_adapter(self, loaded: LoadedModel, name: str, spec: RunSpec) -> None:
+        """Put the adapter of another save (``spec``, as :func:`~tunekit.save_format.spec_from_save` read it,
+        trained on the same base) on ``loaded``'s model beside its own, under ``name``; IncompatibleError when it
+        cannot sit there (another adapter type, another tokenizer or template)."""
+        ...
+
+    def adapter(self, loaded: LoadedModel, name: str) -> AbstractContextManager[None]:
+        """For the length of a ``with``, ``name``'s adapter is the active one (``"default"``: the model's own,
+        ``"base"``: none, the bare base model)."""
         ...
 
     def score(self, loaded: LoadedModel, items: list[Any], *, max_length: int) -> list[float]:

@@ -14,14 +14,16 @@ import contextlib
 import copy
 import json
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tunekit.backends.base import Backend, LoadedModel, RunSpec
+from tunekit.data.control_tokens import control_tokens
 from tunekit.data.encoding import Encoded
 from tunekit.data.formats import NormalisedData
+from tunekit.data.replies import Reply, parse_reply
 from tunekit.data.rows import TrainerRows
 from tunekit.data.templates import Template, ensure_template
 from tunekit.errors import IncompatibleError, TrainingError
@@ -67,6 +69,9 @@ class FakeBackend:
     - ``step_gate``: a semaphore each step acquires first, so a test decides when steps happen
       (``gate.release(3)`` lets three steps run); ``fail_at``: the step that raises ``error``.
     - ``params``: (trainable, total) parameters the results and plans report.
+    - ``max_length``: the context length it states (a prompt counts one token per word); None for no limit.
+      Adapters added with ``Tuner.add_adapter`` are listed in ``adapters``, and ``active_adapter`` names the
+      one a call is using (``"default"``, ``"base"`` or an added name), for a ``replies`` function to read.
 
     Every protocol call is recorded in ``calls`` (``"preflight"``, ``"load"``, ``"fit"``, ...) and the
     run descriptions ``fit`` received in ``specs``. ``save`` writes ``fake_model.json`` and the tokenizer,
@@ -103,6 +108,7 @@ class FakeBackend:
         fail_at: int | None = None,
         error: BaseException | None = None,
         params: tuple[int, int] = (1_000, 100_000),
+        max_length: int | None = 2048,
     ) -> None:
         if not losses:
             raise ValueError("FakeBackend(losses=...): give at least one loss")
@@ -116,6 +122,9 @@ class FakeBackend:
         self.params = params
         self.calls: list[str] = []
         self.specs: list[RunSpec] = []
+        self.max_length = max_length
+        self.adapters: list[str] = []  # added with Tuner.add_adapter
+        self.active_adapter = "default"
 
     # --- lifecycle ----------------------------------------------------------------------------------
     def load(self, spec: RunSpec) -> LoadedModel:
@@ -218,17 +227,49 @@ class FakeBackend:
     def generate(self, loaded: LoadedModel, prompts: list[Any], *, chat: bool, options: dict[str, Any]) -> list[str]:
         self.calls.append("generate")
         options.pop("allow_control_tokens", None)  # what the engine's encoding takes; nothing to encode here
-        options.pop("tools", None)
-        return [self._reply(p) for p in prompts]
+        tools = options.pop("tools", None)
+        return [self._parsed(loaded, p, chat=chat, tools=bool(tools)) for p in prompts]
 
-    def stream(self, loaded: LoadedModel, prompt: Any, *, chat: bool, options: dict[str, Any]) -> Iterator[str]:
+    def stream(
+        self, loaded: LoadedModel, prompt: Any, *, chat: bool, options: dict[str, Any]
+    ) -> Generator[str, None, str]:
         """The scripted reply in pieces of at most four characters."""
         self.calls.append("stream")
         options.pop("allow_control_tokens", None)
-        options.pop("tools", None)
+        tools = options.pop("tools", None)
         reply = self._reply(prompt)
         for i in range(0, len(reply), 4):
             yield reply[i : i + 4]
+        return self._parsed(loaded, prompt, chat=chat, tools=bool(tools))
+
+    def _parsed(self, loaded: LoadedModel, prompt: Any, *, chat: bool, tools: bool) -> Reply:
+        """The scripted reply as generate returns it: parsed for tool calls and reasoning (a chat prompt), one token
+        per word counted."""
+        text = self._reply(prompt)
+        reply = parse_reply(text, control_tokens(loaded.tokenizer), tools_offered=tools) if chat else Reply(text)
+        n_prompt = self.prompt_length(loaded, prompt, chat=chat, options={})
+        return reply.counted(finish_reason="stop", prompt_tokens=n_prompt, completion_tokens=len(text.split()))
+
+    def prompt_length(self, loaded: LoadedModel, prompt: Any, *, chat: bool, options: dict[str, Any]) -> int:
+        """One token per whitespace-separated word of the prompt's text."""
+        texts = [prompt] if isinstance(prompt, str) else [str(m.get("content", "")) for m in prompt]
+        return sum(len(t.split()) for t in texts)
+
+    def context_length(self, loaded: LoadedModel) -> int | None:
+        return self.max_length
+
+    def add_adapter(self, loaded: LoadedModel, name: str, spec: RunSpec) -> None:
+        self.calls.append(f"add_adapter:{name}")
+        self.adapters.append(name)
+
+    @contextlib.contextmanager
+    def adapter(self, loaded: LoadedModel, name: str) -> Iterator[None]:
+        """``active_adapter`` is ``name`` for the length of the ``with`` (a ``replies`` function may read it)."""
+        before, self.active_adapter = self.active_adapter, name
+        try:
+            yield
+        finally:
+            self.active_adapter = before
 
     def _reply(self, prompt: Any) -> str:
         text = (

@@ -11,7 +11,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,14 +33,15 @@ from tunekit.backends.hf.planning import checkpointing_needed, make_plan
 from tunekit.backends.hf.processes import gather_weights, join_group, settle
 from tunekit.backends.hf.resume import check_identity, resolve_resume
 from tunekit.backends.hf.rewards import score_items
+from tunekit.backends.hf.safe_loading import check_weights
 from tunekit.backends.hf.tracking import check_trackers, tracking_env
 from tunekit.backends.hf.trainers import build_trainer, offloads_activations, release_trainer, tokens_seen
 from tunekit.data.control_tokens import control_tokens, encode_plain, find_control_token, plain_spans
 from tunekit.data.encoding import Encoded
 from tunekit.data.formats import NormalisedData
-from tunekit.data.replies import parse_reply
+from tunekit.data.replies import Reply, parse_reply
 from tunekit.data.rows import TrainerRows
-from tunekit.data.templates import render
+from tunekit.data.templates import ensure_template, render
 from tunekit.distributed import shards_parameters, world
 from tunekit.errors import IncompatibleError
 from tunekit.hooks import HookDispatcher
@@ -217,6 +218,7 @@ class HFBackend:
         tools = options.get("tools")
         texts, spans, opts = _prompts_and_options(hf, prompts, chat=chat, options=options)
         batch_size = int(opts.pop("batch_size", 16))
+        limit = int(opts["max_new_tokens"])
         was_training = model.training
         model.eval()
         out: list[str] = []
@@ -235,40 +237,48 @@ class HFBackend:
                     )
                     new = gen[:, enc["input_ids"].shape[1] :]
                     plain = tok.batch_decode(new, skip_special_tokens=True)
-                    if not chat:
-                        out += plain
-                        continue
-                    eos = model.generation_config.eos_token_id
-                    stops = set(eos if isinstance(eos, list) else [eos]) | {tok.pad_token_id}
-                    for row, text in zip(new.tolist(), plain):  # cut at the end of turn, markers kept
-                        end = next((k for k, t in enumerate(row) if t in stops), len(row))
-                        raw = tok.decode(row[:end], skip_special_tokens=False)
-                        out.append(parse_reply(raw, control_tokens(tok), tools_offered=bool(tools), plain=text))
+                    read = enc["attention_mask"].sum(dim=1).tolist()
+                    for row, text, n_prompt in zip(new.tolist(), plain, read):
+                        out.append(_reply(hf, row, text, int(n_prompt), chat=chat, tools=bool(tools), limit=limit))
         finally:
             tok.padding_side = old_side
             if was_training:
                 model.train()
         return out
 
-    def stream(self, loaded: LoadedModel, prompt: Any, *, chat: bool, options: dict[str, Any]) -> Iterator[str]:
-        """Generation on a background thread, its text handed over by transformers' ``TextIteratorStreamer``; on
-        close (or an error, or Ctrl-C while waiting) a stopping criterion ends the generation and the thread is
-        joined before this returns."""
+    def stream(
+        self, loaded: LoadedModel, prompt: Any, *, chat: bool, options: dict[str, Any]
+    ) -> Generator[str, None, Reply]:
+        """Generation on a background thread, its text handed over by transformers' ``TextIteratorStreamer`` (for a
+        chat prompt with special tokens kept, for :class:`~tunekit.data.replies.ReplyStream` to split); returns the
+        whole reply, parsed as ``generate`` parses it. On close (or an error, or Ctrl-C while waiting) a stopping
+        criterion ends the generation and the thread is joined before this returns."""
         import torch
         from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
         hf = _hf(loaded)
         tok, model = hf.tokenizer, hf.model
+        tools = bool(options.get("tools"))
         texts, spans, opts = _prompts_and_options(hf, [prompt], chat=chat, options=options)
         opts.pop("batch_size", None)
+        limit = int(opts["max_new_tokens"])
         stop = threading.Event()
         failed: list[BaseException] = []
+        written: list[int] = []
 
         class _Stopped(StoppingCriteria):  # type: ignore[misc]
             def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
                 return torch.full((input_ids.shape[0],), stop.is_set(), dtype=torch.bool, device=input_ids.device)
 
-        streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True)
+        class _Streamer(TextIteratorStreamer):  # type: ignore[misc]
+            """transformers' streamer, also keeping the generated ids (for the reply and its token counts)."""
+
+            def put(self, value: Any) -> None:
+                if not (self.skip_prompt and self.next_tokens_are_prompt):
+                    written.extend(int(t) for t in value.reshape(-1).tolist())
+                super().put(value)
+
+        streamer = _Streamer(tok, skip_prompt=True, skip_special_tokens=not chat)
 
         def work(enc: dict[str, Any]) -> None:
             try:
@@ -301,12 +311,78 @@ class HFBackend:
                 thread = None
                 if failed:
                     raise failed[0]
+                plain = tok.decode(written, skip_special_tokens=True)
+                n_prompt = int(enc["attention_mask"].sum())
+                return _reply(hf, written, plain, n_prompt, chat=chat, tools=tools, limit=limit)
         finally:
             stop.set()
             if thread is not None:
                 thread.join()
             if was_training:
                 model.train()
+
+    def prompt_length(self, loaded: LoadedModel, prompt: Any, *, chat: bool, options: dict[str, Any]) -> int:
+        hf = _hf(loaded)
+        texts, spans, _ = _prompts_and_options(hf, [prompt], chat=chat, options=dict(options))
+        with quiet():
+            return int(_encode(hf, texts, spans, chat=chat)["attention_mask"].sum())
+
+    def context_length(self, loaded: LoadedModel) -> int | None:
+        config = getattr(_hf(loaded).model, "config", None)
+        config = getattr(config, "get_text_config", lambda: config)()
+        for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+            value = getattr(config, name, None)
+            if isinstance(value, int) and value > 0:
+                return value
+        return None
+
+    def add_adapter(self, loaded: LoadedModel, name: str, spec: RunSpec) -> None:
+        from peft import PeftConfig
+
+        hf = _hf(loaded)
+        model, path = hf.model, spec.adapter_path
+        if path is None or not hasattr(model, "load_adapter") or not hasattr(model, "peft_config"):
+            raise IncompatibleError(f"add_adapter({name!r}): only an adapter save goes beside this tuner's adapter")
+        own = model.peft_config["default"]
+        other = PeftConfig.from_pretrained(str(path))
+        if own.is_prompt_learning or other.is_prompt_learning or other.peft_type != own.peft_type:
+            raise IncompatibleError(
+                f"add_adapter({name!r}): {path} is a {other.peft_type.value} adapter and this tuner's is "
+                f"{own.peft_type.value}; peft keeps several adapters on one model only when they are of one "
+                "low-rank kind (LoRA with LoRA, LoHa with LoHa, ...), never prompt-learning ones: load it on its own"
+            )
+        theirs = models.load_tokenizer(str(spec.tokenizer_ref), trust_remote_code=spec.training.trust_remote_code)
+        ensure_template(theirs, spec.template, spec.template_options)
+        tok = hf.tokenizer
+        if theirs.get_vocab() != tok.get_vocab() or theirs.chat_template != tok.chat_template:
+            what = "vocabulary" if theirs.get_vocab() != tok.get_vocab() else "chat template"
+            raise IncompatibleError(
+                f"add_adapter({name!r}): {path} was trained with another {what} than this tuner's adapter; "
+                "it reads prompts differently, so it cannot share this model: load it on its own"
+            )
+        check_weights(path, allow_pickle=spec.training.allow_pickle, what="adapter")
+        with quiet():
+            model.load_adapter(str(path), adapter_name=name, is_trainable=False)
+        model.to(hf.device)
+
+    @contextlib.contextmanager
+    def adapter(self, loaded: LoadedModel, name: str) -> Iterator[None]:
+        model = _hf(loaded).model
+        if name == "base":
+            if not hasattr(model, "disable_adapter"):
+                raise IncompatibleError("adapter='base': this model has no adapter to turn off")
+            with model.disable_adapter():
+                yield
+            return
+        before = getattr(model, "active_adapter", "default")
+        if name == before:
+            yield
+            return
+        model.set_adapter(name)
+        try:
+            yield
+        finally:
+            model.set_adapter(before)
 
     def loglikelihood(
         self, loaded: LoadedModel, requests: list[tuple[Any, str]], *, chat: bool, batch_size: int
@@ -450,6 +526,26 @@ def _continuation_ids(
 _check: type[Backend] = HFBackend  # mypy checks that HFBackend implements the protocol
 
 
+def _reply(hf: Loaded, row: list[int], plain: str, n_prompt: int, *, chat: bool, tools: bool, limit: int) -> Reply:
+    """One generated row as a :class:`Reply`: cut at the end of turn (markers kept in ``raw``) and parsed for a chat
+    prompt, with why it ended and the tokens read and written."""
+    tok = hf.tokenizer
+    eos = hf.model.generation_config.eos_token_id
+    ends = set(eos if isinstance(eos, list) else [eos]) - {None}
+    stops = ends | ({tok.pad_token_id} - {None})
+    end = next((k for k, t in enumerate(row) if t in stops), None)
+    if end is None:
+        written, finish = len(row), "length" if len(row) >= limit else "stop"  # else a stop string ended it
+    else:
+        written, finish = end + (1 if row[end] in ends else 0), "stop"
+    if chat:
+        raw = tok.decode(row[: written if end is None else end], skip_special_tokens=False)
+        reply = parse_reply(raw, control_tokens(tok), tools_offered=tools, plain=plain)
+    else:
+        reply = Reply(plain)
+    return reply.counted(finish_reason=finish, prompt_tokens=n_prompt, completion_tokens=written)
+
+
 def _prompts_and_options(
     hf: Loaded, prompts: list[Any], *, chat: bool, options: dict[str, Any]
 ) -> tuple[list[str], list[Any], dict[str, Any]]:
@@ -479,6 +575,8 @@ def _prompts_and_options(
     if shards_parameters(hf.engine):  # every process runs each forward until all are done
         opts["synced_gpus"] = True
     opts.update(options)
+    if opts.get("stop_strings"):  # transformers matches stop strings on the tokenizer's pieces
+        opts["tokenizer"] = tok
     if not opts.get("do_sample"):
         opts.pop("temperature", None)
         opts.pop("top_p", None)
