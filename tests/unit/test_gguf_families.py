@@ -123,7 +123,9 @@ def _cfg(**kw):
         (_cfg(model_type="qwen3", use_sliding_window=True), "sliding-window"),
         (_cfg(model_type="gemma2", tie_word_embeddings=False), "output matrix of its own"),
         (
-            _cfg(model_type="gemma2", tie_word_embeddings=True, attn_logit_softcapping=None, final_logit_softcapping=30),
+            _cfg(
+                model_type="gemma2", tie_word_embeddings=True, attn_logit_softcapping=None, final_logit_softcapping=30
+            ),
             "softcapping",
         ),
         (_cfg(model_type="gemma3_text", query_pre_attn_scalar=256), "query_pre_attn_scalar=256"),

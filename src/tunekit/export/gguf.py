@@ -17,6 +17,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -209,6 +210,16 @@ def _rope(writer: Any, config: Any, arch: str, head_dim: int) -> Iterator[tuple[
     )
 
 
+def _model_name(config: Any) -> str:
+    """``general.name``: the model directory's name, kept clear of names the runtimes act on. llama.cpp's vocabulary
+    loader changes special-token attributes when the name contains "phi-3" / "phi3" (it expects Phi-3's own
+    SentencePiece tokens, and fails without ``</s>``; tunekit embeds byte-level BPE tokenizers only), and
+    transformers' GGUF loader takes a ``llama`` file named exactly "mistral" for a Mistral it cannot map."""
+    name = str(getattr(config, "_name_or_path", "") or "tunekit export").replace("\\", "/").split("/")[-1] or "tunekit"
+    name = re.sub(r"(?i)(phi)-?3", r"\1 3", name)
+    return name + " (tunekit)" if name.lower() == "mistral" else name
+
+
 def write_gguf(model: Any, tokenizer: Any, tokenizer_dir: Path, out: Path, *, ftype: str, end_of_turn_id: int) -> None:
     """Write ``model`` (a plain transformers model of a family in gguf_families.FAMILIES) with its tokenizer and
     template to ``out``.
@@ -247,7 +258,7 @@ def _write(model: Any, tokenizer: Any, tokenizer_dir: Path, out: Path, *, ftype:
     writer = gguf.GGUFWriter(str(out), gguf.MODEL_ARCH_NAMES[getattr(gguf.MODEL_ARCH, FAMILIES[arch])])
     try:
         writer.add_type(gguf.GGUFType.MODEL)
-        writer.add_name(str(getattr(config, "_name_or_path", "") or "tunekit export").split("/")[-1] or "tunekit")
+        writer.add_name(_model_name(config))
         writer.add_block_count(int(config.num_hidden_layers))
         writer.add_context_length(int(config.max_position_embeddings))
         writer.add_embedding_length(int(config.hidden_size))

@@ -9,6 +9,7 @@ from typing import Any
 
 from tunekit._quiet import quiet
 from tunekit.errors import ExportError
+from tunekit.export.gguf_families import GEMMA_27B_LAYERS
 from tunekit.export.verify import Golden
 
 __all__ = ["gguf_metadata", "has_llama_cpp", "llama_cpp_greedy", "reload_gguf_transformers"]
@@ -64,7 +65,7 @@ def reload_gguf_transformers(file: Path, *, device: Any) -> Any:
     if arch in ("gemma2", "gemma3") and key_length is not None:
         n_layer = int(_field(file, f"{arch}.block_count"))
         per_head = int(_field(file, f"{arch}.embedding_length")) // int(_field(file, f"{arch}.attention.head_count"))
-        overrides["query_pre_attn_scalar"] = per_head if n_layer == {"gemma2": 46, "gemma3": 62}[arch] else key_length
+        overrides["query_pre_attn_scalar"] = per_head if n_layer == GEMMA_27B_LAYERS[arch] else key_length
     with quiet():
         try:
             model = AutoModelForCausalLM.from_pretrained(

@@ -21,6 +21,7 @@ from tunekit.errors import IncompatibleError
 
 __all__ = [
     "FAMILIES",
+    "GEMMA_27B_LAYERS",
     "attention_scale_ok",
     "family_metadata",
     "gguf_arch",
@@ -45,8 +46,9 @@ _NAMES = "Llama, Mistral, Qwen2, Qwen3, Gemma 2, Gemma 3 (text-only Gemma3ForCau
 _CONVERTER = 'export format="hf" and convert it with llama.cpp\'s convert_hf_to_gguf.py'
 # llama.cpp's default sliding-window layer patterns (load_swa_pattern(ml, n) in src/models/gemma2.cpp, gemma3.cpp)
 _SWA_PATTERN = {"gemma2": 2, "gemma3_text": 6}
-# layer counts llama.cpp treats as the 27B Gemma, which scales queries by (hidden / heads) ** -0.5
-_GEMMA_27B_LAYERS = {"gemma2": 46, "gemma3_text": 62}
+# by GGUF architecture: the layer count llama.cpp takes for the 27B Gemma, whose queries it scales by
+# (hidden / heads) ** -0.5; every other size by head_dim ** -0.5 (src/models/gemma2.cpp, gemma3.cpp)
+GEMMA_27B_LAYERS = {"gemma2": 46, "gemma3": 62}
 
 
 def _refuse(what: str) -> IncompatibleError:
@@ -70,7 +72,9 @@ def gguf_arch(config: Any) -> str:
         raise _refuse("this Qwen3 uses sliding-window attention, which llama.cpp's qwen3 graph does not have")
     if family == "gemma2":
         if not get(config, "tie_word_embeddings", True):
-            raise _refuse("this Gemma 2 has an output matrix of its own; llama.cpp's gemma2 always reuses the embedding")
+            raise _refuse(
+                "this Gemma 2 has an output matrix of its own; llama.cpp's gemma2 always reuses the embedding"
+            )
         if get(config, "attn_logit_softcapping", None) is None or get(config, "final_logit_softcapping", None) is None:
             raise _refuse("this Gemma 2 turns logit softcapping off; llama.cpp's gemma2 always applies it")
     if family == "gemma3_text" and get(config, "attn_logit_softcapping", None) is not None:
@@ -91,7 +95,7 @@ def attention_scale_ok(config: Any, family: str) -> bool:
     """Whether HF's query scale ``query_pre_attn_scalar ** -0.5`` is the one llama.cpp's Gemma graph uses."""
     head_dim = int(config.head_dim)
     scalar = getattr(config, "query_pre_attn_scalar", head_dim)
-    if int(config.num_hidden_layers) == _GEMMA_27B_LAYERS[family]:
+    if int(config.num_hidden_layers) == GEMMA_27B_LAYERS[FAMILIES[family].lower()]:
         return bool(scalar == config.hidden_size // config.num_attention_heads)
     return bool(scalar == head_dim)
 

@@ -28,7 +28,11 @@ from tunekit.export.gguf_families import FAMILIES, unpermute
 __all__ = ["K_QUANTS", "has_quantizer", "load_written_weights", "quantize", "require_quantizer"]
 
 # tunekit's dtype name -> llama.cpp's llama_ftype constant (as llama-cpp-python names it)
-K_QUANTS = {"q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M", "q5_k_m": "LLAMA_FTYPE_MOSTLY_Q5_K_M", "q6_k": "LLAMA_FTYPE_MOSTLY_Q6_K"}
+K_QUANTS = {
+    "q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M",
+    "q5_k_m": "LLAMA_FTYPE_MOSTLY_Q5_K_M",
+    "q6_k": "LLAMA_FTYPE_MOSTLY_Q6_K",
+}
 
 
 def has_quantizer() -> bool:
