@@ -115,3 +115,7 @@ def test_k_quants_made_by_llama_cpp_and_their_agreement(quant_tuner, dtype, tmp_
     assert any(f"llama.cpp ({dtype}) against the trained model" in n for n in v.notes), v.notes
     print(f"\n[gguf] {family} {dtype}: {_figures(v)}")
     assert v.llama_cpp_token_agreement >= K_QUANT_TOKEN_FLOOR[dtype], _figures(v)
+    assert "against the trained model" in (exported.path / "README.md").read_text(encoding="utf-8")
+    # Re-checked on disk: the reference is read back from the k-quant file again.
+    again = tk.verify_export(exported.path, tuner, golden_prompts=PROMPTS, max_new_tokens=MAX_NEW)
+    assert again.passed and again.llama_cpp_agreement == v.llama_cpp_agreement
