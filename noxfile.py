@@ -139,7 +139,8 @@ def multi_gpu(session: nox.Session) -> None:
 @nox.session(python="3.11")
 def gguf(session: nox.Session) -> None:
     """GGUF exports checked in llama.cpp: builds llama-cpp-python from source (CPU, several minutes; pip caches
-    the wheel), then runs the slow llama.cpp export tests, which fail rather than skip without it."""
+    the wheel), then runs the slow llama.cpp export tests (every GGUF family, and the k-quants made by llama.cpp's
+    quantizer), which fail rather than skip without it."""
     _install(session, extras="test,gguf")
     session.install("llama-cpp-python>=0.3", env={"CMAKE_ARGS": "-DGGML_NATIVE=OFF"})
     session.run(
@@ -147,6 +148,7 @@ def gguf(session: nox.Session) -> None:
         "-m",
         "slow",
         "tests/integration/test_export_llamacpp.py",
+        "tests/integration/test_export_gguf_families.py",
         *session.posargs,
         env={"TUNEKIT_REQUIRE_LLAMA_CPP": "1"},
     )
