@@ -5,6 +5,9 @@ tests (torchrun, gloo), which `tests` includes.
 `nox -s mutation` (not in CI, slow) runs mutmut over the modules where a silent bug costs users most, each against
 its own tests (scripts/mutation.py; scores and survivors in tests/MUTATION.md).
 
+`nox -s "compat(oldest)"` and `nox -s "compat(newest)"` run a core subset of the suite against the lower bounds of the
+tested ranges in pyproject.toml (read from there) and against the newest releases the ranges admit (what CI installs).
+
 `nox -s docs` builds the site with no warning allowed and runs every snippet in docs/; `nox -s examples`
 runs every example and `tunekit fit` on every example config. The default suite runs both too
 (tests/test_docs.py, tests/integration/test_examples*.py, tests/integration/test_cli.py), so CI covers them.
@@ -136,7 +139,8 @@ def multi_gpu(session: nox.Session) -> None:
 @nox.session(python="3.11")
 def gguf(session: nox.Session) -> None:
     """GGUF exports checked in llama.cpp: builds llama-cpp-python from source (CPU, several minutes; pip caches
-    the wheel), then runs the slow llama.cpp export tests, which fail rather than skip without it."""
+    the wheel), then runs the slow llama.cpp export tests (every GGUF family, and the k-quants made by llama.cpp's
+    quantizer), which fail rather than skip without it."""
     _install(session, extras="test,gguf")
     session.install("llama-cpp-python>=0.3", env={"CMAKE_ARGS": "-DGGML_NATIVE=OFF"})
     session.run(
@@ -144,9 +148,67 @@ def gguf(session: nox.Session) -> None:
         "-m",
         "slow",
         "tests/integration/test_export_llamacpp.py",
+        "tests/integration/test_export_gguf_families.py",
         *session.posargs,
         env={"TUNEKIT_REQUIRE_LLAMA_CPP": "1"},
     )
+
+
+# The libraries whose tested range pyproject.toml states (lower and upper bound): `compat` installs each at its lower
+# bound (oldest) or at the newest release the range admits (newest). The bounds live only in pyproject.toml.
+COMPAT_PACKAGES = ("transformers", "trl", "peft", "accelerate", "datasets")
+# A core subset, ~70 s on 2 CPU cores: config validation, data formats and encoding, chat templates, SFT with full and
+# LoRA fine-tuning learning the toy task, save / load round trips (same logits), checkpoints with exact resume, DPO.
+COMPAT_TESTS = (
+    "tests/unit/test_config.py",
+    "tests/unit/test_formats.py",
+    "tests/unit/test_encoding.py",
+    "tests/unit/test_templates.py",
+    "tests/integration/test_sft_learns.py",
+    "tests/integration/test_save_load.py",
+    "tests/integration/test_checkpoints.py",
+    "tests/integration/test_preference.py::test_policy_learns_to_prefer_chosen[dpo-lora]",
+    "tests/integration/test_preference.py::test_policy_learns_to_prefer_chosen[dpo-full]",
+)
+
+
+def oldest_pins() -> list[str]:
+    """``name==lower`` for each of COMPAT_PACKAGES, the lower bound read from pyproject.toml's dependencies."""
+    import tomllib  # Python 3.11+: nox itself may run on 3.10
+    from packaging.requirements import Requirement
+
+    pyproject = tomllib.loads((Path(__file__).resolve().parent / "pyproject.toml").read_text(encoding="utf-8"))
+    pins = {}
+    for line in pyproject["project"]["dependencies"]:
+        req = Requirement(line)
+        if req.name in COMPAT_PACKAGES:
+            lower = [s.version for s in req.specifier if s.operator == ">="]
+            upper = [s for s in req.specifier if s.operator == "<"]
+            if len(lower) != 1 or len(upper) != 1:
+                raise SystemExit(f"pyproject.toml: {line!r} needs one lower (>=) and one upper (<) bound")
+            pins[req.name] = f"{req.name}=={lower[0]}"
+    missing = set(COMPAT_PACKAGES) - set(pins)
+    if missing:
+        raise SystemExit(f"pyproject.toml: no dependency line for {sorted(missing)}")
+    return [pins[name] for name in COMPAT_PACKAGES]
+
+
+@nox.session(python="3.11")
+@nox.parametrize("versions", ["oldest", "newest"], ids=["oldest", "newest"])
+def compat(session: nox.Session, versions: str) -> None:
+    """The core tests (COMPAT_TESTS) against the oldest supported releases of transformers, trl, peft, accelerate and
+    datasets (each at its lower bound in pyproject.toml), or against the newest releases their ranges admit (what a
+    fresh install, and so CI, gets). tunekit and pytest only, no extras: `nox -s "compat(oldest)"`."""
+    session.install(TORCH_CPU)
+    pins = oldest_pins() if versions == "oldest" else []
+    # One resolve: tunekit's own requirements and the pins together, so pip cannot pick a combination it would refuse.
+    session.install("-e", ".", "pytest>=8", "pytest-timeout>=2.3", *pins)
+    session.run(
+        "python", "-c",
+        "import importlib.metadata as m; "
+        f"print('compat({versions}):', ', '.join(f'{{n}} {{m.version(n)}}' for n in {COMPAT_PACKAGES!r}))",
+    )  # fmt: skip
+    _pytest(session, "-p", "no:cacheprovider", *COMPAT_TESTS, *session.posargs)
 
 
 @nox.session(python="3.11")

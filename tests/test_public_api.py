@@ -8,6 +8,11 @@ import sys
 import tunekit as tk
 
 EXPECTED = {
+    "APOLLOOptions",
+    "GaLoreOptions",
+    "LionOptions",
+    "MuonOptions",
+    "SGDOptions",
     "EvalResult",
     "EvalRow",
     "SFT",

@@ -45,6 +45,7 @@ from tunekit.methods import (
     VeRA,
 )
 from tunekit.objectives import DPO, GRPO, KTO, ORPO, RLOO, SFT, CausalLM, Objective, RewardModeling
+from tunekit.optimizers import APOLLOOptions, GaLoreOptions, LionOptions, MuonOptions, SGDOptions
 from tunekit.pipeline import RLHFResult, rlhf
 from tunekit.plan import Plan
 from tunekit.plotting import plot_loss
@@ -65,6 +66,7 @@ __all__ = [
     "ORPO",
     "RLOO",
     "SFT",
+    "APOLLOOptions",
     "AdaLoRA",
     "CausalLM",
     "CheckpointError",
@@ -81,15 +83,18 @@ __all__ = [
     "FitResult",
     "Freeze",
     "Full",
+    "GaLoreOptions",
     "Hook",
     "IncompatibleError",
     "JSONLMetrics",
+    "LionOptions",
     "LoHa",
     "LoKr",
     "LoRA",
     "LossPlot",
     "Method",
     "MissingDependencyError",
+    "MuonOptions",
     "Objective",
     "PTuning",
     "Plan",
@@ -103,6 +108,7 @@ __all__ = [
     "Run",
     "RunConfig",
     "RunContext",
+    "SGDOptions",
     "SampleGenerations",
     "Training",
     "TrainingError",

@@ -26,8 +26,8 @@ from typing import Any, cast
 
 logger = logging.getLogger("tunekit")
 
-_LIBRARIES = ("transformers", "datasets", "trl", "peft", "accelerate", "huggingface_hub")
-_WARNING_MODULES = r"(transformers|trl|peft|accelerate|torch|datasets|huggingface_hub)\b.*"
+_LIBRARIES = ("transformers", "datasets", "trl", "peft", "accelerate", "huggingface_hub", "bitsandbytes")
+_WARNING_MODULES = r"(transformers|trl|peft|accelerate|torch|datasets|huggingface_hub|bitsandbytes)\b.*"
 
 _lock = threading.Lock()
 _depth = 0

@@ -24,10 +24,12 @@ class Plan:
     Parameter counts are exact (the method is applied to the model, on the meta device when the
     model is not loaded yet); ``examples``, ``tokens`` and ``steps`` are what ``fit`` will see.
     Memory is an estimate of the peak on the training device: ``weights`` (every parameter in its
-    storage dtype), ``gradients`` (trainable parameters), ``optimizer`` (AdamW's two moments),
+    storage dtype), ``gradients`` (trainable parameters), ``optimizer`` (the state of ``Training(optimizer=...)``,
+    counted as that optimizer allocates it: AdamW's two moments, 8-bit states with their block scales, Adafactor's
+    factored moments, GaLore's projections and low-rank moments, ...; equal to the measured state on the CPU),
     ``activations`` (for the largest of the run's micro-batches, drawn as the trainer draws them:
     what the forward keeps for the backward, from a per-layer formula of the model's structure,
-    precision and gradient checkpointing; the transient peak of the LM head's chunked loss; and
+    precision, gradient checkpointing and activation offloading; the transient peak of the LM head's chunked loss; and
     autocast's 16-bit copies of fp32 weights). Nothing is run to compute it; on the CPU it is
     within a few percent of a measured step (``benchmarks/plan_accuracy.py``). ``fits`` compares
     the total with 95% of ``device_memory_bytes``: the CUDA device's memory, or on the CPU the RAM
@@ -63,6 +65,8 @@ class Plan:
     activations_bytes: int
     device_memory_bytes: int | None  # the CUDA device's total memory; on CPU, the RAM available when planned
     fits: bool | None  # total <= 95% of device_memory_bytes (None only if a Plan is built without it)
+    optimizer: str = "adamw"  # Training(optimizer=...), whose state optimizer_bytes counts
+    activation_offload: bool = False  # activations offloaded to CPU memory (Training(activation_offload), CUDA)
 
     @property
     def total_bytes(self) -> int:
@@ -94,11 +98,12 @@ class Plan:
             f"  data           {self.examples:,} examples, {self.tokens:,} tokens, {self.steps:,} steps",
             f"  micro-batch    {self.micro_batch_tokens:,} tokens at most"
             f" (packing {'on' if self.packing else 'off'}, "
-            f"gradient checkpointing {'on' if self.gradient_checkpointing else 'off'})",
+            f"gradient checkpointing {'on' if self.gradient_checkpointing else 'off'}"
+            f"{', activations offloaded' if self.activation_offload else ''})",
             "  memory (est.)",
             f"    weights      {_gib(self.weights_bytes)}",
             f"    gradients    {_gib(self.gradients_bytes)}",
-            f"    optimizer    {_gib(self.optimizer_bytes)}",
+            f"    optimizer    {_gib(self.optimizer_bytes)} ({self.optimizer})",
             f"    activations  {_gib(self.activations_bytes)}",
             f"    total        {_gib(self.total_bytes)}",
             f"{memory}{_gib(self.device_memory_bytes)}",

@@ -9,10 +9,11 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from tunekit._config import Config
+from tunekit._config import Config, suggest
 from tunekit.distributed import Distributed, coerce
 from tunekit.errors import ConfigError
 from tunekit.metrics import check_metrics
+from tunekit.optimizers import OPTIMIZER_ALIASES, OPTIMIZERS, OPTIONS, OptimizerName, OptimizerOptions
 
 __all__ = ["Training", "check_fit_options"]
 
@@ -45,12 +46,28 @@ class Training(Config):
         "linear", description="Learning-rate schedule after warm-up."
     )
     warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Share of the steps spent warming the rate up.")
-    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    weight_decay: float = Field(0.0, ge=0, description="Weight decay of the optimizer (not on biases and norms).")
+    optimizer: OptimizerName = Field(
+        "adamw",
+        description="'adamw' (fused on CUDA), 'adamw_8bit' and 'paged_adamw_8bit' (bitsandbytes), 'adafactor', "
+        "'lion', 'galore', 'apollo', 'muon' or 'sgd'; see docs/guides/optimizers.md for the memory of each.",
+    )
+    optimizer_options: OptimizerOptions | None = Field(
+        None,
+        description="The chosen optimizer's settings: tk.SGDOptions, tk.LionOptions, tk.GaLoreOptions, "
+        "tk.APOLLOOptions or tk.MuonOptions (a mapping of them in a config file); None: their defaults.",
+    )
     max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping norm; None disables clipping.")
     gradient_checkpointing: bool | Literal["auto"] = Field(
         "auto",
         description="Recompute activations in the backward pass: less memory, about 30% slower. 'auto': only on "
         "CUDA when tuner.plan() estimates the run would not fit in the device's memory without it.",
+    )
+    activation_offload: bool = Field(
+        False,
+        description="Move the activations the backward needs to CPU memory during the forward and bring them back "
+        "layer by layer (trl's activation offloading, CUDA only): less GPU memory for long sequences, some "
+        "transfer time. tuner.plan() counts it.",
     )
     log_every: int = Field(10, ge=1, description="Record the loss in FitResult.history every N steps.")
     eval_every: int | None = Field(
@@ -166,6 +183,12 @@ class Training(Config):
         "dtype": "precision",
         "torch_dtype": "precision",
         "lr_scheduler_type": "lr_scheduler",
+        "optim": "optimizer",
+        "optim_args": "optimizer_options",
+        "optimizer_kwargs": "optimizer_options",
+        "optim_target_modules": "optimizer_options",
+        "activation_offloading": "activation_offload",
+        "offload_activations": "activation_offload",
         "scheduler": "lr_scheduler",
         "warmup": "warmup_ratio",
         "warmup_steps": "warmup_ratio",
@@ -219,6 +242,40 @@ class Training(Config):
             return tuple(names)
         return v
 
+    @field_validator("optimizer", mode="before")
+    @classmethod
+    def _optimizer_name(cls, v: object) -> object:
+        if isinstance(v, str) and v not in OPTIMIZERS:
+            raise ValueError(
+                f"unknown optimizer {v!r}; {suggest(v, list(OPTIMIZERS), OPTIMIZER_ALIASES)} (the optimizers are "
+                f"{', '.join(repr(o) for o in OPTIMIZERS)})"
+            )
+        return v
+
+    @field_validator("optimizer_options", mode="before")
+    @classmethod
+    def _options_of(cls, v: object, info: ValidationInfo) -> object:
+        name = info.data.get("optimizer")
+        if v is None or name is None:  # no options, or the optimizer's own error is reported
+            return v
+        options = OPTIONS.get(name)
+        if options is None:
+            meant = getattr(type(v), "optimizer", None) if type(v) in OPTIONS.values() else None
+            raise ValueError(
+                f"optimizer={name!r} takes no options; "
+                + (f"set optimizer={meant!r} for tk.{type(v).__name__}, or " if meant else "")
+                + f"drop optimizer_options (optimizers with options: {', '.join(repr(o) for o in OPTIONS)})"
+            )
+        if isinstance(v, dict):
+            return options(**v)
+        if not isinstance(v, options):
+            other = getattr(type(v), "optimizer", None) if type(v) in OPTIONS.values() else None
+            raise ValueError(
+                f"optimizer={name!r} takes tk.{options.__name__}, not {type(v).__name__}; pass "
+                f"optimizer_options=tk.{options.__name__}(...)" + (f" or optimizer={other!r}" if other else "")
+            )
+        return v
+
     @field_validator("gradient_checkpointing", "packing", mode="before")
     @classmethod
     def _bool_or_auto(cls, v: object, info: ValidationInfo) -> object:
@@ -245,6 +302,11 @@ class Training(Config):
     def _check(self) -> Training:
         if self.precision == "fp16" and self.device == "cpu":
             raise ValueError("fp16 needs a GPU; use precision='fp32' or 'bf16' on CPU")
+        if self.activation_offload and self.device in ("cpu", "mps"):
+            raise ValueError(
+                f"activation_offload=True moves activations from a CUDA device to CPU memory; on device="
+                f"{self.device!r} they are in CPU memory already: drop activation_offload, or train on a CUDA device"
+            )
         if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
             raise ValueError(f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', not {self.device!r}")
         if len(set(self.report_to)) != len(self.report_to):

@@ -629,9 +629,12 @@ class Tuner:
         ``format``: ``"hf"`` (a transformers directory with the adapter merged into a full-precision copy
         of the base: safetensors, tokenizer, chat template, generation config with the template's EOS),
         ``"adapter"`` (the peft adapter alone, template and manifest) or ``"gguf"`` (a GGUF file for
-        llama.cpp and Ollama, Llama and Qwen2 architectures, with an Ollama Modelfile). ``dtype``:
-        ``"auto"`` (the precision the weights are held in), ``"fp32"``, ``"bf16"``, ``"fp16"``; for GGUF
-        ``"f32"``, ``"f16"``, ``"bf16"``, ``"q8_0"``.
+        llama.cpp and Ollama, with an Ollama Modelfile: Llama, Mistral, Qwen2, Qwen3, Gemma 2, Gemma 3 and
+        Phi-3 / Phi-4 architectures). ``dtype``: ``"auto"`` (the precision the weights are held in),
+        ``"fp32"``, ``"bf16"``, ``"fp16"``; for GGUF ``"f32"``, ``"f16"``, ``"bf16"``, ``"q8_0"``, and the
+        k-quants ``"q4_k_m"``, ``"q5_k_m"``, ``"q6_k"`` (made by llama.cpp's quantizer: the ``gguf-quant``
+        extra; the result's ``verification.llama_cpp_agreement`` says how often the quantized model's greedy
+        answers are the trained model's).
 
         With ``verify`` (default) the export is reloaded from disk (transformers; llama.cpp too for GGUF
         when llama-cpp-python is installed) and its greedy tokens on the golden prompts (``golden_prompts``,

@@ -21,6 +21,10 @@ CASES = {
     ),
     "cache.py": (["--rows", "200", "--warm-runs", "1"], {"cold_s", "warm_s", "speedup"}),
     "eval_throughput.py": (["--rows", "8", "--repeats", "1", "--max-new-tokens", "4"], {"speedup", "batched_s"}),
+    "optimizer_memory.py": (
+        ["--steps", "5", "--hidden", "64", "--layers", "2", "--rank", "8", "--rows", "24", "--repeats", "1"],
+        {"optimizers", "plan_equals_measured"},
+    ),
     "serve_load.py": (
         ["--clients", "4", "--requests", "1", "--max-tokens", "4"],
         {"served_rps", "p95_ms", "wrong_or_lost"},
@@ -51,5 +55,11 @@ def test_benchmark_prints_one_json_line(script: str, tmp_path: Path) -> None:
         variants = ("trl_lora", "tunekit_lora", "tunekitbig_lora", "trl_full", "tunekit_full")
         assert all(figures[v]["tokens_per_s"] > 0 for v in variants)
         assert figures["tunekit_lora"]["plan_peak_gib"] > 0
+    if script == "optimizer_memory.py":
+        assert figures["plan_equals_measured"] is True
+        assert {"adamw", "adamw_8bit", "adafactor", "lion", "galore", "apollo", "muon", "sgd"} == set(
+            figures["optimizers"]
+        )
+        assert figures["optimizers"]["adamw"]["bytes_per_param"] == pytest.approx(8, rel=0.01)
     if script == "plan_accuracy.py":
         assert figures["all_exact_terms_equal"] is True and figures["worst"]["error"] <= figures["target"]

@@ -190,6 +190,8 @@ def test_plan_prints_the_plan_without_training(tmp_path: Path, capsys) -> None:
         "gradient_checkpointing": bool,
         "device_memory_bytes": int,  # on the CPU: the RAM available when planned
         "fits": bool,
+        "optimizer": str,  # Training(optimizer=...); memory["optimizer"] is its state's bytes
+        "activation_offload": bool,
         "trainable_fraction": float,
         "memory": dict,
     }
@@ -250,3 +252,17 @@ def test_a_missing_model_path_is_a_config_error_with_exit_2(tmp_path: Path, caps
     assert main(["validate-data", str(data), "--model", str(tmp_path / "no-such-model")]) == 2
     err = capsys.readouterr().err
     assert "model path does not exist" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_doctor_json_as_a_user_runs_it() -> None:
+    """`tunekit doctor --json`: the documented fields (docs/cli.md), and exit code 1 exactly when there is an error."""
+    proc = tunekit("doctor", "--json")
+    report = json.loads(proc.stdout)
+    assert set(report) == {
+        "schema", "ok", "tunekit", "python", "platform", "torch", "dependencies", "features", "extras", "problems",
+    }  # fmt: skip
+    assert report["tunekit"] == tk.__version__ and isinstance(report["torch"]["cuda_available"], bool)
+    assert {d["name"] for d in report["dependencies"]} >= {"transformers", "trl", "peft", "accelerate", "datasets"}
+    assert proc.returncode == (0 if report["ok"] else 1), proc.stderr
+    assert report["ok"] == (not [p for p in report["problems"] if p["severity"] == "error"])
+    assert "Traceback" not in proc.stderr

@@ -61,7 +61,7 @@ def test_gguf_refuses_other_architectures(tmp_path):
     class Cfg:
         model_type = "gpt2"
 
-    with pytest.raises(tk.IncompatibleError, match=r"Llama and Qwen2.*convert_hf_to_gguf"):
+    with pytest.raises(tk.IncompatibleError, match=r"Llama, Mistral, Qwen2.*convert_hf_to_gguf"):
         gguf_arch(Cfg())
     with pytest.raises(tk.IncompatibleError, match="byte fallback"):
         _pre_tokenizer({"model": {"type": "BPE", "byte_fallback": True}})

@@ -14,11 +14,14 @@ from tunekit._config import Config, format_validation_error, suggest
 from tunekit.distributed import ENGINES
 from tunekit.methods import registry
 from tunekit.objectives import OBJECTIVES, Objective
+from tunekit.optimizers import OPTIONS
 
 # Derived from the registries (what tk.load and Training(distributed=...) read), never a hand-written list: a new
 # method, objective or distributed engine goes through every test below, and test_every_config_is_covered_here fails
 # until it has its NON_DEFAULTS row.
-ALL_CONFIGS: list[type[Config]] = [*registry().values(), *OBJECTIVES.values(), *ENGINES.values(), tk.Training]
+ALL_CONFIGS: list[type[Config]] = [
+    *registry().values(), *OBJECTIVES.values(), *ENGINES.values(), *OPTIONS.values(), tk.Training
+]  # fmt: skip
 
 # One non-default, valid value per field, to check that round trips keep every option.
 NON_DEFAULTS: dict[type[Config], dict[str, Any]] = {
@@ -144,6 +147,15 @@ NON_DEFAULTS: dict[type[Config], dict[str, Any]] = {
         "lr_scheduler": "cosine",
         "warmup_ratio": 0.1,
         "weight_decay": 0.01,
+        "optimizer": "galore",
+        "optimizer_options": {
+            "rank": 64,
+            "update_proj_gap": 50,
+            "proj_type": "left",
+            "target_modules": ("q_proj",),
+            "scale": 0.5,
+        },
+        "activation_offload": True,
         "max_grad_norm": None,
         "gradient_checkpointing": True,
         "log_every": 5,
@@ -174,6 +186,19 @@ NON_DEFAULTS: dict[type[Config], dict[str, Any]] = {
         },
     },
 }
+
+NON_DEFAULTS |= {
+    tk.SGDOptions: {"momentum": 0.5, "nesterov": True},
+    tk.LionOptions: {"beta1": 0.95, "beta2": 0.98},
+    tk.GaLoreOptions: {
+        "rank": 32, "update_proj_gap": 100, "proj_type": "right", "target_modules": ("q_proj", "v_proj"), "scale": 1.0
+    },
+    tk.APOLLOOptions: {
+        "rank": 1, "update_proj_gap": 100, "proj_type": "reverse_std", "target_modules": ("mlp",), "proj": "svd",
+        "scale_type": "tensor", "scale": 128.0,
+    },
+    tk.MuonOptions: {"momentum": 0.9, "nesterov": False, "ns_steps": 6, "adjust_lr": "original"},
+}  # fmt: skip
 
 # Options that cannot all be non-default at once: each variant updates NON_DEFAULTS[cls], and every field must be
 # non-default in NON_DEFAULTS or in one of its variants (each of which also round-trips).

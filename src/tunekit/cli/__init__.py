@@ -1,7 +1,7 @@
 """The ``tunekit`` command line: every subcommand is a module of this package (``fit``, ``plan`` and ``schema``
 in :mod:`.fit`; :mod:`.generate`, :mod:`.chat`, :mod:`.evaluate` (``evaluate``, ``predict``, ``eval``),
-:mod:`.validate_data`, :mod:`.export`, :mod:`.launch`), registered by :func:`build_parser`; ``demo``, ``methods``
-and ``version`` are here."""
+:mod:`.validate_data`, :mod:`.export`, :mod:`.launch`, :mod:`.doctor`), registered by :func:`build_parser`;
+``demo``, ``methods`` and ``version`` are here."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from tunekit._version import __version__
-from tunekit.cli import chat, evaluate, export, fit, generate, launch, serve, validate_data
+from tunekit.cli import chat, doctor, evaluate, export, fit, generate, launch, serve, validate_data
 from tunekit.demo import run_demo
 from tunekit.errors import TunekitError
 from tunekit.methods import registry
@@ -104,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_eval_parser(sub)
     validate_data.add_validate_data_parser(sub)
     fit.add_schema_parser(sub)
+    doctor.add_doctor_parser(sub)
     return parser
 
 

@@ -51,7 +51,10 @@ def add_export_parser(sub: Any) -> None:
     p.add_argument(
         "--dtype",
         default="auto",
-        help="hf: auto, fp32, bf16, fp16; gguf: auto, f32, f16, bf16, q8_0 (default auto: the weights' precision).",
+        help=(
+            "hf: auto, fp32, bf16, fp16; gguf: auto, f32, f16, bf16, q8_0, and the k-quants q4_k_m, q5_k_m, q6_k "
+            "(the gguf-quant extra). Default auto: the weights' precision."
+        ),
     )
     p.add_argument("--base-model", default=None, help="The base model, when the adapter's recorded base has moved.")
     p.add_argument(

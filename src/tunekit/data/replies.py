@@ -177,8 +177,8 @@ class ReplyDelta:
         >>> import tunekit as tk
         >>> fake = tk.testing.FakeBackend(replies={"hi": "hello there"})
         >>> tuner = tk.Tuner("any-name", backend=fake, progress=False)
-        >>> [(d.kind, d.text) for d in tuner.stream("hi", parts=True)][-2:]
-        [('content', 're'), ('end', '')]
+        >>> [(d.kind, d.text) for d in tuner.stream("hi", parts=True)]
+        [('content', 'hell'), ('content', 'o th'), ('content', 'ere'), ('end', '')]
     """
 
     __slots__ = ("call", "kind", "reply", "text")

@@ -231,6 +231,11 @@ def model_card(
             if verification is not None
             else "Not verified (verify=False)."
         ),
+        *[
+            f"\n{n[0].upper()}{n[1:]}."
+            for n in (verification.notes if verification else [])
+            if "against the trained" in n
+        ],
         "",
         "## Loading",
         "",

@@ -26,7 +26,7 @@ from tunekit.export.verify import (
     prompt_checks,
 )
 
-__all__ = ["Reference", "model_size", "raise_if_failed", "reference", "verification"]
+__all__ = ["Reference", "model_size", "raise_if_failed", "reference", "token_agreement", "verification"]
 
 logger = logging.getLogger("tunekit")
 
@@ -54,9 +54,18 @@ def _eos_of(model: Any) -> list[int]:
 
 # --- the reference ----------------------------------------------------------------------------------------
 def reference(
-    trained: Trained, golden: list[Golden], fmt: str, dtype: str, max_new: int, model: Any = None, owned: bool = False
+    trained: Trained,
+    golden: list[Golden],
+    fmt: str,
+    dtype: str,
+    max_new: int,
+    model: Any = None,
+    owned: bool = False,
+    written: Path | None = None,
 ) -> Reference:
-    """The in-memory model's greedy tokens, and the tokens the export must reproduce (see verify.py)."""
+    """The in-memory model's greedy tokens, and the tokens the export must reproduce (see verify.py).
+
+    ``written``: the GGUF file, for a k-quant (its weights are read back from it)."""
     tok, in_memory, method = trained.loaded.tokenizer, trained.loaded.model, trained.spec.method
     eos, pad = _eos_of(in_memory), tok.pad_token_id
     was_training = in_memory.training
@@ -102,7 +111,7 @@ def reference(
     if rounded:
         ref = model if owned else copy.deepcopy(model)
         if fmt == "gguf":
-            round_like_gguf(ref, dtype)
+            round_like_gguf(ref, dtype, written)
         else:
             ref.to(torch_dtype(dtype)).float()
         expected = [greedy(ref, g.ids, eos_ids=eos, pad_id=pad, max_new_tokens=max_new) for g in golden]
@@ -111,6 +120,14 @@ def reference(
     if quantized:
         label = "trained adapter merged into the base re-loaded in fp32" + (f", rounded to {dtype}" if rounded else "")
     return Reference(expected, tokens, label, dtype=dtype, notes=notes)
+
+
+def token_agreement(got: list[list[int]], trained: list[list[int]]) -> float:
+    """Greedy tokens equal position by position, over the longer answer of each pair (an answer that stops early, or
+    runs on, counts its missing tokens as disagreements); 1.0 when every answer is identical."""
+    same = sum(sum(a == b for a, b in zip(g, t)) for g, t in zip(got, trained))
+    total = sum(max(len(g), len(t)) for g, t in zip(got, trained))
+    return same / total if total else 1.0
 
 
 # --- reloading each format ----------------------------------------------------------------------------------
@@ -208,6 +225,15 @@ def verification(
     checks, notes = _reload_and_generate(trained, staging, fmt, golden, ref, max_new, chat)
     tf = [c for c in checks if c.runtime == "transformers"]
     agreement = sum(c.got_ids == t for c, t in zip(tf, ref.trained)) / len(tf) if tf else None
+    lc = [c for c in checks if c.runtime == "llama.cpp"]
+    lc_prompts = sum(c.got_ids == t for c, t in zip(lc, ref.trained)) / len(lc) if lc else None
+    lc_tokens = token_agreement([c.got_ids for c in lc], ref.trained) if lc else None
+    if lc:
+        exact = sum(c.got_ids == t for c, t in zip(lc, ref.trained))
+        notes.append(
+            f"llama.cpp ({ref.dtype}) against the trained model: {exact}/{len(lc)} golden prompts give exactly the "
+            f"same greedy tokens, {100 * (lc_tokens or 0.0):.1f}% of the tokens agree position by position"
+        )
     loose = [c for c in checks if not c.enforced]
     if loose:
         notes.append(
@@ -220,6 +246,8 @@ def verification(
         reference=ref.label,
         checks=checks,
         trained_agreement=agreement,
+        llama_cpp_agreement=lc_prompts,
+        llama_cpp_token_agreement=lc_tokens,
         notes=ref.notes + notes,
     )
 

@@ -26,7 +26,8 @@ from tunekit.data.templates import options_baked_in
 from tunekit.errors import ConfigError, ExportError, IncompatibleError
 from tunekit.export import checks, merged
 from tunekit.export.card import loss_plot, model_card
-from tunekit.export.gguf import gguf_arch, require_gguf, write_gguf
+from tunekit.export.gguf import K_QUANTS, gguf_arch, require_gguf, write_gguf
+from tunekit.export.gguf_quant import require_quantizer
 from tunekit.export.ollama import modelfile
 from tunekit.export.prompts import golden_prompts as pick_prompts
 from tunekit.export.result import ExportResult, Verification, human_size
@@ -39,7 +40,11 @@ __all__ = ["EXPORT_MANIFEST", "FORMATS", "check_request", "export_format", "expo
 logger = logging.getLogger("tunekit")
 
 FORMATS = ("hf", "adapter", "gguf")
-_DTYPES = {"hf": ("auto", "fp32", "bf16", "fp16"), "adapter": ("auto",), "gguf": ("auto", "f32", "f16", "bf16", "q8_0")}
+_DTYPES = {
+    "hf": ("auto", "fp32", "bf16", "fp16"),
+    "adapter": ("auto",),
+    "gguf": ("auto", "f32", "f16", "bf16", "q8_0", *K_QUANTS),
+}
 
 
 # --- checks before anything loads -----------------------------------------------------------------------
@@ -93,6 +98,8 @@ def check_request(
         )
     if fmt == "gguf":
         require_gguf()
+        if dtype in K_QUANTS:
+            require_quantizer(dtype)
 
 
 def _resolve_dtype(trained: Trained, fmt: str, dtype: str) -> str:
@@ -214,9 +221,17 @@ def export_trained(
                 ref = checks.reference(trained, golden, format, dtype, max_new_tokens)
         else:
             model, owned = merged.full_precision_model(trained)
-            if verify:  # before writing: the merge is checked on the full-precision weights
+            # Before writing, the merge is checked on the full-precision weights; a k-quant's reference is read back
+            # from the file llama.cpp's quantizer wrote (it picks each tensor's type), so it comes after.
+            kquant = dtype in K_QUANTS
+            if verify and not kquant:
                 ref = checks.reference(trained, golden, format, dtype, max_new_tokens, model=model, owned=owned)
             gguf_name = _write_model(trained, model, owned, staging, format, dtype)
+            if verify and kquant:
+                ref = checks.reference(
+                    trained, golden, format, dtype, max_new_tokens, model=model, owned=owned,
+                    written=staging / str(gguf_name),
+                )  # fmt: skip
             del model
             merged.free(checks.model_size(trained))
         verification = None
@@ -328,7 +343,8 @@ def verify_trained(
     chat = not isinstance(trained.spec.objective, CausalLM)
     prompts, source = pick_prompts(trained.data_summary, golden_prompts, num_prompts)
     golden = encode_prompts(trained.loaded.tokenizer, prompts, chat=chat)
-    ref = checks.reference(trained, golden, fmt, dtype, max_new_tokens)
+    written = next(path.glob("*.gguf"), None) if fmt == "gguf" else None
+    ref = checks.reference(trained, golden, fmt, dtype, max_new_tokens, written=written)
     v = checks.verification(trained, path, fmt, golden, ref, max_new_tokens, chat)
     v = v.model_copy(update={"notes": [f"golden prompts: {source}", *v.notes]})
     checks.raise_if_failed(v, fmt)

@@ -1,14 +1,15 @@
-"""GGUF for llama.cpp and Ollama: Llama- and Qwen2-architecture models, tokenizer and chat template embedded.
+"""GGUF for llama.cpp and Ollama: Llama, Mistral, Qwen2, Qwen3, Gemma 2 / 3 and Phi-3 / Phi-4 models, tokenizer and
+chat template embedded; k-quants through llama.cpp's own quantizer (gguf_quant.py).
 
 Why tunekit writes GGUF itself: llama.cpp's ``convert_hf_to_gguf.py`` is the well-kept converter,
 but it is a script in the llama.cpp repository, not an installable module (the llama-cpp-python
 sdist vendors it, its wheel does not, and the ``gguf`` package on PyPI ships only the file format
 and its tools). So this module writes the file with that package (``GGUFWriter``, its tensor-name
-map and quantizers), following the converter's rules for the two architectures it supports here:
-q/k projections permuted for Llama's rotary layout, norms and 1-D tensors in f32, the tokenizer as a
-``gpt2`` byte-level BPE vocabulary with its merges, token types and special ids, and the chat
-template. Any other architecture or tokenizer raises IncompatibleError naming the converter to use
-on an ``hf`` export instead.
+map and quantizers), following the converter's rules for the families it supports here (each family's
+own rules are in gguf_families.py): norms and 1-D tensors in f32, the tokenizer as a ``gpt2``
+byte-level BPE vocabulary with its merges, token types and special ids, and the chat template. Any
+other architecture or tokenizer raises IncompatibleError naming the converter to use on an ``hf``
+export instead.
 """
 
 from __future__ import annotations
@@ -16,16 +17,19 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import re
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from tunekit.errors import IncompatibleError, MissingDependencyError
+from tunekit.export.gguf_families import FAMILIES, family_metadata, gguf_arch, rope_params, transform
+from tunekit.export.gguf_quant import K_QUANTS, load_written_weights, quantize, require_quantizer
 
-__all__ = ["GGUF_TYPES", "gguf_arch", "require_gguf", "round_like_gguf", "write_gguf"]
+__all__ = ["GGUF_TYPES", "K_QUANTS", "gguf_arch", "require_gguf", "round_like_gguf", "write_gguf"]
 
-GGUF_TYPES = ("f32", "f16", "bf16", "q8_0")
-_ARCHS = {"llama": "LLAMA", "qwen2": "QWEN2"}
+GGUF_TYPES = ("f32", "f16", "bf16", "q8_0", *K_QUANTS)
 
 # Pre-tokenizer regexes llama.cpp implements, by the name it knows them by (``tokenizer.ggml.pre``).
 _LLAMA3_REGEX = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"  # noqa: E501
@@ -68,49 +72,28 @@ def _store(data: Any, qtype: Any) -> tuple[Any, Any]:
         return data.astype(np.float16), Q.F16
 
 
-def _permute(w: Any, n_head: int) -> Any:
-    # HF keeps Llama's rotary halves split ("rotate_half"); llama.cpp wants them interleaved.
-    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
-
-
-def gguf_arch(config: Any) -> str:
-    """The GGUF architecture name of a transformers config (Llama, Qwen2); IncompatibleError for any other."""
-    model_type = getattr(config, "model_type", None)
-    if model_type not in _ARCHS:
-        raise IncompatibleError(
-            f'format="gguf": tunekit writes GGUF for Llama and Qwen2 architectures, and this model is '
-            f'{model_type!r}; export format="hf" and convert it with llama.cpp\'s convert_hf_to_gguf.py'
-        )
-    return str(model_type)
-
-
 def _tensors(model: Any, arch: str) -> Iterator[tuple[str, Any]]:
-    """(GGUF name, float32 numpy array) for every weight, renamed and permuted as llama.cpp expects."""
+    """(GGUF name, float32 numpy array) for every weight, renamed and changed as llama.cpp's converter does."""
     import gguf
 
     config = model.config
     n_layers = int(config.num_hidden_layers)
-    names = gguf.get_tensor_name_map(getattr(gguf.MODEL_ARCH, _ARCHS[arch]), n_layers)
+    names = gguf.get_tensor_name_map(getattr(gguf.MODEL_ARCH, FAMILIES[arch]), n_layers)
     tied = bool(getattr(config, "tie_word_embeddings", False))
-    n_head, n_kv = int(config.num_attention_heads), int(config.num_key_value_heads or config.num_attention_heads)
     for name, tensor in model.state_dict().items():
         if name == "lm_head.weight" and tied:
             continue  # llama.cpp uses token_embd for the output when output.weight is absent
         new = names.get_name(name, try_suffixes=(".weight", ".bias"))
         if new is None:
             raise IncompatibleError(f'format="gguf": no GGUF name for the tensor {name!r} of this {arch} model')
-        data = tensor.detach().float().cpu()
-        if arch == "llama" and name.endswith(("q_proj.weight", "q_proj.bias")):
-            data = _permute(data, n_head)
-        elif arch == "llama" and name.endswith(("k_proj.weight", "k_proj.bias")):
-            data = _permute(data, n_kv)
-        yield new, data.numpy()
+        yield new, transform(arch, name, tensor.detach().float().cpu(), config).numpy()
 
 
-def round_like_gguf(model: Any, ftype: str) -> None:
+def round_like_gguf(model: Any, ftype: str, written: Path | None = None) -> None:
     """Round ``model``'s weights in place exactly as :func:`write_gguf` stores them (kept in fp32).
 
-    The verification's reference for a lower-precision GGUF: the reloaded file must match it exactly.
+    The verification's reference for a lower-precision GGUF: the reloaded file must match it exactly. A k-quant
+    is chosen per tensor by llama.cpp's quantizer, so its reference is read back from the ``written`` file.
     """
     import gguf
     import torch
@@ -118,8 +101,14 @@ def round_like_gguf(model: Any, ftype: str) -> None:
     if ftype == "f32":
         return
     arch = gguf_arch(model.config)
+    if ftype in K_QUANTS:
+        if written is None:
+            raise ValueError(f"round_like_gguf({ftype!r}) needs the written file")
+        load_written_weights(model, written)
+        return
     # Row permutation (Llama's q/k) does not change rounding: Q8_0 blocks run along rows, the rest is elementwise.
-    names = gguf.get_tensor_name_map(getattr(gguf.MODEL_ARCH, _ARCHS[arch]), int(model.config.num_hidden_layers))
+    # Gemma's +1 on norms needs no rounding either: norms are stored in f32.
+    names = gguf.get_tensor_name_map(getattr(gguf.MODEL_ARCH, FAMILIES[arch]), int(model.config.num_hidden_layers))
     with torch.no_grad():
         for name, p in model.named_parameters():
             new = names.get_name(name, try_suffixes=(".weight", ".bias")) or name
@@ -186,7 +175,7 @@ def _rope(writer: Any, config: Any, arch: str, head_dim: int) -> Iterator[tuple[
     """RoPE metadata, and for Llama 3's scaled RoPE the ``rope_freqs`` tensor llama.cpp reads."""
     import numpy as np
 
-    params = dict(getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {})
+    params, _ = rope_params(config)  # Gemma 3's sliding layers: gguf_families.family_metadata
     theta = params.get("rope_theta", getattr(config, "rope_theta", 10000.0))
     writer.add_rope_freq_base(float(theta))
     kind = (params.get("rope_type") or params.get("type") or "default").lower()
@@ -221,12 +210,35 @@ def _rope(writer: Any, config: Any, arch: str, head_dim: int) -> Iterator[tuple[
     )
 
 
-def write_gguf(model: Any, tokenizer: Any, tokenizer_dir: Path, out: Path, *, ftype: str, end_of_turn_id: int) -> None:
-    """Write ``model`` (a plain transformers Llama or Qwen2 model) with its tokenizer and template to ``out``.
+def _model_name(config: Any) -> str:
+    """``general.name``: the model directory's name, kept clear of names the runtimes act on. llama.cpp's vocabulary
+    loader changes special-token attributes when the name contains "phi-3" / "phi3" (it expects Phi-3's own
+    SentencePiece tokens, and fails without ``</s>``; tunekit embeds byte-level BPE tokenizers only), and
+    transformers' GGUF loader takes a ``llama`` file named exactly "mistral" for a Mistral it cannot map."""
+    name = str(getattr(config, "_name_or_path", "") or "tunekit export").replace("\\", "/").split("/")[-1] or "tunekit"
+    name = re.sub(r"(?i)(phi)-?3", r"\1 3", name)
+    return name + " (tunekit)" if name.lower() == "mistral" else name
 
-    ``tokenizer_dir`` holds the saved tokenizer (tokenizer.json, tokenizer_config.json, chat template).
+
+def write_gguf(model: Any, tokenizer: Any, tokenizer_dir: Path, out: Path, *, ftype: str, end_of_turn_id: int) -> None:
+    """Write ``model`` (a plain transformers model of a family in gguf_families.FAMILIES) with its tokenizer and
+    template to ``out``.
+
+    ``tokenizer_dir`` holds the saved tokenizer (tokenizer.json, tokenizer_config.json, chat template). A k-quant
+    ``ftype`` is written as f32 beside ``out`` first, then quantized by llama.cpp.
     """
     require_gguf()
+    if ftype not in K_QUANTS:
+        _write(model, tokenizer, tokenizer_dir, out, ftype=ftype, end_of_turn_id=end_of_turn_id)
+        return
+    require_quantizer(ftype)
+    with tempfile.TemporaryDirectory(prefix=".tunekit-f32-", dir=out.parent) as tmp:
+        source = Path(tmp) / "model-f32.gguf"
+        _write(model, tokenizer, tokenizer_dir, source, ftype="f32", end_of_turn_id=end_of_turn_id)
+        quantize(source, out, ftype)
+
+
+def _write(model: Any, tokenizer: Any, tokenizer_dir: Path, out: Path, *, ftype: str, end_of_turn_id: int) -> None:
     import gguf
 
     config = model.config
@@ -243,10 +255,10 @@ def write_gguf(model: Any, tokenizer: Any, tokenizer_dir: Path, out: Path, *, ft
         "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
     }[ftype]
 
-    writer = gguf.GGUFWriter(str(out), gguf.MODEL_ARCH_NAMES[getattr(gguf.MODEL_ARCH, _ARCHS[arch])])
+    writer = gguf.GGUFWriter(str(out), gguf.MODEL_ARCH_NAMES[getattr(gguf.MODEL_ARCH, FAMILIES[arch])])
     try:
         writer.add_type(gguf.GGUFType.MODEL)
-        writer.add_name(str(getattr(config, "_name_or_path", "") or "tunekit export").split("/")[-1] or "tunekit")
+        writer.add_name(_model_name(config))
         writer.add_block_count(int(config.num_hidden_layers))
         writer.add_context_length(int(config.max_position_embeddings))
         writer.add_embedding_length(int(config.hidden_size))
@@ -254,12 +266,13 @@ def write_gguf(model: Any, tokenizer: Any, tokenizer_dir: Path, out: Path, *, ft
         writer.add_head_count(n_head)
         writer.add_head_count_kv(int(config.num_key_value_heads or n_head))
         writer.add_layer_norm_rms_eps(float(config.rms_norm_eps))
-        if head_dim != config.hidden_size // n_head:
+        if arch in ("llama", "qwen2", "phi3") and head_dim != config.hidden_size // n_head:
             writer.add_key_length(head_dim)
             writer.add_value_length(head_dim)
-        if arch == "llama":
+        if arch in ("llama", "mistral"):  # the converter's LlamaModel, which Mistral is converted as
             writer.add_vocab_size(vocab_size)
             writer.add_rope_dimension_count(head_dim)
+        family_metadata(writer, config, arch, head_dim)
         extra = list(_rope(writer, config, arch, head_dim))
         writer.add_file_type(file_type)
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)

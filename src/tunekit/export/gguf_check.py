@@ -9,6 +9,7 @@ from typing import Any
 
 from tunekit._quiet import quiet
 from tunekit.errors import ExportError
+from tunekit.export.gguf_families import GEMMA_27B_LAYERS
 from tunekit.export.verify import Golden
 
 __all__ = ["gguf_metadata", "has_llama_cpp", "llama_cpp_greedy", "reload_gguf_transformers"]
@@ -39,6 +40,13 @@ def gguf_metadata(file: Path) -> dict[str, Any]:
     return out
 
 
+def _field(file: Path, key: str) -> Any:
+    from gguf import GGUFReader
+
+    field = GGUFReader(str(file)).get_field(key)
+    return field.contents() if field is not None else None
+
+
 def reload_gguf_transformers(file: Path, *, device: Any) -> Any:
     """The GGUF file's weights loaded by transformers, dequantized to fp32."""
     import torch
@@ -48,9 +56,21 @@ def reload_gguf_transformers(file: Path, *, device: Any) -> Any:
     # transformers' GGUF loader draws a tqdm bar that ignores its own disable_progress_bar(); tunekit never prints.
     bar = gguf_utils.tqdm
     gguf_utils.tqdm = lambda it, *a, **k: it
+    # transformers' GGUF loader ignores attention.key_length for some families (Qwen3), falling back to the family's
+    # usual head size, and has no query_pre_attn_scalar for Gemma (none is stored: llama.cpp derives the query scale
+    # from the head size); the reload is given what llama.cpp computes with.
+    arch = str(gguf_metadata(file).get("general.architecture", ""))
+    key_length = _field(file, f"{arch}.attention.key_length")
+    overrides: dict[str, Any] = {"head_dim": int(key_length)} if key_length is not None else {}
+    if arch in ("gemma2", "gemma3") and key_length is not None:
+        n_layer = int(_field(file, f"{arch}.block_count"))
+        per_head = int(_field(file, f"{arch}.embedding_length")) // int(_field(file, f"{arch}.attention.head_count"))
+        overrides["query_pre_attn_scalar"] = per_head if n_layer == GEMMA_27B_LAYERS[arch] else key_length
     with quiet():
         try:
-            model = AutoModelForCausalLM.from_pretrained(file.parent, gguf_file=file.name, dtype=torch.float32)
+            model = AutoModelForCausalLM.from_pretrained(
+                file.parent, gguf_file=file.name, dtype=torch.float32, **overrides
+            )
         except (OSError, ValueError, KeyError) as e:
             raise ExportError(f"{file}: transformers cannot load the GGUF file: {e}") from e
         finally:

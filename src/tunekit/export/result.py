@@ -45,7 +45,12 @@ class Verification(BaseModel):
     export is compared with the trained weights rounded exactly as written; how far the rounding
     moved the trained model's outputs is in ``trained_agreement``, reported, never failed).
     ``passed`` counts the enforced checks; ``strict`` is false when some checks are only reported
-    (llama.cpp on f16, bf16 or q8_0 weights, which it computes with rounded activations).
+    (llama.cpp on f16, bf16, q8_0 or k-quant weights, which it computes with rounded activations).
+
+    For a GGUF checked in llama.cpp, ``llama_cpp_agreement`` is the share of golden prompts on which llama.cpp's
+    greedy answer is token for token the trained model's, and ``llama_cpp_token_agreement`` the share of answer
+    tokens that agree position by position (over the longer of the two answers): how far the exported precision
+    (a k-quant above all) moved what the model says. Both are reported, never failed.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -55,6 +60,8 @@ class Verification(BaseModel):
     reference: str
     checks: list[PromptCheck]
     trained_agreement: float | None = None
+    llama_cpp_agreement: float | None = None
+    llama_cpp_token_agreement: float | None = None
     notes: list[str] = []
 
     @property

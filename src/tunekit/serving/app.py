@@ -59,6 +59,7 @@ def create_app(pool: ModelPool, *, api_key: str | None = None) -> FastAPI:
         >>> pool.add("bot", tk.Tuner("any-name", backend=tk.testing.FakeBackend(), progress=False))
         >>> app = create_app(pool, api_key="secret")  # run it with uvicorn.run(app)
     """
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield

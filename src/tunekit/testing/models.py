@@ -55,9 +55,30 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, chat_template: bool, 
     return fast
 
 
+ARCHS = ("llama", "qwen2", "qwen3", "mistral", "gemma2", "gemma3_text", "phi3")
+Arch = Literal["llama", "qwen2", "qwen3", "mistral", "gemma2", "gemma3_text", "phi3"]
+
+
+def _family_config(arch: str, hidden_size: int, num_heads: int, max_position_embeddings: int) -> dict[str, Any]:
+    """What a tiny model of each newer family sets beyond the shared fields: head sizes spelled out (their configs
+    default to the real models' 128 / 256), and settings at the values the real models use."""
+    head_dim = hidden_size // num_heads
+    if arch == "qwen3":
+        return {"head_dim": head_dim}
+    if arch == "mistral":
+        return {"head_dim": head_dim, "sliding_window": None}
+    if arch in ("gemma2", "gemma3_text"):
+        # Gemma ties its embeddings (llama.cpp's Gemma graphs have no separate output matrix) and scales queries
+        # by query_pre_attn_scalar ** -0.5, which llama.cpp takes to be head_dim ** -0.5 at these sizes.
+        return {"head_dim": head_dim, "query_pre_attn_scalar": head_dim, "tie_word_embeddings": True}
+    if arch == "phi3":
+        return {"original_max_position_embeddings": max_position_embeddings}
+    return {}
+
+
 def tiny_model(
     path: str | Path,
-    arch: Literal["llama", "qwen2"] = "llama",
+    arch: Arch = "llama",
     texts: Iterable[str] | None = None,
     *,
     vocab_size: int = 512,
@@ -76,36 +97,44 @@ def tiny_model(
 
     Everything is local (no network): the tokenizer is trained with the ``tokenizers`` library and
     the weights are random (seeded). ``chat_template=False`` writes a base model without a template
-    (tunekit then adds its built-in one); ``pad_token=False`` one without a pad token. A larger
-    ``initializer_range`` (e.g. 0.2) gives random logits a usable scale, so that methods which
+    (tunekit then adds its built-in one); ``pad_token=False`` one without a pad token. ``arch`` is one of
+    ``"llama"``, ``"qwen2"``, ``"qwen3"``, ``"mistral"``, ``"gemma2"``, ``"gemma3_text"`` (Gemma 3, text only)
+    and ``"phi3"`` (also Phi-4's architecture); Gemma models always tie their embeddings, as the real ones do.
+    A larger ``initializer_range`` (e.g. 0.2) gives random logits a usable scale, so that methods which
     freeze the head (LoRA and other adapters) can learn a toy task quickly from scratch.
 
     Returns ``path``, loadable by ``tk.Tuner(path)`` or ``transformers.AutoModelForCausalLM``.
     """
     import torch
-    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
+    from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, Qwen2Config
 
+    if arch not in ARCHS:
+        raise ValueError(f"tiny_model(arch={arch!r}): choose one of {list(ARCHS)}")
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     corpus = list(texts) if texts is not None else list(DEFAULT_TEXTS)
     # Make every digit, letter and common CJK punctuation a token even if the corpus is small.
     corpus += [" ".join("0123456789"), "abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ .,:;!?-\n"]
     tokenizer = train_tokenizer(corpus, vocab_size, chat_template, pad_token)
-    cfg_cls = {"llama": LlamaConfig, "qwen2": Qwen2Config}[arch]
-    config = cfg_cls(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden_size,
-        intermediate_size=intermediate_size or hidden_size * 2,
-        num_hidden_layers=num_layers,
-        num_attention_heads=num_heads,
-        num_key_value_heads=max(1, num_heads // 2),
-        max_position_embeddings=max_position_embeddings,
-        tie_word_embeddings=tie_word_embeddings,
-        initializer_range=initializer_range,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=None,
-    )
+    shared: dict[str, Any] = {
+        "vocab_size": len(tokenizer),
+        "hidden_size": hidden_size,
+        "intermediate_size": intermediate_size or hidden_size * 2,
+        "num_hidden_layers": num_layers,
+        "num_attention_heads": num_heads,
+        "num_key_value_heads": max(1, num_heads // 2),
+        "max_position_embeddings": max_position_embeddings,
+        "tie_word_embeddings": tie_word_embeddings,
+        "initializer_range": initializer_range,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+        "bos_token_id": None,
+    }
+    if arch in ("llama", "qwen2"):  # built exactly as before the newer families came: their files stay identical
+        config = {"llama": LlamaConfig, "qwen2": Qwen2Config}[arch](**shared)
+    else:
+        shared.update(_family_config(arch, hidden_size, num_heads, max_position_embeddings))
+        config = AutoConfig.for_model(arch, **shared)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_config(config)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from tunekit.backends.hf.optimizers import optimizer_args
 from tunekit.backends.hf.processes import engine_args
 from tunekit.distributed import world
 from tunekit.training import Training
@@ -44,6 +45,7 @@ def training_args(setup: Setup) -> dict[str, Any]:
         "lr_scheduler_type": t.lr_scheduler,
         "warmup_steps": t.warmup_ratio,  # a float below 1 is a ratio in transformers 5
         "weight_decay": t.weight_decay,
+        **optimizer_args(t),  # Training(optimizer=...): transformers' optim= (GaLore, APOLLO, Muon: install_optimizer)
         "max_grad_norm": t.max_grad_norm or 0.0,
         "seed": t.seed,
         "data_seed": t.seed,

@@ -27,6 +27,7 @@ from tunekit.backends.hf.checkpoints import RunIdentity, data_fingerprint, insta
 from tunekit.backends.hf.guards import NonFiniteGuard
 from tunekit.backends.hf.method_callbacks import method_callbacks
 from tunekit.backends.hf.models import Loaded, own_rng
+from tunekit.backends.hf.optimizers import check_optimizer
 from tunekit.backends.hf.peft_map import merged_model, training_for
 from tunekit.backends.hf.planning import checkpointing_needed, make_plan
 from tunekit.backends.hf.processes import gather_weights, join_group, settle
@@ -34,7 +35,7 @@ from tunekit.backends.hf.resume import check_identity, resolve_resume
 from tunekit.backends.hf.rewards import score_items
 from tunekit.backends.hf.safe_loading import check_weights
 from tunekit.backends.hf.tracking import check_trackers, tracking_env
-from tunekit.backends.hf.trainers import build_trainer, release_trainer, tokens_seen
+from tunekit.backends.hf.trainers import build_trainer, offloads_activations, release_trainer, tokens_seen
 from tunekit.data.control_tokens import control_tokens, encode_plain, find_control_token, plain_spans
 from tunekit.data.encoding import Encoded
 from tunekit.data.formats import NormalisedData
@@ -85,6 +86,9 @@ class HFBackend:
     def preflight(self, spec: RunSpec, *, resume: bool | str | Path) -> Path | None:
         """Checks that need nothing loaded (trackers installed, a checkpoint to resume from); returns the checkpoint."""
         check_trackers(spec.training.report_to, spec.output_dir)
+        device = models.resolve_device(spec.training.device)
+        check_optimizer(spec.training, device, spec.method)  # its package and device, before any weights load
+        check_offload(spec, device)
         if spec.output_dir is not None:
             check_writable(Path(spec.output_dir), "Tuner(output_dir=...)")  # before training, not at the first save
         return resolve_resume(resume, spec.output_dir, config=run_config(spec), force=spec.training.force_resume)
@@ -474,6 +478,23 @@ class HFBackend:
             else:
                 loaded.model.save_pretrained(path)
             loaded.tokenizer.save_pretrained(path)
+
+
+def check_offload(spec: RunSpec, device: Any) -> None:
+    """``Training(activation_offload=True)``: only on a CUDA device, and with an objective whose trainer does it."""
+    if not spec.training.activation_offload:
+        return
+    if device.type != "cuda":
+        raise IncompatibleError(
+            f"Training(activation_offload=True) moves activations from a CUDA device to CPU memory, and this run "
+            f"trains on {device.type!r} (no CUDA device here); drop activation_offload, or train on a CUDA device"
+        )
+    if not offloads_activations(spec.objective):
+        raise IncompatibleError(
+            f"Training(activation_offload=True) is not supported with {spec.objective.name} (trl's trainer for it "
+            "does not offload); it works with SFT, CausalLM, RewardModeling, DPO and KTO: drop activation_offload, "
+            "or use gradient_checkpointing=True to save activation memory"
+        )
 
 
 def _continuation_ids(

@@ -252,6 +252,7 @@ def activation_parts(
     device: Any,
     fused_loss: bool = True,
     liger: bool = False,
+    offload: bool = False,
 ) -> dict[str, int]:
     """Estimated activation memory of one micro-batch of ``tokens`` tokens, in three parts (bytes).
 
@@ -259,7 +260,10 @@ def activation_parts(
     ``loss``: the LM head loss's transient peak; ``autocast``: autocast's 16-bit weight copies.
     ``padded_length``: the batch's padded sequence length (0 for packed batches); ``fused_loss``: the
     loss goes through trl's chunked LM head (the fast SFT / CausalLM path), see :func:`loss_bytes`;
-    ``liger``: Liger's layer kernels are applied (see :func:`layer_bytes_per_token`).
+    ``liger``: Liger's layer kernels are applied (see :func:`layer_bytes_per_token`); ``offload``: trl's activation
+    offloading moves what the layers save to CPU memory in the forward and brings it back layer by layer in the
+    backward, so the device holds about two layers' worth (the layer in its backward and the next one, fetched ahead
+    on a second stream) instead of all of them (an estimate: not measured, it runs only on CUDA).
     """
     config = unwrap_peft(model).config
     mixed = precision in ("bf16", "fp16")
@@ -272,10 +276,13 @@ def activation_parts(
         inter = int(getattr(config, "intermediate_size", 4 * h) or 4 * h)
         per_layer, rest = 4.0 * (12 * h + 4 * inter), 16.0 * h
     layers = int(getattr(config, "num_hidden_layers", 1))
+    # Under activation offloading two layers' saved tensors are on the device at a time (see above).
+    in_flight = min(2, layers) if offload else layers
     if checkpointing:  # each layer keeps only its input (the residual stream); the backward recomputes one at a time
-        saved = tokens * (layers * int(config.hidden_size) * base_bytes(model) + per_layer + rest)
+        saved = tokens * (in_flight * int(config.hidden_size) * base_bytes(model) + per_layer + rest)
     else:
-        saved = tokens * (_layers_in_the_graph(model, layers) * per_layer + rest)
+        graph = _layers_in_the_graph(model, layers)
+        saved = tokens * (min(graph, in_flight) * per_layer + rest)
     return {
         "saved": int(saved),
         "loss": loss_bytes(model, tokens, mixed=mixed, device=device, fused=fused_loss),

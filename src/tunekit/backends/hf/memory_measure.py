@@ -30,6 +30,7 @@ from tunekit._torch import unique_parameters
 from tunekit.backends.hf import fastpath
 from tunekit.backends.hf.attention import VARLEN, varlen_attention
 from tunekit.backends.hf.memory import backbone
+from tunekit.backends.hf.optimizers import measured_state_bytes
 from tunekit.backends.hf.sft import fused_loss_only, packed_collator
 from tunekit.data.encoding import Encoded
 from tunekit.training import Training
@@ -232,12 +233,11 @@ def measure_step(
                     out = model(**batch, use_cache=False, fused_lm_head=True)
                 (-out.log_probs.sum()).backward()  # inside the attention context: checkpointing recomputes there
             # What the step holds besides activations: the gradients, and AdamW's state after one update (lr 0).
+            # (plan() counts the chosen optimizer's state; tests/integration/test_optimizers.py measures each one.)
             state["gradients"] = sum(p.grad.nbytes for p in trainable if p.grad is not None)
             optimizer = torch.optim.AdamW(trainable, lr=0.0)
             optimizer.step()
-            state["optimizer"] = sum(
-                t.nbytes for s in optimizer.state.values() for t in s.values() if torch.is_tensor(t) and t.dim() > 0
-            )
+            state["optimizer"] = measured_state_bytes(optimizer)  # its step counters (fp32 scalars) included
         finally:
             model.zero_grad(set_to_none=True)
             if gc:

@@ -19,6 +19,7 @@ from tunekit.backends.base import LoadedModel, RunSpec
 from tunekit.backends.hf import fastpath
 from tunekit.backends.hf.memory import activation_parts
 from tunekit.backends.hf.models import build_model, resolve_device, resolve_precision
+from tunekit.backends.hf.optimizers import state_bytes
 from tunekit.data.encoding import Encoded
 from tunekit.data.formats import NormalisedData
 from tunekit.data.rows import TrainerRows
@@ -109,7 +110,7 @@ def plan_encoded(spec: RunSpec, model: Any, enc: Encoded | TrainerRows, *, check
     trainable = [p for p in params if p.requires_grad]
     weights = sum(p.numel() * p.element_size() for p in params)
     grads = sum(p.numel() * p.element_size() for p in trainable)
-    optimizer = 2 * grads  # AdamW: two moments in each parameter's dtype
+    optimizer = state_bytes(training, model)  # the chosen optimizer's state, as it allocates it (optimizers.py)
     tokenised = isinstance(enc, Encoded)
     liger = False
     if isinstance(enc, Encoded):
@@ -140,11 +141,14 @@ def plan_encoded(spec: RunSpec, model: Any, enc: Encoded | TrainerRows, *, check
             device=device,
             fused_loss=fused,
             liger=liger,
+            offload=training.activation_offload and device.type == "cuda",
         )
         return sum(parts.values())
 
     # As fit decides it (backend.fit, peft_map.training_for): "auto" is on only on a CUDA device the run would
-    # not fit without it; methods that cannot checkpoint (prefix tuning) train without.
+    # not fit without it (with activation offloading when it is on: the cheapest setting that fits, as recomputing
+    # costs more time than the transfers offloading overlaps with compute); methods that cannot checkpoint (prefix
+    # tuning) train without.
     if checkpointing is not None:
         gc = bool(checkpointing)
     elif training.gradient_checkpointing == "auto":
@@ -174,6 +178,8 @@ def plan_encoded(spec: RunSpec, model: Any, enc: Encoded | TrainerRows, *, check
         activations_bytes=activations,
         device_memory_bytes=total_mem,
         fits=total <= 0.95 * total_mem,
+        optimizer=training.optimizer,
+        activation_offload=training.activation_offload and device.type == "cuda",
     )
 
 

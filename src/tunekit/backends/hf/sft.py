@@ -142,6 +142,7 @@ def sft_trainer(setup: Setup) -> Any:
         max_length=t.max_length,
         dataset_kwargs={"skip_prepare_dataset": True},  # tunekit tokenised and masked the data itself
         remove_unused_columns=False,
+        activation_offloading=t.activation_offload,  # trl's OffloadActivations around each training step
     )
     if path.liger:
         apply_liger(setup.model)

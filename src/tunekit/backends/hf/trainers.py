@@ -23,13 +23,21 @@ from typing import Any
 from tunekit._torch import unwrap_peft
 from tunekit.backends.base import builder_for
 from tunekit.backends.hf.args import Setup, trainer_data, training_args
+from tunekit.backends.hf.optimizers import install_optimizer
 from tunekit.backends.hf.rewards import resolve_rewards
 from tunekit.backends.hf.sft import release, sft_trainer
 from tunekit.errors import IncompatibleError
 from tunekit.objectives import DPO, GRPO, KTO, ORPO, RLOO, SFT, CausalLM, Objective, OnlineRL, RewardModeling
 from tunekit.training import Training
 
-__all__ = ["TRAINERS", "build_trainer", "release_trainer", "tokens_seen"]
+__all__ = [
+    "OFFLOADS_ACTIVATIONS",
+    "TRAINERS",
+    "build_trainer",
+    "offloads_activations",
+    "release_trainer",
+    "tokens_seen",
+]
 
 
 def _is_peft(model: Any) -> bool:
@@ -77,7 +85,10 @@ def _reward(setup: Setup) -> Any:
 
     obj: RewardModeling = setup.objective
     args = RewardConfig(
-        **training_args(setup), max_length=setup.training.max_length, center_rewards_coefficient=obj.center_rewards
+        **training_args(setup),
+        max_length=setup.training.max_length,
+        center_rewards_coefficient=obj.center_rewards,
+        activation_offloading=setup.training.activation_offload,
     )
     return RewardTrainer(
         model=setup.model,
@@ -101,6 +112,7 @@ def _dpo(setup: Setup) -> Any:
         beta=obj.beta,
         loss_type=[obj.loss],
         label_smoothing=obj.label_smoothing,
+        activation_offloading=setup.training.activation_offload,
     )
     return DPOTrainer(
         model=setup.model,
@@ -142,6 +154,7 @@ def _kto(setup: Setup) -> Any:
         desirable_weight=obj.desirable_weight,
         undesirable_weight=obj.undesirable_weight,
         loss_type=obj.loss,
+        activation_offloading=setup.training.activation_offload,
     )
     return KTOTrainer(
         model=setup.model,
@@ -277,6 +290,17 @@ TRAINERS: dict[type[Objective], Callable[[Setup], Any]] = {
 }
 
 
+# The objectives whose trl trainer offloads activations (its config's ``activation_offloading``); DPO's SimPO loss
+# trains through trl's CPO trainer, which does not.
+OFFLOADS_ACTIVATIONS: tuple[type[Objective], ...] = (SFT, CausalLM, RewardModeling, DPO, KTO)
+
+
+def offloads_activations(objective: Objective) -> bool:
+    """Whether ``Training(activation_offload=True)`` takes effect for ``objective``."""
+    simpo = isinstance(objective, DPO) and objective.loss == "simpo"
+    return isinstance(objective, OFFLOADS_ACTIVATIONS) and not simpo
+
+
 def build_trainer(
     objective: Objective,
     *,
@@ -301,11 +325,22 @@ def build_trainer(
     )  # fmt: skip
     if build is not _sft:
         _head_bias_visible(model)
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    hooks_before = _hook_ids(head)
     trainer = build(setup)
+    # trl's activation offloading hooks the output head for good; release_trainer removes what it added.
+    trainer.__dict__["_tunekit_head_hooks"] = (head, hooks_before)
+    install_optimizer(trainer, training, learning_rate)  # GaLore, APOLLO, Muon: tunekit builds them
     # The library never prints: progress and logs reach the application through hooks.
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
     return trainer
+
+
+def _hook_ids(module: Any) -> tuple[set[int], set[int]]:
+    if module is None:
+        return set(), set()
+    return set(module._forward_pre_hooks), set(module._forward_hooks)
 
 
 def tokens_seen(trainer: Any) -> int:
@@ -324,6 +359,13 @@ def release_trainer(trainer: Any, model: Any) -> None:
       original model through it.
     """
     release(trainer)  # the model's own attention implementation back
+    head, (pre, post) = getattr(trainer, "__dict__", {}).pop("_tunekit_head_hooks", (None, (set(), set())))
+    if head is not None:  # the forward hooks trl's activation offloading put on the output head
+        for key in set(head._forward_pre_hooks) - pre:
+            head._forward_pre_hooks.pop(key, None)
+        for key in set(head._forward_hooks) - post:
+            head._forward_hooks.pop(key, None)
+            head._forward_hooks_always_called.pop(key, None)
     if _is_peft(model) and "ref" in model.peft_config:
         model.delete_adapter("ref")
     targets = [model]
