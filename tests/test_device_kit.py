@@ -33,7 +33,18 @@ LOCAL = {"tunekit", "tests", "_util"}
 # tunekit's optional integrations that no gpu-marked test and no benchmark uses (checked below: the GPU_RUN
 # files import none of them), so they are not carried: MLflow, llama.cpp, DeepSpeed (multi_gpu), and the eval
 # extra's rouge-score and lm-evaluation-harness.
-NOT_NEEDED_THERE = {"mlflow", "llama_cpp", "deepspeed", "rouge_score", "lm_eval"}
+NOT_NEEDED_THERE = {
+    "mlflow",
+    "llama_cpp",
+    "deepspeed",
+    "rouge_score",
+    "lm_eval",
+    "fastapi",
+    "starlette",
+    "uvicorn",
+    "openai",
+    "httpx",
+}  # tunekit serve: tested on the CPU
 
 
 def test_the_scripts_parse():

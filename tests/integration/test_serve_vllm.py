@@ -1,7 +1,8 @@
 """``tunekit serve --engine vllm`` on a CUDA GPU: two LoRA adapters on one base, talked to with the ``openai`` client,
 answer as each does alone in transformers (greedy), streamed and not, and the key is enforced.
 
-Needs a CUDA device, ``pip install vllm`` and the test extra; run with ``pytest -m gpu`` (``nox -s gpu``)."""
+Needs a CUDA device, ``pip install vllm`` and the test extra; run with ``pytest -m gpu`` (``nox -s gpu``). It lives
+beside the other serve tests, not in tests/gpu: the lent GPU machine has no vLLM (see tests/test_device_kit.py)."""
 
 from __future__ import annotations
 
@@ -22,12 +23,14 @@ PROMPTS = ["first: 3 1 4", "first: 9 2 6 5"]
 
 
 def test_vllm_serves_two_adapters_on_one_base(tiny_qwen_init02: Path, tmp_path: Path) -> None:
-    import httpx
-    import openai
     import torch
 
     assert torch.cuda.is_available(), "this test needs a CUDA device"
+    # vLLM (hundreds of MB) is not carried to the lent GPU machine: there this test skips, naming what it needs.
     pytest.importorskip("vllm", reason="this test needs vllm (pip install vllm)")
+    import httpx
+    import openai
+
     saves, expected = {}, {}
     for name, answer in (("a", "7"), ("b", "2")):
         rows = [{"prompt": f"first: {i} {i + 1} {i + 2}", "completion": answer} for i in range(8)]
