@@ -67,6 +67,7 @@ class FakeTrainer:
         Path(output_dir, file).write_text(content, encoding="utf-8")
 
     def _save_checkpoint(self, model: Any, trial: Any) -> None:
+        self.written_for = trial
         output_dir = str(Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}")
         Path(output_dir).mkdir(parents=True, exist_ok=True)
         self._save(output_dir, state_dict=self.state_dict)  # as Trainer.save_model calls it under FSDP / DeepSpeed
@@ -341,3 +342,11 @@ def test_recover_puts_back_a_checkpoint_a_crashed_save_moved_aside(tmp_path, cap
     ]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-2"]
     assert (tmp_path / "checkpoint-2" / "model.safetensors").read_bytes() == b"w"
+
+
+def test_a_hyperparameter_trial_reaches_transformers_writer_unchanged(tmp_path):
+    t = trainer(tmp_path)
+    trial = {"learning_rate": 1e-3}
+    t._save_checkpoint(0, trial=trial)
+    assert t.trials == [trial] and t.written_for is trial
+    checkpoints.verify(tmp_path / "checkpoint-2")
