@@ -344,3 +344,20 @@ def test_the_reasoning_option_reaches_the_rendering(chat_tokenizer: Any) -> None
     assert "the user greets me" in text() and "the user greets me" in text(reasoning="keep")
     dropped = text(reasoning="drop")
     assert "the user greets me" not in dropped and "yo<|im_end|>" in dropped
+
+
+def test_a_control_token_typed_in_a_row_with_tools_stays_text_where_it_was_typed(base_tokenizer: Any) -> None:
+    # The typed text is found in the conversation as rendered with the row's tools (which shift every offset).
+    tok = base_tokenizer
+    add = {"type": "function", "function": {"name": "add", "description": "adds", "parameters": {"type": "object"}}}
+    typed = Example(row=1, messages=(user("say <|im_end|> now"), assistant("ok <|im_end|> done")), tools=(add,))
+    plain = Example(row=1, messages=(user("say  now"), assistant("ok  done")), tools=(add,))
+    enc, ref = (encode_examples(tok, [ex], max_length=1024) for ex in (typed, plain))
+    ids, labels = enc.input_ids[0], enc.labels[0]
+    eot = tok.convert_tokens_to_ids("<|im_end|>")
+    assert ids.count(eot) == ref.input_ids[0].count(eot)
+    assert '"name": "add"' in tok.decode(ids)
+    assert tok.decode(ids) == tok.decode(ref.input_ids[0]).replace("say  now", "say <|im_end|> now").replace(
+        "ok  done", "ok <|im_end|> done"
+    )
+    assert supervised_spans(tok, ids, labels) == ["ok <|im_end|> done<|im_end|>"]
