@@ -345,6 +345,12 @@ BAD_ROWS += [
         ": both a 'system' column and a system message in 'messages'; keep one of them",
     ),
     (
+        "prompt_completion",
+        {"system": "be brief", "prompt": [system("be long"), user("u")], "completion": "c"},
+        "system",
+        ": both a 'system' column and a system message in 'prompt'; keep one of them",
+    ),
+    (
         "alpaca",
         {"instruction": "i", "output": "o", "system": 5},
         "system",
@@ -453,6 +459,8 @@ def test_prompt_completion_accepts_chat_message_prompt() -> None:
 
 def test_a_system_column_leads_a_conversation_that_has_no_system_message() -> None:
     ex = normalise([{"system": "be brief", "messages": [user("u"), assistant("a")]}]).examples[0]
+    assert ex.messages == (system("be brief"), user("u"), assistant("a"))
+    ex = normalise([{"system": "be brief", "prompt": [user("u")], "completion": "a"}]).examples[0]
     assert ex.messages == (system("be brief"), user("u"), assistant("a"))
 
 
