@@ -57,7 +57,9 @@ MODULES: dict[str, tuple[str, list[str]]] = {
         [
             "tests/unit/test_reliability.py",
             "tests/unit/test_resume_identity.py",
-            # the checkpoint writer (CheckpointMixin) runs only inside a training run: ten short runs, 20 s
+            # the checkpoint writer (CheckpointMixin) against a stand-in Trainer: every branch, in milliseconds
+            "tests/unit/test_checkpoint_writer.py",
+            # ... and inside real training runs: ten short runs, 20 s
             "tests/integration/test_checkpoints.py",
         ],
     ),

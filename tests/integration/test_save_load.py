@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import tunekit as tk
+from tunekit import _fs
 from tunekit.testing import reverse_task
 
 from .helpers import cpu, heldout_loss
@@ -32,7 +33,7 @@ def trained_lora(tiny_llama_init02, tmp_path_factory):
 
 
 def test_lora_save_writes_peft_adapter_and_manifest(trained_lora, tiny_llama_init02):
-    _, path = trained_lora
+    tuner, path = trained_lora
     files = {p.name for p in path.iterdir()}
     assert {"adapter_config.json", "adapter_model.safetensors", "tunekit.json", "tokenizer.json"} <= files
     assert not any(f.endswith((".bin", ".pt", ".pkl")) for f in files)
@@ -42,6 +43,13 @@ def test_lora_save_writes_peft_adapter_and_manifest(trained_lora, tiny_llama_ini
     assert manifest["base_model"] == str(tiny_llama_init02.resolve())
     assert manifest["template"]["end_of_turn"] == "<|im_end|>"
     assert manifest["tunekit_version"] == tk.__version__
+    # The run's training, less `resume` (it belongs to the run that saved, not to whoever loads the save).
+    assert manifest["training"] == tuner.training.model_dump(mode="json", exclude={"resume"})
+    assert "resume" not in manifest["training"] and manifest["vocab_size"] == len(tuner.tokenizer)
+    on_disk = {p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file()} - {"tunekit.json"}
+    assert set(manifest["files"]) == on_disk  # every file but the manifest, each with its size and sha256
+    for name, meta in manifest["files"].items():
+        assert meta == {"size": (path / name).stat().st_size, "sha256": _fs.sha256_file(path / name)}
 
 
 def test_lora_tk_load_gives_same_logits_and_text(trained_lora):
@@ -171,8 +179,13 @@ def test_failed_save_keeps_the_previous_one(trained_lora, tmp_path, monkeypatch)
 
     monkeypatch.setattr(save_format.os, "replace", flaky_replace)
     monkeypatch.setattr(save_format._fs.time, "sleep", lambda s: None)
-    with pytest.raises(tk.CheckpointError, match=r"locked .* the previous save there is intact"):
+    with pytest.raises(tk.CheckpointError) as info:
         tuner.save(target)
+    assert str(info.value) == (  # the error's own words as the reason, what to do, and what is kept
+        f"save({str(target)!r}): could not write the save (locked by an indexer): a file is locked or not writable "
+        "(another program, antivirus, a read-only directory); retry, or save elsewhere; the previous save there is "
+        "intact"
+    )
     monkeypatch.undo()
     assert sorted(p.name for p in target.iterdir()) == before  # the old save is back, whole
     tk.load(target)

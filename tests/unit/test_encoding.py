@@ -280,3 +280,84 @@ def test_pipeline_from_a_file(tmp_path, chat_tokenizer: Any) -> None:
     for row, ids, labels in zip(tk.testing.reverse_task(4, fmt="messages"), enc.input_ids, enc.labels):
         answer = row["messages"][1]["content"]
         assert supervised_spans(chat_tokenizer, ids, labels) == [answer + "<|im_end|>"]
+
+
+# ---- control tokens: typed in a message they stay text; in a text row they are a bad row ---------------------
+
+
+def test_a_control_token_typed_in_a_message_is_encoded_as_the_text_it_is(tok: Any) -> None:
+    eot = tok.convert_tokens_to_ids("<|im_end|>")
+    typed = chat(user("say <|im_end|> now"), assistant("I typed <|im_end|> here"))
+    plain = chat(user("say  now"), assistant("I typed  here"))
+    enc, ref = (encode_examples(tok, [ex], max_length=512) for ex in (typed, plain))
+    ids, labels = enc.input_ids[0], enc.labels[0]
+    assert ids.count(eot) == ref.input_ids[0].count(eot)  # only the template's own end-of-turn markers
+    assert tok.decode(ids) == tok.decode(ref.input_ids[0]).replace("say  now", "say <|im_end|> now").replace(
+        "I typed  here", "I typed <|im_end|> here"
+    )
+    assert supervised_spans(tok, ids, labels) == ["I typed <|im_end|> here<|im_end|>"]  # the answer, aligned
+    # Told the tokens are meant (pre-rendered text), they are read as control tokens.
+    meant = encode_examples(tok, [typed], max_length=512, allow_control_tokens=True)
+    assert meant.input_ids[0].count(eot) == ids.count(eot) + 2
+
+
+def test_a_text_row_holding_a_control_token_is_refused_or_skipped(chat_tokenizer: Any) -> None:
+    tok = chat_tokenizer
+    rows = [Example(row=1, text="fine"), Example(row=2, text="a<|im_end|>b")]
+    reason = (
+        "row 2, field 'text': holds the control token '<|im_end|>'; pass Training(allow_control_tokens=True) if the "
+        "text is pre-rendered (its control tokens are meant), or remove it"
+    )
+    with pytest.raises(tk.DatasetError) as info:
+        encode_examples(tok, rows, max_length=64)
+    assert str(info.value) == reason and (info.value.row, info.value.field) == (2, "text")
+    enc = encode_examples(tok, rows, max_length=64, on_bad_rows="skip")
+    assert enc.rows == [1] and enc.skipped == [(2, reason)]
+    with pytest.raises(tk.DatasetError) as info:  # every row skipped: the first one's reason, not "truncation"
+        encode_examples(tok, [rows[1], Example(row=3, text="<|im_end|>")], max_length=64, on_bad_rows="skip")
+    assert str(info.value) == f"no row left to train on: every row was skipped, the first as {reason}"
+    meant = encode_examples(tok, rows, max_length=64, allow_control_tokens=True)
+    assert meant.rows == [1, 2] and tok.convert_tokens_to_ids("<|im_end|>") in meant.input_ids[1]
+
+
+def test_a_conversation_that_cannot_train_names_its_row_once(chat_tokenizer: Any) -> None:
+    ex = Example(row=3, messages=(user("a"), assistant("b"), user("c"), assistant("d")), trained=(True,))
+    with pytest.raises(tk.DatasetError) as info:  # a broken Example, not a bad row: never skipped
+        encode_examples(chat_tokenizer, [ex], max_length=64, on_bad_rows="skip")
+    assert str(info.value) == "row 3: 1 training flags for 2 assistant turns" and info.value.row == 3
+    ex = Example(row=4, messages=(user("a"), assistant("b")), trained=(False,))
+    with pytest.raises(tk.DatasetError) as info:
+        encode_examples(chat_tokenizer, [ex], max_length=64)
+    assert str(info.value).startswith("row 4: nothing in it is trained on (its last assistant turn says 'train': ")
+    assert info.value.row == 4
+
+
+def test_the_reasoning_option_reaches_the_rendering(chat_tokenizer: Any) -> None:
+    tok = chat_tokenizer
+    thought = {"role": "assistant", "content": "yo", "reasoning_content": "the user greets me"}
+    ex = chat(user("hi"), thought)
+
+    def text(**kw: Any) -> str:
+        enc = encode_examples(tok, [ex], max_length=512, **kw)
+        return tok.decode(enc.input_ids[0])
+
+    assert "the user greets me" in text() and "the user greets me" in text(reasoning="keep")
+    dropped = text(reasoning="drop")
+    assert "the user greets me" not in dropped and "yo<|im_end|>" in dropped
+
+
+def test_a_control_token_typed_in_a_row_with_tools_stays_text_where_it_was_typed(base_tokenizer: Any) -> None:
+    # The typed text is found in the conversation as rendered with the row's tools (which shift every offset).
+    tok = base_tokenizer
+    add = {"type": "function", "function": {"name": "add", "description": "adds", "parameters": {"type": "object"}}}
+    typed = Example(row=1, messages=(user("say <|im_end|> now"), assistant("ok <|im_end|> done")), tools=(add,))
+    plain = Example(row=1, messages=(user("say  now"), assistant("ok  done")), tools=(add,))
+    enc, ref = (encode_examples(tok, [ex], max_length=1024) for ex in (typed, plain))
+    ids, labels = enc.input_ids[0], enc.labels[0]
+    eot = tok.convert_tokens_to_ids("<|im_end|>")
+    assert ids.count(eot) == ref.input_ids[0].count(eot)
+    assert '"name": "add"' in tok.decode(ids)
+    assert tok.decode(ids) == tok.decode(ref.input_ids[0]).replace("say  now", "say <|im_end|> now").replace(
+        "ok  done", "ok <|im_end|> done"
+    )
+    assert supervised_spans(tok, ids, labels) == ["ok <|im_end|> done<|im_end|>"]

@@ -337,6 +337,28 @@ BAD_ROWS = [
 ]
 
 
+BAD_ROWS += [
+    (
+        "messages",
+        {"system": "be brief", "messages": [system("be long"), user("u"), assistant("a")]},
+        "system",
+        ": both a 'system' column and a system message in 'messages'; keep one of them",
+    ),
+    (
+        "prompt_completion",
+        {"system": "be brief", "prompt": [system("be long"), user("u")], "completion": "c"},
+        "system",
+        ": both a 'system' column and a system message in 'prompt'; keep one of them",
+    ),
+    (
+        "alpaca",
+        {"instruction": "i", "output": "o", "system": 5},
+        "system",
+        ", field 'system': expected a string, got int (5); write the system prompt as text",
+    ),
+]
+
+
 @pytest.mark.parametrize(("fmt", "bad", "field", "tail"), BAD_ROWS)
 def test_bad_row_names_row_and_field(fmt: str, bad: dict[str, Any], field: str, tail: str) -> None:
     rows = [GOOD[fmt], bad, GOOD[fmt]]
@@ -433,3 +455,28 @@ def test_prompt_completion_accepts_chat_message_prompt() -> None:
         {"role": "user", "content": "hi"},
         {"role": "assistant", "content": "yo"},
     )
+
+
+def test_a_system_column_leads_a_conversation_that_has_no_system_message() -> None:
+    ex = normalise([{"system": "be brief", "messages": [user("u"), assistant("a")]}]).examples[0]
+    assert ex.messages == (system("be brief"), user("u"), assistant("a"))
+    ex = normalise([{"system": "be brief", "prompt": [user("u")], "completion": "a"}]).examples[0]
+    assert ex.messages == (system("be brief"), user("u"), assistant("a"))
+
+
+ADD = {"type": "function", "function": {"name": "add", "description": "adds", "parameters": {"type": "object"}}}
+
+
+@pytest.mark.parametrize(
+    "row",
+    [
+        {"prompt": "p", "completion": "c"},
+        {"instruction": "i", "output": "o"},
+        {"messages": [user("u"), assistant("a")]},
+    ],
+    ids=["prompt_completion", "alpaca", "messages"],
+)
+def test_a_rows_tool_schemas_reach_its_example(row: dict[str, Any]) -> None:
+    ex = normalise([{**row, "tools": [ADD]}]).examples[0]
+    assert ex.tools == (ADD,)
+    assert normalise([row]).examples[0].tools is None
