@@ -27,6 +27,7 @@ from tunekit.data.encoding import Encoded
 from tunekit.data.formats import NormalisedData
 from tunekit.data.layouts import detect_layout
 from tunekit.data.rows import TrainerRows, prepare_rows
+from tunekit.data.templated import find_template_markers, template_warning
 from tunekit.errors import DatasetError, IncompatibleError
 from tunekit.methods import Method
 from tunekit.objectives import Objective, infer_objective
@@ -80,6 +81,10 @@ def normalise_for(
             ", ".join(repr(c) for c in unused),
             norm.format,
         )
+    if norm.format == "text":  # the learner's trap: an instruction template rendered by hand into raw text
+        found = find_template_markers([ex.text for ex in norm.examples], rows=[ex.row for ex in norm.examples])
+        if found is not None:
+            logger.warning("%s", template_warning(found, what))
     chosen = objective or infer_objective(norm.format)
     if norm.format == "unpaired_preference" and norm.format not in chosen.data_formats:
         pairs = "the conversations" if layout is not None else "the prompt/completion pairs"

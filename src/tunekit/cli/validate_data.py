@@ -2,8 +2,10 @@
 
 Reports the format tunekit detects (and the layout it was rewritten from, when the rows are laid out as another
 tool publishes them), the row count, length statistics (tokens with ``--model``, else characters and words), rows
-longer than ``--max-length``, the columns not used for training, and every bad row with its number and reason: the
-same checks ``fit`` runs, without loading a model. For conversations it counts turns, tool calls and the share of
+longer than ``--max-length``, the columns not used for training, a warning when raw ``text`` rows hold a
+hand-rendered instruction template (``Instruction:`` ... ``Answer:``; :mod:`tunekit.data.templated`), and every bad
+row with its number and reason: the same checks ``fit`` runs, without loading a model. For conversations it counts
+turns, tool calls and the share of
 assistant turns with reasoning; with ``--model`` also the supervised tokens per row (as ``SFT()`` trains them), and
 it prints one rendered row with the trained spans between ``[[`` and ``]]``. Exits 1 when a row is bad.
 
@@ -28,6 +30,7 @@ from tunekit.data.formats import Example, detect_format, normalise_row
 from tunekit.data.layouts import detect_layout
 from tunekit.data.loading import load_rows
 from tunekit.data.mapping import Data
+from tunekit.data.templated import find_template_markers, template_warning
 from tunekit.data.templates import ensure_template, render
 from tunekit.data.turns import render_turns, supervised_turns
 from tunekit.errors import ConfigError, DatasetError, IncompatibleError
@@ -190,6 +193,17 @@ def validate_data(
     }
     if not examples:
         return report
+    if fmt == "text":  # what fit warns about: an instruction template rendered by hand into raw text
+        found = find_template_markers([ex.text for ex in examples], rows=[ex.row for ex in examples])
+        if found is not None:
+            report["template_markers"] = {
+                "rows": found.rows,
+                "checked": found.checked,
+                "total": found.total,
+                "first_row": found.first_row,
+                "markers": list(found.markers),
+                "warning": template_warning(found),
+            }
     chats = _conversations(examples)
     if chats is not None:
         report["conversations"] = chats
@@ -240,6 +254,8 @@ def _print(report: dict[str, Any]) -> None:
         print(
             f"trained    min {s['min']:,}  mean {s['mean']:,}  max {s['max']:,} tokens per row (as SFT() trains them)"
         )
+    if report.get("template_markers"):
+        print(f"warning    {report['template_markers']['warning']}")
     if report["unused_columns"]:
         print(f"unused     {', '.join(report['unused_columns'])} (not used for training)")
     long = report.get("longer_than_max_length")
