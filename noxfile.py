@@ -25,6 +25,8 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import tarfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -240,6 +242,86 @@ def mutation(session: nox.Session) -> None:
     Arguments go to the script: `nox -s mutation -- peft_map --sample 60`."""
     _install(session, extras="test,mutation")
     session.run(_python(session), "scripts/mutation.py", *session.posargs)
+
+
+# What the built distributions must hold. The wheel: the package (every module, py.typed for type checkers) and the
+# console script; the sdist: what a packager rebuilds and tests from (hatchling takes everything git does not ignore).
+_SDIST_MUST_HOLD = (
+    "pyproject.toml", "README.md", "LICENSE", "CHANGELOG.md", "src/tunekit/py.typed", "tests/conftest.py", "tests/unit",
+    "docs/index.md", "mkdocs.yml",
+)  # fmt: skip
+# Run by the installed wheel, outside the checkout: the package imported is the installed one, every module imports
+# (a file missing from the wheel, or an import of a test-only package, fails here), and the version is the metadata's.
+_SMOKE = """
+import importlib, importlib.metadata, pathlib, pkgutil, sys
+import tunekit as tk
+where = pathlib.Path(tk.__file__).parent
+assert "site-packages" in where.parts, f"tunekit imported from {where}, not from the installed wheel"
+assert tk.__version__ == importlib.metadata.version("tunekit"), tk.__version__
+assert (where / "py.typed").is_file(), "py.typed is missing"
+names = [m.name for m in pkgutil.walk_packages(tk.__path__, "tunekit.") if not m.name.endswith("__main__")]
+for name in names:
+    importlib.import_module(name)
+assert tk.Tuner and tk.LoRA(r=4).r == 4
+print(f"tunekit {tk.__version__} from {where}: {len(names)} modules import")
+"""
+
+
+def _check_dists(session: nox.Session, dist: Path) -> Path:
+    """The wheel and sdist in ``dist`` hold what they must (see _SDIST_MUST_HOLD); returns the wheel."""
+    wheels, sdists = sorted(dist.glob("tunekit-*.whl")), sorted(dist.glob("tunekit-*.tar.gz"))
+    if len(wheels) != 1 or len(sdists) != 1:
+        session.error(f"expected one wheel and one sdist in {dist}, found {[p.name for p in dist.iterdir()]}")
+    src = Path(__file__).resolve().parent / "src"
+    modules = {p.relative_to(src).as_posix() for p in (src / "tunekit").rglob("*.py")}
+    with zipfile.ZipFile(wheels[0]) as whl:
+        names = set(whl.namelist())
+        entry = next((n for n in names if n.endswith(".dist-info/entry_points.txt")), None)
+        scripts = whl.read(entry).decode("utf-8") if entry else ""
+    missing = sorted(modules - names) + [f for f in ("tunekit/py.typed",) if f not in names]
+    if missing:
+        session.error(f"{wheels[0].name} lacks {missing}")
+    if "tunekit = tunekit.cli:main" not in scripts:
+        session.error(f"{wheels[0].name}: no 'tunekit' console script in entry_points.txt")
+    strays = sorted(n for n in names if not n.startswith(("tunekit/", "tunekit-")))
+    if strays:
+        session.error(f"{wheels[0].name} holds files outside the package: {strays[:10]}")
+    with tarfile.open(sdists[0]) as tar:
+        top = sdists[0].name.removesuffix(".tar.gz")
+        held = {m.name.removeprefix(top + "/") for m in tar.getmembers()}
+    lacking = [f for f in _SDIST_MUST_HOLD if f not in held and not any(h.startswith(f + "/") for h in held)]
+    if lacking:
+        session.error(f"{sdists[0].name} lacks {lacking}")
+    session.log(f"{wheels[0].name}: {len(names)} files, {len(modules)} modules; {sdists[0].name}: {len(held)} files")
+    return wheels[0]
+
+
+@nox.session(python="3.11")
+def package(session: nox.Session) -> None:
+    """Build the sdist and the wheel (`python -m build`: the wheel is built from the sdist), check their metadata
+    (`twine check --strict`) and contents, install the wheel (not the checkout) into this session's fresh virtualenv
+    after the CPU torch, then, from a folder outside the checkout, import every module and run `tunekit demo`
+    (about 2 minutes on 2 cores). `nox -s package -- --no-demo` stops after the import smoke test."""
+    if _no_venv(session):
+        session.error("the package session installs the wheel into a clean virtualenv: run it without --no-venv")
+    session.install("build>=1.2", "twine>=5")
+    root = Path(__file__).resolve().parent
+    work = Path(session.create_tmp()).resolve()
+    dist = work / "dist"
+    shutil.rmtree(dist, ignore_errors=True)
+    session.run("python", "-m", "build", "--outdir", str(dist), str(root))
+    session.run("twine", "check", "--strict", *(str(p) for p in sorted(dist.iterdir())))
+    wheel = _check_dists(session, dist)
+    session.install(TORCH_CPU)
+    session.install(str(wheel))
+    outside = work / "outside"  # no src/ on the path: the installed package is the one imported
+    shutil.rmtree(outside, ignore_errors=True)
+    outside.mkdir()
+    session.chdir(outside)
+    session.run("python", "-c", _SMOKE)
+    session.run("tunekit", "version")
+    if "--no-demo" not in session.posargs:
+        session.run("tunekit", "demo", "--output-dir", str(outside / "demo"))
 
 
 @nox.session(python="3.11")
