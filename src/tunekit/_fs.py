@@ -9,7 +9,8 @@ they follow:
 - Never ``os.open`` a directory where the platform refuses it (Windows: PermissionError); a
   directory fsync is a POSIX-only durability extra, skipped wherever it fails.
 - A rename or delete that meets a briefly locked file (antivirus, search indexers, a memory-mapped
-  safetensors file on Windows) is retried with exponential back-off before giving up.
+  safetensors file on Windows) is retried with exponential back-off, for up to 10 s in all
+  (``TUNEKIT_FS_RETRY_SECONDS``), before giving up.
 - Nothing is deleted outside the directory it belongs to: paths read from a manifest are checked.
 """
 
@@ -19,6 +20,7 @@ import errno
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -45,11 +47,13 @@ __all__ = [
     "fsync_dir",
     "fsync_file",
     "inside",
+    "locked_hint",
     "read_manifest",
     "release_frames",
     "remove_tree",
     "replace_dir",
     "retry",
+    "retry_seconds",
     "sha256_file",
     "verify_files",
     "write_json",
@@ -60,22 +64,65 @@ T = TypeVar("T")
 
 logger = logging.getLogger("tunekit")
 
-# errno values a Windows lock (or a busy NFS / SMB file) shows as, besides PermissionError.
+# errno values a Windows lock (or a busy NFS / SMB file) shows as, besides PermissionError (Windows' "[WinError 32]
+# The process cannot access the file because it is being used by another process" and "[WinError 5] Access is
+# denied" are PermissionErrors, errno EACCES).
 _TRANSIENT = {errno.EACCES, errno.EBUSY, errno.EAGAIN}
-ATTEMPTS = 6  # 0.05 + 0.1 + ... + 1.6 s: about 3 s in all before a lock is taken as permanent
+# How long, in all, a rename or delete waits for a locked file before the lock is taken as permanent. Antivirus
+# scanners hold a freshly written multi-GB file for seconds (the whole file is read), longer than a few doublings of a
+# short delay; a lock that outlasts the window fails the save, which loses nothing (the previous one stays).
+RETRY_ENV = "TUNEKIT_FS_RETRY_SECONDS"
+DEFAULT_RETRY_SECONDS = 10.0
+MAX_WAIT = 1.0  # the longest single wait: the delay doubles from 0.05 s up to this, then the file is tried each second
 
 
-def retry(fn: Callable[[], T], *, attempts: int = ATTEMPTS, delay: float = 0.05) -> T:
-    """Call ``fn``; on an error a briefly locked file raises, wait (doubling each time) and call again."""
-    for i in range(attempts):
+def retry_seconds() -> float:
+    """The retry window in seconds: ``$TUNEKIT_FS_RETRY_SECONDS`` (0 turns retrying off), else 10; a value that is not
+    a number of seconds raises :class:`ConfigError`."""
+    raw = os.environ.get(RETRY_ENV, "")
+    if not raw.strip():
+        return DEFAULT_RETRY_SECONDS
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds >= 0):
+        raise ConfigError(
+            f"{RETRY_ENV}={raw!r}: must be a number of seconds, 0 or more (how long a locked file is waited for, "
+            f"e.g. 30); unset it for the default of {DEFAULT_RETRY_SECONDS:g}"
+        )
+    return seconds
+
+
+def locked_hint() -> str:
+    """What to do about a file that stayed locked through the retry window (for the messages of failed saves)."""
+    try:
+        waited = f"waited {retry_seconds():g} s for it"
+    except ConfigError:
+        waited = "could not wait for it"
+    return (
+        f"tunekit {waited}; if antivirus or a sync client (OneDrive) holds new files, exclude the folder from "
+        f"real-time scanning or wait longer with {RETRY_ENV}=30"
+    )
+
+
+def retry(fn: Callable[[], T], *, seconds: float | None = None, delay: float = 0.05) -> T:
+    """Call ``fn``; on an error a briefly locked file raises, wait and call again, the wait doubling from ``delay`` up
+    to :data:`MAX_WAIT`, until ``seconds`` of waiting in all (default: :func:`retry_seconds`) have not been enough."""
+    window = retry_seconds() if seconds is None else seconds
+    waited, wait = 0.0, delay
+    while True:
         try:
             return fn()
         except OSError as e:
             transient = isinstance(e, PermissionError) or e.errno in _TRANSIENT
-            if not transient or i == attempts - 1:
+            left = window - waited
+            if not transient or left <= 1e-9:
                 raise
-            time.sleep(delay * 2**i)
-    raise AssertionError("unreachable")  # pragma: no cover
+            pause = min(wait, left)
+            time.sleep(pause)
+            waited += pause
+            wait = min(wait * 2, MAX_WAIT)
 
 
 # How a full disk (or a file over the process's size limit, ``ulimit -f``) shows through the libraries that write
@@ -206,8 +253,9 @@ def fsync_dir(path: Path) -> None:
 
 
 def check_writable(directory: Path, what: str) -> None:
-    """Fail early, before any training, when ``directory`` cannot be created or written to."""
-
+    """Fail early, before any training, when ``directory`` cannot be created or written to (or the retry window of
+    its later saves, ``$TUNEKIT_FS_RETRY_SECONDS``, is not a number of seconds)."""
+    retry_seconds()
     try:
         directory.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=".tunekit-write-test-", dir=directory)

@@ -329,7 +329,7 @@ def _write(trained: Trained, path: Path, state_dict: dict[str, Any] | None = Non
             reason = full
         elif isinstance(e, PermissionError):
             fix = "a file is locked or not writable (another program, antivirus, a read-only directory); retry, or "
-            fix += "save elsewhere"
+            fix += f"save elsewhere ({_fs.locked_hint()})"
             reason = e.strerror or str(e)
         elif isinstance(e, OSError):
             fix = "check the path and retry"

@@ -179,12 +179,14 @@ def test_failed_save_keeps_the_previous_one(trained_lora, tmp_path, monkeypatch)
 
     monkeypatch.setattr(save_format.os, "replace", flaky_replace)
     monkeypatch.setattr(save_format._fs.time, "sleep", lambda s: None)
+    monkeypatch.delenv("TUNEKIT_FS_RETRY_SECONDS", raising=False)  # the default window, named in the message
     with pytest.raises(tk.CheckpointError) as info:
         tuner.save(target)
     assert str(info.value) == (  # the error's own words as the reason, what to do, and what is kept
         f"save({str(target)!r}): could not write the save (locked by an indexer): a file is locked or not writable "
-        "(another program, antivirus, a read-only directory); retry, or save elsewhere; the previous save there is "
-        "intact"
+        "(another program, antivirus, a read-only directory); retry, or save elsewhere (tunekit waited 10 s for it; if "
+        "antivirus or a sync client (OneDrive) holds new files, exclude the folder from real-time scanning or wait "
+        "longer with TUNEKIT_FS_RETRY_SECONDS=30); the previous save there is intact"
     )
     monkeypatch.undo()
     assert sorted(p.name for p in target.iterdir()) == before  # the old save is back, whole

@@ -48,20 +48,85 @@ def test_retry_waits_doubling_delays_on_every_transient_errno(monkeypatch, code)
     assert len(calls) == 4 and slept == [0.05, 0.1, 0.2]
 
 
-def test_retry_gives_up_after_its_attempts_and_raises_the_last_error(monkeypatch):
+def test_retry_gives_up_after_its_window_and_raises_the_last_error(monkeypatch):
+    monkeypatch.delenv(_fs.RETRY_ENV, raising=False)
     slept: list[float] = []
     monkeypatch.setattr(_fs.time, "sleep", slept.append)
     fn, calls = _flaky(100, PermissionError(errno.EPERM, "locked"))
     with pytest.raises(PermissionError, match="locked"):
         _fs.retry(fn)
-    assert len(calls) == _fs.ATTEMPTS == 6
-    assert slept == [0.05 * 2**i for i in range(5)]  # no sleep after the last attempt
+    # 0.05, 0.1, ... 0.8, then once a second, the last wait cut to end the window at 10 s: no sleep after the last try
+    assert slept == pytest.approx([0.05, 0.1, 0.2, 0.4, 0.8, *[1.0] * 8, 0.45])
+    assert _fs.DEFAULT_RETRY_SECONDS == 10.0 and sum(slept) == pytest.approx(10.0) and len(calls) == len(slept) + 1
+    slept.clear()
     fn, calls = _flaky(100, PermissionError(errno.EPERM, "locked"))
     with pytest.raises(PermissionError):
-        _fs.retry(fn, attempts=2, delay=1.0)
-    assert len(calls) == 2 and slept[-1] == 1.0
+        _fs.retry(fn, seconds=1.5, delay=1.0)
+    assert slept == [1.0, 0.5] and len(calls) == 3
     fn, calls = _flaky(1, PermissionError(errno.EPERM, "locked"))
-    assert _fs.retry(fn, attempts=2) == "done"
+    assert _fs.retry(fn, seconds=0.05) == "done"
+    fn, calls = _flaky(1, PermissionError(errno.EPERM, "locked"))
+    with pytest.raises(PermissionError):
+        _fs.retry(fn, seconds=0)  # no window: no retry
+    assert len(calls) == 1
+
+
+def _windows_lock(seconds: float, slept: list[float]):
+    """A file a scanner holds for ``seconds``: Windows' [WinError 32] until that much time has been waited."""
+    calls: list[int] = []
+
+    def fn() -> str:
+        calls.append(1)
+        if sum(slept) < seconds:
+            err = PermissionError(
+                errno.EACCES, "The process cannot access the file because it is being used by another process"
+            )
+            err.winerror = 32  # type: ignore[attr-defined]  # as Windows sets it
+            raise err
+        return "moved"
+
+    return fn, calls
+
+
+def test_retry_outlasts_a_scanner_holding_a_new_file_for_seconds(monkeypatch):
+    """Antivirus reads a freshly written multi-GB file for seconds: the old window (about 1.5 s) gave up, 10 s waits."""
+    monkeypatch.delenv(_fs.RETRY_ENV, raising=False)
+    slept: list[float] = []
+    monkeypatch.setattr(_fs.time, "sleep", slept.append)
+    fn, calls = _windows_lock(6.0, slept)
+    assert _fs.retry(fn) == "moved" and 6.0 <= sum(slept) < 7.0 and len(calls) > 6  # more tries than before
+    slept.clear()
+    fn, _ = _windows_lock(6.0, slept)
+    with pytest.raises(PermissionError, match="being used by another process"):
+        _fs.retry(fn, seconds=1.55)  # what 6 doubling attempts from 0.05 s waited before
+    slept.clear()
+    fn, _ = _windows_lock(25.0, slept)
+    with pytest.raises(PermissionError):  # longer than the default window: given up after 10 s
+        _fs.retry(fn)
+    assert sum(slept) == pytest.approx(10.0)
+
+
+def test_the_retry_window_is_set_by_an_environment_variable(monkeypatch, tmp_path):
+    slept: list[float] = []
+    monkeypatch.setattr(_fs.time, "sleep", slept.append)
+    monkeypatch.setenv(_fs.RETRY_ENV, "30")
+    assert _fs.retry_seconds() == 30.0
+    fn, _ = _windows_lock(25.0, slept)
+    assert _fs.retry(fn) == "moved"  # a slow scanner: waited for with a longer window
+    monkeypatch.setenv(_fs.RETRY_ENV, "0")
+    slept.clear()
+    fn, calls = _windows_lock(1.0, slept)
+    with pytest.raises(PermissionError):
+        _fs.retry(fn)
+    assert slept == [] and len(calls) == 1
+    monkeypatch.setenv(_fs.RETRY_ENV, " ")
+    assert _fs.retry_seconds() == _fs.DEFAULT_RETRY_SECONDS
+    for bad in ("ten", "-1", "inf", "nan"):
+        monkeypatch.setenv(_fs.RETRY_ENV, bad)
+        with pytest.raises(tk.ConfigError, match=rf"TUNEKIT_FS_RETRY_SECONDS='{bad}': must be a number of seconds"):
+            _fs.retry(lambda: None)
+        with pytest.raises(tk.ConfigError, match="TUNEKIT_FS_RETRY_SECONDS"):  # before training, not at its first save
+            _fs.check_writable(tmp_path / "out", "Tuner(output_dir=...)")
 
 
 def test_retry_raises_other_errors_at_once(monkeypatch):

@@ -323,7 +323,8 @@ def _save_failed(e: Exception, final: Path, run_dir: Path, full: str | None) -> 
             fix = fix.replace("the disk is full;", "the disk is full or a file reached the size limit (ulimit -f);")
         reason = full
     elif isinstance(e, PermissionError):
-        fix = "a file is locked or not writable (another program, antivirus, a read-only directory); check output_dir"
+        fix = "a file is locked or not writable (another program, antivirus, a read-only directory); check output_dir "
+        fix += f"({_fs.locked_hint()})"
         reason = e.strerror or str(e)
     else:
         fix = "check output_dir and its disk"
