@@ -6,6 +6,7 @@ One full run (about a minute and a half of one CPU core) serves every test in th
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
 import json
 
@@ -13,7 +14,7 @@ import pytest
 from rich.console import Console
 
 import tunekit as tk
-from tunekit.demo import RECIPE, DemoReport, run_demo
+from tunekit.demo import RECIPE, DemoReport, held_out_metrics, run_demo
 from tunekit.demo.report import Show
 
 
@@ -122,3 +123,12 @@ def test_progress_lines(capsys):
     quiet.intro()
     quiet.pretrained(1, 1.0, 1.0, ())
     assert capsys.readouterr() == ("", "")
+
+
+def test_the_demo_needs_no_extra(monkeypatch):
+    """A plain `pip install tunekit` has no sacrebleu (the eval extra): the demo then scores exact match alone (it
+    failed there, found by `nox -s package`)."""
+    assert held_out_metrics() == ["exact_match", "chrf"]  # the test extra installs sacrebleu
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "sacrebleu" else real(name, *a))
+    assert held_out_metrics() == ["exact_match"]
