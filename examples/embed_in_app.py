@@ -51,7 +51,13 @@ def main(argv: list[str] | None = None) -> int:
     tuner = tk.Tuner(
         model,
         method=tk.LoRA(r=8),
-        training=tk.Training(max_steps=args.steps, batch_size=8, learning_rate=1e-3, log_every=1),
+        training=tk.Training(
+            max_steps=args.steps,
+            batch_size=8,
+            # 1e-3 for the tiny random model ONLY; a real model (--model) trains at LoRA's default (None: 2e-4)
+            learning_rate=None if args.model else 1e-3,
+            log_every=1,
+        ),
         hooks=[tk.JSONLMetrics()],  # metrics.jsonl in output_dir, for the dashboard
         output_dir=workdir / "run",
         progress=False,  # this application draws its own progress

@@ -94,6 +94,8 @@ def main(output_dir: str | Path) -> tk.RLHFResult:
         output_dir=out / "rlhf",
         method=tk.Full(),
         rl=tk.GRPO(num_generations=4, max_completion_length=12),
+        # Learning rates for this tiny random model ONLY (it needs high ones to learn in a few steps); with a real
+        # model, leave learning_rate out (None: the method's default, e.g. Full's 2e-5 for SFT).
         sft_training=cpu(100, 3e-3),
         reward_training=cpu(150, 1e-3),
         rl_training=cpu(40, 2e-5),

@@ -123,7 +123,9 @@ def main(argv: list[str] | None = None) -> int:
         "--workdir", type=Path, help="where the model and the tuned weights go (default: a temp folder)"
     )
     parser.add_argument("--steps", type=int, default=500)
-    parser.add_argument("--lr", type=float, default=3e-3, help="3e-3 suits the tiny model; use 2e-4 on real ones")
+    parser.add_argument(
+        "--lr", type=float, help="learning rate (default: 3e-3 on the tiny model; with --model, LoRA's default 2e-4)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="which requests are held out, and the training seed")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # a tiny model runs fastest on one thread; drop this line for a real one
@@ -131,10 +133,14 @@ def main(argv: list[str] | None = None) -> int:
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="tunekit-tools-"))
     train, held_out = split(seed=args.seed)
     model = args.model or tiny_tool_model(workdir, train)
+    # The tiny random model trains whole at a high rate to learn in a few hundred steps; a real model (--model) trains
+    # LoRA at the method's default (None: LoRA's 2e-4): the tiny model's rate would ruin it.
+    tiny_model_lr = 3e-3  # for the tiny random model ONLY
+    lr = args.lr if args.lr is not None else (None if args.model else tiny_model_lr)
     tuner = tk.Tuner(
         model,
         method=tk.LoRA(r=16) if args.model else tk.Full(),  # LoRA on a real model; a tiny random one trains whole
-        training=tk.Training(max_steps=args.steps, learning_rate=args.lr, batch_size=16, log_every=50, seed=args.seed),
+        training=tk.Training(max_steps=args.steps, learning_rate=lr, batch_size=16, log_every=50, seed=args.seed),
     )
     before = exact_match(tuner, held_out)
     result = tuner.fit(train)
