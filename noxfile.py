@@ -328,8 +328,9 @@ def package(session: nox.Session) -> None:
     outside = work / "outside"  # no src/ on the path: the installed package is the one imported
     shutil.rmtree(outside, ignore_errors=True)
     outside.mkdir()
+    (outside / "smoke.py").write_text(_SMOKE, encoding="utf-8")
     session.chdir(outside)
-    session.run("python", "-c", _SMOKE)
+    session.run("python", "smoke.py")
     session.run("tunekit", "version")
     if "--no-demo" not in session.posargs:
         session.run("tunekit", "demo", "--output-dir", str(outside / "demo"))
