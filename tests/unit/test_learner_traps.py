@@ -103,6 +103,15 @@ def test_fit_warns_once_about_a_template_in_text_rows_and_shows_the_columns(capl
     assert warning.startswith("the eval data is raw text") and "'指令：', '输入：', '回答：'" in warning
 
 
+def test_tuner_fit_warns_on_the_tunekit_logger(caplog: pytest.LogCaptureFixture) -> None:
+    """Through Tuner.fit itself (a FakeBackend: no model), with the learner's own rows and an explicit CausalLM."""
+    tuner = tk.Tuner("any-name", objective=tk.CausalLM(), backend=tk.testing.FakeBackend(), progress=False)
+    with caplog.at_level(logging.WARNING, logger="tunekit"):
+        tuner.fit([{"text": t} for t in ENGLISH + CHINESE_FULL_WIDTH])
+    (warning,) = _warnings(caplog)
+    assert "20 of 20 rows (100%)" in warning
+
+
 def test_fit_does_not_warn_about_prose_or_about_columns(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="tunekit"):
         normalise_for([{"text": t} for t in PROSE], training=tk.Training(), method=tk.LoRA(), objective=None)
