@@ -215,7 +215,9 @@ def test_the_first_failed_write_is_the_cause_not_what_failed_after_it(tmp_path):
     assert type(error) is tk.CheckpointError and error.__cause__ is denied
     assert str(error) == (
         f"could not write checkpoint-2 in {tmp_path} (Permission denied): a file is locked or not writable (another "
-        "program, antivirus, a read-only directory); check output_dir; there is no earlier checkpoint"
+        "program, antivirus, a read-only directory); check output_dir (tunekit waited 10 s for it; if antivirus or a "
+        "sync client (OneDrive) holds new files, exclude the folder from real-time scanning or wait longer with "
+        "TUNEKIT_FS_RETRY_SECONDS=30); there is no earlier checkpoint"
     )
     assert list(tmp_path.iterdir()) == []
 
