@@ -89,7 +89,8 @@ def test_searching_a_chinese_word_on_the_site_finds_the_chinese_pages(
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assets = Path(material.__file__).parent / "templates" / "assets" / "javascripts"
     index = folder / "search" / "search_index.json"
-    queries = {"微调": "zh/", "复读": "zh/troubleshooting/", "适配器": "zh/adapters/", "WinError": "zh/windows/"}
+    # Chinese words find a Chinese page first; an error string both languages quote finds both Windows pages first.
+    queries = {"微调": "zh/", "复读": "zh/troubleshooting/", "适配器": "zh/adapters/", "WinError": ""}
     out = subprocess.run(
         ["node", str(ROOT / "tests" / "docs_search.js"), str(assets), str(index), *queries],
         capture_output=True, text=True, encoding="utf-8", timeout=120, check=True,
@@ -97,6 +98,8 @@ def test_searching_a_chinese_word_on_the_site_finds_the_chinese_pages(
     found = json.loads(out)
     for query, page in queries.items():
         assert found[query] and found[query][0].startswith(page), f"searching {query!r} found {found[query][:5]}"
+    top = [hit.split("#")[0] for hit in found["WinError"][:2]]
+    assert set(top) == {"guides/windows/", "zh/windows/"}, f"searching 'WinError' found {found['WinError'][:5]}"
 
 
 def test_the_language_switcher_links_the_english_and_chinese_pages(
