@@ -353,6 +353,9 @@ class _FeatureCheck:
     cuda: bool  # needs a CUDA GPU
     import_to_check: bool  # its compiled part fails only at import (built for another torch / CUDA / CPU)
     fix: str  # what to do when it is installed but broken
+    # From this version on, part of it runs without CUDA: (version, what then works on the CPU). bitsandbytes 0.50
+    # has CPU kernels for its 8-bit optimizers (tunekit's check_optimizer relies on the same version).
+    cpu_from: tuple[str, str] | None = None
 
 
 # The table of optional packages whose presence changes what tunekit can do. `import_to_check`: imported (guarded)
@@ -371,6 +374,7 @@ FEATURES: tuple[_FeatureCheck, ...] = (
         "bitsandbytes", "bitsandbytes", "QLoRA's 4-bit and 8-bit weights, tunekit[qlora] (CUDA)", cuda=True,
         import_to_check=True,
         fix="its native library does not load with this torch / CUDA: pip install --force-reinstall bitsandbytes",
+        cpu_from=("0.50", "8-bit AdamW and Lion on the CPU (QLoRA's 4-bit weights need CUDA)"),
     ),
     _FeatureCheck(
         "vllm", "vllm", "tunekit serve --engine vllm (CUDA)", cuda=True, import_to_check=False,
@@ -425,7 +429,12 @@ def _feature(check: _FeatureCheck, torch_info: Torch, problems: list[Problem]) -
     if importlib.util.find_spec(check.module) is None:
         problems.append(Problem("error", f"{name} is installed but its module {check.module!r} is missing", check.fix))
         return Feature(check.distribution, version, True, False, f"module {check.module!r} not found")
-    if check.cuda and not torch_info.cuda_available:
+    cpu_purpose = ""
+    if check.cuda and not torch_info.cuda_available and check.cpu_from is not None:
+        have, since = _version(version), _version(check.cpu_from[0])
+        if have is not None and since is not None and have >= since:
+            cpu_purpose = check.cpu_from[1]
+    if check.cuda and not torch_info.cuda_available and not cpu_purpose:
         problems.append(
             Problem(
                 "warning",
@@ -440,7 +449,7 @@ def _feature(check: _FeatureCheck, torch_info: Torch, problems: list[Problem]) -
         if error:
             problems.append(Problem("error", f"{name} is installed but cannot be imported: {error}", check.fix))
             return Feature(check.distribution, version, True, False, error)
-    return Feature(check.distribution, version, True, True, check.purpose)
+    return Feature(check.distribution, version, True, True, cpu_purpose or check.purpose)
 
 
 def _top_modules(distribution: str) -> list[str]:

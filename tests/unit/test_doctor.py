@@ -221,24 +221,51 @@ def fake_distribution(root: Path, name: str, module: str, version: str, body: st
     (root / module / "__init__.py").write_text(body, encoding="utf-8")
 
 
-@pytest.mark.parametrize(("name", "module"), [("bitsandbytes", "bitsandbytes"), ("liger-kernel", "liger_kernel")])
-def test_a_cuda_only_package_without_cuda_is_a_warning_and_not_imported(monkeypatch, tmp_path, name, module) -> None:
+@pytest.mark.parametrize(
+    ("name", "module", "version"),
+    [("bitsandbytes", "bitsandbytes", "0.49.2"), ("liger-kernel", "liger_kernel", "9.9.9")],
+)
+def test_a_cuda_only_package_without_cuda_is_a_warning_and_not_imported(
+    monkeypatch, tmp_path, name, module, version
+) -> None:
     import torch
 
-    fake_distribution(tmp_path, name, module, "9.9.9", "raise SystemExit('imported without CUDA')\n")
+    fake_distribution(tmp_path, name, module, version, "raise SystemExit('imported without CUDA')\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.delitem(sys.modules, module, raising=False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     r = doctor.report()
     [feature] = [f for f in r.features if f.name == name]
     assert (feature.version, feature.installed, feature.usable, feature.detail) == (
-        "9.9.9",
+        version,
         True,
         False,
         "needs a CUDA GPU",
     )
-    [p] = [p for p in r.problems if p.what.startswith(f"{name} 9.9.9")]
+    [p] = [p for p in r.problems if p.what.startswith(f"{name} {version}") and "CUDA" in p.what]
     assert p.severity == "warning" and "no usable CUDA GPU" in p.what
+
+
+@pytest.mark.parametrize(("version", "usable"), [("0.50.0", True), ("0.50.2", True), ("0.49.9", False)])
+def test_bitsandbytes_without_cuda_is_usable_for_its_cpu_optimizers_from_0_50(
+    monkeypatch, tmp_path, version, usable
+) -> None:
+    """bitsandbytes 0.50 runs 8-bit AdamW and Lion on the CPU (tunekit trains with them there): doctor says so,
+    imports it to check it, and raises no warning; older releases need CUDA."""
+    import torch
+
+    fake_distribution(tmp_path, "bitsandbytes", "bitsandbytes", version, "")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "bitsandbytes", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    r = doctor.report()
+    [feature] = [f for f in r.features if f.name == "bitsandbytes"]
+    assert feature.usable is usable
+    if usable:
+        assert feature.detail == "8-bit AdamW and Lion on the CPU (QLoRA's 4-bit weights need CUDA)"
+    else:
+        assert feature.detail == "needs a CUDA GPU"
+    assert any(p.what.startswith(f"bitsandbytes {version}") and "CUDA" in p.what for p in r.problems) is not usable
 
 
 def test_an_installed_tunekit_reads_its_metadata(monkeypatch) -> None:
