@@ -65,8 +65,19 @@ def options_table(name: str) -> str:
     return "\n".join(rows)
 
 
+HTML_LANG = re.compile(r'(<html\s+lang=")[^"]*(")')
+
+
 def on_page_markdown(markdown: str, **kwargs: Any) -> str:
     return MARKER.sub(lambda m: options_table(m.group(1)), markdown)
+
+
+def on_post_page(output: str, *, page: Any, **kwargs: Any) -> str:
+    """Mark the Chinese pages as Chinese (``<html lang="zh">``): the theme writes one language for the whole site,
+    and screen readers, browsers' translation offers and fonts for CJK text read this attribute."""
+    if page.file.src_uri.startswith("zh/"):
+        return HTML_LANG.sub(r"\1zh\2", output, count=1)
+    return output
 
 
 def on_startup(**kwargs: Any) -> None:

@@ -110,6 +110,7 @@ def test_the_language_switcher_links_the_english_and_chinese_pages(
     assert re.search(r'href="zh/"\s+hreflang="zh"', home), "no link to the Chinese docs in the header"
     zh = (folder / "zh" / "tutorial" / "index.html").read_text(encoding="utf-8")
     assert re.search(r'href="\.\./\.\./"\s+hreflang="en"', zh) and (folder / "zh" / "index.html").is_file()
+    assert '<html lang="zh"' in zh and '<html lang="en"' in home, "the Chinese pages must say they are Chinese"
 
 
 @pytest.mark.parametrize("page", ["tutorial.md", "zh/tutorial.md"])
