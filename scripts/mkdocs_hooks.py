@@ -24,6 +24,8 @@ def _type(annotation: Any) -> str:
     import typing
 
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Annotated:  # a discriminated union, a constrained type: the type itself is what readers need
+        return _type(args[0])
     if origin is typing.Literal:
         return " | ".join(repr(a) for a in args)
     if origin in (typing.Union, types.UnionType):

@@ -93,6 +93,7 @@ _SHAPE_KEYS = (
 )
 _SAMPLES = 16  # blocks read from each weights file: a different seed, revision or fine-tune differs in all of them
 _BLOCK = 4096
+_EDGE = 256  # bytes read at each end of every safetensors tensor
 
 
 def base_fingerprint(ref: Any) -> dict[str, Any] | None:
@@ -156,9 +157,9 @@ def _sample_tensors(fh: Any, size: int, digest: Any) -> bool:
         if not (isinstance(offsets, list) and len(offsets) == 2):
             return False
         start, end = 8 + length + int(offsets[0]), 8 + length + int(offsets[1])
-        for at in sorted({start, max(start, end - 256)}):
+        for at in sorted({start, max(start, end - _EDGE)}):
             fh.seek(at)
-            digest.update(fh.read(min(256, end - at)))
+            digest.update(fh.read(min(_EDGE, end - at)))
     return True
 
 

@@ -60,8 +60,9 @@ class Training(Config):
     max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping norm; None disables clipping.")
     gradient_checkpointing: bool | Literal["auto"] = Field(
         "auto",
-        description="Recompute activations in the backward pass: less memory, about 30% slower. 'auto': only on "
-        "CUDA when tuner.plan() estimates the run would not fit in the device's memory without it.",
+        description="Recompute activations in the backward pass: less memory, one more forward pass per step (about a "
+        "third more compute). 'auto': only on CUDA when tuner.plan() estimates the run would not fit in the device's "
+        "memory without it.",
     )
     activation_offload: bool = Field(
         False,

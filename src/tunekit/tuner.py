@@ -540,11 +540,11 @@ class Tuner:
         ``data`` is anything ``fit`` takes; each row's reference is its last assistant turn (``completion``,
         ``output``). Answers are generated greedily in batches (``batch_size``, default 16), with the training
         template, and stop at the end of turn; ``max_new_tokens`` defaults to the longest reference's length and 16
-        tokens more. ``metrics``: names from :mod:`tunekit.metrics` (``exact_match``, ``contains``, ``rouge_l``,
-        ``bleu``, ``chrf``, ``accuracy`` for multiple-choice rows with ``choices`` and ``answer``, ``perplexity``)
-        or functions ``(prediction, reference, row) -> float``. With ``baseline=True`` the base model answers too
-        (the adapter disabled; for ``Full`` and ``Freeze`` the base reloaded beside the trained model), and the
-        result reports both and the rows that got better and worse.
+        tokens more (at most 1,024). ``metrics``: names from :mod:`tunekit.metrics` (``exact_match``, ``contains``,
+        ``rouge_l``, ``bleu``, ``chrf``, ``accuracy`` for multiple-choice rows with ``choices`` and ``answer``,
+        ``perplexity``) or functions ``(prediction, reference, row) -> float``. With ``baseline=True`` the base model
+        answers too (the adapter disabled; for ``Full`` and ``Freeze`` the base reloaded beside the trained model),
+        and the result reports both and the rows that got better and worse.
 
         Example:
             >>> result = tuner.evaluate("val.jsonl", metrics=["rouge_l"], baseline=True)  # doctest: +SKIP

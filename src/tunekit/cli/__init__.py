@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tunekit", description="Fine-tune language models with one API.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     demo = sub.add_parser(
-        "demo", help="Pretrain a tiny model, fine-tune it with LoRA, and show accuracy before and after (CPU, ~2 min)."
+        "demo", help="Pretrain a tiny model, fine-tune it with LoRA, show accuracy before and after (CPU, about 1 min)."
     )
     demo.add_argument("--output-dir", default="tunekit-demo", help="Where the base model and adapter are written.")
     demo.add_argument("--seed", type=int, default=0)

@@ -87,7 +87,7 @@ class ExportResult(BaseModel):
     Example:
         >>> result = tuner.export("out/merged", format="hf")  # doctest: +SKIP
         >>> print(result)  # doctest: +SKIP
-        hf export at out/merged: 942.3 MiB (adapter alone: 8.3 MiB) ...
+        hf export at out/merged: ... MiB (adapter alone: 16.8 MiB), bf16; verified: ...
         >>> result.verification.passed  # doctest: +SKIP
         True
     """

@@ -15,7 +15,8 @@ __all__ = ["LoRA"]
 class LoRA(Method):
     """Low-rank adaptation: each targeted weight ``W`` is used as ``W + (alpha / r) * B @ A`` with
     small trainable ``A`` (r x in) and ``B`` (out x r); ``W`` stays frozen. The adapter holds only
-    ``A`` and ``B``, which is why it is a few MB however large the base model is.
+    ``A`` and ``B``, ``r * (in + out)`` numbers per weight, stored in fp32: 17.6 MB for a 0.5B model at
+    ``r=8``, about 80 MB for a 7B one (docs/guides/adapters.md).
 
     Variants: ``dora=True`` (DoRA), ``rslora=True`` (rank-stabilised scaling), ``init="pissa"``
     (PiSSA) and ``quantize="nf4"`` or ``"int8"`` (QLoRA: the frozen base is loaded quantized by
