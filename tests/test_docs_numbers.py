@@ -970,7 +970,7 @@ CLAIMS: list[Claim] = [
     ),
     C(
         "README.md",
-        "imports every module and runs `tunekit demo` from there ({})",
+        "`tunekit demo` from outside the checkout ({} on 2 cores)",
         "wall time: nox -s package",
         lambda: minutes(wall_time("nox -s package")),
     ),
