@@ -9,13 +9,14 @@ in that run proved it.
 
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-__all__ = ["matrix_axes", "parse_matrix", "render_matrix"]
+__all__ = ["defined_tests", "matrix_axes", "parse_matrix", "render_matrix", "unresolved"]
 
 _PASSED = pytest.StashKey[bool]()
 PROVEN: dict[tuple[str, str], set[str]] = {}
@@ -100,6 +101,37 @@ def parse_matrix(text: str) -> tuple[list[str], list[str], dict[tuple[str, str],
         for o, c in zip(objectives, parts[1:]):
             cells[(parts[0], o)] = c
     return methods, objectives, cells
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def defined_tests(path: Path) -> set[str]:
+    """The test functions a file defines, module level or in a class (``Class::test``)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    names: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            names.add(node.name)
+        elif isinstance(node, ast.ClassDef):
+            names |= {
+                f"{node.name}::{f.name}" for f in node.body if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
+            }
+    return names
+
+
+def unresolved(nodeid: str) -> str | None:
+    """Why ``nodeid`` (file::test[params], from the repository root) names no test in this checkout, or None."""
+    file, sep, test = nodeid.partition("::")
+    if not sep or not test:
+        return f"{nodeid!r} is not a node id (file::test)"
+    path = ROOT / file
+    if not path.is_file():
+        return f"{nodeid!r}: {file} does not exist"
+    name = test.split("[", 1)[0]
+    if name not in defined_tests(path):
+        return f"{nodeid!r}: {file} defines no {name}"
+    return None
 
 
 # --- the pytest plugin -------------------------------------------------------------------------------

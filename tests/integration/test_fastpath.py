@@ -340,3 +340,14 @@ def test_moe_router_loss_takes_the_models_own_loss(monkeypatch: pytest.MonkeyPat
         sft.sft_trainer(run)  # type: ignore[arg-type]
     assert seen["fused_head"] is fused
     assert fastpath.fused_loss_applies(_Routed(output_router_logits=flag)) is fused
+
+
+def test_training_leaves_the_models_config_as_loaded(tmp_path: Path) -> None:
+    """trl's SFTTrainer turns a mixture-of-experts model's router loss on in its config (which tunekit's fused loss
+    ignored), transformers' Trainer turns ``use_cache`` off; both leaked into merged exports. The model's own back."""
+    path = tiny_model(tmp_path / "mixtral", "mixtral", initializer_range=0.2)
+    tuner = tk.Tuner(str(path), method=tk.LoRA(r=4), training=tk.Training(device="cpu", max_steps=2, batch_size=4))
+    before = {k: getattr(tuner.model.config, k) for k in ("output_router_logits", "router_aux_loss_coef", "use_cache")}
+    assert before == {"output_router_logits": False, "router_aux_loss_coef": 0.001, "use_cache": True}
+    tuner.fit(first_task(8))
+    assert {k: getattr(tuner.model.config, k) for k in before} == before

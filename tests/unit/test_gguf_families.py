@@ -165,4 +165,4 @@ def test_tiny_model_keeps_llama_and_qwen2_as_before(tmp_path: Path):
     cfg = json.loads((tiny_model(tmp_path / "q", arch="qwen2") / "config.json").read_text(encoding="utf-8"))
     assert cfg["model_type"] == "qwen2" and cfg["hidden_size"] == 64 and "query_pre_attn_scalar" not in cfg
     with pytest.raises(ValueError, match="choose one of"):
-        tiny_model(tmp_path / "x", arch="gpt2")  # type: ignore[arg-type]
+        tiny_model(tmp_path / "x", arch="bert")  # type: ignore[arg-type]

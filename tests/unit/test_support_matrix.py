@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import ast
 import re
 from pathlib import Path
 
-from tests.support_matrix import NO, UNTESTED, YES, matrix_axes, parse_matrix, render_matrix
+from tests.support_matrix import NO, UNTESTED, YES, matrix_axes, parse_matrix, render_matrix, unresolved
 
 PAGE = Path(__file__).resolve().parents[2] / "docs" / "support-matrix.md"
 REGENERATE = "regenerate it with: python scripts/support_matrix.py"
@@ -47,7 +46,6 @@ def test_render_marks_only_proven_cells_supported() -> None:
     }
 
 
-ROOT = PAGE.parents[1]
 CITATION = re.compile(r"^- (?P<method>\w+) × (?P<objective>\w+): `(?P<nodeid>[^`]+)`$")
 
 
@@ -60,34 +58,6 @@ def _citations(text: str) -> dict[tuple[str, str], list[str]]:
     return cited
 
 
-def _defined_tests(path: Path) -> set[str]:
-    """The test functions a file defines, module level or in a class (``Class::test``)."""
-    tree = ast.parse(path.read_text(encoding="utf-8"))
-    names: set[str] = set()
-    for node in tree.body:
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-            names.add(node.name)
-        elif isinstance(node, ast.ClassDef):
-            names |= {
-                f"{node.name}::{f.name}" for f in node.body if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
-            }
-    return names
-
-
-def _unresolved(nodeid: str) -> str | None:
-    """Why ``nodeid`` (file::test[params]) names no test in this checkout, or None when it does."""
-    file, sep, test = nodeid.partition("::")
-    if not sep or not test:
-        return f"{nodeid!r} is not a node id (file::test)"
-    path = ROOT / file
-    if not path.is_file():
-        return f"{nodeid!r}: {file} does not exist"
-    name = test.split("[", 1)[0]
-    if name not in _defined_tests(path):
-        return f"{nodeid!r}: {file} defines no {name}"
-    return None
-
-
 def test_every_proven_cell_cites_a_test_that_exists() -> None:
     text = PAGE.read_text(encoding="utf-8")
     _, _, cells = parse_matrix(text)
@@ -98,14 +68,14 @@ def test_every_proven_cell_cites_a_test_that_exists() -> None:
         f"proven cells without a cited test: {sorted(proven - set(cited))}; citations of cells not proven: "
         f"{sorted(set(cited) - proven)}; {REGENERATE}"
     )
-    problems = [why for ids in cited.values() for nodeid in ids if (why := _unresolved(nodeid))]
+    problems = [why for ids in cited.values() for nodeid in ids if (why := unresolved(nodeid))]
     assert not problems, f"{problems}; {REGENERATE}"
 
 
 def test_a_missing_cited_test_is_caught() -> None:
     # The check above can fail: a renamed test, a moved file, a bare name without its file.
-    assert _unresolved("tests/unit/test_support_matrix.py::test_a_missing_cited_test_is_caught") is None
-    assert _unresolved("tests/unit/test_support_matrix.py::test_a_missing_cited_test_is_caught[x-y]") is None
-    assert "defines no" in (_unresolved("tests/unit/test_support_matrix.py::test_renamed_away[LoRA]") or "")
-    assert "does not exist" in (_unresolved("tests/unit/test_moved_away.py::test_x") or "")
-    assert "not a node id" in (_unresolved("test_sft_lowers_heldout_loss_by_30_percent[LoRA]") or "")
+    assert unresolved("tests/unit/test_support_matrix.py::test_a_missing_cited_test_is_caught") is None
+    assert unresolved("tests/unit/test_support_matrix.py::test_a_missing_cited_test_is_caught[x-y]") is None
+    assert "defines no" in (unresolved("tests/unit/test_support_matrix.py::test_renamed_away[LoRA]") or "")
+    assert "does not exist" in (unresolved("tests/unit/test_moved_away.py::test_x") or "")
+    assert "not a node id" in (unresolved("test_sft_lowers_heldout_loss_by_30_percent[LoRA]") or "")

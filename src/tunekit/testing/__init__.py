@@ -4,7 +4,9 @@
   directory, for tests that train for real in seconds;
 - :class:`FakeBackend` stands in for the engine, so code around ``tk.Tuner`` (hooks, run events, cancels,
   error handling) is tested without any model: ``tk.Tuner("name", backend=tk.testing.FakeBackend())``;
-- :func:`reverse_task`, :func:`first_task` and :func:`write_jsonl` make toy data.
+- :func:`reverse_task`, :func:`first_task` and :func:`write_jsonl` make toy data;
+- :mod:`tunekit.testing.families` lists the model families tunekit is tested on (one ``tiny_model`` arch each), the
+  source of the supported-models page.
 
 Example:
     >>> import tunekit as tk

@@ -55,8 +55,51 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, chat_template: bool, 
     return fast
 
 
-ARCHS = ("llama", "qwen2", "qwen3", "mistral", "gemma2", "gemma3_text", "phi3")
-Arch = Literal["llama", "qwen2", "qwen3", "mistral", "gemma2", "gemma3_text", "phi3"]
+ARCHS = (
+    "llama",
+    "qwen2",
+    "qwen3",
+    "qwen3_moe",
+    "mistral",
+    "mixtral",
+    "gemma2",
+    "gemma3_text",
+    "phi3",
+    "olmo2",
+    "granite",
+    "smollm3",
+    "glm4",
+    "deepseek_v3",
+    "gpt_oss",
+    "gpt_neox",
+    "gpt2",
+)
+Arch = Literal[
+    "llama",
+    "qwen2",
+    "qwen3",
+    "qwen3_moe",
+    "mistral",
+    "mixtral",
+    "gemma2",
+    "gemma3_text",
+    "phi3",
+    "olmo2",
+    "granite",
+    "smollm3",
+    "glm4",
+    "deepseek_v3",
+    "gpt_oss",
+    "gpt_neox",
+    "gpt2",
+]
+
+# Families whose released checkpoints all tie the output matrix to the embedding: their tiny models do too.
+_TIED = ("gemma2", "gemma3_text", "granite", "smollm3", "gpt2")
+# Mixture-of-experts sizes: few small experts, two of them per token (the real models route to 2-8 of 8-256).
+_EXPERTS, _EXPERTS_PER_TOKEN = 4, 2
+# Shared fields a family's config does not have: both attend with one key/value head per query head.
+_NOT_IN = {"gpt2": ("intermediate_size", "num_key_value_heads"), "gpt_neox": ("num_key_value_heads",)}
 
 
 def _family_config(arch: str, hidden_size: int, num_heads: int, max_position_embeddings: int) -> dict[str, Any]:
@@ -73,7 +116,78 @@ def _family_config(arch: str, hidden_size: int, num_heads: int, max_position_emb
         return {"head_dim": head_dim, "query_pre_attn_scalar": head_dim, "tie_word_embeddings": True}
     if arch == "phi3":
         return {"original_max_position_embeddings": max_position_embeddings}
-    return {}
+    return _newer_family_config(arch, hidden_size, head_dim, max_position_embeddings)
+
+
+def _newer_family_config(arch: str, hidden_size: int, head_dim: int, max_position_embeddings: int) -> dict[str, Any]:
+    """The families added with the supported-models table (tunekit.testing.families)."""
+    moe = {"num_experts_per_tok": _EXPERTS_PER_TOKEN}
+    tied = {"tie_word_embeddings": True} if arch in _TIED else {}
+    if arch == "qwen3_moe":  # every layer sparse, top-k weights renormalised, as Qwen3-30B-A3B
+        return {
+            "head_dim": head_dim,
+            "num_experts": _EXPERTS,
+            "moe_intermediate_size": hidden_size // 2,
+            "norm_topk_prob": True,
+            **moe,
+        }
+    if arch == "mixtral":
+        return {"head_dim": head_dim, "num_local_experts": _EXPERTS, "sliding_window": None, **moe}
+    if arch == "granite":
+        # Granite 3's scalings (granite-3.1-8b: embeddings x 12, residuals x 0.22, attention 1 / head_dim, logits
+        # / 16). Logits / 2 here: random embeddings make logits so small that a larger divisor leaves an adapter
+        # nothing it can fit.
+        return {
+            "embedding_multiplier": 12.0,
+            "residual_multiplier": 0.22,
+            "attention_multiplier": 1.0 / head_dim,
+            "logits_scaling": 2.0,
+            **tied,
+        }
+    if arch == "smollm3":
+        # SmolLM3 leaves out RoPE in every 4th layer; every 2nd here, so that a two-layer model has one such layer
+        return {"no_rope_layer_interval": 2, **tied}
+    if arch == "glm4":  # partial rotary (half of each head) and q/k/v biases stay at GLM-4's defaults
+        return {"head_dim": head_dim}
+    if arch == "deepseek_v3":
+        # Multi-head latent attention with small ranks and query/key heads wider than value heads (DeepSeek-V3:
+        # 128 + 64 rotary vs 128), one dense layer first and then mixture-of-experts layers with a shared expert
+        # (DeepSeek-V3: 3 dense, 58 sparse; 256 routed experts in 8 groups, top-8)
+        return {
+            "num_key_value_heads": hidden_size // head_dim,
+            "q_lora_rank": hidden_size // 2,
+            "kv_lora_rank": hidden_size // 4,
+            "qk_rope_head_dim": head_dim // 2,
+            "qk_nope_head_dim": head_dim,
+            "v_head_dim": head_dim,
+            "n_routed_experts": _EXPERTS,
+            "n_shared_experts": 1,
+            "n_group": 1,
+            "topk_group": 1,
+            "moe_intermediate_size": hidden_size // 2,
+            "first_k_dense_replace": 1,
+            **moe,
+        }
+    if arch == "gpt_oss":
+        # Alternating sliding / full attention with a window shorter than the toy rows, attention sinks, and YaRN
+        # RoPE stretched 32 times, as gpt-oss (window 128, 131072 positions from 4096)
+        rope = {
+            "rope_type": "yarn",
+            "rope_theta": 150000.0,
+            "factor": 32.0,
+            "beta_fast": 32.0,
+            "beta_slow": 1.0,
+            "truncate": False,
+            "original_max_position_embeddings": max(1, max_position_embeddings // 32),
+        }
+        return {
+            "head_dim": head_dim,
+            "num_local_experts": _EXPERTS,
+            "sliding_window": 16,
+            "rope_parameters": rope,
+            **moe,
+        }
+    return tied
 
 
 def tiny_model(
@@ -97,9 +211,15 @@ def tiny_model(
 
     Everything is local (no network): the tokenizer is trained with the ``tokenizers`` library and
     the weights are random (seeded). ``chat_template=False`` writes a base model without a template
-    (tunekit then adds its built-in one); ``pad_token=False`` one without a pad token. ``arch`` is one of
-    ``"llama"``, ``"qwen2"``, ``"qwen3"``, ``"mistral"``, ``"gemma2"``, ``"gemma3_text"`` (Gemma 3, text only)
-    and ``"phi3"`` (also Phi-4's architecture); Gemma models always tie their embeddings, as the real ones do.
+    (tunekit then adds its built-in one); ``pad_token=False`` one without a pad token. ``arch`` is a
+    transformers model type (:data:`ARCHS`): ``"llama"``, ``"qwen2"`` (also Qwen2.5), ``"qwen3"``,
+    ``"qwen3_moe"``, ``"mistral"``, ``"mixtral"``, ``"gemma2"``, ``"gemma3_text"`` (Gemma 3, text only),
+    ``"phi3"`` (also Phi-4), ``"olmo2"``, ``"granite"``, ``"smollm3"``, ``"glm4"``, ``"deepseek_v3"``,
+    ``"gpt_oss"``, ``"gpt_neox"`` or ``"gpt2"``; :mod:`tunekit.testing.families` says what each is tested for.
+    Each family keeps what sets it apart, small: mixture-of-experts models have 4 experts, 2 per token
+    (DeepSeek-V3 with a shared expert after one dense layer, and multi-head latent attention with small
+    ranks), gpt-oss a 16-token sliding window and attention sinks, SmolLM3 a layer without RoPE, Granite its
+    multipliers. Gemma, Granite, SmolLM3 and GPT-2 always tie their embeddings, as the released ones do.
     A larger ``initializer_range`` (e.g. 0.2) gives random logits a usable scale, so that methods which
     freeze the head (LoRA and other adapters) can learn a toy task quickly from scratch.
 
@@ -134,6 +254,10 @@ def tiny_model(
         config = {"llama": LlamaConfig, "qwen2": Qwen2Config}[arch](**shared)
     else:
         shared.update(_family_config(arch, hidden_size, num_heads, max_position_embeddings))
+        for name in _NOT_IN.get(arch, ()):  # fields the family does not have (they would be stored, unused)
+            shared.pop(name)
+        if arch == "gpt2":  # GPT-2 calls the FFN width n_inner (its config maps the other shared names itself)
+            shared["n_inner"] = intermediate_size or hidden_size * 2
         config = AutoConfig.for_model(arch, **shared)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

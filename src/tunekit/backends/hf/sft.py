@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 from tunekit._torch import unwrap_peft
@@ -16,7 +17,7 @@ from tunekit.backends.hf.args import Setup, training_args
 from tunekit.backends.hf.attention import VARLEN, attention_of, varlen_attention
 from tunekit.backends.hf.fastpath import FastPath, choose, fused_loss_applies, pack_to_budget
 
-__all__ = ["fast_sft_trainer", "packed_collator", "release", "sft_trainer"]
+__all__ = ["ROUTER_FIELDS", "fast_sft_trainer", "packed_collator", "release", "router_settings_kept", "sft_trainer"]
 
 logger = logging.getLogger("tunekit")
 
@@ -147,21 +148,46 @@ def sft_trainer(setup: Setup) -> Any:
     if path.liger:
         apply_liger(setup.model)
     cls = fast_sft_trainer(SFTTrainer, fused_head=fused_head)
-    trainer = cls(
-        model=setup.model,
-        args=args,
-        data_collator=packed_collator(setup.tokenizer, path),
-        train_dataset=train_dataset,
-        eval_dataset=setup.eval_dataset,
-        processing_class=setup.tokenizer,
-        callbacks=setup.callbacks,
-    )
+    with router_settings_kept(setup.model):
+        trainer = cls(
+            model=setup.model,
+            args=args,
+            data_collator=packed_collator(setup.tokenizer, path),
+            train_dataset=train_dataset,
+            eval_dataset=setup.eval_dataset,
+            processing_class=setup.tokenizer,
+            callbacks=setup.callbacks,
+        )
     if fused_head:
         fused_loss_only(setup.model)
     stack = contextlib.ExitStack()
     stack.enter_context(varlen_attention(setup.model, path.attention))
     trainer._tunekit_release = stack.close  # an attribute of tunekit's own subclass, read by release()
     return trainer
+
+
+# What trl's SFTTrainer writes into a mixture-of-experts model's config when it is built: it turns
+# ``output_router_logits`` (the router's load-balancing loss) on whenever the config declares a coefficient.
+ROUTER_FIELDS = ("output_router_logits", "router_aux_loss_coef")
+
+
+@contextlib.contextmanager
+def router_settings_kept(model: Any) -> Iterator[None]:
+    """Give the model's config its own router settings back once trl's SFTTrainer is built.
+
+    tunekit decides the router loss from the model's own config (:func:`~.fastpath.fused_loss_applies`: the
+    fused loss has none), and the trainer's step is tunekit's, so trl's switch only changed the config: the
+    model's own loss then included the router loss, and merged exports carried ``output_router_logits: true``.
+    """
+    config = getattr(model, "config", None)
+    get_text = getattr(config, "get_text_config", None)
+    configs = {id(c): c for c in (config, get_text() if callable(get_text) else None) if c is not None}.values()
+    saved = [(c, name, getattr(c, name)) for c in configs for name in ROUTER_FIELDS if hasattr(c, name)]
+    try:
+        yield
+    finally:
+        for c, name, value in saved:
+            setattr(c, name, value)
 
 
 def release(trainer: Any) -> None:

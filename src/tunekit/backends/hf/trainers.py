@@ -327,14 +327,23 @@ def build_trainer(
         _head_bias_visible(model)
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     hooks_before = _hook_ids(head)
+    config_before = _trainer_written_config(model)
     trainer = build(setup)
     # trl's activation offloading hooks the output head for good; release_trainer removes what it added.
     trainer.__dict__["_tunekit_head_hooks"] = (head, hooks_before)
+    trainer.__dict__["_tunekit_config"] = config_before
     install_optimizer(trainer, training, learning_rate)  # GaLore, APOLLO, Muon: tunekit builds them
     # The library never prints: progress and logs reach the application through hooks.
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
     return trainer
+
+
+def _trainer_written_config(model: Any) -> list[tuple[Any, str, Any]]:
+    """The config fields transformers' Trainer sets for training, as the model has them: ``use_cache`` (off while
+    training). release_trainer gives them back, so that saves and merged exports carry the model's own config."""
+    config: Any = getattr(model, "config", None)
+    return [(config, "use_cache", config.use_cache)] if hasattr(config, "use_cache") else []
 
 
 def _hook_ids(module: Any) -> tuple[set[int], set[int]]:
@@ -357,8 +366,11 @@ def release_trainer(trainer: Any, model: Any) -> None:
     - trl patches the model's ``forward`` (a fused LM head) as an instance attribute that closes
       over this model object; a later ``copy.deepcopy`` (the next run's reference) would call the
       original model through it.
+    - transformers' Trainer turns the config's ``use_cache`` off; saves and exports carried it.
     """
     release(trainer)  # the model's own attention implementation back
+    for config, name, value in getattr(trainer, "__dict__", {}).pop("_tunekit_config", []):
+        setattr(config, name, value)  # use_cache: a merged export would otherwise load with its KV cache off
     head, (pre, post) = getattr(trainer, "__dict__", {}).pop("_tunekit_head_hooks", (None, (set(), set())))
     if head is not None:  # the forward hooks trl's activation offloading put on the output head
         for key in set(head._forward_pre_hooks) - pre:
