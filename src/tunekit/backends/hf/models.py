@@ -23,7 +23,7 @@ from tunekit._torch import torch_dtype
 from tunekit.backends.base import RunSpec
 from tunekit.backends.hf.peft_map import apply_method, load_adapter
 from tunekit.backends.hf.processes import check_distributed, rank_device
-from tunekit.backends.hf.quantization import check_before_load, load_quantized
+from tunekit.backends.hf.quantization import check_before_load, load_quantized, quantize_skeleton
 from tunekit.backends.hf.safe_loading import check_weights
 from tunekit.backends.hf.untrained import fix_untrained_template_tokens
 from tunekit.data.templates import PAD, Template, ensure_template
@@ -340,7 +340,8 @@ def _untrained_tokens(model: Any, tokenizer: Any, template: Template, spec: RunS
 
 
 def _meta_model(spec: RunSpec, dtype: Any) -> Any:
-    """The model built from its config on the meta device, its embedding matrices read from the checkpoint."""
+    """The model built from its config on the meta device (a QLoRA base as the skeleton of its quantized load), its
+    embedding matrices read from the checkpoint."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -353,6 +354,8 @@ def _meta_model(spec: RunSpec, dtype: Any) -> Any:
         setattr(config, k, v)
     with torch.device("meta"):
         model = cls.from_config(config, dtype=dtype, trust_remote_code=training.trust_remote_code)
+    if spec.method.quantization is not None:  # QLoRA: the layers a quantized load replaces, nothing quantized
+        quantize_skeleton(model, spec.method, compute_dtype=dtype, auto_class=cls)
     if spec.method.trains_token_rows and spec.method.is_adapter:  # only these train rows the check may add
         _read_embeddings(model, ref, dtype)
     return model
