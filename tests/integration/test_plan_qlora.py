@@ -17,6 +17,9 @@ from tunekit.testing import reverse_task
 
 pytest.importorskip("bitsandbytes")
 
+# As test_plan_accuracy.py: the activations and the total within 2% of the measured step, each part within 6%.
+TOLERANCE, PART_TOLERANCE = 0.02, 0.06
+
 
 @pytest.fixture
 def no_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -171,8 +174,8 @@ def test_qlora_plan_is_within_2_percent_of_a_measured_step(
         "activations": planned / measured.activations,
         "total": (measured.weights + measured.gradients + measured.optimizer + planned) / measured.total,
     }
-    assert all(abs(ratios[k] - 1) <= 0.02 for k in ("activations", "total")), ratios
-    assert all(abs(ratios[k] - 1) <= 0.06 for k in ("saved", "loss")), ratios
+    assert all(abs(ratios[k] - 1) <= TOLERANCE for k in ("activations", "total")), ratios
+    assert all(abs(ratios[k] - 1) <= PART_TOLERANCE for k in ("saved", "loss")), ratios
 
 
 def test_a_plan_for_a_cuda_device_this_machine_does_not_have(tiny_llama: Path, no_cuda: None) -> None:
