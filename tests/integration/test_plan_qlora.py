@@ -29,15 +29,16 @@ def no_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
 
 
-def _quantized(path: Path, method: tk.Method, training: tk.Training) -> Any:
+def _quantized(path: Path, method: tk.Method, training: tk.Training, objective: tk.Objective | None = None) -> Any:
     """The model fit trains for ``method``, loaded quantized on the CPU through tunekit's own path (build_model:
     bitsandbytes' layers, the modules kept unquantized, peft's kbit preparation, LoRA)."""
     from tunekit._quiet import quiet
     from tunekit.backends.hf.models import build_model
 
     cpu = training.model_copy(update={"device": "cpu"})
+    tuner = tk.Tuner(str(path), method=method, objective=objective or tk.SFT(), training=cpu)
     with quiet():
-        model, _, _ = build_model(tk.Tuner(str(path), method=method, training=cpu)._spec(), precision="bf16")
+        model, _, _ = build_model(tuner._spec(), precision="bf16")
     return model
 
 
@@ -57,29 +58,36 @@ def _measured_bytes(model: Any) -> int:
     return sum(seen.values())
 
 
-@pytest.mark.parametrize("quantize", ["nf4", "int8"])
-def test_qlora_plan_counts_the_weights_bitsandbytes_stores(tiny_qwen: Path, no_cuda: None, quantize: str) -> None:
+@pytest.mark.parametrize(("quantize", "objective"), [("nf4", "sft"), ("int8", "sft"), ("nf4", "reward")])
+def test_qlora_plan_counts_the_weights_bitsandbytes_stores(
+    tiny_qwen: Path, no_cuda: None, quantize: str, objective: str
+) -> None:
     """On a tied-embedding Qwen2: every projection quantized, the tied embedding and head kept (in fp32: peft's kbit
-    preparation upcasts every 16-bit weight), LoRA in fp32."""
+    preparation upcasts every 16-bit weight), LoRA in fp32; a reward model's new score head kept unquantized."""
     import bitsandbytes as bnb
 
     from tunekit._torch import count_parameters
 
-    rows = reverse_task(8, seed=1)
+    if objective == "reward":
+        rows: list[dict[str, Any]] = [{"prompt": "reverse: 1 2", "chosen": "2 1", "rejected": "1 2"}] * 8
+        goal: tk.Objective = tk.RewardModeling()
+    else:
+        rows, goal = reverse_task(8, seed=1), tk.SFT()
     method, training = tk.LoRA(r=4, quantize=quantize), tk.Training(device="cuda", batch_size=4, max_steps=1)
-    tuner = tk.Tuner(str(tiny_qwen), method=method, training=training)
+    tuner = tk.Tuner(str(tiny_qwen), method=method, objective=goal, training=training)
     plan = tuner.plan(rows)  # no CUDA here: planned for one, nothing loaded
     assert tuner._loaded is None and plan.device == "cuda" and plan.precision == "bf16"
-    model = _quantized(tiny_qwen, method, training)
+    model = _quantized(tiny_qwen, method, training, goal)
     kind = bnb.nn.Linear4bit if quantize == "nf4" else bnb.nn.Linear8bitLt
     assert sum(isinstance(m, kind) for m in model.modules()) == 2 * 7  # every projection of both layers
-    assert not isinstance(model.get_output_embeddings(), kind)  # the LM head is not quantized
+    head = model.get_output_embeddings() if objective == "sft" else model.base_model.model.score
+    assert not isinstance(head, kind)  # the LM head (or the score head) is not quantized
     assert plan.weights_bytes == _measured_bytes(model)
     assert (plan.trainable_params, plan.total_params) == count_parameters(model)
     trainable = [p for p in model.parameters() if p.requires_grad]
     assert plan.gradients_bytes == sum(p.numel() * p.element_size() for p in trainable)
     # The parameters are the model's own (a 4-bit weight's values, not the bytes it is packed into).
-    plain = tk.Tuner(str(tiny_qwen), method=tk.LoRA(r=4), training=training).plan(rows)
+    plain = tk.Tuner(str(tiny_qwen), method=tk.LoRA(r=4), objective=goal, training=training).plan(rows)
     assert (plan.trainable_params, plan.total_params) == (plain.trainable_params, plain.total_params)
     assert plan.weights_bytes < plain.weights_bytes
 
