@@ -33,7 +33,7 @@ from tunekit.plan import Plan
 from tunekit.training import Training
 from tunekit.training_data import encode_for
 
-__all__ = ["checkpointing_needed", "make_plan", "plan_encoded", "planned_device", "planned_precision"]
+__all__ = ["checkpointing_needed", "make_plan", "plan_encoded"]
 
 logger = logging.getLogger("tunekit")
 
@@ -75,7 +75,7 @@ def _absent(device: Any) -> bool:
     return bool(device.type == "cuda" and not torch.cuda.is_available())
 
 
-def planned_device(pref: str) -> Any:
+def _planned_device(pref: str) -> Any:
     """The device a plan is for: ``Training.device`` as ``fit`` resolves it, except that a CUDA device this machine
     does not have is planned for all the same (where ``fit`` would refuse it)."""
     import torch
@@ -85,7 +85,7 @@ def planned_device(pref: str) -> Any:
     return resolve_device(pref)
 
 
-def planned_precision(pref: str, device: Any) -> str:
+def _planned_precision(pref: str, device: Any) -> str:
     """``Training.precision`` as ``fit`` resolves it; ``"auto"`` on a CUDA device this machine does not have is bf16
     (every CUDA GPU since Ampere, 2020, computes in bf16; pass ``precision="fp16"`` to plan for an older one)."""
     if pref == "auto" and _absent(device):
@@ -126,9 +126,9 @@ def make_plan(
         if loaded is not None:
             model, tokenizer = loaded.model, loaded.tokenizer
         else:
-            device = planned_device(spec.training.device)
+            device = _planned_device(spec.training.device)
             check_before_load(spec.method, spec.model_ref, device, planning=True)  # QLoRA: on CUDA, with bitsandbytes
-            precision = planned_precision(spec.training.precision, device)
+            precision = _planned_precision(spec.training.precision, device)
             model, tokenizer, _ = build_model(spec, precision=precision, meta=True)
         enc = encode_for(spec, norm, tokenizer)
         return plan_encoded(spec, model, enc, checkpointing=checkpointing, device_memory=device_memory)
@@ -153,8 +153,8 @@ def plan_encoded(
 ) -> Plan:
     """The Plan of training ``model`` (method applied) on encoded data ``enc``; ``device_memory``: see make_plan."""
     training = spec.training
-    device = planned_device(training.device)
-    precision = planned_precision(training.precision, device)
+    device = _planned_device(training.device)
+    precision = _planned_precision(training.precision, device)
     params = unique_parameters(model)
     trainable = [p for p in params if p.requires_grad]
     weights = sum(parameter_bytes(p) for p in params)  # a quantized weight as bitsandbytes stores it

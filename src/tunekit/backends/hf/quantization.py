@@ -93,8 +93,9 @@ def load_quantized(
     auto_class: Any = None,
     **model_kwargs: Any,
 ) -> Any:
-    """Load the base model quantized onto ``device`` (a CUDA device), safetensors only, with ``auto_class``
-    (default AutoModelForCausalLM; a reward model's AutoModelForSequenceClassification with ``num_labels=1``)."""
+    """Load the base model quantized onto ``device`` (a CUDA device; the CPU in tests), safetensors only, with
+    ``auto_class`` (default AutoModelForCausalLM; a reward model's AutoModelForSequenceClassification with
+    ``num_labels=1``)."""
     from transformers import AutoModelForCausalLM
 
     q = method.quantization
@@ -119,7 +120,8 @@ def load_quantized(
 
 
 def prepare_for_kbit_training(model: Any, training: Training | None) -> None:
-    """peft's preparation of a quantized base: frozen, norms in fp32, inputs that carry gradients."""
+    """peft's preparation of a quantized base: frozen, every weight it did not quantize (embeddings, LM head, norms,
+    biases) upcast to fp32, inputs that carry gradients."""
     from peft import prepare_model_for_kbit_training
 
     checkpointing = bool(training and training.gradient_checkpointing is True)
