@@ -226,3 +226,16 @@ def test_tunekit_plan_for_a_gpu_from_the_command_line(tmp_path: Path, no_cuda: N
     assert "fits           NO" in capsys.readouterr().out
     assert main(["plan", str(config), "--device-memory", "lots", "training.device=cuda"]) == 2
     assert "--device-memory 'lots'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("method", [tk.LoRA(r=4), tk.LoRA(r=4, quantize="nf4")], ids=["lora", "qlora"])
+def test_a_plans_model_holds_no_values(tiny_qwen: Path, no_cuda: None, method: tk.Method) -> None:
+    """The embedding matrices a plan reads from a local checkpoint (for template tokens the base never trained) go
+    back to the meta device once read: a plan of a cached 72B holds no weights, and none upcast to fp32 for QLoRA."""
+    from tunekit._quiet import quiet
+    from tunekit.backends.hf.models import build_model
+
+    spec = tk.Tuner(str(tiny_qwen), method=method, training=tk.Training(device="cuda"))._spec()
+    with quiet():
+        model, _, _ = build_model(spec, precision="bf16", meta=True)
+    assert all(p.is_meta for p in model.parameters())

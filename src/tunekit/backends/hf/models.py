@@ -284,6 +284,8 @@ def build_model(spec: RunSpec, *, precision: str, meta: bool = False) -> tuple[A
                 # Template tokens the base model has but never trained train with those tunekit added.
                 untrained = _untrained_tokens(model, tokenizer, template, spec)
                 new_ids = sorted(set(new_ids) | set(untrained))
+                if meta:
+                    _drop_embedding_values(model)
                 # On the meta device for a plan, so that the adapter's weights are never allocated (moved there
                 # afterwards, peft would make AdaLoRA's rank counters trainable parameters).
                 with _meta_device(meta):
@@ -328,6 +330,19 @@ def _on_meta(model: Any) -> bool:
     """Whether an embedding matrix of ``model`` has no values (a plan's model on the meta device)."""
     matrices = [m for m in (model.get_input_embeddings(), model.get_output_embeddings()) if m is not None]
     return any(getattr(m, "weight", None) is None or m.weight.is_meta for m in matrices)
+
+
+def _drop_embedding_values(model: Any) -> None:
+    """Put a plan's embedding matrices back on the meta device once the check of untrained template tokens has read
+    them: a plan holds no weights (and peft's preparation of a QLoRA base would upcast them to fp32: 10 GB of RAM
+    for a 72B model's)."""
+    import torch
+
+    for module in (model.get_input_embeddings(), model.get_output_embeddings()):
+        weight = getattr(module, "weight", None) if module is not None else None
+        if weight is not None and not weight.is_meta:  # a tied matrix is one tensor: swapped once
+            empty = torch.empty_like(weight, device="meta")
+            torch.utils.swap_tensors(weight, torch.nn.Parameter(empty, requires_grad=weight.requires_grad))
 
 
 def _untrained_tokens(model: Any, tokenizer: Any, template: Template, spec: RunSpec) -> list[int]:
