@@ -154,10 +154,11 @@ class Shape:
         return self.layers * (2 * self.kv + self.mlp)
 
     def nf4_bytes(self) -> float:
-        """QLoRA's 4-bit base: NF4 linear weights with double quantization (an 8-bit scale per 64 values, an fp32
-        scale per 256 of those), embeddings, head and norms in bf16."""
+        """QLoRA's base as it trains: NF4 linear weights with double quantization (an 8-bit scale per 64 values, an
+        fp32 scale per 256 of those); embeddings, head and norms in fp32, where peft's k-bit preparation (which
+        tunekit applies) upcasts them (plan() counts the same: tests/integration/test_plan_qlora.py)."""
         linear = self.linear_params()
-        return linear * (0.5 + 1 / 64 + 4 / (64 * 256)) + 2 * (self.params() - linear)
+        return linear * (0.5 + 1 / 64 + 4 / (64 * 256)) + 4 * (self.params() - linear)
 
 
 LLAMA2_7B = Shape(hidden=4096, mlp=11008, layers=32, heads=32, kv_heads=32, vocab=32000, tied=False, qkv_bias=False)
@@ -809,7 +810,7 @@ CLAIMS: list[Claim] = [
     ),
     C(
         "docs/concepts/index.md",
-        "LoRA on one 24 GB card ({} GB of bf16 weights), and with QLoRA ({} GB of 4-bit weights)",
+        "LoRA on one 24 GB card ({} GB of bf16 weights), and with QLoRA ({} GB of weights, the linear layers in 4 bits)",
         "Llama-2-7B shape; NF4 with double quantization",
         lambda: (fmt(2 * LLAMA2_7B.params() / 1e9), fmt(LLAMA2_7B.nf4_bytes() / 1e9)),
     ),

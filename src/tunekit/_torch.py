@@ -5,6 +5,7 @@ torch and peft are imported inside the functions, so ``import tunekit`` stays li
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 __all__ = [
@@ -13,6 +14,7 @@ __all__ = [
     "count_parameters",
     "dtype_name",
     "is_quantized",
+    "parameter_count",
     "torch_dtype",
     "unique_parameters",
     "unwrap_peft",
@@ -50,10 +52,19 @@ def unique_parameters(model: Any) -> list[Any]:
     return list(seen.values())
 
 
+def parameter_count(p: Any) -> int:
+    """The values ``p`` holds: a bitsandbytes 4-bit weight's own count, not that of the bytes it is packed into."""
+    state = getattr(p, "quant_state", None) if type(p).__name__ == "Params4bit" else None
+    if state is not None:  # quantized: two values a byte, the weight's shape kept in its quantization state
+        return int(math.prod(state.shape))
+    return int(p.numel())
+
+
 def count_parameters(model: Any) -> tuple[int, int]:
-    """(trainable, total) parameters, counting shared tensors (tied embeddings) once."""
+    """(trainable, total) parameters, counting shared tensors (tied embeddings) once and a 4-bit weight's values
+    (not its packed bytes)."""
     params = unique_parameters(model)
-    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+    return sum(parameter_count(p) for p in params if p.requires_grad), sum(parameter_count(p) for p in params)
 
 
 def unwrap_peft(model: Any) -> Any:

@@ -33,7 +33,8 @@ class Plan:
     autocast's 16-bit copies of fp32 weights). Nothing is run to compute it; on the CPU it is
     within a few percent of a measured step (``benchmarks/plan_accuracy.py``). ``fits`` compares
     the total with 95% of ``device_memory_bytes``: the CUDA device's memory, or on the CPU the RAM
-    available when the plan was made.
+    available when the plan was made, or what ``plan(device_memory_gib=...)`` gave; for a CUDA device
+    the machine does not have (planned for with ``Training(device="cuda")``) and no memory given, both are None.
 
     Example:
         >>> import tunekit as tk
@@ -64,7 +65,7 @@ class Plan:
     optimizer_bytes: int
     activations_bytes: int
     device_memory_bytes: int | None  # the CUDA device's total memory; on CPU, the RAM available when planned
-    fits: bool | None  # total <= 95% of device_memory_bytes (None only if a Plan is built without it)
+    fits: bool | None  # total <= 95% of device_memory_bytes (None when that is not known)
     optimizer: str = "adamw"  # Training(optimizer=...), whose state optimizer_bytes counts
     activation_offload: bool = False  # activations offloaded to CPU memory (Training(activation_offload), CUDA)
 
@@ -106,7 +107,8 @@ class Plan:
             f"    optimizer    {_gib(self.optimizer_bytes)} ({self.optimizer})",
             f"    activations  {_gib(self.activations_bytes)}",
             f"    total        {_gib(self.total_bytes)}",
-            f"{memory}{_gib(self.device_memory_bytes)}",
+            f"{memory}{_gib(self.device_memory_bytes)}"
+            + (" (not known here: plan(data, device_memory_gib=...))" if self.device_memory_bytes is None else ""),
             f"  fits           {fits}",
         ]
         return "\n".join(lines)

@@ -223,23 +223,37 @@ class Tuner:
         norm = self._normalise(data, "training")
         return encode_for(self._spec(), norm, self.tokenizer)
 
-    def plan(self, data: Any, eval_data: Any = None) -> Plan:
+    def plan(self, data: Any, eval_data: Any = None, *, device_memory_gib: float | None = None) -> Plan:
         """What ``fit(data)`` would cost, without training: a :class:`tunekit.Plan`.
 
         Exact trainable and total parameters, the examples, tokens and optimizer steps ``fit``
         will see, and the estimated peak memory (weights, gradients, optimizer state,
-        activations); on CUDA, whether it fits. The model's weights are not loaded when the tuner
-        has not loaded them yet (the model is built on the meta device).
+        activations), and whether it fits. The model's weights are not loaded when the tuner
+        has not loaded them yet (the model is built on the meta device; a QLoRA base as the
+        skeleton of its quantized load, its weights counted as bitsandbytes stores them).
+
+        ``Training(device="cuda")`` plans for a CUDA GPU even on a machine without one (bf16 when
+        ``precision="auto"``); ``device_memory_gib`` is the memory to compare with (e.g. 24 for a
+        24 GB card), instead of the device's own or, on the CPU, the RAM available.
 
         Example:
             >>> plan = tk.Tuner("Qwen/Qwen2-0.5B").plan("train.jsonl")  # doctest: +SKIP
             >>> print(plan)  # doctest: +SKIP
+            >>> gpu = tk.Tuner("Qwen/Qwen2-0.5B", training=tk.Training(device="cuda"))  # doctest: +SKIP
+            >>> gpu.plan("train.jsonl", device_memory_gib=24).fits  # doctest: +SKIP
         """
         self._check_not_training("plan()")
+        memory = device_memory_gib
+        if memory is not None and (isinstance(memory, bool) or not isinstance(memory, (int, float)) or memory <= 0):
+            raise ConfigError(
+                f"plan(device_memory_gib={memory!r}): give the device's memory in GiB as a positive number, e.g. 24"
+            )
         train = self._normalise(data, "training")
         if eval_data is not None:
             self._normalise(eval_data, "eval")  # the checks fit makes
-        return self.backend.plan(self._spec(), train, loaded=self._loaded, load=self._model_for_run)
+        # Passed only when given: a backend written before device_memory existed plans as it did.
+        extra = {} if memory is None else {"device_memory": int(memory * 2**30)}
+        return self.backend.plan(self._spec(), train, loaded=self._loaded, load=self._model_for_run, **extra)
 
     # --- the verbs ----------------------------------------------------------------------------------
     def fit(self, data: Any, *, eval_data: Any = None, resume: bool | str | Path | None = None) -> FitResult:

@@ -157,13 +157,14 @@ def test_plan_score_and_errors_before_loading() -> None:
     tuner = tuner_on(backend)
     plan = tuner.plan(ROWS)
     assert (plan.trainable_params, plan.total_params, plan.examples) == (10, 100, len(ROWS))
+    assert plan.fits is True and tuner.plan(ROWS, device_memory_gib=2**-30).fits is False  # a device of 1 byte
     with pytest.raises(tk.IncompatibleError, match="needs a reward model"):
         tuner.score([("a", "b")])
     rm = tuner_on(backend, objective=tk.RewardModeling())
     assert rm.score([("a", "b"), ("c", "d")]) == [1.0, 1.0]
     with pytest.raises(tk.IncompatibleError, match="reward model"):
         rm.generate("hi")
-    assert backend.calls == ["plan", "load", "score"]  # a plan loads nothing; the refused calls did not load
+    assert backend.calls == ["plan", "plan", "load", "score"]  # a plan loads nothing; the refused calls did not load
 
 
 def test_bad_rows_are_refused_before_the_backend_is_called() -> None:

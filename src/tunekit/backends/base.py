@@ -176,10 +176,12 @@ class Backend(Protocol):
         *,
         loaded: LoadedModel | None,
         load: Callable[[], LoadedModel],
+        device_memory: int | None = None,
     ) -> Plan:
         """What fitting ``train`` would cost. ``loaded``: the model, when the caller has loaded it already; else the
         backend builds what it needs without the weights where it can, and calls ``load()`` (which loads the model
-        once, for the caller to keep) where it cannot."""
+        once, for the caller to keep) where it cannot. ``device_memory``: the bytes to compare the estimate with
+        (``Plan.fits``), instead of the device's own memory."""
         ...
 
     def load_base(self, spec: RunSpec, *, precision: str) -> Any:

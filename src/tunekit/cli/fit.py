@@ -76,10 +76,20 @@ def _own_flags(args: argparse.Namespace) -> None:
     CONFIG: ``tunekit plan run.yaml --json`` is the same as ``tunekit plan --json run.yaml``.
     """
     flags: dict[str, str] = getattr(args, "own_flags", {})
+    valued: dict[str, str] = getattr(args, "own_values", {})
     rest = []
-    for token in args.overrides:
+    tokens = list(args.overrides)
+    while tokens:
+        token = tokens.pop(0)
+        name, eq, value = token.partition("=")
         if token in flags:
             setattr(args, flags[token], True)
+        elif name in valued:
+            if not eq:
+                if not tokens:
+                    raise ConfigError(f"{name} needs a value, e.g. {name} 24")
+                value = tokens.pop(0)
+            setattr(args, valued[name], value)
         else:
             rest.append(token)
     args.overrides = rest
@@ -87,7 +97,7 @@ def _own_flags(args: argparse.Namespace) -> None:
 
 def _load(args: argparse.Namespace) -> Any:
     _own_flags(args)
-    flags = list(getattr(args, "own_flags", {}))
+    flags = list(getattr(args, "own_flags", {})) + list(getattr(args, "own_values", {}))
     return RunConfig.from_yaml(args.config, parse_overrides(args.overrides, command=args.command, flags=flags))
 
 
@@ -132,8 +142,16 @@ def _cmd_fit(args: argparse.Namespace) -> int:
 
 def _cmd_plan(args: argparse.Namespace) -> int:
     cfg = _load(args)
+    memory = None
+    if args.device_memory is not None:
+        try:
+            memory = float(args.device_memory)
+        except ValueError:
+            raise ConfigError(
+                f"--device-memory {args.device_memory!r}: give the device's memory in GiB as a number, e.g. 24"
+            ) from None
     tuner = cfg.to_tuner(progress=False)
-    plan = tuner.plan(cfg.data, eval_data=cfg.eval_data)
+    plan = tuner.plan(cfg.data, eval_data=cfg.eval_data, device_memory_gib=memory)
     if args.json:
         print(json.dumps(plan.to_dict(), indent=2, default=str))
     else:
@@ -151,11 +169,12 @@ def _cmd_schema(args: argparse.Namespace) -> int:
     return 0
 
 
-def _config_args(p: argparse.ArgumentParser, **flags: str) -> None:
-    """CONFIG and its overrides; ``flags`` (option -> dest) are the command's own flags, allowed after CONFIG too."""
+def _config_args(p: argparse.ArgumentParser, flags: dict[str, str], values: dict[str, str] | None = None) -> None:
+    """CONFIG and its overrides; ``flags`` (option -> dest) are the command's own flags, and ``values`` its own
+    options that take a value, allowed after CONFIG too."""
     p.add_argument("config", help="A YAML run config (model, method, objective, training, data, ...).")
     p.add_argument("overrides", nargs=argparse.REMAINDER, help=_OVERRIDES_HELP)
-    p.set_defaults(own_flags=flags)
+    p.set_defaults(own_flags=flags, own_values=values or {})
 
 
 def add_fit_parser(sub: Any) -> None:
@@ -166,7 +185,7 @@ def add_fit_parser(sub: Any) -> None:
         "save, or <output_dir>/final. Relative paths in the file are read from its folder.",
     )
     p.add_argument("--print-config", action="store_true", help="Print the validated config (with overrides) and exit.")
-    _config_args(p, **{"--print-config": "print_config"})
+    _config_args(p, {"--print-config": "print_config"})
     p.set_defaults(func=_cmd_fit)
 
 
@@ -175,7 +194,13 @@ def add_plan_parser(sub: Any) -> None:
         "plan", help="Show what a config would train (parameters, tokens, steps, memory) without training."
     )
     p.add_argument("--json", action="store_true", help="Print JSON instead of a table.")
-    _config_args(p, **{"--json": "json"})
+    p.add_argument(
+        "--device-memory",
+        metavar="GIB",
+        help="Compare the estimate with a device of this many GiB (e.g. 24), instead of this machine's; with "
+        "training.device=cuda it plans for a GPU this machine does not have.",
+    )
+    _config_args(p, {"--json": "json"}, {"--device-memory": "device_memory"})
     p.set_defaults(func=_cmd_plan)
 
 

@@ -322,12 +322,14 @@ class FakeBackend:
         *,
         loaded: LoadedModel | None,
         load: Callable[[], LoadedModel],
+        device_memory: int | None = None,
     ) -> Plan:
         self.calls.append("plan")
         tokenizer = loaded.tokenizer if loaded is not None else self._tokenizer(spec)[0]  # plans load nothing
         enc = encode_for(spec, train, tokenizer)
         trainable, total = self.params
         steps = spec.training.max_steps or len(self.losses)
+        memory = device_memory if device_memory is not None else 2**30  # a pretend device of 1 GiB
         return Plan(
             method=spec.method.name,
             objective=spec.objective.name,
@@ -345,8 +347,8 @@ class FakeBackend:
             gradients_bytes=4 * trainable,
             optimizer_bytes=8 * trainable,
             activations_bytes=0,
-            device_memory_bytes=2**30,
-            fits=True,
+            device_memory_bytes=memory,
+            fits=4 * total + 12 * trainable <= 0.95 * memory,
         )
 
     def load_base(self, spec: RunSpec, *, precision: str) -> Any:

@@ -100,12 +100,13 @@ class HFBackend:
         *,
         loaded: LoadedModel | None,
         load: Callable[[], LoadedModel],
+        device_memory: int | None = None,
     ) -> Plan:
-        # A model object is in memory already, and a quantized base must really be loaded to be measured: plan on
-        # the caller's own model then (loaded once, kept for fit); otherwise build it on the meta device.
-        if loaded is None and (not isinstance(spec.model_ref, (str, Path)) or spec.method.quantization):
+        # A model object is in memory already: plan on the caller's own model then (loaded once, kept for fit);
+        # otherwise build it on the meta device (a QLoRA base as its quantized skeleton, nothing loaded).
+        if loaded is None and not isinstance(spec.model_ref, (str, Path)):
             loaded = load()
-        return make_plan(spec, train, loaded)
+        return make_plan(spec, train, loaded, device_memory=device_memory)
 
     def fit(
         self,

@@ -48,6 +48,9 @@ class _Linear:
     in_features: int
     trainable: bool  # its weight or an adapter on it trains: the backward needs its input
     rank: int  # LoRA rank (0: none); lora_B keeps lora_A's output, rank values per token
+    # bitsandbytes' 4-bit layer (QLoRA) computes in the compute dtype but returns its output in its input's dtype
+    # (Linear4bit.forward), the residual stream's: in a QLoRA model, fp32 (peft's kbit preparation upcasts the norms).
+    output_in_input_dtype: bool = False
 
 
 def _decoder_layer(model: Any) -> Any:
@@ -74,10 +77,12 @@ def _linears(layer: Any) -> list[_Linear]:
             ranks = getattr(m, "r", {})
             rank = max(ranks.values(), default=0) if isinstance(ranks, dict) else 0
             trainable = any(p.requires_grad for p in layer.get_submodule(name).parameters())
-            found.append(_Linear(short, int(getattr(base, "in_features", 0)), trainable, int(rank)))
+            four_bit = type(base).__name__ == "Linear4bit"
+            found.append(_Linear(short, int(getattr(base, "in_features", 0)), trainable, int(rank), four_bit))
             inside = f"{name}."
         elif isinstance(m, torch.nn.Linear):
-            found.append(_Linear(short, m.in_features, m.weight.requires_grad, 0))
+            four_bit = type(m).__name__ == "Linear4bit"
+            found.append(_Linear(short, m.in_features, m.weight.requires_grad, 0, four_bit))
     return found
 
 
@@ -146,9 +151,11 @@ def layer_bytes_per_token(model: Any, config: Any, *, mixed: bool, liger: bool =
             shared.add(x.name)
         total += a * x.in_features + a * x.rank  # lora_B keeps lora_A's output (rank values)
     # The MLP's elementwise part: a gated MLP keeps gate, act(gate) and up (Liger's SwiGLU only gate and up); a
-    # plain one its activation's input.
+    # plain one its activation's input. In the projections' output dtype: the compute dtype, or for bitsandbytes'
+    # 4-bit layers the residual stream's (measured: tests/integration/test_plan_qlora.py).
     gated = any(x.name in _GATED for x in linears)
-    total += a * ((2 if liger else 3) if gated else 1) * inter
+    m = w if any(x.output_in_input_dtype for x in linears) else a
+    total += m * ((2 if liger else 3) if gated else 1) * inter
     return total
 
 
@@ -186,6 +193,14 @@ def autocast_copies(model: Any, mixed: bool) -> int:
     return sum(2 * p.numel() for p in params if p.requires_grad and p.dim() == 2 and p.element_size() == 4)
 
 
+def _triton(device: Any) -> bool:
+    """Whether trl's chunked loss runs its Triton kernel on ``device``: on CUDA with Triton installed. A plan for a
+    CUDA device this machine does not have assumes Triton there (torch's Linux CUDA wheels install it)."""
+    import torch
+
+    return bool(device.type == "cuda" and (importable("triton") or not torch.cuda.is_available()))
+
+
 def loss_bytes(model: Any, tokens: int, *, mixed: bool, device: Any, fused: bool = True) -> int:
     """Peak transient bytes of the loss, in its backward.
 
@@ -208,7 +223,7 @@ def loss_bytes(model: Any, tokens: int, *, mixed: bool, device: Any, fused: bool
         return int(tokens * vocab * (c + 3 * 4))
     rows = min(tokens, _TOKEN_TILE)
     total = rows * _VOCAB_TILE * c  # the tile buffer
-    if device.type != "cuda" or not importable("triton"):
+    if not _triton(device):
         total += _TORCH_FOLD_TEMPS * rows * min(vocab, _VOCAB_TILE) * 4
     total += tokens * h * 4  # grad of the hidden states, fp32
     if weight.requires_grad:

@@ -26,11 +26,12 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from tunekit._torch import unique_parameters
+from tunekit._torch import unique_parameters, unwrap_peft
 from tunekit.backends.hf import fastpath
 from tunekit.backends.hf.attention import VARLEN, varlen_attention
 from tunekit.backends.hf.memory import backbone
 from tunekit.backends.hf.optimizers import measured_state_bytes
+from tunekit.backends.hf.quantization import parameter_bytes
 from tunekit.backends.hf.sft import fused_loss_only, packed_collator
 from tunekit.data.encoding import Encoded
 from tunekit.training import Training
@@ -206,7 +207,7 @@ def measure_step(
     tokens = int(batch["input_ids"].numel())
     params = unique_parameters(model)
     trainable = [p for p in params if p.requires_grad]
-    weights = sum(p.numel() * p.element_size() for p in params)
+    weights = sum(parameter_bytes(p) for p in params)  # a quantized weight with its quantization state
     bf16 = training.precision == "bf16"
 
     def autocast() -> Any:
@@ -215,6 +216,11 @@ def measure_step(
     exclude = {t.untyped_storage().data_ptr() for t in [*params, *model.buffers()]}
     fused_loss_only(model)
     model.train()
+    # The plain forward must not checkpoint: a model prepared for QLoRA with checkpointing has it on already.
+    was_checkpointing = bool(getattr(unwrap_peft(model), "is_gradient_checkpointing", False))
+    if was_checkpointing:
+        disable = getattr(model, "activation_checkpointing_disable", None) or model.gradient_checkpointing_disable
+        disable()
 
     state: dict[str, int] = {}
 
@@ -251,6 +257,9 @@ def measure_step(
     saved = plain.total()
     if checkpointing:
         saved = forward(True).total() + plain.largest_layer()
+    if was_checkpointing:
+        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+        enable()
     # The head scores each position but the last of each row (trl shifts the labels), from the backbone's output.
     labels = batch["labels"][:, 1:].clamp(min=0).reshape(-1)
     head_weight = model.get_output_embeddings().weight

@@ -23,7 +23,7 @@ from tunekit._torch import torch_dtype
 from tunekit.backends.base import RunSpec
 from tunekit.backends.hf.peft_map import apply_method, load_adapter
 from tunekit.backends.hf.processes import check_distributed, rank_device
-from tunekit.backends.hf.quantization import check_before_load, load_quantized
+from tunekit.backends.hf.quantization import check_before_load, load_quantized, quantize_skeleton
 from tunekit.backends.hf.safe_loading import check_weights
 from tunekit.backends.hf.untrained import fix_untrained_template_tokens
 from tunekit.data.templates import PAD, Template, ensure_template
@@ -284,6 +284,8 @@ def build_model(spec: RunSpec, *, precision: str, meta: bool = False) -> tuple[A
                 # Template tokens the base model has but never trained train with those tunekit added.
                 untrained = _untrained_tokens(model, tokenizer, template, spec)
                 new_ids = sorted(set(new_ids) | set(untrained))
+                if meta:
+                    _drop_embedding_values(model)
                 # On the meta device for a plan, so that the adapter's weights are never allocated (moved there
                 # afterwards, peft would make AdaLoRA's rank counters trainable parameters).
                 with _meta_device(meta):
@@ -330,6 +332,19 @@ def _on_meta(model: Any) -> bool:
     return any(getattr(m, "weight", None) is None or m.weight.is_meta for m in matrices)
 
 
+def _drop_embedding_values(model: Any) -> None:
+    """Put a plan's embedding matrices back on the meta device once the check of untrained template tokens has read
+    them: a plan holds no weights (and peft's preparation of a QLoRA base would upcast them to fp32: 10 GB of RAM
+    for a 72B model's)."""
+    import torch
+
+    for module in (model.get_input_embeddings(), model.get_output_embeddings()):
+        weight = getattr(module, "weight", None) if module is not None else None
+        if weight is not None and not weight.is_meta:  # a tied matrix is one tensor: swapped once
+            empty = torch.empty_like(weight, device="meta")
+            torch.utils.swap_tensors(weight, torch.nn.Parameter(empty, requires_grad=weight.requires_grad))
+
+
 def _untrained_tokens(model: Any, tokenizer: Any, template: Template, spec: RunSpec) -> list[int]:
     """The template tokens the base model never trained (started at the mean embedding here), for the method."""
     if _on_meta(model):
@@ -340,7 +355,8 @@ def _untrained_tokens(model: Any, tokenizer: Any, template: Template, spec: RunS
 
 
 def _meta_model(spec: RunSpec, dtype: Any) -> Any:
-    """The model built from its config on the meta device, its embedding matrices read from the checkpoint."""
+    """The model built from its config on the meta device (a QLoRA base as the skeleton of its quantized load), its
+    embedding matrices read from the checkpoint."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -353,6 +369,8 @@ def _meta_model(spec: RunSpec, dtype: Any) -> Any:
         setattr(config, k, v)
     with torch.device("meta"):
         model = cls.from_config(config, dtype=dtype, trust_remote_code=training.trust_remote_code)
+    if spec.method.quantization is not None:  # QLoRA: the layers a quantized load replaces, nothing quantized
+        quantize_skeleton(model, spec.method, compute_dtype=dtype, auto_class=cls)
     if spec.method.trains_token_rows and spec.method.is_adapter:  # only these train rows the check may add
         _read_embeddings(model, ref, dtype)
     return model

@@ -2,8 +2,13 @@
 
 Nothing is trained or run and, when the tuner has not loaded its model yet, no weights are read:
 the model is built as ``fit`` builds it (:func:`.models.build_model`) on the meta device, with the
-method applied, which gives exact parameter counts and dtypes. Activation memory comes from the
-formulas of :mod:`.memory`.
+method applied, which gives exact parameter counts and dtypes; a QLoRA base is built as its quantized
+skeleton, whose weights are counted as bitsandbytes stores them (:func:`.quantization.parameter_bytes`).
+Activation memory comes from the formulas of :mod:`.memory`.
+
+A plan can be made for a CUDA device this machine does not have (``Training(device="cuda")`` on a laptop): it
+is planned as a CUDA run with bf16 (``precision="auto"``) and Triton (which torch's Linux CUDA wheels install), and
+compared with ``device_memory`` when the caller gives it (else ``fits`` is unknown).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from tunekit.backends.hf import fastpath
 from tunekit.backends.hf.memory import activation_parts
 from tunekit.backends.hf.models import build_model, resolve_device, resolve_precision
 from tunekit.backends.hf.optimizers import state_bytes
+from tunekit.backends.hf.quantization import check_before_load, parameter_bytes
 from tunekit.data.encoding import Encoded
 from tunekit.data.formats import NormalisedData
 from tunekit.data.rows import TrainerRows
@@ -62,14 +68,42 @@ def _steps(batches: int, training: Training) -> int:
     return math.ceil(training.epochs * per_epoch)
 
 
-def _device_memory(device: Any) -> int:
-    """Memory the run can use: the CUDA device's total, or on the CPU the RAM available now.
+def _absent(device: Any) -> bool:
+    """Whether ``device`` is a CUDA device this machine does not have (a plan made here for a GPU elsewhere)."""
+    import torch
+
+    return bool(device.type == "cuda" and not torch.cuda.is_available())
+
+
+def _planned_device(pref: str) -> Any:
+    """The device a plan is for: ``Training.device`` as ``fit`` resolves it, except that a CUDA device this machine
+    does not have is planned for all the same (where ``fit`` would refuse it)."""
+    import torch
+
+    if pref != "auto" and torch.device(pref).type == "cuda" and not torch.cuda.is_available():
+        return torch.device(pref)
+    return resolve_device(pref)
+
+
+def _planned_precision(pref: str, device: Any) -> str:
+    """``Training.precision`` as ``fit`` resolves it; ``"auto"`` on a CUDA device this machine does not have is bf16
+    (every CUDA GPU since Ampere, 2020, computes in bf16; pass ``precision="fp16"`` to plan for an older one)."""
+    if pref == "auto" and _absent(device):
+        return "bf16"
+    return resolve_precision(pref, device)
+
+
+def _device_memory(device: Any) -> int | None:
+    """Memory the run can use: the CUDA device's total, or on the CPU the RAM available now; None for a CUDA device
+    this machine does not have.
 
     On the CPU, what other processes hold is not the run's, so the figure is psutil's ``available``
     (free plus reclaimable caches; psutil comes with accelerate), not the machine's total.
     """
     import torch
 
+    if _absent(device):
+        return None
     if device.type == "cuda":
         return int(torch.cuda.get_device_properties(device).total_memory)
     import psutil
@@ -78,18 +112,26 @@ def _device_memory(device: Any) -> int:
 
 
 def make_plan(
-    spec: RunSpec, norm: NormalisedData, loaded: LoadedModel | None, *, checkpointing: bool | None = None
+    spec: RunSpec,
+    norm: NormalisedData,
+    loaded: LoadedModel | None,
+    *,
+    checkpointing: bool | None = None,
+    device_memory: int | None = None,
 ) -> Plan:
     """The Plan of fitting ``norm``; see :class:`tunekit.Plan`. ``loaded``: the tuner's model when it is in memory;
-    else the model is built as ``fit`` builds it (:func:`.models.build_model`), on the meta device."""
+    else the model is built as ``fit`` builds it (:func:`.models.build_model`), on the meta device (a QLoRA base as
+    its quantized skeleton). ``device_memory``: the bytes to compare the total with, instead of the device's own."""
     with quiet():
         if loaded is not None:
             model, tokenizer = loaded.model, loaded.tokenizer
         else:
-            precision = resolve_precision(spec.training.precision, resolve_device(spec.training.device))
+            device = _planned_device(spec.training.device)
+            check_before_load(spec.method, spec.model_ref, device, planning=True)  # QLoRA: on CUDA, with bitsandbytes
+            precision = _planned_precision(spec.training.precision, device)
             model, tokenizer, _ = build_model(spec, precision=precision, meta=True)
         enc = encode_for(spec, norm, tokenizer)
-        return plan_encoded(spec, model, enc, checkpointing=checkpointing)
+        return plan_encoded(spec, model, enc, checkpointing=checkpointing, device_memory=device_memory)
 
 
 def _liger_knows(model: Any) -> bool:
@@ -101,14 +143,21 @@ def _liger_knows(model: Any) -> bool:
     return getattr(unwrap_peft(model).config, "model_type", None) in MODEL_TYPE_TO_APPLY_LIGER_FN
 
 
-def plan_encoded(spec: RunSpec, model: Any, enc: Encoded | TrainerRows, *, checkpointing: bool | None = None) -> Plan:
-    """The Plan of training ``model`` (method applied) on encoded data ``enc``."""
+def plan_encoded(
+    spec: RunSpec,
+    model: Any,
+    enc: Encoded | TrainerRows,
+    *,
+    checkpointing: bool | None = None,
+    device_memory: int | None = None,
+) -> Plan:
+    """The Plan of training ``model`` (method applied) on encoded data ``enc``; ``device_memory``: see make_plan."""
     training = spec.training
-    device = resolve_device(training.device)
-    precision = resolve_precision(training.precision, device)
+    device = _planned_device(training.device)
+    precision = _planned_precision(training.precision, device)
     params = unique_parameters(model)
     trainable = [p for p in params if p.requires_grad]
-    weights = sum(p.numel() * p.element_size() for p in params)
+    weights = sum(parameter_bytes(p) for p in params)  # a quantized weight as bitsandbytes stores it
     grads = sum(p.numel() * p.element_size() for p in trainable)
     optimizer = state_bytes(training, model)  # the chosen optimizer's state, as it allocates it (optimizers.py)
     tokenised = isinstance(enc, Encoded)
@@ -127,7 +176,7 @@ def plan_encoded(spec: RunSpec, model: Any, enc: Encoded | TrainerRows, *, check
     steps = _steps(batches, training)
     micro = _micro_batch_tokens(lengths, training, packing, steps * training.grad_accum)
     padded_length = 0 if packing else max(lengths, default=0)
-    total_mem = _device_memory(device)
+    total_mem = device_memory if device_memory is not None else _device_memory(device)
 
     fused = tokenised and fastpath.fused_loss_applies(model)  # as the SFT trainer decides (sft.py)
 
@@ -148,11 +197,16 @@ def plan_encoded(spec: RunSpec, model: Any, enc: Encoded | TrainerRows, *, check
     # As fit decides it (backend.fit, peft_map.training_for): "auto" is on only on a CUDA device the run would
     # not fit without it (with activation offloading when it is on: the cheapest setting that fits, as recomputing
     # costs more time than the transfers offloading overlaps with compute); methods that cannot checkpoint (prefix
-    # tuning) train without.
+    # tuning) train without. Against a device whose memory is not known (a CUDA device this machine does not have,
+    # and no device_memory given) "auto" stays off.
     if checkpointing is not None:
         gc = bool(checkpointing)
     elif training.gradient_checkpointing == "auto":
-        gc = device.type == "cuda" and weights + grads + optimizer + activations_with(False) > 0.95 * total_mem
+        gc = (
+            device.type == "cuda"
+            and total_mem is not None
+            and weights + grads + optimizer + activations_with(False) > 0.95 * total_mem
+        )
     else:
         gc = training.gradient_checkpointing is True
     gc = gc and spec.method.supports_gradient_checkpointing
@@ -177,7 +231,7 @@ def plan_encoded(spec: RunSpec, model: Any, enc: Encoded | TrainerRows, *, check
         optimizer_bytes=int(optimizer),
         activations_bytes=activations,
         device_memory_bytes=total_mem,
-        fits=total <= 0.95 * total_mem,
+        fits=None if total_mem is None else total <= 0.95 * total_mem,
         optimizer=training.optimizer,
         activation_offload=training.activation_offload and device.type == "cuda",
     )
