@@ -828,7 +828,12 @@ CLAIMS: list[Claim] = [
         lambda: str(2 * 4),
     ),
     C("docs/guides/optimizers.md", "a quarter of AdamW's state at about", "8-bit AdamW ~2 of AdamW's 8", lambda: ()),
-    C("docs/guides/distributed.md", "about {} GB per billion parameters", "4 bits a parameter", lambda: str(4 / 8)),
+    C(
+        "docs/guides/distributed.md",
+        "linear layers about {} GB per billion parameters",
+        "4 bits a parameter",
+        lambda: str(4 / 8),
+    ),
     C(
         "docs/guides/distributed.md",
         "for Llama-2-7B ({} B parameters)",
