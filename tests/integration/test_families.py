@@ -137,3 +137,42 @@ def test_family_trains_reloads_and_merges(family: Family, task_texts: list[str],
     else:
         with pytest.raises(tk.IncompatibleError, match=rf"{family.model_type}.*convert_hf_to_gguf"):
             tuner.export(tmp_path / "gguf", format="gguf")
+
+
+EXPERTS = ["mlp.experts.gate_up_proj", "mlp.experts.down_proj"]
+
+
+def test_gpt_oss_experts_train_with_target_parameters(task_texts: list[str], tmp_path) -> None:
+    """``LoRA(target_parameters=...)`` adapts the fused expert tensors that ``all-linear`` leaves frozen on gpt-oss:
+    they get adapters and change the model, the run learns, and the adapter reloads and merges to the same logits."""
+    path = tiny_model(tmp_path / "base", arch="gpt_oss", texts=task_texts, initializer_range=0.2)
+    method = tk.LoRA(r=8, target_parameters=EXPERTS)
+    tuner = tk.Tuner(path, method=method, training=cpu(max_steps=STEPS, learning_rate=1e-2, batch_size=8))
+    held = first_task(16, seed=2)
+    before = heldout_loss(tuner, held)
+    tuner.fit(first_task(64, seed=1))
+    after = heldout_loss(tuner, held)
+    assert after < 0.6 * before, f"held-out loss {before:.3f} -> {after:.3f}"
+    frozen = frozen_without_adapter(tuner.model)
+    assert not frozen & set(EXPERTS) and frozen == {"mlp.router.weight"}, frozen
+    # The experts' adapters were trained (B starts at zero): the experts' update is not zero.
+    experts_b = [p for n, p in tuner.model.named_parameters() if "experts" in n and "lora_B" in n]
+    assert experts_b and all(float(p.detach().abs().sum()) > 0 for p in experts_b)
+
+    ids = tuner.prepare(held[:1]).input_ids[0]
+    trained = _logits(tuner.model, ids)
+    again = tk.load(tuner.save(tmp_path / "adapter"))
+    torch.testing.assert_close(_logits(again.model, ids), trained, atol=1e-5, rtol=0)
+    exported = tuner.export(tmp_path / "merged", format="hf", golden_prompts=PROMPTS, max_new_tokens=6)
+    assert exported.verification is not None and exported.verification.passed, exported.verification
+    plain = AutoModelForCausalLM.from_pretrained(exported.path, dtype=torch.float32)
+    torch.testing.assert_close(_logits(plain, ids), trained, atol=1e-4, rtol=1e-4)
+
+
+def test_a_target_parameter_the_model_lacks_names_the_ones_it_has(task_texts: list[str], tmp_path) -> None:
+    path = tiny_model(tmp_path / "base", arch="gpt_oss", texts=task_texts)
+    tuner = tk.Tuner(path, method=tk.LoRA(target_parameters=["mlp.experts.gate_proj"]), training=cpu(max_steps=1))
+    with pytest.raises(
+        tk.ConfigError, match=r"no parameter named \['mlp.experts.gate_proj'\].*mlp.experts.gate_up_proj"
+    ):
+        tuner.fit(first_task(8))

@@ -30,6 +30,7 @@ NON_DEFAULTS: dict[type[Config], dict[str, Any]] = {
         "alpha": 8,
         "dropout": 0.05,
         "target_modules": ["q_proj", "v_proj"],
+        "target_parameters": [],  # non-default in VARIANTS (it excludes dora)
         "dora": True,
         "rslora": True,
         "init": "gaussian",
@@ -204,6 +205,8 @@ NON_DEFAULTS |= {
 # non-default in NON_DEFAULTS or in one of its variants (each of which also round-trips).
 VARIANTS: dict[type[Config], list[dict[str, Any]]] = {
     tk.FSDP: [{"auto_wrap": "transformer", "wrap_classes": ("LlamaDecoderLayer",)}],
+    # peft adapts a bare parameter without DoRA, dropout or PiSSA: target_parameters goes with the defaults of those.
+    tk.LoRA: [{"target_parameters": ["mlp.experts.down_proj"], "dora": False, "dropout": 0.0, "init": "default"}],
 }
 
 

@@ -61,6 +61,7 @@ class TestLoRA:
             "alpha": 16,
             "dropout": 0.0,
             "target_modules": "all-linear",
+            "target_parameters": [],
             "dora": False,
             "rslora": False,
             "init": "default",
@@ -204,3 +205,22 @@ def test_supports_reads_the_objectives_capability() -> None:
         from tunekit.methods import base
 
         base._REGISTRY.pop("Limited", None)
+
+
+def test_lora_target_parameters_are_checked_before_anything_loads() -> None:
+    """``LoRA(target_parameters=...)`` (peft's bare-parameter adapters, for fused MoE experts): a list of names, and
+    not with the options peft's ParamWrapper refuses (DoRA, dropout, PiSSA), each named in the error."""
+    assert tk.LoRA().target_parameters == []
+    assert tk.LoRA(target_parameters=["mlp.experts.down_proj"]).target_parameters == ["mlp.experts.down_proj"]
+    with pytest.raises(tk.ConfigError, match=r"list of parameter names, e.g. \['mlp.experts.down_proj'\]"):
+        tk.LoRA(target_parameters="mlp.experts.down_proj")
+    with pytest.raises(tk.ConfigError, match="without spaces"):
+        tk.LoRA(target_parameters=[" mlp.experts.down_proj"])
+    for options, named in (
+        ({"dora": True}, "dora=True"),
+        ({"dropout": 0.1}, "dropout > 0"),
+        ({"init": "pissa"}, "init='pissa'"),
+    ):
+        with pytest.raises(tk.ConfigError, match=f"target_parameters cannot be combined with {named}"):
+            tk.LoRA(target_parameters=["mlp.experts.down_proj"], **options)
+    tk.LoRA(target_parameters=["mlp.experts.down_proj"], rslora=True)  # what ParamWrapper supports goes through

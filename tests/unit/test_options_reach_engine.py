@@ -81,6 +81,13 @@ def _adapted(b: Any) -> list[str]:
     return sorted({n.split(".")[-1] for n, _ in _tuner_layers(b)})
 
 
+def _wrapped_parameters(b: Any) -> list[str]:
+    """The modules whose bare parameter peft adapts (its ParamWrapper), last two name parts."""
+    from peft.tuners.lora import ParamWrapper
+
+    return sorted({".".join(n.split(".")[-2:]) for n, m in b.model.named_modules() if isinstance(m, ParamWrapper)})
+
+
 def _first_lora(b: Any) -> Any:
     return next(m for _, m in _tuner_layers(b) if hasattr(m, "lora_A"))
 
@@ -288,6 +295,13 @@ ROWS: dict[tuple[str, str], Row] = {
     ("LoRA", "alpha"): Reaches(4, _lora_scaling, 0.5, "layer scaling alpha / r (4 / 8)"),
     ("LoRA", "dropout"): Reaches(0.1, _lora_dropout, 0.1, "lora_dropout module's p"),
     ("LoRA", "target_modules"): Reaches(["q_proj", "v_proj"], _adapted, ["q_proj", "v_proj"], "adapted modules"),
+    ("LoRA", "target_parameters"): Reaches(
+        ["mlp.down_proj.weight"],
+        _wrapped_parameters,
+        ["mlp.down_proj"],
+        "the parameter adapted by peft's ParamWrapper",
+        base={"target_modules": ["q_proj"]},
+    ),
     ("LoRA", "dora"): Reaches(True, _dora_magnitudes, True, "lora_magnitude_vector present"),
     ("LoRA", "rslora"): Reaches(
         True, _lora_scaling, 4.0, "layer scaling alpha / sqrt(r) (8 / 2)", base={"r": 4, "alpha": 8}

@@ -38,6 +38,12 @@ class LoRA(Method):
     target_modules: Literal["all-linear"] | list[str] = Field(
         "all-linear", description="'all-linear' or names of modules to adapt, e.g. ['q_proj', 'v_proj']."
     )
+    target_parameters: list[str] = Field(
+        default_factory=list,
+        description="Parameters to adapt beside the modules, by the end of their names, e.g. "
+        "['mlp.experts.gate_up_proj', 'mlp.experts.down_proj'] for gpt-oss's fused experts, which no linear module "
+        "holds (peft's target_parameters; no dora, dropout or pissa with it).",
+    )
     dora: bool = Field(False, description="Weight-decomposed LoRA (DoRA): learns a magnitude per output too.")
     rslora: bool = Field(False, description="Rank-stabilised scaling alpha / sqrt(r) instead of alpha / r.")
     init: Literal["default", "gaussian", "pissa"] = Field(
@@ -89,8 +95,33 @@ class LoRA(Method):
         fix = f"; did you mean {hint!r}?" if hint else ""
         raise ValueError(f"quantize must be 'nf4' (4-bit QLoRA), 'int8' (8-bit) or None{fix}")
 
+    @field_validator("target_parameters", mode="before")
+    @classmethod
+    def _parameters(cls, v: object) -> object:
+        if isinstance(v, str):
+            raise ValueError(f"target_parameters must be a list of parameter names, e.g. [{v!r}]")
+        if isinstance(v, list) and any(not isinstance(n, str) or not n.strip() or n != n.strip() for n in v):
+            raise ValueError(f"target_parameters: every entry must be a parameter name without spaces, got {v!r}")
+        return v
+
     @model_validator(mode="after")
     def _alpha(self) -> LoRA:
+        if self.target_parameters:
+            # peft's ParamWrapper (what adapts a bare parameter) refuses these; say so before anything loads.
+            clash = [
+                name
+                for name, on in (
+                    ("dora=True", self.dora),
+                    ("dropout > 0", self.dropout > 0),
+                    ("init='pissa'", self.init == "pissa"),
+                )
+                if on
+            ]
+            if clash:
+                raise ValueError(
+                    f"target_parameters cannot be combined with {', '.join(clash)}: peft adapts a bare parameter "
+                    "without them; drop those options, or adapt modules only (target_modules)"
+                )
         if self.init == "pissa" and self.quantize is not None:
             raise ValueError(
                 "PiSSA initialisation reads the full-precision base weights, which a quantized base does not have; "

@@ -195,11 +195,13 @@ FAMILIES: tuple[Family, ...] = (
         model_type="gpt_oss",
         arch="gpt_oss",
         checkpoints=("openai/gpt-oss-20b", "openai/gpt-oss-120b"),
-        notes="LoRA adapts attention only: the experts are fused 3-D tensors and the router is not an nn.Linear, "
-        "so all-linear skips them. Attention sinks: trains on padded batches. The hub experts are MXFP4 (not tried "
-        "here).",
-        notes_zh="LoRA 只作用于注意力层：专家是融合的三维张量，路由器也不是 nn.Linear，all-linear 会跳过它们。"
-        "模型使用 attention sink，因此用填充批次训练。Hub 上的专家权重是 MXFP4（此处未测试）。",
+        notes="LoRA's all-linear adapts attention only: the experts are fused 3-D tensors and the router is not an "
+        "nn.Linear. Add `target_parameters=['mlp.experts.gate_up_proj', 'mlp.experts.down_proj']` to adapt the "
+        "experts too (trained, reloaded and merged by test_gpt_oss_experts_train_with_target_parameters). Attention "
+        "sinks: trains on padded batches. The hub experts are MXFP4 (not tried here).",
+        notes_zh="LoRA 的 all-linear 只作用于注意力层：专家是融合的三维张量，路由器也不是 nn.Linear。加上 "
+        "`target_parameters=['mlp.experts.gate_up_proj', 'mlp.experts.down_proj']` 就能连专家一起训练（训练、重新加载、"
+        "合并都有测试）。模型使用 attention sink，因此用填充批次训练。Hub 上的专家权重是 MXFP4（此处未测试）。",
         lora_frozen=("mlp.experts.down_proj", "mlp.experts.gate_up_proj", "mlp.router.weight"),
         packs=False,
     ),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import fnmatch
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -124,6 +125,31 @@ def _check_targets(
         )
 
 
+def _target_parameters(method: LoRA, model: Any) -> list[str] | None:
+    """``LoRA(target_parameters=...)``, each checked to end the name of a parameter of this model."""
+    wanted = method.target_parameters
+    if not wanted:
+        return None
+    names = [n for n, _ in model.named_parameters()]
+    missing = [t for t in wanted if not any(n == t or n.endswith("." + t) for n in names)]
+    if missing:
+        import torch
+
+        linear = {n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+        bare = sorted(
+            {
+                re.sub(r"^.*?\.\d+\.", "", n)  # without the layer prefix: model.layers.0.
+                for n, p in model.named_parameters()
+                if p.dim() >= 2 and n.rsplit(".", 1)[0] not in linear
+            }
+        )
+        raise ConfigError(
+            f"LoRA(target_parameters={wanted!r}): no parameter named {missing} in this model; parameters no linear "
+            f"module holds (what target_parameters is for): {bare[:12] or 'none'}"
+        )
+    return list(wanted)
+
+
 def _targets(method: Any, model: Any) -> Any:
     targets = method.target_modules
     if isinstance(targets, list):
@@ -142,6 +168,7 @@ def _lora(method: LoRA, ctx: BuildContext) -> Any:
         lora_alpha=method.alpha or 2 * method.r,
         lora_dropout=method.dropout,
         target_modules=_targets(method, ctx.model),
+        target_parameters=_target_parameters(method, ctx.model),
         use_dora=method.dora,
         use_rslora=method.rslora,
         init_lora_weights=init,
