@@ -1227,27 +1227,8 @@ def test_the_shapes_the_formulas_use_are_the_published_ones() -> None:
     assert LLAMA2_7B.params() == 6_738_415_616 and LLAMA2_7B.lora(8) == 19_988_480 and LLAMA2_7B.ia3() == 614_400
 
 
-def test_the_distributed_memory_table_is_state_memory_per_gpu() -> None:
-    """docs/guides/distributed.md's table, cell by cell: LoRA counts the adapter in the total, as plan() does."""
-    text = (ROOT / "docs" / "guides" / "distributed.md").read_text(encoding="utf-8")
-    total, lora = LLAMA2_7B.params(), LLAMA2_7B.lora(16)
-    engines = {
-        "`tk.DDP()`": tk.DDP(),
-        "`tk.DeepSpeed(stage=2)`": tk.DeepSpeed(stage=2),
-        "`tk.DeepSpeed(stage=3)`": tk.DeepSpeed(stage=3),
-        "`tk.FSDP()`": tk.FSDP(),
-        '`tk.DeepSpeed(stage=2, offload="optimizer")`': tk.DeepSpeed(stage=2, offload="optimizer"),
-    }
-    for label, engine in engines.items():
-        row = re.search(rf"^\| {re.escape(label)} \|(.+)\|$", text, re.M)
-        assert row, f"docs/guides/distributed.md: no row {label} in the memory table"
-        cells = [c.strip() for c in row.group(1).split("|")]
-        want = [
-            f"{state_memory_per_gpu(t + (0 if tr == t else tr), tr, engine=engine, processes=n)['total'] / 2**30:.1f}"
-            for t, tr in ((total, total), (total, lora))
-            for n in (2, 8, 16)
-        ]
-        assert cells == want, f"docs/guides/distributed.md, row {label}: the page says {cells}, the formula {want}"
+# docs/guides/distributed.md's memory table, cell by cell, is checked against state_memory_per_gpu by
+# tests/distributed/test_engines.py::test_the_memory_table_of_the_guide_is_what_the_formula_gives.
 
 
 def test_no_option_table_shows_a_raw_annotation() -> None:

@@ -6,7 +6,7 @@ import json
 import random
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from tunekit._quiet import quiet
 from tunekit.data.templates import CHATML_TEMPLATE
@@ -55,25 +55,6 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, chat_template: bool, 
     return fast
 
 
-ARCHS = (
-    "llama",
-    "qwen2",
-    "qwen3",
-    "qwen3_moe",
-    "mistral",
-    "mixtral",
-    "gemma2",
-    "gemma3_text",
-    "phi3",
-    "olmo2",
-    "granite",
-    "smollm3",
-    "glm4",
-    "deepseek_v3",
-    "gpt_oss",
-    "gpt_neox",
-    "gpt2",
-)
 Arch = Literal[
     "llama",
     "qwen2",
@@ -93,6 +74,7 @@ Arch = Literal[
     "gpt_neox",
     "gpt2",
 ]
+ARCHS: tuple[str, ...] = get_args(Arch)
 
 # Families whose released checkpoints all tie the output matrix to the embedding: their tiny models do too.
 _TIED = ("gemma2", "gemma3_text", "granite", "smollm3", "gpt2")
