@@ -11,30 +11,15 @@ from __future__ import annotations
 
 import gc
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
 
 import tunekit as tk
+from tests.integration.helpers import stored_bytes
 from tunekit.testing import reverse_task
 
 pytestmark = pytest.mark.gpu
-
-
-def _stored_bytes(model: Any) -> int:
-    """The storages of the parameters and their bitsandbytes quantization states, each once."""
-    seen: dict[int, int] = {}
-    for p in model.parameters():
-        tensors = [p]
-        state = getattr(p, "quant_state", None)
-        if state is not None:
-            tensors += [state.absmax, state.code, state.offset, state.state2.absmax, state.state2.code]
-        if getattr(p, "SCB", None) is not None:
-            tensors += [p.SCB]
-        for t in tensors:
-            seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-    return sum(seen.values())
 
 
 @pytest.mark.parametrize("quantize", ["nf4", "int8"])
@@ -45,7 +30,7 @@ def test_a_qlora_plan_counts_what_bitsandbytes_stores_on_the_gpu(tiny_llama_init
     plan = tuner.plan(rows)
     assert tuner._loaded is None  # planned without loading
     model = tuner.model  # now loaded, quantized on the GPU
-    assert plan.weights_bytes == _stored_bytes(model)
+    assert plan.weights_bytes == stored_bytes(model)
 
 
 @pytest.mark.parametrize(

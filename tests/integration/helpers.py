@@ -36,3 +36,19 @@ def heldout_loss(tuner: tk.Tuner, rows: list[dict[str, Any]]) -> float:
             total += torch.nn.functional.cross_entropy(logits[:-1], target, ignore_index=-100, reduction="sum").item()
             count += int((target != -100).sum())
     return total / count
+
+
+def stored_bytes(model: Any) -> int:
+    """Every storage the model's parameters and their bitsandbytes quantization states hold, each once: counted from
+    the tensors, independently of the formula plan() uses."""
+    seen: dict[int, int] = {}
+    for p in model.parameters():
+        tensors = [p]
+        state = getattr(p, "quant_state", None)
+        if state is not None:
+            tensors += [state.absmax, state.code, state.offset, state.state2.absmax, state.state2.code]
+        if getattr(p, "SCB", None) is not None:
+            tensors += [p.SCB, p.CB]
+        for t in tensors:
+            seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+    return sum(seen.values())

@@ -82,6 +82,19 @@ def packed_loss(tuner: tk.Tuner, rows: list[dict[str, Any]], path: fastpath.Fast
         return float(tuner.model(**batch).loss)
 
 
+def reloads_and_merges(tuner: tk.Tuner, ids: list[int], tmp_path: Any) -> tk.ExportResult:
+    """Save and reload give the trained logits; the merged export, verified by tunekit and then loaded the way a user
+    would (plain transformers), too. Returns the merged export."""
+    trained = _logits(tuner.model, ids)
+    again = tk.load(tuner.save(tmp_path / "adapter"))
+    torch.testing.assert_close(_logits(again.model, ids), trained, atol=1e-5, rtol=0)
+    exported = tuner.export(tmp_path / "merged", format="hf", golden_prompts=PROMPTS, max_new_tokens=6)
+    assert exported.verification is not None and exported.verification.passed, exported.verification
+    plain = AutoModelForCausalLM.from_pretrained(exported.path, dtype=torch.float32)
+    torch.testing.assert_close(_logits(plain, ids), trained, atol=1e-4, rtol=1e-4)
+    return exported
+
+
 @pytest.mark.parametrize("family", FAMILIES, ids=[f.model_type for f in FAMILIES])
 def test_family_trains_reloads_and_merges(family: Family, task_texts: list[str], tmp_path) -> None:
     path = tiny_model(
@@ -113,17 +126,8 @@ def test_family_trains_reloads_and_merges(family: Family, task_texts: list[str],
     if family.packs:
         assert packed_loss(tuner, held[:4], path_taken) == pytest.approx(per_example_loss(tuner, held[:4]), abs=1e-5)
 
-    # Save and reload: the same logits, on a real encoded example (template tokens included).
-    ids = tuner.prepare(held[:1]).input_ids[0]
-    trained = _logits(tuner.model, ids)
-    again = tk.load(tuner.save(tmp_path / "adapter"))
-    torch.testing.assert_close(_logits(again.model, ids), trained, atol=1e-5, rtol=0)
-
-    # Merged export, verified by tunekit and then loaded the way a user would: plain transformers.
-    exported = tuner.export(tmp_path / "merged", format="hf", golden_prompts=PROMPTS, max_new_tokens=6)
-    assert exported.verification is not None and exported.verification.passed, exported.verification
-    plain = AutoModelForCausalLM.from_pretrained(exported.path, dtype=torch.float32)
-    torch.testing.assert_close(_logits(plain, ids), trained, atol=1e-4, rtol=1e-4)
+    # Save, reload and merge: the same logits, on a real encoded example (template tokens included).
+    exported = reloads_and_merges(tuner, tuner.prepare(held[:1]).input_ids[0], tmp_path)
     # The export's config is the model's own (no training setting left in it: use_cache, MoE router settings), but
     # for the template's end-of-turn id among the EOS ids and, where tunekit added the template, its tokens.
     merged = json.loads((exported.path / "config.json").read_text(encoding="utf-8"))
@@ -159,14 +163,7 @@ def test_gpt_oss_experts_train_with_target_parameters(task_texts: list[str], tmp
     experts_b = [p for n, p in tuner.model.named_parameters() if "experts" in n and "lora_B" in n]
     assert experts_b and all(float(p.detach().abs().sum()) > 0 for p in experts_b)
 
-    ids = tuner.prepare(held[:1]).input_ids[0]
-    trained = _logits(tuner.model, ids)
-    again = tk.load(tuner.save(tmp_path / "adapter"))
-    torch.testing.assert_close(_logits(again.model, ids), trained, atol=1e-5, rtol=0)
-    exported = tuner.export(tmp_path / "merged", format="hf", golden_prompts=PROMPTS, max_new_tokens=6)
-    assert exported.verification is not None and exported.verification.passed, exported.verification
-    plain = AutoModelForCausalLM.from_pretrained(exported.path, dtype=torch.float32)
-    torch.testing.assert_close(_logits(plain, ids), trained, atol=1e-4, rtol=1e-4)
+    reloads_and_merges(tuner, tuner.prepare(held[:1]).input_ids[0], tmp_path)
 
 
 def test_a_target_parameter_the_model_lacks_names_the_ones_it_has(task_texts: list[str], tmp_path) -> None:

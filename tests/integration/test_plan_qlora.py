@@ -15,6 +15,8 @@ import pytest
 import tunekit as tk
 from tunekit.testing import reverse_task
 
+from .helpers import stored_bytes
+
 pytest.importorskip("bitsandbytes")
 
 # As test_plan_accuracy.py: the activations and the total within 2% of the measured step, each part within 6%.
@@ -42,22 +44,6 @@ def _quantized(path: Path, method: tk.Method, training: tk.Training, objective: 
     return model
 
 
-def _measured_bytes(model: Any) -> int:
-    """Every storage the model's parameters and their bitsandbytes quantization states hold, each once: counted from
-    the tensors, independently of the formula plan() uses."""
-    seen: dict[int, int] = {}
-    for p in model.parameters():
-        tensors = [p]
-        state = getattr(p, "quant_state", None)
-        if state is not None:
-            tensors += [state.absmax, state.code, state.offset, state.state2.absmax, state.state2.code]
-        if getattr(p, "SCB", None) is not None:
-            tensors += [p.SCB, p.CB]
-        for t in tensors:
-            seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-    return sum(seen.values())
-
-
 @pytest.mark.parametrize(("quantize", "objective"), [("nf4", "sft"), ("int8", "sft"), ("nf4", "reward")])
 def test_qlora_plan_counts_the_weights_bitsandbytes_stores(
     tiny_qwen: Path, no_cuda: None, quantize: str, objective: str
@@ -82,7 +68,7 @@ def test_qlora_plan_counts_the_weights_bitsandbytes_stores(
     assert sum(isinstance(m, kind) for m in model.modules()) == 2 * 7  # every projection of both layers
     head = model.get_output_embeddings() if objective == "sft" else model.base_model.model.score
     assert not isinstance(head, kind)  # the LM head (or the score head) is not quantized
-    assert plan.weights_bytes == _measured_bytes(model)
+    assert plan.weights_bytes == stored_bytes(model)
     assert (plan.trainable_params, plan.total_params) == count_parameters(model)
     trainable = [p for p in model.parameters() if p.requires_grad]
     assert plan.gradients_bytes == sum(p.numel() * p.element_size() for p in trainable)
