@@ -251,9 +251,10 @@ class Tuner:
         train = self._normalise(data, "training")
         if eval_data is not None:
             self._normalise(eval_data, "eval")  # the checks fit makes
-        # Passed only when given: a backend written before device_memory existed plans as it did.
-        extra = {} if memory is None else {"device_memory": int(memory * 2**30)}
-        return self.backend.plan(self._spec(), train, loaded=self._loaded, load=self._model_for_run, **extra)
+        device_memory = None if memory is None else int(memory * 2**30)
+        return self.backend.plan(
+            self._spec(), train, loaded=self._loaded, load=self._model_for_run, device_memory=device_memory
+        )
 
     # --- the verbs ----------------------------------------------------------------------------------
     def fit(self, data: Any, *, eval_data: Any = None, resume: bool | str | Path | None = None) -> FitResult:
