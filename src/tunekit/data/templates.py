@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import ctypes
 import json
+import math
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -136,14 +138,17 @@ class _Watchdog:
         self._deadlines: dict[int, float] = {}
         self._wake = threading.Condition()
         self._thread: threading.Thread | None = None
+        self._until = math.inf  # when the watching thread wakes next (it is woken only for an earlier deadline)
 
     def run(self, seconds: float, fn: Callable[[], _T]) -> _T:
         me = threading.get_ident()
         with self._wake:
             nested = me in self._deadlines  # a render inside a render: the outer one's clock runs
             if not nested:
-                self._deadlines[me] = time.monotonic() + seconds
-                self._wake.notify()
+                deadline = self._deadlines[me] = time.monotonic() + seconds
+                if deadline < self._until:  # else it wakes in time anyway: no thread switch per render
+                    self._until = deadline
+                    self._wake.notify()
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._watch, name="tunekit-template-watchdog", daemon=True)
                 self._thread.start()
@@ -165,10 +170,14 @@ class _Watchdog:
                             ctypes.c_ulong(ident), ctypes.py_object(_RenderTimeout)
                         )
                 nearest = min(self._deadlines.values(), default=None)
+                self._until = math.inf if nearest is None else nearest
                 self._wake.wait(None if nearest is None else max(nearest - time.monotonic(), 0.0) + 0.01)
 
 
 _WATCHDOG = _Watchdog()
+# A forked process (Training(data_workers=...)) has no watching thread and may hold a copy of a lock taken at the
+# fork: it starts afresh.
+os.register_at_fork(after_in_child=_WATCHDOG.__init__)
 
 
 def template_source(tokenizer: Any) -> str:

@@ -144,7 +144,8 @@ def _locate(
     done = 0
     for t in turns:
         prompt = render(tokenizer, messages[:t], add_generation_prompt=True, tools=tools)
-        turn = render(tokenizer, messages[: t + 1], add_generation_prompt=False, tools=tools)
+        last = t + 1 == len(messages)  # the last turn's rendering is the whole one's: render it once
+        turn = full if last else render(tokenizer, messages[: t + 1], add_generation_prompt=False, tools=tools)
         if not (full.startswith(prompt) and full.startswith(turn) and len(prompt) >= done and len(turn) > len(prompt)):
             failed[t] = "the conversation's text before it differs from the generation prompt" + _where(prompt, full)
             continue
