@@ -16,15 +16,17 @@ Example:
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from tunekit.backends.base import RunSpec
-from tunekit.data import encode_examples, load_rows, normalise
-from tunekit.data.cache import cached_encode
-from tunekit.data.columns import numeric_labels, renamed_answer_column, unused_columns
+from tunekit.data import encode_examples
+from tunekit.data.arrow import ArrowNormalised, encode_table, normalise_table, table_digest
+from tunekit.data.cache import cache_key, cached_encode, entry_path
+from tunekit.data.columns import renamed_answer_column
 from tunekit.data.control_tokens import check_no_control_tokens
 from tunekit.data.encoding import Encoded
-from tunekit.data.formats import NormalisedData
+from tunekit.data.formats import Example, NormalisedData
 from tunekit.data.layouts import detect_layout
 from tunekit.data.rows import TrainerRows, prepare_rows
 from tunekit.data.templated import find_template_markers, template_warning
@@ -36,6 +38,12 @@ from tunekit.training import Training
 __all__ = ["check_compatible", "encode_for", "normalise_for"]
 
 logger = logging.getLogger("tunekit")
+
+
+def _has_tools(norm: NormalisedData) -> bool:
+    if isinstance(norm, ArrowNormalised):
+        return norm.has_tools
+    return any(ex.tools for ex in norm.examples)
 
 
 def check_compatible(method: Method, objective: Objective) -> None:
@@ -62,17 +70,14 @@ def normalise_for(
     CausalLM, preference pairs -> DPO, labelled rows -> KTO, else SFT, and checked against ``method``).
     ``what`` names the data in errors (``"training"``, ``"eval"``).
     """
-    rows = load_rows(data, what=what)
-    try:
-        norm = normalise(rows, on_bad_rows=training.on_bad_rows)
-    except DatasetError as e:
-        if what == "training":
-            raise
-        raise DatasetError(f"{what}_data: {e}", row=e.row, field=e.field) from None
-    layout = detect_layout(rows)
+    norm = normalise_table(
+        data, on_bad_rows=training.on_bad_rows, workers=training.data_workers, directory=training.cache_dir, what=what
+    )
+    first = norm.source_row(1)
+    layout = detect_layout([first])
     beside = " and ".join(repr(c) for c in layout.columns if c != "label") if layout else "'prompt' and 'completion'"
-    _check_meaning(norm, rows, objective, what, beside)
-    unused = unused_columns(norm.format, rows, layout.reads if layout is not None else frozenset())
+    _check_meaning(norm, first, objective, what, beside)
+    unused = norm.unused()
     if unused:
         logger.warning(
             "the %s data has columns that are not used for training: %s (the %r format reads none of them); if one "
@@ -82,7 +87,8 @@ def normalise_for(
             norm.format,
         )
     if norm.format == "text":  # the learner's trap: an instruction template rendered by hand into raw text
-        found = find_template_markers([ex.text for ex in norm.examples], rows=[ex.row for ex in norm.examples])
+        texts = _Texts(norm.examples)
+        found = find_template_markers(texts, rows=_Rows(norm.examples))
         if found is not None:
             logger.warning("%s", template_warning(found, what))
     chosen = objective or infer_objective(norm.format)
@@ -106,17 +112,35 @@ def normalise_for(
     return norm, chosen
 
 
+class _Texts(Sequence[str | None]):
+    """The examples' texts, each read when asked for (the template-marker check reads a sample)."""
+
+    def __init__(self, examples: Sequence[Example]) -> None:
+        self.examples = examples
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, k: Any) -> Any:
+        return self.examples[k].text
+
+
+class _Rows(_Texts):
+    def __getitem__(self, k: Any) -> Any:
+        return self.examples[k].row
+
+
 def _check_meaning(
-    norm: NormalisedData, rows: list[dict[str, Any]], objective: Objective | None, what: str, beside: str
+    norm: ArrowNormalised, first: dict[str, Any], objective: Objective | None, what: str, beside: str
 ) -> None:
     """Refuse data whose objective would be guessed from a column that may mean something else (``beside``: the
     columns a 'label' stands beside)."""
     if objective is None and norm.format == "unpaired_preference":
-        numeric = numeric_labels(rows)
+        numeric = norm.numeric_label_rows()
         if numeric:
             raise DatasetError(
                 f"the {what} data has a 'label' column of numbers (row {numeric[0]}: "
-                f"{rows[numeric[0] - 1]['label']!r}) beside {beside}: that is KTO's layout (1 marks a "
+                f"{norm.source_row(numeric[0])['label']!r}) beside {beside}: that is KTO's layout (1 marks a "
                 "desirable answer, 0 an undesirable one), but 0/1 may as well be class ids, and tunekit does not "
                 "switch objective on a guess: pass objective=tk.KTO() to train on the labels, or drop the 'label' "
                 "column to train SFT on the rest",
@@ -124,7 +148,7 @@ def _check_meaning(
                 field="label",
             )
     if norm.format == "prompt_only" and (objective is None or "prompt_only" not in objective.data_formats):
-        hint = renamed_answer_column(rows[0])
+        hint = renamed_answer_column(first)
         if hint is not None:
             raise DatasetError(
                 f"row 1 of the {what} data has a 'prompt' but no 'completion' (nor 'chosen' / 'rejected'): {hint}; "
@@ -139,7 +163,7 @@ def encode_for(spec: RunSpec, norm: NormalisedData, tokenizer: Any) -> Encoded |
     """``norm`` as ``spec.objective`` trains on it: token ids with masked labels (SFT, CausalLM; cached), or
     the conversational rows trl renders with the same template (preference, reward and RL objectives)."""
     obj, training = spec.objective, spec.training
-    if not obj.reads_tools and any(ex.tools for ex in norm.examples):
+    if not obj.reads_tools and _has_tools(norm):
         row = next(ex.row for ex in norm.examples if ex.tools)
         raise IncompatibleError(
             f"row {row} lists tools, which {obj.name} training cannot show the model (trl's {obj.name} renders "
@@ -176,14 +200,20 @@ def encode_for(spec: RunSpec, norm: NormalisedData, tokenizer: Any) -> Encoded |
         "on_bad_rows": training.on_bad_rows,
         "allow_control_tokens": training.allow_control_tokens,
     }
-    enc = cached_encode(  # a second run on the same data, tokenizer and settings skips tokenising
-        lambda: encode_examples(tokenizer, norm.examples, **settings),
-        tokenizer,
-        norm.examples,
-        {"objective": obj.name, **settings},
-        enabled=training.cache,
-        directory=training.cache_dir,
-    )
+    keyed = {"objective": obj.name, **settings}
+    if isinstance(norm, ArrowNormalised):
+        # A second run on the same data, tokenizer and settings skips tokenising (the key: data.cache).
+        path = entry_path(cache_key(tokenizer, table_digest(norm), keyed), training.cache_dir) if training.cache else None
+        enc = encode_table(tokenizer, norm, settings, path=path, workers=training.data_workers)
+    else:  # examples given as a list (tests, callers of data.normalise)
+        enc = cached_encode(
+            lambda: encode_examples(tokenizer, list(norm.examples), **settings),
+            tokenizer,
+            list(norm.examples),
+            keyed,
+            enabled=training.cache,
+            directory=training.cache_dir,
+        )
     for _row, reason in enc.skipped:  # rows that tokenised to nothing to learn (normalise logged its own)
         logger.warning("skipped %s", reason)
     enc.skipped = norm.skipped + enc.skipped

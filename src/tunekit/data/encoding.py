@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,24 +13,65 @@ from tunekit.data.templates import render
 from tunekit.data.turns import Reasoning, TrainOn, render_turns, supervised_turns
 from tunekit.errors import DatasetError, IncompatibleError
 
-__all__ = ["Encoded", "encode_examples"]
+__all__ = ["Encoded", "TableColumn", "encode_example", "encode_examples"]
 
 IGNORE = -100
 
 
+class TableColumn(Sequence[Any]):
+    """One column of a memory-mapped table, read as a list is (compares equal to a list of the same values)."""
+
+    def __init__(self, column: Any) -> None:
+        self.column = column  # a datasets Column: lazy, decoded a value at a time
+
+    def __len__(self) -> int:
+        return len(self.column)
+
+    def __getitem__(self, k: Any) -> Any:
+        if isinstance(k, slice):
+            return [self.column[j] for j in range(*k.indices(len(self)))]
+        return self.column[k]
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.column)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, (list, tuple, TableColumn)):
+            return len(self) == len(other) and list(self) == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+
 @dataclass
 class Encoded:
-    input_ids: list[list[int]]
-    labels: list[list[int]]
-    rows: list[int]
+    """Token ids and labels per training sequence, the row each came from, the rows skipped and the sequences
+    truncated. ``table``: the memory-mapped Arrow table the lists are read from (the Arrow driver's result,
+    :mod:`tunekit.data.arrow`), whose columns ``input_ids`` / ``labels`` / ``rows`` are then read lazily."""
+
+    input_ids: Sequence[list[int]]
+    labels: Sequence[list[int]]
+    rows: Sequence[int]
     skipped: list[tuple[int, str]] = field(default_factory=list)
     truncated: int = 0
+    table: Any = None
+
+    @classmethod
+    def of_table(cls, table: Any, skipped: list[tuple[int, str]], truncated: int) -> Encoded:
+        cols = {name: TableColumn(table[name]) for name in ("input_ids", "labels", "rows")}
+        return cls(cols["input_ids"], cols["labels"], cols["rows"], list(skipped), truncated, table)
 
     @property
     def num_tokens(self) -> int:
+        if self.table is not None:
+            import pyarrow.compute as pc
+
+            return int(pc.sum(pc.list_value_length(self.table.data.column("input_ids"))).as_py() or 0)
         return sum(len(x) for x in self.input_ids)
 
     def to_dataset(self) -> Any:
+        if self.table is not None:
+            return self.table.select_columns(["input_ids", "labels"])
         from datasets import Dataset
 
         return Dataset.from_dict({"input_ids": self.input_ids, "labels": self.labels})
@@ -103,30 +145,13 @@ def encode_examples(
     out = Encoded([], [], [])
     tokens = () if allow_control_tokens else control_tokens(tokenizer)
     for ex in examples:
-        if ex.messages is not None:
-            try:
-                sequences = _encode_chat(tokenizer, ex, train_on_prompt, tokens, train_on, reasoning)
-            except DatasetError as e:  # a template problem, not a bad row: never skipped, but say where
-                message = str(e) if str(e).startswith(f"row {ex.row}:") else f"row {ex.row}: {e}"
-                raise DatasetError(message, row=ex.row) from None
-            except IncompatibleError as e:  # the template refused this conversation (its raise_exception)
-                message = str(e) if str(e).startswith(f"row {ex.row}:") else f"row {ex.row}: {e}"
-                raise IncompatibleError(message) from None
-        else:
-            found = find_control_token([ex.text or ""], tokens)
-            if found is not None:
-                reason = (
-                    f"row {ex.row}, field 'text': holds the control token {found!r}; pass "
-                    "Training(allow_control_tokens=True) if the text is pre-rendered (its control tokens are meant), "
-                    "or remove it"
-                )
-                if on_bad_rows == "skip":
-                    out.skipped.append((ex.row, reason))
-                    continue
-                raise DatasetError(reason, row=ex.row, field="text")
-            sequences = [_encode_text(tokenizer, ex, add_eos)]
-        for ids, labels in sequences:
-            _add(out, ex.row, ids, labels, max_length=max_length, on_bad_rows=on_bad_rows)
+        one = encode_example(tokenizer, ex, max_length=max_length, train_on_prompt=train_on_prompt, add_eos=add_eos,
+                             on_bad_rows=on_bad_rows, tokens=tokens, train_on=train_on, reasoning=reasoning)  # fmt: skip
+        out.input_ids += one.input_ids  # type: ignore[operator]
+        out.labels += one.labels  # type: ignore[operator]
+        out.rows += one.rows  # type: ignore[operator]
+        out.skipped += one.skipped
+        out.truncated += one.truncated
     if not out.input_ids:
         if out.skipped and "control token" in out.skipped[0][1]:
             raise DatasetError(f"no row left to train on: every row was skipped, the first as {out.skipped[0][1]}")
@@ -134,6 +159,49 @@ def encode_examples(
             f"no example has a supervised token after truncation to max_length={max_length}; "
             "raise Training(max_length=...)"
         )
+    return out
+
+
+def encode_example(
+    tokenizer: Any,
+    ex: Example,
+    *,
+    max_length: int,
+    tokens: tuple[str, ...],
+    train_on_prompt: bool = False,
+    add_eos: bool = True,
+    on_bad_rows: str = "error",
+    train_on: TrainOn = "all_assistant",
+    reasoning: Reasoning = "inference",
+) -> Encoded:
+    """One example's sequences (usually one), with the reasons it was skipped and how many were truncated: what
+    :func:`encode_examples` does per example (``tokens``: the control-token strings to keep as text, ``()`` when
+    ``allow_control_tokens``); raises DatasetError for a bad row unless ``on_bad_rows="skip"``."""
+    out = Encoded([], [], [])
+    if ex.messages is not None:
+        try:
+            sequences = _encode_chat(tokenizer, ex, train_on_prompt, tokens, train_on, reasoning)
+        except DatasetError as e:  # a template problem, not a bad row: never skipped, but say where
+            message = str(e) if str(e).startswith(f"row {ex.row}:") else f"row {ex.row}: {e}"
+            raise DatasetError(message, row=ex.row) from None
+        except IncompatibleError as e:  # the template refused this conversation (its raise_exception)
+            message = str(e) if str(e).startswith(f"row {ex.row}:") else f"row {ex.row}: {e}"
+            raise IncompatibleError(message) from None
+    else:
+        found = find_control_token([ex.text or ""], tokens)
+        if found is not None:
+            reason = (
+                f"row {ex.row}, field 'text': holds the control token {found!r}; pass "
+                "Training(allow_control_tokens=True) if the text is pre-rendered (its control tokens are meant), "
+                "or remove it"
+            )
+            if on_bad_rows == "skip":
+                out.skipped.append((ex.row, reason))
+                return out
+            raise DatasetError(reason, row=ex.row, field="text")
+        sequences = [_encode_text(tokenizer, ex, add_eos)]
+    for ids, labels in sequences:
+        _add(out, ex.row, ids, labels, max_length=max_length, on_bad_rows=on_bad_rows)
     return out
 
 
@@ -159,6 +227,6 @@ def _add(out: Encoded, row: int, ids: list[int], labels: list[int], *, max_lengt
             out.skipped.append((row, reason))
             return
         raise DatasetError(reason, row=row)
-    out.input_ids.append(ids)
-    out.labels.append(labels)
-    out.rows.append(row)
+    out.input_ids.append(ids)  # type: ignore[attr-defined]
+    out.labels.append(labels)  # type: ignore[attr-defined]
+    out.rows.append(row)  # type: ignore[attr-defined]

@@ -12,7 +12,7 @@ from tunekit.data.columns import no_duplicate_keys
 from tunekit.data.mapping import Data, rename
 from tunekit.errors import DatasetError
 
-__all__ = ["DataInput", "load_rows"]
+__all__ = ["UTF8", "DataInput", "empty_data_error", "load_rows", "parse_jsonl_line"]
 
 DataInput = Any  # str | Path | datasets.Dataset | list[dict] | pandas.DataFrame | tk.Data
 
@@ -37,26 +37,32 @@ def _clean(value: Any) -> Any:
 UTF8 = "utf-8-sig"
 
 
+def parse_jsonl_line(line: str, lineno: int, path: Path | str) -> Any:
+    """One line of a .jsonl file as its value (NaN cleaned as :func:`load_rows` cleans it); raises DatasetError
+    naming the line for invalid JSON or a key twice in one object."""
+    try:
+        return _clean(json.loads(line, object_pairs_hook=no_duplicate_keys))
+    except ValueError as e:
+        if not isinstance(e, json.JSONDecodeError):  # a key twice in one object
+            raise DatasetError(
+                f"{path}, line {lineno}: {_twice(e)}; JSON would keep only the last value, so tunekit "
+                "refuses to guess: remove or rename one of them",
+                row=lineno,
+            ) from None
+        raise DatasetError(
+            f"{path}: invalid JSON on line {lineno} ({e.msg} at column {e.colno}); "
+            "each line of a .jsonl file must be one JSON object",
+            row=lineno,
+        ) from None
+
+
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     rows = []
     with path.open(encoding=UTF8) as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
-            try:
-                rows.append(json.loads(line, object_pairs_hook=no_duplicate_keys))
-            except ValueError as e:
-                if not isinstance(e, json.JSONDecodeError):  # a key twice in one object
-                    raise DatasetError(
-                        f"{path}, line {lineno}: {_twice(e)}; JSON would keep only the last value, so tunekit "
-                        "refuses to guess: remove or rename one of them",
-                        row=lineno,
-                    ) from None
-                raise DatasetError(
-                    f"{path}: invalid JSON on line {lineno} ({e.msg} at column {e.colno}); "
-                    "each line of a .jsonl file must be one JSON object",
-                    row=lineno,
-                ) from None
+            rows.append(parse_jsonl_line(line, lineno, path))
     return rows
 
 
@@ -227,10 +233,13 @@ def load_rows(data: DataInput, *, what: str = "training") -> list[dict[str, Any]
             )
         out.append(_clean(row))
     if not out:
-        where = f"{data}: the file has no rows" if isinstance(data, (str, Path)) else "it has no rows"
-        if what == "eval":
-            raise DatasetError(
-                f"eval_data is empty: {where} to evaluate on; add at least one example, or leave eval_data out"
-            )
-        raise DatasetError(f"the dataset is empty: {where} to train on; add at least one example")
+        raise empty_data_error(data, what)
     return out
+
+
+def empty_data_error(data: DataInput, what: str) -> DatasetError:
+    """The error for data with no rows (``what``: "training" or "eval")."""
+    where = f"{data}: the file has no rows" if isinstance(data, (str, Path)) else "it has no rows"
+    if what == "eval":
+        return DatasetError(f"eval_data is empty: {where} to evaluate on; add at least one example, or leave eval_data out")
+    return DatasetError(f"the dataset is empty: {where} to train on; add at least one example")

@@ -1,0 +1,472 @@
+"""The data path at scale: rows in Arrow tables, normalised and encoded by ``datasets.map`` in worker processes.
+
+Rows are never one Python list of the whole data. A ``.jsonl`` file is read in chunks as its raw lines (with their
+line numbers) into an Arrow file; other inputs (``.json``, ``.csv``, ``.parquet``, a DataFrame, a ``datasets.Dataset``,
+a list of dicts) are read by :func:`tunekit.data.loading.load_rows` and stored pickled, so every value comes back
+exactly as it was read. ``Dataset.map(batched=True, num_proc=workers)`` then calls the per-row functions
+(:func:`tunekit.data.loading.parse_jsonl_line`, :func:`tunekit.data.formats.normalise_row`,
+:func:`tunekit.data.encoding.encode_example`) on each row, and the encoded result is written to the tokenisation
+cache as an Arrow file and memory-mapped from there (:mod:`tunekit.data.cache`).
+
+Errors name the user's rows as before: with one worker the first bad row raises where it is met; with several each
+row's error is kept beside it and the first one by row number is raised, the same error one process raises.
+``on_bad_rows="skip"`` lists the skipped rows the same way. The dataset-level checks (the unused-column warning,
+numeric KTO labels) read per-row facts the map computed, never the rows again.
+
+We use ``datasets`` (the library trl trains from) rather than our own process pool: its map shards, runs and writes
+Arrow files, and hands the trainers a memory-mapped table.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import pickle
+import shutil
+import tempfile
+import weakref
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, overload
+
+from tunekit.data.cache import cache_dir, example_digest, examples_digest, read_entry, write_entry
+from tunekit.data.columns import Format, numeric_labels, unused_columns
+from tunekit.data.control_tokens import control_tokens
+from tunekit.data.encoding import Encoded, encode_example
+from tunekit.data.formats import Example, NormalisedData, detect_format, normalise_row
+from tunekit.data.layouts import Layout, detect_layout
+from tunekit.data.loading import UTF8, DataInput, empty_data_error, load_rows, parse_jsonl_line
+from tunekit.data.mapping import Data
+from tunekit.errors import DatasetError, IncompatibleError, TunekitError
+
+__all__ = [
+    "ArrowNormalised", "ExampleColumn", "default_workers", "encode_table", "normalise_table", "read_table",
+    "table_digest",
+]  # fmt: skip
+
+logger = logging.getLogger("tunekit")
+
+CHUNK = 10_000  # rows a read chunk and a map batch hold
+WORKER_ROWS = 20_000  # below this many rows per worker, starting a worker costs more than it saves
+MAX_WORKERS = 8
+
+
+def default_workers(rows: int | None = None, configured: int | None = None) -> int:
+    """``Training(data_workers=...)``, or by default half the cores this process may use (at most 8), and only as
+    many as the data keeps busy (one per 20,000 rows): small data is prepared in this process."""
+    if configured is not None:
+        return max(1, configured)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    share = max(1, min(MAX_WORKERS, cores // 2))
+    return share if rows is None else max(1, min(share, rows // WORKER_ROWS))
+
+
+def _disable_progress() -> None:
+    import datasets
+
+    datasets.disable_progress_bars()  # tunekit reports through its hooks and logger only
+
+
+# --- errors kept as data (several workers) -------------------------------------------------------------------------
+
+
+def _as_data(e: TunekitError) -> str:
+    return json.dumps({"kind": type(e).__name__, "message": str(e), "row": getattr(e, "row", None),
+                       "field": getattr(e, "field", None)})  # fmt: skip
+
+
+def named(e: DatasetError, what: str) -> DatasetError:
+    """``e`` naming the data it is in when that is not the training data ("eval_data: row 3: ...")."""
+    return e if what == "training" else DatasetError(f"{what}_data: {e}", row=e.row, field=e.field)
+
+
+def _raise_first(errors: Sequence[str | None]) -> None:
+    """Raise the first error kept as data (the rows are in order), as the error it was."""
+    first = next((e for e in errors if e is not None), None)
+    if first is None:
+        return
+    got = json.loads(first)
+    if got["kind"] == "IncompatibleError":
+        raise IncompatibleError(got["message"])
+    raise DatasetError(got["message"], row=got["row"], field=got["field"])
+
+
+# --- reading -------------------------------------------------------------------------------------------------------
+
+
+class _Workdir:
+    """A temporary directory under tunekit's cache for a run's intermediate tables, removed with its owner."""
+
+    def __init__(self, configured: str | None) -> None:
+        base = cache_dir(configured) / "work"
+        base.mkdir(parents=True, exist_ok=True)
+        self.path = Path(tempfile.mkdtemp(prefix="tables-", dir=base))
+
+    def own(self, owner: object) -> None:
+        weakref.finalize(owner, shutil.rmtree, str(self.path), True)
+
+
+def _write_batches(path: Path, batches: Iterator[Any], schema: Any) -> None:
+    import pyarrow as pa
+
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
+        for batch in batches:
+            writer.write_batch(batch)
+
+
+def _row_schema() -> Any:
+    import pyarrow as pa
+
+    return pa.schema([("line", pa.int64()), ("raw", pa.large_string()), ("pickled", pa.large_binary())])
+
+
+def _jsonl_batches(path: Path) -> Iterator[Any]:
+    """The non-blank lines of a .jsonl file, CHUNK at a time, with their line numbers (parsed later, in the map)."""
+    import pyarrow as pa
+
+    schema = _row_schema()
+    lines: list[int] = []
+    raws: list[str] = []
+    try:
+        with path.open(encoding=UTF8) as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                lines.append(lineno)
+                raws.append(line)
+                if len(lines) == CHUNK:
+                    yield pa.record_batch([pa.array(lines, pa.int64()), pa.array(raws, pa.large_string()),
+                                           pa.nulls(len(lines), pa.large_binary())], schema=schema)  # fmt: skip
+                    lines, raws = [], []
+    except UnicodeDecodeError:
+        load_rows(path)  # raises tunekit's message for a file that is not UTF-8
+        raise
+    if lines:
+        yield pa.record_batch([pa.array(lines, pa.int64()), pa.array(raws, pa.large_string()),
+                               pa.nulls(len(lines), pa.large_binary())], schema=schema)  # fmt: skip
+
+
+def _pickled_batches(rows: list[Any]) -> Iterator[Any]:
+    import pyarrow as pa
+
+    schema = _row_schema()
+    for start in range(0, len(rows), CHUNK):
+        chunk = rows[start : start + CHUNK]
+        pickled = [pickle.dumps(r, protocol=pickle.HIGHEST_PROTOCOL) for r in chunk]
+        yield pa.record_batch([pa.nulls(len(chunk), pa.int64()), pa.nulls(len(chunk), pa.large_string()),
+                               pa.array(pickled, pa.large_binary())], schema=schema)  # fmt: skip
+
+
+def read_table(data: DataInput, directory: Path, *, what: str = "training") -> tuple[Any, str]:
+    """``data``'s rows as a memory-mapped ``datasets.Dataset`` (columns ``line``, ``raw``, ``pickled``) in
+    ``directory``, and where they came from (for messages). A ``.jsonl`` file (not mapped by :class:`tunekit.Data`)
+    is read line by line; anything else through :func:`tunekit.data.loading.load_rows`."""
+    from datasets import Dataset
+
+    out = directory / "rows.arrow"
+    if isinstance(data, (str, Path)) and Path(data).suffix.lower() == ".jsonl" and Path(data).is_file():
+        _write_batches(out, _jsonl_batches(Path(data)), _row_schema())
+        source = str(data)
+    else:
+        rows = load_rows(data, what=what)
+        _write_batches(out, _pickled_batches(rows), _row_schema())
+        source = ""
+    table = Dataset.from_file(str(out))
+    if len(table) == 0:
+        raise empty_data_error(data, what)
+    return table, source
+
+
+def _row_of(batch: dict[str, list[Any]], k: int, source: str) -> Any:
+    if batch["raw"][k] is not None:
+        return parse_jsonl_line(batch["raw"][k], batch["line"][k], source)
+    return pickle.loads(batch["pickled"][k])
+
+
+# --- normalising ---------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Normalise:
+    """The normalising map: one output row per input row (an example, or why it was skipped or failed)."""
+
+    fmt: Format
+    layout: Layout | None
+    source: str
+    on_bad_rows: str
+    raise_errors: bool  # one worker: the first bad row raises where it is met
+    what: str = "training"  # errors in other data name it ("eval_data: row 3: ...")
+
+    def __call__(self, batch: dict[str, list[Any]], indices: list[int]) -> dict[str, list[Any]]:
+        out: dict[str, list[Any]] = {k: [] for k in ("row", "example", "digest", "skip", "error", "unused", "numeric",
+                                                     "tools")}  # fmt: skip
+        reads = self.layout.reads if self.layout is not None else frozenset()
+        for k, index in enumerate(indices):
+            i = index + 1
+            example = digest = skip = error = None
+            unused: list[str] = []
+            numeric = tools = False
+            try:
+                row = _row_of(batch, k, self.source)  # reading errors (invalid JSON, a key twice) are never skipped
+                if not isinstance(row, dict):
+                    raise DatasetError(
+                        f"row {i}: expected an object with named fields, got {type(row).__name__}; write each row as "
+                        "an object",
+                        row=i,
+                    )
+            except DatasetError as e:
+                if self.raise_errors:
+                    raise
+                error = _as_data(e)
+            else:
+                unused = unused_columns(self.fmt, [row], reads)
+                numeric = bool(numeric_labels([row]))
+                try:
+                    ex = normalise_row(self.fmt, row, i, layout=self.layout)
+                    example = pickle.dumps(ex, protocol=pickle.HIGHEST_PROTOCOL)
+                    digest = example_digest(ex)
+                    tools = bool(ex.tools)
+                except DatasetError as e:
+                    if self.on_bad_rows == "skip":
+                        skip = str(e)
+                    elif self.raise_errors:
+                        raise named(e, self.what) from None
+                    else:
+                        error = _as_data(named(e, self.what))
+            for key, value in (("row", i), ("example", example), ("digest", digest), ("skip", skip), ("error", error),
+                               ("unused", unused), ("numeric", numeric), ("tools", tools)):  # fmt: skip
+                out[key].append(value)
+        return out
+
+
+class ExampleColumn(Sequence[Example]):
+    """The normalised examples of an Arrow table, decoded when read (a list's reading, without the list)."""
+
+    def __init__(self, table: Any, positions: Sequence[int] | None = None) -> None:
+        self.table = table
+        self.positions = positions  # the table's rows that hold an example (None: all)
+
+    def __len__(self) -> int:
+        return len(self.positions) if self.positions is not None else len(self.table)
+
+    def _at(self, k: int) -> int:
+        return int(self.positions[k]) if self.positions is not None else k
+
+    @overload
+    def __getitem__(self, k: int) -> Example: ...
+    @overload
+    def __getitem__(self, k: slice) -> list[Example]: ...
+    def __getitem__(self, k: int | slice) -> Example | list[Example]:
+        if isinstance(k, slice):
+            return [self[j] for j in range(*k.indices(len(self)))]
+        if k < 0:
+            k += len(self)
+        if not 0 <= k < len(self):
+            raise IndexError(k)
+        return pickle.loads(self.table[self._at(k)]["example"])  # type: ignore[no-any-return]
+
+    def __iter__(self) -> Iterator[Example]:
+        for batch in self.table.select_columns(["example"]).iter(CHUNK):
+            for blob in batch["example"]:
+                if blob is not None:
+                    yield pickle.loads(blob)
+
+
+@dataclass
+class ArrowNormalised(NormalisedData):
+    """:class:`tunekit.data.formats.NormalisedData` whose examples live in an Arrow table (``table``), with what the
+    dataset-level checks read: each row's ``unused`` columns, ``numeric`` labels and ``tools``."""
+
+    table: Any = None
+    source_rows: Any = None  # the rows as read (for messages that quote a row)
+    workdir: Any = None
+
+    @property
+    def has_tools(self) -> bool:
+        import pyarrow.compute as pc
+
+        return bool(pc.any(self.table.data.column("tools")).as_py())
+
+    def unused(self) -> list[str]:
+        seen: dict[str, None] = {}
+        for batch in self.table.select_columns(["unused"]).iter(CHUNK):
+            for names in batch["unused"]:
+                seen.update(dict.fromkeys(names))
+        return list(seen)
+
+    def numeric_label_rows(self) -> list[int]:
+        import pyarrow.compute as pc
+
+        t = self.table.data
+        return [int(r) for r in pc.filter(t.column("row"), t.column("numeric")).to_pylist()[:1]]
+
+    def source_row(self, i: int) -> Any:
+        """Row ``i`` (1-based) as read."""
+        return _row_of(self.source_rows[i - 1 : i], 0, "")
+
+
+def _map(table: Any, fn: Any, workers: int, path: Path, *, with_indices: bool, remove: list[str]) -> Any:
+    _disable_progress()
+    return table.map(
+        fn,
+        batched=True,
+        batch_size=CHUNK // 10,
+        with_indices=with_indices,
+        num_proc=workers if workers > 1 else None,
+        remove_columns=remove,
+        cache_file_name=str(path),
+        load_from_cache_file=False,
+        new_fingerprint=hashlib.sha256(str(path).encode()).hexdigest()[:16],  # never hash the tokenizer
+    )
+
+
+def normalise_table(
+    data: DataInput, *, on_bad_rows: str, workers: int | None, directory: str | None, what: str = "training"
+) -> ArrowNormalised:
+    """Read and normalise ``data`` (see the module docstring); the first bad row raises, or with ``on_bad_rows=
+    "skip"`` bad rows are listed in ``skipped``."""
+    work = _Workdir(directory)
+    try:
+        rows, source = read_table(data, work.path, what=what)
+        first = _row_of(rows[:1], 0, source)
+        try:
+            fmt = detect_format([first])
+        except DatasetError as e:
+            raise named(e, what) from None
+        layout = detect_layout([first])
+        n = default_workers(len(rows), workers)
+        fn = _Normalise(fmt, layout, source, on_bad_rows, raise_errors=n == 1, what=what)
+        table = _map(rows, fn, n, work.path / "examples.arrow", with_indices=True, remove=rows.column_names)
+        cols = table.data
+        _raise_first(cols.column("error").to_pylist())
+        skip = cols.column("skip")
+        skipped: list[tuple[int, str]] = []
+        positions: list[int] | None = None
+        if skip.null_count < len(table):
+            import pyarrow.compute as pc
+
+            valid = pc.is_valid(skip)
+            skipped = list(zip(pc.filter(cols.column("row"), valid).to_pylist(), pc.filter(skip, valid).to_pylist()))
+            positions = [int(p) for p in pc.indices_nonzero(pc.invert(valid)).to_pylist()]
+        if positions is not None and not positions:
+            raise named(
+                DatasetError(f"no valid rows: all {len(table)} rows were malformed (first: {skipped[0][1]})"), what
+            )
+    except BaseException:
+        shutil.rmtree(work.path, ignore_errors=True)
+        raise
+    out = ArrowNormalised(fmt, ExampleColumn(table, positions), skipped, table=table, source_rows=rows)
+    out.workdir = work
+    work.own(out)
+    return out
+
+
+# --- encoding ------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Encode:
+    """The encoding map: each example's sequences (usually one), or why it was skipped or failed."""
+
+    tokenizer: Any
+    settings: dict[str, Any]
+    tokens: tuple[str, ...]
+    raise_errors: bool
+
+    def __call__(self, batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        out: dict[str, list[Any]] = {k: [] for k in ("rows", "input_ids", "labels", "skip", "error", "truncated")}
+
+        def add(row: int, ids: list[int], labels: list[int], skip: str | None, error: str | None, cut: int) -> None:
+            for key, value in (("rows", row), ("input_ids", ids), ("labels", labels), ("skip", skip),
+                               ("error", error), ("truncated", cut)):  # fmt: skip
+                out[key].append(value)
+
+        for blob in batch["example"]:
+            if blob is None:
+                continue  # skipped (or failed) while normalising
+            ex: Example = pickle.loads(blob)
+            try:
+                enc = encode_example(self.tokenizer, ex, tokens=self.tokens, **self.settings)
+            except (DatasetError, IncompatibleError) as e:
+                if self.raise_errors:
+                    raise
+                add(ex.row, [], [], None, _as_data(e), 0)
+                continue
+            for _row, reason in enc.skipped:
+                add(ex.row, [], [], reason, None, 0)
+            for k, (ids, labels) in enumerate(zip(enc.input_ids, enc.labels)):
+                add(ex.row, ids, labels, None, None, enc.truncated if k == 0 else 0)
+        return out
+
+
+def _final_batches(table: Any) -> Iterator[Any]:
+    """The kept sequences (no skip, no error) as ``input_ids`` / ``labels`` / ``rows`` record batches."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    for batch in table.data.to_batches(max_chunksize=CHUNK):
+        keep = pc.is_null(batch.column(batch.schema.get_field_index("skip")))
+        kept = batch.filter(keep)
+        yield pa.record_batch(
+            [
+                kept.column(kept.schema.get_field_index("input_ids")).cast(pa.list_(pa.int64())),
+                kept.column(kept.schema.get_field_index("labels")).cast(pa.list_(pa.int64())),
+                kept.column(kept.schema.get_field_index("rows")).cast(pa.int64()),
+            ],
+            names=["input_ids", "labels", "rows"],
+        )
+
+
+def encode_table(
+    tokenizer: Any, norm: ArrowNormalised, settings: dict[str, Any], *, path: Path | None, workers: int | None
+) -> Encoded:
+    """Encode ``norm``'s examples with ``settings`` (those of :func:`tunekit.data.encoding.encode_examples`) into a
+    memory-mapped Arrow file: the cache entry at ``path`` (read when it is there and sound), else a file beside
+    ``norm``'s tables."""
+    if path is not None:
+        hit = read_entry(path)
+        if hit is not None:
+            return hit
+    tokens = () if settings.get("allow_control_tokens") else control_tokens(tokenizer)
+    args = {k: v for k, v in settings.items() if k != "allow_control_tokens"}
+    n = default_workers(len(norm.table), workers)
+    fn = _Encode(tokenizer, args, tokens, raise_errors=n == 1)
+    encoded = _map(norm.table, fn, n, norm.workdir.path / "encoded.arrow", with_indices=False,
+                   remove=norm.table.column_names)  # fmt: skip
+    cols = encoded.data
+    _raise_first(cols.column("error").to_pylist())
+    import pyarrow.compute as pc
+
+    skip = cols.column("skip")
+    valid = pc.is_valid(skip)
+    skipped = list(zip(pc.filter(cols.column("rows"), valid).to_pylist(), pc.filter(skip, valid).to_pylist()))
+    truncated = int(pc.sum(cols.column("truncated")).as_py() or 0)
+    if len(encoded) - len(skipped) == 0:
+        if skipped and "control token" in skipped[0][1]:
+            raise DatasetError(f"no row left to train on: every row was skipped, the first as {skipped[0][1]}")
+        raise DatasetError(
+            f"no example has a supervised token after truncation to max_length={settings['max_length']}; "
+            "raise Training(max_length=...)"
+        )
+    if path is not None:
+        try:
+            return write_entry(path, _final_batches(encoded), skipped=skipped, truncated=truncated)
+        except OSError as e:  # a read-only or full disk must not fail the run
+            logger.warning("could not write the tokenisation cache %s: %s", path, e)
+    out = write_entry(norm.workdir.path / "final.arrow", _final_batches(encoded), skipped=skipped, truncated=truncated)
+    norm.workdir.own(out)  # removed when the encoded data is
+    return out
+
+
+def table_digest(norm: ArrowNormalised) -> bytes:
+    """The examples' part of the cache key (:func:`tunekit.data.cache.examples_digest`), from the digests the map
+    computed per example."""
+
+    def digests() -> Iterator[bytes]:
+        for batch in norm.table.data.select(["digest"]).to_batches(max_chunksize=CHUNK * 10):
+            yield from (d for d in batch.column(0).to_pylist() if d is not None)
+
+    return examples_digest(digests())
