@@ -268,6 +268,13 @@ class ExampleColumn(Sequence[Example]):
             raise IndexError(k)
         return pickle.loads(self.table[self._at(k)]["example"])  # type: ignore[no-any-return]
 
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, (list, tuple, ExampleColumn)):
+            return len(self) == len(other) and list(self) == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
     def __iter__(self) -> Iterator[Example]:
         for batch in self.table.select_columns(["example"]).iter(CHUNK):
             for blob in batch["example"]:

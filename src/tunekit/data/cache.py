@@ -117,8 +117,11 @@ def read_entry(path: Path) -> Encoded | None:
     from datasets import Dataset
 
     try:
+        import pyarrow as pa
+
+        with pa.OSFile(str(path), "rb") as f:  # the schema only (datasets keeps its own metadata, not ours)
+            meta = json.loads((pa.ipc.open_stream(f).schema.metadata or {})[b"tunekit"].decode("utf-8"))
         table = Dataset.from_file(str(path))
-        meta = json.loads((table.data.schema.metadata or {})[b"tunekit"].decode("utf-8"))
         if table.column_names != ["input_ids", "labels", "rows"]:
             raise ValueError(f"columns {table.column_names}")
         skipped = [(int(r), str(reason)) for r, reason in meta["skipped"]]

@@ -1,0 +1,156 @@
+"""The Arrow data driver (tunekit.data.arrow) against the list path it replaced: the same examples and encodings on
+every format, one process equal to several, and errors that name the user's row from inside a worker."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import tunekit as tk
+from tunekit.data import encode_examples, load_rows, normalise
+from tunekit.data.arrow import ArrowNormalised, default_workers, normalise_table
+from tunekit.errors import DatasetError
+from tunekit.testing import first_task, write_jsonl
+from tunekit.training_data import encode_for, normalise_for
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+
+# Every format and layout, with the objective that trains it (None: inferred, as fit does).
+FILES = {
+    "canonical_chats.jsonl": None,  # messages
+    "chat_export.csv": None,
+    "sharegpt_system.jsonl": None,  # sharegpt
+    "sharegpt_tools.json": None,  # tool rows
+    "openai_tool_calls.jsonl": None,
+    "reasoning_chats.jsonl": None,  # reasoning rows
+    "per_turn_flags.jsonl": None,
+    "alpaca_history.json": None,
+    "sharegpt_preference.jsonl": tk.DPO(),  # preference
+    "trl_implicit_prompt.jsonl": tk.DPO(),
+    "openai_preference.jsonl": tk.DPO(),
+    "kto_messages.jsonl": tk.KTO(),  # unpaired_preference
+    "kto_alpaca.json": tk.KTO(),
+}
+ROWS = {
+    "text": [{"text": f"the digits {i} {i + 1} {i + 2} follow"} for i in range(12)],
+    "prompt_completion": first_task(12, seed=3),
+    "alpaca": [{"instruction": f"add {i}", "input": "" if i % 2 else "to 2", "output": str(i + 2)} for i in range(12)],
+    "prompt_only": [{"prompt": f"say {i}", "answer": str(i)} for i in range(12)],
+}
+
+
+def _tuner(model: Path, tmp_path: Path, objective: Any = None, **training: Any) -> tk.Tuner:
+    settings = tk.Training(device="cpu", cache_dir=str(tmp_path / "cache"), **training)
+    return tk.Tuner(str(model), training=settings, objective=objective, progress=False)
+
+
+def _list_path(tuner: tk.Tuner, data: Any) -> tuple[Any, Any]:
+    """Today's list path: load_rows -> normalise -> encode_examples (or trl's rows), as before the driver."""
+    norm = normalise(load_rows(data), on_bad_rows=tuner.training.on_bad_rows)
+    return norm, encode_for(tuner._spec(), norm, tuner.tokenizer)
+
+
+def _same(ours: Any, theirs: Any) -> None:
+    if hasattr(theirs, "input_ids"):
+        assert list(ours.input_ids) == theirs.input_ids
+        assert list(ours.labels) == theirs.labels
+        assert list(ours.rows) == list(theirs.rows)
+        assert (ours.skipped, ours.truncated, ours.num_tokens) == (theirs.skipped, theirs.truncated, theirs.num_tokens)
+    else:  # trl's rows (preference, KTO, RL prompts)
+        assert ours.records == theirs.records
+        assert (ours.rows, ours.skipped, ours.num_tokens) == (theirs.rows, theirs.skipped, theirs.num_tokens)
+
+
+@pytest.mark.parametrize("name", sorted(FILES) + sorted(ROWS))
+def test_the_arrow_path_equals_the_list_path_on_every_format(tiny_qwen: Path, tmp_path: Path, name: str) -> None:
+    data: Any = str(DATA / name) if name in FILES else ROWS[name]
+    objective = FILES.get(name)
+    if name == "text":
+        objective = tk.CausalLM()
+    if name == "prompt_only":
+        objective = tk.GRPO(reward=lambda completions, **_: [0.0] * len(completions))
+    tuner = _tuner(tiny_qwen, tmp_path, objective, cache=False)
+    norm, _objective = normalise_for(data, training=tuner.training, method=tuner.method, objective=objective)
+    assert isinstance(norm, ArrowNormalised)
+    theirs_norm, theirs = _list_path(tuner, data)
+    assert norm.format == theirs_norm.format
+    assert list(norm.examples) == list(theirs_norm.examples)
+    assert norm.skipped == theirs_norm.skipped
+    _same(encode_for(tuner._spec(), norm, tuner.tokenizer), theirs)
+
+
+def test_the_cached_entry_is_memory_mapped_and_equal(tiny_qwen: Path, tmp_path: Path) -> None:
+    data = write_jsonl(first_task(40, seed=1), tmp_path / "train.jsonl")
+    tuner = _tuner(tiny_qwen, tmp_path)
+    cold = tuner.prepare(str(data))
+    warm = tuner.prepare(str(data))
+    _same(warm, cold)
+    (entry,) = list((tmp_path / "cache" / "tokenized").rglob("*.arrow"))
+    assert warm.table.cache_files[0]["filename"] == str(entry)  # read from the file, not a copy in memory
+    _same(cold, _list_path(tuner, str(data))[1])
+
+
+def _rows_with_bad(n: int, bad: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
+    rows = first_task(n, seed=7)
+    for i, row in bad.items():
+        rows[i - 1] = row
+    return rows
+
+
+def test_several_workers_equal_one(tiny_qwen: Path, tmp_path: Path) -> None:
+    rows = _rows_with_bad(300, {30: {"prompt": "x", "completion": ""}, 250: {"prompt": "", "completion": "y"}})
+    data = write_jsonl(rows, tmp_path / "train.jsonl")
+    out = {}
+    for workers in (1, 3):
+        tuner = _tuner(tiny_qwen, tmp_path, data_workers=workers, on_bad_rows="skip", cache=False)
+        out[workers] = tuner.prepare(str(data))
+    _same(out[3], out[1])
+    assert [r for r, _ in out[3].skipped] == [30, 250]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_bad_row_in_a_worker_raises_the_error_naming_it(tiny_qwen: Path, tmp_path: Path, workers: int) -> None:
+    rows = _rows_with_bad(200, {170: {"prompt": "x", "completion": 5}, 190: {"prompt": "x"}})
+    tuner = _tuner(tiny_qwen, tmp_path, data_workers=workers, cache=False)
+    with pytest.raises(DatasetError, match="row 170, field 'completion'") as caught:
+        tuner.prepare(rows)
+    assert (caught.value.row, caught.value.field) == (170, "completion")
+    with pytest.raises(DatasetError, match="eval_data: row 170") as in_eval:
+        normalise_for(rows, training=tuner.training, method=tuner.method, objective=None, what="eval")
+    assert in_eval.value.row == 170
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_reading_errors_name_the_line_from_a_worker(tmp_path: Path, workers: int) -> None:
+    lines = [json.dumps(r) for r in first_task(150, seed=2)]
+    lines.insert(120, "")  # a blank line: skipped, and the line numbers after it are the file's
+    lines[140] = '{"prompt": "a", "prompt": "b", "completion": "c"}'
+    lines[145] = '{"prompt": "a", completion: "c"}'
+    path = tmp_path / "bad.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with pytest.raises(DatasetError, match="line 141: the key 'prompt' appears twice") as caught:
+        normalise_table(str(path), on_bad_rows="skip", workers=workers, directory=str(tmp_path))
+    assert caught.value.row == 141
+    with pytest.raises(DatasetError) as old:
+        load_rows(str(path))
+    assert str(caught.value) == str(old.value)
+
+
+def test_nan_cells_and_a_bom_read_as_before(tmp_path: Path) -> None:
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(
+        b'\xef\xbb\xbf{"prompt": "a", "completion": "b", "note": NaN}\n{"prompt": "c", "completion": "d", "note": 1}\n'
+    )
+    norm = normalise_table(str(path), on_bad_rows="error", workers=1, directory=str(tmp_path))
+    assert list(norm.examples) == normalise(load_rows(str(path))).examples
+    assert norm.source_row(1) == {"prompt": "a", "completion": "b", "note": None}
+    assert norm.unused() == ["note"]
+
+
+def test_default_workers_share_the_cores_and_keep_small_data_in_process() -> None:
+    assert default_workers(100) == 1
+    assert default_workers(10_000_000, 3) == 3
+    assert 1 <= default_workers(10_000_000) <= 8
