@@ -51,7 +51,7 @@ def _rss_mib(who: int = resource.RUSAGE_SELF) -> float:
 
 
 def _current_rss_mib() -> float:
-    with open("/proc/self/statm") as f:
+    with open("/proc/self/statm", encoding="utf-8") as f:
         return int(f.read().split()[1]) * resource.getpagesize() / 2**20
 
 
@@ -70,8 +70,9 @@ def side_tunekit(data: str, model: str, cache: str, workers: int) -> dict[str, A
 
 
 def side_datasets(data: str, model: str, cache: str, workers: int) -> dict[str, Any]:
-    import tunekit as tk
     from datasets import load_dataset
+
+    import tunekit as tk
 
     # The same tokenizer (and template) as the other side, loaded the same way: the same baseline RSS.
     tokenizer = tk.Tuner(model, training=tk.Training(device="cpu"), progress=False).tokenizer

@@ -125,7 +125,15 @@ class _Texts(Sequence[str | None]):
         return self.examples[k].text
 
 
-class _Rows(_Texts):
+class _Rows(Sequence[int]):
+    """The examples' row numbers, each read when asked for."""
+
+    def __init__(self, examples: Sequence[Example]) -> None:
+        self.examples = examples
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
     def __getitem__(self, k: Any) -> Any:
         return self.examples[k].row
 
@@ -203,7 +211,9 @@ def encode_for(spec: RunSpec, norm: NormalisedData, tokenizer: Any) -> Encoded |
     keyed = {"objective": obj.name, **settings}
     if isinstance(norm, ArrowNormalised):
         # A second run on the same data, tokenizer and settings skips tokenising (the key: data.cache).
-        path = entry_path(cache_key(tokenizer, table_digest(norm), keyed), training.cache_dir) if training.cache else None
+        path = (
+            entry_path(cache_key(tokenizer, table_digest(norm), keyed), training.cache_dir) if training.cache else None
+        )
         enc = encode_table(tokenizer, norm, settings, path=path, workers=training.data_workers)
     else:  # examples given as a list (tests, callers of data.normalise)
         enc = cached_encode(

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 import tunekit as tk
-from tunekit.data import encode_examples, load_rows, normalise
+from tunekit.data import load_rows, normalise
 from tunekit.data.arrow import ArrowNormalised, default_workers, normalise_table
 from tunekit.errors import DatasetError
 from tunekit.testing import first_task, write_jsonl

@@ -39,7 +39,6 @@ from tunekit.data.encoding import Encoded, encode_example
 from tunekit.data.formats import Example, NormalisedData, detect_format, normalise_row
 from tunekit.data.layouts import Layout, detect_layout
 from tunekit.data.loading import UTF8, DataInput, empty_data_error, load_rows, parse_jsonl_line
-from tunekit.data.mapping import Data
 from tunekit.errors import DatasetError, IncompatibleError, TunekitError
 
 __all__ = [

@@ -132,9 +132,7 @@ def read_entry(path: Path) -> Encoded | None:
     return Encoded.of_table(table, skipped, int(meta["truncated"]))
 
 
-def write_entry(
-    path: Path, batches: Iterable[Any], *, skipped: list[tuple[int, str]], truncated: int
-) -> Encoded:
+def write_entry(path: Path, batches: Iterable[Any], *, skipped: list[tuple[int, str]], truncated: int) -> Encoded:
     """Write record batches of ``input_ids`` / ``labels`` / ``rows`` to ``path`` (an Arrow file, written to a
     temporary name and renamed into place) and return it memory-mapped."""
     import pyarrow as pa

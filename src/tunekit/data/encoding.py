@@ -142,14 +142,19 @@ def encode_examples(
     sequence as written, often pre-rendered chat whose markers must stay markers: one holding a control-token
     string is a bad row unless ``allow_control_tokens`` says to read them as such (encoding them as plain
     text without a word would silently unteach the markers; training on them untold would trust the data)."""
-    out = Encoded([], [], [])
+    input_ids: list[list[int]] = []
+    labels: list[list[int]] = []
+    rows: list[int] = []
+    out = Encoded(input_ids, labels, rows)
     tokens = () if allow_control_tokens else control_tokens(tokenizer)
     for ex in examples:
-        one = encode_example(tokenizer, ex, max_length=max_length, train_on_prompt=train_on_prompt, add_eos=add_eos,
-                             on_bad_rows=on_bad_rows, tokens=tokens, train_on=train_on, reasoning=reasoning)  # fmt: skip
-        out.input_ids += one.input_ids  # type: ignore[operator]
-        out.labels += one.labels  # type: ignore[operator]
-        out.rows += one.rows  # type: ignore[operator]
+        one = encode_example(
+            tokenizer, ex, max_length=max_length, train_on_prompt=train_on_prompt, add_eos=add_eos,
+            on_bad_rows=on_bad_rows, tokens=tokens, train_on=train_on, reasoning=reasoning,
+        )  # fmt: skip
+        input_ids += one.input_ids
+        labels += one.labels
+        rows += one.rows
         out.skipped += one.skipped
         out.truncated += one.truncated
     if not out.input_ids:

@@ -23,6 +23,7 @@ per-turn ``"train": false``).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -86,7 +87,7 @@ class Example:
 @dataclass
 class NormalisedData:
     format: Format
-    examples: list[Example]
+    examples: Sequence[Example]  # a list, or read from an Arrow table (tunekit.data.arrow.ExampleColumn)
     skipped: list[tuple[int, str]] = field(default_factory=list)  # (row, reason)
 
 

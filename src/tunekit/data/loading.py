@@ -241,5 +241,7 @@ def empty_data_error(data: DataInput, what: str) -> DatasetError:
     """The error for data with no rows (``what``: "training" or "eval")."""
     where = f"{data}: the file has no rows" if isinstance(data, (str, Path)) else "it has no rows"
     if what == "eval":
-        return DatasetError(f"eval_data is empty: {where} to evaluate on; add at least one example, or leave eval_data out")
+        return DatasetError(
+            f"eval_data is empty: {where} to evaluate on; add at least one example, or leave eval_data out"
+        )
     return DatasetError(f"the dataset is empty: {where} to train on; add at least one example")

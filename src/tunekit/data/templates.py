@@ -135,6 +135,10 @@ class _Watchdog:
     sleeps until the nearest deadline (with no render running, until the next one starts)."""
 
     def __init__(self) -> None:
+        self.restart()
+
+    def restart(self) -> None:
+        """No render running and no watching thread (a new process: a forked one starts so)."""
         self._deadlines: dict[int, float] = {}
         self._wake = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -177,7 +181,7 @@ class _Watchdog:
 _WATCHDOG = _Watchdog()
 # A forked process (Training(data_workers=...)) has no watching thread and may hold a copy of a lock taken at the
 # fork: it starts afresh.
-os.register_at_fork(after_in_child=_WATCHDOG.__init__)
+os.register_at_fork(after_in_child=_WATCHDOG.restart)
 
 
 def template_source(tokenizer: Any) -> str:
