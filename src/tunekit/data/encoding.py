@@ -40,6 +40,12 @@ class TableColumn(Sequence[Any]):
             return len(self) == len(other) and list(self) == list(other)
         return NotImplemented
 
+    def __add__(self, other: Sequence[Any]) -> list[Any]:
+        return [*self, *other]
+
+    def __radd__(self, other: Sequence[Any]) -> list[Any]:
+        return [*other, *self]
+
     __hash__ = None  # type: ignore[assignment]
 
 
