@@ -201,6 +201,10 @@ def test_preference_row_with_openai_parts_in_the_prompt() -> None:
     ex = one({"prompt": [user([{"type": "image", "image": "images/red.png"}, text("Colour?")])], "chosen": "red",
               "rejected": "blue"})  # fmt: skip
     assert ex.prompt == (user([IMG, text("Colour?")]),) and colours(ex) == [RED]
+    openai = one({"input": {"messages": [user([{"type": "image_url", "image_url": {"url": "images/red.png"}},
+                                               text("Colour?")])]},
+                  "preferred_output": [bot("red")], "non_preferred_output": [bot("blue")]})  # fmt: skip
+    assert openai.prompt == ex.prompt and openai.chosen == (bot("red"),) and colours(openai) == [RED]
 
 
 def test_mixed_inline_images_and_column_images_keep_the_conversation_order() -> None:
