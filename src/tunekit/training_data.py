@@ -27,7 +27,9 @@ from tunekit.data.columns import renamed_answer_column
 from tunekit.data.control_tokens import check_no_control_tokens
 from tunekit.data.encoding import Encoded
 from tunekit.data.formats import Example, NormalisedData
+from tunekit.data.images import ImageOptions
 from tunekit.data.layouts import detect_layout
+from tunekit.data.loading import base_dir_of
 from tunekit.data.rows import TrainerRows, prepare_rows
 from tunekit.data.templated import find_template_markers, template_warning
 from tunekit.errors import DatasetError, IncompatibleError
@@ -71,7 +73,12 @@ def normalise_for(
     ``what`` names the data in errors (``"training"``, ``"eval"``).
     """
     norm = normalise_table(
-        data, on_bad_rows=training.on_bad_rows, workers=training.data_workers, directory=training.cache_dir, what=what
+        data,
+        on_bad_rows=training.on_bad_rows,
+        workers=training.data_workers,
+        directory=training.cache_dir,
+        what=what,
+        images=ImageOptions.of(training, base_dir_of(data)),
     )
     first = norm.source_row(1)
     layout = detect_layout([first])

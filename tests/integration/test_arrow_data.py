@@ -11,7 +11,10 @@ import pytest
 
 import tunekit as tk
 from tunekit.data import load_rows, normalise
-from tunekit.data.arrow import ArrowNormalised, default_workers, normalise_table
+from tunekit.data.arrow import ArrowNormalised, default_workers, normalise_table, table_digest
+from tunekit.data.cache import example_digest, examples_digest
+from tunekit.data.images import ImageOptions
+from tunekit.data.loading import base_dir_of
 from tunekit.errors import DatasetError
 from tunekit.testing import first_task, write_jsonl
 from tunekit.training_data import encode_for, normalise_for
@@ -154,3 +157,49 @@ def test_default_workers_share_the_cores_and_keep_small_data_in_process() -> Non
     assert default_workers(100) == 1
     assert default_workers(10_000_000, 3) == 3
     assert 1 <= default_workers(10_000_000) <= 8
+
+
+# --- vision rows (Example.images): the same driver, the images' decoded pixels pickled in the work table ----------
+
+VISION = DATA / "vision"
+
+
+@pytest.mark.parametrize(
+    "name", ["openai_parts.jsonl", "llamafactory.json", "sharegpt.json", "sharegpt_dpo.json", "bad_images.jsonl"]
+)
+@pytest.mark.parametrize("workers", [1, 2])
+def test_vision_rows_through_the_driver_equal_the_list_path(tmp_path: Path, name: str, workers: int) -> None:
+    pytest.importorskip("PIL")
+    data = str(VISION / name)
+    training = tk.Training(device="cpu", cache_dir=str(tmp_path), data_workers=workers, on_bad_rows="skip",
+                           max_pixels=40 * 40)  # fmt: skip
+    objective = tk.DPO() if "dpo" in name else None
+    norm, _ = normalise_for(data, training=training, method=tk.LoRA(), objective=objective)
+    assert isinstance(norm, ArrowNormalised)
+    theirs = normalise(load_rows(data), on_bad_rows="skip", images=ImageOptions.of(training, base_dir_of(data)))
+    ours = list(norm.examples)
+    assert ours == list(theirs.examples)  # PIL images compare by mode, size and pixels
+    assert [[im.tobytes() for im in ex.images] for ex in ours] == [
+        [im.tobytes() for im in ex.images] for ex in theirs.examples
+    ]
+    assert all(im.width * im.height <= 40 * 40 for ex in ours for im in ex.images)  # the budget applied in workers
+    assert norm.skipped == theirs.skipped
+    assert norm.has_images and theirs.has_images
+    assert table_digest(norm) == examples_digest(map(example_digest, theirs.examples))  # the same cache key
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_bad_image_raises_the_list_paths_error_from_a_worker(tmp_path: Path, workers: int) -> None:
+    pytest.importorskip("PIL")
+    data = str(VISION / "bad_images.jsonl")
+    training = tk.Training(device="cpu", cache_dir=str(tmp_path), data_workers=workers)
+    with pytest.raises(DatasetError) as caught:
+        normalise_for(data, training=training, method=tk.LoRA(), objective=None)
+    with pytest.raises(DatasetError) as old:
+        normalise(load_rows(data), images=ImageOptions.of(training, base_dir_of(data)))
+    assert (str(caught.value), caught.value.row, caught.value.field) == (str(old.value), 2, old.value.field)
+
+
+def test_text_rows_have_no_images(tmp_path: Path) -> None:
+    norm = normalise_table(first_task(5, seed=1), on_bad_rows="error", workers=1, directory=str(tmp_path))
+    assert not norm.has_images

@@ -37,6 +37,7 @@ from tunekit.data.columns import Format, numeric_labels, unused_columns
 from tunekit.data.control_tokens import control_tokens
 from tunekit.data.encoding import Encoded, encode_example
 from tunekit.data.formats import Example, NormalisedData, detect_format, normalise_row
+from tunekit.data.images import ImageOptions
 from tunekit.data.layouts import Layout, detect_layout
 from tunekit.data.loading import UTF8, DataInput, empty_data_error, load_rows, parse_jsonl_line
 from tunekit.errors import DatasetError, IncompatibleError, TunekitError
@@ -198,16 +199,18 @@ class _Normalise:
     on_bad_rows: str
     raise_errors: bool  # one worker: the first bad row raises where it is met
     what: str = "training"  # errors in other data name it ("eval_data: row 3: ...")
+    images: ImageOptions | None = None  # how images are read (the pixel budget, where relative paths start)
 
     def __call__(self, batch: dict[str, list[Any]], indices: list[int]) -> dict[str, list[Any]]:
         out: dict[str, list[Any]] = {k: [] for k in ("row", "example", "digest", "skip", "error", "unused", "numeric",
-                                                     "tools")}  # fmt: skip
+                                                     "tools", "images")}  # fmt: skip
         reads = self.layout.reads if self.layout is not None else frozenset()
         for k, index in enumerate(indices):
             i = index + 1
             example = digest = skip = error = None
             unused: list[str] = []
             numeric = tools = False
+            images = 0
             try:
                 row = _row_of(batch, k, self.source)  # reading errors (invalid JSON, a key twice) are never skipped
                 if not isinstance(row, dict):
@@ -224,10 +227,11 @@ class _Normalise:
                 unused = unused_columns(self.fmt, [row], reads)
                 numeric = bool(numeric_labels([row]))
                 try:
-                    ex = normalise_row(self.fmt, row, i, layout=self.layout)
-                    example = pickle.dumps(ex, protocol=pickle.HIGHEST_PROTOCOL)
+                    ex = normalise_row(self.fmt, row, i, layout=self.layout, images=self.images)
+                    example = pickle.dumps(ex, protocol=pickle.HIGHEST_PROTOCOL)  # images: their decoded pixels
                     digest = example_digest(ex)
                     tools = bool(ex.tools)
+                    images = len(ex.images)
                 except DatasetError as e:
                     if self.on_bad_rows == "skip":
                         skip = str(e)
@@ -236,7 +240,8 @@ class _Normalise:
                     else:
                         error = _as_data(named(e, self.what))
             for key, value in (("row", i), ("example", example), ("digest", digest), ("skip", skip), ("error", error),
-                               ("unused", unused), ("numeric", numeric), ("tools", tools)):  # fmt: skip
+                               ("unused", unused), ("numeric", numeric), ("tools", tools),
+                               ("images", images)):  # fmt: skip
                 out[key].append(value)
         return out
 
@@ -296,6 +301,12 @@ class ArrowNormalised(NormalisedData):
 
         return bool(pc.any(self.table.data.column("tools")).as_py())
 
+    @property
+    def has_images(self) -> bool:
+        import pyarrow.compute as pc
+
+        return bool(pc.max(self.table.data.column("images")).as_py() or 0)
+
     def unused(self) -> list[str]:
         seen: dict[str, None] = {}
         for batch in self.table.select_columns(["unused"]).iter(CHUNK):
@@ -330,10 +341,17 @@ def _map(table: Any, fn: Any, workers: int, path: Path, *, with_indices: bool, r
 
 
 def normalise_table(
-    data: DataInput, *, on_bad_rows: str, workers: int | None, directory: str | None, what: str = "training"
+    data: DataInput,
+    *,
+    on_bad_rows: str,
+    workers: int | None,
+    directory: str | None,
+    what: str = "training",
+    images: ImageOptions | None = None,
 ) -> ArrowNormalised:
     """Read and normalise ``data`` (see the module docstring); the first bad row raises, or with ``on_bad_rows=
-    "skip"`` bad rows are listed in ``skipped``."""
+    "skip"`` bad rows are listed in ``skipped``. ``images``: how rows' images are read (the pixel budget, the folder
+    relative paths start from)."""
     work = _Workdir(directory)
     try:
         rows, source = read_table(data, work.path, what=what)
@@ -344,7 +362,7 @@ def normalise_table(
             raise named(e, what) from None
         layout = detect_layout([first])
         n = default_workers(len(rows), workers)
-        fn = _Normalise(fmt, layout, source, on_bad_rows, raise_errors=n == 1, what=what)
+        fn = _Normalise(fmt, layout, source, on_bad_rows, raise_errors=n == 1, what=what, images=images)
         table = _map(rows, fn, n, work.path / "examples.arrow", with_indices=True, remove=rows.column_names)
         cols = table.data
         _raise_first(cols.column("error").to_pylist())

@@ -1,7 +1,7 @@
 """The tokenisation cache: a second run on the same data skips templating and tokenising.
 
 An entry is keyed by a SHA-256 of everything that changes the encoding: the normalised examples
-themselves (their content, not a file's path or modification time), the tokenizer (its
+themselves (their content and their images' pixels, not a file's path or modification time), the tokenizer (its
 serialised vocabulary and merges, special tokens and class), the chat template, ``max_length``,
 the objective's encoding options, ``on_bad_rows`` and the tunekit version. Entries are Arrow
 files (memory-mapped when read: the trainer reads the tokens from disk, not from Python lists)
@@ -78,10 +78,19 @@ def _version(module: str) -> str | None:
         return None
 
 
+def _image_digest(image: Any) -> str:
+    """An image's pixels, size and mode (two images that differ anywhere key differently)."""
+    h = hashlib.sha256(f"{image.mode} {image.size}".encode())
+    h.update(image.tobytes())
+    return h.hexdigest()
+
+
 def example_digest(ex: Example) -> bytes:
-    """SHA-256 of what of one example changes its encoding (its row, text, messages, training flags and tools)."""
+    """SHA-256 of what of one example changes its encoding (its row, text, messages, training flags, tools and
+    images' pixels)."""
     fields: list[Any] = [ex.row, ex.text, ex.messages]
     fields += ([list(ex.trained)] if ex.trained is not None else []) + ([list(ex.tools)] if ex.tools else [])
+    fields += [[_image_digest(image) for image in ex.images]] if ex.images else []  # text rows: keys unchanged
     return hashlib.sha256(json.dumps(fields, ensure_ascii=False, default=str).encode("utf-8")).digest()
 
 
