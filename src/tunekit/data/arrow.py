@@ -4,9 +4,10 @@ Rows are never one Python list of the whole data. A ``.jsonl`` file is read in c
 line numbers) into an Arrow file; other inputs (``.json``, ``.csv``, ``.parquet``, a DataFrame, a ``datasets.Dataset``,
 a list of dicts) are read by :func:`tunekit.data.loading.load_rows` and stored pickled, so every value comes back
 exactly as it was read. ``Dataset.map(batched=True, num_proc=workers)`` then calls the per-row functions
-(:func:`tunekit.data.loading.parse_jsonl_line`, :func:`tunekit.data.formats.normalise_row`,
-:func:`tunekit.data.encoding.encode_example`) on each row, and the encoded result is written to the tokenisation
-cache as an Arrow file and memory-mapped from there (:mod:`tunekit.data.cache`).
+(:func:`tunekit.data.loading.parse_jsonl_line`, :func:`tunekit.data.formats.normalise_row`) on each row and the
+batch encoder (:func:`tunekit.data.encoding.encode_batch`: each row rendered, the batch's texts tokenised in one
+call) on each batch, and the encoded result is written to the tokenisation cache as an Arrow file and memory-mapped
+from there (:mod:`tunekit.data.cache`).
 
 Errors name the user's rows as before: with one worker the first bad row raises where it is met; with several each
 row's error is kept beside it and the first one by row number is raised, the same error one process raises.
@@ -35,7 +36,7 @@ from typing import Any, overload
 from tunekit.data.cache import cache_dir, example_digest, examples_digest, read_entry, write_entry
 from tunekit.data.columns import Format, numeric_labels, unused_columns
 from tunekit.data.control_tokens import control_tokens
-from tunekit.data.encoding import Encoded, encode_example
+from tunekit.data.encoding import Encoded, encode_batch
 from tunekit.data.formats import Example, NormalisedData, detect_format, normalise_row
 from tunekit.data.images import ImageOptions
 from tunekit.data.layouts import Layout, detect_layout
@@ -408,16 +409,14 @@ class _Encode:
                                ("error", error), ("truncated", cut)):  # fmt: skip
                 out[key].append(value)
 
-        for blob in batch["example"]:
-            if blob is None:
-                continue  # skipped (or failed) while normalising
-            ex: Example = pickle.loads(blob)
-            try:
-                enc = encode_example(self.tokenizer, ex, tokens=self.tokens, **self.settings)
-            except (DatasetError, IncompatibleError) as e:
-                if self.raise_errors:
-                    raise
-                add(ex.row, [], [], None, _as_data(e), 0)
+        # skipped (or failed) while normalising: None
+        examples: list[Example] = [pickle.loads(blob) for blob in batch["example"] if blob is not None]
+        encoded = encode_batch(
+            self.tokenizer, examples, tokens=self.tokens, raise_errors=self.raise_errors, **self.settings
+        )
+        for ex, enc in zip(examples, encoded):
+            if not isinstance(enc, Encoded):
+                add(ex.row, [], [], None, _as_data(enc), 0)
                 continue
             for _row, reason in enc.skipped:
                 add(ex.row, [], [], reason, None, 0)

@@ -1,10 +1,13 @@
 """Which characters of a rendered conversation train: each assistant turn's span, found without trusting the template.
 
 For every assistant turn that trains, the conversation is rendered three ways: up to the turn with the generation
-prompt (what a server sends the model), up to and including the turn, and whole. The turn's span starts where the
-generation prompt ends (so the prompt served at inference is exactly the one trained on) and ends at the last control
-token of the turn (its end of turn: the model learns to stop). The span is then checked: it must hold the turn's
-content, its tool calls' names and, when kept, its reasoning, and end with a control token.
+prompt (what a server sends the model), up to and including the turn, and whole (the last turn's rendering is the
+whole one; and for a plain last turn whose template a probe showed writes the generation prompt exactly up to the
+turn's content, the generation prompt is read from the whole rendering: one render per row, see :func:`prompt_in`).
+The turn's span starts where the generation prompt ends (so the prompt served at inference is exactly the one trained
+on) and ends at the last control token of the turn (its end of turn: the model learns to stop). The span is then
+checked: it must hold the turn's content, its tool calls' names and, when kept, its reasoning, and end with a control
+token.
 
 A turn that cannot be found that way in the whole conversation (the template renders it differently in history than
 when it is the turn being generated: Qwen3 writes an empty ``<think></think>`` only on the last turn, and drops
@@ -19,16 +22,17 @@ answers without their reasoning.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from tunekit.data.control_tokens import control_tokens
 from tunekit.data.messages import Messages, strip_reasoning
-from tunekit.data.templates import render, template_source
+from tunekit.data.templates import render, template_options, template_source, try_render
 from tunekit.errors import DatasetError, IncompatibleError
 
-__all__ = ["Reasoning", "Rendered", "TrainOn", "render_turns", "supervised_turns"]
+__all__ = ["Reasoning", "Rendered", "TrainOn", "prompt_in", "render_turns", "supervised_turns"]
 
 Reasoning = Literal["inference", "keep", "drop"]
 TrainOn = Literal["all_assistant", "last_assistant"]
@@ -130,6 +134,62 @@ def _problem(body: str, message: dict[str, Any]) -> str | None:
     return None
 
 
+_PROBES: dict[tuple[Any, ...], str | None] = {}
+
+
+def _probe(tokenizer: Any, roles: tuple[str, ...]) -> str | None:
+    """What the template writes after the last message's content in a conversation of ``roles`` (its end of turn),
+    when the generation prompt before that message is exactly the whole rendering up to its content; else None.
+    Found once per template, options, special tokens and roles, by rendering two conversations of plain sentinels."""
+    key = (
+        template_source(tokenizer),
+        str(getattr(tokenizer, "chat_template", None)),
+        json.dumps(template_options(tokenizer), sort_keys=True, default=str),
+        str(getattr(tokenizer, "special_tokens_map", None)),
+        roles,
+    )
+    if key in _PROBES:
+        return _PROBES[key]
+    tails: set[str | None] = set()
+    for variant in ("first", "second one"):
+        probe = [{"role": r, "content": f"tunekit probe {variant} {k}"} for k, r in enumerate(roles)]
+        try:
+            prompt = try_render(tokenizer, probe[:-1], add_generation_prompt=True)
+            full = try_render(tokenizer, probe, add_generation_prompt=False)
+        except IncompatibleError:
+            prompt = full = None
+        content = probe[-1]["content"]
+        at = full.rfind(content) if full is not None else -1
+        if prompt is None or full is None or at < 0 or full[:at] != prompt:
+            tails.add(None)
+        else:
+            tails.add(full[at + len(content) :])
+    tail = tails.pop() if len(tails) == 1 else None
+    if len(_PROBES) > 1024:  # many templates in one process (tests): start afresh
+        _PROBES.clear()
+    _PROBES[key] = tail
+    return tail
+
+
+def prompt_in(tokenizer: Any, messages: Sequence[dict[str, Any]], full: str) -> str | None:
+    """The generation prompt before the last message of ``messages``, read from their whole rendering ``full``
+    instead of rendered again (one render per row, not two), where that is exact: a probe of the template with the
+    same roles (:func:`_probe`) showed the generation prompt is what precedes the last message's content, and the row
+    gives the template nothing else to read (each message only a role and plain text without markup or surrounding
+    space; no tools, reasoning or images). None: render it."""
+    for m in messages:
+        content = m.get("content")
+        if m.keys() - {"role", "content"} or not isinstance(content, str) or "<" in content or ">" in content:
+            return None
+    content = messages[-1]["content"]
+    if not content or content != content.strip():
+        return None
+    tail = _probe(tokenizer, tuple(m["role"] for m in messages))
+    if tail is None or not full.endswith(content + tail):
+        return None
+    return full[: len(full) - len(tail) - len(content)]
+
+
 def _locate(
     tokenizer: Any,
     messages: list[dict[str, Any]],
@@ -143,7 +203,9 @@ def _locate(
     failed: dict[int, str] = {}
     done = 0
     for t in turns:
-        prompt = render(tokenizer, messages[:t], add_generation_prompt=True, tools=tools)
+        prompt = prompt_in(tokenizer, messages, full) if t + 1 == len(messages) and not tools else None
+        if prompt is None:
+            prompt = render(tokenizer, messages[:t], add_generation_prompt=True, tools=tools)
         last = t + 1 == len(messages)  # the last turn's rendering is the whole one's: render it once
         turn = full if last else render(tokenizer, messages[: t + 1], add_generation_prompt=False, tools=tools)
         if not (full.startswith(prompt) and full.startswith(turn) and len(prompt) >= done and len(turn) > len(prompt)):
