@@ -9,7 +9,9 @@ The rows are prompt/completion pairs of 5-40 random digits in a JSONL file, the 
 its peak RSS is its own: ``peak_rss_mib`` is the process's (the ``datasets`` workers' are ``worker_rss_mib``,
 the largest child's), ``base_rss_mib`` its RSS after the imports, before reading the data (both sides import
 tunekit, so the baseline is the same). Time counts reading, validating, templating and tokenising, and writing
-the result to the cache (tunekit) or Arrow files (``datasets``); the tokenizer is loaded before.
+the result to the cache (tunekit) or Arrow files (``datasets``); the tokenizer is loaded before. ``cpu_s`` is the
+CPU time of the same span (the side's process and its finished workers): on a machine shared with other work,
+wall time moves with their load and CPU time much less, so ``cpu_ratio`` is the steadier comparison.
 
     PYTHONPATH=src python benchmarks/data_scale.py [--rows 200000] [--workers 1 2]
 """
@@ -50,6 +52,13 @@ def _rss_mib(who: int = resource.RUSAGE_SELF) -> float:
     return resource.getrusage(who).ru_maxrss / 1024  # Linux: KiB
 
 
+def _cpu_s() -> float:
+    """CPU seconds of this process and its finished children (the ``datasets`` workers): on a shared machine the
+    figure that other processes' load changes least."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def _current_rss_mib() -> float:
     with open("/proc/self/statm", encoding="utf-8") as f:
         return int(f.read().split()[1]) * resource.getpagesize() / 2**20
@@ -63,10 +72,11 @@ def side_tunekit(data: str, model: str, cache: str, workers: int) -> dict[str, A
     tuner = tk.Tuner(model, training=training, progress=False)
     tuner.tokenizer  # noqa: B018  (loads the tokenizer, outside the timing)
     base = _current_rss_mib()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), _cpu_s()
     enc = tuner.prepare(data)
-    seconds = time.perf_counter() - t0
-    return {"seconds": seconds, "examples": len(enc.rows), "tokens": int(enc.num_tokens), "base_rss_mib": base}
+    seconds, cpu = time.perf_counter() - t0, _cpu_s() - c0
+    return {"seconds": seconds, "cpu_s": cpu, "examples": len(enc.rows), "tokens": int(enc.num_tokens),
+            "base_rss_mib": base}  # fmt: skip
 
 
 def side_datasets(data: str, model: str, cache: str, workers: int) -> dict[str, Any]:
@@ -77,7 +87,7 @@ def side_datasets(data: str, model: str, cache: str, workers: int) -> dict[str, 
     # The same tokenizer (and template) as the other side, loaded the same way: the same baseline RSS.
     tokenizer = tk.Tuner(model, training=tk.Training(device="cpu"), progress=False).tokenizer
     base = _current_rss_mib()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), _cpu_s()
     ds = load_dataset("json", data_files=data, split="train", cache_dir=cache)
 
     def encode(batch: dict[str, list[Any]]) -> dict[str, Any]:
@@ -89,9 +99,9 @@ def side_datasets(data: str, model: str, cache: str, workers: int) -> dict[str, 
         return {"input_ids": tokenizer(texts, add_special_tokens=False)["input_ids"]}
 
     out = ds.map(encode, batched=True, num_proc=workers if workers > 1 else None, remove_columns=ds.column_names)
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, _cpu_s() - c0
     tokens = sum(len(x) for batch in out.iter(10_000) for x in batch["input_ids"])
-    return {"seconds": seconds, "examples": len(out), "tokens": tokens, "base_rss_mib": base}
+    return {"seconds": seconds, "cpu_s": cpu, "examples": len(out), "tokens": tokens, "base_rss_mib": base}
 
 
 SIDES = {"tunekit": side_tunekit, "datasets": side_datasets}
@@ -135,6 +145,7 @@ def main() -> None:
             fig = run_side(side, data, model_dir, tmp / f"cache-{n}-{side}-{w}", w)
             results.append({
                 "rows": n, "side": side, "workers": w, "seconds": round(fig["seconds"], 2),
+                "cpu_s": round(fig["cpu_s"], 2),
                 "rows_per_s": round(n / fig["seconds"]), "peak_rss_mib": round(fig["peak_rss_mib"]),
                 "worker_rss_mib": round(fig["worker_rss_mib"]), "base_rss_mib": round(fig["base_rss_mib"]),
                 "examples": fig["examples"], "tokens": fig["tokens"],
@@ -148,6 +159,7 @@ def main() -> None:
             plain, ours = by["datasets", 1], by["tunekit", 1]
             ratios[str(n)] = {
                 "time_ratio": round(ours["seconds"] / plain["seconds"], 2),
+                "cpu_ratio": round(ours["cpu_s"] / plain["cpu_s"], 2),
                 "rss_ratio": round(ours["peak_rss_mib"] / plain["peak_rss_mib"], 2),
             }
     emit({"benchmark": "data_scale", "results": results, "ratios": ratios, "target": 1.5})

@@ -13,6 +13,9 @@ import tunekit as tk
 from tunekit.data import load_rows, normalise
 from tunekit.data.arrow import ArrowNormalised, default_workers, normalise_table, table_digest
 from tunekit.data.cache import example_digest, examples_digest
+from tunekit.data.control_tokens import control_tokens
+from tunekit.data.encoding import Encoded, encode_batch, encode_example
+from tunekit.data.formats import Example
 from tunekit.data.images import ImageOptions
 from tunekit.data.loading import base_dir_of
 from tunekit.errors import DatasetError
@@ -203,3 +206,27 @@ def test_a_bad_image_raises_the_list_paths_error_from_a_worker(tmp_path: Path, w
 def test_text_rows_have_no_images(tmp_path: Path) -> None:
     norm = normalise_table(first_task(5, seed=1), on_bad_rows="error", workers=1, directory=str(tmp_path))
     assert not norm.has_images
+
+
+def test_the_batch_encoder_equals_one_example_at_a_time(tiny_qwen: Path, tmp_path: Path) -> None:
+    tok = _tuner(tiny_qwen, tmp_path).tokenizer
+    tokens = control_tokens(tok)
+    chats = normalise(first_task(6, seed=4)).examples
+    texts = [Example(row=7, text="plain words here"), Example(row=8, text=""), Example(row=9, text="x <|im_end|> y")]
+    examples = [*chats, *texts]
+    for settings in ({"max_length": 64}, {"max_length": 64, "on_bad_rows": "skip"}, {"max_length": 4}):
+        batch = encode_batch(tok, examples, tokens=tokens, raise_errors=False, **settings)
+        for ex, got in zip(examples, batch, strict=True):
+            try:
+                one: Any = encode_example(tok, ex, tokens=tokens, **settings)
+            except DatasetError as e:
+                assert isinstance(got, DatasetError) and str(got) == str(e)
+                continue
+            assert isinstance(got, Encoded)
+            assert (got.input_ids, got.labels, got.rows, got.skipped, got.truncated) == (
+                one.input_ids, one.labels, one.rows, one.skipped, one.truncated,
+            )  # fmt: skip
+    # The first bad example raises, whichever step finds it: row 8 (nothing to learn: found after tokenising)
+    # before row 9 (a control token: found before).
+    with pytest.raises(DatasetError, match="row 8"):
+        encode_batch(tok, examples, tokens=tokens, max_length=64)

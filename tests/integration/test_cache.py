@@ -20,17 +20,17 @@ def spy(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
     def counting(tokenizer, norm, settings, **k):
         encoded = [0]
-        one = arrow.encode_example
+        batch = arrow.encode_batch
 
-        def each(*a, **kw):
-            encoded[0] += 1
-            return one(*a, **kw)
+        def each(tokenizer, examples, **kw):
+            encoded[0] += len(examples)
+            return batch(tokenizer, examples, **kw)
 
-        monkeypatch.setattr(arrow, "encode_example", each)
+        monkeypatch.setattr(arrow, "encode_batch", each)
         try:
             out = real(tokenizer, norm, settings, **k)
         finally:
-            monkeypatch.setattr(arrow, "encode_example", one)
+            monkeypatch.setattr(arrow, "encode_batch", batch)
         if encoded[0]:
             calls.append(encoded[0])
         return out

@@ -13,7 +13,7 @@ from tunekit.data.templates import render
 from tunekit.data.turns import Reasoning, TrainOn, render_turns, supervised_turns
 from tunekit.errors import DatasetError, IncompatibleError
 
-__all__ = ["Encoded", "TableColumn", "encode_batch", "encode_example", "encode_examples"]
+__all__ = ["Encoded", "TableColumn", "encode_batch", "encode_example", "encode_examples", "token_ids"]
 
 IGNORE = -100
 
@@ -123,10 +123,25 @@ def _chat_pieces(
 
 def _tokenize(tokenizer: Any, texts: list[str]) -> list[list[int]]:
     """Each text's ids, in one call (the tokenizer's per-call overhead dominates short texts); "" has none."""
-    if not texts:
-        return []
-    got = tokenizer([t or " " for t in texts], add_special_tokens=False)["input_ids"]
-    return [list(ids) if t else [] for ids, t in zip(got, texts)]
+    if not any(texts):
+        return [[] for _ in texts]
+    got = iter(token_ids(tokenizer, [t for t in texts if t], add_special_tokens=False))
+    return [next(got) if t else [] for t in texts]
+
+
+def token_ids(tokenizer: Any, texts: list[str], *, add_special_tokens: bool) -> list[list[int]]:
+    """``tokenizer(texts, add_special_tokens=...)["input_ids"]``. For a fast tokenizer the first text goes through
+    that call (which sets the Rust tokenizer's truncation, padding and special-token handling as every call does) and
+    the rest straight to the Rust tokenizer with that state: the same ids, without building a dict of attention masks
+    and offsets per text (a third of the time of a batch of short texts)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None) if getattr(tokenizer, "is_fast", False) else None
+    first = [list(ids) for ids in tokenizer(texts[:1], add_special_tokens=add_special_tokens)["input_ids"]]
+    if len(texts) == 1:
+        return first
+    if backend is None or backend.truncation is not None or backend.padding is not None:
+        rest = tokenizer(texts[1:], add_special_tokens=add_special_tokens)["input_ids"]
+        return first + [list(ids) for ids in rest]
+    return first + [e.ids for e in backend.encode_batch(texts[1:], add_special_tokens=add_special_tokens)]
 
 
 def _assemble(pieces: list[list[int]], train_on_prompt: bool) -> tuple[list[int], list[int]]:
@@ -287,7 +302,7 @@ def encode_batch(
     chat = [t for p in plans if isinstance(p, list) for seq in p if seq.ids is None for t in seq.texts]
     chat_ids = iter(_tokenize(tokenizer, chat))
     texts = [p for p in plans if isinstance(p, str)]
-    text_ids = iter(tokenizer(texts, add_special_tokens=True)["input_ids"] if texts else [])
+    text_ids = iter(token_ids(tokenizer, texts, add_special_tokens=True) if texts else [])
     results: list[Encoded | DatasetError | IncompatibleError] = []
     for ex, out, plan in zip(examples, outs, plans):
         try:

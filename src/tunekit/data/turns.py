@@ -22,14 +22,13 @@ answers without their reasoning.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from tunekit.data.control_tokens import control_tokens
 from tunekit.data.messages import Messages, strip_reasoning
-from tunekit.data.templates import render, template_options, template_source, try_render
+from tunekit.data.templates import render, template_source, try_render
 from tunekit.errors import DatasetError, IncompatibleError
 
 __all__ = ["Reasoning", "Rendered", "TrainOn", "prompt_in", "render_turns", "supervised_turns"]
@@ -134,22 +133,15 @@ def _problem(body: str, message: dict[str, Any]) -> str | None:
     return None
 
 
-_PROBES: dict[tuple[Any, ...], str | None] = {}
-
-
 def _probe(tokenizer: Any, roles: tuple[str, ...]) -> str | None:
     """What the template writes after the last message's content in a conversation of ``roles`` (its end of turn),
     when the generation prompt before that message is exactly the whole rendering up to its content; else None.
-    Found once per template, options, special tokens and roles, by rendering two conversations of plain sentinels."""
-    key = (
-        template_source(tokenizer),
-        str(getattr(tokenizer, "chat_template", None)),
-        json.dumps(template_options(tokenizer), sort_keys=True, default=str),
-        str(getattr(tokenizer, "special_tokens_map", None)),
-        roles,
-    )
-    if key in _PROBES:
-        return _PROBES[key]
+    Found once per tokenizer, template, options and roles, by rendering two conversations of plain sentinels (kept
+    on the tokenizer: a key of a few names, read per row)."""
+    probes = tokenizer.__dict__.setdefault("_tunekit_prompt_probes", {})
+    key = (tokenizer.chat_template, repr(getattr(tokenizer, "_tunekit_template_options", None)), roles)
+    if key in probes:
+        return probes[key]  # type: ignore[no-any-return]
     tails: set[str | None] = set()
     for variant in ("first", "second one"):
         probe = [{"role": r, "content": f"tunekit probe {variant} {k}"} for k, r in enumerate(roles)]
@@ -165,9 +157,7 @@ def _probe(tokenizer: Any, roles: tuple[str, ...]) -> str | None:
         else:
             tails.add(full[at + len(content) :])
     tail = tails.pop() if len(tails) == 1 else None
-    if len(_PROBES) > 1024:  # many templates in one process (tests): start afresh
-        _PROBES.clear()
-    _PROBES[key] = tail
+    probes[key] = tail
     return tail
 
 
