@@ -98,12 +98,17 @@ def _chat_pieces(
     tokens: tuple[str, ...],
     train_on: TrainOn,
     reasoning: Reasoning,
+    markers: Sequence[str] | None = None,
 ) -> list[_Pieces]:
-    """The example's training sequences (usually one; see :mod:`tunekit.data.turns`) as text pieces."""
+    """The example's training sequences (usually one; see :mod:`tunekit.data.turns`) as text pieces (``markers``:
+    the tokenizer's control tokens, when the caller has them)."""
     messages = ex.messages or ()
     turns = supervised_turns(messages, ex.trained, train_on, row=ex.row)
     out = []
-    for seq in render_turns(tokenizer, messages, turns, tools=ex.tools, reasoning=reasoning, row=ex.row):
+    rendered = render_turns(
+        tokenizer, messages, turns, tools=ex.tools, reasoning=reasoning, row=ex.row, markers=markers
+    )
+    for seq in rendered:
         bounds = [0]
         for start, end in seq.spans:
             bounds += [start, end]
@@ -125,8 +130,9 @@ def _tokenize(tokenizer: Any, texts: list[str]) -> list[list[int]]:
     """Each text's ids, in one call (the tokenizer's per-call overhead dominates short texts); "" has none."""
     if not any(texts):
         return [[] for _ in texts]
-    got = iter(token_ids(tokenizer, [t for t in texts if t], add_special_tokens=False))
-    return [next(got) if t else [] for t in texts]
+    unique = list(dict.fromkeys(t for t in texts if t))  # a batch repeats pieces (what follows a turn, a system)
+    ids = dict(zip(unique, token_ids(tokenizer, unique, add_special_tokens=False)))
+    return [list(ids[t]) if t else [] for t in texts]
 
 
 def token_ids(tokenizer: Any, texts: list[str], *, add_special_tokens: bool) -> list[list[int]]:
@@ -246,12 +252,13 @@ def _plan(
     train_on: TrainOn,
     reasoning: Reasoning,
     out: Encoded,
+    markers: Sequence[str] | None = None,
 ) -> list[_Pieces] | str | None:
     """What of ``ex`` to tokenise: a conversation's sequences as text pieces, a text row's text, or None when the row
     is skipped (its reason added to ``out``); raises for a bad row (or a template problem, which is never skipped)."""
     if ex.messages is not None:
         try:
-            return _chat_pieces(tokenizer, ex, tokens, train_on, reasoning)
+            return _chat_pieces(tokenizer, ex, tokens, train_on, reasoning, markers)
         except DatasetError as e:  # a template problem, not a bad row: never skipped, but say where
             message = str(e) if str(e).startswith(f"row {ex.row}:") else f"row {ex.row}: {e}"
             raise DatasetError(message, row=ex.row) from None
@@ -289,12 +296,13 @@ def encode_batch(
     pieces, and text rows with the tokenizer's special tokens): the same ids, without the tokenizer's per-call cost
     per row. Each example's result, or, unless ``raise_errors``, the error it raised (else the first bad example
     raises, as :func:`encode_example` on each in turn would)."""
+    markers = control_tokens(tokenizer)
     outs: list[Encoded] = []
     plans: list[list[_Pieces] | str | DatasetError | IncompatibleError | None] = []
     for ex in examples:
         out = Encoded([], [], [])
         try:
-            plan: Any = _plan(tokenizer, ex, tokens, on_bad_rows, train_on, reasoning, out)
+            plan: Any = _plan(tokenizer, ex, tokens, on_bad_rows, train_on, reasoning, out, markers)
         except (DatasetError, IncompatibleError) as e:
             plan = e  # raised in row order below, after any bad row before it
         outs.append(out)

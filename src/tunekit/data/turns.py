@@ -226,9 +226,11 @@ def render_turns(
     tools: Sequence[dict[str, Any]] | None = None,
     reasoning: Reasoning = "inference",
     row: int | None = None,
+    markers: Sequence[str] | None = None,
 ) -> list[Rendered]:
-    """The sequences that train ``turns`` of ``messages`` (usually one), each with its supervised spans."""
-    markers = control_tokens(tokenizer)
+    """The sequences that train ``turns`` of ``messages`` (usually one), each with its supervised spans
+    (``markers``: the tokenizer's control tokens, when the caller has them)."""
+    markers = control_tokens(tokenizer) if markers is None else markers
     out: list[Rendered] = []
     for shown, ts in _views(messages, turns, reasoning):
         whole = shown[: ts[-1] + 1]
