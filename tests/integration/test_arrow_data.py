@@ -17,7 +17,7 @@ from tunekit.data.control_tokens import control_tokens
 from tunekit.data.encoding import Encoded, encode_batch, encode_example
 from tunekit.data.formats import Example
 from tunekit.data.images import ImageOptions
-from tunekit.data.loading import base_dir_of
+from tunekit.data.loading import base_dir_of, iter_parquet_rows
 from tunekit.errors import DatasetError
 from tunekit.testing import first_task, write_jsonl
 from tunekit.training_data import encode_for, normalise_for
@@ -230,3 +230,53 @@ def test_the_batch_encoder_equals_one_example_at_a_time(tiny_qwen: Path, tmp_pat
     # before row 9 (a control token: found before).
     with pytest.raises(DatasetError, match="row 8"):
         encode_batch(tok, examples, tokens=tokens, max_length=64)
+
+
+# --- .csv and .parquet read a chunk at a time ----------------------------------------------------------------------
+
+
+def test_parquet_read_in_batches_equals_the_whole_file(tmp_path: Path) -> None:
+    pd = pytest.importorskip("pandas")
+    rows = first_task(10, seed=6)
+    frame = pd.DataFrame({
+        "prompt": [r["prompt"] for r in rows],
+        "completion": [r["completion"] for r in rows],
+        "score": [1, 2, 3, 4, 5, 6, 7, None, 9, 10],  # an int column with one null: floats, as pandas reads it
+        "count": list(range(10)),  # no null: ints
+        "flag": [True, None, False, True, True, False, True, True, False, True],
+        "tags": [["a", "b"], [], ["c"], None, ["d"], ["e"], [], ["f"], ["g"], ["h"]],
+        "meta": [{"k": i, "v": None if i % 3 else "x"} for i in range(10)],
+    }, index=[f"r{i}" for i in range(10)])  # fmt: skip
+    path = tmp_path / "rows.parquet"
+    frame.to_parquet(path, row_group_size=4)
+    assert list(iter_parquet_rows(path, batch_rows=3)) == load_rows(str(path))
+    assert [type(r["score"]) for r in iter_parquet_rows(path, batch_rows=3)][:2] == [float, float]
+    norm = normalise_table(str(path), on_bad_rows="error", workers=2, directory=str(tmp_path))
+    assert list(norm.examples) == normalise(load_rows(str(path))).examples
+    assert norm.source_row(8) == load_rows(str(path))[7]
+
+
+def test_a_chat_parquet_file_through_the_driver(tmp_path: Path) -> None:
+    pd = pytest.importorskip("pandas")
+    chats = load_rows(str(DATA / "canonical_chats.jsonl"))
+    path = tmp_path / "chats.parquet"
+    pd.DataFrame(chats).to_parquet(path)
+    norm = normalise_table(str(path), on_bad_rows="error", workers=1, directory=str(tmp_path))
+    assert list(norm.examples) == normalise(load_rows(str(path))).examples
+
+
+def test_csv_errors_read_as_before(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text("prompt,completion\na,b\n" * 3 + "c,d,e\n", encoding="utf-8")
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes("prompt,completion\ncafé,b\n".encode("latin-1"))
+    twice = tmp_path / "twice.csv"
+    twice.write_text("prompt,prompt,completion\na,b,c\n", encoding="utf-8")
+    for path in (bad, latin, twice):
+        with pytest.raises(DatasetError) as ours:
+            normalise_table(str(path), on_bad_rows="skip", workers=1, directory=str(tmp_path))
+        with pytest.raises(DatasetError) as theirs:
+            load_rows(str(path))
+        assert (str(ours.value), ours.value.row, ours.value.field) == (
+            str(theirs.value), theirs.value.row, theirs.value.field,
+        )  # fmt: skip

@@ -1,13 +1,16 @@
 """The data path at scale: rows in Arrow tables, normalised and encoded by ``datasets.map`` in worker processes.
 
 Rows are never one Python list of the whole data. A ``.jsonl`` file is read in chunks as its raw lines (with their
-line numbers) into an Arrow file; other inputs (``.json``, ``.csv``, ``.parquet``, a DataFrame, a ``datasets.Dataset``,
-a list of dicts) are read by :func:`tunekit.data.loading.load_rows` and stored pickled, so every value comes back
-exactly as it was read. ``Dataset.map(batched=True, num_proc=workers)`` then calls the per-row functions
-(:func:`tunekit.data.loading.parse_jsonl_line`, :func:`tunekit.data.formats.normalise_row`) on each row and the
-batch encoder (:func:`tunekit.data.encoding.encode_batch`: each row rendered, the batch's texts tokenised in one
-call) on each batch, and the encoded result is written to the tokenisation cache as an Arrow file and memory-mapped
-from there (:mod:`tunekit.data.cache`).
+line numbers) into an Arrow file; a ``.csv`` or ``.parquet`` file a chunk of rows at a time
+(:func:`tunekit.data.loading.iter_file_rows`), stored pickled, so every value comes back exactly as
+:func:`tunekit.data.loading.load_rows` reads it. Other inputs (a ``.json`` file, which is one JSON document, a
+:class:`tunekit.Data` mapping, a DataFrame, a ``datasets.Dataset``, a list of dicts) are read whole by
+:func:`tunekit.data.loading.load_rows` and stored the same way. ``Dataset.map(batched=True, num_proc=workers)`` then
+calls the per-row functions (:func:`tunekit.data.loading.parse_jsonl_line`,
+:func:`tunekit.data.formats.normalise_row`) on each row and the batch encoder
+(:func:`tunekit.data.encoding.encode_batch`: each row rendered, the batch's texts tokenised in one call) on each
+batch, and the encoded result is written to the tokenisation cache as an Arrow file and memory-mapped from there
+(:mod:`tunekit.data.cache`).
 
 Errors name the user's rows as before: with one worker the first bad row raises where it is met; with several each
 row's error is kept beside it and the first one by row number is raised, the same error one process raises.
@@ -21,6 +24,7 @@ Arrow files, and hands the trainers a memory-mapped table.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -28,7 +32,7 @@ import pickle
 import shutil
 import tempfile
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, overload
@@ -40,7 +44,7 @@ from tunekit.data.encoding import Encoded, encode_batch
 from tunekit.data.formats import Example, NormalisedData, detect_format, normalise_row
 from tunekit.data.images import ImageOptions
 from tunekit.data.layouts import Layout, detect_layout
-from tunekit.data.loading import UTF8, DataInput, empty_data_error, load_rows, parse_jsonl_line
+from tunekit.data.loading import UTF8, DataInput, empty_data_error, iter_file_rows, load_rows, parse_jsonl_line
 from tunekit.errors import DatasetError, IncompatibleError, TunekitError
 
 __all__ = [
@@ -150,12 +154,12 @@ def _jsonl_batches(path: Path) -> Iterator[Any]:
                                pa.nulls(len(lines), pa.large_binary())], schema=schema)  # fmt: skip
 
 
-def _pickled_batches(rows: list[Any]) -> Iterator[Any]:
+def _pickled_batches(rows: Iterable[Any]) -> Iterator[Any]:
     import pyarrow as pa
 
     schema = _row_schema()
-    for start in range(0, len(rows), CHUNK):
-        chunk = rows[start : start + CHUNK]
+    it = iter(rows)
+    while chunk := list(itertools.islice(it, CHUNK)):
         pickled = [pickle.dumps(r, protocol=pickle.HIGHEST_PROTOCOL) for r in chunk]
         yield pa.record_batch([pa.nulls(len(chunk), pa.int64()), pa.nulls(len(chunk), pa.large_string()),
                                pa.array(pickled, pa.large_binary())], schema=schema)  # fmt: skip
@@ -168,13 +172,20 @@ def read_table(data: DataInput, directory: Path, *, what: str = "training") -> t
     from datasets import Dataset
 
     out = directory / "rows.arrow"
-    if isinstance(data, (str, Path)) and Path(data).suffix.lower() == ".jsonl" and Path(data).is_file():
-        _write_batches(out, _jsonl_batches(Path(data)), _row_schema())
+    path = Path(data) if isinstance(data, (str, Path)) and Path(data).is_file() else None
+    streamed = iter_file_rows(path) if path is not None else None
+    source = ""
+    if path is not None and path.suffix.lower() == ".jsonl":
+        _write_batches(out, _jsonl_batches(path), _row_schema())
         source = str(data)
+    elif path is not None and streamed is not None:  # .csv, .parquet: a chunk of rows at a time
+        try:
+            _write_batches(out, _pickled_batches(streamed), _row_schema())
+        except UnicodeDecodeError:
+            load_rows(path)  # raises tunekit's message for a file that is not UTF-8
+            raise
     else:
-        rows = load_rows(data, what=what)
-        _write_batches(out, _pickled_batches(rows), _row_schema())
-        source = ""
+        _write_batches(out, _pickled_batches(load_rows(data, what=what)), _row_schema())
     table = Dataset.from_file(str(out))
     if len(table) == 0:
         raise empty_data_error(data, what)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,10 @@ from tunekit.data.columns import no_duplicate_keys
 from tunekit.data.mapping import Data, rename
 from tunekit.errors import DatasetError
 
-__all__ = ["UTF8", "DataInput", "base_dir_of", "empty_data_error", "load_rows", "parse_jsonl_line"]
+__all__ = [
+    "UTF8", "DataInput", "base_dir_of", "empty_data_error", "iter_csv_rows", "iter_file_rows", "iter_parquet_rows",
+    "load_rows", "parse_jsonl_line",
+]  # fmt: skip
 
 DataInput = Any  # str | Path | datasets.Dataset | list[dict] | pandas.DataFrame | tk.Data
 
@@ -106,6 +110,11 @@ def _duplicate_in_json(path: Path, text: str, e: ValueError) -> DatasetError:
 
 
 def _read_csv(path: Path) -> list[dict[str, Any]]:
+    return list(iter_csv_rows(path))
+
+
+def iter_csv_rows(path: Path) -> Iterator[dict[str, Any]]:
+    """A .csv file's rows, one at a time (the header checked first; a row with more cells than it raises)."""
     with path.open(encoding=UTF8, newline="") as f:
         reader = csv.DictReader(f)
         header = reader.fieldnames or []
@@ -119,7 +128,6 @@ def _read_csv(path: Path) -> list[dict[str, Any]]:
                 "tunekit refuses to guess: rename or remove one of them",
                 field=twice[0],
             )
-        rows = []
         for i, row in enumerate(reader, 1):
             if None in row:  # DictReader puts the cells beyond the header under the key None
                 raise DatasetError(
@@ -127,8 +135,46 @@ def _read_csv(path: Path) -> list[dict[str, Any]]:
                     f"header names {len(header)} columns; quote cells that hold commas, or name every column",
                     row=i,
                 )
-            rows.append(dict(row))
-        return rows
+            yield dict(row)
+
+
+def iter_parquet_rows(path: Path, batch_rows: int = 10_000) -> Iterator[dict[str, Any]]:
+    """A .parquet file's rows, ``batch_rows`` at a time, as :func:`load_rows` reads them: through pandas (so every
+    value is the one ``pd.read_parquet`` gives), with an integer column that holds a null anywhere in the file read
+    as floats in every batch, as pandas reads the whole column."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    f = pq.ParquetFile(path)
+    schema = f.schema_arrow
+    nullable_ints = []
+    for k, name in enumerate(schema.names):
+        if not pa.types.is_integer(schema.field(k).type):
+            continue
+        stats = [f.metadata.row_group(g).column(k).statistics for g in range(f.metadata.num_row_groups)]
+        if any(st is None or not st.has_null_count for st in stats):
+            nulls = pq.read_table(path, columns=[name]).column(name).null_count  # one column, when unrecorded
+        else:
+            nulls = sum(st.null_count for st in stats)
+        if nulls:
+            nullable_ints.append(name)
+    for batch in f.iter_batches(batch_size=batch_rows):
+        for name in nullable_ints:
+            k = batch.schema.get_field_index(name)
+            batch = batch.set_column(k, name, batch.column(k).cast(pa.float64()))
+        for row in _frame_rows(pa.Table.from_batches([batch]).to_pandas(), str(path)):
+            yield _clean(row)
+
+
+def iter_file_rows(path: Path) -> Iterator[dict[str, Any]] | None:
+    """A .csv or .parquet file's rows one at a time, each as :func:`load_rows` gives it; None for other files (read
+    whole by :func:`load_rows`: a .json file is one JSON document)."""
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        return (_clean(row) for row in iter_csv_rows(path))
+    if suffix == ".parquet":
+        return iter_parquet_rows(path)
+    return None
 
 
 def _where_not_utf8(path: Path) -> str:
