@@ -21,7 +21,7 @@ from typing import Any
 
 from tunekit.backends.base import RunSpec
 from tunekit.data import encode_examples
-from tunekit.data.arrow import ArrowNormalised, encode_table, normalise_table, table_digest
+from tunekit.data.arrow import ArrowNormalised, encode_table, normalise_table, rows_table, table_digest
 from tunekit.data.cache import cache_key, cached_encode, entry_path
 from tunekit.data.columns import renamed_answer_column
 from tunekit.data.control_tokens import check_no_control_tokens
@@ -188,13 +188,24 @@ def encode_for(spec: RunSpec, norm: NormalisedData, tokenizer: Any) -> Encoded |
     if not obj.tokenised_by_tunekit:  # preference and RL rows: trl renders them with the same template
         if not training.allow_control_tokens:  # and would read a control token typed in them as a real one
             check_no_control_tokens(norm.examples, tokenizer, objective=obj.name)
-        rows = prepare_rows(
-            tokenizer,
-            norm,
-            max_length=training.max_length,
-            whole_pairs=obj.model_head == "sequence_classification",
-            on_bad_rows=training.on_bad_rows,
-        )
+        whole_pairs = obj.model_head == "sequence_classification"
+        if isinstance(norm, ArrowNormalised):  # in the data workers, the records kept in an Arrow file
+            rows = rows_table(
+                tokenizer,
+                norm,
+                max_length=training.max_length,
+                whole_pairs=whole_pairs,
+                on_bad_rows=training.on_bad_rows,
+                workers=training.data_workers,
+            )
+        else:
+            rows = prepare_rows(
+                tokenizer,
+                norm,
+                max_length=training.max_length,
+                whole_pairs=whole_pairs,
+                on_bad_rows=training.on_bad_rows,
+            )
         rows.skipped = norm.skipped + rows.skipped
         for _row, reason in rows.skipped[len(norm.skipped) :]:
             logger.warning("skipped %s", reason)

@@ -67,7 +67,14 @@ def _same(ours: Any, theirs: Any) -> None:
         assert (ours.skipped, ours.truncated, ours.num_tokens) == (theirs.skipped, theirs.truncated, theirs.num_tokens)
     else:  # trl's rows (preference, KTO, RL prompts)
         assert ours.records == theirs.records
-        assert (ours.rows, ours.skipped, ours.num_tokens) == (theirs.rows, theirs.skipped, theirs.num_tokens)
+        assert (list(ours.rows), ours.skipped, ours.num_tokens, ours.truncated) == (
+            list(theirs.rows), theirs.skipped, theirs.num_tokens, theirs.truncated,
+        )  # fmt: skip
+        want = theirs.to_dataset()
+        for chunk in (ours.chunk, 2):  # built a chunk at a time: the same table
+            ours.chunk = chunk
+            got = ours.to_dataset()
+            assert (got.features, got.to_list()) == (want.features, want.to_list())
 
 
 @pytest.mark.parametrize("name", sorted(FILES) + sorted(ROWS))
@@ -280,3 +287,21 @@ def test_csv_errors_read_as_before(tmp_path: Path) -> None:
         assert (str(ours.value), ours.value.row, ours.value.field) == (
             str(theirs.value), theirs.value.row, theirs.value.field,
         )  # fmt: skip
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_preference_rows_from_workers_equal_the_list_path(tiny_qwen: Path, tmp_path: Path, workers: int) -> None:
+    rows = [
+        {"prompt": f"pick {i} " + ("x " * 200 if i in (5, 9) else ""), "chosen": f"yes {i}", "rejected": f"no {i}"}
+        for i in range(1, 13)
+    ]  # rows 5 and 9: the prompt alone fills max_length
+    skip = _tuner(tiny_qwen, tmp_path, tk.DPO(), data_workers=workers, on_bad_rows="skip", max_length=64, cache=False)
+    norm, _ = normalise_for(rows, training=skip.training, method=skip.method, objective=tk.DPO())
+    ours = encode_for(skip._spec(), norm, skip.tokenizer)
+    _same(ours, _list_path(skip, rows)[1])
+    assert [r for r, _ in ours.skipped] == [5, 9]
+    strict = _tuner(tiny_qwen, tmp_path, tk.DPO(), data_workers=workers, max_length=64, cache=False)
+    norm, _ = normalise_for(rows, training=strict.training, method=strict.method, objective=tk.DPO())
+    with pytest.raises(DatasetError, match="row 5: the prompt alone is") as caught:
+        encode_for(strict._spec(), norm, strict.tokenizer)
+    assert caught.value.row == 5

@@ -45,11 +45,12 @@ from tunekit.data.formats import Example, NormalisedData, detect_format, normali
 from tunekit.data.images import ImageOptions
 from tunekit.data.layouts import Layout, detect_layout
 from tunekit.data.loading import UTF8, DataInput, empty_data_error, iter_file_rows, load_rows, parse_jsonl_line
+from tunekit.data.rows import TrainerRows, prepare_row
 from tunekit.errors import DatasetError, IncompatibleError, TunekitError
 
 __all__ = [
     "ArrowNormalised", "ExampleColumn", "default_workers", "encode_table", "normalise_table", "read_table",
-    "table_digest",
+    "rows_table", "table_digest",
 ]  # fmt: skip
 
 logger = logging.getLogger("tunekit")
@@ -258,12 +259,14 @@ class _Normalise:
         return out
 
 
-class ExampleColumn(Sequence[Example]):
-    """The normalised examples of an Arrow table, decoded when read (a list's reading, without the list)."""
+class ExampleColumn(Sequence[Any]):
+    """The normalised examples of an Arrow table (or another pickled ``column``: trl's records), decoded when read (a
+    list's reading, without the list)."""
 
-    def __init__(self, table: Any, positions: Sequence[int] | None = None) -> None:
+    def __init__(self, table: Any, positions: Sequence[int] | None = None, column: str = "example") -> None:
         self.table = table
         self.positions = positions  # the table's rows that hold an example (None: all)
+        self.column = column
 
     def __len__(self) -> int:
         return len(self.positions) if self.positions is not None else len(self.table)
@@ -272,17 +275,19 @@ class ExampleColumn(Sequence[Example]):
         return int(self.positions[k]) if self.positions is not None else k
 
     @overload
-    def __getitem__(self, k: int) -> Example: ...
+    def __getitem__(self, k: int) -> Any: ...
     @overload
-    def __getitem__(self, k: slice) -> list[Example]: ...
-    def __getitem__(self, k: int | slice) -> Example | list[Example]:
+    def __getitem__(self, k: slice) -> list[Any]: ...
+    def __getitem__(self, k: int | slice) -> Any:
         if isinstance(k, slice):
-            return [self[j] for j in range(*k.indices(len(self)))]
+            picks = [self._at(j) for j in range(*k.indices(len(self)))]
+            blobs = self.table.select_columns([self.column]).select(picks)[self.column] if picks else []
+            return [pickle.loads(b) for b in blobs]
         if k < 0:
             k += len(self)
         if not 0 <= k < len(self):
             raise IndexError(k)
-        return pickle.loads(self.table[self._at(k)]["example"])  # type: ignore[no-any-return]
+        return pickle.loads(self.table[self._at(k)][self.column])
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, (list, tuple, ExampleColumn)):
@@ -291,9 +296,9 @@ class ExampleColumn(Sequence[Example]):
 
     __hash__ = None  # type: ignore[assignment]
 
-    def __iter__(self) -> Iterator[Example]:
-        for batch in self.table.select_columns(["example"]).iter(CHUNK):
-            for blob in batch["example"]:
+    def __iter__(self) -> Iterator[Any]:
+        for batch in self.table.select_columns([self.column]).iter(CHUNK):
+            for blob in batch[self.column]:
                 if blob is not None:
                     yield pickle.loads(blob)
 
@@ -504,3 +509,78 @@ def table_digest(norm: ArrowNormalised) -> bytes:
             yield from (d for d in batch.column(0).to_pylist() if d is not None)
 
     return examples_digest(digests())
+
+
+# --- trl's rows (preference, KTO, RL prompts) ---------------------------------------------------------------------
+
+
+@dataclass
+class _Rows:
+    """The map that builds trl's rows: each example's record (pickled), or why it was skipped or failed."""
+
+    tokenizer: Any
+    fmt: str
+    settings: dict[str, Any]
+    raise_errors: bool
+
+    def __call__(self, batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        out: dict[str, list[Any]] = {k: [] for k in ("rows", "record", "skip", "error", "truncated", "tokens")}
+        for blob in batch["example"]:
+            if blob is None:
+                continue  # skipped (or failed) while normalising
+            ex: Example = pickle.loads(blob)
+            record = skip = error = None
+            truncated, tokens = False, 0
+            try:
+                got, skip, truncated, tokens = prepare_row(self.tokenizer, ex, self.fmt, **self.settings)
+                record = pickle.dumps(got, protocol=pickle.HIGHEST_PROTOCOL) if got is not None else None
+            except DatasetError as e:
+                if self.raise_errors:
+                    raise
+                error = _as_data(e)
+            for key, value in (("rows", ex.row), ("record", record), ("skip", skip), ("error", error),
+                               ("truncated", truncated), ("tokens", tokens)):  # fmt: skip
+                out[key].append(value)
+        return out
+
+
+def rows_table(
+    tokenizer: Any,
+    norm: ArrowNormalised,
+    *,
+    max_length: int,
+    whole_pairs: bool,
+    on_bad_rows: str,
+    workers: int | None,
+) -> TrainerRows:
+    """:func:`tunekit.data.rows.prepare_rows` over ``norm``'s table in ``workers`` processes: the same records, rows,
+    skipped rows, counts and errors, the records kept pickled in an Arrow file beside ``norm``'s tables and read when
+    used (``to_dataset`` builds trl's table a chunk at a time)."""
+    with_tools = norm.has_tools
+    settings = {"max_length": max_length, "whole_pairs": whole_pairs, "on_bad_rows": on_bad_rows,
+                "prompt_as_text": norm.format == "prompt_only" and with_tools, "with_tools": with_tools}  # fmt: skip
+    n = default_workers(len(norm.table), workers)
+    fn = _Rows(tokenizer, norm.format, settings, raise_errors=n == 1)
+    table = _map(norm.table, fn, n, norm.workdir.path / "records.arrow", with_indices=False,
+                 remove=norm.table.column_names)  # fmt: skip
+    cols = table.data
+    _raise_first(cols.column("error").to_pylist())
+    import pyarrow.compute as pc
+
+    skip = cols.column("skip")
+    valid = pc.is_valid(skip)
+    skipped = list(zip(pc.filter(cols.column("rows"), valid).to_pylist(), pc.filter(skip, valid).to_pylist()))
+    kept = pc.invert(valid)
+    positions = [int(p) for p in pc.indices_nonzero(kept).to_pylist()]
+    if not positions:
+        raise DatasetError(f"no row fits max_length={max_length}; raise Training(max_length=...)")
+    out = TrainerRows(
+        norm.format,
+        ExampleColumn(table, positions, column="record"),
+        [int(r) for r in pc.filter(cols.column("rows"), kept).to_pylist()],
+        skipped,
+        truncated=int(pc.sum(pc.cast(cols.column("truncated"), "int64")).as_py() or 0),
+        num_tokens=int(pc.sum(pc.filter(cols.column("tokens"), kept)).as_py() or 0),
+        chunk=CHUNK,
+    )
+    return out
