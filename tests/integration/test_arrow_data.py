@@ -4,6 +4,7 @@ every format, one process equal to several, and errors that name the user's row 
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,7 @@ import pytest
 
 import tunekit as tk
 from tunekit.data import load_rows, normalise
-from tunekit.data.arrow import ArrowNormalised, default_workers, normalise_table, table_digest
+from tunekit.data.arrow import ArrowNormalised, _Normalise, _Stops, default_workers, normalise_table, table_digest
 from tunekit.data.cache import example_digest, examples_digest
 from tunekit.data.control_tokens import control_tokens
 from tunekit.data.encoding import Encoded, encode_batch, encode_example
@@ -305,3 +306,26 @@ def test_preference_rows_from_workers_equal_the_list_path(tiny_qwen: Path, tmp_p
     with pytest.raises(DatasetError, match="row 5: the prompt alone is") as caught:
         encode_for(strict._spec(), norm, strict.tokenizer)
     assert caught.value.row == 5
+
+
+def test_workers_stop_after_a_bad_row_and_the_first_one_is_raised(tmp_path: Path) -> None:
+    rows = first_task(4000, seed=8)  # 2 workers: rows 1-2000 and 2001-4000, 1,000 a batch
+    rows[2999] = {"prompt": "x", "completion": 3}
+    with pytest.raises(DatasetError, match="row 3000, field 'completion'"):
+        normalise_table(rows, on_bad_rows="error", workers=2, directory=str(tmp_path))
+    rows[29] = {"prompt": "x"}
+    with pytest.raises(DatasetError, match="row 30") as caught:
+        normalise_table(rows, on_bad_rows="error", workers=2, directory=str(tmp_path))
+    assert caught.value.row == 30
+    assert not list((tmp_path / "work").iterdir())  # the intermediate tables are gone
+
+
+def test_a_batch_after_a_marked_bad_row_is_skipped(tmp_path: Path) -> None:
+    stops = _Stops(str(tmp_path))
+    fn = _Normalise("prompt_completion", None, "", "error", raise_errors=False, stops=stops)
+    batch = {"line": [None] * 2, "raw": [None] * 2, "pickled": [pickle.dumps(r) for r in first_task(2, seed=1)]}
+    assert all(fn(batch, [10, 11])["example"])
+    stops.mark(5)
+    assert not stops.before(5) and stops.before(6)
+    assert fn(batch, [10, 11])["example"] == [None, None]  # after row 6: placeholders, the run raises row 6's error
+    assert all(fn(batch, [3, 4])["example"])  # before it: still normalised (an earlier bad row would win)

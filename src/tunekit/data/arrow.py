@@ -33,7 +33,7 @@ import shutil
 import tempfile
 import weakref
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, overload
 
@@ -98,6 +98,33 @@ def _raise_first(errors: Sequence[str | None]) -> None:
     if got["kind"] == "IncompatibleError":
         raise IncompatibleError(got["message"])
     raise DatasetError(got["message"], row=got["row"], field=got["field"])
+
+
+@dataclass
+class _Stops:
+    """Bad rows that workers met, as empty files named by their index in the table (``path``; None: one worker,
+    which raises at once). A worker skips a batch that starts after one of them: the run raises that row's error or
+    an earlier one's, and the rows between cannot change which, so the other workers stop early instead of finishing
+    the data first."""
+
+    path: str | None = None
+
+    def mark(self, index: int) -> None:
+        if self.path is not None:
+            Path(self.path, f"{index:012d}").touch()
+
+    def before(self, index: int) -> bool:
+        """Whether a bad row was met before table row ``index``."""
+        if self.path is None:
+            return False
+        names = os.listdir(self.path)
+        return bool(names) and int(min(names)) < index
+
+
+def _stops(work: Path, name: str, workers: int) -> _Stops:
+    if workers == 1:
+        return _Stops()
+    return _Stops(tempfile.mkdtemp(prefix=f"stops-{name}-", dir=work))  # a fresh one per map
 
 
 # --- reading -------------------------------------------------------------------------------------------------------
@@ -213,10 +240,17 @@ class _Normalise:
     raise_errors: bool  # one worker: the first bad row raises where it is met
     what: str = "training"  # errors in other data name it ("eval_data: row 3: ...")
     images: ImageOptions | None = None  # how images are read (the pixel budget, where relative paths start)
+    stops: _Stops = field(default_factory=_Stops)
 
     def __call__(self, batch: dict[str, list[Any]], indices: list[int]) -> dict[str, list[Any]]:
         out: dict[str, list[Any]] = {k: [] for k in ("row", "example", "digest", "skip", "error", "unused", "numeric",
                                                      "tools", "images")}  # fmt: skip
+        if indices and self.stops.before(indices[0]):  # placeholders: the run raises an earlier row's error
+            n = len(indices)
+            none: list[Any] = [None] * n
+            out.update(row=[i + 1 for i in indices], example=none, digest=none, skip=none, error=none)
+            out.update(unused=[[] for _ in indices], numeric=[False] * n, tools=[False] * n, images=[0] * n)
+            return out
         reads = self.layout.reads if self.layout is not None else frozenset()
         for k, index in enumerate(indices):
             i = index + 1
@@ -236,6 +270,7 @@ class _Normalise:
                 if self.raise_errors:
                     raise
                 error = _as_data(e)
+                self.stops.mark(index)
             else:
                 unused = unused_columns(self.fmt, [row], reads)
                 numeric = bool(numeric_labels([row]))
@@ -252,6 +287,7 @@ class _Normalise:
                         raise named(e, self.what) from None
                     else:
                         error = _as_data(named(e, self.what))
+                        self.stops.mark(index)
             for key, value in (("row", i), ("example", example), ("digest", digest), ("skip", skip), ("error", error),
                                ("unused", unused), ("numeric", numeric), ("tools", tools),
                                ("images", images)):  # fmt: skip
@@ -379,7 +415,8 @@ def normalise_table(
             raise named(e, what) from None
         layout = detect_layout([first])
         n = default_workers(len(rows), workers)
-        fn = _Normalise(fmt, layout, source, on_bad_rows, raise_errors=n == 1, what=what, images=images)
+        stops = _stops(work.path, "normalise", n)
+        fn = _Normalise(fmt, layout, source, on_bad_rows, raise_errors=n == 1, what=what, images=images, stops=stops)
         table = _map(rows, fn, n, work.path / "examples.arrow", with_indices=True, remove=rows.column_names)
         cols = table.data
         _raise_first(cols.column("error").to_pylist())
@@ -416,9 +453,12 @@ class _Encode:
     settings: dict[str, Any]
     tokens: tuple[str, ...]
     raise_errors: bool
+    stops: _Stops = field(default_factory=_Stops)
 
-    def __call__(self, batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
+    def __call__(self, batch: dict[str, list[Any]], indices: list[int]) -> dict[str, list[Any]]:
         out: dict[str, list[Any]] = {k: [] for k in ("rows", "input_ids", "labels", "skip", "error", "truncated")}
+        if indices and self.stops.before(indices[0]):
+            return out  # the run raises an earlier row's error
 
         def add(row: int, ids: list[int], labels: list[int], skip: str | None, error: str | None, cut: int) -> None:
             for key, value in (("rows", row), ("input_ids", ids), ("labels", labels), ("skip", skip),
@@ -430,9 +470,11 @@ class _Encode:
         encoded = encode_batch(
             self.tokenizer, examples, tokens=self.tokens, raise_errors=self.raise_errors, **self.settings
         )
-        for ex, enc in zip(examples, encoded):
+        at = [i for i, blob in zip(indices, batch["example"]) if blob is not None]
+        for ex, enc, index in zip(examples, encoded, at):
             if not isinstance(enc, Encoded):
                 add(ex.row, [], [], None, _as_data(enc), 0)
+                self.stops.mark(index)
                 continue
             for _row, reason in enc.skipped:
                 add(ex.row, [], [], reason, None, 0)
@@ -472,8 +514,8 @@ def encode_table(
     tokens = () if settings.get("allow_control_tokens") else control_tokens(tokenizer)
     args = {k: v for k, v in settings.items() if k != "allow_control_tokens"}
     n = default_workers(len(norm.table), workers)
-    fn = _Encode(tokenizer, args, tokens, raise_errors=n == 1)
-    encoded = _map(norm.table, fn, n, norm.workdir.path / "encoded.arrow", with_indices=False,
+    fn = _Encode(tokenizer, args, tokens, raise_errors=n == 1, stops=_stops(norm.workdir.path, "encode", n))
+    encoded = _map(norm.table, fn, n, norm.workdir.path / "encoded.arrow", with_indices=True,
                    remove=norm.table.column_names)  # fmt: skip
     cols = encoded.data
     _raise_first(cols.column("error").to_pylist())
@@ -522,10 +564,13 @@ class _Rows:
     fmt: str
     settings: dict[str, Any]
     raise_errors: bool
+    stops: _Stops = field(default_factory=_Stops)
 
-    def __call__(self, batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
+    def __call__(self, batch: dict[str, list[Any]], indices: list[int]) -> dict[str, list[Any]]:
         out: dict[str, list[Any]] = {k: [] for k in ("rows", "record", "skip", "error", "truncated", "tokens")}
-        for blob in batch["example"]:
+        if indices and self.stops.before(indices[0]):
+            return out  # the run raises an earlier row's error
+        for blob, index in zip(batch["example"], indices):
             if blob is None:
                 continue  # skipped (or failed) while normalising
             ex: Example = pickle.loads(blob)
@@ -538,6 +583,7 @@ class _Rows:
                 if self.raise_errors:
                     raise
                 error = _as_data(e)
+                self.stops.mark(index)
             for key, value in (("rows", ex.row), ("record", record), ("skip", skip), ("error", error),
                                ("truncated", truncated), ("tokens", tokens)):  # fmt: skip
                 out[key].append(value)
@@ -560,8 +606,8 @@ def rows_table(
     settings = {"max_length": max_length, "whole_pairs": whole_pairs, "on_bad_rows": on_bad_rows,
                 "prompt_as_text": norm.format == "prompt_only" and with_tools, "with_tools": with_tools}  # fmt: skip
     n = default_workers(len(norm.table), workers)
-    fn = _Rows(tokenizer, norm.format, settings, raise_errors=n == 1)
-    table = _map(norm.table, fn, n, norm.workdir.path / "records.arrow", with_indices=False,
+    fn = _Rows(tokenizer, norm.format, settings, raise_errors=n == 1, stops=_stops(norm.workdir.path, "rows", n))
+    table = _map(norm.table, fn, n, norm.workdir.path / "records.arrow", with_indices=True,
                  remove=norm.table.column_names)  # fmt: skip
     cols = table.data
     _raise_first(cols.column("error").to_pylist())
