@@ -139,7 +139,9 @@ def _probe(tokenizer: Any, roles: tuple[str, ...]) -> str | None:
     Found once per tokenizer, template, options and roles, by rendering two conversations of plain sentinels (kept
     on the tokenizer: a key of a few names, read per row)."""
     probes = tokenizer.__dict__.setdefault("_tunekit_prompt_probes", {})
-    key = (tokenizer.chat_template, repr(getattr(tokenizer, "_tunekit_template_options", None)), roles)
+    template = tokenizer.chat_template
+    template = template if isinstance(template, str) else repr(template)  # a dict of named templates
+    key = (template, repr(getattr(tokenizer, "_tunekit_template_options", None)), roles)
     if key in probes:
         return probes[key]  # type: ignore[no-any-return]
     tails: set[str | None] = set()
