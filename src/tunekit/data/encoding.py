@@ -9,7 +9,7 @@ from typing import Any
 
 from tunekit.data.control_tokens import control_tokens, encode_plain, find_control_token, plain_spans
 from tunekit.data.formats import Example
-from tunekit.data.templates import render
+from tunekit.data.templates import render, render_many
 from tunekit.data.turns import Reasoning, TrainOn, render_turns, supervised_turns
 from tunekit.errors import DatasetError, IncompatibleError
 
@@ -99,14 +99,16 @@ def _chat_pieces(
     train_on: TrainOn,
     reasoning: Reasoning,
     markers: Sequence[str] | None = None,
+    whole: str | None = None,
 ) -> list[_Pieces]:
     """The example's training sequences (usually one; see :mod:`tunekit.data.turns`) as text pieces (``markers``:
-    the tokenizer's control tokens, when the caller has them)."""
+    the tokenizer's control tokens, when the caller has them; ``whole``: the conversation's rendering, when the
+    caller rendered it)."""
     messages = ex.messages or ()
     turns = supervised_turns(messages, ex.trained, train_on, row=ex.row)
     out = []
     rendered = render_turns(
-        tokenizer, messages, turns, tools=ex.tools, reasoning=reasoning, row=ex.row, markers=markers
+        tokenizer, messages, turns, tools=ex.tools, reasoning=reasoning, row=ex.row, markers=markers, whole=whole
     )
     for seq in rendered:
         bounds = [0]
@@ -253,12 +255,13 @@ def _plan(
     reasoning: Reasoning,
     out: Encoded,
     markers: Sequence[str] | None = None,
+    whole: str | None = None,
 ) -> list[_Pieces] | str | None:
     """What of ``ex`` to tokenise: a conversation's sequences as text pieces, a text row's text, or None when the row
     is skipped (its reason added to ``out``); raises for a bad row (or a template problem, which is never skipped)."""
     if ex.messages is not None:
         try:
-            return _chat_pieces(tokenizer, ex, tokens, train_on, reasoning, markers)
+            return _chat_pieces(tokenizer, ex, tokens, train_on, reasoning, markers, whole)
         except DatasetError as e:  # a template problem, not a bad row: never skipped, but say where
             message = str(e) if str(e).startswith(f"row {ex.row}:") else f"row {ex.row}: {e}"
             raise DatasetError(message, row=ex.row) from None
@@ -297,12 +300,19 @@ def encode_batch(
     per row. Each example's result, or, unless ``raise_errors``, the error it raised (else the first bad example
     raises, as :func:`encode_example` on each in turn would)."""
     markers = control_tokens(tokenizer)
+    # Plain conversations (text content, no tools or reasoning) rendered in one call of the template; on any failure
+    # render_many gives None and each row renders alone (raising its own error).
+    plain = [k for k, ex in enumerate(examples) if ex.messages is not None and not ex.tools and all(
+        isinstance(m.get("content"), str) and not m.get("reasoning_content") for m in ex.messages
+    )]  # fmt: skip
+    rendered = render_many(tokenizer, [list(examples[k].messages or ()) for k in plain]) or []
+    wholes: dict[int, str] = dict(zip(plain, rendered))
     outs: list[Encoded] = []
     plans: list[list[_Pieces] | str | DatasetError | IncompatibleError | None] = []
-    for ex in examples:
+    for k, ex in enumerate(examples):
         out = Encoded([], [], [])
         try:
-            plan: Any = _plan(tokenizer, ex, tokens, on_bad_rows, train_on, reasoning, out, markers)
+            plan: Any = _plan(tokenizer, ex, tokens, on_bad_rows, train_on, reasoning, out, markers, wholes.get(k))
         except (DatasetError, IncompatibleError) as e:
             plan = e  # raised in row order below, after any bad row before it
         outs.append(out)

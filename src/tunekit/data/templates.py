@@ -34,6 +34,7 @@ __all__ = [
     "options_baked_in",
     "reasoning_key",
     "render",
+    "render_many",
     "template_messages",
     "template_options",
     "template_source",
@@ -318,6 +319,27 @@ def _render_raw(
             f"{template_source(tokenizer)} wrote {len(out):,} characters for one conversation (more than "
             f"{RENDER_CHARS:,}); fix the template or pass template=..."
         )
+    return out
+
+
+def render_many(tokenizer: Any, conversations: list[list[dict[str, Any]]]) -> list[str] | None:
+    """:func:`render` of each conversation (no tools, no generation prompt, no reasoning) in one call of the template
+    (the per-call cost of ``apply_chat_template`` paid once), or None when that call fails in any way (a refusal, a
+    runaway, a text over ``RENDER_CHARS``): the caller then renders them one at a time, which raises the row's own
+    error. The batch runs under the watchdog with one render's time limit."""
+    if not conversations:
+        return []
+    options = template_options(tokenizer)
+
+    def go() -> list[str]:
+        return [str(t) for t in tokenizer.apply_chat_template(conversations, tokenize=False, **options)]
+
+    try:
+        out = _WATCHDOG.run(RENDER_SECONDS, go)
+    except (_RenderTimeout, Exception):
+        return None
+    if len(out) != len(conversations) or any(len(t) > RENDER_CHARS for t in out):
+        return None
     return out
 
 

@@ -188,9 +188,12 @@ def _locate(
     turns: list[int],
     tools: Sequence[dict[str, Any]] | None,
     markers: Sequence[str],
+    full: str | None = None,
 ) -> tuple[Rendered, dict[int, str]]:
-    """The spans of ``turns`` in the rendering of ``messages``, and why each turn not found was not."""
-    full = render(tokenizer, messages, add_generation_prompt=False, tools=tools)
+    """The spans of ``turns`` in the rendering of ``messages`` (``full``, when the caller rendered it), and why each
+    turn not found was not."""
+    if full is None:
+        full = render(tokenizer, messages, add_generation_prompt=False, tools=tools)
     spans: list[tuple[int, int]] = []
     failed: dict[int, str] = {}
     done = 0
@@ -229,14 +232,17 @@ def render_turns(
     reasoning: Reasoning = "inference",
     row: int | None = None,
     markers: Sequence[str] | None = None,
+    whole: str | None = None,
 ) -> list[Rendered]:
     """The sequences that train ``turns`` of ``messages`` (usually one), each with its supervised spans
-    (``markers``: the tokenizer's control tokens, when the caller has them)."""
+    (``markers``: the tokenizer's control tokens, when the caller has them; ``whole``: the rendering of all of
+    ``messages`` without tools, when the caller rendered it, e.g. a batch at a time)."""
     markers = control_tokens(tokenizer) if markers is None else markers
     out: list[Rendered] = []
     for shown, ts in _views(messages, turns, reasoning):
-        whole = shown[: ts[-1] + 1]
-        rendered, failed = _locate(tokenizer, whole, ts, tools, markers)
+        upto = shown[: ts[-1] + 1]
+        given = whole if whole is not None and not tools and upto == list(messages) else None
+        rendered, failed = _locate(tokenizer, upto, ts, tools, markers, given)
         if tools:
             text = rendered.text
             absent = [t["function"]["name"] for t in tools if t["function"]["name"] not in text]
