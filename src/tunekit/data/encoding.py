@@ -142,6 +142,8 @@ def token_ids(tokenizer: Any, texts: list[str], *, add_special_tokens: bool) -> 
     that call (which sets the Rust tokenizer's truncation, padding and special-token handling as every call does) and
     the rest straight to the Rust tokenizer with that state: the same ids, without building a dict of attention masks
     and offsets per text (a third of the time of a batch of short texts)."""
+    if not texts:
+        return []
     backend = getattr(tokenizer, "backend_tokenizer", None) if getattr(tokenizer, "is_fast", False) else None
     first = [list(ids) for ids in tokenizer(texts[:1], add_special_tokens=add_special_tokens)["input_ids"]]
     if len(texts) == 1:
