@@ -25,7 +25,9 @@ from tunekit.data.columns import numeric_labels, renamed_answer_column, unused_c
 from tunekit.data.control_tokens import check_no_control_tokens
 from tunekit.data.encoding import Encoded
 from tunekit.data.formats import NormalisedData
+from tunekit.data.images import ImageOptions
 from tunekit.data.layouts import detect_layout
+from tunekit.data.loading import base_dir_of
 from tunekit.data.rows import TrainerRows, prepare_rows
 from tunekit.data.templated import find_template_markers, template_warning
 from tunekit.errors import DatasetError, IncompatibleError
@@ -64,7 +66,7 @@ def normalise_for(
     """
     rows = load_rows(data, what=what)
     try:
-        norm = normalise(rows, on_bad_rows=training.on_bad_rows)
+        norm = normalise(rows, on_bad_rows=training.on_bad_rows, images=ImageOptions.of(training, base_dir_of(data)))
     except DatasetError as e:
         if what == "training":
             raise
