@@ -431,3 +431,17 @@ def vision_inputs(processor: Any, placeholder: str, images: list[list[Any]]) -> 
     out = processor(text=texts, images=images, padding=True, add_special_tokens=False, return_tensors="pt")
     skip = {"input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids"}
     return {k: v for k, v in out.items() if k not in skip}
+
+
+def apply_pixel_budget(processor: Any, *, max_pixels: int | None, min_pixels: int | None) -> None:
+    """``Training(max_pixels=..., min_pixels=...)`` for image processors with a pixel budget of their own (Qwen-VL's
+    ``size`` is one: its ``longest_edge`` / ``shortest_edge`` count pixels), so that the processor does not resize
+    again what the data layer fitted. Other families resize to a fixed size and keep their settings."""
+    ip = getattr(processor, "image_processor", None)
+    if ip is None or (max_pixels is None and min_pixels is None) or "qwen" not in type(ip).__module__:
+        return
+    size = ip.size
+    if max_pixels is not None:
+        size["longest_edge"] = max_pixels
+    if min_pixels is not None:
+        size["shortest_edge"] = min_pixels
