@@ -23,6 +23,7 @@ from tunekit.evaluation import evaluate, generation_options, read_items
 from tunekit.export import ExportResult, Verification, check_request, export_format, export_trained, verify_trained
 from tunekit.harness import check_tasks, run_benchmark
 from tunekit.hooks import Hook, HookErrors, check_hook_errors
+from tunekit.data.images import ImageOptions
 from tunekit.inference import check_items, check_options, check_prompts, generate, score, stream
 from tunekit.methods import LoRA, Method
 from tunekit.metrics import MetricFunction, check_metrics
@@ -375,7 +376,7 @@ class Tuner:
         this tuner holds (:meth:`add_adapter`): ``"default"`` (its own), an added name, or ``"base"`` (none: the
         bare base model).
         """
-        prompts, single = check_prompts(prompt, self.objective_used)  # before anything loads
+        prompts, single = check_prompts(prompt, self.objective_used, ImageOptions.of(self.training))  # before loading
         options = check_options(options)
         self._check_adapter(adapter)
         if not prompts:
@@ -403,7 +404,7 @@ class Tuner:
             >>> for piece in tuner.stream("first: 7 3 1", max_new_tokens=64):  # doctest: +SKIP
             ...     print(piece, end="", flush=True)
         """
-        prompts, single = check_prompts(prompt, self.objective_used)  # before anything loads
+        prompts, single = check_prompts(prompt, self.objective_used, ImageOptions.of(self.training))  # before loading
         if not single:
             raise ConfigError("stream(): pass one prompt (a string or a list of chat messages), not a list of prompts")
         if parts not in (True, False):

@@ -47,6 +47,7 @@ from tunekit.data.templates import ensure_template, render
 from tunekit.distributed import shards_parameters, world
 from tunekit.errors import IncompatibleError
 from tunekit.hooks import HookDispatcher
+from tunekit.inference import prompt_images
 from tunekit.methods import Method
 from tunekit.plan import Plan
 from tunekit.results import FitResult
@@ -228,6 +229,7 @@ class HFBackend:
         tok, model = hf.tokenizer, hf.model
         tools = options.get("tools")
         texts, spans, opts = _prompts_and_options(hf, prompts, chat=chat, options=options)
+        images = _images(hf, prompts)
         batch_size = int(opts.pop("batch_size", 16))
         limit = int(opts["max_new_tokens"])
         was_training = model.training
@@ -239,7 +241,7 @@ class HFBackend:
             with quiet(), torch.no_grad(), own_attention(model):
                 for i in range(0, len(texts), batch_size):
                     batch = texts[i : i + batch_size]
-                    enc = _encode(hf, batch, spans[i : i + batch_size], chat=chat)
+                    enc = _encode(hf, batch, spans[i : i + batch_size], chat=chat, images=images[i : i + batch_size])
                     gen = model.generate(
                         **enc,
                         eos_token_id=model.generation_config.eos_token_id,
@@ -312,7 +314,7 @@ class HFBackend:
         thread: threading.Thread | None = None
         try:
             with quiet(), own_attention(model):
-                enc = _encode(hf, texts, spans, chat=chat)
+                enc = _encode(hf, texts, spans, chat=chat, images=_images(hf, [prompt]))
                 thread = threading.Thread(target=work, args=(enc,), name="tunekit-stream", daemon=True)
                 thread.start()
                 for piece in streamer:
@@ -336,7 +338,7 @@ class HFBackend:
         hf = _hf(loaded)
         texts, spans, _ = _prompts_and_options(hf, [prompt], chat=chat, options=dict(options))
         with quiet():
-            return int(_encode(hf, texts, spans, chat=chat)["attention_mask"].sum())
+            return int(_encode(hf, texts, spans, chat=chat, images=_images(hf, [prompt]))["attention_mask"].sum())
 
     def context_length(self, loaded: LoadedModel) -> int | None:
         config = getattr(_hf(loaded).model, "config", None)
@@ -488,6 +490,9 @@ class HFBackend:
                 loaded.model.save_pretrained(path, state_dict=state_dict)
             else:
                 loaded.model.save_pretrained(path)
+            processor = getattr(loaded, "processor", None)
+            if processor is not None:  # a vision-language model: its image processor's settings and chat template
+                processor.save_pretrained(path)
             loaded.tokenizer.save_pretrained(path)
 
 
@@ -633,9 +638,33 @@ def _prompts_and_options(
     return texts, spans, opts
 
 
-def _encode(hf: Loaded, texts: list[str], spans: list[Any], *, chat: bool) -> dict[str, Any]:
-    """A batch of prompts as input ids and attention mask on the model's device (padded on the tokenizer's side)."""
+def _images(hf: Loaded, prompts: list[Any]) -> list[list[Any]]:
+    """Each prompt's images (:func:`~tunekit.inference.prompt_images`); an image for a text-only model is refused."""
+    images = [prompt_images(p) for p in prompts]
+    if any(images) and hf.processor is None:
+        at = next(k for k, imgs in enumerate(images) if imgs) + 1
+        model_type = getattr(getattr(hf.model, "config", None), "model_type", None)
+        raise IncompatibleError(
+            f"generate(): prompt {at} holds an image, but this model (model type {model_type!r}) is text-only: it has "
+            "no vision tower to read images; use a vision-language model (one that transformers loads with "
+            "AutoModelForImageTextToText, e.g. Qwen2.5-VL, Gemma 3, SmolVLM), or drop the images"
+        )
+    return images
+
+
+def _encode(
+    hf: Loaded, texts: list[str], spans: list[Any], *, chat: bool, images: list[list[Any]] | None = None
+) -> dict[str, Any]:
+    """A batch of prompts as input ids and attention mask on the model's device (padded on the tokenizer's side);
+    with images, everything the processor makes for them too (pixel values, image grids, image-token types)."""
     tok = hf.tokenizer
+    if images and any(images):
+        # The processor expands each image placeholder into the image's tokens, as encode_vision did in training
+        # (a control token typed in a text part is not kept as text here).
+        enc = hf.processor(
+            text=texts, images=images, padding=True, add_special_tokens=not chat, return_tensors="pt"
+        )
+        return {k: v.to(hf.device) if hasattr(v, "to") else v for k, v in enc.items()}
     if any(spans):
         ids = [encode_plain(tok, t, sp, add_special_tokens=not chat) for t, sp in zip(texts, spans)]
         enc = tok.pad({"input_ids": ids}, return_tensors="pt", padding=True)

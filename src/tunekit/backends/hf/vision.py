@@ -98,27 +98,30 @@ def _without_video(cls: Any) -> Any:
 
 def load_processor(ref: str, *, trust_remote_code: bool, model_type: str | None = None) -> Any:
     """The processor of the vision-language model at ``ref``; IncompatibleError when there is none usable."""
+    import transformers
     from transformers import AutoProcessor
     from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
 
     family = model_type or "this model"
     try:
         processor = AutoProcessor.from_pretrained(ref, trust_remote_code=trust_remote_code)
-    except ImportError as e:
-        if "torchvision" not in str(e).lower() or model_type not in PROCESSOR_MAPPING_NAMES:
-            raise IncompatibleError(f"could not load the processor of {ref!r} ({family}): {e}") from e
-        import transformers
-
-        cls = getattr(transformers, PROCESSOR_MAPPING_NAMES[model_type])
+    except (ImportError, OSError, ValueError) as e:
+        # Without torchvision a family's video processor cannot be built (ImportError), and a processor saved
+        # without one has no video_preprocessor_config.json (OSError): load it without its video processor.
+        name = PROCESSOR_MAPPING_NAMES.get(model_type or "")
+        cls = getattr(transformers, name, None) if isinstance(name, str) else None
+        if cls is None or "video_processor" not in cls.get_attributes():
+            raise IncompatibleError(
+                f"{ref!r} is a vision-language model ({family}) but its processor could not be loaded ({e}); tunekit "
+                "needs the processor (image processor and tokenizer) beside the weights"
+            ) from e
         try:
             processor = _without_video(cls).from_pretrained(ref, trust_remote_code=trust_remote_code)
-        except (OSError, ValueError, TypeError, ImportError) as e2:
-            raise IncompatibleError(f"could not load the processor of {ref!r} ({family}): {e2}") from e2
-    except (OSError, ValueError) as e:
-        raise IncompatibleError(
-            f"{ref!r} is a vision-language model ({family}) but its processor could not be loaded ({e}); tunekit "
-            "needs the processor (image processor and tokenizer) beside the weights"
-        ) from e
+        except (ImportError, OSError, ValueError, TypeError) as e2:
+            raise IncompatibleError(
+                f"{ref!r} is a vision-language model ({family}) but its processor could not be loaded ({e}; "
+                f"without its video processor: {e2}); tunekit needs the processor beside the weights"
+            ) from e2
     check_processor(processor, ref, family)
     return processor
 
