@@ -495,4 +495,19 @@ def tiny_vlm(
     with quiet():
         model.save_pretrained(path)
         processor.save_pretrained(path)
+    if family.video:  # the video processor's settings, as the image processor's, for a loader that has torchvision
+        _add_video_processor(path, arch, image_processor.to_dict())
     return path
+
+
+def _add_video_processor(path: Path, arch: str, image: dict[str, Any]) -> None:
+    """Add the family's video-processor settings to ``processor_config.json``: the image processor's sizes under
+    the video processor's type, which transformers builds (with torchvision) instead of its defaults for the
+    released model's sizes. Without torchvision they are not read (:func:`load_processor`)."""
+    kind = {"qwen2_vl": "Qwen2VL", "qwen2_5_vl": "Qwen2VL", "qwen3_vl": "Qwen3VL", "smolvlm": "SmolVLM"}[arch]
+    keep = ("size", "max_image_size", "patch_size", "temporal_patch_size", "merge_size", "image_mean", "image_std")
+    video = {"video_processor_type": f"{kind}VideoProcessor", **{k: image[k] for k in keep if k in image}}
+    file = path / "processor_config.json"
+    config = json.loads(file.read_text(encoding="utf-8"))
+    config["video_processor"] = video
+    file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
