@@ -131,6 +131,26 @@ class Training(Config):
         "tokens; by default they are encoded as the plain text they are, so untrusted text cannot forge a turn.",
     )
 
+    # --- images (vision-language models) ---
+    max_pixels: int | None = Field(
+        None,
+        ge=1,
+        description="The most pixels (width x height) an image of the data may have: a larger one is downscaled, "
+        "aspect ratio kept, as the data is read (or refused with resize_images=False). Processors with their own "
+        "budget (Qwen-VL) get it too. None: no budget (an image over PIL's decompression-bomb limit is refused).",
+    )
+    min_pixels: int | None = Field(
+        None,
+        ge=1,
+        description="The fewest pixels an image of the data may have: a smaller one is upscaled, aspect ratio kept "
+        "(or refused with resize_images=False). None: no minimum.",
+    )
+    resize_images: bool = Field(
+        True,
+        description="Fit images outside max_pixels / min_pixels to them as the data is read; False refuses such an "
+        "image with a DatasetError naming the row.",
+    )
+
     # --- speed (SFT and CausalLM; the other objectives train through trl's own batching) ---------
     packing: bool | Literal["auto"] = Field(
         "auto",
@@ -217,6 +237,8 @@ class Training(Config):
         "ddp": "distributed",
         "strategy": "distributed",
         "parallelism": "distributed",
+        "image_max_pixels": "max_pixels",
+        "image_min_pixels": "min_pixels",
     }
 
     @field_validator("report_to", mode="before")
@@ -314,6 +336,11 @@ class Training(Config):
             raise ValueError(f"report_to lists a tracker twice: {list(self.report_to)!r}")
         if isinstance(self.resume, str) and not self.resume.strip():
             raise ValueError("resume must be True, False, 'auto' or a checkpoint directory, not an empty string")
+        if self.max_pixels is not None and self.min_pixels is not None and self.min_pixels > self.max_pixels:
+            raise ValueError(
+                f"min_pixels={self.min_pixels} is larger than max_pixels={self.max_pixels}: no image could fit both; "
+                "lower min_pixels or raise max_pixels"
+            )
         if self.tokens_per_batch is not None:
             if self.packing is False:
                 raise ValueError(

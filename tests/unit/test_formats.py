@@ -237,7 +237,7 @@ BAD_ROWS = [
         {"sytem": "Be brief."},  # a misspelling stays an error (an unknown column with no near miss is unused)
         "sytem",
         ": unknown column 'sytem' (did you mean 'system'?); the data is in the 'messages' format, which reads "
-        f"['messages', 'system', 'tools'] {IGNORED}",
+        f"['image', 'images', 'messages', 'system', 'tools'] {IGNORED}",
     ),
     (
         "messages",

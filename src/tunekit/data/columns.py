@@ -14,9 +14,11 @@ from tunekit.errors import DatasetError
 
 __all__ = [
     "FORMAT_COLUMNS",
+    "IMAGE_COLUMNS",
     "MEDIA_UNSUPPORTED",
     "METADATA_COLUMNS",
     "SIGNATURES",
+    "TEXT_ROWS_NO_IMAGES",
     "Format",
     "check_columns",
     "did_you_mean",
@@ -54,14 +56,17 @@ SIGNATURES: list[tuple[Format, tuple[str, ...]]] = [
 ]
 # The columns each format reads (prompt-only rows take any column: the rest go to the reward functions). Every
 # chat format reads a row-level ``tools`` column (the tool definitions the conversation may call).
+# ``images`` (a list) or ``image`` (one): the row's images, in the order of their places in the conversation
+# (tunekit.data.vision).
+IMAGE_COLUMNS = ("images", "image")
 FORMAT_COLUMNS: dict[str, frozenset[str]] = {
     "text": frozenset({"text"}),
-    "prompt_completion": frozenset({"prompt", "completion", "system", "tools"}),
-    "alpaca": frozenset({"instruction", "input", "output", "system", "tools"}),
-    "messages": frozenset({"messages", "system", "tools"}),
-    "sharegpt": frozenset({"conversations", "system", "tools"}),
-    "preference": frozenset({"prompt", "chosen", "rejected", "system", "tools"}),
-    "unpaired_preference": frozenset({"prompt", "completion", "label", "system", "tools"}),
+    "prompt_completion": frozenset({"prompt", "completion", "system", "tools", *IMAGE_COLUMNS}),
+    "alpaca": frozenset({"instruction", "input", "output", "system", "tools", *IMAGE_COLUMNS}),
+    "messages": frozenset({"messages", "system", "tools", *IMAGE_COLUMNS}),
+    "sharegpt": frozenset({"conversations", "system", "tools", *IMAGE_COLUMNS}),
+    "preference": frozenset({"prompt", "chosen", "rejected", "system", "tools", *IMAGE_COLUMNS}),
+    "unpaired_preference": frozenset({"prompt", "completion", "label", "system", "tools", *IMAGE_COLUMNS}),
 }
 # Columns that say where a row comes from, not what to learn: ignored in every format, on purpose. "" and
 # "Unnamed: 0" are the index column pandas writes into a CSV (and reads back) unless told index=False.
@@ -76,7 +81,7 @@ _ALIASES = {
     "system_prompt": "system",
     "kto_tag": "label",
 }
-_MEDIA = ("image", "images", "image_url", "pixel_values", "video", "videos", "audio")
+_MEDIA = ("image_url", "pixel_values", "video", "videos", "audio")
 # Columns that carry meaning no format reads at the row level (or that this format cannot carry): refused, saying what
 # would read them. ``tools`` is here for the formats that do not read it (plain text).
 _MEANINGFUL = {
@@ -98,8 +103,12 @@ for _name in ("reasoning", "thinking"):
 # any other unknown column is unused (a warning).
 _KNOWN_COLUMNS = frozenset().union(*FORMAT_COLUMNS.values(), _MEANINGFUL, ("label",))
 MEDIA_UNSUPPORTED = (
-    "image, audio and video data is not supported yet (tunekit trains text-only language models; vision-language "
-    "training is planned): remove the column to train on the text alone"
+    "audio and video data is not supported (tunekit trains on text, and on images with vision-language models: "
+    "give images in an 'images' column or as image parts of a message): remove the column to train on the rest"
+)
+TEXT_ROWS_NO_IMAGES = (
+    "'text' rows (raw text) cannot carry images; give the rows as a conversation ('messages' with '<image>' in a "
+    "user turn, or image parts) to train a vision-language model on them, or remove the column"
 )
 
 
@@ -165,6 +174,8 @@ def check_columns(fmt: Format, row: dict[str, Any], i: int) -> None:
         where = f"row {i}, column {key!r}"
         if key in _MEDIA:
             raise DatasetError(f"{where}: {MEDIA_UNSUPPORTED}", row=i, field=str(key))
+        if key in IMAGE_COLUMNS:
+            raise DatasetError(f"{where}: {TEXT_ROWS_NO_IMAGES}", row=i, field=str(key))
         if key in _MEANINGFUL:
             raise DatasetError(f"{where}: {_MEANINGFUL[key].format(fmt=fmt)}", row=i, field=str(key))
         if key == "label":
@@ -203,7 +214,7 @@ def unused_columns(fmt: Format, rows: list[dict[str, Any]], reads: frozenset[str
         for key, value in row.items():
             if key in out or key in known or key in METADATA_COLUMNS or not isinstance(key, str) or not filled(value):
                 continue
-            if key in _MEDIA or key in _MEANINGFUL or key == "label" or key in _KNOWN_COLUMNS:
+            if key in _MEDIA or key in IMAGE_COLUMNS or key in _MEANINGFUL or key == "label" or key in _KNOWN_COLUMNS:
                 continue  # refused by check_columns
             if not did_you_mean(key, known | _KNOWN_COLUMNS):
                 out[key] = None

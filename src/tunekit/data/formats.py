@@ -23,12 +23,14 @@ per-turn ``"train": false``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from tunekit.data.columns import SIGNATURES, Format, check_columns, given
+from tunekit.data.columns import IMAGE_COLUMNS, SIGNATURES, Format, check_columns, given
+from tunekit.data.images import ImageOptions
 from tunekit.data.layouts import Layout, detect_layout
 from tunekit.data.messages import Messages, parse_messages, parse_tools
+from tunekit.data.vision import place_images
 from tunekit.errors import DatasetError
 
 __all__ = [
@@ -66,7 +68,9 @@ class Example:
     given as a plain string, which is what reward functions then receive. ``trained`` says, per
     assistant message of ``messages``, whether the row said to train on it (``"train": false``, a weight of 0:
     not; None: the row did not say, and ``SFT(train_on=...)`` decides). ``tools``: the function schemas the
-    conversation may call (OpenAI's shape), rendered by the chat template.
+    conversation may call (OpenAI's shape), rendered by the chat template. ``images``: the row's images
+    (``PIL.Image.Image``, RGB, within the pixel budget), in the order of the ``{"type": "image"}`` parts of the
+    messages that hold them (:mod:`tunekit.data.vision`); empty for a text-only row.
     """
 
     row: int
@@ -81,6 +85,7 @@ class Example:
     columns: dict[str, Any] | None = None
     trained: tuple[bool | None, ...] | None = None  # per assistant message of ``messages``; None: none said
     tools: Tools | None = None
+    images: tuple[Any, ...] = ()  # PIL images, in the order of their {"type": "image"} parts (tunekit.data.vision)
 
 
 @dataclass
@@ -289,16 +294,51 @@ def _prompt_only(row: dict[str, Any], i: int, tools: Tools | None) -> Example:
                 row=i,
                 field=name,
             )
-    columns = {k: v for k, v in row.items() if k not in ("prompt", "system", "tools")}
+    columns = {k: v for k, v in row.items() if k not in ("prompt", "system", "tools", *IMAGE_COLUMNS)}
     return Example(row=i, prompt=prompt, prompt_text=text, columns=columns, tools=tools)
 
 
-def normalise_row(fmt: Format, row: dict[str, Any], i: int, *, layout: Layout | None = None) -> Example:
+def normalise_row(
+    fmt: Format, row: dict[str, Any], i: int, *, layout: Layout | None = None, images: ImageOptions | None = None
+) -> Example:
     """Row ``i`` (1-based, as the user counts) of format ``fmt`` as an :class:`Example`; raises DatasetError.
-    ``layout``: the foreign layout the data is in (:func:`tunekit.data.layouts.detect_layout`), rewritten first."""
+    ``layout``: the foreign layout the data is in (:func:`tunekit.data.layouts.detect_layout`), rewritten first.
+    ``images``: how the row's images are read (the pixel budget, the folder relative paths start from)."""
     if layout is not None:
         row = layout.rewrite(row, i)
     check_columns(fmt, row, i)
+    if fmt == "text":
+        return Example(row=i, text=_need_str(row, i, "text"))
+    ex = _example(fmt, row, i)
+    fields = _labelled(fmt, ex, row, i)
+    placed, read = place_images([(label, msgs) for label, _, msgs in fields], row, i, images, answers=_ANSWERS)
+    if not read:
+        return ex
+    joined: dict[str, Any] = {}
+    for (_, attr, _), msgs in zip(fields, placed):
+        joined[attr] = (*joined.get(attr, ()), *(msgs or ()))
+    return replace(ex, **joined, images=read)
+
+
+# Preference answers hold no image (the images of a pair go in its prompt); a KTO completion is an answer too.
+_ANSWERS = frozenset({"chosen", "rejected", "completion"})
+_FIELDS = ("prompt", "completion", "chosen", "rejected")
+
+
+def _labelled(fmt: Format, ex: Example, row: dict[str, Any], i: int) -> list[tuple[str, str, Messages]]:
+    """The example's messages as (the column the user wrote them in, the Example field, messages), prompt first:
+    where images are placed, and what their errors name."""
+    if fmt in ("messages", "sharegpt", "alpaca"):
+        label = {"messages": "messages", "sharegpt": "conversations", "alpaca": "instruction"}[fmt]
+        return [(label, "messages", ex.messages or ())]
+    if fmt == "prompt_completion":  # split back into the prompt and the completion (the row's own columns)
+        messages = ex.messages or ()
+        n = len(messages) - len(_answer(row, i, "completion", ex.tools))
+        return [("prompt", "messages", messages[:n]), ("completion", "messages", messages[n:])]
+    return [(name, name, getattr(ex, name)) for name in _FIELDS if getattr(ex, name) is not None]
+
+
+def _example(fmt: Format, row: dict[str, Any], i: int) -> Example:
     if fmt == "text":
         return Example(row=i, text=_need_str(row, i, "text"))
     tools = parse_tools(row.get("tools"), i)  # every other format may carry the schemas its conversations call
@@ -331,11 +371,18 @@ def normalise_row(fmt: Format, row: dict[str, Any], i: int, *, layout: Layout | 
     return _conversation(row, i, "conversations", tools)
 
 
-def normalise(rows: list[dict[str, Any]], fmt: Format | None = None, *, on_bad_rows: str = "error") -> NormalisedData:
+def normalise(
+    rows: list[dict[str, Any]],
+    fmt: Format | None = None,
+    *,
+    on_bad_rows: str = "error",
+    images: ImageOptions | None = None,
+) -> NormalisedData:
     """Validate every row and turn it into an :class:`Example`.
 
     With ``on_bad_rows="skip"`` malformed rows are dropped and listed in ``skipped``; otherwise the
-    first one raises :class:`DatasetError` naming its row and field.
+    first one raises :class:`DatasetError` naming its row and field. ``images``: how the rows' images are read
+    (:class:`tunekit.data.images.ImageOptions`: the pixel budget, the folder relative paths start from).
     """
     fmt = fmt or detect_format(rows)
     layout = detect_layout(rows)
@@ -346,7 +393,7 @@ def normalise(rows: list[dict[str, Any]], fmt: Format | None = None, *, on_bad_r
                 raise DatasetError(
                     f"row {i}: expected an object with named fields, got {type(row).__name__}; {_OBJECT_FIX}", row=i
                 )
-            examples.append(normalise_row(fmt, row, i, layout=layout))
+            examples.append(normalise_row(fmt, row, i, layout=layout, images=images))
         except DatasetError as e:
             if on_bad_rows != "skip":
                 raise

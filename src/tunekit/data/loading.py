@@ -12,7 +12,7 @@ from tunekit.data.columns import no_duplicate_keys
 from tunekit.data.mapping import Data, rename
 from tunekit.errors import DatasetError
 
-__all__ = ["DataInput", "load_rows"]
+__all__ = ["DataInput", "base_dir_of", "load_rows"]
 
 DataInput = Any  # str | Path | datasets.Dataset | list[dict] | pandas.DataFrame | tk.Data
 
@@ -186,6 +186,16 @@ def _frame_rows(frame: Any, name: str) -> list[dict[str, Any]]:
             field=twice[0],
         )
     return list(frame.to_dict("records"))
+
+
+def base_dir_of(data: DataInput) -> Path | None:
+    """The folder relative image paths in ``data`` start from: a data file's own folder (so a dataset moves with
+    its images), else None (rows given in Python: the current directory)."""
+    if isinstance(data, Data):
+        return base_dir_of(data.source)
+    if isinstance(data, (str, Path)) and Path(data).is_file():
+        return Path(data).resolve().parent
+    return None
 
 
 def load_rows(data: DataInput, *, what: str = "training") -> list[dict[str, Any]]:

@@ -5,7 +5,10 @@ apart per message), in every field that holds messages (``messages``, ``conversa
 ``rejected``, ``completion``). A normalised message is a dict:
 
 - ``role``: ``system``, ``user``, ``assistant`` or ``tool``; ``content``: a string (a list of text parts is
-  joined; an assistant message that only calls tools has ``""``).
+  joined; an assistant message that only calls tools has ``""``). A user message may hold images as content parts
+  (``{"type": "image", "image": ...}``, OpenAI's ``{"type": "image_url", "image_url": {"url": ...}}``); its content
+  is then the list of text and image parts in order, which :mod:`tunekit.data.vision` reads into the example's
+  images.
 - assistant messages may carry ``tool_calls`` (``[{"type": "function", "function": {"name", "arguments"}}]``,
   ``arguments`` always an object, the way transformers passes calls to chat templates; ``id`` kept when given)
   and ``reasoning_content`` (read from ``reasoning_content``, ``reasoning`` or ``thinking``, or split off an
@@ -30,6 +33,7 @@ from tunekit.data.columns import MEDIA_UNSUPPORTED, did_you_mean, filled, no_dup
 from tunekit.errors import DatasetError
 
 __all__ = [
+    "IMAGE_PARTS",
     "REASONING_KEYS",
     "ROLES",
     "Messages",
@@ -60,6 +64,8 @@ _KNOWN_KEYS = frozenset(
     | set(REASONING_KEYS)
     | set(_TRAIN_KEYS)
 )
+_TEXT_PARTS = frozenset({"text", "input_text", "output_text"})
+IMAGE_PARTS = frozenset({"image", "image_url", "input_image"})
 _THINK = re.compile(r"^\s*<think>(.*?)</think>\s*", re.DOTALL)
 
 Messages = tuple[dict[str, Any], ...]
@@ -162,18 +168,80 @@ def _calls(value: Any, where: str, i: int, name: str) -> list[dict[str, Any]]:
     return [_call(c, where, i, name) for c in calls]
 
 
-def _content(value: Any, where: str, i: int, name: str, role: str, key: str = "content") -> str:
+def _image_part(part: dict[str, Any], where: str, i: int, name: str) -> dict[str, Any]:
+    """An image part as ``{"type": "image", "image": <the image as given, or None: a place for the row's
+    'images' column>}``, from OpenAI's ``image_url`` (``{"url": ...}``, ``detail`` ignored: an API setting), the
+    Responses API's ``input_image`` and the ``image`` parts of TRL and transformers (``image``, ``url`` or
+    ``path``)."""
+    kind = part["type"]
+    if kind == "image_url":
+        url = part.get("image_url")
+        url = url.get("url") if isinstance(url, dict) and set(url) <= {"url", "detail"} else url
+        keys = {"type", "image_url"}
+    elif kind == "input_image":
+        url, keys = part.get("image_url"), {"type", "image_url", "detail"}
+    else:
+        given_keys = [k for k in ("image", "url", "path") if part.get(k) is not None]
+        if len(given_keys) > 1:
+            raise DatasetError(f"{where}: an image part with both {given_keys}; keep one", row=i, field=name)
+        url, keys = (part[given_keys[0]] if given_keys else None), {"type", "image", "url", "path"}
+    extra = sorted(str(k) for k in part if k not in keys)
+    if extra:
+        raise DatasetError(
+            f"{where}: unknown key {extra[0]!r} in an {kind!r} part; tunekit never drops a key silently: remove it",
+            row=i,
+            field=name,
+        )
+    if kind != "image" and not (isinstance(url, str) and url.strip()):
+        raise DatasetError(
+            f"{where}: an {kind!r} part needs the image's URL (a path, an http(s) URL or a data:image/...;base64 "
+            f"URL), got {url!r:.60}",
+            row=i,
+            field=name,
+        )
+    return {"type": "image", "image": url}
+
+
+def _parts(value: list[Any], where: str, i: int, name: str, role: str) -> str | list[dict[str, Any]]:
+    """A content list: text parts joined into one string; with images, text and image parts in order."""
+    out: list[dict[str, Any]] = []
+    for part in value:
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind in _TEXT_PARTS:
+            text = part.get("text")
+            if not isinstance(text, str):
+                raise DatasetError(f"{where}: a text part without a 'text' string", row=i, field=name)
+            if out and out[-1]["type"] == "text":
+                out[-1] = {"type": "text", "text": out[-1]["text"] + text}
+            else:
+                out.append({"type": "text", "text": text})
+        elif kind in IMAGE_PARTS:
+            if role != "user":
+                raise DatasetError(
+                    f"{where}: an image in a {role} message; images go in user turns (the model reads them, and "
+                    "writes text)",
+                    row=i,
+                    field=name,
+                )
+            out.append(_image_part(part, where, i, name))
+        else:
+            raise DatasetError(
+                f"{where}: a content part of type {kind!r}: "
+                f"{MEDIA_UNSUPPORTED.replace('remove the column to train on the rest', 'remove the part')}; the "
+                f"parts tunekit reads are {sorted(_TEXT_PARTS | IMAGE_PARTS)}",
+                row=i,
+                field=name,
+            )
+    if any(p["type"] == "image" for p in out):
+        return out
+    return "".join(p["text"] for p in out)
+
+
+def _content(value: Any, where: str, i: int, name: str, role: str, key: str = "content") -> str | list[dict[str, Any]]:
     if value is None and role in ("assistant", "tool"):
         return ""
     if isinstance(value, list):
-        if any(not isinstance(p, dict) or p.get("type") not in ("text", "input_text", "output_text") for p in value):
-            raise DatasetError(
-                f"{where}: {MEDIA_UNSUPPORTED.replace('the column', 'the non-text parts')}", row=i, field=name
-            )
-        texts = [p.get("text") for p in value]
-        if any(not isinstance(t, str) for t in texts):
-            raise DatasetError(f"{where}: a text part without a 'text' string", row=i, field=name)
-        return "".join(str(t) for t in texts)
+        return _parts(value, where, i, name, role)
     if role == "tool" and isinstance(value, (dict, list)):
         return json.dumps(value, ensure_ascii=False)  # a tool's JSON result, as templates show it
     if not isinstance(value, str):

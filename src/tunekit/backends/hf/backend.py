@@ -7,6 +7,7 @@ of the modules beside it (models, peft_map, trainers, checkpoints, planning, pro
 from __future__ import annotations
 
 import contextlib
+import logging
 import tempfile
 import threading
 import time
@@ -17,8 +18,8 @@ from typing import Any
 
 from tunekit._fs import check_writable
 from tunekit._quiet import quiet
-from tunekit._torch import count_parameters, torch_dtype
-from tunekit.backends.base import Backend, LoadedModel, RunSpec
+from tunekit._torch import count_parameters, torch_dtype, unwrap_peft
+from tunekit.backends.base import Backend, LoadedModel, RunSpec, VisionRows
 from tunekit.backends.hf import models
 from tunekit.backends.hf.attention import own_attention
 from tunekit.backends.hf.batch_size import train_fitting
@@ -35,6 +36,7 @@ from tunekit.backends.hf.resume import check_identity, resolve_resume
 from tunekit.backends.hf.rewards import score_items
 from tunekit.backends.hf.safe_loading import check_weights
 from tunekit.backends.hf.tracking import check_trackers, tracking_env
+from tunekit.backends.hf.vision import VisionEncoded, encode_vision
 from tunekit.backends.hf.trainers import build_trainer, offloads_activations, release_trainer, tokens_seen
 from tunekit.data.control_tokens import control_tokens, encode_plain, find_control_token, plain_spans
 from tunekit.data.encoding import Encoded
@@ -51,7 +53,9 @@ from tunekit.results import FitResult
 from tunekit.save_format import MANIFEST
 from tunekit.training import Training
 
-__all__ = ["HFBackend", "Loaded"]
+__all__ = ["HFBackend", "Loaded", "check_vision_model", "encode_images", "model_name"]
+
+logger = logging.getLogger("tunekit")
 
 
 def _hf(loaded: LoadedModel) -> Loaded:
@@ -75,12 +79,16 @@ class HFBackend:
                 "the base model was given as a model object; loading it again needs its hub id or directory"
             )
         training = spec.training
+        # A vision-language model loads with its image-text-to-text class (a reward model's score head is not
+        # reloaded here: its exports are of the trained model).
+        kind = {} if models.head_kwargs(spec.objective) else models.model_class_kwargs(spec)
         with quiet():
             return models.load_model(
                 str(spec.model_ref),
                 dtype=torch_dtype(precision),
                 trust_remote_code=training.trust_remote_code,
                 allow_pickle=training.allow_pickle,
+                **kind,
             )
 
     def preflight(self, spec: RunSpec, *, resume: bool | str | Path) -> Path | None:
@@ -112,14 +120,16 @@ class HFBackend:
         self,
         spec: RunSpec,
         loaded: LoadedModel,
-        train: Encoded | TrainerRows,
-        evaluation: Encoded | TrainerRows | None,
+        train: Encoded | TrainerRows | VisionRows,
+        evaluation: Encoded | TrainerRows | VisionRows | None,
         *,
         dispatcher: HookDispatcher,
         resume_from: Path | None,
     ) -> FitResult:
         hf = _hf(loaded)
         training = spec.training
+        train = encode_images(spec, hf, train)
+        evaluation = encode_images(spec, hf, evaluation) if evaluation is not None else None
         if training.gradient_checkpointing == "auto":  # on only where plan() says the run would not fit without it
             need = isinstance(train, Encoded) and checkpointing_needed(spec, hf.model, train)
             training = training.model_copy(update={"gradient_checkpointing": need})
@@ -479,6 +489,45 @@ class HFBackend:
             else:
                 loaded.model.save_pretrained(path)
             loaded.tokenizer.save_pretrained(path)
+
+
+def model_name(spec: RunSpec, model: Any) -> str:
+    """The model as the user named it (its hub id or directory), for messages."""
+    if isinstance(spec.model_ref, (str, Path)):
+        return repr(str(spec.model_ref))
+    return f"{type(unwrap_peft(model)).__name__} ({getattr(model, 'name_or_path', '') or 'a model object'})"
+
+
+def check_vision_model(spec: RunSpec, hf: Loaded, row: int, where: str) -> None:
+    """An image sent to a text-only model: IncompatibleError naming the model and the fix."""
+    if hf.processor is not None:
+        return
+    model_type = getattr(getattr(hf.model, "config", None), "model_type", None)
+    raise IncompatibleError(
+        f"{where} row {row} holds an image, but {model_name(spec, hf.model)} (model type {model_type!r}) is a "
+        "text-only model: it has no vision tower to read images; use a vision-language model (one that "
+        "transformers loads with AutoModelForImageTextToText, e.g. Qwen2.5-VL, Gemma 3, SmolVLM), or drop the images"
+    )
+
+
+def encode_images(spec: RunSpec, hf: Loaded, data: Any) -> Any:
+    """Rows with images encoded with the model's processor (:func:`~.vision.encode_vision`); other data as it is."""
+    if not isinstance(data, VisionRows):
+        return data
+    check_vision_model(spec, hf, data.first_image_row(), "the training data's")
+    with quiet():
+        enc: VisionEncoded = encode_vision(hf.processor, hf.tokenizer, data.examples, **data.settings)
+    for _row, reason in enc.skipped:
+        logger.warning("skipped %s", reason)
+    enc.skipped = data.skipped + enc.skipped
+    if enc.truncated:
+        logger.warning(
+            "%d of %d examples were longer than max_length=%d and were truncated (after their images)",
+            enc.truncated,
+            len(enc.input_ids),
+            data.settings["max_length"],
+        )
+    return enc
 
 
 def check_offload(spec: RunSpec, device: Any) -> None:

@@ -129,7 +129,7 @@ def make_plan(
             device = _planned_device(spec.training.device)
             check_before_load(spec.method, spec.model_ref, device, planning=True)  # QLoRA: on CUDA, with bitsandbytes
             precision = _planned_precision(spec.training.precision, device)
-            model, tokenizer, _ = build_model(spec, precision=precision, meta=True)
+            model, tokenizer, _, _ = build_model(spec, precision=precision, meta=True)
         enc = encode_for(spec, norm, tokenizer)
         return plan_encoded(spec, model, enc, checkpointing=checkpointing, device_memory=device_memory)
 
