@@ -217,3 +217,9 @@ def test_every_family_labels_the_answer_only(arch: str, tmp_path: Path) -> None:
     with torch.no_grad():
         loss = tuner.model(**{k: v for k, v in batch.items() if not k.startswith("tunekit_")}).loss
     assert torch.isfinite(loss)
+
+
+def test_stream_refuses_an_image_for_a_text_only_model(tmp_path: Path) -> None:
+    tuner = tk.Tuner(tiny_model(tmp_path / "llama"), progress=False)
+    with pytest.raises(IncompatibleError, match=r"prompt 1 holds an image, but this model .* is text-only"):
+        list(tuner.stream(image_row("red")["messages"][:1], max_new_tokens=2))
