@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from tunekit.backends.base import RunSpec
+from tunekit.backends.base import RunSpec, VisionRows
 from tunekit.data import encode_examples, load_rows, normalise
 from tunekit.data.cache import cached_encode
 from tunekit.data.columns import numeric_labels, renamed_answer_column, unused_columns
@@ -35,7 +35,7 @@ from tunekit.methods import Method
 from tunekit.objectives import Objective, infer_objective
 from tunekit.training import Training
 
-__all__ = ["check_compatible", "encode_for", "normalise_for"]
+__all__ = ["check_compatible", "encode_for", "has_images", "normalise_for"]
 
 logger = logging.getLogger("tunekit")
 
@@ -137,10 +137,32 @@ def _check_meaning(
             )
 
 
-def encode_for(spec: RunSpec, norm: NormalisedData, tokenizer: Any) -> Encoded | TrainerRows:
-    """``norm`` as ``spec.objective`` trains on it: token ids with masked labels (SFT, CausalLM; cached), or
-    the conversational rows trl renders with the same template (preference, reward and RL objectives)."""
+def has_images(norm: NormalisedData) -> bool:
+    """Whether any row of ``norm`` holds an image (a vision row)."""
+    return any(getattr(ex, "images", ()) for ex in norm.examples)
+
+
+def encode_for(spec: RunSpec, norm: NormalisedData, tokenizer: Any) -> Encoded | TrainerRows | VisionRows:
+    """``norm`` as ``spec.objective`` trains on it: token ids with masked labels (SFT, CausalLM; cached), the
+    conversational rows trl renders with the same template (preference, reward and RL objectives), or, for data with
+    images, :class:`~tunekit.backends.base.VisionRows` that the backend encodes with the model's processor."""
     obj, training = spec.objective, spec.training
+    if has_images(norm):
+        if not obj.tokenised_by_tunekit:
+            raise IncompatibleError(
+                f"row {next(ex.row for ex in norm.examples if getattr(ex, 'images', ()))} holds an image, and "
+                f"{obj.name} does not train on images yet; train vision-language models with tk.SFT()"
+            )
+        vision_settings: dict[str, Any] = {
+            "max_length": training.max_length,
+            "train_on_prompt": getattr(obj, "train_on_prompt", False),
+            "train_on": getattr(obj, "train_on", "all_assistant"),
+            "reasoning": getattr(obj, "reasoning", "inference"),
+            "add_eos": getattr(obj, "add_eos", True),
+            "on_bad_rows": training.on_bad_rows,
+            "allow_control_tokens": training.allow_control_tokens,
+        }
+        return VisionRows(list(norm.examples), vision_settings, list(norm.skipped))
     if not obj.reads_tools and any(ex.tools for ex in norm.examples):
         row = next(ex.row for ex in norm.examples if ex.tools)
         raise IncompatibleError(

@@ -38,9 +38,33 @@ if TYPE_CHECKING:
     from tunekit.plan import Plan
     from tunekit.results import FitResult
 
-__all__ = ["Backend", "LoadedModel", "RunSpec", "Trained", "builder_for"]
+__all__ = ["Backend", "LoadedModel", "RunSpec", "Trained", "VisionRows", "builder_for"]
 
 _Builder = TypeVar("_Builder", bound=Callable[..., Any])
+
+
+@dataclass
+class VisionRows:
+    """Rows with images for an objective tunekit tokenises (SFT, CausalLM): the backend encodes them with the model's
+    processor (only it knows how many tokens an image becomes), with ``settings`` as for text rows (``max_length``,
+    ``train_on``, ``add_eos``, ...). ``skipped``: the rows normalising dropped, with why."""
+
+    examples: list[Any]
+    settings: dict[str, Any]
+    skipped: list[tuple[int, str]]
+
+    @property
+    def rows(self) -> list[int]:
+        return [ex.row for ex in self.examples]
+
+    @property
+    def num_tokens(self) -> int:
+        """0: how many tokens an image becomes is known once the backend's processor encodes the rows."""
+        return 0
+
+    def first_image_row(self) -> int:
+        """The first row that holds an image."""
+        return next(ex.row for ex in self.examples if getattr(ex, "images", ()))
 
 
 @dataclass(frozen=True, eq=False)
@@ -100,8 +124,8 @@ class Backend(Protocol):
         self,
         spec: RunSpec,
         loaded: LoadedModel,
-        train: Encoded | TrainerRows,
-        evaluation: Encoded | TrainerRows | None,
+        train: Encoded | TrainerRows | VisionRows,
+        evaluation: Encoded | TrainerRows | VisionRows | None,
         *,
         dispatcher: HookDispatcher,
         resume_from: Path | None,
