@@ -97,3 +97,16 @@ def test_save_reloads_to_the_same_outputs_and_logits(trained: Any, qwen2_vl: Pat
         expected = tuner.model.eval()(**inputs).logits
         got = plain.eval()(**inputs).logits
     torch.testing.assert_close(got, expected)
+
+
+def test_evaluate_reads_the_images_and_scores_like_generate(trained: Any, tmp_path: Path) -> None:
+    tuner, _, _, held = trained
+    result = tuner.evaluate(held, metrics=["exact_match"])
+    assert result.metrics["exact_match"] == answers_right(tuner, held) >= 0.9  # the images reached the model
+    assert result.rows[0].prompt == [
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What colour?"}]}
+    ]  # a result row holds no pixels: it writes as plain JSON
+    lines = result.to_jsonl(tmp_path / "rows.jsonl").read_text(encoding="utf-8").splitlines()
+    assert len(lines) == len(held)
+    with pytest.raises(tk.IncompatibleError, match=r"perplexity.*row 1 has one"):
+        tuner.evaluate(held, metrics=["perplexity"])
