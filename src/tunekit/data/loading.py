@@ -10,11 +10,13 @@ from typing import Any
 
 from tunekit.data.columns import no_duplicate_keys
 from tunekit.data.mapping import Data, rename
+from tunekit.data.mixture import Mix
+from tunekit.data.sources import load_directory, load_named, looks_like_name, pick_split
 from tunekit.errors import DatasetError
 
 __all__ = ["DataInput", "base_dir_of", "load_rows"]
 
-DataInput = Any  # str | Path | datasets.Dataset | list[dict] | pandas.DataFrame | tk.Data
+DataInput = Any  # str | Path | datasets.Dataset | list[dict] | pandas.DataFrame | tk.Data (a name: org/name)
 
 SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 
@@ -202,19 +204,45 @@ def load_rows(data: DataInput, *, what: str = "training") -> list[dict[str, Any]
     """Return the rows of ``data`` as a list of dicts (missing cells as ``None``).
 
     ``what`` names the data in the message for empty data (``"training"``, ``"eval"``). A :class:`tunekit.Data`
-    is loaded from its source, its columns, message keys and roles renamed to tunekit's.
+    is loaded from its source (a dataset name or directory with its ``split``, ``subset`` and ``revision``), its
+    columns, message keys and roles renamed to tunekit's. A string that is no file is a dataset directory or a
+    dataset name (:mod:`tunekit.data.sources`).
     """
+    if isinstance(data, Mix):
+        raise DatasetError(
+            f"a tk.Mix ({', '.join(data.names)}) is read source by source by fit, start, plan and prepare (and as "
+            "their eval_data); here, pass one source at a time"
+        )
     if isinstance(data, Data):
-        return rename(load_rows(data.source, what=what), data)
+        options = {"split": data.split, "subset": data.subset, "revision": data.revision}
+        return rename(_load(data.source, what, **options), data)
+    return _load(data, what)
+
+
+def _load(
+    data: DataInput, what: str, split: str | None = None, subset: str | None = None, revision: str | None = None
+) -> list[dict[str, Any]]:
     if isinstance(data, (str, Path)):
         path = Path(data)
-        if not path.exists():
+        named = {k: v for k, v in (("split", split), ("subset", subset), ("revision", revision)) if v is not None}
+        if path.is_file():
+            if named:
+                given = ", ".join(f"{k}={v!r}" for k, v in named.items())
+                raise DatasetError(
+                    f"{path}: {given} applies to a dataset name or directory, not to the file {path.name}; leave it "
+                    "out (a file is read whole)"
+                )
+            rows: list[Any] = _read_file(path)
+        elif path.is_dir():
+            if revision is not None:
+                raise DatasetError(f"{path}: revision={revision!r} applies to a hub dataset, not to a directory")
+            rows = load_directory(path, split=split, subset=subset, what=what).to_list()
+        elif isinstance(data, str) and looks_like_name(data):
+            rows = load_named(data, split=split, subset=subset, revision=revision, what=what).to_list()
+        else:
             raise DatasetError(
                 f"data file not found: {path}; check the path (a relative path starts from {Path.cwd()})"
             )
-        if path.is_dir():
-            raise DatasetError(f"{path} is a directory; pass a file ({', '.join(SUFFIXES)})")
-        rows: list[Any] = _read_file(path)
     elif isinstance(data, list):
         rows = data
     elif hasattr(data, "to_dict") and hasattr(data, "columns"):  # pandas DataFrame
@@ -222,11 +250,16 @@ def load_rows(data: DataInput, *, what: str = "training") -> list[dict[str, Any]
     elif hasattr(data, "to_list") and hasattr(data, "column_names"):  # datasets.Dataset
         rows = data.to_list()
     elif hasattr(data, "keys") and hasattr(data, "column_names"):  # datasets.DatasetDict
-        raise DatasetError(f"got a DatasetDict with splits {sorted(data.keys())}; pass one split, e.g. data['train']")
+        if split is None:
+            raise DatasetError(
+                f"got a DatasetDict with splits {sorted(data.keys())}; pass one split, e.g. data['train'], or "
+                "tk.Data(data, split='train')"
+            )
+        rows = pick_split(data, split, "the DatasetDict", what=what).to_list()
     else:
         raise DatasetError(
-            f"unsupported data of type {type(data).__name__}; pass a path (.jsonl, .json, .csv, .parquet), "
-            "a list of dicts, a datasets.Dataset or a pandas DataFrame"
+            f"unsupported data of type {type(data).__name__}; pass a path (.jsonl, .json, .csv, .parquet), a dataset "
+            "name (org/name), a list of dicts, a datasets.Dataset or a pandas DataFrame"
         )
     out = []
     for i, row in enumerate(rows, 1):

@@ -80,20 +80,28 @@ class Data(Config):
     ``eval_data``, ``plan``, ``prepare``, a YAML config's ``data:``, ``tunekit validate-data --columns``).
 
     ``tk.Data(source, columns={tunekit's: file's}, roles={tunekit's: file's})``; ``source`` is what ``fit`` takes
-    (a path, a list of dicts, a ``datasets.Dataset``, a DataFrame). ``columns`` keys: ``messages``,
-    ``conversations``, ``prompt``, ``completion``, ``chosen``, ``rejected``, ``label`` (or ``kto_tag``),
-    ``instruction``, ``input``, ``output``, ``history``, ``text``, ``system``, ``tools``. ``roles`` keys: ``role``
-    and ``content`` (the message keys), ``user``, ``assistant``, ``system``, ``tool``, ``function_call`` (the
-    roles), or LLaMA-Factory's ``role_tag``, ``content_tag``, ``user_tag``, ``assistant_tag``, ``system_tag``,
+    (a path, a dataset directory, a dataset name such as ``"org/name"``, a list of dicts, a ``datasets.Dataset``, a
+    DataFrame). A dataset name or directory is read through ``datasets`` (:mod:`tunekit.data.sources`; offline from
+    the local ``datasets`` cache) with ``split`` (default: its only split, else ``train`` for training data),
+    ``subset`` (the dataset's configuration) and ``revision`` (a branch, tag or commit on the hub). ``columns``
+    keys: ``messages``, ``conversations``, ``prompt``, ``completion``, ``chosen``, ``rejected``, ``label`` (or
+    ``kto_tag``), ``instruction``, ``input``, ``output``, ``history``, ``text``, ``system``, ``tools``. ``roles`` keys:
+    ``role`` and ``content`` (the message keys), ``user``, ``assistant``, ``system``, ``tool``, ``function_call``
+    (the roles), or LLaMA-Factory's ``role_tag``, ``content_tag``, ``user_tag``, ``assistant_tag``, ``system_tag``,
     ``observation_tag``, ``function_tag``.
 
     Example:
         >>> import tunekit as tk
         >>> tk.Data("qa.csv", columns={"prompt": "question", "completion": "answer"}).columns
         {'prompt': 'question', 'completion': 'answer'}
+        >>> tk.Data("HuggingFaceH4/no_robots", split="test").split
+        'test'
     """
 
-    source: Any = Field(description="The data: a path (.jsonl, .json, .csv, .parquet), rows, a Dataset, a DataFrame.")
+    source: Any = Field(
+        description="The data: a path (.jsonl, .json, .csv, .parquet), a dataset name or directory, rows, a Dataset, "
+        "a DataFrame."
+    )
     columns: dict[str, str] = Field(
         default_factory=dict, description="tunekit's column name -> the file's, e.g. {messages: dialog}."
     )
@@ -101,6 +109,11 @@ class Data(Config):
         default_factory=dict,
         description="tunekit's message key or role -> the file's, e.g. {role: speaker, user: customer}.",
     )
+    split: str | None = Field(
+        None, description="A dataset name's or directory's split, e.g. train or test[:10%]; default: train."
+    )
+    subset: str | None = Field(None, description="A dataset name's subset (its configuration), e.g. main.")
+    revision: str | None = Field(None, description="A hub dataset's branch, tag or commit.")
 
     def __init__(self, source: Any = None, /, **data: Any) -> None:
         if source is not None:
@@ -138,9 +151,16 @@ class Data(Config):
         if isinstance(v, str) or table or (isinstance(v, list) and all(isinstance(row, dict) for row in v)):
             return v
         raise ConfigError(
-            f"Data(source={v!r:.60}): expected a path (.jsonl, .json, .csv, .parquet), a list of rows (dicts), a "
-            f"datasets.Dataset or a pandas DataFrame, got {type(v).__name__}"
+            f"Data(source={v!r:.60}): expected a path (.jsonl, .json, .csv, .parquet), a dataset name (org/name), a "
+            f"list of rows (dicts), a datasets.Dataset or a pandas DataFrame, got {type(v).__name__}"
         )
+
+    @field_validator("split", "subset", "revision", mode="before")
+    @classmethod
+    def _named(cls, v: Any, info: Any) -> Any:
+        if v is not None and (not isinstance(v, str) or not v.strip()):
+            raise ConfigError(f"Data({info.field_name}={v!r:.60}): expected a non-empty string, or leave it out")
+        return v
 
     @field_validator("columns", mode="before")
     @classmethod
