@@ -109,6 +109,18 @@ def test_an_unknown_name_says_what_was_tried_without_a_traceback(hub_cache: Path
     assert e.value.__cause__ is None and e.value.__suppress_context__  # no chained huggingface_hub traceback
 
 
+def test_validate_data_takes_a_dataset_name(hub_cache: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tunekit.cli import main
+
+    assert main(["validate-data", "org/name", "--subset", "main", "--split", "test", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["file"] == "org/name" and report["rows"] == 2 and report["format"] == "prompt_completion"
+    assert main(["validate-data", "org/name", "--subset", "nope"]) != 0
+    assert "org/name: no subset 'nope'" in capsys.readouterr().err
+    assert main(["validate-data", str(ALPACA), "org/name", "--subset", "main"]) == 2  # options of one source
+    assert "apply to one source" in capsys.readouterr().err
+
+
 def test_a_missing_path_is_a_missing_file_not_a_hub_lookup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def no_hub(*args: Any, **kw: Any) -> None:
         raise AssertionError("looked up on the hub")
