@@ -317,12 +317,14 @@ def test_mix_options_are_checked() -> None:
     with pytest.raises(tk.ConfigError, match="size is shared out by weights"):
         tk.Mix(["a", "b"], size=10)
     with pytest.raises(tk.ConfigError, match="every weight must be a positive number, got 0"):
+        tk.Mix(["a", "b"], weights=[1, 0])
+    with pytest.raises(tk.ConfigError, match=r"Mix\(sources=\{.b.: 0\}\): a source.s weight must be a positive"):
         tk.Mix({"a": 1, "b": 0})
     with pytest.raises(tk.ConfigError, match="every count must be at least 1"):
         tk.Mix(["a", "b"], counts=[3, 0])
-    with pytest.raises(tk.ConfigError, match="source 2 is a Mix itself"):
+    with pytest.raises(tk.ConfigError, match=r"Mix\(sources=...\): source 2 is a Mix itself"):
         tk.Mix(["a", tk.Mix(["b"])])
-    with pytest.raises(tk.ConfigError, match=r"Mix: source 2: Data\(source=42\)"):
+    with pytest.raises(tk.ConfigError, match=r"Mix\(sources=...\): source 2: Data\(source=42\)"):
         tk.Mix(["a", 42])
     with pytest.raises(tk.DatasetError, match=r"a tk\.Mix .* is read source by source"):
         load_rows(tk.Mix(["a", "b"]))

@@ -126,7 +126,10 @@ class Mix(Config):
         """``{source: weight}`` is ``sources=[...], weights=[...]``."""
         if not isinstance(data, dict) or "sources" not in data:
             if isinstance(data, dict):
-                raise ConfigError("Mix(): the sources are missing; e.g. tk.Mix({'a.jsonl': 0.7, 'b.json': 0.3})")
+                given = ", ".join(f"{k}=..." for k in data)
+                raise ConfigError(
+                    f"Mix({given}): the sources are missing; e.g. tk.Mix({{'a.jsonl': 0.7, 'b.json': 0.3}})"
+                )
             return data
         sources = data["sources"]
         if isinstance(sources, dict):
@@ -135,6 +138,12 @@ class Mix(Config):
                     "Mix({source: weight}, weights=/counts=...): the weights are given twice; pass the sources as a "
                     "list with weights=[...] or counts=[...], or as {source: weight} alone"
                 )
+            for key, weight in sources.items():
+                if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight > 0:
+                    raise ConfigError(
+                        f"Mix(sources={{{key!r}: {weight!r}}}): a source's weight must be a positive number (its "
+                        "share of the mixture), e.g. tk.Mix({'a.jsonl': 0.7, 'b.json': 0.3})"
+                    )
             data = {**data, "sources": list(sources), "weights": list(sources.values())}
         return data
 
@@ -151,17 +160,19 @@ class Mix(Config):
         out = []
         for k, item in enumerate(v):
             if isinstance(item, Mix):
-                raise ConfigError(f"Mix: source {k + 1} is a Mix itself; list its sources in this one instead")
+                raise ConfigError(
+                    f"Mix(sources=...): source {k + 1} is a Mix itself; list its sources in this one instead"
+                )
             if isinstance(item, dict):  # a YAML config's {path: ..., columns: ...}
                 try:
                     item = Data(**item)
                 except ConfigError as e:
-                    raise ConfigError(f"Mix: source {k + 1}: {e}") from None
+                    raise ConfigError(f"Mix(sources=...): source {k + 1}: {e}") from None
             elif not isinstance(item, Data):
                 try:
                     Data(item)  # the same check of what a source may be
                 except ConfigError as e:
-                    raise ConfigError(f"Mix: source {k + 1}: {e}") from None
+                    raise ConfigError(f"Mix(sources=...): source {k + 1}: {e}") from None
             out.append(item)
         return out
 
