@@ -28,10 +28,12 @@ from tunekit.data.formats import NormalisedData
 from tunekit.data.images import ImageOptions
 from tunekit.data.layouts import Layout, detect_layout
 from tunekit.data.loading import base_dir_of
+from tunekit.data.mapping import Data
 from tunekit.data.mixture import Mix, MixedData, MixPart, interleave, mix_parts
 from tunekit.data.rows import TrainerRows, prepare_rows
+from tunekit.data.streaming import StreamedData, StreamedEncoded, first_rows
 from tunekit.data.templated import find_template_markers, template_warning
-from tunekit.errors import DatasetError, IncompatibleError
+from tunekit.errors import ConfigError, DatasetError, IncompatibleError
 from tunekit.methods import Method
 from tunekit.objectives import Objective, infer_objective
 from tunekit.plan import SourceFigures
@@ -70,6 +72,9 @@ def normalise_for(
     if isinstance(data, Mix):
         norm: NormalisedData = _normalise_mix(data, training=training, objective=objective, what=what)
         beside, pairs = "'prompt' and 'completion'", "the prompt/completion pairs"
+    elif isinstance(data, Data) and data.streaming:
+        norm = _normalise_stream(data, training=training, objective=objective, what=what)
+        beside, pairs = "'prompt' and 'completion'", "the prompt/completion pairs"
     else:
         rows = load_rows(data, what=what)
         norm, layout = _normalise_source(rows, data, training=training, objective=objective, what=what)
@@ -89,6 +94,11 @@ def normalise_for(
             f"the {what} data is in the {norm.format!r} format, which {chosen.name} cannot train on; "
             f"{chosen.name} takes {sorted(chosen.data_formats)}"
             + (" (raw text trains with tk.CausalLM())" if norm.format == "text" else "")
+        )
+    if isinstance(norm, StreamedData) and not chosen.tokenised_by_tunekit:
+        raise IncompatibleError(
+            f"tk.Data(..., streaming=True) trains SFT and CausalLM (tunekit tokenises their rows as they stream); "
+            f"{chosen.name}'s trainer reads its whole dataset: leave streaming out"
         )
     if objective is None:
         check_compatible(method, chosen)
@@ -127,11 +137,42 @@ def _normalise_source(
     return norm, layout
 
 
+def _normalise_stream(data: Data, *, training: Training, objective: Objective | None, what: str) -> StreamedData:
+    """Streamed data with its first rows checked (format, layout, the warnings ``fit`` gives); the rest is read as
+    training consumes it (:mod:`tunekit.data.streaming`)."""
+    if what != "training":
+        raise ConfigError(
+            f"{what}_data: tk.Data(..., streaming=True) is for training data; eval data is evaluated whole, so it "
+            "must fit in memory: leave streaming out (or pass a slice of it, e.g. split='test[:1000]')"
+        )
+    if training.max_steps is None:
+        raise ConfigError(
+            "tk.Data(..., streaming=True): a stream has no length to count epochs by; set Training(max_steps=...) "
+            "(the stream starts again from the top if it ends first)"
+        )
+    sample, layout = _normalise_source(first_rows(data), data, training=training, objective=objective, what=what)
+    # The first rows' skipped rows are logged and counted as the stream reaches them.
+    images = ImageOptions.of(training, base_dir_of(data))
+    return StreamedData(
+        sample.format,
+        sample.examples,
+        source=data,
+        layout=layout,
+        on_bad_rows=training.on_bad_rows,
+        images=images,
+    )
+
+
 def _normalise_mix(mix: Mix, *, training: Training, objective: Objective | None, what: str) -> MixedData:
     """Each source of ``mix`` loaded and normalised on its own (its errors and skipped rows named by the source),
     then drawn and interleaved by ``training.seed``."""
     parts = []
     for name, source in zip(mix.names, mix.sources):
+        if isinstance(source, Data) and source.streaming:
+            raise ConfigError(
+                f"tk.Mix: {name} is streamed (streaming=True), which a mixture cannot draw from (it draws rows by "
+                "position); leave streaming out, or train the stream on its own"
+            )
         try:
             rows = load_rows(source, what=what)
             norm, _ = _normalise_source(rows, source, training=training, objective=objective, what="training")
@@ -191,6 +232,8 @@ def encode_for(spec: RunSpec, norm: NormalisedData, tokenizer: Any) -> Encoded |
     the result's ``sources`` gives each source's rows and tokens."""
     if isinstance(norm, MixedData):
         return _encode_mix(spec, norm, tokenizer)
+    if isinstance(norm, StreamedData):
+        return _encode_stream(spec, norm, tokenizer)
     enc, skipped = _encode(spec, norm, tokenizer)
     enc.skipped = norm.skipped + skipped
     _warn(enc, skipped, spec.training.max_length)
@@ -239,15 +282,7 @@ def _encode(spec: RunSpec, norm: NormalisedData, tokenizer: Any) -> tuple[Encode
             on_bad_rows=training.on_bad_rows,
         )
         return rows, list(rows.skipped)
-    settings: dict[str, Any] = {
-        "max_length": training.max_length,
-        "train_on_prompt": getattr(obj, "train_on_prompt", False),
-        "train_on": getattr(obj, "train_on", "all_assistant"),
-        "reasoning": getattr(obj, "reasoning", "inference"),
-        "add_eos": getattr(obj, "add_eos", True),
-        "on_bad_rows": training.on_bad_rows,
-        "allow_control_tokens": training.allow_control_tokens,
-    }
+    settings = _settings(spec)
     enc = cached_encode(  # a second run on the same data, tokenizer and settings skips tokenising
         lambda: encode_examples(tokenizer, norm.examples, **settings),
         tokenizer,
@@ -257,6 +292,36 @@ def _encode(spec: RunSpec, norm: NormalisedData, tokenizer: Any) -> tuple[Encode
         directory=training.cache_dir,
     )
     return enc, list(enc.skipped)
+
+
+def _settings(spec: RunSpec) -> dict[str, Any]:
+    """The options :func:`tunekit.data.encode_examples` encodes ``spec``'s objective with."""
+    obj, training = spec.objective, spec.training
+    return {
+        "max_length": training.max_length,
+        "train_on_prompt": getattr(obj, "train_on_prompt", False),
+        "train_on": getattr(obj, "train_on", "all_assistant"),
+        "reasoning": getattr(obj, "reasoning", "inference"),
+        "add_eos": getattr(obj, "add_eos", True),
+        "on_bad_rows": training.on_bad_rows,
+        "allow_control_tokens": training.allow_control_tokens,
+    }
+
+
+def _encode_stream(spec: RunSpec, norm: StreamedData, tokenizer: Any) -> StreamedEncoded:
+    """Streamed data: its first rows encoded now (the estimates; their errors raise before training), the rest
+    chunk by chunk as the trainer reads it (:class:`tunekit.data.streaming.StreamedEncoded`)."""
+    sample, _ = _encode(spec, norm, tokenizer)  # its skipped rows are logged as the stream reaches them
+    assert isinstance(sample, Encoded)  # streaming trains the objectives tunekit tokenises (normalise_for)
+    settings = _settings(spec)
+    return StreamedEncoded(
+        sample.input_ids,
+        sample.labels,
+        sample.rows,
+        truncated=sample.truncated,
+        data=norm,
+        encode=lambda examples: encode_examples(tokenizer, examples, **settings),
+    )
 
 
 def _encode_mix(spec: RunSpec, norm: MixedData, tokenizer: Any) -> Encoded | TrainerRows:

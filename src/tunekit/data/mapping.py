@@ -28,7 +28,7 @@ from tunekit._config import Config
 from tunekit.data.columns import FORMAT_COLUMNS, parse_json_cell
 from tunekit.errors import ConfigError, DatasetError
 
-__all__ = ["COLUMN_KEYS", "ROLE_KEYS", "Data", "rename"]
+__all__ = ["COLUMN_KEYS", "ROLE_KEYS", "Data", "rename", "rename_row"]
 
 # tunekit's column names a mapping may name (and LLaMA-Factory's name for the KTO label).
 COLUMN_KEYS: dict[str, str] = {
@@ -83,7 +83,9 @@ class Data(Config):
     (a path, a dataset directory, a dataset name such as ``"org/name"``, a list of dicts, a ``datasets.Dataset``, a
     DataFrame). A dataset name or directory is read through ``datasets`` (:mod:`tunekit.data.sources`; offline from
     the local ``datasets`` cache) with ``split`` (default: its only split, else ``train`` for training data),
-    ``subset`` (the dataset's configuration) and ``revision`` (a branch, tag or commit on the hub). ``columns``
+    ``subset`` (the dataset's configuration) and ``revision`` (a branch, tag or commit on the hub). ``streaming=True``
+    reads the rows as training consumes them (:mod:`tunekit.data.streaming`: data larger than memory, SFT and CausalLM,
+    ``Training(max_steps=...)`` required). ``columns``
     keys: ``messages``, ``conversations``, ``prompt``, ``completion``, ``chosen``, ``rejected``, ``label`` (or
     ``kto_tag``), ``instruction``, ``input``, ``output``, ``history``, ``text``, ``system``, ``tools``. ``roles`` keys:
     ``role`` and ``content`` (the message keys), ``user``, ``assistant``, ``system``, ``tool``, ``function_call``
@@ -96,6 +98,8 @@ class Data(Config):
         {'prompt': 'question', 'completion': 'answer'}
         >>> tk.Data("HuggingFaceH4/no_robots", split="test").split
         'test'
+        >>> tk.Data("huge.jsonl", streaming=True).streaming
+        True
     """
 
     source: Any = Field(
@@ -114,6 +118,11 @@ class Data(Config):
     )
     subset: str | None = Field(None, description="A dataset name's subset (its configuration), e.g. main.")
     revision: str | None = Field(None, description="A hub dataset's branch, tag or commit.")
+    streaming: bool = Field(
+        False,
+        description="Read the rows as training consumes them, never all at once (data larger than memory); needs "
+        "Training(max_steps=...).",
+    )
 
     def __init__(self, source: Any = None, /, **data: Any) -> None:
         if source is not None:
@@ -199,11 +208,20 @@ def rename(rows: list[dict[str, Any]], data: Data) -> list[dict[str, Any]]:
             row=1,
             field=missing[0],
         )
+    if not data.columns and not data.roles:
+        return rows
+    return [rename_row(row, i, data) for i, row in enumerate(rows, 1)]
+
+
+def rename_row(row: dict[str, Any], i: int, data: Data) -> dict[str, Any]:
+    """Row ``i`` (1-based) with ``data``'s column, key and role names turned into tunekit's (streamed rows are
+    renamed one at a time)."""
+    columns = {COLUMN_KEYS[ours]: theirs for ours, theirs in data.columns.items()}
     keys = {ROLE_KEYS[k][1]: v for k, v in data.roles.items() if ROLE_KEYS[k][0] == "key"}
     values = {v: ROLE_KEYS[k][1] for k, v in data.roles.items() if ROLE_KEYS[k][0] == "role"}
     if not columns and not keys and not values:
-        return rows
-    return [_rename_row(row, i, columns, keys, values) for i, row in enumerate(rows, 1)]
+        return row
+    return _rename_row(row, i, columns, keys, values)
 
 
 def _rename_row(

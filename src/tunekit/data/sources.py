@@ -107,13 +107,15 @@ def load_named(
     subset: str | None = None,
     revision: str | None = None,
     what: str = "training",
+    streaming: bool = False,
 ) -> Any:
-    """The ``datasets.Dataset`` of the dataset ``name`` (the hub, or the local ``datasets`` cache offline)."""
+    """The ``datasets.Dataset`` of the dataset ``name`` (the hub, or the local ``datasets`` cache offline); with
+    ``streaming``, an ``IterableDataset`` read as it is iterated."""
     import datasets
 
     try:
         with quiet():
-            loaded = datasets.load_dataset(name, subset, split=split, revision=revision)
+            loaded = datasets.load_dataset(name, subset, split=split, revision=revision, streaming=streaming)
     except ValueError as e:  # an unknown split or subset; the cache's "no config" is a ValueError too
         raise _option_error(name, e, split, subset) or _not_found(name, e) from None
     except Exception as e:  # huggingface_hub's and datasets' errors for a name that is not there or not reachable
@@ -140,8 +142,11 @@ def _not_found(name: str, e: BaseException) -> DatasetError:
     )
 
 
-def load_directory(path: Path, *, split: str | None = None, subset: str | None = None, what: str = "training") -> Any:
-    """The ``datasets.Dataset`` of a dataset directory: a ``save_to_disk`` directory or a folder of data files."""
+def load_directory(
+    path: Path, *, split: str | None = None, subset: str | None = None, what: str = "training", streaming: bool = False
+) -> Any:
+    """The ``datasets.Dataset`` of a dataset directory: a ``save_to_disk`` directory or a folder of data files; with
+    ``streaming``, an ``IterableDataset`` read as it is iterated."""
     import datasets
 
     saved = (path / "dataset_dict.json").is_file() or (path / "state.json").is_file()
@@ -152,7 +157,7 @@ def load_directory(path: Path, *, split: str | None = None, subset: str | None =
             if saved:
                 loaded = datasets.load_from_disk(str(path))
             else:
-                loaded = datasets.load_dataset(str(path), subset, split=split)
+                loaded = datasets.load_dataset(str(path), subset, split=split, streaming=streaming)
     except ValueError as e:
         raise _option_error(str(path), e, split, subset) or DatasetError(
             f"{path}: could not read the directory as a dataset ({_first_lines(e)}); {_DIRECTORY_FIX}"
@@ -167,9 +172,11 @@ def load_directory(path: Path, *, split: str | None = None, subset: str | None =
             "has none (leave subset out)"
         )
     if hasattr(loaded, "keys"):  # a DatasetDict: all its splits
-        return pick_split(loaded, split, str(path), what=what)
-    if saved and split is not None:
+        loaded = pick_split(loaded, split, str(path), what=what)
+    elif saved and split is not None:
         raise DatasetError(
             f"{path} holds one dataset (saved by Dataset.save_to_disk), not splits; leave split={split!r} out"
         )
+    if saved and streaming:  # memory-mapped already: read it row by row
+        return loaded.to_iterable_dataset()
     return loaded

@@ -18,6 +18,7 @@ from typing import Any
 from tunekit.data.formats import Example, NormalisedData
 from tunekit.data.images import image_stats
 from tunekit.data.mixture import MixedData
+from tunekit.data.streaming import StreamedData
 from tunekit.results import FitResult
 
 __all__ = ["MAX_KEPT_PROMPTS", "data_summary_of", "summarise_data"]
@@ -63,6 +64,8 @@ def summarise_data(train: NormalisedData, evaluation: NormalisedData | None = No
 
     def stats(norm: NormalisedData) -> dict[str, Any]:
         out: dict[str, Any] = {"rows": len(norm.examples), "format": norm.format, "skipped_rows": len(norm.skipped)}
+        if isinstance(norm, StreamedData):  # rows: those checked before the run, until the run counts them
+            out["streaming"] = True
         if isinstance(norm, MixedData):  # a tk.Mix: each source's valid rows, the rows drawn from it and its format
             out["sources"] = [
                 {"name": p.name, "rows": p.available, "drawn": len(p.data.examples), "format": p.data.format}
@@ -87,4 +90,6 @@ def data_summary_of(summary: dict[str, Any] | None, result: FitResult | None) ->
     out = {**summary, "train": dict(summary.get("train") or {})}
     if result is not None and out["train"]:
         out["train"]["tokens"] = result.num_tokens
+        if out["train"].get("streaming"):  # the rows the run read from the stream
+            out["train"]["rows"] = result.num_examples
     return out
