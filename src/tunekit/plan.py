@@ -46,6 +46,7 @@ class Plan:
     the total with 95% of ``device_memory_bytes``: the CUDA device's memory, or on the CPU the RAM
     available when the plan was made, or what ``plan(device_memory_gib=...)`` gave; for a CUDA device
     the machine does not have (planned for with ``Training(device="cuda")``) and no memory given, both are None.
+    ``sources``: for a :class:`tunekit.Mix`, each source's valid rows, the rows drawn from it and their tokens.
 
     Example:
         >>> import tunekit as tk
