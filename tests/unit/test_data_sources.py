@@ -43,32 +43,6 @@ def tuner(**kw: Any) -> tk.Tuner:
 # --- datasets by name: a local datasets cache, offline --------------------------------------------------------------
 
 
-@pytest.fixture
-def hub_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A ``datasets`` cache holding ``org/name`` (splits train and test, subsets main and extra), as a load of it
-    from the hub would have left it; the hub itself is off (offline mode), as on a machine without network."""
-    import datasets
-    import huggingface_hub.constants
-    from datasets.packaged_modules.json.json import Json
-
-    cache = tmp_path / "hf-datasets"
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", cache)
-    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    for subset, n in (("main", 6), ("extra", 2)):
-        files = {
-            "train": str(write_jsonl(tmp_path / f"{subset}-train.jsonl", rows_of(n, subset))),
-            "test": str(write_jsonl(tmp_path / f"{subset}-test.jsonl", rows_of(2, f"{subset}-test"))),
-        }
-        builder = Json(cache_dir=str(tmp_path / "build"), dataset_name="name", config_name=subset, data_files=files)
-        builder.download_and_prepare()
-        # Where datasets keeps a hub dataset: <cache>/<org>___<name>/<subset>/<version>/<hash>
-        target = cache / "org___name" / subset / "0.0.0" / "0123456789abcdef"
-        target.parent.mkdir(parents=True)
-        shutil.move(builder.cache_dir, target)
-    return cache
-
-
 def test_a_dataset_name_is_read_from_the_local_cache_offline(hub_cache: Path) -> None:
     assert load_rows(tk.Data("org/name", subset="main")) == rows_of(6, "main")  # split: train by default
     assert load_rows(tk.Data("org/name", subset="main", split="test")) == rows_of(2, "main-test")

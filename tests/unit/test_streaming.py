@@ -102,3 +102,8 @@ def test_a_streamed_run_on_the_fake_backend_records_the_stream(tmp_path: Path) -
     assert plan.steps == 3 and plan.examples == 64  # estimated from the rows checked before the run
     t.fit(tk.Data(str(path), streaming=True))
     assert t.data_summary is not None and t.data_summary["train"]["streaming"] is True
+
+
+def test_a_dataset_name_streams_from_the_local_cache(hub_cache: Path) -> None:
+    data = tk.Data("org/name", subset="main", split="train", streaming=True)
+    assert [row for _, row in stream_rows(data)] == load_rows(data.model_copy(update={"streaming": False}))
