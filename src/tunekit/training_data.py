@@ -29,7 +29,7 @@ from tunekit.data.images import ImageOptions
 from tunekit.data.layouts import Layout, detect_layout
 from tunekit.data.loading import base_dir_of
 from tunekit.data.mapping import Data
-from tunekit.data.mixture import Mix, MixedData, MixPart, interleave, mix_parts
+from tunekit.data.mixture import Mix, MixedData, MixPart, interleave, mix_parts, unpair
 from tunekit.data.rows import TrainerRows, prepare_rows
 from tunekit.data.streaming import StreamedData, StreamedEncoded, first_rows
 from tunekit.data.templated import find_template_markers, template_warning
@@ -83,6 +83,13 @@ def normalise_for(
         )
         pairs = "the conversations" if layout is not None else "the prompt/completion pairs"
     chosen = objective or infer_objective(norm.format)
+    if isinstance(norm, MixedData) and {p.data.format for p in norm.parts} == {"preference", "unpaired_preference"}:
+        if norm.format not in chosen.data_formats:
+            raise IncompatibleError(
+                f"the {what} sources mix preference pairs with labelled answers (prompt/completion/label), which "
+                f"train KTO together (each pair as two labelled answers), not {chosen.name}; pass objective=tk.KTO(), "
+                f"or mix pairs with pairs to train {chosen.name}"
+            )
     if norm.format == "unpaired_preference" and norm.format not in chosen.data_formats:
         raise IncompatibleError(
             f"the {what} data has a 'label' column beside {beside} (KTO's layout: True marks a desirable answer, "
@@ -329,8 +336,11 @@ def _encode_mix(spec: RunSpec, norm: MixedData, tokenizer: Any) -> Encoded | Tra
     then interleaved as the mixture's examples are; ``sources`` lists each one's figures."""
     parts, skipped = [], []
     for part in norm.parts:
+        data = part.data
+        if norm.format == "unpaired_preference" and data.format == "preference":  # pairs beside labelled answers
+            data = unpair(data)
         try:
-            enc, new = _encode(spec, part.data, tokenizer)
+            enc, new = _encode(spec, data, tokenizer)
         except (DatasetError, IncompatibleError) as e:
             raise named_error(e, part.name, "training") from None
         parts.append(enc)

@@ -277,6 +277,21 @@ def test_every_objective_trains_a_mixture_and_evaluates_on_one(
     assert (type(enc).__name__ == "TrainerRows") == trainer_rows
 
 
+def test_preference_pairs_beside_labelled_answers_train_kto() -> None:
+    t = tuner()
+    mix = tk.Mix([str(PREFERENCE), str(KTO)])
+    plan = t.plan(mix)
+    assert plan.objective == "KTO" and [(s.rows, s.drawn) for s in plan.sources] == [(5, 5), (5, 5)]
+    rows = t.prepare(mix)
+    assert len(rows.records) == 2 * 5 + 5  # each pair became a desirable and an undesirable answer
+    assert [r["label"] for r in rows.records[:2]] == [True, False] and "chosen" not in rows.records[0]
+    assert rows.rows[:2] == [1, 1]  # both from row 1 of the pairs' file
+    with pytest.raises(
+        tk.IncompatibleError, match=r"mix preference pairs with labelled answers .*, which train KTO together"
+    ):
+        tuner(objective=tk.DPO()).plan(mix)
+
+
 def test_plan_prints_each_source() -> None:
     text = str(tuner().plan(tk.Mix({str(OPENAI): 3, str(SHAREGPT): 1}, size=8)))
     assert f"    {OPENAI}: 6 rows drawn of 4 (repeated 1.5x), " in text

@@ -19,7 +19,8 @@ holds 700 and 300 of them.
 
 The sources must train the same objective: demonstrations (prompt/completion, Alpaca, messages, ShareGPT: all become
 conversations) mix with each other, preference pairs with preference pairs, and so on; a preference source beside an
-SFT source is refused.
+SFT source is refused. Preference pairs beside labelled answers train KTO: each pair becomes two labelled answers
+(chosen desirable, rejected not), as trl's ``unpair_preference_dataset`` does.
 
 Example:
     >>> import tunekit as tk
@@ -35,7 +36,7 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 from pydantic import Field, field_validator, model_validator
@@ -57,9 +58,11 @@ __all__ = [
     "mix_parts",
     "mixed_format",
     "source_name",
+    "unpair",
 ]
 
 T = TypeVar("T")
+_LABELLED = frozenset({"preference", "unpaired_preference"})  # pairs and labelled answers mix, for KTO
 
 # The demonstration formats: each normalises to a conversation, so they mix (as "messages").
 DEMONSTRATIONS = frozenset({"prompt_completion", "alpaca", "messages", "sharegpt"})
@@ -282,7 +285,7 @@ class MixedData(NormalisedData):
 def mixed_format(names: list[str], formats: list[Format], what: str = "training") -> Format:
     """The one format a mixture of sources in ``formats`` trains as; DatasetError when they do not mix."""
     kinds = {_KINDS.get(f, str(f)) for f in formats}
-    if len(kinds) > 1:
+    if len(kinds) > 1 and set(formats) != _LABELLED:
         listed = "; ".join(f"{n}: {f} ({_KINDS.get(f, str(f))})" for n, f in zip(names, formats))
         raise DatasetError(
             f"the {what} sources cannot train together, they hold different kinds of data ({listed}); one run trains "
@@ -291,7 +294,20 @@ def mixed_format(names: list[str], formats: list[Format], what: str = "training"
         )
     if len(set(formats)) == 1:
         return formats[0]
+    if set(formats) == _LABELLED:  # KTO: each pair becomes two labelled answers (unpair)
+        return "unpaired_preference"
     return "messages"  # demonstrations in several layouts: each became a conversation
+
+
+def unpair(norm: NormalisedData) -> NormalisedData:
+    """Preference pairs as KTO's labelled answers: the chosen answer desirable, the rejected one not (what trl's
+    ``unpair_preference_dataset`` does), each keeping its row number."""
+    examples = [
+        replace(ex, chosen=None, rejected=None, completion=answer, label=label)
+        for ex in norm.examples
+        for answer, label in ((ex.chosen, True), (ex.rejected, False))
+    ]
+    return NormalisedData("unpaired_preference", examples, norm.skipped)
 
 
 def mix_parts(mix: Mix, parts: list[MixPart], seed: int, what: str = "training") -> MixedData:
