@@ -99,6 +99,7 @@ class Plan:
         }
         memory["total"] = self.total_bytes
         d["memory"] = memory
+        d["sources"] = [asdict(s) for s in self.sources]  # a list, as JSON gives it back
         d["trainable_fraction"] = self.trainable_fraction
         return d
 
