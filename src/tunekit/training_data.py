@@ -26,16 +26,20 @@ from tunekit.data.control_tokens import check_no_control_tokens
 from tunekit.data.encoding import Encoded
 from tunekit.data.formats import NormalisedData
 from tunekit.data.images import ImageOptions
-from tunekit.data.layouts import detect_layout
+from tunekit.data.layouts import Layout, detect_layout
 from tunekit.data.loading import base_dir_of
+from tunekit.data.mapping import Data
+from tunekit.data.mixture import Mix, MixedData, MixPart, interleave, mix_parts, unpair
 from tunekit.data.rows import TrainerRows, prepare_rows
+from tunekit.data.streaming import StreamedData, StreamedEncoded, first_rows
 from tunekit.data.templated import find_template_markers, template_warning
-from tunekit.errors import DatasetError, IncompatibleError
+from tunekit.errors import ConfigError, DatasetError, IncompatibleError
 from tunekit.methods import Method
 from tunekit.objectives import Objective, infer_objective
+from tunekit.plan import SourceFigures
 from tunekit.training import Training
 
-__all__ = ["check_compatible", "encode_for", "has_images", "normalise_for"]
+__all__ = ["check_compatible", "encode_for", "has_images", "named_error", "normalise_for"]
 
 logger = logging.getLogger("tunekit")
 
@@ -62,9 +66,59 @@ def normalise_for(
 
     ``objective`` is the one the run must train (``None``: inferred from the data's format, text ->
     CausalLM, preference pairs -> DPO, labelled rows -> KTO, else SFT, and checked against ``method``).
-    ``what`` names the data in errors (``"training"``, ``"eval"``).
+    ``what`` names the data in errors (``"training"``, ``"eval"``). A :class:`tunekit.Mix` is read source by
+    source, each in its own layout (errors name the source), and drawn by ``Training(seed=...)``.
     """
-    rows = load_rows(data, what=what)
+    if isinstance(data, Mix):
+        norm: NormalisedData = _normalise_mix(data, training=training, objective=objective, what=what)
+        beside, pairs = "'prompt' and 'completion'", "the prompt/completion pairs"
+    elif isinstance(data, Data) and data.streaming:
+        norm = _normalise_stream(data, training=training, objective=objective, what=what)
+        beside, pairs = "'prompt' and 'completion'", "the prompt/completion pairs"
+    else:
+        rows = load_rows(data, what=what)
+        norm, layout = _normalise_source(rows, data, training=training, objective=objective, what=what)
+        beside = (
+            " and ".join(repr(c) for c in layout.columns if c != "label") if layout else "'prompt' and 'completion'"
+        )
+        pairs = "the conversations" if layout is not None else "the prompt/completion pairs"
+    chosen = objective or infer_objective(norm.format)
+    if isinstance(norm, MixedData) and {p.data.format for p in norm.parts} == {"preference", "unpaired_preference"}:
+        if norm.format not in chosen.data_formats:
+            raise IncompatibleError(
+                f"the {what} sources mix preference pairs with labelled answers (prompt/completion/label), which "
+                f"train KTO together (each pair as two labelled answers), not {chosen.name}; pass objective=tk.KTO(), "
+                f"or mix pairs with pairs to train {chosen.name}"
+            )
+    if norm.format == "unpaired_preference" and norm.format not in chosen.data_formats:
+        raise IncompatibleError(
+            f"the {what} data has a 'label' column beside {beside} (KTO's layout: True marks a desirable answer, "
+            f"False an undesirable one), which {chosen.name} cannot use; drop the 'label' column to train "
+            f"{chosen.name} on {pairs}, or pass objective=tk.KTO() to train on the labels"
+        )
+    if norm.format not in chosen.data_formats:
+        raise IncompatibleError(
+            f"the {what} data is in the {norm.format!r} format, which {chosen.name} cannot train on; "
+            f"{chosen.name} takes {sorted(chosen.data_formats)}"
+            + (" (raw text trains with tk.CausalLM())" if norm.format == "text" else "")
+        )
+    if isinstance(norm, StreamedData) and not chosen.tokenised_by_tunekit:
+        raise IncompatibleError(
+            f"tk.Data(..., streaming=True) trains SFT and CausalLM (tunekit tokenises their rows as they stream); "
+            f"{chosen.name}'s trainer reads its whole dataset: leave streaming out"
+        )
+    if objective is None:
+        check_compatible(method, chosen)
+    for _row, reason in norm.skipped:
+        logger.warning("skipped %s", reason)
+    return norm, chosen
+
+
+def _normalise_source(
+    rows: list[dict[str, Any]], data: Any, *, training: Training, objective: Objective | None, what: str
+) -> tuple[NormalisedData, Layout | None]:
+    """One source's rows (read from ``data``: relative image paths start from its folder) validated and normalised
+    in its own layout, with the warnings ``fit`` gives about them."""
     try:
         norm = normalise(rows, on_bad_rows=training.on_bad_rows, images=ImageOptions.of(training, base_dir_of(data)))
     except DatasetError as e:
@@ -87,25 +141,66 @@ def normalise_for(
         found = find_template_markers([ex.text for ex in norm.examples], rows=[ex.row for ex in norm.examples])
         if found is not None:
             logger.warning("%s", template_warning(found, what))
-    chosen = objective or infer_objective(norm.format)
-    if norm.format == "unpaired_preference" and norm.format not in chosen.data_formats:
-        pairs = "the conversations" if layout is not None else "the prompt/completion pairs"
-        raise IncompatibleError(
-            f"the {what} data has a 'label' column beside {beside} (KTO's layout: True marks a desirable answer, "
-            f"False an undesirable one), which {chosen.name} cannot use; drop the 'label' column to train "
-            f"{chosen.name} on {pairs}, or pass objective=tk.KTO() to train on the labels"
+    return norm, layout
+
+
+def _normalise_stream(data: Data, *, training: Training, objective: Objective | None, what: str) -> StreamedData:
+    """Streamed data with its first rows checked (format, layout, the warnings ``fit`` gives); the rest is read as
+    training consumes it (:mod:`tunekit.data.streaming`)."""
+    if what != "training":
+        raise ConfigError(
+            f"{what}_data: tk.Data(..., streaming=True) is for training data; eval data is evaluated whole, so it "
+            "must fit in memory: leave streaming out (or pass a slice of it, e.g. split='test[:1000]')"
         )
-    if norm.format not in chosen.data_formats:
-        raise IncompatibleError(
-            f"the {what} data is in the {norm.format!r} format, which {chosen.name} cannot train on; "
-            f"{chosen.name} takes {sorted(chosen.data_formats)}"
-            + (" (raw text trains with tk.CausalLM())" if norm.format == "text" else "")
+    if training.max_steps is None:
+        raise ConfigError(
+            "tk.Data(..., streaming=True): a stream has no length to count epochs by; set Training(max_steps=...) "
+            "(the stream starts again from the top if it ends first)"
         )
-    if objective is None:
-        check_compatible(method, chosen)
-    for _row, reason in norm.skipped:
-        logger.warning("skipped %s", reason)
-    return norm, chosen
+    sample, layout = _normalise_source(first_rows(data), data, training=training, objective=objective, what=what)
+    # The first rows' skipped rows are logged and counted as the stream reaches them.
+    images = ImageOptions.of(training, base_dir_of(data))
+    return StreamedData(
+        sample.format,
+        sample.examples,
+        source=data,
+        layout=layout,
+        on_bad_rows=training.on_bad_rows,
+        images=images,
+    )
+
+
+def _normalise_mix(mix: Mix, *, training: Training, objective: Objective | None, what: str) -> MixedData:
+    """Each source of ``mix`` loaded and normalised on its own (its errors and skipped rows named by the source),
+    then drawn and interleaved by ``training.seed``."""
+    parts = []
+    for name, source in zip(mix.names, mix.sources):
+        if isinstance(source, Data) and source.streaming:
+            raise ConfigError(
+                f"tk.Mix: {name} is streamed (streaming=True), which a mixture cannot draw from (it draws rows by "
+                "position); leave streaming out, or train the stream on its own"
+            )
+        try:
+            rows = load_rows(source, what=what)
+            norm, _ = _normalise_source(rows, source, training=training, objective=objective, what="training")
+        except (DatasetError, IncompatibleError) as e:
+            raise named_error(e, name, what) from None
+        norm.skipped = [(row, f"{name}: {reason}") for row, reason in norm.skipped]
+        parts.append(MixPart(name, norm, len(norm.examples)))
+    try:
+        return mix_parts(mix, parts, training.seed, what)
+    except DatasetError as e:
+        raise named_error(e, "", what) from None
+
+
+def named_error(e: DatasetError | IncompatibleError, name: str, what: str) -> DatasetError | IncompatibleError:
+    """``e`` about the mixture's source ``name`` (unless it names it already), for the ``what`` data."""
+    message = str(e) if not name or name in str(e) else f"{name}: {e}"
+    if what != "training":
+        message = f"{what}_data: {message}"
+    if isinstance(e, DatasetError):
+        return DatasetError(message, row=e.row, field=e.field)
+    return IncompatibleError(message)
 
 
 def _check_meaning(
@@ -145,24 +240,65 @@ def has_images(norm: NormalisedData) -> bool:
 def encode_for(spec: RunSpec, norm: NormalisedData, tokenizer: Any) -> Encoded | TrainerRows | VisionRows:
     """``norm`` as ``spec.objective`` trains on it: token ids with masked labels (SFT, CausalLM; cached), the
     conversational rows trl renders with the same template (preference, reward and RL objectives), or, for data with
-    images, :class:`~tunekit.backends.base.VisionRows` that the backend encodes with the model's processor."""
-    obj, training = spec.objective, spec.training
+    images, :class:`~tunekit.backends.base.VisionRows` that the backend encodes with the model's processor. A mixture
+    (:class:`tunekit.data.mixture.MixedData`) is encoded source by source (errors name the source) and interleaved;
+    the result's ``sources`` gives each source's rows and tokens."""
+    if isinstance(norm, MixedData):
+        return _encode_mix(spec, norm, tokenizer)
+    if isinstance(norm, StreamedData):
+        return _encode_stream(spec, norm, tokenizer)
     if has_images(norm):
-        if not obj.tokenised_by_tunekit:
-            raise IncompatibleError(
-                f"row {next(ex.row for ex in norm.examples if getattr(ex, 'images', ()))} holds an image, and "
-                f"{obj.name} does not train on images yet; train vision-language models with tk.SFT()"
-            )
-        vision_settings: dict[str, Any] = {
-            "max_length": training.max_length,
-            "train_on_prompt": getattr(obj, "train_on_prompt", False),
-            "train_on": getattr(obj, "train_on", "all_assistant"),
-            "reasoning": getattr(obj, "reasoning", "inference"),
-            "add_eos": getattr(obj, "add_eos", True),
-            "on_bad_rows": training.on_bad_rows,
-            "allow_control_tokens": training.allow_control_tokens,
-        }
-        return VisionRows(list(norm.examples), vision_settings, list(norm.skipped))
+        return _vision_rows(spec, norm)
+    enc, skipped = _encode(spec, norm, tokenizer)
+    enc.skipped = norm.skipped + skipped
+    _warn(enc, skipped, spec.training.max_length)
+    return enc
+
+
+def _first_image_row(norm: NormalisedData) -> int:
+    return next(ex.row for ex in norm.examples if getattr(ex, "images", ()))
+
+
+def _vision_rows(spec: RunSpec, norm: NormalisedData) -> VisionRows:
+    """Rows with images, for the backend to encode with the model's processor (only it knows an image's tokens)."""
+    obj = spec.objective
+    if not obj.tokenised_by_tunekit:
+        raise IncompatibleError(
+            f"row {_first_image_row(norm)} holds an image, and {obj.name} does not train on images yet; train "
+            "vision-language models with tk.SFT()"
+        )
+    return VisionRows(list(norm.examples), _settings(spec), list(norm.skipped))
+
+
+def _warn(enc: Encoded | TrainerRows, skipped: list[tuple[int, str]], max_length: int) -> None:
+    for _row, reason in skipped:  # rows that tokenised to nothing to learn, or did not fit (normalise logged its own)
+        logger.warning("skipped %s", reason)
+    if not enc.truncated:
+        return
+    if isinstance(enc, TrainerRows):
+        logger.warning(
+            "%d of %d rows are longer than max_length=%d; their answers will be truncated",
+            enc.truncated,
+            len(enc.records),
+            max_length,
+        )
+    else:
+        logger.warning(
+            "%d of %d examples were longer than max_length=%d and were truncated",
+            enc.truncated,
+            len(enc.input_ids),
+            max_length,
+        )
+
+
+def _encode(spec: RunSpec, norm: NormalisedData, tokenizer: Any) -> tuple[Encoded | TrainerRows, list[tuple[int, str]]]:
+    """``norm`` encoded, and the rows encoding skipped (without ``norm``'s own skipped rows); logs nothing."""
+    obj, training = spec.objective, spec.training
+    if has_images(norm):  # a source of a tk.Mix or a stream: they encode with the tokenizer, which sees no images
+        raise IncompatibleError(
+            f"row {_first_image_row(norm)} holds an image: rows with images train from one source held in memory, "
+            "not yet from a tk.Mix or a stream; pass the rows with images as the data itself"
+        )
     if not obj.reads_tools and any(ex.tools for ex in norm.examples):
         row = next(ex.row for ex in norm.examples if ex.tools)
         raise IncompatibleError(
@@ -180,26 +316,8 @@ def encode_for(spec: RunSpec, norm: NormalisedData, tokenizer: Any) -> Encoded |
             whole_pairs=obj.model_head == "sequence_classification",
             on_bad_rows=training.on_bad_rows,
         )
-        rows.skipped = norm.skipped + rows.skipped
-        for _row, reason in rows.skipped[len(norm.skipped) :]:
-            logger.warning("skipped %s", reason)
-        if rows.truncated:
-            logger.warning(
-                "%d of %d rows are longer than max_length=%d; their answers will be truncated",
-                rows.truncated,
-                len(rows.records),
-                training.max_length,
-            )
-        return rows
-    settings: dict[str, Any] = {
-        "max_length": training.max_length,
-        "train_on_prompt": getattr(obj, "train_on_prompt", False),
-        "train_on": getattr(obj, "train_on", "all_assistant"),
-        "reasoning": getattr(obj, "reasoning", "inference"),
-        "add_eos": getattr(obj, "add_eos", True),
-        "on_bad_rows": training.on_bad_rows,
-        "allow_control_tokens": training.allow_control_tokens,
-    }
+        return rows, list(rows.skipped)
+    settings = _settings(spec)
     enc = cached_encode(  # a second run on the same data, tokenizer and settings skips tokenising
         lambda: encode_examples(tokenizer, norm.examples, **settings),
         tokenizer,
@@ -208,14 +326,76 @@ def encode_for(spec: RunSpec, norm: NormalisedData, tokenizer: Any) -> Encoded |
         enabled=training.cache,
         directory=training.cache_dir,
     )
-    for _row, reason in enc.skipped:  # rows that tokenised to nothing to learn (normalise logged its own)
-        logger.warning("skipped %s", reason)
-    enc.skipped = norm.skipped + enc.skipped
-    if enc.truncated:
-        logger.warning(
-            "%d of %d examples were longer than max_length=%d and were truncated",
-            enc.truncated,
-            len(enc.input_ids),
-            training.max_length,
+    return enc, list(enc.skipped)
+
+
+def _settings(spec: RunSpec) -> dict[str, Any]:
+    """The options :func:`tunekit.data.encode_examples` encodes ``spec``'s objective with."""
+    obj, training = spec.objective, spec.training
+    return {
+        "max_length": training.max_length,
+        "train_on_prompt": getattr(obj, "train_on_prompt", False),
+        "train_on": getattr(obj, "train_on", "all_assistant"),
+        "reasoning": getattr(obj, "reasoning", "inference"),
+        "add_eos": getattr(obj, "add_eos", True),
+        "on_bad_rows": training.on_bad_rows,
+        "allow_control_tokens": training.allow_control_tokens,
+    }
+
+
+def _encode_stream(spec: RunSpec, norm: StreamedData, tokenizer: Any) -> StreamedEncoded:
+    """Streamed data: its first rows encoded now (the estimates; their errors raise before training), the rest
+    chunk by chunk as the trainer reads it (:class:`tunekit.data.streaming.StreamedEncoded`)."""
+    sample, _ = _encode(spec, norm, tokenizer)  # its skipped rows are logged as the stream reaches them
+    assert isinstance(sample, Encoded)  # streaming trains the objectives tunekit tokenises (normalise_for)
+    settings = _settings(spec)
+    return StreamedEncoded(
+        sample.input_ids,
+        sample.labels,
+        sample.rows,
+        truncated=sample.truncated,
+        data=norm,
+        encode=lambda examples: encode_examples(tokenizer, examples, **settings),
+    )
+
+
+def _encode_mix(spec: RunSpec, norm: MixedData, tokenizer: Any) -> Encoded | TrainerRows:
+    """Each source of the mixture encoded on its own (errors and skipped rows named by it; its own cache entry),
+    then interleaved as the mixture's examples are; ``sources`` lists each one's figures."""
+    parts, skipped = [], []
+    for part in norm.parts:
+        data = part.data
+        if norm.format == "unpaired_preference" and data.format == "preference":  # pairs beside labelled answers
+            data = unpair(data)
+        try:
+            enc, new = _encode(spec, data, tokenizer)
+        except (DatasetError, IncompatibleError) as e:
+            raise named_error(e, part.name, "training") from None
+        parts.append(enc)
+        skipped += [(row, f"{part.name}: {reason}") for row, reason in new]
+    seed = norm.seed if norm.interleaved else None
+    sources = [
+        SourceFigures(p.name, p.available, len(p.data.examples), e.num_tokens) for p, e in zip(norm.parts, parts)
+    ]
+    out: Encoded | TrainerRows
+    if all(isinstance(e, TrainerRows) for e in parts):
+        records = interleave([list(zip(e.records, e.rows)) for e in parts if isinstance(e, TrainerRows)], seed)
+        out = TrainerRows(
+            norm.format,
+            [r for r, _ in records],
+            [i for _, i in records],
+            truncated=sum(e.truncated for e in parts),
+            num_tokens=sum(e.num_tokens for e in parts),
         )
-    return enc
+    else:
+        triples = interleave([list(zip(e.input_ids, e.labels, e.rows)) for e in parts if isinstance(e, Encoded)], seed)
+        out = Encoded(
+            [ids for ids, _, _ in triples],
+            [labels for _, labels, _ in triples],
+            [row for _, _, row in triples],
+            truncated=sum(e.truncated for e in parts),
+        )
+    out.skipped = norm.skipped + skipped
+    out.sources = sources
+    _warn(out, skipped, spec.training.max_length)
+    return out

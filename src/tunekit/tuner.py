@@ -260,7 +260,8 @@ class Tuner:
 
     # --- the verbs ----------------------------------------------------------------------------------
     def fit(self, data: Any, *, eval_data: Any = None, resume: bool | str | Path | None = None) -> FitResult:
-        """Train on ``data`` (a path, list of dicts, datasets.Dataset or DataFrame).
+        """Train on ``data`` (a path, a dataset name or directory, list of dicts, datasets.Dataset, DataFrame,
+        ``tk.Data`` or ``tk.Mix`` of several sources).
 
         Returns a :class:`FitResult`; the trained weights stay in ``tuner.model``, ready for
         :meth:`generate` and :meth:`save`. ``resume`` (default: ``Training.resume``, ``"auto"``)

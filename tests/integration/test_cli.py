@@ -192,6 +192,7 @@ def test_plan_prints_the_plan_without_training(tmp_path: Path, capsys) -> None:
         "fits": bool,
         "optimizer": str,  # Training(optimizer=...); memory["optimizer"] is its state's bytes
         "activation_offload": bool,
+        "sources": list,  # a tk.Mix's sources (rows, drawn rows, tokens); empty for one source
         "trainable_fraction": float,
         "memory": dict,
     }

@@ -11,6 +11,7 @@ from tunekit.data.formats import Example
 from tunekit.data.templates import render
 from tunekit.data.turns import Reasoning, TrainOn, render_turns, supervised_turns
 from tunekit.errors import DatasetError, IncompatibleError
+from tunekit.plan import SourceFigures
 
 __all__ = ["Encoded", "encode_examples"]
 
@@ -24,6 +25,7 @@ class Encoded:
     rows: list[int]
     skipped: list[tuple[int, str]] = field(default_factory=list)
     truncated: int = 0
+    sources: list[SourceFigures] = field(default_factory=list)  # per source of a tk.Mix
 
     @property
     def num_tokens(self) -> int:

@@ -16,6 +16,7 @@ from typing import Any
 from tunekit.data.formats import Example, Messages, NormalisedData
 from tunekit.data.templates import render, template_messages
 from tunekit.errors import DatasetError
+from tunekit.plan import SourceFigures
 
 __all__ = ["MESSAGE_COLUMNS", "PROMPT_MESSAGES", "PROMPT_TEXT", "TrainerRows", "prepare_rows"]
 
@@ -36,6 +37,7 @@ class TrainerRows:
     skipped: list[tuple[int, str]] = field(default_factory=list)
     truncated: int = 0
     num_tokens: int = 0
+    sources: list[SourceFigures] = field(default_factory=list)  # per source of a tk.Mix
 
     def to_dataset(self) -> Any:
         from datasets import Dataset, Features, Json, List

@@ -339,6 +339,7 @@ class FakeBackend:
             total_params=total,
             examples=len(enc.rows),
             tokens=int(enc.num_tokens),
+            sources=tuple(enc.sources),
             steps=steps,
             micro_batch_tokens=int(enc.num_tokens),
             packing=False,

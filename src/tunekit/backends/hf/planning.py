@@ -228,6 +228,7 @@ def plan_encoded(
         total_params=n_total,
         examples=len(enc.rows),
         tokens=int(enc.num_tokens),
+        sources=tuple(enc.sources),
         steps=steps,
         micro_batch_tokens=int(micro),
         packing=packing,
