@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Generator, Mapping
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
@@ -27,6 +27,7 @@ from tunekit.errors import IncompatibleError
 from tunekit.hooks import Hook, HookDispatcher, HookErrors
 from tunekit.methods import Method
 from tunekit.objectives import Objective
+from tunekit.plan import SourceFigures
 from tunekit.training import Training
 
 if TYPE_CHECKING:
@@ -52,6 +53,7 @@ class VisionRows:
     examples: list[Any]
     settings: dict[str, Any]
     skipped: list[tuple[int, str]]
+    sources: list[SourceFigures] = field(default_factory=list)  # none: rows with images come from one source
 
     @property
     def rows(self) -> list[int]:
