@@ -24,7 +24,7 @@ from tunekit.data.cache import cached_encode
 from tunekit.data.columns import numeric_labels, renamed_answer_column, unused_columns
 from tunekit.data.control_tokens import check_no_control_tokens
 from tunekit.data.encoding import Encoded
-from tunekit.data.formats import NormalisedData
+from tunekit.data.formats import Example, NormalisedData
 from tunekit.data.images import ImageOptions
 from tunekit.data.layouts import Layout, detect_layout
 from tunekit.data.loading import base_dir_of
@@ -349,13 +349,18 @@ def _encode_stream(spec: RunSpec, norm: StreamedData, tokenizer: Any) -> Streame
     sample, _ = _encode(spec, norm, tokenizer)  # its skipped rows are logged as the stream reaches them
     assert isinstance(sample, Encoded)  # streaming trains the objectives tunekit tokenises (normalise_for)
     settings = _settings(spec)
+
+    def encode(examples: list[Example]) -> Encoded:
+        pictured = next((ex for ex in examples if getattr(ex, "images", ())), None)
+        if pictured is not None:  # past the rows checked before the run
+            raise IncompatibleError(
+                f"row {pictured.row} holds an image: rows with images train from data held in memory, not yet from a "
+                "stream; drop streaming=True for them"
+            )
+        return encode_examples(tokenizer, examples, **settings)
+
     return StreamedEncoded(
-        sample.input_ids,
-        sample.labels,
-        sample.rows,
-        truncated=sample.truncated,
-        data=norm,
-        encode=lambda examples: encode_examples(tokenizer, examples, **settings),
+        sample.input_ids, sample.labels, sample.rows, truncated=sample.truncated, data=norm, encode=encode
     )
 
 

@@ -348,3 +348,9 @@ def test_a_run_config_takes_a_mixture_and_a_dataset_name(tmp_path: Path) -> None
 def write_yaml(path: Path, text: str) -> Path:
     path.write_text(text, encoding="utf-8")
     return path
+
+
+def test_rows_with_images_in_a_mixture_are_refused_naming_the_row() -> None:
+    images = DATA / "vision" / "openai_parts.jsonl"  # rows with images, beside a text source
+    with pytest.raises(tk.IncompatibleError, match=r"row \d+ holds an image: rows with images train from one source"):
+        tuner().fit(tk.Mix([str(ALPACA), str(images)]))

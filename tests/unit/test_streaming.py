@@ -107,3 +107,19 @@ def test_a_streamed_run_on_the_fake_backend_records_the_stream(tmp_path: Path) -
 def test_a_dataset_name_streams_from_the_local_cache(hub_cache: Path) -> None:
     data = tk.Data("org/name", subset="main", split="train", streaming=True)
     assert [row for _, row in stream_rows(data)] == load_rows(data.model_copy(update={"streaming": False}))
+
+
+def test_rows_with_images_are_refused_in_a_stream(tmp_path: Path) -> None:
+    pictured = json.loads((DATA / "vision" / "openai_parts.jsonl").read_text(encoding="utf-8").splitlines()[0])
+    image = DATA / "vision" / pictured["messages"][0]["content"][0]["image"]  # relative to the data file's folder
+    pictured["messages"][0]["content"][0]["image"] = str(image)
+    text = [{"messages": [{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": r["completion"]}]}
+            for r in rows_of(70)]  # fmt: skip
+    early = write_jsonl(tmp_path / "early.jsonl", [pictured, *text[:10]])
+    with pytest.raises(tk.IncompatibleError, match=r"row 1 holds an image: rows with images train from one source"):
+        tuner().fit(tk.Data(str(early), streaming=True))
+    late = write_jsonl(tmp_path / "late.jsonl", [*text, pictured])  # past the rows checked before the run
+    t = tuner()
+    with pytest.raises(tk.IncompatibleError, match=r"row 71 holds an image: .* not yet from a stream"):
+        t.fit(tk.Data(str(late), streaming=True))
+        list(t.prepare(tk.Data(str(late), streaming=True)).to_dataset())  # the fake backend reads no stream
