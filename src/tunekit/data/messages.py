@@ -218,7 +218,7 @@ def _parts(value: list[Any], where: str, i: int, name: str, role: str) -> str | 
         elif kind in IMAGE_PARTS:
             if role != "user":
                 raise DatasetError(
-                    f"{where}: an image in a {role} message; images go in user turns (the model reads them, and "
+                    f"{where}: an image in the {role}'s message; images go in user turns (the model reads them, and "
                     "writes text)",
                     row=i,
                     field=name,
