@@ -196,7 +196,8 @@ def _processor(path: Path) -> Any:
         def attributes(c: Any) -> list[str]:
             return [a for a in cls.get_attributes() if a != "video_processor"]
 
-        return type(cls.__name__, (cls,), {"get_attributes": classmethod(attributes)}).from_pretrained(path)
+        images_only: Any = type(cls.__name__, (cls,), {"get_attributes": classmethod(attributes)})
+        return images_only.from_pretrained(path)
 
 
 def reload_hf(path: Path, *, device: Any) -> tuple[Any, Any, Any]:

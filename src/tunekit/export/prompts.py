@@ -9,7 +9,7 @@ from tunekit.data.images import ImageOptions
 from tunekit.errors import ConfigError
 from tunekit.inference import check_prompts
 
-__all__ = ["DEFAULT_PROMPTS", "IMAGE_PROMPT", "golden_prompts", "golden_image", "with_images"]
+__all__ = ["DEFAULT_PROMPTS", "IMAGE_PROMPT", "golden_image", "golden_prompts", "with_images"]
 
 # Used only when the tuner has seen no data (e.g. ``tk.load`` of a save made before tunekit kept prompts).
 DEFAULT_PROMPTS = ["Hello! Who are you?", "Write one sentence about the sea.", "What is 2 + 3?", "Translate: cheese"]
