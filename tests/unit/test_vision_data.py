@@ -159,6 +159,23 @@ def test_trl_images_column_of_pil_images_bytes_and_datasets_objects() -> None:
     assert colours(single) == [RED]
 
 
+def test_a_datasets_dataset_and_its_parquet_file(tmp_path) -> None:
+    """TRL's layout as ``datasets`` stores it: an Image feature (``{"bytes", "path"}`` cells) and content parts whose
+    keys Arrow merged (an image part with ``"text": None``)."""
+    from datasets import Dataset
+
+    chat = [user([IMG, text("Colour?")]), {"role": "assistant", "content": [text("red")]}]
+    ds = Dataset.from_dict({"messages": [chat], "images": [[Image.new("RGB", (10, 6), RED)]]})
+    assert ds.to_list()[0]["messages"][0]["content"][0] == {"type": "image", "text": None}
+    path = tmp_path / "colours.parquet"
+    ds.to_parquet(str(path))
+    for data in (ds, str(path)):
+        norm, _ = normalise_for(data, training=tk.Training(), method=tk.LoRA(), objective=None)
+        (ex,) = norm.examples
+        assert ex.messages == (user([IMG, text("Colour?")]), bot("red")) and colours(ex) == [RED]
+        assert sizes(ex) == [(10, 6)]
+
+
 def test_prompt_completion_string_and_alpaca_rows_with_markers() -> None:
     pc = one({"prompt": "<image>Colour?", "completion": "red", "images": ["images/red.png"]})
     assert pc.messages == (user([IMG, text("Colour?")]), bot("red"))
@@ -184,6 +201,10 @@ def test_preference_row_with_openai_parts_in_the_prompt() -> None:
     ex = one({"prompt": [user([{"type": "image", "image": "images/red.png"}, text("Colour?")])], "chosen": "red",
               "rejected": "blue"})  # fmt: skip
     assert ex.prompt == (user([IMG, text("Colour?")]),) and colours(ex) == [RED]
+    openai = one({"input": {"messages": [user([{"type": "image_url", "image_url": {"url": "images/red.png"}},
+                                               text("Colour?")])]},
+                  "preferred_output": [bot("red")], "non_preferred_output": [bot("blue")]})  # fmt: skip
+    assert openai.prompt == ex.prompt and openai.chosen == (bot("red"),) and colours(openai) == [RED]
 
 
 def test_mixed_inline_images_and_column_images_keep_the_conversation_order() -> None:
@@ -467,6 +488,9 @@ def test_run_summary_counts_images_and_text_summaries_are_unchanged() -> None:
     assert summary["train"]["images"]["images"] == 3 and summary["train"]["images"]["per_row"]["max"] == 2
     assert summary["prompts"][0][1] == user([IMG, text("What colour?")])  # JSON-ready: no image in it
     json.dumps(summary)
+    kto = normalise([{"prompt": "<image>Colour?", "completion": "red", "label": True, "images": ["images/red.png"]}],
+                    images=ImageOptions(base_dir=DATA))  # fmt: skip
+    assert summarise_data(kto)["prompts"] == [[user([IMG, text("Colour?")])]]  # not the string with its marker
     text_only = summarise_data(normalise([{"prompt": "2+2=", "completion": "4"}]))
     assert text_only["train"] == {"rows": 1, "format": "prompt_completion", "skipped_rows": 0}
 

@@ -29,7 +29,7 @@ def _prompt_of(example: Example) -> Any:
     if example.text is not None:  # raw text (continued pretraining): its first half is the prompt
         words = example.text.split(" ")
         return " ".join(words[: max(1, len(words) // 2)])
-    if example.prompt_text is not None:
+    if example.prompt_text is not None and not example.images:  # with images: the messages, which show their places
         return example.prompt_text
     if example.prompt is not None:
         return [dict(m) for m in example.prompt]
