@@ -57,8 +57,12 @@ class Family:
 # The released templates of these families loop over a message's content parts and fail on (or drop) a plain-text
 # content, which tunekit's template checks and renderer send.
 _PARTS_ONLY = (
-    "Refused for now: the released chat template reads a message's content only as a list of parts, and tunekit "
+    "The released chat template reads a message's content only as a list of parts, and tunekit "
     "renders text content as a string, so loading stops with an IncompatibleError about the chat template."
+)
+_PARTS_ONLY_ZH = (
+    "发布的对话模板只接受由若干部分（parts）组成的消息内容，而 tunekit 把纯文本内容渲染为字符串，"
+    "因此加载时会抛出关于对话模板的 IncompatibleError。"
 )
 _PARTS_ONLY_MATCH = r"chat template .*(does not write the messages' content|refused the conversation)"
 _MOE_LORA = "LoRA adapts attention, every expert (peft wraps the fused expert tensors; gate and up at twice the rank) and the router."  # noqa: E501
@@ -268,6 +272,7 @@ class VisionFamily:
     # IncompatibleError it raises: tests/integration/test_vision_families.py checks the one or the other.
     refused: str = ""
     refused_match: str = ""
+    refused_zh: str = ""  # the reason, in Chinese
 
     @property
     def template_source(self) -> str:
@@ -333,6 +338,7 @@ VISION_FAMILIES: tuple[VisionFamily, ...] = (
         processor="LlavaProcessor",
         refused=_PARTS_ONLY,
         refused_match=_PARTS_ONLY_MATCH,
+        refused_zh=_PARTS_ONLY_ZH,
     ),
     VisionFamily(
         name="LLaVA-NeXT",
@@ -344,6 +350,7 @@ VISION_FAMILIES: tuple[VisionFamily, ...] = (
         processor="LlavaNextProcessor",
         refused=_PARTS_ONLY,
         refused_match=_PARTS_ONLY_MATCH,
+        refused_zh=_PARTS_ONLY_ZH,
     ),
     VisionFamily(
         name="Idefics3",
@@ -357,6 +364,7 @@ VISION_FAMILIES: tuple[VisionFamily, ...] = (
         processor="Idefics3Processor",
         refused=_PARTS_ONLY,
         refused_match=_PARTS_ONLY_MATCH,
+        refused_zh=_PARTS_ONLY_ZH,
     ),
     VisionFamily(
         name="SmolVLM2",
@@ -371,5 +379,6 @@ VISION_FAMILIES: tuple[VisionFamily, ...] = (
         video=True,
         refused=_PARTS_ONLY,
         refused_match=_PARTS_ONLY_MATCH,
+        refused_zh=_PARTS_ONLY_ZH,
     ),
 )
