@@ -228,8 +228,8 @@ class HFBackend:
         hf = _hf(loaded)
         tok, model = hf.tokenizer, hf.model
         tools = options.get("tools")
+        images = _images(hf, prompts)  # an image for a text-only model: refused before rendering
         texts, spans, opts = _prompts_and_options(hf, prompts, chat=chat, options=options)
-        images = _images(hf, prompts)
         batch_size = int(opts.pop("batch_size", 16))
         limit = int(opts["max_new_tokens"])
         was_training = model.training
@@ -272,6 +272,7 @@ class HFBackend:
         hf = _hf(loaded)
         tok, model = hf.tokenizer, hf.model
         tools = bool(options.get("tools"))
+        images = _images(hf, [prompt])
         texts, spans, opts = _prompts_and_options(hf, [prompt], chat=chat, options=options)
         opts.pop("batch_size", None)
         limit = int(opts["max_new_tokens"])
@@ -314,7 +315,7 @@ class HFBackend:
         thread: threading.Thread | None = None
         try:
             with quiet(), own_attention(model):
-                enc = _encode(hf, texts, spans, chat=chat, images=_images(hf, [prompt]))
+                enc = _encode(hf, texts, spans, chat=chat, images=images)
                 thread = threading.Thread(target=work, args=(enc,), name="tunekit-stream", daemon=True)
                 thread.start()
                 for piece in streamer:
@@ -336,9 +337,10 @@ class HFBackend:
 
     def prompt_length(self, loaded: LoadedModel, prompt: Any, *, chat: bool, options: dict[str, Any]) -> int:
         hf = _hf(loaded)
+        images = _images(hf, [prompt])
         texts, spans, _ = _prompts_and_options(hf, [prompt], chat=chat, options=dict(options))
         with quiet():
-            return int(_encode(hf, texts, spans, chat=chat, images=_images(hf, [prompt]))["attention_mask"].sum())
+            return int(_encode(hf, texts, spans, chat=chat, images=images)["attention_mask"].sum())
 
     def context_length(self, loaded: LoadedModel) -> int | None:
         config = getattr(_hf(loaded).model, "config", None)

@@ -26,7 +26,7 @@ from tunekit.backends.hf.processes import check_distributed, rank_device
 from tunekit.backends.hf.quantization import check_before_load, load_quantized, quantize_skeleton
 from tunekit.backends.hf.safe_loading import check_weights
 from tunekit.backends.hf.untrained import fix_untrained_template_tokens
-from tunekit.backends.hf.vision import apply_pixel_budget, is_vision_config, is_vision_model, load_processor
+from tunekit.backends.hf.vision import accept_text_content, apply_pixel_budget, is_vision_config, is_vision_model, load_processor
 from tunekit.data.templates import PAD, Template, ensure_template
 from tunekit.distributed import world
 from tunekit.errors import ConfigError, IncompatibleError
@@ -301,6 +301,8 @@ def build_model(spec: RunSpec, *, precision: str, meta: bool = False) -> tuple[A
             check_head(model, spec.objective)
         processor = _processor_of(spec, model) if is_vision_model(model) else None
         tokenizer = processor.tokenizer if processor is not None else _tokenizer_of(spec, model)
+        if processor is not None and spec.template is None and accept_text_content(tokenizer):
+            processor.chat_template = tokenizer.chat_template  # saved beside an adapter: the one it trained with
         template, added = ensure_template(tokenizer, spec.template, spec.template_options)
         new_ids = [tokenizer.convert_tokens_to_ids(t) for t in added if t != PAD]
         with own_rng(training.seed):

@@ -25,6 +25,7 @@ import logging
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any, Literal
 
 from tunekit.data.control_tokens import control_tokens, find_control_token
@@ -88,12 +89,27 @@ def part_of(name: str) -> Part:
 
 def _without_video(cls: Any) -> Any:
     """``cls`` (a processor class) without its video processor: transformers' video processors need torchvision, and
-    a processor that cannot build one would not load at all; tunekit trains on images only."""
+    a processor that cannot build one would not load at all; tunekit trains on images only. (The same as
+    ``tunekit.testing.vision.image_only``, which the tiny test models are written with; the layers keep the two apart.)
+    """
 
-    def attributes(c: Any) -> list[str]:
-        return [a for a in cls.get_attributes() if a != "video_processor"]
+    # transformers reads the parameter names of __init__ (its code object) to tell the sub-processors and the saved
+    # settings (the chat template, image_seq_len) the processor takes.
+    def __init__(
+        self: Any,
+        image_processor: Any = None,
+        tokenizer: Any = None,
+        chat_template: str | None = None,
+        image_seq_len: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if image_seq_len is not None:
+            kwargs["image_seq_len"] = image_seq_len
+        cls.__init__(self, image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
+        # SmolVLM's apply_chat_template reads the video processor's frame defaults even for images.
+        self.video_processor = SimpleNamespace(num_frames=None, fps=None)
 
-    return type(cls.__name__, (cls,), {"get_attributes": classmethod(attributes)})
+    return type(cls.__name__, (cls,), {"__init__": __init__})
 
 
 def load_processor(ref: str, *, trust_remote_code: bool, model_type: str | None = None) -> Any:
@@ -448,3 +464,63 @@ def apply_pixel_budget(processor: Any, *, max_pixels: int | None, min_pixels: in
         size["longest_edge"] = max_pixels
     if min_pixels is not None:
         size["shortest_edge"] = min_pixels
+
+
+# Put before a chat template that reads every message's content as a list of parts (LLaVA's, Idefics3's, SmolVLM's):
+# a message whose content is a string becomes one text part, so that tunekit's text paths (template checks, text
+# rows, prompts) render through it. With ``tunekit_eos``, an assistant message's text also ends with the EOS token, for
+# templates that end an assistant turn with no control token (LLaVA's): the model learns to stop, as its original
+# training taught it. A list's parts otherwise render as the template writes them.
+def _prefix(eos: bool) -> str:
+    answer = (
+        "{%- if m['role'] == 'assistant' and m['content'] is not none -%}"
+        "{%- if m['content'] is string -%}{%- set text = m['content'] -%}"
+        "{%- else -%}{%- set text = m['content'] | selectattr('type', 'equalto', 'text') | map(attribute='text') "
+        "| join('') -%}{%- endif -%}"
+        "{%- set tunekit_ns.messages = tunekit_ns.messages + [dict(m, content=[{'type': 'text', 'text': text + "
+        "eos_token}])] -%}"
+        "{%- elif m['content'] is string -%}"
+        if eos
+        else "{%- if m['content'] is string -%}"
+    )
+    return (
+        "{#- tunekit: text content as parts -#}"
+        "{%- set tunekit_ns = namespace(messages=[]) -%}"
+        "{%- for m in messages -%}" + answer + "{%- set tunekit_ns.messages = tunekit_ns.messages + [dict(m, "
+        "content=[{'type': 'text', 'text': m['content']}])] -%}"
+        "{%- else -%}{%- set tunekit_ns.messages = tunekit_ns.messages + [m] -%}{%- endif -%}"
+        "{%- endfor -%}"
+        "{%- set messages = tunekit_ns.messages -%}"
+    )
+
+
+_MARK = "{#- tunekit: text content as parts -#}"
+
+
+def accept_text_content(tokenizer: Any) -> bool:
+    """Let a vision-language model's chat template render messages whose content is a string, when it reads content
+    as a list of parts only, and end each assistant turn with EOS when it ends them with no control token (both
+    checked by rendering a short conversation); True when the template was changed."""
+    template = getattr(tokenizer, "chat_template", None)
+    if not isinstance(template, str) or template.startswith(_MARK):
+        return False
+    probe = [{"role": "user", "content": "tunekit-q"}, {"role": "assistant", "content": "tunekit-a"}]
+    text = _try_render(tokenizer, probe)
+    strings_ok = text is not None and "tunekit-q" in text and "tunekit-a" in text
+    if not strings_ok:
+        tokenizer.chat_template = _prefix(eos=False) + template
+        text = _try_render(tokenizer, probe)
+    markers = [t for t in (getattr(tokenizer, "all_special_tokens", None) or []) if t]
+    markers += [str(t) for t in (getattr(tokenizer, "added_tokens_decoder", {}) or {}).values()]
+    tail = text.split("tunekit-a", 1)[1] if text is not None and "tunekit-a" in text else ""
+    if text is not None and tokenizer.eos_token and not any(m in tail for m in markers):
+        tokenizer.chat_template = _prefix(eos=True) + template
+        return True
+    return not strings_ok
+
+
+def _try_render(tokenizer: Any, messages: list[dict[str, Any]]) -> str | None:
+    try:
+        return str(tokenizer.apply_chat_template(messages, tokenize=False))
+    except Exception:  # the template failed on this content (e.g. 'str object' has no attribute 'text')
+        return None
