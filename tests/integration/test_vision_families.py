@@ -1,9 +1,9 @@
 """Every vision-language family of ``tunekit.testing.families.VISION_FAMILIES``, end to end on its tiny model: LoRA
-learns to name the colour of solid-colour images (the held-out answer loss falls), ``generate`` answers with an image,
-``save`` and ``tk.load`` give the same logits and the same answer, and the merged ``export(format="hf")`` is verified
-by tunekit on golden prompts with an image and loads in plain transformers with the trained logits. A family that
-cannot train through tunekit's shared path (``VisionFamily.refused``) is refused with a clear IncompatibleError
-before any training, which is tested instead.
+learns to name the colour of solid-colour images (the held-out loss of the colour's tokens falls below 0.3 of its
+start), ``generate`` answers with an image, ``save`` and ``tk.load`` give the same logits and the same answer, and
+the merged ``export(format="hf")`` is verified by tunekit on golden prompts with an image and loads in plain
+transformers with the trained logits. A family that cannot train through tunekit's shared path
+(``VisionFamily.refused``) is refused with a clear IncompatibleError before any training, which is tested instead.
 
 The registry records what is checked here, so the supported-models page cannot claim more than these tests show.
 """
@@ -29,7 +29,7 @@ from .helpers import cpu
 
 COLOURS = {"red": (220, 20, 20), "green": (20, 200, 20), "blue": (20, 20, 220), "yellow": (230, 230, 20)}
 QUESTION = "What colour?"
-STEPS = 20  # at r=8, lr 1e-2 and batches of 8, every family's held-out answer loss falls below 0.6 of its start
+STEPS = 20  # at r=8, lr 1e-2 and batches of 8, every family's held-out colour loss falls below 0.3 of its start
 
 
 def image(colour: str, size: tuple[int, int] = (20, 20)) -> Any:
@@ -60,8 +60,8 @@ def as_parts(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def answer_loss(model: Any, processor: Any, rows: list[dict[str, Any]]) -> float:
-    """Mean cross-entropy of the answers' tokens (the prompt, image included, unlabelled), each row alone, computed
-    with the processor and the model as plain transformers would."""
+    """Mean cross-entropy of the colour's tokens (the answer's words, not what the template writes after them),
+    each row alone, computed with the processor and the model as plain transformers would."""
     model.eval()
     total, count = 0.0, 0
     with torch.no_grad():
@@ -71,13 +71,14 @@ def answer_loss(model: Any, processor: Any, rows: list[dict[str, Any]]) -> float
             prompt = processor.apply_chat_template(
                 messages[:-1], add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
             )
-            n = prompt["input_ids"].shape[1]
-            assert torch.equal(full["input_ids"][0, :n], prompt["input_ids"][0]), "the prompt is not a prefix"
-            labels = full["input_ids"].clone()
-            labels[0, :n] = -100
-            answer = int((labels[0, 1:] != -100).sum())
-            total += float(model(**full, labels=labels).loss) * answer
-            count += answer
+            ids, n = full["input_ids"][0], prompt["input_ids"].shape[1]
+            assert torch.equal(ids[:n], prompt["input_ids"][0]), "the prompt is not a prefix of the conversation"
+            colour = row["messages"][-1]["content"]
+            m = next(k for k in range(1, len(ids) - n + 1) if processor.decode(ids[n : n + k]).strip() == colour)
+            labels = torch.full_like(full["input_ids"], -100)
+            labels[0, n : n + m] = ids[n : n + m]
+            total += float(model(**full, labels=labels).loss) * m
+            count += m
     return total / count
 
 
@@ -110,7 +111,7 @@ def test_vision_family_trains_generates_reloads_and_merges(family: VisionFamily,
     result = tuner.fit(colour_rows(32, seed=1))
     after = answer_loss(tuner.model, processor, held)
     print(f"\n[vision families] {family.arch}: held-out answer loss {before:.3f} -> {after:.3f}")
-    assert after < 0.6 * before, f"{family.name}: held-out answer loss {before:.3f} -> {after:.3f}"
+    assert after < 0.3 * before, f"{family.name}: held-out answer loss {before:.3f} -> {after:.3f}"
     assert 0 < result.trainable_params < result.total_params
 
     probe = question(image("red"))

@@ -54,17 +54,17 @@ class Family:
     packs: bool = True
 
 
-# The released templates of these families loop over a message's content parts and fail on (or drop) a plain-text
-# content, which tunekit's template checks and renderer send.
-_PARTS_ONLY = (
-    "The released chat template reads a message's content only as a list of parts, and tunekit "
-    "renders text content as a string, so loading stops with an IncompatibleError about the chat template."
+# LLaVA-NeXT's released template closes an assistant turn with the text '<\\s> ' (a typo for the '</s>' token).
+_NO_END_OF_TURN = (
+    "The released chat template ends an assistant turn with the text `<\\s> ` (a typo for the `</s>` token), so a "
+    "reply has no end-of-turn token to learn to stop on: training stops with an IncompatibleError that says so. "
+    "Pass a corrected template (`template=...`) to train it."
 )
-_PARTS_ONLY_ZH = (
-    "发布的对话模板只接受由若干部分（parts）组成的消息内容，而 tunekit 把纯文本内容渲染为字符串，"
-    "因此加载时会抛出关于对话模板的 IncompatibleError。"
+_NO_END_OF_TURN_ZH = (
+    "发布的对话模板用文本 `<\\s> `（本应是 `</s>` token 的笔误）结束助手回合，回复没有可学习停止的回合结束 token："
+    "训练时会抛出说明这一点的 IncompatibleError。传入修正后的模板（`template=...`）即可训练。"
 )
-_PARTS_ONLY_MATCH = r"chat template .*(does not write the messages' content|refused the conversation)"
+_NO_END_OF_TURN_MATCH = r"does not end with a control token"
 _MOE_LORA = "LoRA adapts attention, every expert (peft wraps the fused expert tensors; gate and up at twice the rank) and the router."  # noqa: E501
 _MOE_LORA_ZH = "LoRA 作用于注意力层、每个专家（peft 包装融合后的专家张量，gate/up 的秩加倍）以及路由器。"
 
@@ -336,9 +336,6 @@ VISION_FAMILIES: tuple[VisionFamily, ...] = (
         tested_zh="CLIP 视觉编码器（去掉 class token，取倒数第二层特征），经 MLP 投影接入 Llama；模板带 "
         "`{% generation %}` 标记。",
         processor="LlavaProcessor",
-        refused=_PARTS_ONLY,
-        refused_match=_PARTS_ONLY_MATCH,
-        refused_zh=_PARTS_ONLY_ZH,
     ),
     VisionFamily(
         name="LLaVA-NeXT",
@@ -348,9 +345,9 @@ VISION_FAMILIES: tuple[VisionFamily, ...] = (
         tested="Any-resolution tiles (`image_sizes`, a newline embedding per row of tiles) on Mistral.",
         tested_zh="任意分辨率切片（`image_sizes`，每行切片后有换行嵌入），语言模型为 Mistral。",
         processor="LlavaNextProcessor",
-        refused=_PARTS_ONLY,
-        refused_match=_PARTS_ONLY_MATCH,
-        refused_zh=_PARTS_ONLY_ZH,
+        refused=_NO_END_OF_TURN,
+        refused_match=_NO_END_OF_TURN_MATCH,
+        refused_zh=_NO_END_OF_TURN_ZH,
     ),
     VisionFamily(
         name="Idefics3",
@@ -362,9 +359,6 @@ VISION_FAMILIES: tuple[VisionFamily, ...] = (
         tested_zh="图像切成若干切片加一张整图，每片的 patch 经 pixel shuffle 折叠为更少的 token，带 "
         "`pixel_attention_mask`。SmolVLM（第一版）即此架构。",
         processor="Idefics3Processor",
-        refused=_PARTS_ONLY,
-        refused_match=_PARTS_ONLY_MATCH,
-        refused_zh=_PARTS_ONLY_ZH,
     ),
     VisionFamily(
         name="SmolVLM2",
@@ -377,8 +371,5 @@ VISION_FAMILIES: tuple[VisionFamily, ...] = (
         "处理器需要 `num2words` 包）。",
         processor="SmolVLMProcessor",
         video=True,
-        refused=_PARTS_ONLY,
-        refused_match=_PARTS_ONLY_MATCH,
-        refused_zh=_PARTS_ONLY_ZH,
     ),
 )
