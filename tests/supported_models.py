@@ -95,8 +95,8 @@ _TEXT: dict[str, dict[str, Any]] = {
             "default suite: it loads with transformers' auto classes, an image conversation gets as many image "
             "tokens as the processor says, the loss is finite and generation runs. Where it is **✅ proven**, "
             "`tk.LoRA` also learns to name the colour of solid-colour images (held-out loss of the colour below 0.3 "
-            "of the start), `generate` answers with an image, `tk.load` gives the trained logits and answer back, and the "
-            'merged `export(format="hf")` is verified on a golden prompt with an image and loads in plain '
+            "of the start), `generate` answers with an image, `tk.load` gives the trained logits and answer back, and "
+            'the merged `export(format="hf")` is verified on a golden prompt with an image and loads in plain '
             "transformers with the trained logits. **✗ refused**: tunekit stops with an `IncompatibleError` before "
             "training, for the reason given.",
             "",
@@ -147,8 +147,8 @@ _TEXT: dict[str, dict[str, Any]] = {
             "每一行都在默认测试集中构建并检查该架构的随机小模型（2 层语言模型和视觉编码器、缩小尺寸的图像处理器、"
             "发布模型自带的对话模板）：能用 transformers 的 Auto 类加载，图文对话中的图像 token 数与处理器给出的一致，"
             "损失有限且能生成。**✅ 已验证** 的行还测试了：`tk.LoRA` 学会说出纯色图片的颜色"
-            "（验证集上颜色词的损失降到初始值的 0.3 以下），`generate` 能带图回答，`tk.load` 重新加载后 logits 和回答一致，合并导出"
-            '（`export(format="hf")`）在带图的黄金提示上通过校验，并能用原生 transformers 加载、logits 一致。'
+            "（验证集上颜色词的损失降到初始值的 0.3 以下），`generate` 能带图回答，`tk.load` 重新加载后 logits "
+            '和回答一致，合并导出（`export(format="hf")`）在带图的黄金提示上通过校验，并能用原生 transformers 加载、logits 一致。'
             "**✗ 拒绝**：tunekit 在训练之前抛出 `IncompatibleError`，原因见说明。",
             "",
             "处理器带视频处理器的系列（Qwen-VL、SmolVLM）需要 torchvision 才能用 `AutoProcessor` 加载；没有时 tunekit "
