@@ -148,7 +148,8 @@ _TEXT: dict[str, dict[str, Any]] = {
             "发布模型自带的对话模板）：能用 transformers 的 Auto 类加载，图文对话中的图像 token 数与处理器给出的一致，"
             "损失有限且能生成。**✅ 已验证** 的行还测试了：`tk.LoRA` 学会说出纯色图片的颜色"
             "（验证集上颜色词的损失降到初始值的 0.3 以下），`generate` 能带图回答，`tk.load` 重新加载后 logits "
-            '和回答一致，合并导出（`export(format="hf")`）在带图的黄金提示上通过校验，并能用原生 transformers 加载、logits 一致。'
+            '和回答一致，合并导出（`export(format="hf")`）在带图的黄金提示上通过校验，'
+            "并能用原生 transformers 加载、logits 一致。"
             "**✗ 拒绝**：tunekit 在训练之前抛出 `IncompatibleError`，原因见说明。",
             "",
             "处理器带视频处理器的系列（Qwen-VL、SmolVLM）需要 torchvision 才能用 `AutoProcessor` 加载；没有时 tunekit "
