@@ -26,10 +26,10 @@ __all__ = [
     "check_items",
     "check_options",
     "check_prompts",
-    "prompt_images",
     "check_tools",
     "generate",
     "generate_text",
+    "prompt_images",
     "score",
     "stream",
 ]
@@ -148,9 +148,7 @@ def check_tools(tools: Any) -> tuple[dict[str, Any], ...] | None:
         raise ConfigError(str(e).replace("row 1, field 'tools'", "generate(tools=...)", 1)) from None
 
 
-def check_prompts(
-    prompt: Any, objective: Objective, images: ImageOptions | None = None
-) -> tuple[list[Any], bool]:
+def check_prompts(prompt: Any, objective: Objective, images: ImageOptions | None = None) -> tuple[list[Any], bool]:
     """``(prompts, single)``: ``prompt`` as a list, and whether one prompt was given (then one text comes back).
 
     A chat prompt with images (the layout of the training data: OpenAI image parts with a PIL image, a path, a URL

@@ -11,9 +11,10 @@ from typing import Any
 
 from tunekit._config import suggest
 from tunekit.backends import get_backend
-from tunekit.backends.base import Backend, LoadedModel, RunSpec, Trained
+from tunekit.backends.base import Backend, LoadedModel, RunSpec, Trained, VisionRows
 from tunekit.data.encoding import Encoded
 from tunekit.data.formats import NormalisedData
+from tunekit.data.images import ImageOptions
 from tunekit.data.rows import TrainerRows
 from tunekit.data.summary import summarise_data
 from tunekit.data.templates import check_template_options
@@ -23,7 +24,6 @@ from tunekit.evaluation import evaluate, generation_options, read_items
 from tunekit.export import ExportResult, Verification, check_request, export_format, export_trained, verify_trained
 from tunekit.harness import check_tasks, run_benchmark
 from tunekit.hooks import Hook, HookErrors, check_hook_errors
-from tunekit.data.images import ImageOptions
 from tunekit.inference import check_items, check_options, check_prompts, generate, score, stream
 from tunekit.methods import LoRA, Method
 from tunekit.metrics import MetricFunction, check_metrics
@@ -219,8 +219,9 @@ class Tuner:
         self._objective_used = objective
         return norm
 
-    def prepare(self, data: Any) -> Encoded | TrainerRows:
-        """Validate, template and tokenise ``data`` as ``fit`` would, without training."""
+    def prepare(self, data: Any) -> Encoded | TrainerRows | VisionRows:
+        """Validate, template and tokenise ``data`` as ``fit`` would, without training (rows with images come back
+        as ``VisionRows``, which the backend encodes with the model's processor when it trains)."""
         norm = self._normalise(data, "training")
         return encode_for(self._spec(), norm, self.tokenizer)
 

@@ -148,10 +148,10 @@ def test_lora_trains_the_language_model_unless_told(qwen2_vl: Path, options: dic
 
 def test_lora_parts_refused_where_they_cannot_apply(qwen2_vl: Path, tmp_path: Path) -> None:
     with pytest.raises(IncompatibleError, match=r"projector is inside the vision tower"):
-        tk.Tuner(qwen2_vl, method=tk.LoRA(vision_tower="full", projector="lora"), progress=False).model
+        _ = tk.Tuner(qwen2_vl, method=tk.LoRA(vision_tower="full", projector="lora"), progress=False).model
     text_model = tiny_model(tmp_path / "llama")
     with pytest.raises(IncompatibleError, match=r"text-only model, it has no vision tower"):
-        tk.Tuner(text_model, method=tk.LoRA(vision_tower="lora"), progress=False).model
+        _ = tk.Tuner(text_model, method=tk.LoRA(vision_tower="lora"), progress=False).model
 
 
 def test_full_and_freeze_on_a_vision_model(qwen2_vl: Path) -> None:

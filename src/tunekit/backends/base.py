@@ -57,6 +57,11 @@ class VisionRows:
     def rows(self) -> list[int]:
         return [ex.row for ex in self.examples]
 
+    @property
+    def num_tokens(self) -> int:
+        """0: how many tokens an image becomes is known once the backend's processor encodes the rows."""
+        return 0
+
     def first_image_row(self) -> int:
         """The first row that holds an image."""
         return next(ex.row for ex in self.examples if getattr(ex, "images", ()))

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tunekit.backends.base import Backend, LoadedModel, RunSpec
+from tunekit.backends.base import Backend, LoadedModel, RunSpec, VisionRows
 from tunekit.data.control_tokens import control_tokens
 from tunekit.data.encoding import Encoded
 from tunekit.data.formats import NormalisedData
@@ -149,8 +149,8 @@ class FakeBackend:
         self,
         spec: RunSpec,
         loaded: LoadedModel,
-        train: Encoded | TrainerRows,
-        evaluation: Encoded | TrainerRows | None,
+        train: Encoded | TrainerRows | VisionRows,
+        evaluation: Encoded | TrainerRows | VisionRows | None,
         *,
         dispatcher: HookDispatcher,
         resume_from: Path | None,

@@ -36,8 +36,8 @@ from tunekit.backends.hf.resume import check_identity, resolve_resume
 from tunekit.backends.hf.rewards import score_items
 from tunekit.backends.hf.safe_loading import check_weights
 from tunekit.backends.hf.tracking import check_trackers, tracking_env
-from tunekit.backends.hf.vision import VisionEncoded, encode_vision
 from tunekit.backends.hf.trainers import build_trainer, offloads_activations, release_trainer, tokens_seen
+from tunekit.backends.hf.vision import VisionEncoded, encode_vision
 from tunekit.data.control_tokens import control_tokens, encode_plain, find_control_token, plain_spans
 from tunekit.data.encoding import Encoded
 from tunekit.data.formats import NormalisedData
@@ -129,20 +129,20 @@ class HFBackend:
     ) -> FitResult:
         hf = _hf(loaded)
         training = spec.training
-        train = encode_images(spec, hf, train)
-        evaluation = encode_images(spec, hf, evaluation) if evaluation is not None else None
+        data = encode_images(spec, hf, train)  # rows with images: encoded here, with the model's processor
+        eval_data = encode_images(spec, hf, evaluation) if evaluation is not None else None
         if training.gradient_checkpointing == "auto":  # on only where plan() says the run would not fit without it
-            need = isinstance(train, Encoded) and checkpointing_needed(spec, hf.model, train)
+            need = isinstance(data, Encoded) and checkpointing_needed(spec, hf.model, data)
             training = training.model_copy(update={"gradient_checkpointing": need})
         training = training_for(spec.method, training)  # e.g. no gradient checkpointing for prefix tuning
         hf.engine = training.distributed if world().distributed else None
         lr = training.learning_rate or spec.method.default_learning_rate
         ctx, control = dispatcher.ctx, dispatcher.control
         bridge = HookBridge(
-            dispatcher, evaluate_at_end=evaluation is not None, check_nonfinite=training.on_nonfinite == "error"
+            dispatcher, evaluate_at_end=eval_data is not None, check_nonfinite=training.on_nonfinite == "error"
         )
         # What a checkpoint records of this run, and what a resumed run must match (checkpoints.py).
-        identity = RunIdentity(uuid.uuid4().hex, run_config(spec), data_fingerprint(train))
+        identity = RunIdentity(uuid.uuid4().hex, run_config(spec), data_fingerprint(data))
         if resume_from is not None:
             identity.run_id = check_identity(resume_from, identity, force=training.force_resume)
         guard = NonFiniteGuard(
@@ -166,8 +166,8 @@ class HFBackend:
                     spec.objective,
                     model=hf.model,
                     tokenizer=hf.tokenizer,
-                    train_dataset=train.to_dataset(),
-                    eval_dataset=evaluation.to_dataset() if evaluation is not None else None,
+                    train_dataset=data.to_dataset(),
+                    eval_dataset=eval_data.to_dataset() if eval_data is not None else None,
                     training=t,
                     output_dir=str(out),
                     precision=hf.precision,
@@ -184,7 +184,7 @@ class HFBackend:
                 finished = control.finished  # the same on every process
                 if finished and spec.output_dir is not None and trainer.args.should_save:
                     mark_finished(out, identity.run_id, int(trainer.state.global_step))  # "auto" starts afresh
-                if evaluation is not None and finished:
+                if eval_data is not None and finished:
                     eval_metrics = bridge.eval_at(trainer.state.global_step) or trainer.evaluate()
                 else:
                     eval_metrics = {}
@@ -210,16 +210,16 @@ class HFBackend:
             epochs=float(trainer.state.epoch or 0.0),
             runtime_s=runtime,
             tokens_per_s=tokens / runtime if runtime > 0 else 0.0,
-            num_examples=len(train.rows),
-            num_tokens=train.num_tokens,
+            num_examples=len(data.rows),
+            num_tokens=data.num_tokens,
             trainable_params=trainable,
             total_params=total,
             output_dir=Path(spec.output_dir) if spec.output_dir is not None else None,
             stopped_early=ctx.stop_requested,
             stop_reason=ctx.stop_reason,
             checkpoint=bridge.last_checkpoint if spec.output_dir is not None else None,
-            skipped_rows=sorted(r for r, _ in train.skipped),
-            skipped_reasons=dict(sorted(train.skipped)),
+            skipped_rows=sorted(r for r, _ in data.skipped),
+            skipped_reasons=dict(sorted(data.skipped)),
         )
 
     def generate(self, loaded: LoadedModel, prompts: list[Any], *, chat: bool, options: dict[str, Any]) -> list[str]:
@@ -517,7 +517,9 @@ def check_vision_model(spec: RunSpec, hf: Loaded, row: int, where: str) -> None:
     )
 
 
-def encode_images(spec: RunSpec, hf: Loaded, data: Any) -> Any:
+def encode_images(
+    spec: RunSpec, hf: Loaded, data: Encoded | TrainerRows | VisionRows
+) -> Encoded | TrainerRows | VisionEncoded:
     """Rows with images encoded with the model's processor (:func:`~.vision.encode_vision`); other data as it is."""
     if not isinstance(data, VisionRows):
         return data
@@ -663,9 +665,7 @@ def _encode(
     if images and any(images):
         # The processor expands each image placeholder into the image's tokens, as encode_vision did in training
         # (a control token typed in a text part is not kept as text here).
-        enc = hf.processor(
-            text=texts, images=images, padding=True, add_special_tokens=not chat, return_tensors="pt"
-        )
+        enc = hf.processor(text=texts, images=images, padding=True, add_special_tokens=not chat, return_tensors="pt")
         return {k: v.to(hf.device) if hasattr(v, "to") else v for k, v in enc.items()}
     if any(spans):
         ids = [encode_plain(tok, t, sp, add_special_tokens=not chat) for t, sp in zip(texts, spans)]

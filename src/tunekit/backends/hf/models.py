@@ -26,7 +26,13 @@ from tunekit.backends.hf.processes import check_distributed, rank_device
 from tunekit.backends.hf.quantization import check_before_load, load_quantized, quantize_skeleton
 from tunekit.backends.hf.safe_loading import check_weights
 from tunekit.backends.hf.untrained import fix_untrained_template_tokens
-from tunekit.backends.hf.vision import accept_text_content, apply_pixel_budget, is_vision_config, is_vision_model, load_processor
+from tunekit.backends.hf.vision import (
+    accept_text_content,
+    apply_pixel_budget,
+    is_vision_config,
+    is_vision_model,
+    load_processor,
+)
 from tunekit.data.templates import PAD, Template, ensure_template
 from tunekit.distributed import world
 from tunekit.errors import ConfigError, IncompatibleError
@@ -354,9 +360,8 @@ def _processor_of(spec: RunSpec, model: Any) -> Any:
             "Tuner(model=<model object>): the vision-language model has no name_or_path to find its processor; "
             "pass tokenizer=<its AutoProcessor>"
         )
-    processor = load_processor(
-        str(ref), trust_remote_code=spec.training.trust_remote_code, model_type=getattr(model.config, "model_type", None)
-    )
+    model_type = getattr(model.config, "model_type", None)
+    processor = load_processor(str(ref), trust_remote_code=spec.training.trust_remote_code, model_type=model_type)
     apply_pixel_budget(processor, max_pixels=spec.training.max_pixels, min_pixels=spec.training.min_pixels)
     return processor
 

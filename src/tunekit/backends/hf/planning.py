@@ -20,7 +20,7 @@ from typing import Any
 
 from tunekit._quiet import quiet
 from tunekit._torch import count_parameters, unique_parameters, unwrap_peft
-from tunekit.backends.base import LoadedModel, RunSpec
+from tunekit.backends.base import LoadedModel, RunSpec, VisionRows
 from tunekit.backends.hf import fastpath
 from tunekit.backends.hf.memory import activation_parts
 from tunekit.backends.hf.models import build_model, resolve_device, resolve_precision
@@ -29,6 +29,7 @@ from tunekit.backends.hf.quantization import check_before_load, parameter_bytes
 from tunekit.data.encoding import Encoded
 from tunekit.data.formats import NormalisedData
 from tunekit.data.rows import TrainerRows
+from tunekit.errors import IncompatibleError
 from tunekit.plan import Plan
 from tunekit.training import Training
 from tunekit.training_data import encode_for
@@ -131,6 +132,11 @@ def make_plan(
             precision = _planned_precision(spec.training.precision, device)
             model, tokenizer, _, _ = build_model(spec, precision=precision, meta=True)
         enc = encode_for(spec, norm, tokenizer)
+        if isinstance(enc, VisionRows):  # the vision tokens and the tower's memory are not counted yet
+            raise IncompatibleError(
+                f"plan(): row {enc.first_image_row()} holds an image, and plan() does not count image tokens or a "
+                "vision tower's memory yet; plan with the text rows, or measure a few steps of fit()"
+            )
         return plan_encoded(spec, model, enc, checkpointing=checkpointing, device_memory=device_memory)
 
 

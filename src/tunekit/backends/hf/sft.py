@@ -50,8 +50,8 @@ def packed_collator(tokenizer: Any, path: FastPath) -> _PackedCollator:
 
 def _collator(setup: Setup, path: FastPath) -> Any:
     """The processor's collation for rows with images (pixel values, image grids), else the packed collator."""
-    sources = [getattr(d, "tunekit_vision", None) for d in (setup.train_dataset, setup.eval_dataset)]
-    sources = [s for s in sources if s is not None]
+    found = [getattr(d, "tunekit_vision", None) for d in (setup.train_dataset, setup.eval_dataset)]
+    sources = [s for s in found if s is not None]
     if sources:
         return VisionCollator(sources, setup.tokenizer.pad_token_id)
     return packed_collator(setup.tokenizer, path)

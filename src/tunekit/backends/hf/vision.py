@@ -21,6 +21,7 @@ head). Module names differ by family; the names below cover the families transfo
 
 from __future__ import annotations
 
+import itertools
 import logging
 import uuid
 from collections.abc import Iterable, Sequence
@@ -36,10 +37,10 @@ from tunekit.data.turns import render_turns, supervised_turns
 from tunekit.errors import DatasetError, IncompatibleError
 
 __all__ = [
+    "IMAGES_KEY",
     "PROJECTOR_NAMES",
     "VISION_TOWER_NAMES",
     "VisionCollator",
-    "IMAGES_KEY",
     "VisionEncoded",
     "VisionSource",
     "encode_vision",
@@ -178,7 +179,8 @@ def _probe(processor: Any, tokenizer: Any) -> _Probe:
         [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": mark}]}],
         add_generation_prompt=False,
     )
-    without = render(tokenizer, [{"role": "user", "content": [{"type": "text", "text": mark}]}], add_generation_prompt=False)
+    text_only = [{"role": "user", "content": [{"type": "text", "text": mark}]}]
+    without = render(tokenizer, text_only, add_generation_prompt=False)
     start = 0
     while start < min(len(with_image), len(without)) and with_image[start] == without[start]:
         start += 1
@@ -256,7 +258,7 @@ def _pieces(text: str, spans: Sequence[tuple[int, int]]) -> list[str]:
     for start, end in spans:
         bounds += [start, end]
     bounds.append(len(text))
-    return [text[a:b] for a, b in zip(bounds, bounds[1:])]  # prompt, turn, ..., turn, what follows
+    return [text[a:b] for a, b in itertools.pairwise(bounds)]  # prompt, turn, ..., turn, what follows
 
 
 def _check_parts(ex: Example, tokens: tuple[str, ...]) -> None:
@@ -305,10 +307,11 @@ def encode_vision(
     for ex in examples:
         images = images_of(ex)
         if ex.messages is None:  # a raw text row beside the vision rows (CausalLM): every token trains
-            ids = [int(i) for i in tokenizer(ex.text or "", add_special_tokens=True)["input_ids"]]
-            if add_eos and tokenizer.eos_token_id is not None and (not ids or ids[-1] != tokenizer.eos_token_id):
-                ids.append(tokenizer.eos_token_id)
-            _add(out, ex.row, ids, list(ids), (), {}, probe, max_length=max_length, on_bad_rows=on_bad_rows)
+            text_ids = [int(i) for i in tokenizer(ex.text or "", add_special_tokens=True)["input_ids"]]
+            eos = tokenizer.eos_token_id
+            if add_eos and eos is not None and (not text_ids or text_ids[-1] != eos):
+                text_ids.append(eos)
+            _add(out, ex.row, text_ids, list(text_ids), (), {}, probe, max_length=max_length, on_bad_rows=on_bad_rows)
             continue
         _check_parts(ex, tokens)
         turns = supervised_turns(ex.messages, ex.trained, train_on, row=ex.row)
