@@ -179,3 +179,41 @@ def test_images_with_an_objective_that_cannot_read_them(qwen2_vl: Path) -> None:
     tuner = tk.Tuner(qwen2_vl, objective=tk.DPO(), training=tk.Training(max_steps=1), progress=False)
     with pytest.raises(IncompatibleError, match=r"row 1 holds an image, and DPO does not train on images yet"):
         tuner.fit(rows)
+
+
+def test_train_on_last_assistant_with_images(tuner: tk.Tuner) -> None:
+    image = Image.new("RGB", (32, 32), COLOURS["green"])
+    row = {
+        "messages": [
+            {"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": "What colour?"}]},
+            {"role": "assistant", "content": "green"},
+            {"role": "user", "content": "Sure?"},
+            {"role": "assistant", "content": "yes"},
+        ]
+    }
+    tok = tuner.tokenizer
+    for train_on, answers in (("all_assistant", "green<|im_end|>yes<|im_end|>"), ("last_assistant", "yes<|im_end|>")):
+        enc = _encoded(tuner, [row], train_on=train_on)
+        labelled = [lab for lab in enc.labels[0] if lab != IGNORE]
+        assert tok.decode(labelled) == answers
+
+
+@pytest.mark.parametrize("arch", ["qwen2_5_vl", "qwen3_vl", "gemma3", "llava", "llava_next", "idefics3", "smolvlm"])
+def test_every_family_labels_the_answer_only(arch: str, tmp_path: Path) -> None:
+    """Each family's processor expands its images its own way; the answer (and its end of turn) is all that trains,
+    the image tokens the model fills with image features are never labelled, and the batch gives a finite loss."""
+    import torch
+
+    tuner = tk.Tuner(tiny_model(tmp_path / arch, arch=arch), method=tk.LoRA(), progress=False)
+    _, batch = _batch(tuner, [image_row("red"), TEXT_ROW])
+    config = tuner.model.config
+    image_id = getattr(config, "image_token_id", None) or getattr(config, "image_token_index", None)
+    ids, labels = batch["input_ids"], batch["labels"]
+    assert int(ids[0].eq(image_id).sum()) > 0 and labels[ids.eq(image_id)].eq(IGNORE).all()
+    for row, answer in ((0, "red"), (1, "hi there")):
+        labelled = [int(t) for t, lab in zip(ids[row], labels[row]) if lab != IGNORE]
+        text = tuner.tokenizer.decode(labelled)
+        assert text.strip().startswith(answer) and labelled[-1] in tuner.model.generation_config.eos_token_id
+    with torch.no_grad():
+        loss = tuner.model(**{k: v for k, v in batch.items() if not k.startswith("tunekit_")}).loss
+    assert torch.isfinite(loss)

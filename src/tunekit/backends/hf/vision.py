@@ -507,6 +507,13 @@ def accept_text_content(tokenizer: Any) -> bool:
     template = getattr(tokenizer, "chat_template", None)
     if not isinstance(template, str) or template.startswith(_MARK):
         return False
+    typo = "<\\s>"  # LLaVA-NeXT (Mistral)'s released template ends an answer with the text '<\s>', meaning '</s>'
+    if tokenizer.eos_token == "</s>" and typo in template:
+        template = template.replace(typo, "</s>")
+        tokenizer.chat_template = template
+        changed = True
+    else:
+        changed = False
     probe = [{"role": "user", "content": "tunekit-q"}, {"role": "assistant", "content": "tunekit-a"}]
     text = _try_render(tokenizer, probe)
     strings_ok = text is not None and "tunekit-q" in text and "tunekit-a" in text
@@ -519,7 +526,7 @@ def accept_text_content(tokenizer: Any) -> bool:
     if text is not None and tokenizer.eos_token and not any(m in tail for m in markers):
         tokenizer.chat_template = _prefix(eos=True) + template
         return True
-    return not strings_ok
+    return changed or not strings_ok
 
 
 def _try_render(tokenizer: Any, messages: list[dict[str, Any]]) -> str | None:
