@@ -54,17 +54,6 @@ class Family:
     packs: bool = True
 
 
-# LLaVA-NeXT's released template closes an assistant turn with the text '<\\s> ' (a typo for the '</s>' token).
-_NO_END_OF_TURN = (
-    "The released chat template ends an assistant turn with the text `<\\s> ` (a typo for the `</s>` token), so a "
-    "reply has no end-of-turn token to learn to stop on: training stops with an IncompatibleError that says so. "
-    "Pass a corrected template (`template=...`) to train it."
-)
-_NO_END_OF_TURN_ZH = (
-    "发布的对话模板用文本 `<\\s> `（本应是 `</s>` token 的笔误）结束助手回合，回复没有可学习停止的回合结束 token："
-    "训练时会抛出说明这一点的 IncompatibleError。传入修正后的模板（`template=...`）即可训练。"
-)
-_NO_END_OF_TURN_MATCH = r"does not end with a control token"
 _MOE_LORA = "LoRA adapts attention, every expert (peft wraps the fused expert tensors; gate and up at twice the rank) and the router."  # noqa: E501
 _MOE_LORA_ZH = "LoRA 作用于注意力层、每个专家（peft 包装融合后的专家张量，gate/up 的秩加倍）以及路由器。"
 
@@ -342,12 +331,11 @@ VISION_FAMILIES: tuple[VisionFamily, ...] = (
         model_type="llava_next",
         arch="llava_next",
         checkpoints=("llava-hf/llava-v1.6-mistral-7b-hf", "llava-hf/llava-v1.6-vicuna-7b-hf"),
-        tested="Any-resolution tiles (`image_sizes`, a newline embedding per row of tiles) on Mistral.",
-        tested_zh="任意分辨率切片（`image_sizes`，每行切片后有换行嵌入），语言模型为 Mistral。",
+        tested="Any-resolution tiles (`image_sizes`, a newline embedding per row of tiles) on Mistral; the released "
+        "template ends a reply with the text `<\\s>`, which tunekit reads as the `</s>` it stands for.",
+        tested_zh="任意分辨率切片（`image_sizes`，每行切片后有换行嵌入），语言模型为 Mistral；发布的模板用文本 `<\\s>` "
+        "结束回复，tunekit 把它当作它本应表示的 `</s>`。",
         processor="LlavaNextProcessor",
-        refused=_NO_END_OF_TURN,
-        refused_match=_NO_END_OF_TURN_MATCH,
-        refused_zh=_NO_END_OF_TURN_ZH,
     ),
     VisionFamily(
         name="Idefics3",

@@ -66,7 +66,7 @@ TEMPLATE_SOURCES: dict[str, str] = {
     # chat_template.json"; transformers' LLaVA processor tests use the same text).
     "llava": "llava-hf/llava-1.5-7b-hf chat_template.json",
     # OpenVINO GenAI's table ("llava-v1.6-mistral (chat_template.json)"). The released text closes an assistant
-    # turn with a literal '<\s> ', not the '</s>' token: kept as is, which is why tunekit refuses to train it.
+    # turn with a literal '<\s> ', not the '</s>' token: kept as is (tunekit reads it as the '</s>' it stands for).
     "llava_next": "llava-hf/llava-v1.6-mistral-7b-hf chat_template.json",
     # Idefics2's template behind the Llama 3 begin-of-text token, as transformers' Idefics3 documentation renders
     # prompts ("<|begin_of_text|>User:<image>...<end_of_utterance>\nAssistant:").
