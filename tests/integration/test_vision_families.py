@@ -110,8 +110,8 @@ def test_vision_family_trains_generates_reloads_and_merges(family: VisionFamily,
     before = answer_loss(AutoModelForImageTextToText.from_pretrained(path), processor, held)
     result = tuner.fit(colour_rows(32, seed=1))
     after = answer_loss(tuner.model, processor, held)
-    print(f"\n[vision families] {family.arch}: held-out answer loss {before:.3f} -> {after:.3f}")
-    assert after < 0.3 * before, f"{family.name}: held-out answer loss {before:.3f} -> {after:.3f}"
+    print(f"\n[vision families] {family.arch}: held-out colour loss {before:.3f} -> {after:.3f}")
+    assert after < 0.3 * before, f"{family.name}: held-out colour loss {before:.3f} -> {after:.3f}"
     assert 0 < result.trainable_params < result.total_params
 
     probe = question(image("red"))
