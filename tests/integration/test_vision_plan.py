@@ -11,7 +11,8 @@ import pytest
 import tunekit as tk
 from tunekit.backends.hf.backend import encode_images
 from tunekit.backends.hf.vision import VisionCollator, part_of
-from tunekit.testing.vision import VISION_ARCHS, tiny_vlm
+from tunekit.testing.families import VISION_FAMILIES
+from tunekit.testing.vision import tiny_vlm
 from tunekit.training_data import encode_for
 
 PIL = pytest.importorskip("PIL.Image")
@@ -41,13 +42,8 @@ def _rows() -> list[dict[str, Any]]:
     ]  # fmt: skip
 
 
-# Families whose released chat templates read list content only: tunekit's template checks (string content) refuse
-# them in fit and plan alike until the engine renders those templates with parts.
-_PARTS_ONLY = {"llava", "llava_next", "idefics3", "smolvlm"}
-_ARCHS = [
-    pytest.param(a, marks=pytest.mark.xfail(a in _PARTS_ONLY, reason="template reads parts only", strict=False))
-    for a in VISION_ARCHS
-]
+# Every family tunekit trains (tests/integration/test_vision_families.py); a refused one never gets to plan.
+_ARCHS = [f.arch for f in VISION_FAMILIES if not f.refused]
 
 
 @pytest.mark.parametrize("arch", _ARCHS)
