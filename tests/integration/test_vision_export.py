@@ -97,3 +97,10 @@ def test_gguf_is_refused_for_a_vision_model_before_anything_is_done(vlm_tuner: t
     with pytest.raises(tk.IncompatibleError, match=r'format="gguf".*vision-language model.*mmproj.*format="hf"'):
         vlm_tuner.export(tmp_path / "gguf", format="gguf")
     assert not (tmp_path / "gguf").exists() and list(tmp_path.iterdir()) == []
+
+
+def test_adapter_export_is_verified_with_its_processor(vlm_tuner: tk.Tuner, tmp_path: Path) -> None:
+    image = PIL.new("RGB", (16, 16), (20, 200, 40))
+    result = vlm_tuner.export(tmp_path / "adapter", format="adapter", golden_prompts=[_ask(image)], max_new_tokens=4)
+    assert result.verification is not None and result.verification.passed
+    assert "processor_config.json" in result.files and "adapter_model.safetensors" in result.files

@@ -185,6 +185,9 @@ def _reload_and_generate(
         model, tok, eos, skip = _reload_adapter(trained, staging, device)
         if skip:
             return [], [skip]
+        if merged.is_vision(model):  # a vision-language model's adapter has its processor beside it
+            processor = merged.reload_processor(staging, model.config.model_type)
+            tok = processor.tokenizer
     check_template(tok, where)
     check_eos(eos, end_of_turn_id(tok, where), where + " (generation_config.json eos_token_id)", tok)
     if any(g.inputs for g in golden) and processor is None:

@@ -19,7 +19,16 @@ from tunekit.backends.base import Trained
 from tunekit.data.templates import options_baked_in
 from tunekit.errors import ExportError, IncompatibleError
 
-__all__ = ["eos_ids", "full_precision_model", "held_in_fp32", "is_vision", "reload_hf", "write_hf", "written_copy"]
+__all__ = [
+    "eos_ids",
+    "full_precision_model",
+    "held_in_fp32",
+    "is_vision",
+    "reload_hf",
+    "reload_processor",
+    "write_hf",
+    "written_copy",
+]
 
 
 def _dequantized_base(trained: Trained) -> Any:
@@ -173,7 +182,7 @@ def is_vision(model: Any) -> bool:
     return getattr(getattr(model, "config", None), "vision_config", None) is not None
 
 
-def _processor(path: Path) -> Any:
+def reload_processor(path: Path, model_type: str | None = None) -> Any:
     """``AutoProcessor.from_pretrained(path)``; where transformers builds a family's video processor with
     torchvision only and it is missing (then the export has no video processor either), the processor without it
     (images only), as the engine loads it
@@ -185,7 +194,7 @@ def _processor(path: Path) -> Any:
         return AutoProcessor.from_pretrained(path)
     except (ImportError, OSError) as e:
         # Without torchvision the trained processor had no video processor, so the export has none to read either.
-        model_type = AutoConfig.from_pretrained(path).model_type
+        model_type = model_type or AutoConfig.from_pretrained(path).model_type
         text = str(e).lower()
         if ("torchvision" not in text and "video processor" not in text) or model_type not in PROCESSOR_MAPPING_NAMES:
             raise
@@ -212,7 +221,7 @@ def reload_hf(path: Path, *, device: Any) -> tuple[Any, Any, Any]:
         try:
             vision = getattr(AutoConfig.from_pretrained(path), "vision_config", None) is not None
             if vision:
-                processor = _processor(path)
+                processor = reload_processor(path)
                 tokenizer = processor.tokenizer
                 model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32, use_safetensors=True)
             else:
