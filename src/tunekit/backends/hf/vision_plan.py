@@ -65,8 +65,8 @@ class CountingProcessor:
     image) and the whole piece is tokenised, as processors do; no row's pixel values are computed.
 
     Example:
-        >>> # counting = CountingProcessor(processor, placeholder_of(processor.tokenizer))  # doctest: +SKIP
-        >>> # counting(text=["<|vision_start|><|image_pad|><|vision_end|>hi"], images=[image])["input_ids"]
+        >>> counting = CountingProcessor(processor, placeholder_of(processor.tokenizer))  # doctest: +SKIP
+        >>> counting(text=[counting.placeholder + "hi"], images=[image])["input_ids"]  # doctest: +SKIP
     """
 
     def __init__(self, processor: Any, placeholder: str) -> None:
