@@ -230,6 +230,8 @@ def stream(
     chat = options.pop("chat", not isinstance(objective, CausalLM))
     options.pop("batch_size", None)  # one prompt
     splitter: ReplyStream | None = None
+    if prompt_images(prompt) and getattr(loaded, "processor", "unknown") is None:
+        backend.prompt_length(loaded, prompt, chat=chat, options=dict(options))  # the backend refuses it, clearly
     if chat:
         tok = loaded.tokenizer
         messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)

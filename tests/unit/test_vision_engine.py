@@ -217,3 +217,18 @@ def test_every_family_labels_the_answer_only(arch: str, tmp_path: Path) -> None:
     with torch.no_grad():
         loss = tuner.model(**{k: v for k, v in batch.items() if not k.startswith("tunekit_")}).loss
     assert torch.isfinite(loss)
+
+
+def test_stream_refuses_an_image_for_a_text_only_model(tmp_path: Path) -> None:
+    tuner = tk.Tuner(tiny_model(tmp_path / "llama"), progress=False)
+    with pytest.raises(IncompatibleError, match=r"prompt 1 holds an image, but this model .* is text-only"):
+        list(tuner.stream(image_row("red")["messages"][:1], max_new_tokens=2))
+
+
+def test_pixel_budget_reaches_qwen_vl_image_processor(qwen2_vl: Path) -> None:
+    tuner = tk.Tuner(qwen2_vl, training=tk.Training(max_pixels=32 * 32, min_pixels=16 * 16), progress=False)
+    processor = tuner.loaded.processor
+    assert (processor.image_processor.size.longest_edge, processor.image_processor.size.shortest_edge) == (1024, 256)
+    grid = processor(text=["<|vision_start|><|image_pad|><|vision_end|>"], images=[Image.new("RGB", (64, 64))])
+    patch = tuner.model.config.vision_config.patch_size
+    assert int(grid["image_grid_thw"][0][1:].prod()) * patch * patch <= 32 * 32  # within max_pixels
