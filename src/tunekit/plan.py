@@ -68,6 +68,13 @@ class Plan:
     fits: bool | None  # total <= 95% of device_memory_bytes (None when that is not known)
     optimizer: str = "adamw"  # Training(optimizer=...), whose state optimizer_bytes counts
     activation_offload: bool = False  # activations offloaded to CPU memory (Training(activation_offload), CUDA)
+    # A vision-language model: its data's images, the tokens that stand for them (in ``tokens``: the processor's
+    # count for each image's size), and the vision tower's and projector's parameters (in the parameter counts, and
+    # their bytes in weights / gradients / optimizer like every other parameter's).
+    images: int = 0
+    image_tokens: int = 0
+    vision_params: int = 0
+    vision_trainable_params: int = 0
 
     @property
     def total_bytes(self) -> int:
@@ -97,6 +104,14 @@ class Plan:
             f"  parameters     {self.trainable_params:,} trainable of {self.total_params:,} "
             f"({100 * self.trainable_fraction:.2f}%)",
             f"  data           {self.examples:,} examples, {self.tokens:,} tokens, {self.steps:,} steps",
+            *(
+                [
+                    f"  vision         {self.images:,} images, {self.image_tokens:,} image tokens; tower and "
+                    f"projector {self.vision_trainable_params:,} trainable of {self.vision_params:,} parameters"
+                ]
+                if self.vision_params or self.images
+                else []
+            ),
             f"  micro-batch    {self.micro_batch_tokens:,} tokens at most"
             f" (packing {'on' if self.packing else 'off'}, "
             f"gradient checkpointing {'on' if self.gradient_checkpointing else 'off'}"

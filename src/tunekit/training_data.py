@@ -30,12 +30,13 @@ from tunekit.data.layouts import detect_layout
 from tunekit.data.loading import base_dir_of
 from tunekit.data.rows import TrainerRows, prepare_rows
 from tunekit.data.templated import find_template_markers, template_warning
+from tunekit.data.templates import render
 from tunekit.errors import DatasetError, IncompatibleError
 from tunekit.methods import Method
-from tunekit.objectives import Objective, infer_objective
+from tunekit.objectives import DPO, Objective, infer_objective
 from tunekit.training import Training
 
-__all__ = ["check_compatible", "encode_for", "has_images", "normalise_for"]
+__all__ = ["check_compatible", "check_image_template", "encode_for", "has_images", "normalise_for", "trains_on_images"]
 
 logger = logging.getLogger("tunekit")
 
@@ -142,17 +143,60 @@ def has_images(norm: NormalisedData) -> bool:
     return any(getattr(ex, "images", ()) for ex in norm.examples)
 
 
+def check_image_template(tokenizer: Any, row: int) -> None:
+    """Rows with images for a trainer that renders them itself (trl's DPO): the model's chat template must place an
+    image (a text-only model's writes nothing for an image part, or fails on one): else an IncompatibleError naming
+    the row and the fix."""
+    mark = "\ue000"
+    try:
+        with_image = render(
+            tokenizer,
+            [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": mark}]}],
+            add_generation_prompt=False,
+        )
+        without = render(
+            tokenizer, [{"role": "user", "content": [{"type": "text", "text": mark}]}], add_generation_prompt=False
+        )
+    except Exception:  # a template that cannot render content parts is a text-only model's
+        with_image = without = ""
+    if with_image == without:
+        raise IncompatibleError(
+            f"the training data's row {row} holds an image, but this model is a text-only model: its chat template "
+            "has no place for an image, and it has no vision tower to read one; use a vision-language model (one "
+            "that transformers loads with AutoModelForImageTextToText, e.g. Qwen2.5-VL, Gemma 3, SmolVLM), or drop "
+            "the images"
+        )
+
+
+def trains_on_images(objective: Objective) -> bool:
+    """Whether ``objective`` trains on rows with images: SFT and CausalLM (tunekit encodes them with the model's
+    processor) and DPO (trl's DPO trainer hands the images to the processor; not its SimPO loss, which trl's CPO
+    trainer runs). KTO, ORPO, reward modelling, GRPO and RLOO read text only in trl."""
+    if objective.tokenised_by_tunekit:
+        return True
+    return isinstance(objective, DPO) and objective.loss != "simpo"
+
+
 def encode_for(spec: RunSpec, norm: NormalisedData, tokenizer: Any) -> Encoded | TrainerRows | VisionRows:
     """``norm`` as ``spec.objective`` trains on it: token ids with masked labels (SFT, CausalLM; cached), the
     conversational rows trl renders with the same template (preference, reward and RL objectives), or, for data with
     images, :class:`~tunekit.backends.base.VisionRows` that the backend encodes with the model's processor."""
     obj, training = spec.objective, spec.training
-    if has_images(norm):
-        if not obj.tokenised_by_tunekit:
-            raise IncompatibleError(
-                f"row {next(ex.row for ex in norm.examples if getattr(ex, 'images', ()))} holds an image, and "
-                f"{obj.name} does not train on images yet; train vision-language models with tk.SFT()"
-            )
+    if has_images(norm) and not trains_on_images(obj):
+        row = next(ex.row for ex in norm.examples if getattr(ex, "images", ()))
+        why = (
+            "its SimPO loss runs in trl's CPO trainer, which reads text only; use another DPO loss (e.g. the default "
+            "'sigmoid')"
+            if isinstance(obj, DPO)
+            else f"trl's {obj.name} trainer reads text only"
+        )
+        raise IncompatibleError(
+            f"row {row} holds an image, and {obj.name} cannot train on images: {why}. Vision-language models train "
+            "with tk.SFT() (or tk.CausalLM()) and tk.DPO() (preference pairs with the images in the prompt)"
+        )
+    if has_images(norm) and not obj.tokenised_by_tunekit:
+        check_image_template(tokenizer, next(ex.row for ex in norm.examples if getattr(ex, "images", ())))
+    if has_images(norm) and obj.tokenised_by_tunekit:
         vision_settings: dict[str, Any] = {
             "max_length": training.max_length,
             "train_on_prompt": getattr(obj, "train_on_prompt", False),

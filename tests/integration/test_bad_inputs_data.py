@@ -134,13 +134,13 @@ CATALOGUE: list[Row] = [
      "remove it if it holds nothing to train on"),
     ("images-column", lambda c: c.fit(rows_with({"prompt": "what is this?", "completion": "a cat",
                                                   "images": ["cat.png"]})),
-     tk.DatasetError, r"row 3, column 'images': image, audio and video data is not supported yet",
-     "remove the column to train on the text alone"),
+     tk.DatasetError, r"row 3, field 'images': 1 image listed but 0 places for images in the conversation",
+     "add or remove the markers, or fix the list"),
     ("image-content-part", lambda c: c.fit([chat(msg("user", [{"type": "text", "text": "what is this?"},
                                                                {"type": "image_url", "image_url": {"url": "x"}}]),
                                                   msg("assistant", "a cat"))] * 4),
-     tk.DatasetError, r"row 1, field 'messages', message 1: image, audio and video data is not supported yet",
-     "remove the non-text parts"),
+     tk.DatasetError, r"row 1, field 'messages', message 1, image 1: image 'x': file not found",
+     "a relative path starts from the current directory"),
     ("unknown-message-key", lambda c: c.fit([chat(msg("user", "hi", contnet="hi"), msg("assistant", "hello"))] * 4),
      tk.DatasetError, r"message 1: unknown key 'contnet' \(did you mean 'content'\?\)", "remove it"),
     ("system-column-and-message", lambda c: c.fit([{"system": "Be brief.", **chat(msg("system", "Be kind."),
@@ -296,11 +296,11 @@ def test_correct_01_labels_train_kto_when_asked(tiny_llama):
 
 
 def test_correct_validate_data_names_unknown_and_tool_rows(tmp_path):
-    """``tunekit validate-data`` runs the same checks: a misspelled column and an image column are bad rows."""
+    """``tunekit validate-data`` runs the same checks: a misspelled column and a missing image are bad rows."""
     rows = [
         {"prompt": "reverse: 1 2", "completion": "2 1"},
         {"prompt": "reverse: 3 4", "completion": "4 3", "sytem": "Be brief."},
-        {"prompt": "reverse: 5 6", "completion": "6 5", "images": ["x.png"]},
+        {"prompt": "<image>reverse: 5 6", "completion": "6 5", "images": ["x.png"]},
     ]
     path = tmp_path / "d.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
@@ -308,7 +308,7 @@ def test_correct_validate_data_names_unknown_and_tool_rows(tmp_path):
     assert report["valid_rows"] == 1
     reasons = [b["reason"] for b in report["bad_rows"]]
     assert "row 2: unknown column 'sytem' (did you mean 'system'?)" in reasons[0]
-    assert "row 3, column 'images': image, audio and video data is not supported yet" in reasons[1]
+    assert "row 3, field 'images', image 1: image 'x.png': file not found" in reasons[1]
     tools = validate_data(DATA / "openai_tool_calls.jsonl")  # tool calls are read now: every row is valid
     assert tools["bad_rows"] == [] and tools["valid_rows"] == 1
 

@@ -5,9 +5,10 @@ tool publishes them), the row count, length statistics (tokens with ``--model``,
 longer than ``--max-length``, the columns not used for training, a warning when raw ``text`` rows hold a
 hand-rendered instruction template (``Instruction:`` ... ``Answer:``; :mod:`tunekit.data.templated`), and every bad
 row with its number and reason: the same checks ``fit`` runs, without loading a model. For conversations it counts
-turns, tool calls and the share of
-assistant turns with reasoning; with ``--model`` also the supervised tokens per row (as ``SFT()`` trains them), and
-it prints one rendered row with the trained spans between ``[[`` and ``]]``. Exits 1 when a row is bad.
+turns, tool calls and the share of assistant turns with reasoning; for rows with images, the images per row and
+their sizes (each image is read and checked, within the pixel budget of ``--max-pixels`` / ``--min-pixels``); with
+``--model`` also the supervised tokens per row (as ``SFT()`` trains them), and it prints one rendered row with the
+trained spans between ``[[`` and ``]]``. Exits 1 when a row is bad.
 
 A file whose columns, message keys or roles have other names is read with ``--columns`` and ``--roles`` (tunekit's
 name = the file's, comma-separated), as ``tk.Data(path, columns=..., roles=...)`` does:
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +29,9 @@ from tunekit._quiet import quiet
 from tunekit.data.columns import unused_columns
 from tunekit.data.encoding import IGNORE, encode_examples
 from tunekit.data.formats import Example, detect_format, normalise_row
+from tunekit.data.images import ImageOptions, image_stats
 from tunekit.data.layouts import detect_layout
-from tunekit.data.loading import load_rows
+from tunekit.data.loading import base_dir_of, load_rows
 from tunekit.data.mapping import Data
 from tunekit.data.templated import find_template_markers, template_warning
 from tunekit.data.templates import ensure_template, render
@@ -38,7 +41,7 @@ from tunekit.errors import ConfigError, DatasetError, IncompatibleError
 __all__ = ["add_validate_data_parser", "validate_data"]
 
 
-def _pieces(ex: Example) -> list[list[dict[str, str]] | str]:
+def _pieces(ex: Example) -> list[list[dict[str, Any]] | str]:
     """What is rendered for one example: a text, or the conversations it trains on."""
     if ex.text is not None:
         return [ex.text]
@@ -49,8 +52,26 @@ def _pieces(ex: Example) -> list[list[dict[str, str]] | str]:
     return [prompt + list(a) for a in answers] or [prompt]
 
 
-def _as_text(piece: list[dict[str, str]] | str) -> str:
-    return piece if isinstance(piece, str) else "\n".join(m["content"] for m in piece)
+def _as_text(piece: list[dict[str, Any]] | str) -> str:
+    return piece if isinstance(piece, str) else "\n".join(_text(m["content"]) for m in piece)
+
+
+def _text(content: Any) -> str:
+    """A message's text (its image parts left out)."""
+    return content if isinstance(content, str) else "".join(p["text"] for p in content if p["type"] == "text")
+
+
+def _text_only(ex: Example) -> Example:
+    """The example without its images, for a text tokenizer to count (a vision model's processor adds the image
+    tokens, which this count leaves out)."""
+    if not ex.images:
+        return ex
+
+    def flat(msgs: Any) -> Any:
+        return None if msgs is None else tuple({**m, "content": _text(m["content"])} for m in msgs)
+
+    names = ("messages", "prompt", "chosen", "rejected", "completion")
+    return replace(ex, **{n: flat(getattr(ex, n)) for n in names}, images=())
 
 
 def _stats(values: list[int]) -> dict[str, float]:
@@ -168,18 +189,26 @@ def _token_counter(tokenizer: Any) -> Any:
 
 
 def validate_data(
-    path: str | Path | Data, *, model: str | None = None, max_length: int | None = None
+    path: str | Path | Data,
+    *,
+    model: str | None = None,
+    max_length: int | None = None,
+    max_pixels: int | None = None,
+    min_pixels: int | None = None,
+    resize_images: bool = True,
 ) -> dict[str, Any]:
     """Check every row of a data file (a :class:`tunekit.Data` for one with its own names); returns the report as a
-    dict (what the command prints)."""
+    dict (what the command prints). ``max_pixels`` / ``min_pixels`` / ``resize_images``: the pixel budget images
+    are read with, as ``tk.Training``'s options of those names."""
     rows = load_rows(path)
     fmt = detect_format(rows)
     layout = detect_layout(rows)
+    options = ImageOptions(max_pixels, min_pixels, resize_images, base_dir_of(path))
     examples: list[Example] = []
     bad: list[tuple[int, str]] = []
     for i, row in enumerate(rows, 1):
         try:
-            examples.append(normalise_row(fmt, row, i, layout=layout))
+            examples.append(normalise_row(fmt, row, i, layout=layout, images=options))
         except DatasetError as e:
             bad.append((i, str(e)))
     report: dict[str, Any] = {
@@ -207,7 +236,11 @@ def validate_data(
     chats = _conversations(examples)
     if chats is not None:
         report["conversations"] = chats
+    images = image_stats([ex.images for ex in examples])
+    if images is not None:
+        report["images"] = images
     if model is not None:
+        examples = [_text_only(ex) for ex in examples]
         tokenizer = _load_tokenizer(model)
         count = _token_counter(tokenizer)
         lengths = [max(count(p, ex.tools) for p in _pieces(ex)) for ex in examples]
@@ -249,6 +282,16 @@ def _print(report: dict[str, Any]) -> None:
             f"({chats['rows_with_tools']:,} with a tools list); reasoning on {chats['reasoning_share']:.0%} of "
             "assistant turns"
         )
+    images = report.get("images")
+    if images:
+        n = images["per_row"]
+        print(
+            f"images     {images['images']:,} in {images['rows_with_images']:,} of {report['valid_rows']:,} rows (per "
+            f"row min {n['min']}  mean {n['mean']}  max {n['max']}); sizes {images['smallest']} to "
+            f"{images['largest']} (width {images['width']['min']}-{images['width']['max']}, height "
+            f"{images['height']['min']}-{images['height']['max']})"
+            + ("; token counts leave the images out" if "tokens" in report else "")
+        )
     s = report.get("supervised_tokens")
     if s:
         print(
@@ -285,7 +328,19 @@ def _cmd_validate_data(args: argparse.Namespace) -> int:
         raise DatasetError("--max-length counts tokens: pass --model PATH (a model or tokenizer) too")
     columns, roles = _pairs("--columns", args.columns), _pairs("--roles", args.roles)
     data = Data(args.file, columns=columns, roles=roles) if columns or roles else args.file
-    report = validate_data(data, model=args.model, max_length=args.max_length)
+    for option, value in (("--max-pixels", args.max_pixels), ("--min-pixels", args.min_pixels)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{option} {value}: must be at least 1 (a number of pixels, width x height)")
+    if args.max_pixels is not None and args.min_pixels is not None and args.min_pixels > args.max_pixels:
+        raise ConfigError(f"--min-pixels {args.min_pixels} is larger than --max-pixels {args.max_pixels}")
+    report = validate_data(
+        data,
+        model=args.model,
+        max_length=args.max_length,
+        max_pixels=args.max_pixels,
+        min_pixels=args.min_pixels,
+        resize_images=not args.no_resize_images,
+    )
     if args.json:
         print(json.dumps(report, indent=2, ensure_ascii=False))
     else:
@@ -320,6 +375,13 @@ def add_validate_data_parser(sub: Any) -> None:
     p.add_argument("file", help="A .jsonl, .json, .csv or .parquet file.")
     p.add_argument("--model", help="A model or tokenizer (hub id or directory) to count tokens with.")
     p.add_argument("--max-length", type=int, help="Count the rows longer than this many tokens (needs --model).")
+    p.add_argument("--max-pixels", type=int, help="Downscale larger images to this many pixels (Training(max_pixels)).")
+    p.add_argument("--min-pixels", type=int, help="Upscale smaller images to this many pixels (Training(min_pixels)).")
+    p.add_argument(
+        "--no-resize-images",
+        action="store_true",
+        help="Report images outside --max-pixels / --min-pixels as bad rows (Training(resize_images=False)).",
+    )
     p.add_argument(
         "--columns",
         metavar="NAME=COLUMN,...",

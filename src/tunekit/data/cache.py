@@ -1,7 +1,7 @@
 """The tokenisation cache: a second run on the same data skips templating and tokenising.
 
 An entry is keyed by a SHA-256 of everything that changes the encoding: the normalised examples
-themselves (their content, not a file's path or modification time), the tokenizer (its
+themselves (their content and their images' pixels, not a file's path or modification time), the tokenizer (its
 serialised vocabulary and merges, special tokens and class), the chat template, ``max_length``,
 the objective's encoding options, ``on_bad_rows`` and the tunekit version. Entries are Parquet
 files written to a temporary name and renamed into place, so a crash or two processes writing the
@@ -72,6 +72,13 @@ def _version(module: str) -> str | None:
         return None
 
 
+def _image_digest(image: Any) -> str:
+    """An image's pixels, size and mode (two images that differ anywhere key differently)."""
+    h = hashlib.sha256(f"{image.mode} {image.size}".encode())
+    h.update(image.tobytes())
+    return h.hexdigest()
+
+
 def cache_key(tokenizer: Any, examples: list[Example], settings: dict[str, Any]) -> str:
     """SHA-256 of the examples, the tokenizer and template, the settings and the tunekit, transformers and
     tokenizers versions (a new release of either can tokenise or apply a chat template differently)."""
@@ -82,6 +89,7 @@ def cache_key(tokenizer: Any, examples: list[Example], settings: dict[str, Any])
     for ex in examples:
         fields: list[Any] = [ex.row, ex.text, ex.messages]
         fields += ([list(ex.trained)] if ex.trained is not None else []) + ([list(ex.tools)] if ex.tools else [])
+        fields += [[_image_digest(image) for image in ex.images]] if ex.images else []  # text rows: keys unchanged
         h.update(json.dumps(fields, ensure_ascii=False, default=str).encode("utf-8"))
         h.update(b"\x00")
     return h.hexdigest()

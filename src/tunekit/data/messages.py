@@ -185,7 +185,7 @@ def _image_part(part: dict[str, Any], where: str, i: int, name: str) -> dict[str
         if len(given_keys) > 1:
             raise DatasetError(f"{where}: an image part with both {given_keys}; keep one", row=i, field=name)
         url, keys = (part[given_keys[0]] if given_keys else None), {"type", "image", "url", "path"}
-    extra = sorted(str(k) for k in part if k not in keys)
+    extra = sorted(str(k) for k, v in part.items() if k not in keys and filled(v))  # Arrow fills others with None
     if extra:
         raise DatasetError(
             f"{where}: unknown key {extra[0]!r} in an {kind!r} part; tunekit never drops a key silently: remove it",
@@ -218,7 +218,7 @@ def _parts(value: list[Any], where: str, i: int, name: str, role: str) -> str | 
         elif kind in IMAGE_PARTS:
             if role != "user":
                 raise DatasetError(
-                    f"{where}: an image in a {role} message; images go in user turns (the model reads them, and "
+                    f"{where}: an image in the {role}'s message; images go in user turns (the model reads them, and "
                     "writes text)",
                     row=i,
                     field=name,

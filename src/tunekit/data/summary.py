@@ -1,4 +1,5 @@
-"""What a run keeps of its data after ``fit``: rows, format and skipped rows, and a few prompts from it.
+"""What a run keeps of its data after ``fit``: rows, format and skipped rows (and, for data with images, images
+per row and their sizes), and a few prompts from it.
 
 Saves and model cards record the summary; exports verify on its prompts (the golden prompts).
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from tunekit.data.formats import Example, NormalisedData
+from tunekit.data.images import image_stats
 from tunekit.results import FitResult
 
 __all__ = ["MAX_KEPT_PROMPTS", "data_summary_of", "summarise_data"]
@@ -27,7 +29,7 @@ def _prompt_of(example: Example) -> Any:
     if example.text is not None:  # raw text (continued pretraining): its first half is the prompt
         words = example.text.split(" ")
         return " ".join(words[: max(1, len(words) // 2)])
-    if example.prompt_text is not None:
+    if example.prompt_text is not None and not example.images:  # with images: the messages, which show their places
         return example.prompt_text
     if example.prompt is not None:
         return [dict(m) for m in example.prompt]
@@ -55,10 +57,13 @@ def _sample(norm: NormalisedData) -> list[Any]:
 
 
 def summarise_data(train: NormalisedData, evaluation: NormalisedData | None = None) -> dict[str, Any]:
-    """Rows, format and skipped rows of the training (and eval) data, and a few prompts from them (eval first)."""
+    """Rows, format and skipped rows of the training (and eval) data (with images: their counts and sizes,
+    :func:`tunekit.data.images.image_stats`), and a few prompts from them (eval first)."""
 
     def stats(norm: NormalisedData) -> dict[str, Any]:
-        return {"rows": len(norm.examples), "format": norm.format, "skipped_rows": len(norm.skipped)}
+        out = {"rows": len(norm.examples), "format": norm.format, "skipped_rows": len(norm.skipped)}
+        images = image_stats([ex.images for ex in norm.examples])  # None for text-only data: the keys stay
+        return {**out, "images": images} if images is not None else out
 
     from_eval = _sample(evaluation) if evaluation is not None else []
     return {

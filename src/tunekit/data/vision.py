@@ -12,9 +12,10 @@ prompts) places images the same three ways, mixed freely within a dataset:
 
 An ``image`` column holds one image (TRL's single-image layout). When the row has an ``images`` (or ``image``)
 column, the number of places (``<image>`` markers and empty image parts) must equal the number of images it lists,
-else the row is a :class:`tunekit.DatasetError`; without such a column, ``<image>`` is plain text (text-only data
-reads exactly as before). Images go in user turns only: an assistant, system or tool turn with one, and for
-preference pairs an answer (``chosen`` / ``rejected``) with one, is refused.
+else the row is a :class:`tunekit.DatasetError` (TRL puts the images of a row with no places before its first user
+turn's text; tunekit does not guess which turn an image belongs to). Without such a column, ``<image>`` is plain
+text: text-only data reads exactly as before. Images go in user turns only: an assistant, system or tool turn with
+one, and an answer (a preference pair's ``chosen`` / ``rejected``, a ``completion``) with one, is refused.
 
 The result is the normalised form the rest of tunekit reads: the example's ``images`` (read and checked by
 :func:`tunekit.data.images.load_image`, in the order of their places across the conversation) and each message that

@@ -30,6 +30,7 @@ from tunekit.export.gguf import K_QUANTS, gguf_arch, require_gguf, write_gguf
 from tunekit.export.gguf_quant import require_quantizer
 from tunekit.export.ollama import modelfile
 from tunekit.export.prompts import golden_prompts as pick_prompts
+from tunekit.export.prompts import with_images
 from tunekit.export.result import ExportResult, Verification, human_size
 from tunekit.export.verify import encode_prompts
 from tunekit.objectives import CausalLM
@@ -168,7 +169,7 @@ def _write_model(trained: Trained, model: Any, owned: bool, staging: Path, fmt: 
     tokenizer, eot = loaded.tokenizer, loaded.template.end_of_turn_id
     if fmt == "hf":
         written = merged.written_copy(model, owned, dtype)
-        merged.write_hf(written, tokenizer, eot, staging)
+        merged.write_hf(written, tokenizer, eot, staging, processor=getattr(loaded, "processor", None))
         return None
     name = f"{_safe_name(trained.spec)}-{dtype}.gguf"
     with tempfile.TemporaryDirectory(prefix="tunekit-tok-") as tmp:
@@ -203,12 +204,23 @@ def export_trained(
     path = Path(path)
     spec, loaded = trained.spec, trained.loaded
     check_request(spec, path, format, merge, dtype, max_new_tokens=max_new_tokens, num_prompts=num_prompts)
+    processor = getattr(loaded, "processor", None)
     if format == "gguf":
+        if processor is not None or merged.is_vision(loaded.model):
+            model_type = getattr(loaded.model.config, "model_type", None)
+            raise IncompatibleError(
+                f'export(format="gguf"): this is a vision-language model ({model_type}); a GGUF file holds the '
+                "language model only, and llama.cpp reads the vision tower and projector from a separate mmproj file "
+                'that tunekit does not write. Export with format="hf" (the merged model and its processor, for '
+                'transformers, vLLM or SGLang) or format="adapter"'
+            )
         gguf_arch(loaded.model.config)  # Llama or Qwen2, before anything is written
     dtype = _resolve_dtype(trained, format, dtype)
     chat = not isinstance(spec.objective, CausalLM)
     prompts, source = pick_prompts(trained.data_summary, golden_prompts, num_prompts)
-    golden = encode_prompts(loaded.tokenizer, prompts, chat=chat)
+    if processor is not None and chat:  # a vision-language model is verified on prompts with images
+        prompts, source = with_images(prompts, source, spec.objective, spec.training)
+    golden = encode_prompts(loaded.tokenizer, prompts, chat=chat, processor=processor)
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = path.with_name(f".{path.name}.export-{os.getpid()}-{uuid.uuid4().hex[:12]}")
     staging.mkdir()
