@@ -11,6 +11,7 @@ import copy
 import gc
 import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from tunekit._quiet import quiet
@@ -202,10 +203,23 @@ def reload_processor(path: Path, model_type: str | None = None) -> Any:
 
         cls = getattr(transformers, PROCESSOR_MAPPING_NAMES[model_type])
 
-        def attributes(c: Any) -> list[str]:
-            return [a for a in cls.get_attributes() if a != "video_processor"]
+        # transformers reads the parameter names of __init__ (its code object) to tell the sub-processors and the
+        # saved settings the processor takes; SmolVLM's requires a video processor, passed as None here.
+        def __init__(
+            self: Any,
+            image_processor: Any = None,
+            tokenizer: Any = None,
+            chat_template: str | None = None,
+            image_seq_len: int | None = None,
+            **kwargs: Any,
+        ) -> None:
+            if image_seq_len is not None:
+                kwargs["image_seq_len"] = image_seq_len
+            cls.__init__(self, image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
+            # SmolVLM's apply_chat_template reads the video processor's frame defaults even for images.
+            self.video_processor = SimpleNamespace(num_frames=None, fps=None)
 
-        images_only: Any = type(cls.__name__, (cls,), {"get_attributes": classmethod(attributes)})
+        images_only: Any = type(cls.__name__, (cls,), {"__init__": __init__})
         return images_only.from_pretrained(path)
 
 
