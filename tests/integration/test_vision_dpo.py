@@ -13,6 +13,7 @@ import torch
 import tunekit as tk
 from tunekit.data.templates import render
 from tunekit.testing.vision import tiny_vlm
+from tunekit.training_data import encode_for
 
 PIL = pytest.importorskip("PIL.Image")
 
@@ -119,3 +120,22 @@ def test_objectives_that_cannot_read_images_refuse_them(objective: Any, rows: An
     assert "tk.SFT()" in str(e.value) and "tk.DPO()" in str(e.value)
     if name == "DPO":
         assert "SimPO" in str(e.value)
+
+
+def test_plan_counts_the_images_of_preference_pairs(qwen2_vl: Path) -> None:
+    from trl.trainer.dpo_trainer import DataCollatorForVisionPreference
+
+    rows = _pairs(sizes=(16, 24))
+    tuner = tk.Tuner(str(qwen2_vl), method=tk.LoRA(r=4), objective=tk.DPO(), training=tk.Training(device="cpu"))
+    plan = tuner.plan(rows)
+    assert plan.images == len(rows)
+
+    # What trl's DPO collator builds for the same rows: the prompt (and its images) once per answer.
+    loaded = tuner._model_for_run()
+    spec = tuner._spec()
+    records = encode_for(spec, tuner._normalise(rows, "training"), loaded.tokenizer).to_dataset()
+    loaded.processor.chat_template = loaded.tokenizer.chat_template
+    batch = DataCollatorForVisionPreference(processor=loaded.processor)([dict(r) for r in records])
+    image_token = loaded.model.config.image_token_id
+    assert plan.image_tokens == int((batch["input_ids"] == image_token).sum()) > 0
+    assert plan.tokens == int(batch["attention_mask"].sum())

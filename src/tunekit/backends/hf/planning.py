@@ -27,10 +27,16 @@ from tunekit.backends.hf.models import build_model, resolve_device, resolve_prec
 from tunekit.backends.hf.optimizers import state_bytes
 from tunekit.backends.hf.quantization import check_before_load, parameter_bytes
 from tunekit.backends.hf.vision import VisionEncoded, is_vision_model
-from tunekit.backends.hf.vision_plan import VisionCount, count_vision, tower_bytes, vision_params
+from tunekit.backends.hf.vision_plan import (
+    VisionCount,
+    count_preference_images,
+    count_vision,
+    tower_bytes,
+    vision_params,
+)
 from tunekit.data.encoding import Encoded
 from tunekit.data.formats import NormalisedData
-from tunekit.data.rows import TrainerRows
+from tunekit.data.rows import IMAGES, TrainerRows
 from tunekit.errors import IncompatibleError
 from tunekit.plan import Plan
 from tunekit.training import Training
@@ -144,6 +150,9 @@ def make_plan(
                 )
             image_token = getattr(unwrap_peft(model).config, "image_token_id", None)
             enc = count_vision(processor, tokenizer, enc.examples, enc.settings, image_token_id=image_token)
+        elif isinstance(enc, TrainerRows) and processor is not None and any(r.get(IMAGES) for r in enc.records):
+            image_token = getattr(unwrap_peft(model).config, "image_token_id", None)  # DPO pairs with images
+            enc = count_preference_images(processor, tokenizer, enc, image_token_id=image_token)
         assert not isinstance(enc, VisionRows)
         return plan_encoded(spec, model, enc, checkpointing=checkpointing, device_memory=device_memory)
 
@@ -176,21 +185,20 @@ def plan_encoded(
     weights = sum(parameter_bytes(p) for p in params)  # a quantized weight as bitsandbytes stores it
     grads = sum(p.numel() * p.element_size() for p in trainable)
     optimizer = state_bytes(training, model)  # the chosen optimizer's state, as it allocates it (optimizers.py)
-    tokenised = isinstance(enc, Encoded)
+    tokenised = isinstance(data, Encoded)
     liger = False
     if isinstance(data, VisionEncoded):  # vision-language models train unpacked, with the model's own loss (sft.py)
         lengths = [len(x) for x in data.input_ids]
         packing = False
-    elif isinstance(enc, Encoded):
-        lengths = [len(x) for x in enc.input_ids]
+    elif isinstance(data, Encoded):
+        lengths = [len(x) for x in data.input_ids]
         path = fastpath.choose(model, training, device)
         packing, liger = path.packing, path.liger and _liger_knows(model)
-    elif isinstance(enc, TrainerRows):  # preference / RL rows: trl pads them; a row's tokens are spread over its
-        # prompt and answers
-        lengths = [max(1, enc.num_tokens // max(1, len(enc.records)))] * len(enc.records)
+    else:  # preference / RL rows: trl pads them; a row's tokens are spread over its prompt and answers
+        lengths = [max(1, data.num_tokens // max(1, len(data.records)))] * len(data.records)
         packing = False
-    if isinstance(enc, Encoded) and packing and training.tokens_per_batch is not None:
-        batches = len(fastpath.pack_to_budget(enc.to_dataset(), training.tokens_per_batch))
+    if isinstance(data, Encoded) and packing and training.tokens_per_batch is not None:
+        batches = len(fastpath.pack_to_budget(data.to_dataset(), training.tokens_per_batch))
     else:
         batches = math.ceil(len(lengths) / training.batch_size)
     steps = _steps(batches, training)

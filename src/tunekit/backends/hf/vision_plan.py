@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import SimpleNamespace
 from typing import Any
 
@@ -27,9 +27,18 @@ from tunekit._torch import unwrap_peft
 from tunekit.backends.hf.memory import block_bytes_per_token
 from tunekit.backends.hf.vision import VISION_TOWER_NAMES, VisionEncoded, encode_vision, part_of
 from tunekit.data.formats import Example
+from tunekit.data.rows import IMAGES, TrainerRows
 from tunekit.data.templates import render
 
-__all__ = ["CountingProcessor", "VisionCount", "count_vision", "placeholder_of", "tower_bytes", "vision_params"]
+__all__ = [
+    "CountingProcessor",
+    "VisionCount",
+    "count_preference_images",
+    "count_vision",
+    "placeholder_of",
+    "tower_bytes",
+    "vision_params",
+]
 
 
 def placeholder_of(tokenizer: Any) -> str:
@@ -103,10 +112,11 @@ class CountingProcessor:
 
 @dataclass
 class VisionCount:
-    """Rows with images as ``fit`` will encode them (``encoded``: token ids and labels, no pixel values), with the
-    images' share: how many, how many tokens stand for them, and the pixel values each sequence's images hold."""
+    """Rows with images as ``fit`` will encode them (``encoded``: token ids and labels, no pixel values; for DPO, the
+    rows trl reads, their token count with the images' tokens), with the images' share: how many, how many tokens
+    stand for them, and the pixel values each sequence's images hold."""
 
-    encoded: VisionEncoded
+    encoded: VisionEncoded | TrainerRows
     images: int = 0
     image_tokens: int = 0
     pixel_values: list[int] = field(default_factory=list)  # per sequence
@@ -124,6 +134,28 @@ def count_vision(
     image_tokens = sum(ids.count(image_token_id) for ids in enc.input_ids) if image_token_id is not None else 0
     pixels = [sum(counting.expansion(im.size).pixel_values for im in imgs) for imgs in enc.images]
     return VisionCount(enc, images, image_tokens, pixels)
+
+
+def count_preference_images(processor: Any, tokenizer: Any, rows: TrainerRows, *, image_token_id: Any) -> VisionCount:
+    """Preference rows with images (an ``images`` column, for trl's DPO trainer) with their images counted:
+    ``rows.num_tokens`` counted each image's placeholder as text; trl's collator hands the prompt to the processor
+    once for the chosen and once for the rejected answer, so each image adds, per answer, the tokens it expands to
+    beyond its placeholder's."""
+    counting = CountingProcessor(processor, placeholder_of(tokenizer))
+    placeholder = len(tokenizer(counting.placeholder, add_special_tokens=False)["input_ids"])
+    extra = images = image_tokens = 0
+    pixels: list[int] = []
+    for record in rows.records:
+        found = list(record.get(IMAGES) or [])
+        answers = sum(1 for k in ("chosen", "rejected", "completion") if record.get(k) is not None) or 1
+        expanded = [counting.expansion(im.size) for im in found]
+        ids = [tokenizer(e.text, add_special_tokens=False)["input_ids"] for e in expanded]
+        extra += answers * sum(len(i) - placeholder for i in ids)
+        images += len(found)
+        image_tokens += answers * sum(list(i).count(image_token_id) for i in ids) if image_token_id is not None else 0
+        pixels += [sum(e.pixel_values for e in expanded)] * answers
+    counted = replace(rows, num_tokens=rows.num_tokens + extra)
+    return VisionCount(counted, images, image_tokens, pixels)
 
 
 def vision_params(model: Any) -> tuple[int, int]:
