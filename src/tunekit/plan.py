@@ -35,6 +35,9 @@ class Plan:
     the total with 95% of ``device_memory_bytes``: the CUDA device's memory, or on the CPU the RAM
     available when the plan was made, or what ``plan(device_memory_gib=...)`` gave; for a CUDA device
     the machine does not have (planned for with ``Training(device="cuda")``) and no memory given, both are None.
+    For a vision-language model ``tokens`` includes each image's tokens (the processor's count for the image's size,
+    after the pixel budget), ``images`` and ``image_tokens`` say how many, and ``vision_params`` /
+    ``vision_trainable_params`` are the vision tower's and projector's parameters (part of the counts above).
 
     Example:
         >>> import tunekit as tk
