@@ -63,6 +63,8 @@ def test_plan_counts_the_tokens_the_collator_builds(arch: str, tmp_path: Path) -
     batch = VisionCollator([dataset.tunekit_vision], loaded.tokenizer.pad_token_id)(list(dataset))
     image_token = loaded.model.config.image_token_id
     assert plan.tokens == int(batch["attention_mask"].sum()) == encoded.num_tokens
+    again = tuner.plan(rows)  # planned on the loaded model and its processor: the same figures
+    assert (again.tokens, again.image_tokens, again.total_params) == (plan.tokens, plan.image_tokens, plan.total_params)
     assert plan.examples == len(rows) and plan.images == 5
     assert plan.image_tokens == int((batch["input_ids"] == image_token).sum()) > 0
     # Each image's tokens are the processor's for its size: the row of two images has more than the others.
