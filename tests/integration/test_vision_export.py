@@ -93,7 +93,7 @@ def test_a_broken_processor_export_is_caught(vlm_tuner: tk.Tuner, tmp_path: Path
 
 
 def test_gguf_is_refused_for_a_vision_model_before_anything_is_done(vlm_tuner: tk.Tuner, tmp_path: Path) -> None:
-    pytest.importorskip("gguf")
+    # Before anything else: also before asking for the gguf package, which it would not use.
     with pytest.raises(tk.IncompatibleError, match=r'format="gguf".*vision-language model.*mmproj.*format="hf"'):
         vlm_tuner.export(tmp_path / "gguf", format="gguf")
     assert not (tmp_path / "gguf").exists() and list(tmp_path.iterdir()) == []
@@ -104,3 +104,11 @@ def test_adapter_export_is_verified_with_its_processor(vlm_tuner: tk.Tuner, tmp_
     result = vlm_tuner.export(tmp_path / "adapter", format="adapter", golden_prompts=[_ask(image)], max_new_tokens=4)
     assert result.verification is not None and result.verification.passed
     assert "processor_config.json" in result.files and "adapter_model.safetensors" in result.files
+
+
+def test_gguf_is_refused_before_loading_a_vision_model(tmp_path: Path) -> None:
+    path = tiny_vlm(tmp_path / "qwen2_vl", arch="qwen2_vl")
+    tuner = tk.Tuner(str(path), training=tk.Training(device="cpu"))
+    with pytest.raises(tk.IncompatibleError, match=r'format="gguf".*vision-language model \(qwen2_vl\)'):
+        tuner.export(tmp_path / "gguf", format="gguf")
+    assert tuner._loaded is None and not (tmp_path / "gguf").exists()

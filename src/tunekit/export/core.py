@@ -9,12 +9,14 @@ saying so.
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import os
 import tempfile
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from tunekit import _fs
@@ -98,9 +100,38 @@ def check_request(
             "directory (tunekit never overwrites files it did not write)"
         )
     if fmt == "gguf":
+        if _vision_ref(spec.model_ref):  # before asking for the gguf package it would not use
+            _refuse_vision_gguf(getattr(_config_of(spec.model_ref), "model_type", None))
         require_gguf()
         if dtype in K_QUANTS:
             require_quantizer(dtype)
+
+
+def _config_of(ref: Any) -> Any:
+    """The config of a model object, or of a local checkpoint directory (its config.json, read as JSON: nothing is
+    loaded); None for a hub id (not fetched here: the loaded model is checked before anything is written)."""
+    if not isinstance(ref, (str, Path)):
+        return getattr(ref, "config", None)
+    file = Path(ref) / "config.json"
+    if not file.is_file():
+        return None
+    try:
+        return SimpleNamespace(**json.loads(file.read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def _vision_ref(ref: Any) -> bool:
+    return getattr(_config_of(ref), "vision_config", None) is not None
+
+
+def _refuse_vision_gguf(model_type: Any) -> None:
+    raise IncompatibleError(
+        f'export(format="gguf"): this is a vision-language model ({model_type}); a GGUF file holds the language model '
+        "only, and llama.cpp reads the vision tower and projector from a separate mmproj file that tunekit does not "
+        'write. Export with format="hf" (the merged model and its processor, for transformers, vLLM or SGLang) or '
+        'format="adapter"'
+    )
 
 
 def _resolve_dtype(trained: Trained, fmt: str, dtype: str) -> str:
@@ -207,13 +238,7 @@ def export_trained(
     processor = getattr(loaded, "processor", None)
     if format == "gguf":
         if processor is not None or merged.is_vision(loaded.model):
-            model_type = getattr(loaded.model.config, "model_type", None)
-            raise IncompatibleError(
-                f'export(format="gguf"): this is a vision-language model ({model_type}); a GGUF file holds the '
-                "language model only, and llama.cpp reads the vision tower and projector from a separate mmproj file "
-                'that tunekit does not write. Export with format="hf" (the merged model and its processor, for '
-                'transformers, vLLM or SGLang) or format="adapter"'
-            )
+            _refuse_vision_gguf(getattr(loaded.model.config, "model_type", None))
         gguf_arch(loaded.model.config)  # Llama or Qwen2, before anything is written
     dtype = _resolve_dtype(trained, format, dtype)
     chat = not isinstance(spec.objective, CausalLM)
