@@ -67,19 +67,22 @@ def split(seed: int, shades: int = 6) -> tuple[list[dict[str, Any]], list[tuple[
     """Training rows (``shades`` shades of each colour at every training size) and held-out (image, colour) pairs:
     other shades, drawn apart from the training ones, at the held-out sizes."""
     rng = random.Random(seed)
-    train = []
+    train, seen = [], set()
     for name, rgb in COLOURS.items():
         for _ in range(shades):
             colour = shade(rgb, rng)
+            seen.add(colour)
             for size in TRAIN_SIZES:
                 image = Image.new("RGB", size, colour)
                 train.append({"messages": [*question(image), {"role": "assistant", "content": name}]})
-    held_out_rng = random.Random(10_000 + seed)  # shades of their own
-    held_out = [
-        (Image.new("RGB", size, shade(rgb, held_out_rng)), name)
-        for name, rgb in COLOURS.items()
-        for size in HELD_OUT_SIZES
-    ]
+    held_out_rng = random.Random(10_000 + seed)  # shades of their own, none a training one
+    held_out = []
+    for name, rgb in COLOURS.items():
+        for size in HELD_OUT_SIZES:
+            colour = shade(rgb, held_out_rng)
+            while colour in seen:
+                colour = shade(rgb, held_out_rng)
+            held_out.append((Image.new("RGB", size, colour), name))
     rng.shuffle(train)
     return train, held_out
 
