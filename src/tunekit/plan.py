@@ -47,6 +47,9 @@ class Plan:
     available when the plan was made, or what ``plan(device_memory_gib=...)`` gave; for a CUDA device
     the machine does not have (planned for with ``Training(device="cuda")``) and no memory given, both are None.
     ``sources``: for a :class:`tunekit.Mix`, each source's valid rows, the rows drawn from it and their tokens.
+    For a vision-language model ``tokens`` includes each image's tokens (the processor's count for the image's size,
+    after the pixel budget), ``images`` and ``image_tokens`` say how many, and ``vision_params`` /
+    ``vision_trainable_params`` are the vision tower's and projector's parameters (part of the counts above).
 
     Example:
         >>> import tunekit as tk
@@ -81,6 +84,13 @@ class Plan:
     optimizer: str = "adamw"  # Training(optimizer=...), whose state optimizer_bytes counts
     activation_offload: bool = False  # activations offloaded to CPU memory (Training(activation_offload), CUDA)
     sources: tuple[SourceFigures, ...] = ()  # a tk.Mix's sources: rows and tokens of each
+    # A vision-language model: its data's images, the tokens that stand for them (in ``tokens``: the processor's
+    # count for each image's size), and the vision tower's and projector's parameters (in the parameter counts, and
+    # their bytes in weights / gradients / optimizer like every other parameter's).
+    images: int = 0
+    image_tokens: int = 0
+    vision_params: int = 0
+    vision_trainable_params: int = 0
 
     @property
     def total_bytes(self) -> int:
@@ -116,6 +126,14 @@ class Plan:
                 + (f" (repeated {s.drawn / s.rows:.1f}x)" if s.drawn > s.rows else "")
                 + f", {s.tokens:,} tokens"
                 for s in self.sources
+            ),
+            *(
+                [
+                    f"  vision         {self.images:,} images, {self.image_tokens:,} image tokens; tower and "
+                    f"projector {self.vision_trainable_params:,} trainable of {self.vision_params:,} parameters"
+                ]
+                if self.vision_params or self.images
+                else []
             ),
             f"  micro-batch    {self.micro_batch_tokens:,} tokens at most"
             f" (packing {'on' if self.packing else 'off'}, "

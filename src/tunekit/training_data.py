@@ -33,13 +33,17 @@ from tunekit.data.mixture import Mix, MixedData, MixPart, interleave, mix_parts,
 from tunekit.data.rows import TrainerRows, prepare_rows
 from tunekit.data.streaming import StreamedData, StreamedEncoded, first_rows
 from tunekit.data.templated import find_template_markers, template_warning
+from tunekit.data.templates import render
 from tunekit.errors import ConfigError, DatasetError, IncompatibleError
 from tunekit.methods import Method
-from tunekit.objectives import Objective, infer_objective
+from tunekit.objectives import DPO, Objective, infer_objective
 from tunekit.plan import SourceFigures
 from tunekit.training import Training
 
-__all__ = ["check_compatible", "encode_for", "has_images", "named_error", "normalise_for"]
+__all__ = [
+    "check_compatible", "check_image_template", "encode_for", "has_images", "named_error", "normalise_for",
+    "trains_on_images",
+]  # fmt: skip
 
 logger = logging.getLogger("tunekit")
 
@@ -237,6 +241,40 @@ def has_images(norm: NormalisedData) -> bool:
     return any(getattr(ex, "images", ()) for ex in norm.examples)
 
 
+def check_image_template(tokenizer: Any, row: int) -> None:
+    """Rows with images for a trainer that renders them itself (trl's DPO): the model's chat template must place an
+    image (a text-only model's writes nothing for an image part, or fails on one): else an IncompatibleError naming
+    the row and the fix."""
+    mark = "\ue000"
+    try:
+        with_image = render(
+            tokenizer,
+            [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": mark}]}],
+            add_generation_prompt=False,
+        )
+        without = render(
+            tokenizer, [{"role": "user", "content": [{"type": "text", "text": mark}]}], add_generation_prompt=False
+        )
+    except Exception:  # a template that cannot render content parts is a text-only model's
+        with_image = without = ""
+    if with_image == without:
+        raise IncompatibleError(
+            f"the training data's row {row} holds an image, but this model is a text-only model: its chat template "
+            "has no place for an image, and it has no vision tower to read one; use a vision-language model (one "
+            "that transformers loads with AutoModelForImageTextToText, e.g. Qwen2.5-VL, Gemma 3, SmolVLM), or drop "
+            "the images"
+        )
+
+
+def trains_on_images(objective: Objective) -> bool:
+    """Whether ``objective`` trains on rows with images: SFT and CausalLM (tunekit encodes them with the model's
+    processor) and DPO (trl's DPO trainer hands the images to the processor; not its SimPO loss, which trl's CPO
+    trainer runs). KTO, ORPO, reward modelling, GRPO and RLOO read text only in trl."""
+    if objective.tokenised_by_tunekit:
+        return True
+    return isinstance(objective, DPO) and objective.loss != "simpo"
+
+
 def encode_for(spec: RunSpec, norm: NormalisedData, tokenizer: Any) -> Encoded | TrainerRows | VisionRows:
     """``norm`` as ``spec.objective`` trains on it: token ids with masked labels (SFT, CausalLM; cached), the
     conversational rows trl renders with the same template (preference, reward and RL objectives), or, for data with
@@ -247,9 +285,12 @@ def encode_for(spec: RunSpec, norm: NormalisedData, tokenizer: Any) -> Encoded |
         return _encode_mix(spec, norm, tokenizer)
     if isinstance(norm, StreamedData):
         return _encode_stream(spec, norm, tokenizer)
+    obj = spec.objective
     if has_images(norm):
-        return _vision_rows(spec, norm)
-    enc, skipped = _encode(spec, norm, tokenizer)
+        _check_images(obj, norm, tokenizer)
+        if obj.tokenised_by_tunekit:
+            return VisionRows(list(norm.examples), _settings(spec), list(norm.skipped))
+    enc, skipped = _encode(spec, norm, tokenizer, images=True)
     enc.skipped = norm.skipped + skipped
     _warn(enc, skipped, spec.training.max_length)
     return enc
@@ -259,15 +300,22 @@ def _first_image_row(norm: NormalisedData) -> int:
     return next(ex.row for ex in norm.examples if getattr(ex, "images", ()))
 
 
-def _vision_rows(spec: RunSpec, norm: NormalisedData) -> VisionRows:
-    """Rows with images, for the backend to encode with the model's processor (only it knows an image's tokens)."""
-    obj = spec.objective
-    if not obj.tokenised_by_tunekit:
-        raise IncompatibleError(
-            f"row {_first_image_row(norm)} holds an image, and {obj.name} does not train on images yet; train "
-            "vision-language models with tk.SFT()"
+def _check_images(obj: Objective, norm: NormalisedData, tokenizer: Any) -> None:
+    """Refuse rows with images that ``obj`` cannot train on, or a chat template that cannot show them (trl's DPO)."""
+    row = _first_image_row(norm)
+    if not trains_on_images(obj):
+        why = (
+            "its SimPO loss runs in trl's CPO trainer, which reads text only; use another DPO loss (e.g. the default "
+            "'sigmoid')"
+            if isinstance(obj, DPO)
+            else f"trl's {obj.name} trainer reads text only"
         )
-    return VisionRows(list(norm.examples), _settings(spec), list(norm.skipped))
+        raise IncompatibleError(
+            f"row {row} holds an image, and {obj.name} cannot train on images: {why}. Vision-language models train "
+            "with tk.SFT() (or tk.CausalLM()) and tk.DPO() (preference pairs with the images in the prompt)"
+        )
+    if not obj.tokenised_by_tunekit:
+        check_image_template(tokenizer, row)
 
 
 def _warn(enc: Encoded | TrainerRows, skipped: list[tuple[int, str]], max_length: int) -> None:
@@ -291,10 +339,13 @@ def _warn(enc: Encoded | TrainerRows, skipped: list[tuple[int, str]], max_length
         )
 
 
-def _encode(spec: RunSpec, norm: NormalisedData, tokenizer: Any) -> tuple[Encoded | TrainerRows, list[tuple[int, str]]]:
-    """``norm`` encoded, and the rows encoding skipped (without ``norm``'s own skipped rows); logs nothing."""
+def _encode(
+    spec: RunSpec, norm: NormalisedData, tokenizer: Any, *, images: bool = False
+) -> tuple[Encoded | TrainerRows, list[tuple[int, str]]]:
+    """``norm`` encoded, and the rows encoding skipped (without ``norm``'s own skipped rows); logs nothing.
+    ``images``: rows with images may be among them (data held in memory, checked by :func:`_check_images`)."""
     obj, training = spec.objective, spec.training
-    if has_images(norm):  # a source of a tk.Mix or a stream: they encode with the tokenizer, which sees no images
+    if has_images(norm) and not images:  # a source of a tk.Mix or a stream: encoded with the tokenizer, no images
         raise IncompatibleError(
             f"row {_first_image_row(norm)} holds an image: rows with images train from one source held in memory, "
             "not yet from a tk.Mix or a stream; pass the rows with images as the data itself"

@@ -18,12 +18,15 @@ from tunekit.data.templates import render, template_messages
 from tunekit.errors import DatasetError
 from tunekit.plan import SourceFigures
 
-__all__ = ["MESSAGE_COLUMNS", "PROMPT_MESSAGES", "PROMPT_TEXT", "TrainerRows", "prepare_rows"]
+__all__ = ["IMAGES", "MESSAGE_COLUMNS", "PROMPT_MESSAGES", "PROMPT_TEXT", "TrainerRows", "prepare_rows"]
 
 # Hidden column: a prompt the user gave as a plain string, handed back to reward functions as such.
 PROMPT_TEXT = "_tunekit_prompt"
 # Hidden column: the prompt's messages, when tunekit rendered the prompt itself (online RL prompts with tools).
 PROMPT_MESSAGES = "_tunekit_prompt_messages"
+# The column of each row's images (PIL images, in the order of the prompt's {"type": "image"} parts): trl's DPO
+# trainer reads it and hands the images to the processor with the prompt (DataCollatorForVisionPreference).
+IMAGES = "images"
 MESSAGE_COLUMNS = ("prompt", "chosen", "rejected", "completion")
 
 
@@ -63,7 +66,21 @@ class TrainerRows:
 
 
 def _structured(value: Any) -> bool:
-    return isinstance(value, list) and any(isinstance(m, dict) and set(m) - {"role", "content"} for m in value)
+    """Messages Arrow cannot hold as one struct type: with more keys than role and content, or with content parts
+    (a prompt with images: a list of ``{"type": ...}`` parts, beside string contents)."""
+    return isinstance(value, list) and any(
+        isinstance(m, dict) and (set(m) - {"role", "content"} or isinstance(m.get("content"), list)) for m in value
+    )
+
+
+def _as_parts(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every message's content as a list of parts (a string as one text part). trl's vision collator
+    (``prepare_multimodal_messages``) puts a row's images before the first user message whose content is a string
+    when it finds one, so the prompt of a row with images must have none."""
+    return [
+        {**m, "content": [{"type": "text", "text": m["content"]}]} if isinstance(m.get("content"), str) else m
+        for m in messages
+    ]
 
 
 def _count(tokenizer: Any, messages: Messages, *, generation_prompt: bool, tools: Any = None) -> int:
@@ -107,6 +124,7 @@ def prepare_rows(
     """
     out = TrainerRows(norm.format, [], [])
     with_tools = any(ex.tools for ex in norm.examples)
+    with_images = any(getattr(ex, "images", ()) for ex in norm.examples)
     prompt_as_text = norm.format == "prompt_only" and with_tools
     for ex in norm.examples:
         if ex.prompt is None:
@@ -135,7 +153,11 @@ def prepare_rows(
             raise DatasetError(reason, row=ex.row)
         if full and max(full) > max_length:
             out.truncated += 1
-        out.records.append(_record(tokenizer, ex, prompt_as_text=prompt_as_text, with_tools=with_tools))
+        record = _record(tokenizer, ex, prompt_as_text=prompt_as_text, with_tools=with_tools)
+        if with_images:  # every row has the column (a text row: no images), as Arrow needs
+            images = list(getattr(ex, "images", ()) or ())
+            record = {**record, "prompt": _as_parts(record["prompt"]) if images else record["prompt"], IMAGES: images}
+        out.records.append(record)
         out.rows.append(ex.row)
         out.num_tokens += min(sum(full), max_length * len(full)) if full else prompt_len
     if not out.records:

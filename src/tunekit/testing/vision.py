@@ -48,22 +48,31 @@ VisionArch = Literal["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "gemma3", "llava", "l
 VISION_ARCHS: tuple[str, ...] = get_args(VisionArch)
 
 # Where each family's chat template (chat_templates/<arch>.jinja) was copied from: the processor's template of the
-# released checkpoint, verbatim.
+# released checkpoint, verbatim (the hub is not reachable from here: each text was taken from a public copy that
+# quotes the file, named in its comment).
 TEMPLATE_SOURCES: dict[str, str] = {
-    # chat_template.json of Qwen/Qwen2-VL-2B-Instruct (also its tokenizer_config.json's); Qwen2.5-VL's Instruct
-    # checkpoints (Qwen/Qwen2.5-VL-3B-Instruct, -7B-) ship the same text.
+    # The processor's and the tokenizer's template of Qwen/Qwen2-VL-2B-Instruct (as dumped with the model's config
+    # by a model index, and as OpenVINO GenAI's chat-template table quotes it for that model). The Qwen2.5-VL
+    # Instruct checkpoints ship the same text.
     "qwen2_vl": "Qwen/Qwen2-VL-2B-Instruct chat_template.json",
     "qwen2_5_vl": "Qwen/Qwen2.5-VL-7B-Instruct chat_template.json (the same text as Qwen2-VL's)",
-    # The Instruct template (tools, tool responses with images); the Thinking checkpoints add <think> handling.
+    # The Instruct template (tools, tool responses with images; the Thinking checkpoints add <think> handling), as
+    # NVIDIA's TAO cosmos-rl dataset code quotes it ("byte-identical to ... Qwen/Qwen3-VL-8B-Instruct").
     "qwen3_vl": "Qwen/Qwen3-VL-8B-Instruct chat_template.json",
-    # gemma-3-4b-it and larger share it (the 1B text-only one too, which never sees an image part).
+    # Gemma 3's instruction-tuned template (the same text for the 270M to 27B checkpoints; the text-only ones never
+    # see an image part).
     "gemma3": "google/gemma-3-4b-it chat_template.json",
-    # llava-hf's conversions carry the {% generation %} markers.
+    # llava-hf's conversion, with its {% generation %} markers (OpenVINO GenAI's table: "llava-1.5 ...
+    # chat_template.json"; transformers' LLaVA processor tests use the same text).
     "llava": "llava-hf/llava-1.5-7b-hf chat_template.json",
-    # Note the released text closes an assistant turn with a literal '<\\s> ' (not the '</s>' token): kept as is.
+    # OpenVINO GenAI's table ("llava-v1.6-mistral (chat_template.json)"). The released text closes an assistant
+    # turn with a literal '<\s> ', not the '</s>' token: kept as is (tunekit reads it as the '</s>' it stands for).
     "llava_next": "llava-hf/llava-v1.6-mistral-7b-hf chat_template.json",
+    # Idefics2's template behind the Llama 3 begin-of-text token, as transformers' Idefics3 documentation renders
+    # prompts ("<|begin_of_text|>User:<image>...<end_of_utterance>\nAssistant:").
     "idefics3": "HuggingFaceM4/Idefics3-8B-Llama3 chat_template.json",
-    # transformers' SmolVLMProcessor DEFAULT_CHAT_TEMPLATE, the one HuggingFaceTB/SmolVLM2-2.2B-Instruct ships.
+    # transformers' SmolVLMProcessor DEFAULT_CHAT_TEMPLATE (processing_smolvlm.py), SmolVLM2's template with its
+    # video branch.
     "smolvlm": "HuggingFaceTB/SmolVLM2-2.2B-Instruct chat_template.json",
 }
 

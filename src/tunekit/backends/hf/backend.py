@@ -174,6 +174,7 @@ class HFBackend:
                     device=hf.device,
                     learning_rate=lr,
                     callbacks=[bridge, *method_callbacks(spec.method, hf.model)],
+                    processor=hf.processor,
                 )
                 return install(trainer, identity=identity, keep=t.keep_checkpoints, guard=guard)
 

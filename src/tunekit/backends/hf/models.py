@@ -246,7 +246,16 @@ def model_class_kwargs(spec: RunSpec) -> dict[str, Any]:
     """``load_model`` options for the model's head: a score head for reward models, ``AutoModelForImageTextToText``
     for a vision-language model (its config is an image-text-to-text one), else none (a causal LM)."""
     kwargs = head_kwargs(spec.objective)
-    if kwargs or not isinstance(spec.model_ref, (str, Path)):
+    if not isinstance(spec.model_ref, (str, Path)):
+        return kwargs
+    if kwargs:
+        if _vision_ref(str(spec.model_ref), trust_remote_code=spec.training.trust_remote_code):
+            raise IncompatibleError(
+                f"{spec.objective.name} trains a score head on the model (a sequence classifier), and "
+                f"{str(spec.model_ref)!r} is a vision-language model, which transformers has no such head for: "
+                f"{spec.objective.name} cannot train on images. Train a reward model on a text-only model; "
+                "vision-language models train with tk.SFT() and tk.DPO()"
+            )
         return kwargs
     if _vision_ref(str(spec.model_ref), trust_remote_code=spec.training.trust_remote_code):
         from transformers import AutoModelForImageTextToText
