@@ -233,3 +233,23 @@ def test_pixel_budget_reaches_qwen_vl_image_processor(qwen2_vl: Path) -> None:
     grid = processor(text=["<|vision_start|><|image_pad|><|vision_end|>"], images=[Image.new("RGB", (64, 64))])
     patch = tuner.model.config.vision_config.patch_size
     assert int(grid["image_grid_thw"][0][1:].prod()) * patch * patch <= 32 * 32  # within max_pixels
+
+
+def test_a_vision_model_tunekit_cannot_train_is_refused_with_the_reason(tmp_path: Path) -> None:
+    """A model that loads through the image-text-to-text auto classes but cannot go through the shared path: no
+    processor beside the weights, or a chat template that writes nothing for an image part."""
+    rows = [image_row("red"), image_row("blue")]
+    training = tk.Training(max_steps=1, batch_size=2, device="cpu")
+    no_processor = tiny_model(tmp_path / "no-processor", arch="qwen2_vl")
+    (no_processor / "processor_config.json").unlink()
+    with pytest.raises(IncompatibleError, match=r"vision-language model \(qwen2_vl\) but its processor could not be"):
+        tk.Tuner(no_processor, training=training, progress=False).fit(rows)
+    blind = tiny_model(tmp_path / "blind-template", arch="qwen2_vl")
+    text_only = (  # renders a part's text and drops an image part: the model would never see its image
+        "{% for m in messages %}<|im_start|>{{ m.role }}\n{% if m.content is string %}{{ m.content }}{% else %}"
+        "{% for p in m.content %}{% if p.type == 'text' %}{{ p.text }}{% endif %}{% endfor %}{% endif %}"
+        "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    (blind / "chat_template.jinja").write_text(text_only, encoding="utf-8")
+    with pytest.raises(IncompatibleError, match=r"writes nothing for an image part"):
+        tk.Tuner(blind, training=training, progress=False).fit(rows)
