@@ -14,13 +14,25 @@ from typing import Any
 
 from tunekit.export.gguf import GGUF_TYPES
 from tunekit.export.gguf_families import FAMILIES as GGUF_FAMILIES
-from tunekit.testing.families import FAMILIES, Family
+from tunekit.testing.families import FAMILIES, VISION_FAMILIES, Family, VisionFamily
 
-__all__ = ["FAMILY_TEST", "LLAMA_CPP_TESTS", "PAGES", "family_test", "render"]
+__all__ = [
+    "FAMILY_TEST",
+    "LLAMA_CPP_TESTS",
+    "PAGES",
+    "TINY_VLM_TEST",
+    "VISION_FAMILY_TEST",
+    "family_test",
+    "render",
+    "vision_tests",
+]
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = {"en": ROOT / "docs" / "supported-models.md", "zh": ROOT / "docs" / "zh" / "supported-models.md"}
 FAMILY_TEST = "tests/integration/test_families.py::test_family_trains_reloads_and_merges"
+# The vision-language families: their tiny model (unit) and their end-to-end run or refusal (integration).
+TINY_VLM_TEST = "tests/unit/test_tiny_vlm.py::test_family_builds_loads_and_processes_an_image"
+VISION_FAMILY_TEST = "tests/integration/test_vision_families.py::test_vision_family_trains_generates_reloads_and_merges"
 
 _LLAMA_CPP = "tests/integration/test_export_llamacpp.py::test_gguf_in_llama_cpp_gives_transformers_greedy_tokens"
 _GGUF_FAMILIES = (
@@ -75,6 +87,28 @@ _TEXT: dict[str, dict[str, Any]] = {
         "file in llama.cpp.",
         "train": "train · reload · merge",
         "llama_cpp": "GGUF in llama.cpp",
+        "vision_title": "## Vision-language models",
+        "vision_intro": [
+            "Image-text-to-text models, loaded with `AutoModelForImageTextToText` and their processor. For every row "
+            "a tiny random model of the architecture (a 2-layer language model and vision tower, the family's image "
+            "processor at small sizes and the released model's own chat template) is built and checked in the "
+            "default suite: it loads with transformers' auto classes, an image conversation gets as many image "
+            "tokens as the processor says, the loss is finite and generation runs. Where it is **✅ proven**, "
+            "`tk.LoRA` also learns to name the colour of solid-colour images (held-out loss of the colour below 0.3 "
+            "of the start), `generate` answers with an image, `tk.load` gives the trained logits and answer back, and "
+            'the merged `export(format="hf")` is verified on a golden prompt with an image and loads in plain '
+            "transformers with the trained logits. **✗ refused**: tunekit stops with an `IncompatibleError` before "
+            "training, for the reason given.",
+            "",
+            "Families whose processor has a video processor (Qwen-VL, SmolVLM) need torchvision for "
+            "`AutoProcessor`; without it tunekit loads their processor for images only.",
+        ],
+        "vision_header": "| Family | `model_type` | Example checkpoints | Train · generate · reload · merge | "
+        "What the tiny model has | Chat template from |",
+        "vision_tests": "### The tests behind each vision row",
+        "tiny": "tiny model",
+        "end_to_end": "train · generate · reload · merge",
+        "refusal": "refusal",
     },
     "zh": {
         "title": "# 支持的模型",
@@ -107,6 +141,26 @@ _TEXT: dict[str, dict[str, Any]] = {
         "或导出被拒绝）。慢速测试（`nox -s gguf`）：在 llama.cpp 中运行 GGUF 文件的测试。",
         "train": "训练 · 重新加载 · 合并",
         "llama_cpp": "llama.cpp 中的 GGUF",
+        "vision_title": "## 视觉语言模型",
+        "vision_intro": [
+            "图文生成文本（image-text-to-text）模型，用 `AutoModelForImageTextToText` 及其处理器（processor）加载。"
+            "每一行都在默认测试集中构建并检查该架构的随机小模型（2 层语言模型和视觉编码器、缩小尺寸的图像处理器、"
+            "发布模型自带的对话模板）：能用 transformers 的 Auto 类加载，图文对话中的图像 token 数与处理器给出的一致，"
+            "损失有限且能生成。**✅ 已验证** 的行还测试了：`tk.LoRA` 学会说出纯色图片的颜色"
+            "（验证集上颜色词的损失降到初始值的 0.3 以下），`generate` 能带图回答，`tk.load` 重新加载后 logits "
+            '和回答一致，合并导出（`export(format="hf")`）在带图的黄金提示上通过校验，'
+            "并能用原生 transformers 加载、logits 一致。"
+            "**✗ 拒绝**：tunekit 在训练之前抛出 `IncompatibleError`，原因见说明。",
+            "",
+            "处理器带视频处理器的系列（Qwen-VL、SmolVLM）需要 torchvision 才能用 `AutoProcessor` 加载；没有时 tunekit "
+            "只为图像加载其处理器。",
+        ],
+        "vision_header": "| 模型系列 | `model_type` | 检查点示例 | 训练 · 生成 · 重新加载 · 合并 | 小模型包含的特性 | "
+        "对话模板来源 |",
+        "vision_tests": "### 视觉模型每一行对应的测试",
+        "tiny": "小模型",
+        "end_to_end": "训练 · 生成 · 重新加载 · 合并",
+        "refusal": "拒绝",
     },
 }
 
@@ -136,6 +190,25 @@ def _row(family: Family, lang: str) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
+def vision_tests(family: VisionFamily) -> tuple[str, str]:
+    """The node ids of the vision family's tiny-model case and its end-to-end (or refusal) case."""
+    return f"{TINY_VLM_TEST}[{family.arch}]", f"{VISION_FAMILY_TEST}[{family.arch}]"
+
+
+def _vision_row(family: VisionFamily, lang: str) -> str:
+    t = _TEXT[lang]
+    refused = f"{t['refused']}: {family.refused if lang == 'en' else family.refused_zh}"
+    cells = [
+        family.name,
+        f"`{family.model_type}`",
+        "<br>".join(f"[{c}](https://huggingface.co/{c})" for c in family.checkpoints),
+        refused if family.refused else t["proven"],
+        family.tested if lang == "en" else family.tested_zh,
+        f"`{family.template_source.split(' ')[0]}`",
+    ]
+    return "| " + " | ".join(cells) + " |"
+
+
 def render(lang: str) -> str:
     """The page in ``lang`` ("en" or "zh")."""
     t = _TEXT[lang]
@@ -146,4 +219,11 @@ def render(lang: str) -> str:
         lines.append(f"- {f.name} ({t['train']}): `{family_test(f)}`")
         for nodeid in LLAMA_CPP_TESTS.get(f.model_type, ()):
             lines.append(f"- {f.name} ({t['llama_cpp']}): `{nodeid}`")
+    lines += ["", t["vision_title"], "", *t["vision_intro"], "", t["vision_header"], "|---" * 6 + "|"]
+    lines += [_vision_row(f, lang) for f in VISION_FAMILIES]
+    lines += ["", t["vision_tests"], ""]
+    for f in VISION_FAMILIES:
+        tiny, end_to_end = vision_tests(f)
+        lines.append(f"- {f.name} ({t['tiny']}): `{tiny}`")
+        lines.append(f"- {f.name} ({t['refusal'] if f.refused else t['end_to_end']}): `{end_to_end}`")
     return "\n".join(lines) + "\n"

@@ -83,6 +83,8 @@ EXPECTED = {
     "Data",
     "Reply",
     "ReplyDelta",
+    # data at scale: several sources mixed by weight or count (issue 24)
+    "Mix",
 }
 
 

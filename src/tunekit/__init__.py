@@ -13,6 +13,7 @@ from tunekit._version import __version__
 from tunekit.compare import Comparison, compare
 from tunekit.config_file import RunConfig
 from tunekit.data.mapping import Data
+from tunekit.data.mixture import Mix
 from tunekit.data.replies import Reply, ReplyDelta
 from tunekit.distributed import DDP, FSDP, DeepSpeed
 from tunekit.errors import (
@@ -94,6 +95,7 @@ __all__ = [
     "LossPlot",
     "Method",
     "MissingDependencyError",
+    "Mix",
     "MuonOptions",
     "Objective",
     "PTuning",

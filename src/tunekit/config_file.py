@@ -8,6 +8,8 @@ This is what ``tunekit fit config.yaml`` reads. The YAML mirrors the Python API:
     training: {epochs: 3, learning_rate: 2.0e-4, batch_size: 8}
     data: data/train.jsonl            # relative paths are read from the YAML file's folder
     eval_data: data/val.jsonl         # or {path: data/val.jsonl, columns: {messages: dialog}, roles: {...}}
+                                      # data may be a dataset name (org/name, with split/subset in {path: ...})
+                                      # or a mixture: {sources: {a.jsonl: 0.7, b.json: 0.3}, size: 1000}
     output_dir: runs/qa               # the trained tuner is saved to runs/qa/final
 
 Every level rejects unknown keys with the nearest valid name (``trainig`` -> ``training``,
@@ -31,6 +33,8 @@ from pydantic.json_schema import GenerateJsonSchema
 from tunekit._config import Config
 from tunekit.data import load_rows
 from tunekit.data.mapping import Data
+from tunekit.data.mixture import Mix
+from tunekit.data.sources import looks_like_name
 from tunekit.data.templates import check_template_options
 from tunekit.errors import ConfigError
 from tunekit.methods import LoRA, Method, registry
@@ -140,13 +144,15 @@ class RunConfig(Config):
         None, description="What signal trains them: {name: dpo, beta: 0.1}, or a name; default: inferred from data."
     )
     training: Training = Field(default_factory=Training, description="tk.Training's fields.")
-    data: str | Data = Field(
-        description="The training data file (.jsonl, .json, .csv, .parquet), or {path: ..., columns: {...}, "
-        "roles: {...}} for a file with its own column, key and role names (tk.Data)."
+    data: str | Data | Mix = Field(
+        description="The training data file (.jsonl, .json, .csv, .parquet), a dataset directory or name (org/name), "
+        "or {path: ..., columns: {...}, roles: {...}, split: ..., subset: ...} for one with its own column, key and "
+        "role names or a split (tk.Data); several sources: {sources: [...], weights: [...], size: ...} (tk.Mix)."
     )
-    eval_data: str | Data | None = Field(
+    eval_data: str | Data | Mix | None = Field(
         None,
-        description="Held-out data, evaluated at the end (and every eval_every); a path or {path, columns, roles}.",
+        description="Held-out data, evaluated at the end (and every eval_every); a path or name, {path, columns, "
+        "roles, split}, or {sources: [...]}.",
     )
     output_dir: str | None = Field(
         None, description="Checkpoints and logs; the trained tuner goes to <output_dir>/final."
@@ -210,10 +216,12 @@ class RunConfig(Config):
     @field_validator("data", "eval_data", mode="before")
     @classmethod
     def _data(cls, v: Any, info: ValidationInfo) -> Any:
+        if isinstance(v, list):  # several sources, all rows of each
+            v = {"sources": v}
         if not isinstance(v, Mapping):
             return v
         try:
-            return Data(**v)
+            return Mix(**v) if "sources" in v else Data(**v)
         except ConfigError as e:
             raise ConfigError(f"{info.field_name}: {e}") from None
 
@@ -312,7 +320,8 @@ class RunConfig(Config):
         if arch not in ("", "llama", "qwen2"):
             raise ConfigError(f"model={self.model!r}: a tiny model is 'tiny', 'tiny:llama' or 'tiny:qwen2'")
 
-        texts = [" ".join(_strings(row)) for row in load_rows(self.data)]
+        sources = self.data.sources if isinstance(self.data, Mix) else [self.data]
+        texts = [" ".join(_strings(row)) for source in sources for row in load_rows(source)]
         if self.output_dir:
             claim(
                 Path(self.output_dir), reuse=self.reuse_output_dir, write=True
@@ -380,16 +389,34 @@ def read_yaml(path: Path) -> Any:
 _TEMPLATE_FILES = (".jinja", ".j2", ".txt")  # a template value ending so names a file, not template text
 
 
+def _resolve_data(value: Any, base: Path) -> Any:
+    """A config's data with relative paths read from ``base``; a dataset name (``org/name``) that is no file or
+    directory there stays a name. Mixtures (``{sources: [...]}`` or a list) resolve each source."""
+    if isinstance(value, str):
+        if not value or Path(value).is_absolute() or (looks_like_name(value) and not (base / value).exists()):
+            return value
+        return os.path.normpath(base / value)
+    if isinstance(value, list):
+        return [_resolve_data(v, base) for v in value]
+    if isinstance(value, Mapping) and "sources" in value:
+        sources = value["sources"]
+        if isinstance(sources, Mapping):  # {path: weight}
+            sources = {_resolve_data(k, base): w for k, w in sources.items()}
+        elif isinstance(sources, list):
+            sources = [_resolve_data(v, base) for v in sources]
+        return {**value, "sources": sources}
+    if isinstance(value, Mapping):
+        return {k: _resolve_data(v, base) if k in ("path", "source") else v for k, v in value.items()}
+    return value
+
+
 def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
     """Relative data, output, saved-model, template-file, cache and checkpoint paths are read from the YAML's folder."""
     out = dict(data)
-    for key in ("data", "eval_data"):  # {path: ..., columns: ..., roles: ...}
-        value = out.get(key)
-        if isinstance(value, Mapping):
-            out[key] = _resolve_paths({k: v for k, v in value.items() if k in ("path", "source")}, base) | {
-                k: v for k, v in value.items() if k not in ("path", "source")
-            }
-    for key in ("data", "eval_data", "output_dir", "save", "template", "path", "source"):
+    for key in ("data", "eval_data"):  # a path or name, {path: ..., columns: ...}, or a mixture of them
+        if key in out:
+            out[key] = _resolve_data(out[key], base)
+    for key in ("output_dir", "save", "template", "path", "source"):
         value = out.get(key)
         if isinstance(value, str) and value and not Path(value).is_absolute():
             if key != "template" or value.endswith(_TEMPLATE_FILES):

@@ -24,7 +24,7 @@ from typing import Any
 from tunekit.backends.base import Backend, LoadedModel, RunSpec
 from tunekit.data import load_rows, normalise
 from tunekit.data.formats import Example, NormalisedData
-from tunekit.errors import ConfigError, DatasetError
+from tunekit.errors import ConfigError, DatasetError, IncompatibleError
 from tunekit.eval_result import EvalResult, EvalRow
 from tunekit.inference import generate
 from tunekit.metrics import Metric, MetricFunction, check_metrics, mean
@@ -54,7 +54,17 @@ class EvalItem:
         """The prompt as the user wrote it: the text of a single user message, else the messages."""
         if len(self.prompt) == 1 and isinstance(self.prompt[0].get("content"), str):
             return self.prompt[0]["content"]
-        return [dict(m) for m in self.prompt]
+        return [_shown(m) for m in self.prompt]
+
+
+def _shown(message: dict[str, Any]) -> dict[str, Any]:
+    """A prompt message as a result row keeps it: an image part without its pixels (``{"type": "image"}``), so the
+    row stays plain JSON."""
+    content = message.get("content")
+    if not isinstance(content, list):
+        return dict(message)
+    parts = [{"type": "image"} if p.get("type") == "image" else p for p in content]
+    return {**message, "content": parts}
 
 
 def _content(message: dict[str, Any]) -> str:
@@ -73,15 +83,33 @@ def _split(messages: Sequence[dict[str, Any]]) -> tuple[tuple[dict[str, Any], ..
     return tuple(messages[:last]), _content(messages[last])
 
 
+def _with_images(prompt: tuple[dict[str, Any], ...], images: tuple[Any, ...]) -> tuple[dict[str, Any], ...]:
+    """``prompt`` with each ``{"type": "image"}`` part holding its image, in order (the layout ``generate`` reads).
+
+    Images live in the prompt only (the data layer refuses one in an answer), so the prompt holds every placeholder.
+    """
+    if not images:
+        return prompt
+    pending = iter(images)
+    out = []
+    for m in prompt:
+        content = m.get("content")
+        if isinstance(content, list):
+            content = [{**p, "image": next(pending)} if p.get("type") == "image" else p for p in content]
+            m = {**m, "content": content}
+        out.append(m)
+    return tuple(out)
+
+
 def _from_example(ex: Example, data: dict[str, Any], need_reference: bool) -> EvalItem:
     if ex.messages is not None and any(m.get("role") == "assistant" for m in ex.messages):
         prompt, reference = _split(ex.messages)
-        return EvalItem(ex.row, prompt, reference, data, tools=ex.tools)
+        return EvalItem(ex.row, _with_images(prompt, ex.images), reference, data, tools=ex.tools)
     answer = ex.chosen if ex.chosen is not None else ex.completion
     if ex.prompt is not None and answer is not None:
-        return EvalItem(ex.row, tuple(ex.prompt), _split(answer)[1], data, tools=ex.tools)
+        return EvalItem(ex.row, _with_images(tuple(ex.prompt), ex.images), _split(answer)[1], data, tools=ex.tools)
     if ex.prompt is not None and not need_reference:
-        return EvalItem(ex.row, tuple(ex.prompt), None, data, tools=ex.tools)
+        return EvalItem(ex.row, _with_images(tuple(ex.prompt), ex.images), None, data, tools=ex.tools)
     what = "raw text" if ex.text is not None else "a prompt only"
     raise DatasetError(
         f"row {ex.row} of the evaluation data has no reference answer ({what}): evaluate compares the model's answer "
@@ -259,8 +287,22 @@ def _run(
     return _Scored(predictions, scores, ordered)
 
 
+def _has_image(item: EvalItem) -> bool:
+    return any(
+        isinstance(m.get("content"), list) and any(p.get("type") == "image" for p in m["content"]) for m in item.prompt
+    )
+
+
 def _check_fit(items: Sequence[EvalItem], metrics: Sequence[Metric]) -> None:
     for metric in metrics:
+        if metric.kind != "text":
+            pictured = next((item for item in items if _has_image(item)), None)
+            if pictured is not None:
+                raise IncompatibleError(
+                    f"metric {metric.name!r} scores the likelihood of the reference, which tunekit does not yet "
+                    f"compute with images, and row {pictured.row} has one: score rows with images with a text metric "
+                    "(exact_match, contains, rouge_l, ...), which compares the generated answer"
+                )
         if metric.kind == "choice":
             bare = next((item for item in items if item.choices is None), None)
             if bare is not None:

@@ -15,6 +15,7 @@ from tunekit._config import suggest
 from tunekit.backends.base import Backend, LoadedModel
 from tunekit.data.control_tokens import control_tokens
 from tunekit.data.formats import normalise_row
+from tunekit.data.images import ImageOptions
 from tunekit.data.messages import parse_tools
 from tunekit.data.replies import Reply, ReplyDelta, ReplyStream
 from tunekit.data.templates import render
@@ -28,6 +29,7 @@ __all__ = [
     "check_tools",
     "generate",
     "generate_text",
+    "prompt_images",
     "score",
     "stream",
 ]
@@ -146,8 +148,13 @@ def check_tools(tools: Any) -> tuple[dict[str, Any], ...] | None:
         raise ConfigError(str(e).replace("row 1, field 'tools'", "generate(tools=...)", 1)) from None
 
 
-def check_prompts(prompt: Any, objective: Objective) -> tuple[list[Any], bool]:
-    """``(prompts, single)``: ``prompt`` as a list, and whether one prompt was given (then one text comes back)."""
+def check_prompts(prompt: Any, objective: Objective, images: ImageOptions | None = None) -> tuple[list[Any], bool]:
+    """``(prompts, single)``: ``prompt`` as a list, and whether one prompt was given (then one text comes back).
+
+    A chat prompt with images (the layout of the training data: OpenAI image parts with a PIL image, a path, a URL
+    or bytes) comes back with each image read and checked as training data is (``images``: the pixel budget), in
+    the normalised form, each ``{"type": "image"}`` part holding its PIL image under ``"image"``
+    (:func:`prompt_images` gives them back in order)."""
     single = isinstance(prompt, str) or (isinstance(prompt, list) and bool(prompt) and isinstance(prompt[0], dict))
     prompts = [prompt] if single else list(prompt)
     if not prompts:
@@ -157,16 +164,44 @@ def check_prompts(prompt: Any, objective: Objective) -> tuple[list[Any], bool]:
             raise ConfigError(f"generate(): expected a string or a list of chat messages, got {type(p).__name__}")
         if isinstance(p, list):
             try:  # the checks a prompt in the training data gets: roles, their order, a user turn last
-                normalise_row("prompt_only", {"prompt": p}, i)
+                ex = normalise_row("prompt_only", {"prompt": p}, i, images=images)
             except DatasetError as e:
                 message = str(e).replace(f"row {i}, field 'prompt'", f"generate(): prompt {i}", 1)
                 raise DatasetError(message, row=i, field="prompt") from None
+            if ex.images and ex.prompt is not None:
+                prompts[i - 1] = _with_payload(ex.prompt, ex.images)
     if objective.model_head == "sequence_classification":
         raise IncompatibleError(
             f"generate(): this tuner is a reward model ({objective.name}); it scores text and does "
             "not generate: use tuner.score([...])"
         )
     return prompts, single
+
+
+def _with_payload(messages: Sequence[dict[str, Any]], images: Sequence[Any]) -> list[dict[str, Any]]:
+    """Normalised messages whose ``{"type": "image"}`` parts hold their image (in order) under ``"image"``."""
+    read = iter(images)
+    out = []
+    for m in messages:
+        content = m.get("content")
+        if isinstance(content, list):
+            content = [{**part, "image": next(read)} if part.get("type") == "image" else part for part in content]
+            m = {**m, "content": content}
+        out.append(m)
+    return out
+
+
+def prompt_images(prompt: Any) -> list[Any]:
+    """The images of a prompt :func:`check_prompts` gave back, in order (empty for a text prompt)."""
+    if not isinstance(prompt, list):
+        return []
+    return [
+        part["image"]
+        for m in prompt
+        if isinstance(m.get("content"), list)
+        for part in m["content"]
+        if part.get("type") == "image" and "image" in part
+    ]
 
 
 def generate(
@@ -195,6 +230,8 @@ def stream(
     chat = options.pop("chat", not isinstance(objective, CausalLM))
     options.pop("batch_size", None)  # one prompt
     splitter: ReplyStream | None = None
+    if prompt_images(prompt) and getattr(loaded, "processor", "unknown") is None:
+        backend.prompt_length(loaded, prompt, chat=chat, options=dict(options))  # the backend refuses it, clearly
     if chat:
         tok = loaded.tokenizer
         messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-__all__ = ["Plan"]
+__all__ = ["Plan", "SourceFigures"]
 
 
 def _gib(n: int | None) -> str:
@@ -15,6 +15,17 @@ def _gib(n: int | None) -> str:
         if n >= size:
             return f"{n / size:,.2f} {unit}"
     return f"{n} B"
+
+
+@dataclass(frozen=True)
+class SourceFigures:
+    """One source of a :class:`tunekit.Mix`, as a run trains it: its valid ``rows``, the rows ``drawn`` from it
+    into the mixture (repeats counted) and the ``tokens`` of those."""
+
+    name: str
+    rows: int
+    drawn: int
+    tokens: int
 
 
 @dataclass(frozen=True)
@@ -35,6 +46,10 @@ class Plan:
     the total with 95% of ``device_memory_bytes``: the CUDA device's memory, or on the CPU the RAM
     available when the plan was made, or what ``plan(device_memory_gib=...)`` gave; for a CUDA device
     the machine does not have (planned for with ``Training(device="cuda")``) and no memory given, both are None.
+    ``sources``: for a :class:`tunekit.Mix`, each source's valid rows, the rows drawn from it and their tokens.
+    For a vision-language model ``tokens`` includes each image's tokens (the processor's count for the image's size,
+    after the pixel budget), ``images`` and ``image_tokens`` say how many, and ``vision_params`` /
+    ``vision_trainable_params`` are the vision tower's and projector's parameters (part of the counts above).
 
     Example:
         >>> import tunekit as tk
@@ -68,6 +83,14 @@ class Plan:
     fits: bool | None  # total <= 95% of device_memory_bytes (None when that is not known)
     optimizer: str = "adamw"  # Training(optimizer=...), whose state optimizer_bytes counts
     activation_offload: bool = False  # activations offloaded to CPU memory (Training(activation_offload), CUDA)
+    sources: tuple[SourceFigures, ...] = ()  # a tk.Mix's sources: rows and tokens of each
+    # A vision-language model: its data's images, the tokens that stand for them (in ``tokens``: the processor's
+    # count for each image's size), and the vision tower's and projector's parameters (in the parameter counts, and
+    # their bytes in weights / gradients / optimizer like every other parameter's).
+    images: int = 0
+    image_tokens: int = 0
+    vision_params: int = 0
+    vision_trainable_params: int = 0
 
     @property
     def total_bytes(self) -> int:
@@ -86,6 +109,7 @@ class Plan:
         }
         memory["total"] = self.total_bytes
         d["memory"] = memory
+        d["sources"] = [asdict(s) for s in self.sources]  # a list, as JSON gives it back
         d["trainable_fraction"] = self.trainable_fraction
         return d
 
@@ -97,6 +121,20 @@ class Plan:
             f"  parameters     {self.trainable_params:,} trainable of {self.total_params:,} "
             f"({100 * self.trainable_fraction:.2f}%)",
             f"  data           {self.examples:,} examples, {self.tokens:,} tokens, {self.steps:,} steps",
+            *(
+                f"    {s.name}: {s.drawn:,} rows drawn of {s.rows:,}"
+                + (f" (repeated {s.drawn / s.rows:.1f}x)" if s.drawn > s.rows else "")
+                + f", {s.tokens:,} tokens"
+                for s in self.sources
+            ),
+            *(
+                [
+                    f"  vision         {self.images:,} images, {self.image_tokens:,} image tokens; tower and "
+                    f"projector {self.vision_trainable_params:,} trainable of {self.vision_params:,} parameters"
+                ]
+                if self.vision_params or self.images
+                else []
+            ),
             f"  micro-batch    {self.micro_batch_tokens:,} tokens at most"
             f" (packing {'on' if self.packing else 'off'}, "
             f"gradient checkpointing {'on' if self.gradient_checkpointing else 'off'}"

@@ -155,8 +155,8 @@ class Training(Config):
     packing: bool | Literal["auto"] = Field(
         "auto",
         description="Padding-free batches: a micro-batch's examples in one row, attention kept within each example, "
-        "same loss as padded batches. 'auto': on wherever it is exact (not for prompt/prefix tuning, which fall "
-        "back to padded batches).",
+        "same loss as padded batches. 'auto': on wherever it is exact (not for prompt/prefix tuning, nor for "
+        "vision-language models, whose image positions and tensors are per sequence: they train on padded batches).",
     )
     tokens_per_batch: int | None = Field(
         None,

@@ -16,28 +16,36 @@ Example:
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from tunekit.backends.base import RunSpec
-from tunekit.data import encode_examples
+from tunekit.backends.base import RunSpec, VisionRows
+from tunekit.data import encode_examples, load_rows, normalise
 from tunekit.data.arrow import ArrowNormalised, encode_table, normalise_table, rows_table, table_digest
 from tunekit.data.cache import cache_key, cached_encode, entry_path
-from tunekit.data.columns import renamed_answer_column
+from tunekit.data.columns import numeric_labels, renamed_answer_column, unused_columns
 from tunekit.data.control_tokens import check_no_control_tokens
 from tunekit.data.encoding import Encoded
 from tunekit.data.formats import Example, NormalisedData
 from tunekit.data.images import ImageOptions
-from tunekit.data.layouts import detect_layout
+from tunekit.data.layouts import Layout, detect_layout
 from tunekit.data.loading import base_dir_of
+from tunekit.data.mapping import Data
+from tunekit.data.mixture import Mix, MixedData, MixPart, interleave, mix_parts, unpair
 from tunekit.data.rows import TrainerRows, prepare_rows
+from tunekit.data.streaming import StreamedData, StreamedEncoded, first_rows
 from tunekit.data.templated import find_template_markers, template_warning
-from tunekit.errors import DatasetError, IncompatibleError
+from tunekit.data.templates import render
+from tunekit.errors import ConfigError, DatasetError, IncompatibleError
 from tunekit.methods import Method
-from tunekit.objectives import Objective, infer_objective
+from tunekit.objectives import DPO, Objective, infer_objective
+from tunekit.plan import SourceFigures
 from tunekit.training import Training
 
-__all__ = ["check_compatible", "encode_for", "normalise_for"]
+__all__ = [
+    "check_compatible", "check_image_template", "encode_for", "has_images", "named_error", "normalise_for",
+    "trains_on_images",
+]  # fmt: skip
 
 logger = logging.getLogger("tunekit")
 
@@ -70,37 +78,28 @@ def normalise_for(
 
     ``objective`` is the one the run must train (``None``: inferred from the data's format, text ->
     CausalLM, preference pairs -> DPO, labelled rows -> KTO, else SFT, and checked against ``method``).
-    ``what`` names the data in errors (``"training"``, ``"eval"``).
+    ``what`` names the data in errors (``"training"``, ``"eval"``). A :class:`tunekit.Mix` is read source by
+    source, each in its own layout (errors name the source), and drawn by ``Training(seed=...)``.
     """
-    norm = normalise_table(
-        data,
-        on_bad_rows=training.on_bad_rows,
-        workers=training.data_workers,
-        directory=training.cache_dir,
-        what=what,
-        images=ImageOptions.of(training, base_dir_of(data)),
-    )
-    first = norm.source_row(1)
-    layout = detect_layout([first])
-    beside = " and ".join(repr(c) for c in layout.columns if c != "label") if layout else "'prompt' and 'completion'"
-    _check_meaning(norm, first, objective, what, beside)
-    unused = norm.unused()
-    if unused:
-        logger.warning(
-            "the %s data has columns that are not used for training: %s (the %r format reads none of them); if one "
-            "was meant to be read, rename it, or map it with tk.Data(..., columns={...})",
-            what,
-            ", ".join(repr(c) for c in unused),
-            norm.format,
-        )
-    if norm.format == "text":  # the learner's trap: an instruction template rendered by hand into raw text
-        texts = _Texts(norm.examples)
-        found = find_template_markers(texts, rows=_Rows(norm.examples))
-        if found is not None:
-            logger.warning("%s", template_warning(found, what))
-    chosen = objective or infer_objective(norm.format)
-    if norm.format == "unpaired_preference" and norm.format not in chosen.data_formats:
+    if isinstance(data, Mix):
+        norm: NormalisedData = _normalise_mix(data, training=training, objective=objective, what=what)
+        beside, pairs = "'prompt' and 'completion'", "the prompt/completion pairs"
+    elif isinstance(data, Data) and data.streaming:
+        norm = _normalise_stream(data, training=training, objective=objective, what=what)
+        beside, pairs = "'prompt' and 'completion'", "the prompt/completion pairs"
+    else:  # one source: read, normalised and checked by the Arrow driver (tunekit.data.arrow)
+        norm, layout = _normalise_table(data, training=training, objective=objective, what=what)
+        beside = _beside(layout)
         pairs = "the conversations" if layout is not None else "the prompt/completion pairs"
+    chosen = objective or infer_objective(norm.format)
+    if isinstance(norm, MixedData) and {p.data.format for p in norm.parts} == {"preference", "unpaired_preference"}:
+        if norm.format not in chosen.data_formats:
+            raise IncompatibleError(
+                f"the {what} sources mix preference pairs with labelled answers (prompt/completion/label), which "
+                f"train KTO together (each pair as two labelled answers), not {chosen.name}; pass objective=tk.KTO(), "
+                f"or mix pairs with pairs to train {chosen.name}"
+            )
+    if norm.format == "unpaired_preference" and norm.format not in chosen.data_formats:
         raise IncompatibleError(
             f"the {what} data has a 'label' column beside {beside} (KTO's layout: True marks a desirable answer, "
             f"False an undesirable one), which {chosen.name} cannot use; drop the 'label' column to train "
@@ -112,11 +111,135 @@ def normalise_for(
             f"{chosen.name} takes {sorted(chosen.data_formats)}"
             + (" (raw text trains with tk.CausalLM())" if norm.format == "text" else "")
         )
+    if isinstance(norm, StreamedData) and not chosen.tokenised_by_tunekit:
+        raise IncompatibleError(
+            f"tk.Data(..., streaming=True) trains SFT and CausalLM (tunekit tokenises their rows as they stream); "
+            f"{chosen.name}'s trainer reads its whole dataset: leave streaming out"
+        )
     if objective is None:
         check_compatible(method, chosen)
     for _row, reason in norm.skipped:
         logger.warning("skipped %s", reason)
     return norm, chosen
+
+
+def _normalise_source(
+    rows: list[dict[str, Any]], data: Any, *, training: Training, objective: Objective | None, what: str
+) -> tuple[NormalisedData, Layout | None]:
+    """One source's rows (read from ``data``: relative image paths start from its folder) validated and normalised
+    in its own layout, with the warnings ``fit`` gives about them."""
+    try:
+        norm = normalise(rows, on_bad_rows=training.on_bad_rows, images=ImageOptions.of(training, base_dir_of(data)))
+    except DatasetError as e:
+        if what == "training":
+            raise
+        raise DatasetError(f"{what}_data: {e}", row=e.row, field=e.field) from None
+    layout = detect_layout(rows)
+    beside = _beside(layout)
+    _check_meaning(norm, rows[0], lambda: numeric_labels(rows), lambda i: rows[i - 1], objective, what, beside)
+    _warn_columns(norm, unused_columns(norm.format, rows, layout.reads if layout is not None else frozenset()), what)
+    return norm, layout
+
+
+def _normalise_table(
+    data: Any, *, training: Training, objective: Objective | None, what: str
+) -> tuple[ArrowNormalised, Layout | None]:
+    """One source read into Arrow and normalised in the data workers (:func:`tunekit.data.arrow.normalise_table`),
+    with the warnings ``fit`` gives about it, from the per-row facts the map computed."""
+    norm = normalise_table(
+        data,
+        on_bad_rows=training.on_bad_rows,
+        workers=training.data_workers,
+        directory=training.cache_dir,
+        what=what,
+        images=ImageOptions.of(training, base_dir_of(data)),
+    )
+    first = norm.source_row(1)
+    layout = detect_layout([first])
+    _check_meaning(norm, first, norm.numeric_label_rows, norm.source_row, objective, what, _beside(layout))
+    _warn_columns(norm, norm.unused(), what)
+    return norm, layout
+
+
+def _beside(layout: Layout | None) -> str:
+    """The columns a 'label' stands beside, for messages."""
+    return " and ".join(repr(c) for c in layout.columns if c != "label") if layout else "'prompt' and 'completion'"
+
+
+def _warn_columns(norm: NormalisedData, unused: list[str], what: str) -> None:
+    """The warnings ``fit`` gives about the data's columns: ``unused`` ones, and raw text that holds a hand-rendered
+    instruction template."""
+    if unused:
+        logger.warning(
+            "the %s data has columns that are not used for training: %s (the %r format reads none of them); if one "
+            "was meant to be read, rename it, or map it with tk.Data(..., columns={...})",
+            what,
+            ", ".join(repr(c) for c in unused),
+            norm.format,
+        )
+    if norm.format == "text":  # the learner's trap: an instruction template rendered by hand into raw text
+        found = find_template_markers(_Texts(norm.examples), rows=_Rows(norm.examples))
+        if found is not None:
+            logger.warning("%s", template_warning(found, what))
+
+
+def _normalise_stream(data: Data, *, training: Training, objective: Objective | None, what: str) -> StreamedData:
+    """Streamed data with its first rows checked (format, layout, the warnings ``fit`` gives); the rest is read as
+    training consumes it (:mod:`tunekit.data.streaming`)."""
+    if what != "training":
+        raise ConfigError(
+            f"{what}_data: tk.Data(..., streaming=True) is for training data; eval data is evaluated whole, so it "
+            "must fit in memory: leave streaming out (or pass a slice of it, e.g. split='test[:1000]')"
+        )
+    if training.max_steps is None:
+        raise ConfigError(
+            "tk.Data(..., streaming=True): a stream has no length to count epochs by; set Training(max_steps=...) "
+            "(the stream starts again from the top if it ends first)"
+        )
+    sample, layout = _normalise_source(first_rows(data), data, training=training, objective=objective, what=what)
+    # The first rows' skipped rows are logged and counted as the stream reaches them.
+    images = ImageOptions.of(training, base_dir_of(data))
+    return StreamedData(
+        sample.format,
+        sample.examples,
+        source=data,
+        layout=layout,
+        on_bad_rows=training.on_bad_rows,
+        images=images,
+    )
+
+
+def _normalise_mix(mix: Mix, *, training: Training, objective: Objective | None, what: str) -> MixedData:
+    """Each source of ``mix`` loaded and normalised on its own (its errors and skipped rows named by the source),
+    then drawn and interleaved by ``training.seed``."""
+    parts = []
+    for name, source in zip(mix.names, mix.sources):
+        if isinstance(source, Data) and source.streaming:
+            raise ConfigError(
+                f"tk.Mix: {name} is streamed (streaming=True), which a mixture cannot draw from (it draws rows by "
+                "position); leave streaming out, or train the stream on its own"
+            )
+        try:
+            rows = load_rows(source, what=what)
+            norm, _ = _normalise_source(rows, source, training=training, objective=objective, what="training")
+        except (DatasetError, IncompatibleError) as e:
+            raise named_error(e, name, what) from None
+        norm.skipped = [(row, f"{name}: {reason}") for row, reason in norm.skipped]
+        parts.append(MixPart(name, norm, len(norm.examples)))
+    try:
+        return mix_parts(mix, parts, training.seed, what)
+    except DatasetError as e:
+        raise named_error(e, "", what) from None
+
+
+def named_error(e: DatasetError | IncompatibleError, name: str, what: str) -> DatasetError | IncompatibleError:
+    """``e`` about the mixture's source ``name`` (unless it names it already), for the ``what`` data."""
+    message = str(e) if not name or name in str(e) else f"{name}: {e}"
+    if what != "training":
+        message = f"{what}_data: {message}"
+    if isinstance(e, DatasetError):
+        return DatasetError(message, row=e.row, field=e.field)
+    return IncompatibleError(message)
 
 
 class _Texts(Sequence[str | None]):
@@ -146,16 +269,23 @@ class _Rows(Sequence[int]):
 
 
 def _check_meaning(
-    norm: ArrowNormalised, first: dict[str, Any], objective: Objective | None, what: str, beside: str
+    norm: NormalisedData,
+    first: dict[str, Any],
+    numeric_rows: Callable[[], list[int]],
+    source_row: Callable[[int], dict[str, Any]],
+    objective: Objective | None,
+    what: str,
+    beside: str,
 ) -> None:
     """Refuse data whose objective would be guessed from a column that may mean something else (``beside``: the
-    columns a 'label' stands beside)."""
+    columns a 'label' stands beside). ``first``: the first source row; ``numeric_rows``: the rows whose 'label' is a
+    number (computed only when needed); ``source_row``: a source row by its number."""
     if objective is None and norm.format == "unpaired_preference":
-        numeric = norm.numeric_label_rows()
+        numeric = numeric_rows()
         if numeric:
             raise DatasetError(
                 f"the {what} data has a 'label' column of numbers (row {numeric[0]}: "
-                f"{norm.source_row(numeric[0])['label']!r}) beside {beside}: that is KTO's layout (1 marks a "
+                f"{source_row(numeric[0])['label']!r}) beside {beside}: that is KTO's layout (1 marks a "
                 "desirable answer, 0 an undesirable one), but 0/1 may as well be class ids, and tunekit does not "
                 "switch objective on a guess: pass objective=tk.KTO() to train on the labels, or drop the 'label' "
                 "column to train SFT on the rest",
@@ -174,10 +304,120 @@ def _check_meaning(
             )
 
 
-def encode_for(spec: RunSpec, norm: NormalisedData, tokenizer: Any) -> Encoded | TrainerRows:
-    """``norm`` as ``spec.objective`` trains on it: token ids with masked labels (SFT, CausalLM; cached), or
-    the conversational rows trl renders with the same template (preference, reward and RL objectives)."""
+def has_images(norm: NormalisedData) -> bool:
+    """Whether any row of ``norm`` holds an image (a vision row)."""
+    return norm.has_images  # the Arrow driver's data answers from a per-row count its normalising map kept
+
+
+def check_image_template(tokenizer: Any, row: int) -> None:
+    """Rows with images for a trainer that renders them itself (trl's DPO): the model's chat template must place an
+    image (a text-only model's writes nothing for an image part, or fails on one): else an IncompatibleError naming
+    the row and the fix."""
+    mark = "\ue000"
+    try:
+        with_image = render(
+            tokenizer,
+            [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": mark}]}],
+            add_generation_prompt=False,
+        )
+        without = render(
+            tokenizer, [{"role": "user", "content": [{"type": "text", "text": mark}]}], add_generation_prompt=False
+        )
+    except Exception:  # a template that cannot render content parts is a text-only model's
+        with_image = without = ""
+    if with_image == without:
+        raise IncompatibleError(
+            f"the training data's row {row} holds an image, but this model is a text-only model: its chat template "
+            "has no place for an image, and it has no vision tower to read one; use a vision-language model (one "
+            "that transformers loads with AutoModelForImageTextToText, e.g. Qwen2.5-VL, Gemma 3, SmolVLM), or drop "
+            "the images"
+        )
+
+
+def trains_on_images(objective: Objective) -> bool:
+    """Whether ``objective`` trains on rows with images: SFT and CausalLM (tunekit encodes them with the model's
+    processor) and DPO (trl's DPO trainer hands the images to the processor; not its SimPO loss, which trl's CPO
+    trainer runs). KTO, ORPO, reward modelling, GRPO and RLOO read text only in trl."""
+    if objective.tokenised_by_tunekit:
+        return True
+    return isinstance(objective, DPO) and objective.loss != "simpo"
+
+
+def encode_for(spec: RunSpec, norm: NormalisedData, tokenizer: Any) -> Encoded | TrainerRows | VisionRows:
+    """``norm`` as ``spec.objective`` trains on it: token ids with masked labels (SFT, CausalLM; cached), the
+    conversational rows trl renders with the same template (preference, reward and RL objectives), or, for data with
+    images, :class:`~tunekit.backends.base.VisionRows` that the backend encodes with the model's processor. A mixture
+    (:class:`tunekit.data.mixture.MixedData`) is encoded source by source (errors name the source) and interleaved;
+    the result's ``sources`` gives each source's rows and tokens."""
+    if isinstance(norm, MixedData):
+        return _encode_mix(spec, norm, tokenizer)
+    if isinstance(norm, StreamedData):
+        return _encode_stream(spec, norm, tokenizer)
+    obj = spec.objective
+    if has_images(norm):
+        _check_images(obj, norm, tokenizer)
+        if obj.tokenised_by_tunekit:
+            return VisionRows(list(norm.examples), _settings(spec), list(norm.skipped))
+    enc, skipped = _encode(spec, norm, tokenizer, images=True)
+    enc.skipped = norm.skipped + skipped
+    _warn(enc, skipped, spec.training.max_length)
+    return enc
+
+
+def _first_image_row(norm: NormalisedData) -> int:
+    return next(ex.row for ex in norm.examples if getattr(ex, "images", ()))
+
+
+def _check_images(obj: Objective, norm: NormalisedData, tokenizer: Any) -> None:
+    """Refuse rows with images that ``obj`` cannot train on, or a chat template that cannot show them (trl's DPO)."""
+    row = _first_image_row(norm)
+    if not trains_on_images(obj):
+        why = (
+            "its SimPO loss runs in trl's CPO trainer, which reads text only; use another DPO loss (e.g. the default "
+            "'sigmoid')"
+            if isinstance(obj, DPO)
+            else f"trl's {obj.name} trainer reads text only"
+        )
+        raise IncompatibleError(
+            f"row {row} holds an image, and {obj.name} cannot train on images: {why}. Vision-language models train "
+            "with tk.SFT() (or tk.CausalLM()) and tk.DPO() (preference pairs with the images in the prompt)"
+        )
+    if not obj.tokenised_by_tunekit:
+        check_image_template(tokenizer, row)
+
+
+def _warn(enc: Encoded | TrainerRows, skipped: list[tuple[int, str]], max_length: int) -> None:
+    for _row, reason in skipped:  # rows that tokenised to nothing to learn, or did not fit (normalise logged its own)
+        logger.warning("skipped %s", reason)
+    if not enc.truncated:
+        return
+    if isinstance(enc, TrainerRows):
+        logger.warning(
+            "%d of %d rows are longer than max_length=%d; their answers will be truncated",
+            enc.truncated,
+            len(enc.records),
+            max_length,
+        )
+    else:
+        logger.warning(
+            "%d of %d examples were longer than max_length=%d and were truncated",
+            enc.truncated,
+            len(enc.input_ids),
+            max_length,
+        )
+
+
+def _encode(
+    spec: RunSpec, norm: NormalisedData, tokenizer: Any, *, images: bool = False
+) -> tuple[Encoded | TrainerRows, list[tuple[int, str]]]:
+    """``norm`` encoded, and the rows encoding skipped (without ``norm``'s own skipped rows); logs nothing.
+    ``images``: rows with images may be among them (data held in memory, checked by :func:`_check_images`)."""
     obj, training = spec.objective, spec.training
+    if has_images(norm) and not images:  # a source of a tk.Mix or a stream: encoded with the tokenizer, no images
+        raise IncompatibleError(
+            f"row {_first_image_row(norm)} holds an image: rows with images train from one source held in memory, "
+            "not yet from a tk.Mix or a stream; pass the rows with images as the data itself"
+        )
     if not obj.reads_tools and _has_tools(norm):
         row = next(ex.row for ex in norm.examples if ex.tools)
         raise IncompatibleError(
@@ -189,7 +429,8 @@ def encode_for(spec: RunSpec, norm: NormalisedData, tokenizer: Any) -> Encoded |
         if not training.allow_control_tokens:  # and would read a control token typed in them as a real one
             check_no_control_tokens(norm.examples, tokenizer, objective=obj.name)
         whole_pairs = obj.model_head == "sequence_classification"
-        if isinstance(norm, ArrowNormalised):  # in the data workers, the records kept in an Arrow file
+        rows: TrainerRows
+        if isinstance(norm, ArrowNormalised) and not has_images(norm):  # in the data workers, kept in an Arrow file
             rows = rows_table(
                 tokenizer,
                 norm,
@@ -198,7 +439,7 @@ def encode_for(spec: RunSpec, norm: NormalisedData, tokenizer: Any) -> Encoded |
                 on_bad_rows=training.on_bad_rows,
                 workers=training.data_workers,
             )
-        else:
+        else:  # examples in memory (a source of a tk.Mix; rows with images, which trl's DPO reads with their images)
             rows = prepare_rows(
                 tokenizer,
                 norm,
@@ -206,34 +447,17 @@ def encode_for(spec: RunSpec, norm: NormalisedData, tokenizer: Any) -> Encoded |
                 whole_pairs=whole_pairs,
                 on_bad_rows=training.on_bad_rows,
             )
-        rows.skipped = norm.skipped + rows.skipped
-        for _row, reason in rows.skipped[len(norm.skipped) :]:
-            logger.warning("skipped %s", reason)
-        if rows.truncated:
-            logger.warning(
-                "%d of %d rows are longer than max_length=%d; their answers will be truncated",
-                rows.truncated,
-                len(rows.records),
-                training.max_length,
-            )
-        return rows
-    settings: dict[str, Any] = {
-        "max_length": training.max_length,
-        "train_on_prompt": getattr(obj, "train_on_prompt", False),
-        "train_on": getattr(obj, "train_on", "all_assistant"),
-        "reasoning": getattr(obj, "reasoning", "inference"),
-        "add_eos": getattr(obj, "add_eos", True),
-        "on_bad_rows": training.on_bad_rows,
-        "allow_control_tokens": training.allow_control_tokens,
-    }
+        return rows, list(rows.skipped)
+    settings = _settings(spec)
     keyed = {"objective": obj.name, **settings}
+    enc: Encoded
     if isinstance(norm, ArrowNormalised):
         # A second run on the same data, tokenizer and settings skips tokenising (the key: data.cache).
         path = (
             entry_path(cache_key(tokenizer, table_digest(norm), keyed), training.cache_dir) if training.cache else None
         )
         enc = encode_table(tokenizer, norm, settings, path=path, workers=training.data_workers)
-    else:  # examples given as a list (tests, callers of data.normalise)
+    else:  # examples held in memory (a source of a tk.Mix, a stream's first rows, callers of data.normalise)
         enc = cached_encode(
             lambda: encode_examples(tokenizer, list(norm.examples), **settings),
             tokenizer,
@@ -242,14 +466,81 @@ def encode_for(spec: RunSpec, norm: NormalisedData, tokenizer: Any) -> Encoded |
             enabled=training.cache,
             directory=training.cache_dir,
         )
-    for _row, reason in enc.skipped:  # rows that tokenised to nothing to learn (normalise logged its own)
-        logger.warning("skipped %s", reason)
-    enc.skipped = norm.skipped + enc.skipped
-    if enc.truncated:
-        logger.warning(
-            "%d of %d examples were longer than max_length=%d and were truncated",
-            enc.truncated,
-            len(enc.input_ids),
-            training.max_length,
+    return enc, list(enc.skipped)
+
+
+def _settings(spec: RunSpec) -> dict[str, Any]:
+    """The options :func:`tunekit.data.encode_examples` encodes ``spec``'s objective with."""
+    obj, training = spec.objective, spec.training
+    return {
+        "max_length": training.max_length,
+        "train_on_prompt": getattr(obj, "train_on_prompt", False),
+        "train_on": getattr(obj, "train_on", "all_assistant"),
+        "reasoning": getattr(obj, "reasoning", "inference"),
+        "add_eos": getattr(obj, "add_eos", True),
+        "on_bad_rows": training.on_bad_rows,
+        "allow_control_tokens": training.allow_control_tokens,
+    }
+
+
+def _encode_stream(spec: RunSpec, norm: StreamedData, tokenizer: Any) -> StreamedEncoded:
+    """Streamed data: its first rows encoded now (the estimates; their errors raise before training), the rest
+    chunk by chunk as the trainer reads it (:class:`tunekit.data.streaming.StreamedEncoded`)."""
+    sample, _ = _encode(spec, norm, tokenizer)  # its skipped rows are logged as the stream reaches them
+    assert isinstance(sample, Encoded)  # streaming trains the objectives tunekit tokenises (normalise_for)
+    settings = _settings(spec)
+
+    def encode(examples: list[Example]) -> Encoded:
+        pictured = next((ex for ex in examples if getattr(ex, "images", ())), None)
+        if pictured is not None:  # past the rows checked before the run
+            raise IncompatibleError(
+                f"row {pictured.row} holds an image: rows with images train from data held in memory, not yet from a "
+                "stream; drop streaming=True for them"
+            )
+        return encode_examples(tokenizer, examples, **settings)
+
+    return StreamedEncoded(
+        sample.input_ids, sample.labels, sample.rows, truncated=sample.truncated, data=norm, encode=encode
+    )
+
+
+def _encode_mix(spec: RunSpec, norm: MixedData, tokenizer: Any) -> Encoded | TrainerRows:
+    """Each source of the mixture encoded on its own (errors and skipped rows named by it; its own cache entry),
+    then interleaved as the mixture's examples are; ``sources`` lists each one's figures."""
+    parts, skipped = [], []
+    for part in norm.parts:
+        data = part.data
+        if norm.format == "unpaired_preference" and data.format == "preference":  # pairs beside labelled answers
+            data = unpair(data)
+        try:
+            enc, new = _encode(spec, data, tokenizer)
+        except (DatasetError, IncompatibleError) as e:
+            raise named_error(e, part.name, "training") from None
+        parts.append(enc)
+        skipped += [(row, f"{part.name}: {reason}") for row, reason in new]
+    seed = norm.seed if norm.interleaved else None
+    sources = [
+        SourceFigures(p.name, p.available, len(p.data.examples), e.num_tokens) for p, e in zip(norm.parts, parts)
+    ]
+    out: Encoded | TrainerRows
+    if all(isinstance(e, TrainerRows) for e in parts):
+        records = interleave([list(zip(e.records, e.rows)) for e in parts if isinstance(e, TrainerRows)], seed)
+        out = TrainerRows(
+            norm.format,
+            [r for r, _ in records],
+            [i for _, i in records],
+            truncated=sum(e.truncated for e in parts),
+            num_tokens=sum(e.num_tokens for e in parts),
         )
-    return enc
+    else:
+        triples = interleave([list(zip(e.input_ids, e.labels, e.rows)) for e in parts if isinstance(e, Encoded)], seed)
+        out = Encoded(
+            [ids for ids, _, _ in triples],
+            [labels for _, labels, _ in triples],
+            [row for _, _, row in triples],
+            truncated=sum(e.truncated for e in parts),
+        )
+    out.skipped = norm.skipped + skipped
+    out.sources = sources
+    _warn(out, skipped, spec.training.max_length)
+    return out

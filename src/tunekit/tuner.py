@@ -11,9 +11,10 @@ from typing import Any
 
 from tunekit._config import suggest
 from tunekit.backends import get_backend
-from tunekit.backends.base import Backend, LoadedModel, RunSpec, Trained
+from tunekit.backends.base import Backend, LoadedModel, RunSpec, Trained, VisionRows
 from tunekit.data.encoding import Encoded
 from tunekit.data.formats import NormalisedData
+from tunekit.data.images import ImageOptions
 from tunekit.data.rows import TrainerRows
 from tunekit.data.summary import summarise_data
 from tunekit.data.templates import check_template_options
@@ -218,8 +219,9 @@ class Tuner:
         self._objective_used = objective
         return norm
 
-    def prepare(self, data: Any) -> Encoded | TrainerRows:
-        """Validate, template and tokenise ``data`` as ``fit`` would, without training."""
+    def prepare(self, data: Any) -> Encoded | TrainerRows | VisionRows:
+        """Validate, template and tokenise ``data`` as ``fit`` would, without training (rows with images come back
+        as ``VisionRows``, which the backend encodes with the model's processor when it trains)."""
         norm = self._normalise(data, "training")
         return encode_for(self._spec(), norm, self.tokenizer)
 
@@ -258,7 +260,8 @@ class Tuner:
 
     # --- the verbs ----------------------------------------------------------------------------------
     def fit(self, data: Any, *, eval_data: Any = None, resume: bool | str | Path | None = None) -> FitResult:
-        """Train on ``data`` (a path, list of dicts, datasets.Dataset or DataFrame).
+        """Train on ``data`` (a path, a dataset name or directory, list of dicts, datasets.Dataset, DataFrame,
+        ``tk.Data`` or ``tk.Mix`` of several sources).
 
         Returns a :class:`FitResult`; the trained weights stay in ``tuner.model``, ready for
         :meth:`generate` and :meth:`save`. ``resume`` (default: ``Training.resume``, ``"auto"``)
@@ -375,7 +378,7 @@ class Tuner:
         this tuner holds (:meth:`add_adapter`): ``"default"`` (its own), an added name, or ``"base"`` (none: the
         bare base model).
         """
-        prompts, single = check_prompts(prompt, self.objective_used)  # before anything loads
+        prompts, single = check_prompts(prompt, self.objective_used, ImageOptions.of(self.training))  # before loading
         options = check_options(options)
         self._check_adapter(adapter)
         if not prompts:
@@ -403,7 +406,7 @@ class Tuner:
             >>> for piece in tuner.stream("first: 7 3 1", max_new_tokens=64):  # doctest: +SKIP
             ...     print(piece, end="", flush=True)
         """
-        prompts, single = check_prompts(prompt, self.objective_used)  # before anything loads
+        prompts, single = check_prompts(prompt, self.objective_used, ImageOptions.of(self.training))  # before loading
         if not single:
             raise ConfigError("stream(): pass one prompt (a string or a list of chat messages), not a list of prompts")
         if parts not in (True, False):

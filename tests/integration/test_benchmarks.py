@@ -29,6 +29,10 @@ CASES = {
         ["--clients", "4", "--requests", "1", "--max-tokens", "4"],
         {"served_rps", "p95_ms", "wrong_or_lost"},
     ),
+    "streaming_memory.py": (
+        ["--rows", "3000", "--steps", "3"],
+        {"baseline_peak_rss_mib", "stream_peak_rss_mib", "streaming_adds_mib"},
+    ),
     "plan_accuracy.py": (
         ["--quick", "--hidden", "64", "--layers", "2", "--rows", "6"],
         {"configs", "worst", "all_exact_terms_equal"},

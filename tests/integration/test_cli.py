@@ -192,6 +192,11 @@ def test_plan_prints_the_plan_without_training(tmp_path: Path, capsys) -> None:
         "fits": bool,
         "optimizer": str,  # Training(optimizer=...); memory["optimizer"] is its state's bytes
         "activation_offload": bool,
+        "sources": list,  # a tk.Mix's sources (rows, drawn rows, tokens); empty for one source
+        "images": int,  # a vision-language model's images, their tokens, its tower's and projector's parameters
+        "image_tokens": int,
+        "vision_params": int,
+        "vision_trainable_params": int,
         "trainable_fraction": float,
         "memory": dict,
     }

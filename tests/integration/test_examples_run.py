@@ -19,6 +19,7 @@ EXPECTED = {
     "prompt_tuning.py": r"held-out loss per answer token: [\d.]+ before, [\d.]+ after \((-\d+)%\)",
     "dpo.py": r"chosen answer is more likely: (\d+)% before, (\d+)% after DPO",
     "tool_calling.py": r"held-out calls exactly right: (\d+)% before, (\d+)% after fine-tuning",
+    "vision_colours.py": r"held-out colour named: (\d+)% before, (\d+)% after fine-tuning",
 }
 # script -> what its figures must show, beyond the script's own exit code.
 LEARNED = {
@@ -31,6 +32,10 @@ LEARNED = {
     # Issue #16: at most 10% before, at least 90% after. The default run (seed 0) gets 100%; seeds 1 and 2 of the
     # held-out split gave 100% and 77% (85% at a learning rate of 2e-3): copying the room is the tiny model's weak spot.
     "tool_calling.py": lambda before, after: before <= 10 and after >= 90,
+    # Issue #18: at most 30% before, at least 90% after, on 32 held-out images (other shades, sizes and aspect ratios
+    # than the training ones). Measured with --seed 0, 1 and 2: 0% before and 100% after each, in 14-22 s of wall time
+    # on 2 CPU cores (120 LoRA steps on the tiny Qwen2-VL: 5-11 s), 35-42 s beside a running test suite.
+    "vision_colours.py": lambda before, after: before <= 30 and after >= 90,
 }
 # Run by their own tests: test_examples_embed.py, test_rlhf_pipeline.py.
 ELSEWHERE = {"embed_in_app.py", "rlhf_pipeline.py"}

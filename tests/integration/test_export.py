@@ -211,7 +211,7 @@ def test_large_models_are_written_in_shards(lora_tuner, tmp_path):
         model, lora_tuner.tokenizer, lora_tuner.loaded.template.end_of_turn_id, tmp_path, max_shard_size="100KB"
     )
     assert len(list(tmp_path.glob("model-*.safetensors"))) > 1 and (tmp_path / "model.safetensors.index.json").exists()
-    again, _ = hfx.reload_hf(tmp_path, device="cpu")
+    again, _, _ = hfx.reload_hf(tmp_path, device="cpu")
     torch.testing.assert_close(again.state_dict(), model.state_dict(), rtol=0, atol=0)
 
 

@@ -40,7 +40,7 @@ def _quantized(path: Path, method: tk.Method, training: tk.Training, objective: 
     cpu = training.model_copy(update={"device": "cpu"})
     tuner = tk.Tuner(str(path), method=method, objective=objective or tk.SFT(), training=cpu)
     with quiet():
-        model, _, _ = build_model(tuner._spec(), precision="bf16")
+        model, *_ = build_model(tuner._spec(), precision="bf16")
     return model
 
 
@@ -151,7 +151,7 @@ def test_qlora_plan_is_within_2_percent_of_a_measured_step(
     spec = tk.Tuner(str(small_qwen), method=method, training=training)._spec()
     with quiet():
         measured = measure_step(model, tuner.tokenizer, tuner.prepare(rows), training, checkpointing=checkpointing)
-        skeleton, _, _ = build_model(spec, precision="bf16", meta=True)
+        skeleton, *_ = build_model(spec, precision="bf16", meta=True)
 
     def parts(m: Any) -> dict[str, int]:
         return activation_parts(
@@ -223,5 +223,5 @@ def test_a_plans_model_holds_no_values(tiny_qwen: Path, no_cuda: None, method: t
 
     spec = tk.Tuner(str(tiny_qwen), method=method, training=tk.Training(device="cuda"))._spec()
     with quiet():
-        model, _, _ = build_model(spec, precision="bf16", meta=True)
+        model, *_ = build_model(spec, precision="bf16", meta=True)
     assert all(p.is_meta for p in model.parameters())

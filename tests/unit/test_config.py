@@ -35,6 +35,8 @@ NON_DEFAULTS: dict[type[Config], dict[str, Any]] = {
         "rslora": True,
         "init": "gaussian",
         "quantize": "nf4",
+        "vision_tower": "lora",
+        "projector": "full",
     },
     tk.Full: {},
     tk.Freeze: {"last_layers": 3, "modules": ["lm_head"]},

@@ -71,6 +71,8 @@ def _same(given: Any, kept: Any) -> bool:
         return kept in (str(given), [str(given)])
     if isinstance(kept, tuple) and isinstance(given, (list, tuple, str)):
         return list(kept) == ([given] if isinstance(given, str) else list(given))
+    if isinstance(kept, list) and isinstance(given, dict):
+        return kept == list(given)  # tk.Mix({source: weight}): the sources (the weights go to weights=)
     if isinstance(kept, list) and isinstance(given, (list, tuple, str)):
         return kept == ([given] if isinstance(given, str) else list(given))  # one reward or several
     if isinstance(kept, Config):  # an engine given by name or as a mapping

@@ -229,7 +229,12 @@ def test_missing_file(tmp_path: Path) -> None:
 
 
 def test_directory(tmp_path: Path) -> None:
-    assert str(error(tmp_path)) == f"{tmp_path} is a directory; pass a file (.jsonl, .json, .csv, .parquet)"
+    """A directory is read as a dataset directory (tests/unit/test_data_sources.py); one with no data says so."""
+    (tmp_path / "notes.md").write_text("not data", encoding="utf-8")
+    assert str(error(tmp_path)) == (
+        f"{tmp_path} is a directory with no data files in it; pass a data file (.jsonl, .json, .csv, .parquet), a "
+        "folder of such files, or a directory written by Dataset.save_to_disk"
+    )
 
 
 def test_unsupported_suffix(tmp_path: Path) -> None:
@@ -247,4 +252,6 @@ def test_dataset_dict_asks_for_one_split() -> None:
     import datasets
 
     dd = datasets.DatasetDict({"train": datasets.Dataset.from_list([{"text": "a"}])})
-    assert str(error(dd)) == "got a DatasetDict with splits ['train']; pass one split, e.g. data['train']"
+    assert str(error(dd)) == (
+        "got a DatasetDict with splits ['train']; pass one split, e.g. data['train'], or tk.Data(data, split='train')"
+    )

@@ -66,6 +66,8 @@ class TestLoRA:
             "rslora": False,
             "init": "default",
             "quantize": None,
+            "vision_tower": "frozen",
+            "projector": "frozen",
         }
 
     @pytest.mark.parametrize(("r", "alpha"), [(1, 2), (8, 16), (16, 32), (64, 128)])

@@ -204,6 +204,38 @@ def _check_quantize(env: Any) -> None:
     assert bnb_config(tk.LoRA(quantize="int8").quantization or "", torch.float32).load_in_8bit
 
 
+def _check_vision_part(part: str) -> Callable[[Any], None]:
+    """LoRA(vision_tower=..., projector=...) choose the peft targets of a vision-language model (tunekit builds the
+    list of modules: peft's 'all-linear' would adapt the image encoder too): on a tiny Qwen2-VL, 'lora' adapts the
+    part's linear modules, 'full' trains it whole (peft's modules_to_save); a text-only model refuses them."""
+
+    def check(env: Any) -> None:
+        import tempfile
+
+        from transformers import AutoModelForImageTextToText
+
+        from tunekit.backends.hf.peft_map import apply_method
+        from tunekit.backends.hf.vision import part_of
+        from tunekit.testing import tiny_model
+
+        path = tiny_model(tempfile.mkdtemp(), arch="qwen2_vl")
+
+        def trained(**options: str) -> set[str]:
+            model = apply_method(AutoModelForImageTextToText.from_pretrained(path), tk.LoRA(**options), [])
+            return {
+                ("lora" if "lora_" in n else "whole") for n, p in model.named_parameters() if p.requires_grad and
+                part_of(n) == part
+            }  # fmt: skip
+
+        assert trained() == set()
+        assert trained(**{part: "lora"}) == {"lora"}
+        assert trained(**{part: "full"}) == {"whole"}
+        with pytest.raises(tk.IncompatibleError, match=rf"{part}='lora'.*text-only model"):
+            _ = tk.Tuner(env.tiny_llama, method=tk.LoRA(**{part: "lora"}), progress=False).model
+
+    return check
+
+
 def _prepared(env: Any, objective: tk.Objective, rows: list[dict[str, Any]]) -> Any:
     tuner = tk.Tuner(env.tiny_llama, objective=objective, training=tk.Training(device="cpu", cache=False))
     return tuner.prepare(rows)
@@ -314,6 +346,14 @@ ROWS: dict[tuple[str, str], Row] = {
         "applied when the base model loads (quantization.load_quantized, bitsandbytes on CUDA), not by the peft "
         "config; tests/gpu/test_qlora.py trains it",
         _check_quantize,
+    ),
+    ("LoRA", "vision_tower"): Exempt(
+        "tunekit lists a vision-language model's modules to adapt (peft_map._vision_targets) and to train whole "
+        "(modules_to_save); tests/unit/test_vision_engine.py checks every combination",
+        _check_vision_part("vision_tower"),
+    ),
+    ("LoRA", "projector"): Exempt(
+        "as vision_tower: tunekit lists the projector's modules for peft", _check_vision_part("projector")
     ),
     ("Freeze", "last_layers"): Reaches(1, _trainable_blocks, ["model.layers.1"], "trainable parameters"),
     ("Freeze", "modules"): Reaches(["lm_head"], _trainable_blocks, ["lm_head.weight"], "trainable parameters"),

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from tests.support_matrix import ROOT, unresolved
-from tests.supported_models import FAMILY_TEST, LLAMA_CPP_TESTS, PAGES, family_test, render
+from tests.supported_models import FAMILY_TEST, LLAMA_CPP_TESTS, PAGES, family_test, render, vision_tests
 from tunekit.export.gguf_families import FAMILIES as GGUF_FAMILIES
-from tunekit.testing.families import FAMILIES
+from tunekit.testing.families import FAMILIES, VISION_FAMILIES
 from tunekit.testing.models import ARCHS
 
 REGENERATE = "run python scripts/supported_models.py"
@@ -60,6 +60,7 @@ def test_every_gguf_family_is_on_the_page_with_its_llama_cpp_tests() -> None:
 
 def test_every_cited_test_exists() -> None:
     cited = [family_test(f) for f in FAMILIES] + [t for tests in LLAMA_CPP_TESTS.values() for t in tests]
+    cited += [nodeid for f in VISION_FAMILIES for nodeid in vision_tests(f)]
     for lang in PAGES:
         text = render(lang)
         assert all(f"`{nodeid}`" in text for nodeid in cited)
@@ -73,3 +74,9 @@ def test_registry_entries_are_complete() -> None:
         assert all(re.fullmatch(r"[\w.-]+/[\w.-]+", c) for c in f.checkpoints), f.checkpoints
         assert "|" not in f.notes + f.notes_zh + f.name, f"{f.name}: a '|' would break the table"
         assert tuple(sorted(f.lora_frozen)) == f.lora_frozen, f"{f.name}: keep lora_frozen sorted"
+    for v in VISION_FAMILIES:
+        assert v.name and v.tested and v.tested_zh and v.checkpoints and v.template_source, v
+        assert all(re.fullmatch(r"[\w.-]+/[\w.-]+", c) for c in v.checkpoints), v.checkpoints
+        assert "|" not in v.tested + v.tested_zh + v.name + v.refused, f"{v.name}: a '|' would break the table"
+        refusal = (v.refused, v.refused_zh, v.refused_match)
+        assert all(refusal) or not any(refusal), f"{v.name}: a refusal needs its reason (en, zh) and its pattern"

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Generator, Mapping
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
@@ -27,6 +27,7 @@ from tunekit.errors import IncompatibleError
 from tunekit.hooks import Hook, HookDispatcher, HookErrors
 from tunekit.methods import Method
 from tunekit.objectives import Objective
+from tunekit.plan import SourceFigures
 from tunekit.training import Training
 
 if TYPE_CHECKING:
@@ -38,9 +39,34 @@ if TYPE_CHECKING:
     from tunekit.plan import Plan
     from tunekit.results import FitResult
 
-__all__ = ["Backend", "LoadedModel", "RunSpec", "Trained", "builder_for"]
+__all__ = ["Backend", "LoadedModel", "RunSpec", "Trained", "VisionRows", "builder_for"]
 
 _Builder = TypeVar("_Builder", bound=Callable[..., Any])
+
+
+@dataclass
+class VisionRows:
+    """Rows with images for an objective tunekit tokenises (SFT, CausalLM): the backend encodes them with the model's
+    processor (only it knows how many tokens an image becomes), with ``settings`` as for text rows (``max_length``,
+    ``train_on``, ``add_eos``, ...). ``skipped``: the rows normalising dropped, with why."""
+
+    examples: list[Any]
+    settings: dict[str, Any]
+    skipped: list[tuple[int, str]]
+    sources: list[SourceFigures] = field(default_factory=list)  # none: rows with images come from one source
+
+    @property
+    def rows(self) -> list[int]:
+        return [ex.row for ex in self.examples]
+
+    @property
+    def num_tokens(self) -> int:
+        """0: how many tokens an image becomes is known once the backend's processor encodes the rows."""
+        return 0
+
+    def first_image_row(self) -> int:
+        """The first row that holds an image."""
+        return next(ex.row for ex in self.examples if getattr(ex, "images", ()))
 
 
 @dataclass(frozen=True, eq=False)
@@ -100,8 +126,8 @@ class Backend(Protocol):
         self,
         spec: RunSpec,
         loaded: LoadedModel,
-        train: Encoded | TrainerRows,
-        evaluation: Encoded | TrainerRows | None,
+        train: Encoded | TrainerRows | VisionRows,
+        evaluation: Encoded | TrainerRows | VisionRows | None,
         *,
         dispatcher: HookDispatcher,
         resume_from: Path | None,

@@ -14,6 +14,13 @@ A file whose columns, message keys or roles have other names is read with ``--co
 name = the file's, comma-separated), as ``tk.Data(path, columns=..., roles=...)`` does:
 
     tunekit validate-data chats.jsonl --columns messages=dialog,system=sys_prompt --roles user=customer,assistant=agent
+
+The data may be a dataset directory or a dataset name (``org/name``, with ``--split``, ``--subset``, ``--revision``),
+read as ``tk.Data`` reads it. Several sources are checked as the ``tk.Mix`` of them (``--weights``, ``--counts``,
+``--size`` as its options): each on its own, in its own layout, then the rows drawn from each (and, with
+``--model``, its tokens):
+
+    tunekit validate-data alpaca.json chats.jsonl --weights 0.7,0.3 --size 1000 --model Qwen/Qwen2-0.5B
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from tunekit.data.images import ImageOptions, image_stats
 from tunekit.data.layouts import detect_layout
 from tunekit.data.loading import base_dir_of, load_rows
 from tunekit.data.mapping import Data
+from tunekit.data.mixture import Mix, draw_counts, mixed_format
 from tunekit.data.templated import find_template_markers, template_warning
 from tunekit.data.templates import ensure_template, render
 from tunekit.data.turns import render_turns, supervised_turns
@@ -189,7 +197,7 @@ def _token_counter(tokenizer: Any) -> Any:
 
 
 def validate_data(
-    path: str | Path | Data,
+    path: str | Path | Data | Mix,
     *,
     model: str | None = None,
     max_length: int | None = None,
@@ -197,9 +205,41 @@ def validate_data(
     min_pixels: int | None = None,
     resize_images: bool = True,
 ) -> dict[str, Any]:
-    """Check every row of a data file (a :class:`tunekit.Data` for one with its own names); returns the report as a
-    dict (what the command prints). ``max_pixels`` / ``min_pixels`` / ``resize_images``: the pixel budget images
-    are read with, as ``tk.Training``'s options of those names."""
+    """Check every row of a data file (a :class:`tunekit.Data` for one with its own names, a dataset name or
+    directory); returns the report as a dict (what the command prints). ``max_pixels`` / ``min_pixels`` /
+    ``resize_images``: the pixel budget images are read with, as ``tk.Training``'s options of those names. A
+    :class:`tunekit.Mix` is checked source by source: the report's ``sources`` holds each one's report with the rows
+    ``drawn`` from it."""
+    tokenizer = _load_tokenizer(model) if model is not None else None
+    pixels = (max_pixels, min_pixels, resize_images)
+    if not isinstance(path, Mix):
+        return _validate_one(path, tokenizer, model, max_length, pixels)
+    reports = [_validate_one(source, tokenizer, model, max_length, pixels) for source in path.sources]
+    drawn = draw_counts(path, [r["valid_rows"] for r in reports])
+    for name, report, n in zip(path.names, reports, drawn):
+        report["name"], report["drawn"] = name, n if report["valid_rows"] else 0
+        if "tokens" in report:  # the tokens of the drawn rows, at the source's mean
+            report["drawn_tokens"] = round(report["tokens"]["mean"] * report["drawn"])
+    return {
+        "file": ", ".join(path.names),
+        "format": mixed_format(path.names, [r["format"] for r in reports]),
+        "rows": sum(r["rows"] for r in reports),
+        "valid_rows": sum(r["valid_rows"] for r in reports),
+        "drawn_rows": sum(r["drawn"] for r in reports),
+        "unused_columns": [],
+        "bad_rows": [{**b, "source": r["name"]} for r in reports for b in r["bad_rows"]],
+        "sources": reports,
+    }
+
+
+def _validate_one(
+    path: str | Path | Data,
+    tokenizer: Any,
+    model: str | None,
+    max_length: int | None,
+    pixels: tuple[int | None, int | None, bool],
+) -> dict[str, Any]:
+    max_pixels, min_pixels, resize_images = pixels
     rows = load_rows(path)
     fmt = detect_format(rows)
     layout = detect_layout(rows)
@@ -239,9 +279,8 @@ def validate_data(
     images = image_stats([ex.images for ex in examples])
     if images is not None:
         report["images"] = images
-    if model is not None:
+    if tokenizer is not None:
         examples = [_text_only(ex) for ex in examples]
-        tokenizer = _load_tokenizer(model)
         count = _token_counter(tokenizer)
         lengths = [max(count(p, ex.tools) for p in _pieces(ex)) for ex in examples]
         report["tokens"] = _stats(lengths)
@@ -260,6 +299,23 @@ def validate_data(
         report["characters"] = _stats([len(t) for t in texts])
         report["words"] = _stats([len(t.split()) for t in texts])
     return report
+
+
+def _print_mix(report: dict[str, Any]) -> None:
+    for source in report["sources"]:
+        print(f"--- source {source['name']}")
+        _print(source)
+    print("--- the mixture")
+    print(f"format     {report['format']}")
+    print(
+        f"rows       {report['drawn_rows']:,} drawn of {report['valid_rows']:,} valid "
+        f"({len(report['bad_rows']):,} bad) in {len(report['sources'])} sources"
+    )
+    for source in report["sources"]:
+        over = source["drawn"] > source["valid_rows"]
+        repeated = f" (repeated {source['drawn'] / source['valid_rows']:.1f}x)" if over else ""
+        tokens = f", about {source['drawn_tokens']:,} tokens" if "drawn_tokens" in source else ""
+        print(f"  {source['name']}: {source['drawn']:,} rows drawn of {source['valid_rows']:,}{repeated}{tokens}")
 
 
 def _print(report: dict[str, Any]) -> None:
@@ -327,7 +383,27 @@ def _cmd_validate_data(args: argparse.Namespace) -> int:
     if args.max_length is not None and args.model is None:
         raise DatasetError("--max-length counts tokens: pass --model PATH (a model or tokenizer) too")
     columns, roles = _pairs("--columns", args.columns), _pairs("--roles", args.roles)
-    data = Data(args.file, columns=columns, roles=roles) if columns or roles else args.file
+    named = {"split": args.split, "subset": args.subset, "revision": args.revision}
+    named = {k: v for k, v in named.items() if v is not None}
+    mixing = {k: v for k, v in (("weights", args.weights), ("counts", args.counts), ("size", args.size)) if v}
+    if len(args.file) > 1 and (columns or roles or named):
+        raise ConfigError(
+            "--columns, --roles, --split, --subset and --revision apply to one source; to check several sources with "
+            "their own, write them in a run config's data: {sources: [...]} and check them one by one"
+        )
+    if len(args.file) == 1 and mixing:
+        raise ConfigError(f"--{next(iter(mixing))} mixes several sources: give two files (or names) or more")
+    sources: list[Any] = [
+        Data(f, columns=columns, roles=roles, **named) if columns or roles or named else f for f in args.file
+    ]
+    data: str | Data | Mix = sources[0]
+    if len(sources) > 1:
+        data = Mix(
+            sources,
+            weights=_numbers("--weights", args.weights, float),
+            counts=_numbers("--counts", args.counts, int),
+            size=args.size,
+        )
     for option, value in (("--max-pixels", args.max_pixels), ("--min-pixels", args.min_pixels)):
         if value is not None and value < 1:
             raise ConfigError(f"{option} {value}: must be at least 1 (a number of pixels, width x height)")
@@ -343,9 +419,24 @@ def _cmd_validate_data(args: argparse.Namespace) -> int:
     )
     if args.json:
         print(json.dumps(report, indent=2, ensure_ascii=False))
+    elif isinstance(data, Mix):
+        _print_mix(report)
     else:
         _print(report)
     return 1 if report["bad_rows"] else 0
+
+
+def _numbers(option: str, text: str | None, kind: type) -> list[Any] | None:
+    """``0.7,0.3`` as a list of numbers (``kind``), or None when the option is not given."""
+    if text is None:
+        return None
+    try:
+        return [kind(item) for item in text.split(",")]
+    except ValueError:
+        example = "0.7,0.3" if kind is float else "500,100"
+        raise ConfigError(
+            f"{option} {text}: expected comma-separated numbers, one per source, e.g. {example}"
+        ) from None
 
 
 def _pairs(option: str, text: str | None) -> dict[str, str]:
@@ -372,7 +463,12 @@ def add_validate_data_parser(sub: Any) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("file", help="A .jsonl, .json, .csv or .parquet file.")
+    p.add_argument(
+        "file",
+        nargs="+",
+        help="A .jsonl, .json, .csv or .parquet file, a dataset directory or a dataset name (org/name); several are "
+        "checked as a tk.Mix of them.",
+    )
     p.add_argument("--model", help="A model or tokenizer (hub id or directory) to count tokens with.")
     p.add_argument("--max-length", type=int, help="Count the rows longer than this many tokens (needs --model).")
     p.add_argument("--max-pixels", type=int, help="Downscale larger images to this many pixels (Training(max_pixels)).")
@@ -392,5 +488,11 @@ def add_validate_data_parser(sub: Any) -> None:
         metavar="NAME=VALUE,...",
         help="The file's message keys and roles, e.g. role=speaker,content=text,user=customer,assistant=agent.",
     )
+    p.add_argument("--split", help="A dataset name's or directory's split (default: train).")
+    p.add_argument("--subset", help="A dataset name's subset (its configuration).")
+    p.add_argument("--revision", help="A hub dataset's branch, tag or commit.")
+    p.add_argument("--weights", metavar="W,...", help="Several sources: their relative weights, e.g. 0.7,0.3.")
+    p.add_argument("--counts", metavar="N,...", help="Several sources: the rows drawn from each, e.g. 500,100.")
+    p.add_argument("--size", type=int, help="Several sources with --weights: the rows of the mixture.")
     p.add_argument("--json", action="store_true", help="Print the report as JSON.")
     p.set_defaults(func=_cmd_validate_data)

@@ -12,6 +12,7 @@ from tunekit.data.formats import Example
 from tunekit.data.templates import render, render_many
 from tunekit.data.turns import Reasoning, TrainOn, render_turns, supervised_turns
 from tunekit.errors import DatasetError, IncompatibleError
+from tunekit.plan import SourceFigures
 
 __all__ = ["Encoded", "TableColumn", "encode_batch", "encode_example", "encode_examples", "token_ids"]
 
@@ -61,6 +62,7 @@ class Encoded:
     skipped: list[tuple[int, str]] = field(default_factory=list)
     truncated: int = 0
     table: Any = None
+    sources: list[SourceFigures] = field(default_factory=list)  # per source of a tk.Mix
 
     @classmethod
     def of_table(cls, table: Any, skipped: list[tuple[int, str]], truncated: int) -> Encoded:

@@ -11,28 +11,31 @@ from typing import Any
 
 from tunekit.data.columns import no_duplicate_keys
 from tunekit.data.mapping import Data, rename
+from tunekit.data.mixture import Mix
+from tunekit.data.sources import load_directory, load_named, looks_like_name, pick_split
 from tunekit.errors import DatasetError
 
 __all__ = [
-    "UTF8", "DataInput", "base_dir_of", "empty_data_error", "iter_csv_rows", "iter_file_rows", "iter_parquet_rows",
-    "load_rows", "parse_jsonl_line",
+    "UTF8", "DataInput", "base_dir_of", "clean", "empty_data_error", "iter_csv", "iter_file_rows", "iter_jsonl",
+    "iter_parquet_rows", "load_rows", "not_utf8", "parse_jsonl_line",
 ]  # fmt: skip
 
-DataInput = Any  # str | Path | datasets.Dataset | list[dict] | pandas.DataFrame | tk.Data
+DataInput = Any  # str | Path | datasets.Dataset | list[dict] | pandas.DataFrame | tk.Data (a name: org/name)
 
 SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 
 
-def _clean(value: Any) -> Any:
+def clean(value: Any) -> Any:
+    """A cell as tunekit reads it: NaN as None, numpy arrays as lists (recursively)."""
     # pandas and parquet use NaN / None for missing cells; treat both as "absent".
     if isinstance(value, float) and math.isnan(value):
         return None
     if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
-        return _clean(value.tolist())  # numpy arrays from parquet list columns
+        return clean(value.tolist())  # numpy arrays from parquet list columns
     if isinstance(value, list):
-        return [_clean(v) for v in value]
+        return [clean(v) for v in value]
     if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
+        return {k: clean(v) for k, v in value.items()}
     return value
 
 
@@ -41,11 +44,9 @@ def _clean(value: Any) -> Any:
 UTF8 = "utf-8-sig"
 
 
-def parse_jsonl_line(line: str, lineno: int, path: Path | str) -> Any:
-    """One line of a .jsonl file as its value (NaN cleaned as :func:`load_rows` cleans it); raises DatasetError
-    naming the line for invalid JSON or a key twice in one object."""
+def _parse_line(line: str, lineno: int, path: Path | str) -> Any:
     try:
-        return _clean(json.loads(line, object_pairs_hook=no_duplicate_keys))
+        return json.loads(line, object_pairs_hook=no_duplicate_keys)
     except ValueError as e:
         if not isinstance(e, json.JSONDecodeError):  # a key twice in one object
             raise DatasetError(
@@ -60,14 +61,23 @@ def parse_jsonl_line(line: str, lineno: int, path: Path | str) -> Any:
         ) from None
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    rows = []
+def parse_jsonl_line(line: str, lineno: int, path: Path | str) -> Any:
+    """One line of a .jsonl file as its value (NaN cleaned as :func:`load_rows` cleans it); raises DatasetError
+    naming the line for invalid JSON or a key twice in one object."""
+    return clean(_parse_line(line, lineno, path))
+
+
+def iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
+    """The objects of a .jsonl file one at a time, with their line numbers (blank lines skipped)."""
     with path.open(encoding=UTF8) as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
-            rows.append(parse_jsonl_line(line, lineno, path))
-    return rows
+            yield lineno, _parse_line(line, lineno, path)
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [row for _, row in iter_jsonl(path)]
 
 
 def _twice(e: ValueError) -> str:
@@ -109,12 +119,9 @@ def _duplicate_in_json(path: Path, text: str, e: ValueError) -> DatasetError:
     )
 
 
-def _read_csv(path: Path) -> list[dict[str, Any]]:
-    return list(iter_csv_rows(path))
-
-
-def iter_csv_rows(path: Path) -> Iterator[dict[str, Any]]:
-    """A .csv file's rows, one at a time (the header checked first; a row with more cells than it raises)."""
+def iter_csv(path: Path) -> Iterator[dict[str, Any]]:
+    """The rows of a .csv file one at a time; refuses a header that names a column twice, and rows with more cells
+    than it names."""
     with path.open(encoding=UTF8, newline="") as f:
         reader = csv.DictReader(f)
         header = reader.fieldnames or []
@@ -163,7 +170,7 @@ def iter_parquet_rows(path: Path, batch_rows: int = 10_000) -> Iterator[dict[str
             k = batch.schema.get_field_index(name)
             batch = batch.set_column(k, name, batch.column(k).cast(pa.float64()))
         for row in _frame_rows(pa.Table.from_batches([batch]).to_pandas(), str(path)):
-            yield _clean(row)
+            yield clean(row)
 
 
 def iter_file_rows(path: Path) -> Iterator[dict[str, Any]] | None:
@@ -171,13 +178,17 @@ def iter_file_rows(path: Path) -> Iterator[dict[str, Any]] | None:
     whole by :func:`load_rows`: a .json file is one JSON document)."""
     suffix = path.suffix.lower()
     if suffix == ".csv":
-        return (_clean(row) for row in iter_csv_rows(path))
+        return (clean(row) for row in iter_csv(path))
     if suffix == ".parquet":
         return iter_parquet_rows(path)
     return None
 
 
-def _where_not_utf8(path: Path) -> str:
+def _read_csv(path: Path) -> list[dict[str, Any]]:
+    return list(iter_csv(path))
+
+
+def not_utf8(path: Path) -> str:
     # The decoder's own offset is relative to the chunk it was decoding, so find the byte again.
     raw = path.read_bytes()
     try:
@@ -220,8 +231,7 @@ def _read_file(path: Path) -> list[Any]:
             return _frame_rows(pd.read_parquet(path), str(path))
     except UnicodeDecodeError:
         raise DatasetError(
-            f"{path}: not valid UTF-8 ({_where_not_utf8(path)}); save the file as UTF-8 "
-            "(tunekit never guesses the code page)",
+            f"{path}: not valid UTF-8 ({not_utf8(path)}); save the file as UTF-8 (tunekit never guesses the code page)",
             row=None,
         ) from None
     raise DatasetError(f"{path}: unsupported file type {suffix!r}; use one of {', '.join(SUFFIXES)}")
@@ -254,19 +264,45 @@ def load_rows(data: DataInput, *, what: str = "training") -> list[dict[str, Any]
     """Return the rows of ``data`` as a list of dicts (missing cells as ``None``).
 
     ``what`` names the data in the message for empty data (``"training"``, ``"eval"``). A :class:`tunekit.Data`
-    is loaded from its source, its columns, message keys and roles renamed to tunekit's.
+    is loaded from its source (a dataset name or directory with its ``split``, ``subset`` and ``revision``), its
+    columns, message keys and roles renamed to tunekit's. A string that is no file is a dataset directory or a
+    dataset name (:mod:`tunekit.data.sources`).
     """
+    if isinstance(data, Mix):
+        raise DatasetError(
+            f"a tk.Mix ({', '.join(data.names)}) is read source by source by fit, start, plan and prepare (and as "
+            "their eval_data); here, pass one source at a time"
+        )
     if isinstance(data, Data):
-        return rename(load_rows(data.source, what=what), data)
+        options = {"split": data.split, "subset": data.subset, "revision": data.revision}
+        return rename(_load(data.source, what, **options), data)
+    return _load(data, what)
+
+
+def _load(
+    data: DataInput, what: str, split: str | None = None, subset: str | None = None, revision: str | None = None
+) -> list[dict[str, Any]]:
     if isinstance(data, (str, Path)):
         path = Path(data)
-        if not path.exists():
+        named = {k: v for k, v in (("split", split), ("subset", subset), ("revision", revision)) if v is not None}
+        if path.is_file():
+            if named:
+                given = ", ".join(f"{k}={v!r}" for k, v in named.items())
+                raise DatasetError(
+                    f"{path}: {given} applies to a dataset name or directory, not to the file {path.name}; leave it "
+                    "out (a file is read whole)"
+                )
+            rows: list[Any] = _read_file(path)
+        elif path.is_dir():
+            if revision is not None:
+                raise DatasetError(f"{path}: revision={revision!r} applies to a hub dataset, not to a directory")
+            rows = load_directory(path, split=split, subset=subset, what=what).to_list()
+        elif isinstance(data, str) and looks_like_name(data):
+            rows = load_named(data, split=split, subset=subset, revision=revision, what=what).to_list()
+        else:
             raise DatasetError(
                 f"data file not found: {path}; check the path (a relative path starts from {Path.cwd()})"
             )
-        if path.is_dir():
-            raise DatasetError(f"{path} is a directory; pass a file ({', '.join(SUFFIXES)})")
-        rows: list[Any] = _read_file(path)
     elif isinstance(data, list):
         rows = data
     elif hasattr(data, "to_dict") and hasattr(data, "columns"):  # pandas DataFrame
@@ -274,11 +310,16 @@ def load_rows(data: DataInput, *, what: str = "training") -> list[dict[str, Any]
     elif hasattr(data, "to_list") and hasattr(data, "column_names"):  # datasets.Dataset
         rows = data.to_list()
     elif hasattr(data, "keys") and hasattr(data, "column_names"):  # datasets.DatasetDict
-        raise DatasetError(f"got a DatasetDict with splits {sorted(data.keys())}; pass one split, e.g. data['train']")
+        if split is None:
+            raise DatasetError(
+                f"got a DatasetDict with splits {sorted(data.keys())}; pass one split, e.g. data['train'], or "
+                "tk.Data(data, split='train')"
+            )
+        rows = pick_split(data, split, "the DatasetDict", what=what).to_list()
     else:
         raise DatasetError(
-            f"unsupported data of type {type(data).__name__}; pass a path (.jsonl, .json, .csv, .parquet), "
-            "a list of dicts, a datasets.Dataset or a pandas DataFrame"
+            f"unsupported data of type {type(data).__name__}; pass a path (.jsonl, .json, .csv, .parquet), a dataset "
+            "name (org/name), a list of dicts, a datasets.Dataset or a pandas DataFrame"
         )
     out = []
     for i, row in enumerate(rows, 1):
@@ -287,7 +328,7 @@ def load_rows(data: DataInput, *, what: str = "training") -> list[dict[str, Any]
                 f"row {i}: expected an object with named fields, got {type(row).__name__}; write each row as an object",
                 row=i,
             )
-        out.append(_clean(row))
+        out.append(clean(row))
     if not out:
         raise empty_data_error(data, what)
     return out

@@ -28,7 +28,7 @@ from tunekit._config import Config
 from tunekit.data.columns import FORMAT_COLUMNS, parse_json_cell
 from tunekit.errors import ConfigError, DatasetError
 
-__all__ = ["COLUMN_KEYS", "ROLE_KEYS", "Data", "rename"]
+__all__ = ["COLUMN_KEYS", "ROLE_KEYS", "Data", "rename", "rename_row"]
 
 # tunekit's column names a mapping may name (and LLaMA-Factory's name for the KTO label).
 COLUMN_KEYS: dict[str, str] = {
@@ -80,26 +80,48 @@ class Data(Config):
     ``eval_data``, ``plan``, ``prepare``, a YAML config's ``data:``, ``tunekit validate-data --columns``).
 
     ``tk.Data(source, columns={tunekit's: file's}, roles={tunekit's: file's})``; ``source`` is what ``fit`` takes
-    (a path, a list of dicts, a ``datasets.Dataset``, a DataFrame). ``columns`` keys: ``messages``,
-    ``conversations``, ``prompt``, ``completion``, ``chosen``, ``rejected``, ``label`` (or ``kto_tag``),
-    ``instruction``, ``input``, ``output``, ``history``, ``text``, ``system``, ``tools``. ``roles`` keys: ``role``
-    and ``content`` (the message keys), ``user``, ``assistant``, ``system``, ``tool``, ``function_call`` (the
-    roles), or LLaMA-Factory's ``role_tag``, ``content_tag``, ``user_tag``, ``assistant_tag``, ``system_tag``,
+    (a path, a dataset directory, a dataset name such as ``"org/name"``, a list of dicts, a ``datasets.Dataset``, a
+    DataFrame). A dataset name or directory is read through ``datasets`` (:mod:`tunekit.data.sources`; offline from
+    the local ``datasets`` cache) with ``split`` (default: its only split, else ``train`` for training data),
+    ``subset`` (the dataset's configuration) and ``revision`` (a branch, tag or commit on the hub). ``streaming=True``
+    reads the rows as training consumes them (:mod:`tunekit.data.streaming`: data larger than memory, SFT and CausalLM,
+    ``Training(max_steps=...)`` required). ``columns``
+    keys: ``messages``, ``conversations``, ``prompt``, ``completion``, ``chosen``, ``rejected``, ``label`` (or
+    ``kto_tag``), ``instruction``, ``input``, ``output``, ``history``, ``text``, ``system``, ``tools``. ``roles`` keys:
+    ``role`` and ``content`` (the message keys), ``user``, ``assistant``, ``system``, ``tool``, ``function_call``
+    (the roles), or LLaMA-Factory's ``role_tag``, ``content_tag``, ``user_tag``, ``assistant_tag``, ``system_tag``,
     ``observation_tag``, ``function_tag``.
 
     Example:
         >>> import tunekit as tk
         >>> tk.Data("qa.csv", columns={"prompt": "question", "completion": "answer"}).columns
         {'prompt': 'question', 'completion': 'answer'}
+        >>> tk.Data("HuggingFaceH4/no_robots", split="test").split
+        'test'
+        >>> tk.Data("huge.jsonl", streaming=True).streaming
+        True
     """
 
-    source: Any = Field(description="The data: a path (.jsonl, .json, .csv, .parquet), rows, a Dataset, a DataFrame.")
+    source: Any = Field(
+        description="The data: a path (.jsonl, .json, .csv, .parquet), a dataset name or directory, rows, a Dataset, "
+        "a DataFrame."
+    )
     columns: dict[str, str] = Field(
         default_factory=dict, description="tunekit's column name -> the file's, e.g. {messages: dialog}."
     )
     roles: dict[str, str] = Field(
         default_factory=dict,
         description="tunekit's message key or role -> the file's, e.g. {role: speaker, user: customer}.",
+    )
+    split: str | None = Field(
+        None, description="A dataset name's or directory's split, e.g. train or test[:10%]; default: train."
+    )
+    subset: str | None = Field(None, description="A dataset name's subset (its configuration), e.g. main.")
+    revision: str | None = Field(None, description="A hub dataset's branch, tag or commit.")
+    streaming: bool = Field(
+        False,
+        description="Read the rows as training consumes them, never all at once (data larger than memory); needs "
+        "Training(max_steps=...).",
     )
 
     def __init__(self, source: Any = None, /, **data: Any) -> None:
@@ -138,9 +160,16 @@ class Data(Config):
         if isinstance(v, str) or table or (isinstance(v, list) and all(isinstance(row, dict) for row in v)):
             return v
         raise ConfigError(
-            f"Data(source={v!r:.60}): expected a path (.jsonl, .json, .csv, .parquet), a list of rows (dicts), a "
-            f"datasets.Dataset or a pandas DataFrame, got {type(v).__name__}"
+            f"Data(source={v!r:.60}): expected a path (.jsonl, .json, .csv, .parquet), a dataset name (org/name), a "
+            f"list of rows (dicts), a datasets.Dataset or a pandas DataFrame, got {type(v).__name__}"
         )
+
+    @field_validator("split", "subset", "revision", mode="before")
+    @classmethod
+    def _named(cls, v: Any, info: Any) -> Any:
+        if v is not None and (not isinstance(v, str) or not v.strip()):
+            raise ConfigError(f"Data({info.field_name}={v!r:.60}): expected a non-empty string, or leave it out")
+        return v
 
     @field_validator("columns", mode="before")
     @classmethod
@@ -179,11 +208,20 @@ def rename(rows: list[dict[str, Any]], data: Data) -> list[dict[str, Any]]:
             row=1,
             field=missing[0],
         )
+    if not data.columns and not data.roles:
+        return rows
+    return [rename_row(row, i, data) for i, row in enumerate(rows, 1)]
+
+
+def rename_row(row: dict[str, Any], i: int, data: Data) -> dict[str, Any]:
+    """Row ``i`` (1-based) with ``data``'s column, key and role names turned into tunekit's (streamed rows are
+    renamed one at a time)."""
+    columns = {COLUMN_KEYS[ours]: theirs for ours, theirs in data.columns.items()}
     keys = {ROLE_KEYS[k][1]: v for k, v in data.roles.items() if ROLE_KEYS[k][0] == "key"}
     values = {v: ROLE_KEYS[k][1] for k, v in data.roles.items() if ROLE_KEYS[k][0] == "role"}
     if not columns and not keys and not values:
-        return rows
-    return [_rename_row(row, i, columns, keys, values) for i, row in enumerate(rows, 1)]
+        return row
+    return _rename_row(row, i, columns, keys, values)
 
 
 def _rename_row(

@@ -17,13 +17,17 @@ from typing import Any
 from tunekit.data.formats import Example, Messages, NormalisedData
 from tunekit.data.templates import render, template_messages
 from tunekit.errors import DatasetError
+from tunekit.plan import SourceFigures
 
-__all__ = ["MESSAGE_COLUMNS", "PROMPT_MESSAGES", "PROMPT_TEXT", "TrainerRows", "prepare_row", "prepare_rows"]
+__all__ = ["IMAGES", "MESSAGE_COLUMNS", "PROMPT_MESSAGES", "PROMPT_TEXT", "TrainerRows", "prepare_row", "prepare_rows"]
 
 # Hidden column: a prompt the user gave as a plain string, handed back to reward functions as such.
 PROMPT_TEXT = "_tunekit_prompt"
 # Hidden column: the prompt's messages, when tunekit rendered the prompt itself (online RL prompts with tools).
 PROMPT_MESSAGES = "_tunekit_prompt_messages"
+# The column of each row's images (PIL images, in the order of the prompt's {"type": "image"} parts): trl's DPO
+# trainer reads it and hands the images to the processor with the prompt (DataCollatorForVisionPreference).
+IMAGES = "images"
 MESSAGE_COLUMNS = ("prompt", "chosen", "rejected", "completion")
 
 
@@ -38,6 +42,7 @@ class TrainerRows:
     truncated: int = 0
     num_tokens: int = 0
     chunk: int | None = None  # rows per table built at a time (None: all at once)
+    sources: list[SourceFigures] = field(default_factory=list)  # per source of a tk.Mix
 
     def to_dataset(self) -> Any:
         """The rows as a ``datasets.Dataset``; with ``chunk``, built ``chunk`` rows at a time and concatenated (the
@@ -90,7 +95,21 @@ def _dataset(records: Sequence[dict[str, Any]], structured: list[str]) -> Any:
 
 
 def _structured(value: Any) -> bool:
-    return isinstance(value, list) and any(isinstance(m, dict) and set(m) - {"role", "content"} for m in value)
+    """Messages Arrow cannot hold as one struct type: with more keys than role and content, or with content parts
+    (a prompt with images: a list of ``{"type": ...}`` parts, beside string contents)."""
+    return isinstance(value, list) and any(
+        isinstance(m, dict) and (set(m) - {"role", "content"} or isinstance(m.get("content"), list)) for m in value
+    )
+
+
+def _as_parts(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every message's content as a list of parts (a string as one text part). trl's vision collator
+    (``prepare_multimodal_messages``) puts a row's images before the first user message whose content is a string
+    when it finds one, so the prompt of a row with images must have none."""
+    return [
+        {**m, "content": [{"type": "text", "text": m["content"]}]} if isinstance(m.get("content"), str) else m
+        for m in messages
+    ]
 
 
 def _count(tokenizer: Any, messages: Messages, *, generation_prompt: bool, tools: Any = None) -> int:
@@ -128,9 +147,11 @@ def prepare_row(
     on_bad_rows: str = "error",
     prompt_as_text: bool = False,
     with_tools: bool = False,
+    with_images: bool = False,
 ) -> tuple[dict[str, Any] | None, str | None, bool, int]:
     """One example of :func:`prepare_rows`: its record (None when skipped), why it was skipped, whether its answers
-    will be truncated, and its token count; raises DatasetError for a bad row unless ``on_bad_rows="skip"``."""
+    will be truncated, and its token count; raises DatasetError for a bad row unless ``on_bad_rows="skip"``.
+    ``with_images``: some row of the data holds images, so every record has the images column."""
     if ex.prompt is None:
         raise DatasetError(
             f"row {ex.row}: expected a prompt (preference, unpaired preference or prompt-only data), got {fmt!r} data"
@@ -154,6 +175,9 @@ def prepare_row(
             return None, reason, False, 0
         raise DatasetError(reason, row=ex.row)
     record = _record(tokenizer, ex, prompt_as_text=prompt_as_text, with_tools=with_tools)
+    if with_images:  # every row has the column (a text row: no images), as Arrow needs
+        images = list(getattr(ex, "images", ()) or ())
+        record = {**record, "prompt": _as_parts(record["prompt"]) if images else record["prompt"], IMAGES: images}
     tokens = min(sum(full), max_length * len(full)) if full else prompt_len
     return record, None, bool(full and max(full) > max_length), tokens
 
@@ -174,11 +198,12 @@ def prepare_rows(
     """
     out = TrainerRows(norm.format, [], [])
     with_tools = any(ex.tools for ex in norm.examples)
+    with_images = any(getattr(ex, "images", ()) for ex in norm.examples)
     prompt_as_text = norm.format == "prompt_only" and with_tools
     for ex in norm.examples:
         record, reason, truncated, tokens = prepare_row(
             tokenizer, ex, norm.format, max_length=max_length, whole_pairs=whole_pairs, on_bad_rows=on_bad_rows,
-            prompt_as_text=prompt_as_text, with_tools=with_tools,
+            prompt_as_text=prompt_as_text, with_tools=with_tools, with_images=with_images,
         )  # fmt: skip
         if record is None:
             out.skipped.append((ex.row, str(reason)))

@@ -1,5 +1,5 @@
 """What a run keeps of its data after ``fit``: rows, format and skipped rows (and, for data with images, images
-per row and their sizes), and a few prompts from it.
+per row and their sizes; per source for a ``tk.Mix``), and a few prompts from it.
 
 Saves and model cards record the summary; exports verify on its prompts (the golden prompts).
 
@@ -17,6 +17,8 @@ from typing import Any
 
 from tunekit.data.formats import Example, NormalisedData
 from tunekit.data.images import image_stats
+from tunekit.data.mixture import MixedData
+from tunekit.data.streaming import StreamedData
 from tunekit.results import FitResult
 
 __all__ = ["MAX_KEPT_PROMPTS", "data_summary_of", "summarise_data"]
@@ -61,7 +63,14 @@ def summarise_data(train: NormalisedData, evaluation: NormalisedData | None = No
     :func:`tunekit.data.images.image_stats`), and a few prompts from them (eval first)."""
 
     def stats(norm: NormalisedData) -> dict[str, Any]:
-        out = {"rows": len(norm.examples), "format": norm.format, "skipped_rows": len(norm.skipped)}
+        out: dict[str, Any] = {"rows": len(norm.examples), "format": norm.format, "skipped_rows": len(norm.skipped)}
+        if isinstance(norm, StreamedData):  # rows: those checked before the run, until the run counts them
+            out["streaming"] = True
+        if isinstance(norm, MixedData):  # a tk.Mix: each source's valid rows, the rows drawn from it and its format
+            out["sources"] = [
+                {"name": p.name, "rows": p.available, "drawn": len(p.data.examples), "format": p.data.format}
+                for p in norm.parts
+            ]
         images = image_stats([ex.images for ex in norm.examples])  # None for text-only data: the keys stay
         return {**out, "images": images} if images is not None else out
 
@@ -81,4 +90,6 @@ def data_summary_of(summary: dict[str, Any] | None, result: FitResult | None) ->
     out = {**summary, "train": dict(summary.get("train") or {})}
     if result is not None and out["train"]:
         out["train"]["tokens"] = result.num_tokens
+        if out["train"].get("streaming"):  # the rows the run read from the stream
+            out["train"]["rows"] = result.num_examples
     return out

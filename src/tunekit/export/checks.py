@@ -71,7 +71,9 @@ def reference(
     was_training = in_memory.training
     in_memory.eval()
     try:
-        tokens = [greedy(in_memory, g.ids, eos_ids=eos, pad_id=pad, max_new_tokens=max_new) for g in golden]
+        tokens = [
+            greedy(in_memory, g.ids, eos_ids=eos, pad_id=pad, max_new_tokens=max_new, inputs=g.inputs) for g in golden
+        ]
     finally:
         in_memory.train(was_training)
     if fmt == "adapter":
@@ -86,7 +88,9 @@ def reference(
     # so greedy tokens may differ for precision alone: reported, not enforced (as for QLoRA).
     low_precision = not quantized and not merged.held_in_fp32(in_memory)
     if method.is_adapter:  # the merge itself, in memory, in fp32
-        merged_tokens = [greedy(model, g.ids, eos_ids=eos, pad_id=pad, max_new_tokens=max_new) for g in golden]
+        merged_tokens = [
+            greedy(model, g.ids, eos_ids=eos, pad_id=pad, max_new_tokens=max_new, inputs=g.inputs) for g in golden
+        ]
         if merged_tokens != tokens and low_precision:
             notes.append(
                 "the model was trained in 16-bit and merged in fp32; the fp32 merge differs from the 16-bit trained "
@@ -114,7 +118,9 @@ def reference(
             round_like_gguf(ref, dtype, written)
         else:
             ref.to(torch_dtype(dtype)).float()
-        expected = [greedy(ref, g.ids, eos_ids=eos, pad_id=pad, max_new_tokens=max_new) for g in golden]
+        expected = [
+            greedy(ref, g.ids, eos_ids=eos, pad_id=pad, max_new_tokens=max_new, inputs=g.inputs) for g in golden
+        ]
         del ref
     label = "trained" if not rounded else f"trained, rounded to {dtype} as written"
     if quantized:
@@ -149,7 +155,7 @@ def _reload_and_generate(
             raise ExportError(f"{where}: the GGUF file has no tokenizer.chat_template; export again")
         check_eos(eos, eot, where + " (GGUF tokenizer.ggml.eos/eot_token_id)", tokenizer)
         model = gguf_check.reload_gguf_transformers(file, device=device)
-        got = [greedy(model, g.ids, eos_ids=eos, pad_id=None, max_new_tokens=max_new) for g in golden]
+        got = [greedy(model, g.ids, eos_ids=eos, pad_id=None, max_new_tokens=max_new, inputs=g.inputs) for g in golden]
         del model
         merged.free(model_size(trained))
         checks += prompt_checks(golden, got, runtime="transformers", tokenizer=tokenizer, expected=ref.expected)
@@ -171,23 +177,33 @@ def _reload_and_generate(
                 "llama-cpp-python is not installed, so the file was checked with transformers' GGUF loader only"
             )
         return checks, notes
+    processor = None
     if fmt == "hf":
-        model, tok = merged.reload_hf(staging, device=device)
+        model, tok, processor = merged.reload_hf(staging, device=device)
         eos = _eos_of(model)
     else:  # adapter: plain peft on the base, as the model card says
         model, tok, eos, skip = _reload_adapter(trained, staging, device)
         if skip:
             return [], [skip]
+        if merged.is_vision(model):  # a vision-language model's adapter has its processor beside it
+            processor = merged.reload_processor(staging, model.config.model_type)
+            tok = processor.tokenizer
     check_template(tok, where)
     check_eos(eos, end_of_turn_id(tok, where), where + " (generation_config.json eos_token_id)", tok)
-    again = encode_prompts(tok, [g.prompt for g in golden], chat=chat)
+    if any(g.inputs for g in golden) and processor is None:
+        raise ExportError(f"{where}: the export has no processor (processor_config.json) to read images; export again")
+    # A vision-language model's export is checked with its own processor: the images' tokens and pixel values too.
+    again = encode_prompts(tok, [g.source for g in golden], chat=chat, processor=processor)
     for g, a in zip(golden, again):
         if a.ids != g.ids:
             raise ExportError(
                 f"{where}: the exported tokenizer and template encode the golden prompt {g.prompt!r} differently from "
                 f"the trained model's (ids {a.ids} instead of {g.ids}); export again"
             )
-    got = [greedy(model, g.ids, eos_ids=eos, pad_id=tok.pad_token_id, max_new_tokens=max_new) for g in golden]
+    got = [
+        greedy(model, a.ids, eos_ids=eos, pad_id=tok.pad_token_id, max_new_tokens=max_new, inputs=a.inputs)
+        for a in again
+    ]
     del model
     merged.free(model_size(trained))
     return prompt_checks(golden, got, runtime="transformers", tokenizer=tok, expected=ref.expected), notes

@@ -9,12 +9,14 @@ saying so.
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import os
 import tempfile
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from tunekit import _fs
@@ -30,6 +32,7 @@ from tunekit.export.gguf import K_QUANTS, gguf_arch, require_gguf, write_gguf
 from tunekit.export.gguf_quant import require_quantizer
 from tunekit.export.ollama import modelfile
 from tunekit.export.prompts import golden_prompts as pick_prompts
+from tunekit.export.prompts import with_images
 from tunekit.export.result import ExportResult, Verification, human_size
 from tunekit.export.verify import encode_prompts
 from tunekit.objectives import CausalLM
@@ -97,9 +100,38 @@ def check_request(
             "directory (tunekit never overwrites files it did not write)"
         )
     if fmt == "gguf":
+        if _vision_ref(spec.model_ref):  # before asking for the gguf package it would not use
+            _refuse_vision_gguf(getattr(_config_of(spec.model_ref), "model_type", None))
         require_gguf()
         if dtype in K_QUANTS:
             require_quantizer(dtype)
+
+
+def _config_of(ref: Any) -> Any:
+    """The config of a model object, or of a local checkpoint directory (its config.json, read as JSON: nothing is
+    loaded); None for a hub id (not fetched here: the loaded model is checked before anything is written)."""
+    if not isinstance(ref, (str, Path)):
+        return getattr(ref, "config", None)
+    file = Path(ref) / "config.json"
+    if not file.is_file():
+        return None
+    try:
+        return SimpleNamespace(**json.loads(file.read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def _vision_ref(ref: Any) -> bool:
+    return getattr(_config_of(ref), "vision_config", None) is not None
+
+
+def _refuse_vision_gguf(model_type: Any) -> None:
+    raise IncompatibleError(
+        f'export(format="gguf"): this is a vision-language model ({model_type}); a GGUF file holds the language model '
+        "only, and llama.cpp reads the vision tower and projector from a separate mmproj file that tunekit does not "
+        'write. Export with format="hf" (the merged model and its processor, for transformers, vLLM or SGLang) or '
+        'format="adapter"'
+    )
 
 
 def _resolve_dtype(trained: Trained, fmt: str, dtype: str) -> str:
@@ -168,7 +200,7 @@ def _write_model(trained: Trained, model: Any, owned: bool, staging: Path, fmt: 
     tokenizer, eot = loaded.tokenizer, loaded.template.end_of_turn_id
     if fmt == "hf":
         written = merged.written_copy(model, owned, dtype)
-        merged.write_hf(written, tokenizer, eot, staging)
+        merged.write_hf(written, tokenizer, eot, staging, processor=getattr(loaded, "processor", None))
         return None
     name = f"{_safe_name(trained.spec)}-{dtype}.gguf"
     with tempfile.TemporaryDirectory(prefix="tunekit-tok-") as tmp:
@@ -203,12 +235,17 @@ def export_trained(
     path = Path(path)
     spec, loaded = trained.spec, trained.loaded
     check_request(spec, path, format, merge, dtype, max_new_tokens=max_new_tokens, num_prompts=num_prompts)
+    processor = getattr(loaded, "processor", None)
     if format == "gguf":
+        if processor is not None or merged.is_vision(loaded.model):
+            _refuse_vision_gguf(getattr(loaded.model.config, "model_type", None))
         gguf_arch(loaded.model.config)  # Llama or Qwen2, before anything is written
     dtype = _resolve_dtype(trained, format, dtype)
     chat = not isinstance(spec.objective, CausalLM)
     prompts, source = pick_prompts(trained.data_summary, golden_prompts, num_prompts)
-    golden = encode_prompts(loaded.tokenizer, prompts, chat=chat)
+    if processor is not None and chat:  # a vision-language model is verified on prompts with images
+        prompts, source = with_images(prompts, source, spec.objective, spec.training)
+    golden = encode_prompts(loaded.tokenizer, prompts, chat=chat, processor=processor)
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = path.with_name(f".{path.name}.export-{os.getpid()}-{uuid.uuid4().hex[:12]}")
     staging.mkdir()

@@ -11,6 +11,7 @@ import copy
 import gc
 import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from tunekit._quiet import quiet
@@ -19,7 +20,16 @@ from tunekit.backends.base import Trained
 from tunekit.data.templates import options_baked_in
 from tunekit.errors import ExportError, IncompatibleError
 
-__all__ = ["eos_ids", "full_precision_model", "held_in_fp32", "reload_hf", "write_hf", "written_copy"]
+__all__ = [
+    "eos_ids",
+    "full_precision_model",
+    "held_in_fp32",
+    "is_vision",
+    "reload_hf",
+    "reload_processor",
+    "write_hf",
+    "written_copy",
+]
 
 
 def _dequantized_base(trained: Trained) -> Any:
@@ -103,15 +113,22 @@ def set_generation_eos(model: Any, tokenizer: Any, end_of_turn_id: int) -> list[
     tokenizer's EOS (added to the model's, never replacing them: a model that stops on several tokens
     keeps stopping on each)."""
     gen = model.generation_config
-    eos = eos_ids(end_of_turn_id, tokenizer.eos_token_id, gen.eos_token_id, model.config.eos_token_id)
+    eos = eos_ids(end_of_turn_id, tokenizer.eos_token_id, gen.eos_token_id, getattr(model.config, "eos_token_id", None))
     gen.eos_token_id = eos
     gen.pad_token_id = tokenizer.pad_token_id
     gen.do_sample = False  # greedy, as tuner.generate() and the verification decode; users may sample
     for k in ("temperature", "top_p", "top_k"):
         setattr(gen, k, None)
-    model.config.eos_token_id = eos[0] if len(eos) == 1 else eos
-    model.config.pad_token_id = tokenizer.pad_token_id
+    # A vision-language model's config holds its language model's as text_config (where generation reads them).
+    for config in {id(c): c for c in (model.config, _text_config(model.config))}.values():
+        config.eos_token_id = eos[0] if len(eos) == 1 else eos
+        config.pad_token_id = tokenizer.pad_token_id
     return eos
+
+
+def _text_config(config: Any) -> Any:
+    get = getattr(config, "get_text_config", None)
+    return get() if callable(get) else config
 
 
 def eos_ids(*values: Any) -> list[int]:
@@ -131,37 +148,104 @@ def _ids(value: Any) -> set[int]:
     return {int(v) for v in value if v is not None}
 
 
-def write_hf(model: Any, tokenizer: Any, end_of_turn_id: int, out: Path, *, max_shard_size: str = "4GB") -> None:
+def write_hf(
+    model: Any, tokenizer: Any, end_of_turn_id: int, out: Path, *, max_shard_size: str = "4GB", processor: Any = None
+) -> None:
     """The transformers directory: safetensors weights (sharded above ``max_shard_size``), config,
-    generation config with the template's EOS ids, tokenizer and chat template."""
+    generation config with the template's EOS ids, tokenizer and chat template; a vision-language model's
+    ``processor`` too (its image processor's settings, the processor's chat template), so that
+    ``AutoProcessor.from_pretrained`` reads the export."""
     # Written from a copy of the configs, so that exporting tuner.model itself (Full) leaves it as it was.
-    saved = copy.deepcopy(model.generation_config), model.config.eos_token_id, model.config.pad_token_id
+    configs = list({id(c): c for c in (model.config, _text_config(model.config))}.values())
+    saved = copy.deepcopy(model.generation_config), [copy.deepcopy(c.to_dict()) for c in configs]
     set_generation_eos(model, tokenizer, end_of_turn_id)
     try:
         with quiet():
             model.save_pretrained(out, max_shard_size=max_shard_size)
+            if processor is not None:  # first: the tokenizer written next (options baked in) is the one kept
+                processor.save_pretrained(out)
             with options_baked_in(tokenizer):
                 tokenizer.save_pretrained(out)
     finally:
-        model.generation_config, model.config.eos_token_id, model.config.pad_token_id = saved
+        model.generation_config = saved[0]
+        for config, before in zip(configs, saved[1]):
+            for key in ("eos_token_id", "pad_token_id"):
+                if key in before:
+                    setattr(config, key, before[key])
+                elif key in config.__dict__:
+                    delattr(config, key)
     if not any(out.glob("*.safetensors")):
         raise ExportError(f"{out}: transformers wrote no safetensors weights; export again")
 
 
-def reload_hf(path: Path, *, device: Any) -> tuple[Any, Any]:
-    """The exported directory loaded by plain transformers (fp32), and its tokenizer."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def is_vision(model: Any) -> bool:
+    """Whether ``model`` (or the base under a peft model) is a vision-language model (its config has a tower's)."""
+    return getattr(getattr(model, "config", None), "vision_config", None) is not None
 
+
+def reload_processor(path: Path, model_type: str | None = None) -> Any:
+    """``AutoProcessor.from_pretrained(path)``; where transformers builds a family's video processor with
+    torchvision only and it is missing (then the export has no video processor either), the processor without it
+    (images only), as the engine loads it
+    (``backends/hf/vision.load_processor``: export sits beside the engine, not above it, so it cannot import it)."""
+    from transformers import AutoConfig, AutoProcessor
+    from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
+
+    try:
+        return AutoProcessor.from_pretrained(path)
+    except (ImportError, OSError) as e:
+        # Without torchvision the trained processor had no video processor, so the export has none to read either.
+        model_type = model_type or AutoConfig.from_pretrained(path).model_type
+        text = str(e).lower()
+        if ("torchvision" not in text and "video processor" not in text) or model_type not in PROCESSOR_MAPPING_NAMES:
+            raise
+        import transformers
+
+        cls = getattr(transformers, PROCESSOR_MAPPING_NAMES[model_type])
+
+        # transformers reads the parameter names of __init__ (its code object) to tell the sub-processors and the
+        # saved settings the processor takes; SmolVLM's requires a video processor, passed as None here.
+        def __init__(
+            self: Any,
+            image_processor: Any = None,
+            tokenizer: Any = None,
+            chat_template: str | None = None,
+            image_seq_len: int | None = None,
+            **kwargs: Any,
+        ) -> None:
+            if image_seq_len is not None:
+                kwargs["image_seq_len"] = image_seq_len
+            cls.__init__(self, image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
+            # SmolVLM's apply_chat_template reads the video processor's frame defaults even for images.
+            self.video_processor = SimpleNamespace(num_frames=None, fps=None)
+
+        images_only: Any = type(cls.__name__, (cls,), {"__init__": __init__})
+        return images_only.from_pretrained(path)
+
+
+def reload_hf(path: Path, *, device: Any) -> tuple[Any, Any, Any]:
+    """The exported directory loaded by plain transformers (fp32): the model, its tokenizer, and a
+    vision-language model's processor (``AutoModelForImageTextToText`` and ``AutoProcessor``; None for a text
+    model)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer
+
+    processor = None
     with quiet():
         try:
-            tokenizer = AutoTokenizer.from_pretrained(path)
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, use_safetensors=True)
-        except (OSError, ValueError) as e:
+            vision = getattr(AutoConfig.from_pretrained(path), "vision_config", None) is not None
+            if vision:
+                processor = reload_processor(path)
+                tokenizer = processor.tokenizer
+                model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32, use_safetensors=True)
+            else:
+                tokenizer = AutoTokenizer.from_pretrained(path)
+                model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, use_safetensors=True)
+        except (OSError, ValueError, ImportError) as e:
             raise ExportError(f"{path}: transformers cannot load the export: {e}") from e
     model.to(device)
     model.eval()
-    return model, tokenizer
+    return model, tokenizer, processor
 
 
 def free(n_params: int = 0) -> None:

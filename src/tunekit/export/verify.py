@@ -15,6 +15,10 @@ in-memory model. The rules:
   rarely does);
 - static checks: the tokenizer has the chat template, and the generation config's (or GGUF's)
   EOS ids include the template's end-of-turn token.
+
+A vision-language model's golden prompts hold images: each is encoded by the model's processor (the image's tokens
+in the ids, its pixel values and image grid beside them, as ``generate`` encodes it), and the reloaded export's own
+processor must encode it to the same ids.
 """
 
 from __future__ import annotations
@@ -28,17 +32,31 @@ from tunekit.data.templates import find_end_of_turn, render
 from tunekit.errors import ExportError
 from tunekit.export.result import PromptCheck
 
-__all__ = ["Golden", "check_eos", "check_template", "encode_prompts", "greedy", "mismatch_error", "prompt_checks"]
+__all__ = [
+    "Golden",
+    "check_eos",
+    "check_template",
+    "encode_prompts",
+    "greedy",
+    "images_of",
+    "mismatch_error",
+    "prompt_checks",
+    "shown",
+]
 
 
 @dataclass
 class Golden:
-    """One golden prompt: as given, its token ids, and the tokens the reference model generates."""
+    """One golden prompt: as shown (an image as ``{"type": "image"}``), its token ids, and the tokens the reference
+    model generates; with images, the prompt with them (``source``) and the processor's other inputs (``inputs``:
+    pixel values, image grid, ...)."""
 
     prompt: Any
     ids: list[int]
     expected: list[int] | None = None
     trained: list[int] | None = None
+    source: Any = None
+    inputs: dict[str, Any] | None = None
 
 
 def encode_prompt(tokenizer: Any, prompt: Any, *, chat: bool) -> list[int]:
@@ -51,20 +69,71 @@ def encode_prompt(tokenizer: Any, prompt: Any, *, chat: bool) -> list[int]:
     return list(tokenizer(text, add_special_tokens=True)["input_ids"])
 
 
-def encode_prompts(tokenizer: Any, prompts: Sequence[Any], *, chat: bool) -> list[Golden]:
-    return [Golden(p, encode_prompt(tokenizer, p, chat=chat)) for p in prompts]
+def images_of(prompt: Any) -> list[Any]:
+    """The images a chat prompt's ``{"type": "image"}`` parts hold (under ``"image"``), in order."""
+    if not isinstance(prompt, list):
+        return []
+    return [
+        part["image"]
+        for m in prompt
+        if isinstance(m.get("content"), list)
+        for part in m["content"]
+        if part.get("type") == "image" and part.get("image") is not None
+    ]
 
 
-def greedy(model: Any, ids: list[int], *, eos_ids: list[int], pad_id: int | None, max_new_tokens: int) -> list[int]:
-    """The new token ids of greedy decoding from ``ids`` (one prompt, no padding), up to and including EOS."""
+def shown(prompt: Any) -> Any:
+    """``prompt`` without its images' payloads (each an ``{"type": "image"}`` part): what reports and manifests hold."""
+    if not images_of(prompt):
+        return prompt
+    return [
+        {**m, "content": [{"type": "image"} if p.get("type") == "image" else p for p in m["content"]]}
+        if isinstance(m.get("content"), list)
+        else m
+        for m in prompt
+    ]
+
+
+def _encode_with_images(processor: Any, prompt: Any) -> Golden:
+    text = render(processor.tokenizer, list(prompt), add_generation_prompt=True)
+    with quiet():
+        enc = processor(text=[text], images=images_of(prompt), add_special_tokens=False, return_tensors="pt")
+    ids = [int(i) for i in enc["input_ids"][0].tolist()]
+    inputs = {k: v for k, v in enc.items() if k not in ("input_ids", "attention_mask")}
+    return Golden(shown(prompt), ids, source=prompt, inputs=inputs)
+
+
+def encode_prompts(tokenizer: Any, prompts: Sequence[Any], *, chat: bool, processor: Any = None) -> list[Golden]:
+    """Each prompt's :class:`Golden`; a chat prompt with images through ``processor`` (a vision-language model's)."""
+    return [
+        _encode_with_images(processor, p)
+        if processor is not None and chat and images_of(p)
+        else Golden(p, encode_prompt(tokenizer, p, chat=chat), source=p)
+        for p in prompts
+    ]
+
+
+def greedy(
+    model: Any,
+    ids: list[int],
+    *,
+    eos_ids: list[int],
+    pad_id: int | None,
+    max_new_tokens: int,
+    inputs: dict[str, Any] | None = None,
+) -> list[int]:
+    """The new token ids of greedy decoding from ``ids`` (one prompt, no padding), up to and including EOS;
+    ``inputs``: a vision-language model's image inputs for the prompt (pixel values, image grid, ...)."""
     import torch
 
     device = next(model.parameters()).device
     input_ids = torch.tensor([ids], device=device)
+    extra = {k: v.to(device) if hasattr(v, "to") else v for k, v in (inputs or {}).items()}
     with torch.no_grad(), quiet():
         out = model.generate(
             input_ids=input_ids,
             attention_mask=torch.ones_like(input_ids),
+            **extra,
             do_sample=False,
             max_new_tokens=max_new_tokens,
             eos_token_id=eos_ids or None,
@@ -76,8 +145,14 @@ def greedy(model: Any, ids: list[int], *, eos_ids: list[int], pad_id: int | None
     return [int(t) for t in out[0, len(ids) :].tolist()]
 
 
+def _content(content: Any) -> str:
+    if not isinstance(content, list):
+        return str(content)
+    return " ".join("[image]" if p.get("type") == "image" else str(p.get("text", "")) for p in content)
+
+
 def _short(prompt: Any) -> str:
-    text = prompt if isinstance(prompt, str) else " / ".join(f"{m['role']}: {m['content']}" for m in prompt)
+    text = prompt if isinstance(prompt, str) else " / ".join(f"{m['role']}: {_content(m['content'])}" for m in prompt)
     return text if len(text) <= 80 else text[:77] + "..."
 
 

@@ -18,6 +18,9 @@ class LoRA(Method):
     ``A`` and ``B``, ``r * (in + out)`` numbers per weight, stored in fp32: 17.6 MB for a 0.5B model at
     ``r=8``, about 80 MB for a 7B one (docs/guides/adapters.md).
 
+    On a vision-language model LoRA adapts the language model only; ``vision_tower`` and ``projector`` say
+    whether the image encoder and the projector stay frozen, get LoRA too, or train whole.
+
     Variants: ``dora=True`` (DoRA), ``rslora=True`` (rank-stabilised scaling), ``init="pissa"``
     (PiSSA) and ``quantize="nf4"`` or ``"int8"`` (QLoRA: the frozen base is loaded quantized by
     bitsandbytes; needs a CUDA GPU).
@@ -52,6 +55,16 @@ class LoRA(Method):
     quantize: Literal["nf4", "int8"] | None = Field(
         None,
         description="QLoRA: load the frozen base in 4-bit NF4 or 8-bit through bitsandbytes (needs a CUDA GPU).",
+    )
+    vision_tower: Literal["frozen", "lora", "full"] = Field(
+        "frozen",
+        description="Vision-language models: the image encoder stays frozen (default), gets LoRA adapters too "
+        "('lora', on its linear modules that target_modules names), or trains whole ('full', saved in the adapter).",
+    )
+    projector: Literal["frozen", "lora", "full"] = Field(
+        "frozen",
+        description="Vision-language models: the projector from image features to the language model (LLaVA's "
+        "multi_modal_projector, Idefics3's connector, Qwen-VL's merger) stays frozen, gets LoRA, or trains whole.",
     )
 
     @field_validator("r", mode="before")

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tunekit.backends.base import Backend, LoadedModel, RunSpec
+from tunekit.backends.base import Backend, LoadedModel, RunSpec, VisionRows
 from tunekit.data.control_tokens import control_tokens
 from tunekit.data.encoding import Encoded
 from tunekit.data.formats import NormalisedData
@@ -149,8 +149,8 @@ class FakeBackend:
         self,
         spec: RunSpec,
         loaded: LoadedModel,
-        train: Encoded | TrainerRows,
-        evaluation: Encoded | TrainerRows | None,
+        train: Encoded | TrainerRows | VisionRows,
+        evaluation: Encoded | TrainerRows | VisionRows | None,
         *,
         dispatcher: HookDispatcher,
         resume_from: Path | None,
@@ -339,6 +339,7 @@ class FakeBackend:
             total_params=total,
             examples=len(enc.rows),
             tokens=int(enc.num_tokens),
+            sources=tuple(enc.sources),
             steps=steps,
             micro_batch_tokens=int(enc.num_tokens),
             packing=False,

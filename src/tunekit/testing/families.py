@@ -6,6 +6,9 @@ a user should know. ``tests/integration/test_families.py`` trains, reloads and m
 and checks the facts recorded here (``lora_frozen``, ``packs``); ``python scripts/supported_models.py`` renders
 ``docs/supported-models.md`` from this list, and a unit test fails when the page is stale.
 
+:data:`VISION_FAMILIES` lists the vision-language families the same way (one ``tiny_model`` vision arch each);
+``tests/unit/test_tiny_vlm.py`` checks each one's tiny model.
+
 The tests run tiny random models of each architecture (no hub access in CI), not the checkpoints listed: a row
 says that tunekit's code paths work for the architecture, not that a given checkpoint fits your hardware.
 
@@ -20,8 +23,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tunekit.testing.models import Arch
+from tunekit.testing.vision import TEMPLATE_SOURCES, VisionArch
 
-__all__ = ["FAMILIES", "Family"]
+__all__ = ["FAMILIES", "VISION_FAMILIES", "Family", "VisionFamily"]
 
 
 @dataclass(frozen=True)
@@ -225,5 +229,135 @@ FAMILIES: tuple[Family, ...] = (
         notes_zh="使用 Conv1D 层、可学习的绝对位置编码和共享的输出层。基座模型没有对话模板和 pad token："
         "tunekit 会加上两者（测试即如此训练）。",
         chat_template=False,
+    ),
+)
+
+
+@dataclass(frozen=True)
+class VisionFamily:
+    """One vision-language family: what the supported-models page says about it, and what its tests check.
+
+    Each builds with :func:`~tunekit.testing.tiny_model` (``arch``) as an image-text-to-text model with its
+    processor; ``tests/unit/test_tiny_vlm.py`` loads it with the auto classes, processes an image conversation
+    through the chat template and checks the image tokens, the loss and generation.
+
+    Example:
+        >>> from tunekit.testing.families import VISION_FAMILIES
+        >>> [f.arch for f in VISION_FAMILIES if f.video]
+        ['qwen2_vl', 'qwen2_5_vl', 'qwen3_vl', 'smolvlm']
+    """
+
+    name: str  # display name
+    model_type: str  # transformers' config.model_type
+    arch: VisionArch  # tunekit.testing.tiny_model(arch=...)
+    checkpoints: tuple[str, ...]  # real hub checkpoints of this architecture (examples, not tested here)
+    tested: str  # what sets the family apart, which its tiny model has and the tests exercise (English)
+    tested_zh: str  # the same, in Chinese
+    processor: str  # transformers' processor class
+    # The processor also has a video processor, which transformers builds with torchvision only: without it,
+    # AutoProcessor fails and tunekit.testing.load_processor loads the processor for images.
+    video: bool = False
+    # Why tunekit refuses to train the family (empty: it trains, reloads and merges), and a pattern of the
+    # IncompatibleError it raises: tests/integration/test_vision_families.py checks the one or the other.
+    refused: str = ""
+    refused_match: str = ""
+    refused_zh: str = ""  # the reason, in Chinese
+
+    @property
+    def template_source(self) -> str:
+        """Where the tiny model's chat template was copied from (the released checkpoint's file)."""
+        return TEMPLATE_SOURCES[self.arch]
+
+
+VISION_FAMILIES: tuple[VisionFamily, ...] = (
+    VisionFamily(
+        name="Qwen2-VL",
+        model_type="qwen2_vl",
+        arch="qwen2_vl",
+        checkpoints=("Qwen/Qwen2-VL-2B-Instruct", "Qwen/Qwen2-VL-7B-Instruct"),
+        tested="Images at their own resolution (a grid of 2 x 2 merged patches, `image_grid_thw`) and multimodal "
+        "RoPE, whose positions need `mm_token_type_ids` from the processor.",
+        tested_zh="图像按原始分辨率切成 2×2 合并的 patch 网格（`image_grid_thw`），多模态 RoPE 的位置需要处理器给出的 "
+        "`mm_token_type_ids`。",
+        processor="Qwen2VLProcessor",
+        video=True,
+    ),
+    VisionFamily(
+        name="Qwen2.5-VL",
+        model_type="qwen2_5_vl",
+        arch="qwen2_5_vl",
+        checkpoints=("Qwen/Qwen2.5-VL-7B-Instruct", "Qwen/Qwen2.5-VL-3B-Instruct"),
+        tested="As Qwen2-VL, with windowed attention in the vision tower (one full-attention layer) and a gated MLP.",
+        tested_zh="与 Qwen2-VL 相同，视觉编码器使用窗口注意力（一层全局注意力）和门控 MLP。",
+        processor="Qwen2_5_VLProcessor",
+        video=True,
+    ),
+    VisionFamily(
+        name="Qwen3-VL",
+        model_type="qwen3_vl",
+        arch="qwen3_vl",
+        checkpoints=("Qwen/Qwen3-VL-8B-Instruct", "Qwen/Qwen3-VL-2B-Instruct"),
+        tested="Interleaved multimodal RoPE, learned vision positions interpolated to the image, and DeepStack "
+        "(features of an early tower layer added to the language model's first layers).",
+        tested_zh="交错式多模态 RoPE，按图像插值的可学习视觉位置编码，以及 DeepStack"
+        "（视觉编码器浅层特征注入语言模型前几层）。",
+        processor="Qwen3VLProcessor",
+        video=True,
+    ),
+    VisionFamily(
+        name="Gemma 3 (vision)",
+        model_type="gemma3",
+        arch="gemma3",
+        checkpoints=("google/gemma-3-4b-it", "google/gemma-3-12b-it"),
+        tested="A SigLIP tower whose patches are pooled to a fixed number of tokens per image, framed by "
+        "start/end-of-image tokens; the image tokens attend to each other both ways (`token_type_ids`).",
+        tested_zh="SigLIP 视觉编码器，patch 池化为每张图固定数量的 token，前后有图像起止标记；图像 token 之间双向注意力"
+        "（`token_type_ids`）。",
+        processor="Gemma3Processor",
+    ),
+    VisionFamily(
+        name="LLaVA-1.5",
+        model_type="llava",
+        arch="llava",
+        checkpoints=("llava-hf/llava-1.5-7b-hf", "llava-hf/llava-1.5-13b-hf"),
+        tested="A CLIP tower (its class token dropped, features from the second-to-last layer) and an MLP projector "
+        "into a Llama; the template's `{% generation %}` markers.",
+        tested_zh="CLIP 视觉编码器（去掉 class token，取倒数第二层特征），经 MLP 投影接入 Llama；模板带 "
+        "`{% generation %}` 标记。",
+        processor="LlavaProcessor",
+    ),
+    VisionFamily(
+        name="LLaVA-NeXT",
+        model_type="llava_next",
+        arch="llava_next",
+        checkpoints=("llava-hf/llava-v1.6-mistral-7b-hf", "llava-hf/llava-v1.6-vicuna-7b-hf"),
+        tested="Any-resolution tiles (`image_sizes`, a newline embedding per row of tiles) on Mistral; the released "
+        "template ends a reply with the text `<\\s>`, which tunekit reads as the `</s>` it stands for.",
+        tested_zh="任意分辨率切片（`image_sizes`，每行切片后有换行嵌入），语言模型为 Mistral；发布的模板用文本 `<\\s>` "
+        "结束回复，tunekit 把它当作它本应表示的 `</s>`。",
+        processor="LlavaNextProcessor",
+    ),
+    VisionFamily(
+        name="Idefics3",
+        model_type="idefics3",
+        arch="idefics3",
+        checkpoints=("HuggingFaceM4/Idefics3-8B-Llama3", "HuggingFaceTB/SmolVLM-Instruct"),
+        tested="Images split into tiles plus the whole image, each tile's patches folded into fewer tokens (pixel "
+        "shuffle), `pixel_attention_mask`. SmolVLM (v1) is this architecture.",
+        tested_zh="图像切成若干切片加一张整图，每片的 patch 经 pixel shuffle 折叠为更少的 token，带 "
+        "`pixel_attention_mask`。SmolVLM（第一版）即此架构。",
+        processor="Idefics3Processor",
+    ),
+    VisionFamily(
+        name="SmolVLM2",
+        model_type="smolvlm",
+        arch="smolvlm",
+        checkpoints=("HuggingFaceTB/SmolVLM2-2.2B-Instruct", "HuggingFaceTB/SmolVLM2-500M-Video-Instruct"),
+        tested="As Idefics3, with SmolVLM2's processor (its video processor needs torchvision; the processor needs "
+        "the `num2words` package).",
+        tested_zh="与 Idefics3 相同，使用 SmolVLM2 的处理器（其视频处理器需要 torchvision；"
+        "处理器需要 `num2words` 包）。",
+        processor="SmolVLMProcessor",
+        video=True,
     ),
 )

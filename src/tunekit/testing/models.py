@@ -10,6 +10,7 @@ from typing import Any, Literal, get_args
 
 from tunekit._quiet import quiet
 from tunekit.data.templates import CHATML_TEMPLATE
+from tunekit.testing.vision import VISION_ARCHS, VisionArch, tiny_vlm
 
 __all__ = ["CHATML", "DEFAULT_TEXTS", "first_task", "reverse_task", "tiny_model", "train_tokenizer", "write_jsonl"]
 
@@ -74,7 +75,7 @@ Arch = Literal[
     "gpt_neox",
     "gpt2",
 ]
-ARCHS: tuple[str, ...] = get_args(Arch)
+ARCHS: tuple[str, ...] = get_args(Arch)  # the text-only families; VISION_ARCHS (tunekit.testing.vision) the others
 
 # Families whose released checkpoints all tie the output matrix to the embedding: their tiny models do too.
 _TIED = ("gemma2", "gemma3_text", "granite", "smollm3", "gpt2")
@@ -174,7 +175,7 @@ def _newer_family_config(arch: str, hidden_size: int, head_dim: int, max_positio
 
 def tiny_model(
     path: str | Path,
-    arch: Arch = "llama",
+    arch: Arch | VisionArch = "llama",
     texts: Iterable[str] | None = None,
     *,
     vocab_size: int = 512,
@@ -205,13 +206,42 @@ def tiny_model(
     A larger ``initializer_range`` (e.g. 0.2) gives random logits a usable scale, so that methods which
     freeze the head (LoRA and other adapters) can learn a toy task quickly from scratch.
 
-    Returns ``path``, loadable by ``tk.Tuner(path)`` or ``transformers.AutoModelForCausalLM``.
+    Vision-language families (:data:`~tunekit.testing.vision.VISION_ARCHS`): ``"qwen2_vl"``, ``"qwen2_5_vl"``,
+    ``"qwen3_vl"``, ``"gemma3"`` (Gemma 3 with vision), ``"llava"``, ``"llava_next"``, ``"idefics3"`` and
+    ``"smolvlm"`` write an image-text-to-text model with a tiny vision tower (an image is 4 to a few dozen tokens),
+    the family's image processor at small sizes, its processor files and the released model's chat template
+    (:func:`~tunekit.testing.vision.tiny_vlm`, which takes ``texts``, ``vocab_size``, ``hidden_size``,
+    ``num_layers``, ``num_heads``, ``initializer_range`` and ``seed``; the other options are text-only).
+    :data:`~tunekit.testing.families.VISION_FAMILIES` says what each is tested for.
+
+    Returns ``path``, loadable by ``tk.Tuner(path)`` or ``transformers.AutoModelForCausalLM`` (vision families:
+    ``AutoModelForImageTextToText`` and ``AutoProcessor``).
     """
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, Qwen2Config
 
+    if arch in VISION_ARCHS:
+        text_only = {"intermediate_size": intermediate_size, "max_position_embeddings": max_position_embeddings != 512}
+        text_only |= {
+            "chat_template": not chat_template,
+            "pad_token": not pad_token,
+            "tie_word_embeddings": tie_word_embeddings,
+        }
+        if given := [name for name, value in text_only.items() if value]:
+            raise ValueError(f"tiny_model(arch={arch!r}): {', '.join(given)} apply to text-only archs")
+        return tiny_vlm(
+            path,
+            arch,  # type: ignore[arg-type]
+            texts,
+            vocab_size=vocab_size,
+            hidden_size=hidden_size,
+            num_layers=num_layers,
+            num_heads=num_heads,
+            initializer_range=initializer_range,
+            seed=seed,
+        )
     if arch not in ARCHS:
-        raise ValueError(f"tiny_model(arch={arch!r}): choose one of {list(ARCHS)}")
+        raise ValueError(f"tiny_model(arch={arch!r}): choose one of {list(ARCHS) + list(VISION_ARCHS)}")
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     corpus = list(texts) if texts is not None else list(DEFAULT_TEXTS)

@@ -29,6 +29,7 @@ class Setup:
     device: Any
     learning_rate: float
     callbacks: list[Any]
+    processor: Any = None  # a vision-language model's processor (trl's DPO trainer reads rows with images with it)
 
 
 def training_args(setup: Setup) -> dict[str, Any]:

@@ -7,6 +7,7 @@ of the modules beside it (models, peft_map, trainers, checkpoints, planning, pro
 from __future__ import annotations
 
 import contextlib
+import logging
 import tempfile
 import threading
 import time
@@ -17,8 +18,8 @@ from typing import Any
 
 from tunekit._fs import check_writable
 from tunekit._quiet import quiet
-from tunekit._torch import count_parameters, torch_dtype
-from tunekit.backends.base import Backend, LoadedModel, RunSpec
+from tunekit._torch import count_parameters, torch_dtype, unwrap_peft
+from tunekit.backends.base import Backend, LoadedModel, RunSpec, VisionRows
 from tunekit.backends.hf import models
 from tunekit.backends.hf.attention import own_attention
 from tunekit.backends.hf.batch_size import train_fitting
@@ -36,6 +37,7 @@ from tunekit.backends.hf.rewards import score_items
 from tunekit.backends.hf.safe_loading import check_weights
 from tunekit.backends.hf.tracking import check_trackers, tracking_env
 from tunekit.backends.hf.trainers import build_trainer, offloads_activations, release_trainer, tokens_seen
+from tunekit.backends.hf.vision import VisionEncoded, encode_vision
 from tunekit.data.control_tokens import control_tokens, encode_plain, find_control_token, plain_spans
 from tunekit.data.encoding import Encoded
 from tunekit.data.formats import NormalisedData
@@ -45,13 +47,16 @@ from tunekit.data.templates import ensure_template, render
 from tunekit.distributed import shards_parameters, world
 from tunekit.errors import IncompatibleError
 from tunekit.hooks import HookDispatcher
+from tunekit.inference import prompt_images
 from tunekit.methods import Method
 from tunekit.plan import Plan
 from tunekit.results import FitResult
 from tunekit.save_format import MANIFEST
 from tunekit.training import Training
 
-__all__ = ["HFBackend", "Loaded"]
+__all__ = ["HFBackend", "Loaded", "check_vision_model", "encode_images", "model_name"]
+
+logger = logging.getLogger("tunekit")
 
 
 def _hf(loaded: LoadedModel) -> Loaded:
@@ -75,12 +80,16 @@ class HFBackend:
                 "the base model was given as a model object; loading it again needs its hub id or directory"
             )
         training = spec.training
+        # A vision-language model loads with its image-text-to-text class (a reward model's score head is not
+        # reloaded here: its exports are of the trained model).
+        kind = {} if models.head_kwargs(spec.objective) else models.model_class_kwargs(spec)
         with quiet():
             return models.load_model(
                 str(spec.model_ref),
                 dtype=torch_dtype(precision),
                 trust_remote_code=training.trust_remote_code,
                 allow_pickle=training.allow_pickle,
+                **kind,
             )
 
     def preflight(self, spec: RunSpec, *, resume: bool | str | Path) -> Path | None:
@@ -112,26 +121,28 @@ class HFBackend:
         self,
         spec: RunSpec,
         loaded: LoadedModel,
-        train: Encoded | TrainerRows,
-        evaluation: Encoded | TrainerRows | None,
+        train: Encoded | TrainerRows | VisionRows,
+        evaluation: Encoded | TrainerRows | VisionRows | None,
         *,
         dispatcher: HookDispatcher,
         resume_from: Path | None,
     ) -> FitResult:
         hf = _hf(loaded)
         training = spec.training
+        data = encode_images(spec, hf, train)  # rows with images: encoded here, with the model's processor
+        eval_data = encode_images(spec, hf, evaluation) if evaluation is not None else None
         if training.gradient_checkpointing == "auto":  # on only where plan() says the run would not fit without it
-            need = isinstance(train, Encoded) and checkpointing_needed(spec, hf.model, train)
+            need = isinstance(data, Encoded) and checkpointing_needed(spec, hf.model, data)
             training = training.model_copy(update={"gradient_checkpointing": need})
         training = training_for(spec.method, training)  # e.g. no gradient checkpointing for prefix tuning
         hf.engine = training.distributed if world().distributed else None
         lr = training.learning_rate or spec.method.default_learning_rate
         ctx, control = dispatcher.ctx, dispatcher.control
         bridge = HookBridge(
-            dispatcher, evaluate_at_end=evaluation is not None, check_nonfinite=training.on_nonfinite == "error"
+            dispatcher, evaluate_at_end=eval_data is not None, check_nonfinite=training.on_nonfinite == "error"
         )
         # What a checkpoint records of this run, and what a resumed run must match (checkpoints.py).
-        identity = RunIdentity(uuid.uuid4().hex, run_config(spec), data_fingerprint(train))
+        identity = RunIdentity(uuid.uuid4().hex, run_config(spec), data_fingerprint(data))
         if resume_from is not None:
             identity.run_id = check_identity(resume_from, identity, force=training.force_resume)
         guard = NonFiniteGuard(
@@ -155,14 +166,15 @@ class HFBackend:
                     spec.objective,
                     model=hf.model,
                     tokenizer=hf.tokenizer,
-                    train_dataset=train.to_dataset(),
-                    eval_dataset=evaluation.to_dataset() if evaluation is not None else None,
+                    train_dataset=data.to_dataset(),
+                    eval_dataset=eval_data.to_dataset() if eval_data is not None else None,
                     training=t,
                     output_dir=str(out),
                     precision=hf.precision,
                     device=hf.device,
                     learning_rate=lr,
                     callbacks=[bridge, *method_callbacks(spec.method, hf.model)],
+                    processor=hf.processor,
                 )
                 return install(trainer, identity=identity, keep=t.keep_checkpoints, guard=guard)
 
@@ -173,7 +185,7 @@ class HFBackend:
                 finished = control.finished  # the same on every process
                 if finished and spec.output_dir is not None and trainer.args.should_save:
                     mark_finished(out, identity.run_id, int(trainer.state.global_step))  # "auto" starts afresh
-                if evaluation is not None and finished:
+                if eval_data is not None and finished:
                     eval_metrics = bridge.eval_at(trainer.state.global_step) or trainer.evaluate()
                 else:
                     eval_metrics = {}
@@ -199,16 +211,16 @@ class HFBackend:
             epochs=float(trainer.state.epoch or 0.0),
             runtime_s=runtime,
             tokens_per_s=tokens / runtime if runtime > 0 else 0.0,
-            num_examples=len(train.rows),
-            num_tokens=train.num_tokens,
+            num_examples=len(data.rows),
+            num_tokens=data.num_tokens,
             trainable_params=trainable,
             total_params=total,
             output_dir=Path(spec.output_dir) if spec.output_dir is not None else None,
             stopped_early=ctx.stop_requested,
             stop_reason=ctx.stop_reason,
             checkpoint=bridge.last_checkpoint if spec.output_dir is not None else None,
-            skipped_rows=sorted(r for r, _ in train.skipped),
-            skipped_reasons=dict(sorted(train.skipped)),
+            skipped_rows=sorted(r for r, _ in data.skipped),
+            skipped_reasons=dict(sorted(data.skipped)),
         )
 
     def generate(self, loaded: LoadedModel, prompts: list[Any], *, chat: bool, options: dict[str, Any]) -> list[str]:
@@ -217,6 +229,7 @@ class HFBackend:
         hf = _hf(loaded)
         tok, model = hf.tokenizer, hf.model
         tools = options.get("tools")
+        images = _images(hf, prompts)  # an image for a text-only model: refused before rendering
         texts, spans, opts = _prompts_and_options(hf, prompts, chat=chat, options=options)
         batch_size = int(opts.pop("batch_size", 16))
         limit = int(opts["max_new_tokens"])
@@ -229,7 +242,7 @@ class HFBackend:
             with quiet(), torch.no_grad(), own_attention(model):
                 for i in range(0, len(texts), batch_size):
                     batch = texts[i : i + batch_size]
-                    enc = _encode(hf, batch, spans[i : i + batch_size], chat=chat)
+                    enc = _encode(hf, batch, spans[i : i + batch_size], chat=chat, images=images[i : i + batch_size])
                     gen = model.generate(
                         **enc,
                         eos_token_id=model.generation_config.eos_token_id,
@@ -260,6 +273,7 @@ class HFBackend:
         hf = _hf(loaded)
         tok, model = hf.tokenizer, hf.model
         tools = bool(options.get("tools"))
+        images = _images(hf, [prompt])
         texts, spans, opts = _prompts_and_options(hf, [prompt], chat=chat, options=options)
         opts.pop("batch_size", None)
         limit = int(opts["max_new_tokens"])
@@ -302,7 +316,7 @@ class HFBackend:
         thread: threading.Thread | None = None
         try:
             with quiet(), own_attention(model):
-                enc = _encode(hf, texts, spans, chat=chat)
+                enc = _encode(hf, texts, spans, chat=chat, images=images)
                 thread = threading.Thread(target=work, args=(enc,), name="tunekit-stream", daemon=True)
                 thread.start()
                 for piece in streamer:
@@ -324,9 +338,10 @@ class HFBackend:
 
     def prompt_length(self, loaded: LoadedModel, prompt: Any, *, chat: bool, options: dict[str, Any]) -> int:
         hf = _hf(loaded)
+        images = _images(hf, [prompt])
         texts, spans, _ = _prompts_and_options(hf, [prompt], chat=chat, options=dict(options))
         with quiet():
-            return int(_encode(hf, texts, spans, chat=chat)["attention_mask"].sum())
+            return int(_encode(hf, texts, spans, chat=chat, images=images)["attention_mask"].sum())
 
     def context_length(self, loaded: LoadedModel) -> int | None:
         config = getattr(_hf(loaded).model, "config", None)
@@ -478,7 +493,51 @@ class HFBackend:
                 loaded.model.save_pretrained(path, state_dict=state_dict)
             else:
                 loaded.model.save_pretrained(path)
+            processor = getattr(loaded, "processor", None)
+            if processor is not None:  # a vision-language model: its image processor's settings and chat template
+                processor.save_pretrained(path)
             loaded.tokenizer.save_pretrained(path)
+
+
+def model_name(spec: RunSpec, model: Any) -> str:
+    """The model as the user named it (its hub id or directory), for messages."""
+    if isinstance(spec.model_ref, (str, Path)):
+        return repr(str(spec.model_ref))
+    return f"{type(unwrap_peft(model)).__name__} ({getattr(model, 'name_or_path', '') or 'a model object'})"
+
+
+def check_vision_model(spec: RunSpec, hf: Loaded, row: int, where: str) -> None:
+    """An image sent to a text-only model: IncompatibleError naming the model and the fix."""
+    if hf.processor is not None:
+        return
+    model_type = getattr(getattr(hf.model, "config", None), "model_type", None)
+    raise IncompatibleError(
+        f"{where} row {row} holds an image, but {model_name(spec, hf.model)} (model type {model_type!r}) is a "
+        "text-only model: it has no vision tower to read images; use a vision-language model (one that "
+        "transformers loads with AutoModelForImageTextToText, e.g. Qwen2.5-VL, Gemma 3, SmolVLM), or drop the images"
+    )
+
+
+def encode_images(
+    spec: RunSpec, hf: Loaded, data: Encoded | TrainerRows | VisionRows
+) -> Encoded | TrainerRows | VisionEncoded:
+    """Rows with images encoded with the model's processor (:func:`~.vision.encode_vision`); other data as it is."""
+    if not isinstance(data, VisionRows):
+        return data
+    check_vision_model(spec, hf, data.first_image_row(), "the training data's")
+    with quiet():
+        enc: VisionEncoded = encode_vision(hf.processor, hf.tokenizer, data.examples, **data.settings)
+    for _row, reason in enc.skipped:
+        logger.warning("skipped %s", reason)
+    enc.skipped = data.skipped + enc.skipped
+    if enc.truncated:
+        logger.warning(
+            "%d of %d examples were longer than max_length=%d and were truncated (after their images)",
+            enc.truncated,
+            len(enc.input_ids),
+            data.settings["max_length"],
+        )
+    return enc
 
 
 def check_offload(spec: RunSpec, device: Any) -> None:
@@ -584,9 +643,31 @@ def _prompts_and_options(
     return texts, spans, opts
 
 
-def _encode(hf: Loaded, texts: list[str], spans: list[Any], *, chat: bool) -> dict[str, Any]:
-    """A batch of prompts as input ids and attention mask on the model's device (padded on the tokenizer's side)."""
+def _images(hf: Loaded, prompts: list[Any]) -> list[list[Any]]:
+    """Each prompt's images (:func:`~tunekit.inference.prompt_images`); an image for a text-only model is refused."""
+    images = [prompt_images(p) for p in prompts]
+    if any(images) and hf.processor is None:
+        at = next(k for k, imgs in enumerate(images) if imgs) + 1
+        model_type = getattr(getattr(hf.model, "config", None), "model_type", None)
+        raise IncompatibleError(
+            f"generate(): prompt {at} holds an image, but this model (model type {model_type!r}) is text-only: it has "
+            "no vision tower to read images; use a vision-language model (one that transformers loads with "
+            "AutoModelForImageTextToText, e.g. Qwen2.5-VL, Gemma 3, SmolVLM), or drop the images"
+        )
+    return images
+
+
+def _encode(
+    hf: Loaded, texts: list[str], spans: list[Any], *, chat: bool, images: list[list[Any]] | None = None
+) -> dict[str, Any]:
+    """A batch of prompts as input ids and attention mask on the model's device (padded on the tokenizer's side);
+    with images, everything the processor makes for them too (pixel values, image grids, image-token types)."""
     tok = hf.tokenizer
+    if images and any(images):
+        # The processor expands each image placeholder into the image's tokens, as encode_vision did in training
+        # (a control token typed in a text part is not kept as text here).
+        enc = hf.processor(text=texts, images=images, padding=True, add_special_tokens=not chat, return_tensors="pt")
+        return {k: v.to(hf.device) if hasattr(v, "to") else v for k, v in enc.items()}
     if any(spans):
         ids = [encode_plain(tok, t, sp, add_special_tokens=not chat) for t, sp in zip(texts, spans)]
         enc = tok.pad({"input_ids": ids}, return_tensors="pt", padding=True)

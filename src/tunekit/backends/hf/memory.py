@@ -23,9 +23,11 @@ __all__ = [
     "autocast_copies",
     "backbone",
     "base_bytes",
+    "block_bytes_per_token",
     "layer_bytes_per_token",
     "loss_bytes",
     "rest_bytes_per_token",
+    "text_config",
 ]
 
 logger = logging.getLogger("tunekit")
@@ -35,9 +37,23 @@ _TORCH_FOLD_TEMPS = 7  # fp32 tile-sized temporaries alive at once in its torch 
 
 
 def backbone(model: Any) -> Any:
-    """The decoder stack (``model.model`` of a causal LM) under any peft wrapper."""
+    """The decoder stack (``model.model`` of a causal LM) under any peft wrapper; of a vision-language model, its
+    language model's (``model.model.language_model``, Idefics3 / SmolVLM's ``text_model``)."""
     base: Any = unwrap_peft(model)
-    return getattr(base, str(base.base_model_prefix), base)
+    inner = getattr(base, str(base.base_model_prefix), base)
+    for name in ("language_model", "text_model"):
+        decoder = getattr(inner, name, None)
+        if decoder is not None and hasattr(decoder, "layers"):
+            return decoder
+    return inner
+
+
+def text_config(model: Any) -> Any:
+    """The config of the model's language model: its own for a text model, ``text_config`` for a vision-language
+    one (whose top-level config holds the tower's and the language model's)."""
+    config = unwrap_peft(model).config
+    get = getattr(config, "get_text_config", None)
+    return get() if callable(get) else config
 
 
 @dataclass(frozen=True)
@@ -119,8 +135,14 @@ def layer_bytes_per_token(model: Any, config: Any, *, mixed: bool, liger: bool =
     Checked against tensors saved for the backward, measured (backends/hf/memory_measure.py).
     """
     w = base_bytes(model)  # the residual stream's dtype
+    return block_bytes_per_token(_decoder_layer(model), config, w=w, mixed=mixed, liger=liger)
+
+
+def block_bytes_per_token(layer: Any, config: Any, *, w: int, mixed: bool, liger: bool = False) -> float:
+    """Bytes one transformer block ``layer`` keeps per token for the backward: :func:`layer_bytes_per_token`'s
+    terms, for any block whose shape ``config`` gives (``hidden_size``, ``num_attention_heads``, ...); ``w``: bytes
+    of the residual stream's values (a vision tower's block too: vision_plan.py)."""
     a = 2 if mixed else w  # the compute dtype: what matmuls take and give
-    layer = _decoder_layer(model)
     h = int(config.hidden_size)
     heads = int(config.num_attention_heads)
     kv_heads = int(getattr(config, "num_key_value_heads", heads) or heads)
@@ -280,7 +302,7 @@ def activation_parts(
     backward, so the device holds about two layers' worth (the layer in its backward and the next one, fetched ahead
     on a second stream) instead of all of them (an estimate: not measured, it runs only on CUDA).
     """
-    config = unwrap_peft(model).config
+    config = text_config(model)
     mixed = precision in ("bf16", "fp16")
     try:
         per_layer = layer_bytes_per_token(model, config, mixed=mixed, liger=liger)

@@ -26,6 +26,13 @@ from tunekit.backends.hf.processes import check_distributed, rank_device
 from tunekit.backends.hf.quantization import check_before_load, load_quantized, quantize_skeleton
 from tunekit.backends.hf.safe_loading import check_weights
 from tunekit.backends.hf.untrained import fix_untrained_template_tokens
+from tunekit.backends.hf.vision import (
+    accept_text_content,
+    apply_pixel_budget,
+    is_vision_config,
+    is_vision_model,
+    load_processor,
+)
 from tunekit.data.templates import PAD, Template, ensure_template
 from tunekit.distributed import world
 from tunekit.errors import ConfigError, IncompatibleError
@@ -38,6 +45,7 @@ __all__ = [
     "load",
     "load_model",
     "load_tokenizer",
+    "model_class_kwargs",
     "own_rng",
     "resolve_device",
     "resolve_precision",
@@ -180,9 +188,12 @@ def check_head(model: Any, objective: Any) -> None:
 class Loaded:
     """What the backend keeps per tuner once loaded (a :class:`tunekit.backends.base.LoadedModel`)."""
 
-    def __init__(self, model: Any, tokenizer: Any, template: Template, device: Any, precision: str) -> None:
+    def __init__(
+        self, model: Any, tokenizer: Any, template: Template, device: Any, precision: str, processor: Any = None
+    ) -> None:
         self.model = model
         self.tokenizer = tokenizer
+        self.processor = processor  # a vision-language model's processor (its tokenizer is ``tokenizer``), else None
         self.template = template
         self.device = device
         self.precision = precision
@@ -217,10 +228,10 @@ def load(spec: RunSpec) -> Loaded:
     precision = resolve_precision(training.precision, device)
     check_before_load(spec.method, spec.model_ref, device)  # e.g. QLoRA without CUDA: fail before loading
     check_distributed(spec.method, training, device)  # e.g. DeepSpeed on CPU, QLoRA under FSDP
-    model, tokenizer, template = build_model(spec, precision=precision)
+    model, tokenizer, template, processor = build_model(spec, precision=precision)
     with quiet():
         model.to(device)
-    return Loaded(model, tokenizer, template, device, precision)
+    return Loaded(model, tokenizer, template, device, precision, processor)
 
 
 def weights_dtype(spec: RunSpec, precision: str) -> Any:
@@ -231,8 +242,44 @@ def weights_dtype(spec: RunSpec, precision: str) -> Any:
     return torch_dtype(precision) if (spec.method.is_adapter and precision != "fp32") else torch.float32
 
 
-def build_model(spec: RunSpec, *, precision: str, meta: bool = False) -> tuple[Any, Any, Template]:
-    """``(model, tokenizer, template)`` for ``spec``: the one path for ``fit`` and ``plan``.
+def model_class_kwargs(spec: RunSpec) -> dict[str, Any]:
+    """``load_model`` options for the model's head: a score head for reward models, ``AutoModelForImageTextToText``
+    for a vision-language model (its config is an image-text-to-text one), else none (a causal LM)."""
+    kwargs = head_kwargs(spec.objective)
+    if not isinstance(spec.model_ref, (str, Path)):
+        return kwargs
+    if kwargs:
+        if _vision_ref(str(spec.model_ref), trust_remote_code=spec.training.trust_remote_code):
+            raise IncompatibleError(
+                f"{spec.objective.name} trains a score head on the model (a sequence classifier), and "
+                f"{str(spec.model_ref)!r} is a vision-language model, which transformers has no such head for: "
+                f"{spec.objective.name} cannot train on images. Train a reward model on a text-only model; "
+                "vision-language models train with tk.SFT() and tk.DPO()"
+            )
+        return kwargs
+    if _vision_ref(str(spec.model_ref), trust_remote_code=spec.training.trust_remote_code):
+        from transformers import AutoModelForImageTextToText
+
+        return {"auto_class": AutoModelForImageTextToText}
+    return {}
+
+
+def _vision_ref(ref: str, *, trust_remote_code: bool) -> bool:
+    """Whether the model at ``ref`` is a vision-language one (its config read; False when it cannot be read, and
+    loading then says why)."""
+    from transformers import AutoConfig
+
+    try:
+        with quiet():
+            config = AutoConfig.from_pretrained(ref, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, KeyError):
+        return False
+    return is_vision_config(config)
+
+
+def build_model(spec: RunSpec, *, precision: str, meta: bool = False) -> tuple[Any, Any, Template, Any]:
+    """``(model, tokenizer, template, processor)`` for ``spec``: the one path for ``fit`` and ``plan``
+    (``processor``: a vision-language model's, whose tokenizer is ``tokenizer``; None for a text model).
 
     The tokenizer gets the chat template (and a pad token); embeddings grow for the tokens tunekit
     added; template tokens the base model has but never trained start at the mean embedding and train
@@ -253,7 +300,7 @@ def build_model(spec: RunSpec, *, precision: str, meta: bool = False) -> tuple[A
                     compute_dtype=torch_dtype(precision),
                     device=rank_device(training.device, resolve_device(training.device)),
                     trust_remote_code=training.trust_remote_code,
-                    **head_kwargs(spec.objective),
+                    **model_class_kwargs(spec),
                 )
         elif isinstance(ref, (str, Path)):
             with own_rng(training.seed):  # a reward model's new score head is initialised here
@@ -262,12 +309,15 @@ def build_model(spec: RunSpec, *, precision: str, meta: bool = False) -> tuple[A
                     dtype=weights_dtype(spec, precision),
                     trust_remote_code=training.trust_remote_code,
                     allow_pickle=training.allow_pickle,
-                    **head_kwargs(spec.objective),
+                    **model_class_kwargs(spec),
                 )
         else:
             model = ref  # a transformers model object, used as it is
             check_head(model, spec.objective)
-        tokenizer = _tokenizer_of(spec, model)
+        processor = _processor_of(spec, model) if is_vision_model(model) else None
+        tokenizer = processor.tokenizer if processor is not None else _tokenizer_of(spec, model)
+        if processor is not None and spec.template is None and accept_text_content(tokenizer):
+            processor.chat_template = tokenizer.chat_template  # saved beside an adapter: the one it trained with
         template, added = ensure_template(tokenizer, spec.template, spec.template_options)
         new_ids = [tokenizer.convert_tokens_to_ids(t) for t in added if t != PAD]
         with own_rng(training.seed):
@@ -296,7 +346,33 @@ def build_model(spec: RunSpec, *, precision: str, meta: bool = False) -> tuple[A
                 gen.eos_token_id = sorted({template.end_of_turn_id, tokenizer.eos_token_id} - {None})
                 gen.pad_token_id = tokenizer.pad_token_id
             model.config.pad_token_id = tokenizer.pad_token_id
-    return model, tokenizer, template
+            text_config = getattr(model.config, "get_text_config", lambda: None)()
+            if text_config is not None and text_config is not model.config:
+                text_config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer, template, processor
+
+
+def _processor_of(spec: RunSpec, model: Any) -> Any:
+    """A vision-language model's processor: the one given as ``Tuner(tokenizer=...)``, or loaded beside the model."""
+    tok_ref = spec.tokenizer_ref
+    if tok_ref is not None and not isinstance(tok_ref, (str, Path)):
+        if getattr(tok_ref, "image_processor", None) is None:
+            raise IncompatibleError(
+                f"{type(model).__name__} is a vision-language model: pass its processor (AutoProcessor) as "
+                f"Tuner(tokenizer=...), not a {type(tok_ref).__name__}"
+            )
+        return tok_ref
+    ref = tok_ref if tok_ref is not None else spec.model_ref
+    ref = str(ref) if isinstance(ref, (str, Path)) else getattr(model, "name_or_path", None)
+    if not ref:
+        raise ConfigError(
+            "Tuner(model=<model object>): the vision-language model has no name_or_path to find its processor; "
+            "pass tokenizer=<its AutoProcessor>"
+        )
+    model_type = getattr(model.config, "model_type", None)
+    processor = load_processor(str(ref), trust_remote_code=spec.training.trust_remote_code, model_type=model_type)
+    apply_pixel_budget(processor, max_pixels=spec.training.max_pixels, min_pixels=spec.training.min_pixels)
+    return processor
 
 
 def _tokenizer_of(spec: RunSpec, model: Any) -> Any:
@@ -363,7 +439,7 @@ def _meta_model(spec: RunSpec, dtype: Any) -> Any:
     training = spec.training
     ref = str(spec.model_ref)
     config = AutoConfig.from_pretrained(ref, trust_remote_code=training.trust_remote_code)
-    kwargs = head_kwargs(spec.objective)
+    kwargs = model_class_kwargs(spec)
     cls = kwargs.pop("auto_class", AutoModelForCausalLM)
     for k, v in kwargs.items():
         setattr(config, k, v)

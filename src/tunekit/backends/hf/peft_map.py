@@ -20,6 +20,7 @@ from typing import Any
 from tunekit._torch import is_quantized, unwrap_peft
 from tunekit.backends.base import builder_for
 from tunekit.backends.hf.quantization import prepare_for_kbit_training
+from tunekit.backends.hf.vision import is_vision_model, part_of
 from tunekit.errors import ConfigError, IncompatibleError
 from tunekit.methods import (
     IA3,
@@ -154,7 +155,86 @@ def _targets(method: Any, model: Any) -> Any:
     targets = method.target_modules
     if isinstance(targets, list):
         _check_targets(model, targets, method)
+    if is_vision_model(model):
+        return _vision_targets(method, model, targets)
     return targets
+
+
+_PARTS = (("vision_tower", "the vision tower"), ("projector", "the projector"))
+
+
+def _vision_targets(method: Any, model: Any, targets: Any) -> list[str]:
+    """A vision-language model's modules to adapt, by full name: those ``targets`` names (every linear module for
+    'all-linear', the output head excepted as peft does) in the language model, and in the vision tower and the
+    projector where the method says ``"lora"`` (peft's 'all-linear' would adapt the image encoder too)."""
+    import torch
+
+    adapted = {"language_model"} | {part for part, _ in _PARTS if getattr(method, part, "frozen") == "lora"}
+    _, head = _embedding_names(model)
+    names = [
+        n
+        for n, m in model.named_modules()
+        if isinstance(m, torch.nn.Linear)
+        and n != head
+        and part_of(n) in adapted
+        and (targets == "all-linear" or n.split(".")[-1] in targets)
+    ]
+    if not names:
+        raise ConfigError(
+            f"{method.name}(target_modules={targets!r}): none of those modules is in the parts of this vision-language "
+            f"model that train ({sorted(adapted)}); its linear modules are {_linear_names(model)}"
+        )
+    return names
+
+
+def _part_roots(model: Any, part: str) -> list[str]:
+    """The outermost modules of ``part`` (``"vision_tower"``, ``"projector"``) of a vision-language model."""
+    names = [n for n, _ in model.named_modules() if n and part_of(n) == part]
+    return [n for n in names if part_of(n.rsplit(".", 1)[0] if "." in n else "") != part]
+
+
+def _vision_parts_to_save(method: Any, ctx: BuildContext) -> list[str]:
+    """The parts a method trains whole on a vision-language model (``vision_tower="full"``, ``projector="full"``),
+    as peft's ``modules_to_save`` (trained copies, saved with the adapter); a frozen projector inside a tower that
+    trains whole (Qwen-VL's merger) is frozen again once peft has made the copy."""
+    model = ctx.model
+    if not is_vision_model(model):
+        if any(getattr(method, part, "frozen") != "frozen" for part, _ in _PARTS):
+            fields = ", ".join(f"{p}={getattr(method, p)!r}" for p, _ in _PARTS if getattr(method, p) != "frozen")
+            raise IncompatibleError(
+                f"{method.name}({fields}): {type(model).__name__} is a text-only model, it has no vision tower or "
+                "projector; drop those options"
+            )
+        return []
+    roots: list[str] = []
+    for part, label in _PARTS:
+        mode = getattr(method, part, "frozen")
+        found = _part_roots(model, part)
+        if mode != "frozen" and not found:
+            raise IncompatibleError(
+                f"{method.name}({part}={mode!r}): tunekit cannot find {label} of {type(model).__name__} (no module "
+                "named like one); leave it 'frozen'"
+            )
+        if mode == "full":
+            roots += found
+    tower_full = getattr(method, "vision_tower", "frozen") == "full"
+    projector_mode = getattr(method, "projector", "frozen")
+    nested = [n for n in _part_roots(model, "projector") if any(n.startswith(r + ".") for r in roots)]
+    if tower_full and nested and projector_mode == "lora":
+        raise IncompatibleError(
+            f"{method.name}(vision_tower='full', projector='lora'): in {type(model).__name__} the projector is "
+            f"inside the vision tower ({nested[0]}), which trains whole: use projector='full' or 'frozen'"
+        )
+    if tower_full and nested and projector_mode == "frozen":
+        ctx.after.append(_freeze_projector)
+    roots = [r for r in roots if not any(r.startswith(o + ".") for o in roots)]
+    return roots
+
+
+def _freeze_projector(wrapped: Any) -> None:
+    for n, p in wrapped.named_parameters():
+        if part_of(n) == "projector":
+            p.requires_grad_(False)
 
 
 # --- translations -----------------------------------------------------------------------------------
@@ -173,6 +253,7 @@ def _lora(method: LoRA, ctx: BuildContext) -> Any:
         use_rslora=method.rslora,
         init_lora_weights=init,
         trainable_token_indices=_trainable_tokens(ctx.model, ctx.new_token_ids),
+        modules_to_save=_vision_parts_to_save(method, ctx) or None,
     )
 
 
@@ -415,11 +496,15 @@ def _matches(name: str, pattern: str) -> bool:
 
 
 def _blocks(model: Any) -> tuple[str, Any]:
-    """The model's list of transformer blocks: the longest ``nn.ModuleList`` of same-typed modules."""
+    """The model's list of transformer blocks: the longest ``nn.ModuleList`` of same-typed modules (of the language
+    model, in a vision-language model)."""
     import torch
 
     best: tuple[str, Any] | None = None
+    vision = is_vision_model(model)
     for name, m in model.named_modules():
+        if vision and part_of(name) != "language_model":
+            continue
         if isinstance(m, torch.nn.ModuleList) and len(m) > 0 and len({type(c) for c in m}) == 1:
             if best is None or len(m) > len(best[1]):
                 best = (name, m)

@@ -20,15 +20,24 @@ from typing import Any
 
 from tunekit._quiet import quiet
 from tunekit._torch import count_parameters, unique_parameters, unwrap_peft
-from tunekit.backends.base import LoadedModel, RunSpec
+from tunekit.backends.base import LoadedModel, RunSpec, VisionRows
 from tunekit.backends.hf import fastpath
-from tunekit.backends.hf.memory import activation_parts
+from tunekit.backends.hf.memory import activation_parts, base_bytes
 from tunekit.backends.hf.models import build_model, resolve_device, resolve_precision
 from tunekit.backends.hf.optimizers import state_bytes
 from tunekit.backends.hf.quantization import check_before_load, parameter_bytes
+from tunekit.backends.hf.vision import VisionEncoded, is_vision_model
+from tunekit.backends.hf.vision_plan import (
+    VisionCount,
+    count_preference_images,
+    count_vision,
+    tower_bytes,
+    vision_params,
+)
 from tunekit.data.encoding import Encoded
 from tunekit.data.formats import NormalisedData
-from tunekit.data.rows import TrainerRows
+from tunekit.data.rows import IMAGES, TrainerRows
+from tunekit.errors import IncompatibleError
 from tunekit.plan import Plan
 from tunekit.training import Training
 from tunekit.training_data import encode_for
@@ -125,12 +134,26 @@ def make_plan(
     with quiet():
         if loaded is not None:
             model, tokenizer = loaded.model, loaded.tokenizer
+            processor = getattr(loaded, "processor", None)
         else:
             device = _planned_device(spec.training.device)
             check_before_load(spec.method, spec.model_ref, device, planning=True)  # QLoRA: on CUDA, with bitsandbytes
             precision = _planned_precision(spec.training.precision, device)
-            model, tokenizer, _ = build_model(spec, precision=precision, meta=True)
-        enc = encode_for(spec, norm, tokenizer)
+            model, tokenizer, _, processor = build_model(spec, precision=precision, meta=True)
+        enc: Encoded | TrainerRows | VisionRows | VisionCount = encode_for(spec, norm, tokenizer)
+        if isinstance(enc, VisionRows):  # rows with images: counted as fit encodes them, the images by size
+            if processor is None:
+                raise IncompatibleError(
+                    f"the training data's row {enc.first_image_row()} holds an image, but the model (model type "
+                    f"{getattr(unwrap_peft(model).config, 'model_type', None)!r}) is a text-only model: it has no "
+                    "vision tower to read images; use a vision-language model, or drop the images"
+                )
+            image_token = getattr(unwrap_peft(model).config, "image_token_id", None)
+            enc = count_vision(processor, tokenizer, enc.examples, enc.settings, image_token_id=image_token)
+        elif isinstance(enc, TrainerRows) and processor is not None and any(r.get(IMAGES) for r in enc.records):
+            image_token = getattr(unwrap_peft(model).config, "image_token_id", None)  # DPO pairs with images
+            enc = count_preference_images(processor, tokenizer, enc, image_token_id=image_token)
+        assert not isinstance(enc, VisionRows)
         return plan_encoded(spec, model, enc, checkpointing=checkpointing, device_memory=device_memory)
 
 
@@ -146,12 +169,14 @@ def _liger_knows(model: Any) -> bool:
 def plan_encoded(
     spec: RunSpec,
     model: Any,
-    enc: Encoded | TrainerRows,
+    enc: Encoded | TrainerRows | VisionCount,
     *,
     checkpointing: bool | None = None,
     device_memory: int | None = None,
 ) -> Plan:
     """The Plan of training ``model`` (method applied) on encoded data ``enc``; ``device_memory``: see make_plan."""
+    vision = enc if isinstance(enc, VisionCount) else None
+    data: Encoded | TrainerRows | VisionEncoded = enc.encoded if isinstance(enc, VisionCount) else enc
     training = spec.training
     device = _planned_device(training.device)
     precision = _planned_precision(training.precision, device)
@@ -160,17 +185,20 @@ def plan_encoded(
     weights = sum(parameter_bytes(p) for p in params)  # a quantized weight as bitsandbytes stores it
     grads = sum(p.numel() * p.element_size() for p in trainable)
     optimizer = state_bytes(training, model)  # the chosen optimizer's state, as it allocates it (optimizers.py)
-    tokenised = isinstance(enc, Encoded)
+    tokenised = isinstance(data, Encoded)
     liger = False
-    if isinstance(enc, Encoded):
-        lengths = [len(x) for x in enc.input_ids]
+    if isinstance(data, VisionEncoded):  # vision-language models train unpacked, with the model's own loss (sft.py)
+        lengths = [len(x) for x in data.input_ids]
+        packing = False
+    elif isinstance(data, Encoded):
+        lengths = [len(x) for x in data.input_ids]
         path = fastpath.choose(model, training, device)
         packing, liger = path.packing, path.liger and _liger_knows(model)
     else:  # preference / RL rows: trl pads them; a row's tokens are spread over its prompt and answers
-        lengths = [max(1, enc.num_tokens // max(1, len(enc.records)))] * len(enc.records)
+        lengths = [max(1, data.num_tokens // max(1, len(data.records)))] * len(data.records)
         packing = False
-    if isinstance(enc, Encoded) and packing and training.tokens_per_batch is not None:
-        batches = len(fastpath.pack_to_budget(enc.to_dataset(), training.tokens_per_batch))
+    if isinstance(data, Encoded) and packing and training.tokens_per_batch is not None:
+        batches = len(fastpath.pack_to_budget(data.to_dataset(), training.tokens_per_batch))
     else:
         batches = math.ceil(len(lengths) / training.batch_size)
     steps = _steps(batches, training)
@@ -179,6 +207,12 @@ def plan_encoded(
     total_mem = device_memory if device_memory is not None else _device_memory(device)
 
     fused = tokenised and fastpath.fused_loss_applies(model)  # as the SFT trainer decides (sft.py)
+    # A vision tower that trains keeps its blocks' activations for the micro-batch's images: sized for the
+    # batch_size sequences whose images hold the most pixel values.
+    tower = 0
+    if vision is not None:
+        pixels = sum(sorted(vision.pixel_values, reverse=True)[: training.batch_size])
+        tower = tower_bytes(model, pixels, mixed=precision in ("bf16", "fp16"), weight_bytes=base_bytes(model))
 
     def activations_with(gc: bool) -> int:
         parts = activation_parts(
@@ -192,7 +226,7 @@ def plan_encoded(
             liger=liger,
             offload=training.activation_offload and device.type == "cuda",
         )
-        return sum(parts.values())
+        return sum(parts.values()) + tower
 
     # As fit decides it (backend.fit, peft_map.training_for): "auto" is on only on a CUDA device the run would
     # not fit without it (with activation offloading when it is on: the cheapest setting that fits, as recomputing
@@ -213,6 +247,7 @@ def plan_encoded(
     activations = activations_with(gc)
     total = weights + grads + optimizer + activations
     n_trainable, n_total = count_parameters(model)
+    vision_trainable, vision_total = vision_params(model) if vision is not None or is_vision_model(model) else (0, 0)
     return Plan(
         method=spec.method.name,
         objective=spec.objective.name,
@@ -220,8 +255,9 @@ def plan_encoded(
         precision=precision,
         trainable_params=n_trainable,
         total_params=n_total,
-        examples=len(enc.rows),
-        tokens=int(enc.num_tokens),
+        examples=len(data.rows),
+        tokens=int(data.num_tokens),
+        sources=() if isinstance(data, VisionEncoded) else tuple(data.sources),  # a tk.Mix's sources
         steps=steps,
         micro_batch_tokens=int(micro),
         packing=packing,
@@ -234,6 +270,10 @@ def plan_encoded(
         fits=None if total_mem is None else total <= 0.95 * total_mem,
         optimizer=training.optimizer,
         activation_offload=training.activation_offload and device.type == "cuda",
+        images=vision.images if vision is not None else 0,
+        image_tokens=vision.image_tokens if vision is not None else 0,
+        vision_params=vision_total,
+        vision_trainable_params=vision_trainable,
     )
 
 

@@ -16,6 +16,7 @@ from tunekit._torch import unwrap_peft
 from tunekit.backends.hf.args import Setup, training_args
 from tunekit.backends.hf.attention import VARLEN, attention_of, varlen_attention
 from tunekit.backends.hf.fastpath import FastPath, choose, fused_loss_applies, pack_to_budget
+from tunekit.backends.hf.vision import VisionCollator, is_vision_model
 
 __all__ = ["ROUTER_FIELDS", "fast_sft_trainer", "packed_collator", "release", "router_settings_kept", "sft_trainer"]
 
@@ -45,6 +46,15 @@ class _PackedCollator:
 
 def packed_collator(tokenizer: Any, path: FastPath) -> _PackedCollator:
     return _PackedCollator(tokenizer.pad_token_id, path.packing)
+
+
+def _collator(setup: Setup, path: FastPath) -> Any:
+    """The processor's collation for rows with images (pixel values, image grids), else the packed collator."""
+    found = [getattr(d, "tunekit_vision", None) for d in (setup.train_dataset, setup.eval_dataset)]
+    sources = [s for s in found if s is not None]
+    if sources:
+        return VisionCollator(sources, setup.tokenizer.pad_token_id)
+    return packed_collator(setup.tokenizer, path)
 
 
 def fast_sft_trainer(base: Any, *, fused_head: bool) -> Any:
@@ -126,8 +136,20 @@ def sft_trainer(setup: Setup) -> Any:
     from trl import SFTConfig, SFTTrainer
 
     t = setup.training
-    fused_head = fused_loss_applies(setup.model)
+    vision = is_vision_model(setup.model)
+    fused_head = fused_loss_applies(setup.model) and not vision
     path = choose(setup.model, t, setup.device)
+    if vision:
+        # Packing is off for every vision-language family: their position ids (Qwen-VL's 3-D M-RoPE), image-token
+        # attention (Gemma 3's bidirectional image blocks) and image tensors are per sequence, and transformers
+        # computes them for a padded batch only. trl's chunked LM head and Liger patch text decoders only.
+        path = FastPath(
+            packing=False,
+            attention=None,
+            liger=False,
+            compile=path.compile,
+            reason="vision-language models train unpacked (their image positions and tensors are per sequence)",
+        )
     if not path.packing and t.packing is True:
         logger.warning("packing is off: %s", path.reason)
     train_dataset = setup.train_dataset
@@ -152,7 +174,7 @@ def sft_trainer(setup: Setup) -> Any:
         trainer = cls(
             model=setup.model,
             args=args,
-            data_collator=packed_collator(setup.tokenizer, path),
+            data_collator=_collator(setup, path),
             train_dataset=train_dataset,
             eval_dataset=setup.eval_dataset,
             processing_class=setup.tokenizer,

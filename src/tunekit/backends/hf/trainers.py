@@ -26,6 +26,7 @@ from tunekit.backends.hf.args import Setup, trainer_data, training_args
 from tunekit.backends.hf.optimizers import install_optimizer
 from tunekit.backends.hf.rewards import resolve_rewards
 from tunekit.backends.hf.sft import release, sft_trainer
+from tunekit.data.rows import IMAGES
 from tunekit.errors import IncompatibleError
 from tunekit.objectives import DPO, GRPO, KTO, ORPO, RLOO, SFT, CausalLM, Objective, OnlineRL, RewardModeling
 from tunekit.training import Training
@@ -118,8 +119,20 @@ def _dpo(setup: Setup) -> Any:
         model=setup.model,
         ref_model=None if _is_peft(setup.model) else _frozen_copy(setup.model),
         args=args,
-        **trainer_data(setup),
+        **_with_processor(setup, trainer_data(setup)),
     )
+
+
+def _with_processor(setup: Setup, data: dict[str, Any]) -> dict[str, Any]:
+    """Rows with images (an ``images`` column, :mod:`tunekit.data.rows`): trl's DPO trainer reads them with the
+    model's processor (``DataCollatorForVisionPreference``: the prompt and its images through the processor, the
+    answers through its tokenizer), which renders with the processor's chat template: tunekit's, the one ``generate``
+    renders with."""
+    columns = getattr(setup.train_dataset, "column_names", None) or []
+    if setup.processor is None or IMAGES not in columns:
+        return data
+    setup.processor.chat_template = setup.tokenizer.chat_template
+    return {**data, "processing_class": setup.processor}
 
 
 def _simpo(setup: Setup) -> Any:
@@ -314,14 +327,15 @@ def build_trainer(
     device: Any,
     learning_rate: float,
     callbacks: list[Any],
+    processor: Any = None,
 ) -> Any:
-    """The trl trainer for ``objective``, configured from ``training``."""
+    """The trl trainer for ``objective``, configured from ``training`` (``processor``: a vision-language model's)."""
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     build = builder_for(TRAINERS, objective, backend="hf")
     setup = Setup(
         objective, model, tokenizer, train_dataset, eval_dataset, training, output_dir, precision, device,
-        learning_rate, callbacks,
+        learning_rate, callbacks, processor,
     )  # fmt: skip
     if build is not _sft:
         _head_bias_visible(model)
