@@ -32,7 +32,7 @@ from tunekit._processors import load_processor as images_processor
 from tunekit.data.control_tokens import control_tokens, find_control_token
 from tunekit.data.encoding import IGNORE
 from tunekit.data.formats import Example
-from tunekit.data.templates import render
+from tunekit.data.templates import image_placeholder
 from tunekit.data.turns import render_turns, supervised_turns
 from tunekit.errors import DatasetError, IncompatibleError
 
@@ -133,21 +133,7 @@ class _Probe:
 def _probe(processor: Any, tokenizer: Any) -> _Probe:
     from PIL import Image
 
-    mark = "\ue000"
-    with_image = render(
-        tokenizer,
-        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": mark}]}],
-        add_generation_prompt=False,
-    )
-    text_only = [{"role": "user", "content": [{"type": "text", "text": mark}]}]
-    without = render(tokenizer, text_only, add_generation_prompt=False)
-    start = 0
-    while start < min(len(with_image), len(without)) and with_image[start] == without[start]:
-        start += 1
-    end = 0
-    while end < min(len(with_image), len(without)) - start and with_image[-1 - end] == without[-1 - end]:
-        end += 1
-    placeholder = with_image[start : len(with_image) - end]
+    placeholder = image_placeholder(tokenizer)
     if not placeholder:
         raise IncompatibleError(
             f"the chat template of this {type(processor).__name__} writes nothing for an image part "
