@@ -35,7 +35,7 @@ from tunekit.data.mixture import Mix, MixedData, MixPart, interleave, mix_parts,
 from tunekit.data.rows import TrainerRows, prepare_rows
 from tunekit.data.streaming import StreamedData, StreamedEncoded, first_rows
 from tunekit.data.templated import find_template_markers, template_warning
-from tunekit.data.templates import render
+from tunekit.data.templates import image_renders
 from tunekit.errors import ConfigError, DatasetError, IncompatibleError
 from tunekit.methods import Method
 from tunekit.objectives import DPO, Objective, infer_objective
@@ -313,16 +313,8 @@ def check_image_template(tokenizer: Any, row: int) -> None:
     """Rows with images for a trainer that renders them itself (trl's DPO): the model's chat template must place an
     image (a text-only model's writes nothing for an image part, or fails on one): else an IncompatibleError naming
     the row and the fix."""
-    mark = "\ue000"
     try:
-        with_image = render(
-            tokenizer,
-            [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": mark}]}],
-            add_generation_prompt=False,
-        )
-        without = render(
-            tokenizer, [{"role": "user", "content": [{"type": "text", "text": mark}]}], add_generation_prompt=False
-        )
+        with_image, without = image_renders(tokenizer)
     except Exception:  # a template that cannot render content parts is a text-only model's
         with_image = without = ""
     if with_image == without:

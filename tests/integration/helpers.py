@@ -10,6 +10,17 @@ def exact_match(tuner: tk.Tuner, rows: list[dict[str, Any]]) -> float:
     return sum(o == r["completion"] for o, r in zip(outs, rows)) / len(rows)
 
 
+class StopAt(tk.Hook):
+    """Fails at ``step`` (hook_errors='stop' leaves a checkpoint there), as a crash would end the run."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_end(self, ctx: Any) -> None:
+        if ctx.step == self.step:
+            raise RuntimeError("interrupted")
+
+
 def cpu(**kw: Any) -> tk.Training:
     kw.setdefault("device", "cpu")
     kw.setdefault("log_every", 1)

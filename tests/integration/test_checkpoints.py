@@ -20,7 +20,7 @@ from tunekit import _fs
 from tunekit.backends.hf.checkpoints import MANIFEST, RUN_STATE, STAGING
 from tunekit.testing import reverse_task
 
-from .helpers import cpu
+from .helpers import StopAt, cpu
 
 DATA = reverse_task(20, seed=3)  # 5 batches of 4 per epoch: max_steps=8 crosses an epoch boundary
 
@@ -53,17 +53,6 @@ def same_weights(a, b):
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
-
-
-class StopAt(tk.Hook):
-    """Ends the run at ``step`` by failing (hook_errors='stop' leaves a checkpoint there), like a crash would."""
-
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_end(self, ctx):
-        if ctx.step == self.step:
-            raise RuntimeError("interrupted")
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import tunekit as tk
 from tunekit.cli import main
 from tunekit.testing import first_task, reverse_task
 
-from .helpers import cpu, heldout_loss
+from .helpers import StopAt, cpu, heldout_loss
 
 DATA = Path(__file__).parent.parent / "data"
 
@@ -82,17 +82,6 @@ def test_validate_data_counts_each_sources_tokens(tiny_llama: Path, capsys: Any)
     assert main(["validate-data", *files, "--counts", "12,5", "--model", str(tiny_llama)]) == 0
     out = capsys.readouterr().out
     assert f"  {files[0]}: 12 rows drawn of 6 (repeated 2.0x), about " in out
-
-
-class StopAt(tk.Hook):
-    """Fails at ``step`` (hook_errors='stop' leaves a checkpoint there), as a crash would end the run."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_step_end(self, ctx: Any) -> None:
-        if ctx.step == self.step:
-            raise RuntimeError("interrupted")
 
 
 def test_an_interrupted_run_on_a_mixture_resumes_exactly(tiny_llama: Path, tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ import torch
 import tunekit as tk
 from tunekit.testing import first_task, reverse_task
 
-from .helpers import cpu, heldout_loss
+from .helpers import StopAt, cpu, heldout_loss
 
 
 def write(path: Path, rows: list[dict[str, Any]]) -> Path:
@@ -50,17 +50,6 @@ def test_a_stream_packs_to_a_token_budget(tiny_llama: Path, tmp_path: Path) -> N
     tuner = tk.Tuner(tiny_llama, method=tk.LoRA(r=4), training=training)
     result = tuner.fit(tk.Data(str(path), streaming=True))
     assert result.steps == 8 and result.train_loss < result.history[0]["loss"]
-
-
-class StopAt(tk.Hook):
-    """Fails at ``step`` (hook_errors='stop' leaves a checkpoint there), as a crash would end the run."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_step_end(self, ctx: Any) -> None:
-        if ctx.step == self.step:
-            raise RuntimeError("interrupted")
 
 
 def test_an_interrupted_stream_resumes_at_the_same_position(tiny_llama: Path, tmp_path: Path) -> None:

@@ -20,19 +20,12 @@ from tunekit.data import sources as sources_module
 from tunekit.data.mixture import draw_counts, draw_rows
 from tunekit.testing import FakeBackend
 
+from .helpers import rows_of, write_jsonl
+
 DATA = Path(__file__).parent.parent / "data"
 ALPACA, SHAREGPT, OPENAI = DATA / "mix_alpaca.json", DATA / "mix_sharegpt.jsonl", DATA / "mix_openai.jsonl"
 PREFERENCE, PREFERENCE_TEXT = DATA / "mix_trl_preference.jsonl", DATA / "mix_trl_preference_text.jsonl"
 KTO, PROMPTS, TEXT = DATA / "mix_kto.jsonl", DATA / "mix_prompts.jsonl", DATA / "mix_text.jsonl"
-
-
-def rows_of(n: int, tag: str) -> list[dict[str, str]]:
-    return [{"prompt": f"{tag} question {i}", "completion": f"{tag} answer {i}"} for i in range(n)]
-
-
-def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return path
 
 
 def tuner(**kw: Any) -> tk.Tuner:

@@ -17,16 +17,9 @@ from tunekit.data import load_rows
 from tunekit.data.streaming import stream_rows
 from tunekit.testing import FakeBackend
 
+from .helpers import rows_of, write_jsonl
+
 DATA = Path(__file__).parent.parent / "data"
-
-
-def rows_of(n: int) -> list[dict[str, str]]:
-    return [{"prompt": f"question {i}", "completion": f"answer {i}"} for i in range(n)]
-
-
-def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return path
 
 
 def tuner(**kw: Any) -> tk.Tuner:

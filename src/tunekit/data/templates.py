@@ -31,6 +31,8 @@ __all__ = [
     "check_template_options",
     "ensure_template",
     "find_end_of_turn",
+    "image_placeholder",
+    "image_renders",
     "options_baked_in",
     "reasoning_key",
     "render",
@@ -457,3 +459,31 @@ def ensure_template(
         tokenizer.add_special_tokens({"pad_token": PAD})
     template = Template(str(tokenizer.chat_template), eot, int(eot_id), builtin, dict(options or {}))
     return template, added
+
+
+def image_renders(tokenizer: Any) -> tuple[str, str]:
+    """A user turn rendered by ``tokenizer``'s chat template with a ``{"type": "image"}`` part before its text, and
+    without it: where the two differ is what the template writes for one image (:func:`image_placeholder`)."""
+    mark = "\ue000"
+    with_image = render(
+        tokenizer,
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": mark}]}],
+        add_generation_prompt=False,
+    )
+    without = render(
+        tokenizer, [{"role": "user", "content": [{"type": "text", "text": mark}]}], add_generation_prompt=False
+    )
+    return with_image, without
+
+
+def image_placeholder(tokenizer: Any) -> str:
+    """The text ``tokenizer``'s chat template writes for one ``{"type": "image"}`` part (empty for a template that
+    writes nothing for it): a user turn rendered with and without the image (:func:`image_renders`), compared."""
+    with_image, without = image_renders(tokenizer)
+    start = 0
+    while start < min(len(with_image), len(without)) and with_image[start] == without[start]:
+        start += 1
+    end = 0
+    while end < min(len(with_image), len(without)) - start and with_image[-1 - end] == without[-1 - end]:
+        end += 1
+    return with_image[start : len(with_image) - end]

@@ -11,9 +11,9 @@ import copy
 import gc
 import tempfile
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
+from tunekit._processors import load_processor
 from tunekit._quiet import quiet
 from tunekit._torch import is_quantized, torch_dtype
 from tunekit.backends.base import Trained
@@ -186,41 +186,8 @@ def is_vision(model: Any) -> bool:
 def reload_processor(path: Path, model_type: str | None = None) -> Any:
     """``AutoProcessor.from_pretrained(path)``; where transformers builds a family's video processor with
     torchvision only and it is missing (then the export has no video processor either), the processor without it
-    (images only), as the engine loads it
-    (``backends/hf/vision.load_processor``: export sits beside the engine, not above it, so it cannot import it)."""
-    from transformers import AutoConfig, AutoProcessor
-    from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
-
-    try:
-        return AutoProcessor.from_pretrained(path)
-    except (ImportError, OSError) as e:
-        # Without torchvision the trained processor had no video processor, so the export has none to read either.
-        model_type = model_type or AutoConfig.from_pretrained(path).model_type
-        text = str(e).lower()
-        if ("torchvision" not in text and "video processor" not in text) or model_type not in PROCESSOR_MAPPING_NAMES:
-            raise
-        import transformers
-
-        cls = getattr(transformers, PROCESSOR_MAPPING_NAMES[model_type])
-
-        # transformers reads the parameter names of __init__ (its code object) to tell the sub-processors and the
-        # saved settings the processor takes; SmolVLM's requires a video processor, passed as None here.
-        def __init__(
-            self: Any,
-            image_processor: Any = None,
-            tokenizer: Any = None,
-            chat_template: str | None = None,
-            image_seq_len: int | None = None,
-            **kwargs: Any,
-        ) -> None:
-            if image_seq_len is not None:
-                kwargs["image_seq_len"] = image_seq_len
-            cls.__init__(self, image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
-            # SmolVLM's apply_chat_template reads the video processor's frame defaults even for images.
-            self.video_processor = SimpleNamespace(num_frames=None, fps=None)
-
-        images_only: Any = type(cls.__name__, (cls,), {"__init__": __init__})
-        return images_only.from_pretrained(path)
+    (images only), as the engine loads it (``tunekit._processors.load_processor``)."""
+    return load_processor(path, model_type=model_type)
 
 
 def reload_hf(path: Path, *, device: Any) -> tuple[Any, Any, Any]:

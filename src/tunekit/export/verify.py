@@ -31,6 +31,7 @@ from tunekit._quiet import quiet
 from tunekit.data.templates import find_end_of_turn, render
 from tunekit.errors import ExportError
 from tunekit.export.result import PromptCheck
+from tunekit.inference import prompt_images
 
 __all__ = [
     "Golden",
@@ -38,7 +39,6 @@ __all__ = [
     "check_template",
     "encode_prompts",
     "greedy",
-    "images_of",
     "mismatch_error",
     "prompt_checks",
     "shown",
@@ -69,22 +69,9 @@ def encode_prompt(tokenizer: Any, prompt: Any, *, chat: bool) -> list[int]:
     return list(tokenizer(text, add_special_tokens=True)["input_ids"])
 
 
-def images_of(prompt: Any) -> list[Any]:
-    """The images a chat prompt's ``{"type": "image"}`` parts hold (under ``"image"``), in order."""
-    if not isinstance(prompt, list):
-        return []
-    return [
-        part["image"]
-        for m in prompt
-        if isinstance(m.get("content"), list)
-        for part in m["content"]
-        if part.get("type") == "image" and part.get("image") is not None
-    ]
-
-
 def shown(prompt: Any) -> Any:
     """``prompt`` without its images' payloads (each an ``{"type": "image"}`` part): what reports and manifests hold."""
-    if not images_of(prompt):
+    if not prompt_images(prompt):
         return prompt
     return [
         {**m, "content": [{"type": "image"} if p.get("type") == "image" else p for p in m["content"]]}
@@ -97,7 +84,7 @@ def shown(prompt: Any) -> Any:
 def _encode_with_images(processor: Any, prompt: Any) -> Golden:
     text = render(processor.tokenizer, list(prompt), add_generation_prompt=True)
     with quiet():
-        enc = processor(text=[text], images=images_of(prompt), add_special_tokens=False, return_tensors="pt")
+        enc = processor(text=[text], images=prompt_images(prompt), add_special_tokens=False, return_tensors="pt")
     ids = [int(i) for i in enc["input_ids"][0].tolist()]
     inputs = {k: v for k, v in enc.items() if k not in ("input_ids", "attention_mask")}
     return Golden(shown(prompt), ids, source=prompt, inputs=inputs)
@@ -107,7 +94,7 @@ def encode_prompts(tokenizer: Any, prompts: Sequence[Any], *, chat: bool, proces
     """Each prompt's :class:`Golden`; a chat prompt with images through ``processor`` (a vision-language model's)."""
     return [
         _encode_with_images(processor, p)
-        if processor is not None and chat and images_of(p)
+        if processor is not None and chat and prompt_images(p)
         else Golden(p, encode_prompt(tokenizer, p, chat=chat), source=p)
         for p in prompts
     ]

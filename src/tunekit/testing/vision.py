@@ -28,9 +28,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, Literal, get_args
 
+from tunekit._processors import image_only
+from tunekit._processors import load_processor as images_processor
 from tunekit._quiet import quiet
 
 __all__ = [
@@ -388,42 +389,6 @@ def _image_processor(arch: str) -> tuple[Any, dict[str, Any]]:
     return cls(do_image_splitting=True, **settings), {"image_seq_len": (_IMAGE // _PATCH) ** 2 // 4}
 
 
-def image_only(processor_class: type) -> type:
-    """``processor_class`` without its video processor (a subclass of the same name, so it saves as the family's
-    own): what transformers can build when torchvision, which video processors need, is not installed.
-
-    Example:
-        >>> import transformers
-        >>> from tunekit.testing.vision import image_only
-        >>> image_only(transformers.Qwen2VLProcessor).get_attributes()
-        ['image_processor', 'tokenizer']
-    """
-
-    # transformers reads the parameter names of __init__ (its code object, not a signature) to tell the
-    # sub-processors and which saved settings (the chat template, image_seq_len) the processor takes.
-    def __init__(
-        self: Any,
-        image_processor: Any = None,
-        tokenizer: Any = None,
-        chat_template: str | None = None,
-        image_seq_len: int | None = None,
-        **kwargs: Any,
-    ) -> None:
-        if image_seq_len is not None:
-            kwargs["image_seq_len"] = image_seq_len
-        processor_class.__init__(self, image_processor, tokenizer, None, chat_template=chat_template, **kwargs)  # type: ignore[misc]
-        # SmolVLM's apply_chat_template reads the video processor's frame defaults even for images.
-        self.video_processor = SimpleNamespace(num_frames=None, fps=None)
-
-    return type(processor_class.__name__, (processor_class,), {"__init__": __init__})
-
-
-def _torchvision() -> bool:
-    from transformers.utils import is_torchvision_available
-
-    return bool(is_torchvision_available())
-
-
 def load_processor(path: str | Path) -> Any:
     """``AutoProcessor.from_pretrained(path)``; without torchvision, a video-capable family's processor is loaded
     without its video processor (:func:`image_only`), which transformers cannot build then. Images work the same.
@@ -432,16 +397,8 @@ def load_processor(path: str | Path) -> Any:
         >>> from tunekit.testing.vision import load_processor
         >>> load_processor("path/to/a/tiny/qwen2_vl")  # doctest: +SKIP
     """
-    import transformers
-    from transformers import AutoProcessor
-
-    name = json.loads((Path(path) / "processor_config.json").read_text(encoding="utf-8")).get("processor_class")
-    cls = getattr(transformers, name, None) if isinstance(name, str) else None
     with quiet():
-        if cls is None or "video_processor" not in cls.get_attributes() or _torchvision():
-            return AutoProcessor.from_pretrained(path)
-        loader: Any = image_only(cls)
-        return loader.from_pretrained(path)
+        return images_processor(path)
 
 
 def tiny_vlm(

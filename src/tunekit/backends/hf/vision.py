@@ -26,13 +26,13 @@ import logging
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from types import SimpleNamespace
 from typing import Any, Literal
 
+from tunekit._processors import load_processor as images_processor
 from tunekit.data.control_tokens import control_tokens, find_control_token
 from tunekit.data.encoding import IGNORE
 from tunekit.data.formats import Example
-from tunekit.data.templates import render
+from tunekit.data.templates import image_placeholder
 from tunekit.data.turns import render_turns, supervised_turns
 from tunekit.errors import DatasetError, IncompatibleError
 
@@ -88,57 +88,17 @@ def part_of(name: str) -> Part:
     return "language_model"
 
 
-def _without_video(cls: Any) -> Any:
-    """``cls`` (a processor class) without its video processor: transformers' video processors need torchvision, and
-    a processor that cannot build one would not load at all; tunekit trains on images only. (The same as
-    ``tunekit.testing.vision.image_only``, which the tiny test models are written with; the layers keep the two apart.)
-    """
-
-    # transformers reads the parameter names of __init__ (its code object) to tell the sub-processors and the saved
-    # settings (the chat template, image_seq_len) the processor takes.
-    def __init__(
-        self: Any,
-        image_processor: Any = None,
-        tokenizer: Any = None,
-        chat_template: str | None = None,
-        image_seq_len: int | None = None,
-        **kwargs: Any,
-    ) -> None:
-        if image_seq_len is not None:
-            kwargs["image_seq_len"] = image_seq_len
-        cls.__init__(self, image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
-        # SmolVLM's apply_chat_template reads the video processor's frame defaults even for images.
-        self.video_processor = SimpleNamespace(num_frames=None, fps=None)
-
-    return type(cls.__name__, (cls,), {"__init__": __init__})
-
-
 def load_processor(ref: str, *, trust_remote_code: bool, model_type: str | None = None) -> Any:
-    """The processor of the vision-language model at ``ref``; IncompatibleError when there is none usable."""
-    import transformers
-    from transformers import AutoProcessor
-    from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
-
+    """The processor of the vision-language model at ``ref`` (without its video processor where transformers cannot
+    build that one: ``tunekit._processors.load_processor``); IncompatibleError when there is none usable."""
     family = model_type or "this model"
     try:
-        processor = AutoProcessor.from_pretrained(ref, trust_remote_code=trust_remote_code)
+        processor = images_processor(ref, model_type=model_type, trust_remote_code=trust_remote_code)
     except (ImportError, OSError, ValueError) as e:
-        # Without torchvision a family's video processor cannot be built (ImportError), and a processor saved
-        # without one has no video_preprocessor_config.json (OSError): load it without its video processor.
-        name = PROCESSOR_MAPPING_NAMES.get(model_type or "")
-        cls = getattr(transformers, name, None) if isinstance(name, str) else None
-        if cls is None or "video_processor" not in cls.get_attributes():
-            raise IncompatibleError(
-                f"{ref!r} is a vision-language model ({family}) but its processor could not be loaded ({e}); tunekit "
-                "needs the processor (image processor and tokenizer) beside the weights"
-            ) from e
-        try:
-            processor = _without_video(cls).from_pretrained(ref, trust_remote_code=trust_remote_code)
-        except (ImportError, OSError, ValueError, TypeError) as e2:
-            raise IncompatibleError(
-                f"{ref!r} is a vision-language model ({family}) but its processor could not be loaded ({e}; "
-                f"without its video processor: {e2}); tunekit needs the processor beside the weights"
-            ) from e2
+        raise IncompatibleError(
+            f"{ref!r} is a vision-language model ({family}) but its processor could not be loaded ({e}); tunekit "
+            "needs the processor (image processor and tokenizer) beside the weights"
+        ) from e
     check_processor(processor, ref, family)
     return processor
 
@@ -173,21 +133,7 @@ class _Probe:
 def _probe(processor: Any, tokenizer: Any) -> _Probe:
     from PIL import Image
 
-    mark = "\ue000"
-    with_image = render(
-        tokenizer,
-        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": mark}]}],
-        add_generation_prompt=False,
-    )
-    text_only = [{"role": "user", "content": [{"type": "text", "text": mark}]}]
-    without = render(tokenizer, text_only, add_generation_prompt=False)
-    start = 0
-    while start < min(len(with_image), len(without)) and with_image[start] == without[start]:
-        start += 1
-    end = 0
-    while end < min(len(with_image), len(without)) - start and with_image[-1 - end] == without[-1 - end]:
-        end += 1
-    placeholder = with_image[start : len(with_image) - end]
+    placeholder = image_placeholder(tokenizer)
     if not placeholder:
         raise IncompatibleError(
             f"the chat template of this {type(processor).__name__} writes nothing for an image part "

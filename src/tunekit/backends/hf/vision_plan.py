@@ -28,38 +28,16 @@ from tunekit.backends.hf.memory import block_bytes_per_token
 from tunekit.backends.hf.vision import VISION_TOWER_NAMES, VisionEncoded, encode_vision, part_of
 from tunekit.data.formats import Example
 from tunekit.data.rows import IMAGES, TrainerRows
-from tunekit.data.templates import render
+from tunekit.data.templates import image_placeholder
 
 __all__ = [
     "CountingProcessor",
     "VisionCount",
     "count_preference_images",
     "count_vision",
-    "placeholder_of",
     "tower_bytes",
     "vision_params",
 ]
-
-
-def placeholder_of(tokenizer: Any) -> str:
-    """The text the chat template writes for one ``{"type": "image"}`` part (what :func:`.vision.encode_vision`
-    finds the same way: a user turn rendered with and without the image, compared)."""
-    mark = "\ue000"
-    with_image = render(
-        tokenizer,
-        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": mark}]}],
-        add_generation_prompt=False,
-    )
-    without = render(
-        tokenizer, [{"role": "user", "content": [{"type": "text", "text": mark}]}], add_generation_prompt=False
-    )
-    start = 0
-    while start < min(len(with_image), len(without)) and with_image[start] == without[start]:
-        start += 1
-    end = 0
-    while end < min(len(with_image), len(without)) - start and with_image[-1 - end] == without[-1 - end]:
-        end += 1
-    return with_image[start : len(with_image) - end]
 
 
 @dataclass(frozen=True)
@@ -74,7 +52,7 @@ class CountingProcessor:
     image) and the whole piece is tokenised, as processors do; no row's pixel values are computed.
 
     Example:
-        >>> counting = CountingProcessor(processor, placeholder_of(processor.tokenizer))  # doctest: +SKIP
+        >>> counting = CountingProcessor(processor, image_placeholder(processor.tokenizer))  # doctest: +SKIP
         >>> counting(text=[counting.placeholder + "hi"], images=[image])["input_ids"]  # doctest: +SKIP
     """
 
@@ -128,7 +106,7 @@ def count_vision(
     """Encode ``examples`` as :func:`.vision.encode_vision` does for ``fit`` (``settings``: as ``VisionRows``
     carries them), the images counted by size (:class:`CountingProcessor`). ``image_token_id``: the id the model
     puts image features at (its config's), whose occurrences are the image tokens."""
-    counting = CountingProcessor(processor, placeholder_of(tokenizer))
+    counting = CountingProcessor(processor, image_placeholder(tokenizer))
     enc = encode_vision(counting, tokenizer, examples, **settings)
     images = sum(len(imgs) for imgs in enc.images)
     image_tokens = sum(ids.count(image_token_id) for ids in enc.input_ids) if image_token_id is not None else 0
@@ -141,7 +119,7 @@ def count_preference_images(processor: Any, tokenizer: Any, rows: TrainerRows, *
     ``rows.num_tokens`` counted each image's placeholder as text; trl's collator hands the prompt to the processor
     once for the chosen and once for the rejected answer, so each image adds, per answer, the tokens it expands to
     beyond its placeholder's."""
-    counting = CountingProcessor(processor, placeholder_of(tokenizer))
+    counting = CountingProcessor(processor, image_placeholder(tokenizer))
     placeholder = len(tokenizer(counting.placeholder, add_special_tokens=False)["input_ids"])
     extra = images = image_tokens = 0
     pixels: list[int] = []
