@@ -57,7 +57,6 @@ def test_defaults() -> None:
         "compile": False,
         "cache": True,
         "cache_dir": None,
-        "data_workers": None,
         "distributed": None,
     }
 
