@@ -176,6 +176,14 @@ class Training(Config):
         description="Where the tokenisation cache lives; None: $TUNEKIT_CACHE, else $XDG_CACHE_HOME/tunekit, "
         "else ~/.cache/tunekit.",
     )
+    data_workers: int | None = Field(
+        None,
+        ge=1,
+        le=256,
+        description="Processes that read, validate and tokenise the data (datasets.map's num_proc); the result is "
+        "identical to one process. None: half the cores this process may use (at most 8), one per 20,000 rows (small "
+        "data is prepared in this process).",
+    )
 
     # --- scale-out (issue 9) ---
     distributed: Distributed | None = Field(
@@ -193,6 +201,9 @@ class Training(Config):
         "n_epochs": "epochs",
         "per_device_train_batch_size": "batch_size",
         "train_batch_size": "batch_size",
+        "num_proc": "data_workers",
+        "dataset_num_proc": "data_workers",
+        "preprocessing_num_workers": "data_workers",
         "bs": "batch_size",
         "gradient_accumulation_steps": "grad_accum",
         "gradient_accumulation": "grad_accum",

@@ -16,11 +16,13 @@ Example:
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from tunekit.backends.base import RunSpec, VisionRows
 from tunekit.data import encode_examples, load_rows, normalise
-from tunekit.data.cache import cached_encode
+from tunekit.data.arrow import ArrowNormalised, encode_table, normalise_table, rows_table, table_digest
+from tunekit.data.cache import cache_key, cached_encode, entry_path
 from tunekit.data.columns import numeric_labels, renamed_answer_column, unused_columns
 from tunekit.data.control_tokens import check_no_control_tokens
 from tunekit.data.encoding import Encoded
@@ -46,6 +48,12 @@ __all__ = [
 ]  # fmt: skip
 
 logger = logging.getLogger("tunekit")
+
+
+def _has_tools(norm: NormalisedData) -> bool:
+    if isinstance(norm, ArrowNormalised):
+        return norm.has_tools
+    return any(ex.tools for ex in norm.examples)
 
 
 def check_compatible(method: Method, objective: Objective) -> None:
@@ -79,12 +87,9 @@ def normalise_for(
     elif isinstance(data, Data) and data.streaming:
         norm = _normalise_stream(data, training=training, objective=objective, what=what)
         beside, pairs = "'prompt' and 'completion'", "the prompt/completion pairs"
-    else:
-        rows = load_rows(data, what=what)
-        norm, layout = _normalise_source(rows, data, training=training, objective=objective, what=what)
-        beside = (
-            " and ".join(repr(c) for c in layout.columns if c != "label") if layout else "'prompt' and 'completion'"
-        )
+    else:  # one source: read, normalised and checked by the Arrow driver (tunekit.data.arrow)
+        norm, layout = _normalise_table(data, training=training, objective=objective, what=what)
+        beside = _beside(layout)
         pairs = "the conversations" if layout is not None else "the prompt/completion pairs"
     chosen = objective or infer_objective(norm.format)
     if isinstance(norm, MixedData) and {p.data.format for p in norm.parts} == {"preference", "unpaired_preference"}:
@@ -130,9 +135,40 @@ def _normalise_source(
             raise
         raise DatasetError(f"{what}_data: {e}", row=e.row, field=e.field) from None
     layout = detect_layout(rows)
-    beside = " and ".join(repr(c) for c in layout.columns if c != "label") if layout else "'prompt' and 'completion'"
-    _check_meaning(norm, rows, objective, what, beside)
-    unused = unused_columns(norm.format, rows, layout.reads if layout is not None else frozenset())
+    beside = _beside(layout)
+    _check_meaning(norm, rows[0], lambda: numeric_labels(rows), lambda i: rows[i - 1], objective, what, beside)
+    _warn_columns(norm, unused_columns(norm.format, rows, layout.reads if layout is not None else frozenset()), what)
+    return norm, layout
+
+
+def _normalise_table(
+    data: Any, *, training: Training, objective: Objective | None, what: str
+) -> tuple[ArrowNormalised, Layout | None]:
+    """One source read into Arrow and normalised in the data workers (:func:`tunekit.data.arrow.normalise_table`),
+    with the warnings ``fit`` gives about it, from the per-row facts the map computed."""
+    norm = normalise_table(
+        data,
+        on_bad_rows=training.on_bad_rows,
+        workers=training.data_workers,
+        directory=training.cache_dir,
+        what=what,
+        images=ImageOptions.of(training, base_dir_of(data)),
+    )
+    first = norm.source_row(1)
+    layout = detect_layout([first])
+    _check_meaning(norm, first, norm.numeric_label_rows, norm.source_row, objective, what, _beside(layout))
+    _warn_columns(norm, norm.unused(), what)
+    return norm, layout
+
+
+def _beside(layout: Layout | None) -> str:
+    """The columns a 'label' stands beside, for messages."""
+    return " and ".join(repr(c) for c in layout.columns if c != "label") if layout else "'prompt' and 'completion'"
+
+
+def _warn_columns(norm: NormalisedData, unused: list[str], what: str) -> None:
+    """The warnings ``fit`` gives about the data's columns: ``unused`` ones, and raw text that holds a hand-rendered
+    instruction template."""
     if unused:
         logger.warning(
             "the %s data has columns that are not used for training: %s (the %r format reads none of them); if one "
@@ -142,10 +178,9 @@ def _normalise_source(
             norm.format,
         )
     if norm.format == "text":  # the learner's trap: an instruction template rendered by hand into raw text
-        found = find_template_markers([ex.text for ex in norm.examples], rows=[ex.row for ex in norm.examples])
+        found = find_template_markers(_Texts(norm.examples), rows=_Rows(norm.examples))
         if found is not None:
             logger.warning("%s", template_warning(found, what))
-    return norm, layout
 
 
 def _normalise_stream(data: Data, *, training: Training, objective: Objective | None, what: str) -> StreamedData:
@@ -207,17 +242,50 @@ def named_error(e: DatasetError | IncompatibleError, name: str, what: str) -> Da
     return IncompatibleError(message)
 
 
+class _Texts(Sequence[str | None]):
+    """The examples' texts, each read when asked for (the template-marker check reads a sample)."""
+
+    def __init__(self, examples: Sequence[Example]) -> None:
+        self.examples = examples
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, k: Any) -> Any:
+        return self.examples[k].text
+
+
+class _Rows(Sequence[int]):
+    """The examples' row numbers, each read when asked for."""
+
+    def __init__(self, examples: Sequence[Example]) -> None:
+        self.examples = examples
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, k: Any) -> Any:
+        return self.examples[k].row
+
+
 def _check_meaning(
-    norm: NormalisedData, rows: list[dict[str, Any]], objective: Objective | None, what: str, beside: str
+    norm: NormalisedData,
+    first: dict[str, Any],
+    numeric_rows: Callable[[], list[int]],
+    source_row: Callable[[int], dict[str, Any]],
+    objective: Objective | None,
+    what: str,
+    beside: str,
 ) -> None:
     """Refuse data whose objective would be guessed from a column that may mean something else (``beside``: the
-    columns a 'label' stands beside)."""
+    columns a 'label' stands beside). ``first``: the first source row; ``numeric_rows``: the rows whose 'label' is a
+    number (computed only when needed); ``source_row``: a source row by its number."""
     if objective is None and norm.format == "unpaired_preference":
-        numeric = numeric_labels(rows)
+        numeric = numeric_rows()
         if numeric:
             raise DatasetError(
                 f"the {what} data has a 'label' column of numbers (row {numeric[0]}: "
-                f"{rows[numeric[0] - 1]['label']!r}) beside {beside}: that is KTO's layout (1 marks a "
+                f"{source_row(numeric[0])['label']!r}) beside {beside}: that is KTO's layout (1 marks a "
                 "desirable answer, 0 an undesirable one), but 0/1 may as well be class ids, and tunekit does not "
                 "switch objective on a guess: pass objective=tk.KTO() to train on the labels, or drop the 'label' "
                 "column to train SFT on the rest",
@@ -225,7 +293,7 @@ def _check_meaning(
                 field="label",
             )
     if norm.format == "prompt_only" and (objective is None or "prompt_only" not in objective.data_formats):
-        hint = renamed_answer_column(rows[0])
+        hint = renamed_answer_column(first)
         if hint is not None:
             raise DatasetError(
                 f"row 1 of the {what} data has a 'prompt' but no 'completion' (nor 'chosen' / 'rejected'): {hint}; "
@@ -238,7 +306,7 @@ def _check_meaning(
 
 def has_images(norm: NormalisedData) -> bool:
     """Whether any row of ``norm`` holds an image (a vision row)."""
-    return any(getattr(ex, "images", ()) for ex in norm.examples)
+    return norm.has_images  # the Arrow driver's data answers from a per-row count its normalising map kept
 
 
 def check_image_template(tokenizer: Any, row: int) -> None:
@@ -342,7 +410,7 @@ def _encode(
             f"row {_first_image_row(norm)} holds an image: rows with images train from one source held in memory, "
             "not yet from a tk.Mix or a stream; pass the rows with images as the data itself"
         )
-    if not obj.reads_tools and any(ex.tools for ex in norm.examples):
+    if not obj.reads_tools and _has_tools(norm):
         row = next(ex.row for ex in norm.examples if ex.tools)
         raise IncompatibleError(
             f"row {row} lists tools, which {obj.name} training cannot show the model (trl's {obj.name} renders "
@@ -352,23 +420,44 @@ def _encode(
     if not obj.tokenised_by_tunekit:  # preference and RL rows: trl renders them with the same template
         if not training.allow_control_tokens:  # and would read a control token typed in them as a real one
             check_no_control_tokens(norm.examples, tokenizer, objective=obj.name)
-        rows = prepare_rows(
-            tokenizer,
-            norm,
-            max_length=training.max_length,
-            whole_pairs=obj.model_head == "sequence_classification",
-            on_bad_rows=training.on_bad_rows,
-        )
+        whole_pairs = obj.model_head == "sequence_classification"
+        rows: TrainerRows
+        if isinstance(norm, ArrowNormalised) and not has_images(norm):  # in the data workers, kept in an Arrow file
+            rows = rows_table(
+                tokenizer,
+                norm,
+                max_length=training.max_length,
+                whole_pairs=whole_pairs,
+                on_bad_rows=training.on_bad_rows,
+                workers=training.data_workers,
+            )
+        else:  # examples in memory (a source of a tk.Mix; rows with images, which trl's DPO reads with their images)
+            rows = prepare_rows(
+                tokenizer,
+                norm,
+                max_length=training.max_length,
+                whole_pairs=whole_pairs,
+                on_bad_rows=training.on_bad_rows,
+            )
         return rows, list(rows.skipped)
     settings = _settings(spec)
-    enc = cached_encode(  # a second run on the same data, tokenizer and settings skips tokenising
-        lambda: encode_examples(tokenizer, norm.examples, **settings),
-        tokenizer,
-        norm.examples,
-        {"objective": obj.name, **settings},
-        enabled=training.cache,
-        directory=training.cache_dir,
-    )
+    keyed = {"objective": obj.name, **settings}
+    enc: Encoded
+    if isinstance(norm, ArrowNormalised):
+        # A second run on the same data, tokenizer and settings skips tokenising (the key: data.cache).
+        path = (
+            entry_path(cache_key(tokenizer, table_digest(norm), keyed), training.cache_dir) if training.cache else None
+        )
+        enc = encode_table(tokenizer, norm, settings, path=path, workers=training.data_workers)
+    else:  # examples held in memory (a source of a tk.Mix, a stream's first rows, callers of data.normalise)
+        enc = cached_encode(
+            lambda: encode_examples(tokenizer, list(norm.examples), **settings),
+            tokenizer,
+            list(norm.examples),
+            keyed,
+            enabled=training.cache,
+            directory=training.cache_dir,
+        )
     return enc, list(enc.skipped)
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 import tunekit as tk
+import tunekit.data.arrow as arrow
 import tunekit.training_data as training_data
 from tunekit.data import cache
 from tunekit.testing import first_task, write_jsonl
@@ -14,14 +15,27 @@ from tunekit.testing import first_task, write_jsonl
 
 @pytest.fixture
 def spy(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    calls: list[int] = []
-    real = training_data.encode_examples
+    calls: list[int] = []  # per encoding: how many examples it encoded
+    real = arrow.encode_table
 
-    def counting(*a, **k):
-        calls.append(len(a[1]))
-        return real(*a, **k)
+    def counting(tokenizer, norm, settings, **k):
+        encoded = [0]
+        batch = arrow.encode_batch
 
-    monkeypatch.setattr(training_data, "encode_examples", counting)
+        def each(tokenizer, examples, **kw):
+            encoded[0] += len(examples)
+            return batch(tokenizer, examples, **kw)
+
+        monkeypatch.setattr(arrow, "encode_batch", each)
+        try:
+            out = real(tokenizer, norm, settings, **k)
+        finally:
+            monkeypatch.setattr(arrow, "encode_batch", batch)
+        if encoded[0]:
+            calls.append(encoded[0])
+        return out
+
+    monkeypatch.setattr(training_data, "encode_table", counting)
     return calls
 
 
@@ -36,7 +50,7 @@ def test_second_fit_uses_the_cache_and_a_changed_setting_misses(
 
     first = fit()
     assert spy == [24]
-    entries = list((tmp_path / "cache" / "tokenized").rglob("*.parquet"))
+    entries = list((tmp_path / "cache" / "tokenized").rglob("*.arrow"))
     assert len(entries) == 1
     again = fit()
     assert spy == [24]  # not tokenised again
@@ -57,11 +71,13 @@ def test_cached_entry_equals_a_fresh_encoding(tiny_llama: Path, tmp_path: Path) 
     fresh = tuner.prepare(rows)
     hit = tuner.prepare(rows)
     assert (hit.input_ids, hit.labels, hit.rows, hit.truncated) == (fresh.input_ids, fresh.labels, fresh.rows, 1)
-    # A corrupt entry is ignored and rewritten, never trusted.
-    (entry,) = list(tmp_path.rglob("*.parquet"))
-    entry.write_bytes(b"not parquet")
-    assert tuner.prepare(rows).input_ids == fresh.input_ids
-    assert cache._read(entry) is not None
+    # A corrupt entry is ignored and rewritten, never trusted. (Written in place here: the memory-mapped `fresh`
+    # would read the corruption too, so its ids are copied first; tunekit itself replaces entries, never rewrites.)
+    expected = list(fresh.input_ids)
+    (entry,) = list(tmp_path.rglob("*.arrow"))
+    entry.write_bytes(b"not arrow")
+    assert tuner.prepare(rows).input_ids == expected
+    assert cache.read_entry(entry) is not None
 
 
 def test_cache_dir_order(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

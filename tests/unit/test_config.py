@@ -183,6 +183,7 @@ NON_DEFAULTS: dict[type[Config], dict[str, Any]] = {
         "compile": True,
         "cache": False,
         "cache_dir": "/tmp/tunekit-cache",
+        "data_workers": 3,
         "distributed": {
             "kind": "deepspeed",
             "stage": 3,

@@ -57,6 +57,7 @@ def test_defaults() -> None:
         "compile": False,
         "cache": True,
         "cache_dir": None,
+        "data_workers": None,
         "distributed": None,
     }
 

@@ -3,8 +3,9 @@
 An entry is keyed by a SHA-256 of everything that changes the encoding: the normalised examples
 themselves (their content and their images' pixels, not a file's path or modification time), the tokenizer (its
 serialised vocabulary and merges, special tokens and class), the chat template, ``max_length``,
-the objective's encoding options, ``on_bad_rows`` and the tunekit version. Entries are Parquet
-files written to a temporary name and renamed into place, so a crash or two processes writing the
+the objective's encoding options, ``on_bad_rows`` and the tunekit version. Entries are Arrow
+files (memory-mapped when read: the trainer reads the tokens from disk, not from Python lists)
+written to a temporary name and renamed into place, so a crash or two processes writing the
 same entry never leave a half-written file behind. A corrupt or unreadable entry is ignored (and
 rewritten), never trusted.
 
@@ -20,7 +21,7 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +30,16 @@ from tunekit.data.encoding import Encoded
 from tunekit.data.formats import Example
 from tunekit.data.templates import template_options
 
-__all__ = ["cache_dir", "cache_key", "cached_encode"]
+__all__ = [
+    "cache_dir", "cache_key", "cached_encode", "entry_path", "example_digest", "examples_digest", "read_entry",
+    "write_entry",
+]  # fmt: skip
 
 logger = logging.getLogger("tunekit")
 
-_FORMAT = 2  # bump when the stored layout or what encoding supervises changes (2: spans end at the end of turn)
+# bump when the stored layout or what encoding supervises changes (2: spans end at the end of turn; 3: Arrow files,
+# memory-mapped, keyed by the digests of the examples)
+_FORMAT = 3
 
 
 def cache_dir(configured: str | None = None) -> Path:
@@ -79,62 +85,94 @@ def _image_digest(image: Any) -> str:
     return h.hexdigest()
 
 
-def cache_key(tokenizer: Any, examples: list[Example], settings: dict[str, Any]) -> str:
-    """SHA-256 of the examples, the tokenizer and template, the settings and the tunekit, transformers and
-    tokenizers versions (a new release of either can tokenise or apply a chat template differently)."""
+def example_digest(ex: Example) -> bytes:
+    """SHA-256 of what of one example changes its encoding (its row, text, messages, training flags, tools and
+    images' pixels)."""
+    fields: list[Any] = [ex.row, ex.text, ex.messages]
+    fields += ([list(ex.trained)] if ex.trained is not None else []) + ([list(ex.tools)] if ex.tools else [])
+    fields += [[_image_digest(image) for image in ex.images]] if ex.images else []  # text rows: keys unchanged
+    return hashlib.sha256(json.dumps(fields, ensure_ascii=False, default=str).encode("utf-8")).digest()
+
+
+def examples_digest(digests: Iterable[bytes]) -> bytes:
+    """The examples' part of the key: SHA-256 of their digests, in order."""
+    h = hashlib.sha256()
+    for d in digests:
+        h.update(d)
+    return h.digest()
+
+
+def cache_key(tokenizer: Any, examples: Iterable[Example] | bytes, settings: dict[str, Any]) -> str:
+    """SHA-256 of the examples (or their :func:`examples_digest`), the tokenizer and template, the settings and the
+    tunekit, transformers and tokenizers versions (a new release of either can tokenise or apply a chat template
+    differently)."""
     h = hashlib.sha256()
     versions = {"v": __version__, "transformers": _version("transformers"), "tokenizers": _version("tokenizers")}
     h.update(json.dumps({**versions, "format": _FORMAT, **settings}, sort_keys=True).encode("utf-8"))
     h.update(_tokenizer_digest(tokenizer).encode("utf-8"))
-    for ex in examples:
-        fields: list[Any] = [ex.row, ex.text, ex.messages]
-        fields += ([list(ex.trained)] if ex.trained is not None else []) + ([list(ex.tools)] if ex.tools else [])
-        fields += [[_image_digest(image) for image in ex.images]] if ex.images else []  # text rows: keys unchanged
-        h.update(json.dumps(fields, ensure_ascii=False, default=str).encode("utf-8"))
-        h.update(b"\x00")
+    h.update(examples if isinstance(examples, bytes) else examples_digest(map(example_digest, examples)))
     return h.hexdigest()
 
 
-def _read(path: Path) -> Encoded | None:
-    import pyarrow.parquet as pq
+def entry_path(key: str, directory: str | None = None) -> Path:
+    """Where the cache entry ``key`` lives."""
+    return cache_dir(directory) / "tokenized" / key[:2] / f"{key}.arrow"
+
+
+def read_entry(path: Path) -> Encoded | None:
+    """The entry at ``path``, memory-mapped; None when there is none, or it is unreadable (then rewritten)."""
+    if not path.is_file():
+        return None
+    from datasets import Dataset
 
     try:
-        table = pq.read_table(path)
-        meta = json.loads((table.schema.metadata or {})[b"tunekit"].decode("utf-8"))
-        cols = table.to_pydict()
-        return Encoded(
-            input_ids=cols["input_ids"],
-            labels=cols["labels"],
-            rows=cols["rows"],
-            skipped=[(int(r), str(reason)) for r, reason in meta["skipped"]],
-            truncated=int(meta["truncated"]),
-        )
+        import pyarrow as pa
+
+        with pa.OSFile(str(path), "rb") as f:  # the schema only (datasets keeps its own metadata, not ours)
+            meta = json.loads((pa.ipc.open_stream(f).schema.metadata or {})[b"tunekit"].decode("utf-8"))
+        table = Dataset.from_file(str(path))
+        if table.column_names != ["input_ids", "labels", "rows"]:
+            raise ValueError(f"columns {table.column_names}")
+        skipped = [(int(r), str(reason)) for r, reason in meta["skipped"]]
     except Exception as e:  # unreadable or from another layout: re-encode and overwrite it
         logger.info("ignoring the unreadable cache entry %s: %s", path, e)
         return None
+    logger.info("tokenised data from the cache: %s", path)
+    return Encoded.of_table(table, skipped, int(meta["truncated"]))
 
 
-def _write(path: Path, enc: Encoded) -> None:
+def write_entry(path: Path, batches: Iterable[Any], *, skipped: list[tuple[int, str]], truncated: int) -> Encoded:
+    """Write record batches of ``input_ids`` / ``labels`` / ``rows`` to ``path`` (an Arrow file, written to a
+    temporary name and renamed into place) and return it memory-mapped."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
+    from datasets import Dataset
 
-    meta = {"skipped": enc.skipped, "truncated": enc.truncated}
-    table = pa.table(
-        {
-            "input_ids": pa.array(enc.input_ids, type=pa.list_(pa.int32())),
-            "labels": pa.array(enc.labels, type=pa.list_(pa.int32())),
-            "rows": pa.array(enc.rows, type=pa.int64()),
-        }
-    ).replace_schema_metadata({"tunekit": json.dumps(meta, ensure_ascii=False)})
+    meta = {"tunekit": json.dumps({"skipped": skipped, "truncated": truncated}, ensure_ascii=False)}
+    schema = pa.schema(
+        [("input_ids", pa.list_(pa.int64())), ("labels", pa.list_(pa.int64())), ("rows", pa.int64())], metadata=meta
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".parquet", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".arrow", dir=path.parent)
     os.close(fd)
     try:
-        pq.write_table(table, tmp)
+        with pa.OSFile(tmp, "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
+            for batch in batches:
+                writer.write_batch(batch)
         os.replace(tmp, path)  # atomic: readers see the old entry or the whole new one
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return Encoded.of_table(Dataset.from_file(str(path)), skipped, truncated)
+
+
+def _batches(enc: Encoded) -> Iterator[Any]:
+    import pyarrow as pa
+
+    yield pa.record_batch(
+        [pa.array(list(enc.input_ids), pa.list_(pa.int64())), pa.array(list(enc.labels), pa.list_(pa.int64())),
+         pa.array(list(enc.rows), pa.int64())],
+        names=["input_ids", "labels", "rows"],
+    )  # fmt: skip
 
 
 def cached_encode(
@@ -146,19 +184,17 @@ def cached_encode(
     enabled: bool = True,
     directory: str | None = None,
 ) -> Encoded:
-    """``encode()``, or its result from an earlier run with the same key."""
+    """``encode()``, or its result from an earlier run with the same key (for examples held in a list; the Arrow
+    driver, :mod:`tunekit.data.arrow`, reads and writes the same entries)."""
     if not enabled:
         return encode()
-    key = cache_key(tokenizer, examples, settings)
-    path = cache_dir(directory) / "tokenized" / key[:2] / f"{key}.parquet"
-    if path.is_file():
-        hit = _read(path)
-        if hit is not None:
-            logger.info("tokenised data from the cache: %s", path)
-            return hit
+    path = entry_path(cache_key(tokenizer, examples, settings), directory)
+    hit = read_entry(path)
+    if hit is not None:
+        return hit
     enc = encode()
     try:
-        _write(path, enc)
+        return write_entry(path, _batches(enc), skipped=enc.skipped, truncated=enc.truncated)
     except OSError as e:  # a read-only or full disk must not fail the run
         logger.warning("could not write the tokenisation cache %s: %s", path, e)
     return enc

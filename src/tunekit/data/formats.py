@@ -23,6 +23,7 @@ per-turn ``"train": false``).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -91,8 +92,13 @@ class Example:
 @dataclass
 class NormalisedData:
     format: Format
-    examples: list[Example]
+    examples: Sequence[Example]  # a list, or read from an Arrow table (tunekit.data.arrow.ExampleColumn)
     skipped: list[tuple[int, str]] = field(default_factory=list)  # (row, reason)
+
+    @property
+    def has_images(self) -> bool:
+        """Whether any example holds an image (a vision row)."""
+        return any(ex.images for ex in self.examples)
 
 
 def detect_format(rows: list[dict[str, Any]]) -> Format:

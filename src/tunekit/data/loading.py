@@ -15,7 +15,10 @@ from tunekit.data.mixture import Mix
 from tunekit.data.sources import load_directory, load_named, looks_like_name, pick_split
 from tunekit.errors import DatasetError
 
-__all__ = ["UTF8", "DataInput", "base_dir_of", "clean", "iter_csv", "iter_jsonl", "load_rows", "not_utf8"]
+__all__ = [
+    "UTF8", "DataInput", "base_dir_of", "clean", "empty_data_error", "iter_csv", "iter_file_rows", "iter_jsonl",
+    "iter_parquet_rows", "load_rows", "not_utf8", "parse_jsonl_line",
+]  # fmt: skip
 
 DataInput = Any  # str | Path | datasets.Dataset | list[dict] | pandas.DataFrame | tk.Data (a name: org/name)
 
@@ -41,26 +44,36 @@ def clean(value: Any) -> Any:
 UTF8 = "utf-8-sig"
 
 
+def _parse_line(line: str, lineno: int, path: Path | str) -> Any:
+    try:
+        return json.loads(line, object_pairs_hook=no_duplicate_keys)
+    except ValueError as e:
+        if not isinstance(e, json.JSONDecodeError):  # a key twice in one object
+            raise DatasetError(
+                f"{path}, line {lineno}: {_twice(e)}; JSON would keep only the last value, so tunekit "
+                "refuses to guess: remove or rename one of them",
+                row=lineno,
+            ) from None
+        raise DatasetError(
+            f"{path}: invalid JSON on line {lineno} ({e.msg} at column {e.colno}); "
+            "each line of a .jsonl file must be one JSON object",
+            row=lineno,
+        ) from None
+
+
+def parse_jsonl_line(line: str, lineno: int, path: Path | str) -> Any:
+    """One line of a .jsonl file as its value (NaN cleaned as :func:`load_rows` cleans it); raises DatasetError
+    naming the line for invalid JSON or a key twice in one object."""
+    return clean(_parse_line(line, lineno, path))
+
+
 def iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
     """The objects of a .jsonl file one at a time, with their line numbers (blank lines skipped)."""
     with path.open(encoding=UTF8) as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
-            try:
-                yield lineno, json.loads(line, object_pairs_hook=no_duplicate_keys)
-            except ValueError as e:
-                if not isinstance(e, json.JSONDecodeError):  # a key twice in one object
-                    raise DatasetError(
-                        f"{path}, line {lineno}: {_twice(e)}; JSON would keep only the last value, so tunekit "
-                        "refuses to guess: remove or rename one of them",
-                        row=lineno,
-                    ) from None
-                raise DatasetError(
-                    f"{path}: invalid JSON on line {lineno} ({e.msg} at column {e.colno}); "
-                    "each line of a .jsonl file must be one JSON object",
-                    row=lineno,
-                ) from None
+            yield lineno, _parse_line(line, lineno, path)
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -130,6 +143,45 @@ def iter_csv(path: Path) -> Iterator[dict[str, Any]]:
                     row=i,
                 )
             yield dict(row)
+
+
+def iter_parquet_rows(path: Path, batch_rows: int = 10_000) -> Iterator[dict[str, Any]]:
+    """A .parquet file's rows, ``batch_rows`` at a time, as :func:`load_rows` reads them: through pandas (so every
+    value is the one ``pd.read_parquet`` gives), with an integer column that holds a null anywhere in the file read
+    as floats in every batch, as pandas reads the whole column."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    f = pq.ParquetFile(path)
+    schema = f.schema_arrow
+    nullable_ints = []
+    for k, name in enumerate(schema.names):
+        if not pa.types.is_integer(schema.field(k).type):
+            continue
+        stats = [f.metadata.row_group(g).column(k).statistics for g in range(f.metadata.num_row_groups)]
+        if any(st is None or not st.has_null_count for st in stats):
+            nulls = pq.read_table(path, columns=[name]).column(name).null_count  # one column, when unrecorded
+        else:
+            nulls = sum(st.null_count for st in stats)
+        if nulls:
+            nullable_ints.append(name)
+    for batch in f.iter_batches(batch_size=batch_rows):
+        for name in nullable_ints:
+            k = batch.schema.get_field_index(name)
+            batch = batch.set_column(k, name, batch.column(k).cast(pa.float64()))
+        for row in _frame_rows(pa.Table.from_batches([batch]).to_pandas(), str(path)):
+            yield clean(row)
+
+
+def iter_file_rows(path: Path) -> Iterator[dict[str, Any]] | None:
+    """A .csv or .parquet file's rows one at a time, each as :func:`load_rows` gives it; None for other files (read
+    whole by :func:`load_rows`: a .json file is one JSON document)."""
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        return (clean(row) for row in iter_csv(path))
+    if suffix == ".parquet":
+        return iter_parquet_rows(path)
+    return None
 
 
 def _read_csv(path: Path) -> list[dict[str, Any]]:
@@ -278,10 +330,15 @@ def _load(
             )
         out.append(clean(row))
     if not out:
-        where = f"{data}: the file has no rows" if isinstance(data, (str, Path)) else "it has no rows"
-        if what == "eval":
-            raise DatasetError(
-                f"eval_data is empty: {where} to evaluate on; add at least one example, or leave eval_data out"
-            )
-        raise DatasetError(f"the dataset is empty: {where} to train on; add at least one example")
+        raise empty_data_error(data, what)
     return out
+
+
+def empty_data_error(data: DataInput, what: str) -> DatasetError:
+    """The error for data with no rows (``what``: "training" or "eval")."""
+    where = f"{data}: the file has no rows" if isinstance(data, (str, Path)) else "it has no rows"
+    if what == "eval":
+        return DatasetError(
+            f"eval_data is empty: {where} to evaluate on; add at least one example, or leave eval_data out"
+        )
+    return DatasetError(f"the dataset is empty: {where} to train on; add at least one example")

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
@@ -327,7 +328,7 @@ def mix_parts(mix: Mix, parts: list[MixPart], seed: int, what: str = "training")
     return MixedData(fmt, examples, skipped, parts=drawn, interleaved=interleaved, seed=seed)
 
 
-def interleave(parts: list[list[T]], seed: int | None) -> list[T]:
+def interleave(parts: Sequence[Sequence[T]], seed: int | None) -> list[T]:
     """The parts' items one part after the other, or (``seed`` given) shuffled together by it."""
     out = [item for part in parts for item in part]
     if seed is not None:

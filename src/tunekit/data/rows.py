@@ -10,6 +10,7 @@ drops rows that do not fit silently, and bad data must never train silently.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,7 +19,7 @@ from tunekit.data.templates import render, template_messages
 from tunekit.errors import DatasetError
 from tunekit.plan import SourceFigures
 
-__all__ = ["IMAGES", "MESSAGE_COLUMNS", "PROMPT_MESSAGES", "PROMPT_TEXT", "TrainerRows", "prepare_rows"]
+__all__ = ["IMAGES", "MESSAGE_COLUMNS", "PROMPT_MESSAGES", "PROMPT_TEXT", "TrainerRows", "prepare_row", "prepare_rows"]
 
 # Hidden column: a prompt the user gave as a plain string, handed back to reward functions as such.
 PROMPT_TEXT = "_tunekit_prompt"
@@ -35,34 +36,62 @@ class TrainerRows:
     """Rows in trl's column layout, with their 1-based row numbers and token counts."""
 
     format: str
-    records: list[dict[str, Any]]
-    rows: list[int]
+    records: Sequence[dict[str, Any]]  # a list, or read from an Arrow table (tunekit.data.arrow)
+    rows: Sequence[int]
     skipped: list[tuple[int, str]] = field(default_factory=list)
     truncated: int = 0
     num_tokens: int = 0
+    chunk: int | None = None  # rows per table built at a time (None: all at once)
     sources: list[SourceFigures] = field(default_factory=list)  # per source of a tk.Mix
 
     def to_dataset(self) -> Any:
-        from datasets import Dataset, Features, Json, List
+        """The rows as a ``datasets.Dataset``; with ``chunk``, built ``chunk`` rows at a time and concatenated (the
+        records never all in one list; ``datasets`` aligns a column that is empty in one part with the others)."""
+        structured = _structured_columns(self.records)
+        if self.chunk is None:
+            return _dataset(self.records, structured)
+        from datasets import concatenate_datasets
 
-        # Messages with more than role and content (tool calls, whose arguments differ from row to row) are stored as
-        # JSON: Arrow would merge every row's keys into one struct and hand the template null-valued extra keys.
-        structured = sorted(
-            {k for r in self.records for k in MESSAGE_COLUMNS if _structured(r.get(k))}
-            | ({PROMPT_MESSAGES} if any(PROMPT_MESSAGES in r for r in self.records) else set())
-        )
+        n = len(self.records)
+        parts = [_dataset(self.records[k : k + self.chunk], structured) for k in range(0, n, self.chunk)]
         try:
-            if structured:
-                rest = Dataset.from_list([{k: v for k, v in r.items() if k not in structured} for r in self.records])
-                features = Features({**rest.features, **{k: List(Json()) for k in structured}})
-                return Dataset.from_list(self.records, features=features)
-            return Dataset.from_list(self.records)
-        except (TypeError, ValueError) as e:  # pyarrow's errors subclass these
-            extra = sorted({k for r in self.records for k in r} - {"prompt", "chosen", "rejected", "completion"})
-            raise DatasetError(
-                f"the rows cannot form one table ({e}); a column must hold the same kind of value in every row "
-                f"(columns: {extra})"
-            ) from None
+            return concatenate_datasets(parts) if len(parts) > 1 else parts[0]
+        except (TypeError, ValueError) as e:
+            raise _table_error(self.records, e) from None
+
+
+def _structured_columns(records: Sequence[dict[str, Any]]) -> list[str]:
+    """Message columns with more than role and content in some row (tool calls, whose arguments differ from row to
+    row), stored as JSON: Arrow would merge every row's keys into one struct and hand the template null-valued extra
+    keys."""
+    found: set[str] = set()
+    for r in records:
+        found.update(k for k in MESSAGE_COLUMNS if k not in found and _structured(r.get(k)))
+        if PROMPT_MESSAGES in r:
+            found.add(PROMPT_MESSAGES)
+    return sorted(found)
+
+
+def _table_error(records: Sequence[dict[str, Any]], e: Exception) -> DatasetError:
+    extra = sorted({k for r in records for k in r} - {"prompt", "chosen", "rejected", "completion"})
+    return DatasetError(
+        f"the rows cannot form one table ({e}); a column must hold the same kind of value in every row "
+        f"(columns: {extra})"
+    )
+
+
+def _dataset(records: Sequence[dict[str, Any]], structured: list[str]) -> Any:
+    from datasets import Dataset, Features, Json, List
+
+    records = list(records)
+    try:
+        if structured:
+            rest = Dataset.from_list([{k: v for k, v in r.items() if k not in structured} for r in records])
+            features = Features({**rest.features, **{k: List(Json()) for k in structured}})
+            return Dataset.from_list(records, features=features)
+        return Dataset.from_list(records)
+    except (TypeError, ValueError) as e:  # pyarrow's errors subclass these
+        raise _table_error(records, e) from None
 
 
 def _structured(value: Any) -> bool:
@@ -108,6 +137,51 @@ def _record(tokenizer: Any, ex: Example, *, prompt_as_text: bool, with_tools: bo
     return {"prompt": prompt, PROMPT_TEXT: ex.prompt_text, **(ex.columns or {})}
 
 
+def prepare_row(
+    tokenizer: Any,
+    ex: Example,
+    fmt: str,
+    *,
+    max_length: int,
+    whole_pairs: bool = False,
+    on_bad_rows: str = "error",
+    prompt_as_text: bool = False,
+    with_tools: bool = False,
+    with_images: bool = False,
+) -> tuple[dict[str, Any] | None, str | None, bool, int]:
+    """One example of :func:`prepare_rows`: its record (None when skipped), why it was skipped, whether its answers
+    will be truncated, and its token count; raises DatasetError for a bad row unless ``on_bad_rows="skip"``.
+    ``with_images``: some row of the data holds images, so every record has the images column."""
+    if ex.prompt is None:
+        raise DatasetError(
+            f"row {ex.row}: expected a prompt (preference, unpaired preference or prompt-only data), got {fmt!r} data"
+        )
+    prompt_len = _count(tokenizer, ex.prompt, generation_prompt=True, tools=ex.tools)
+    answers = [a for a in (ex.chosen, ex.rejected, ex.completion) if a is not None]
+    full = [_count(tokenizer, (*ex.prompt, *a), generation_prompt=False, tools=ex.tools) for a in answers]
+    reason = None
+    if prompt_len >= max_length:
+        reason = (
+            f"row {ex.row}: the prompt alone is {prompt_len} tokens, which fills max_length={max_length}; "
+            "raise Training(max_length=...) or shorten the prompt"
+        )
+    elif whole_pairs and full and max(full) > max_length:
+        reason = (
+            f"row {ex.row}: {max(full)} tokens, longer than max_length={max_length}, and a reward model cannot "
+            "score a truncated answer; raise Training(max_length=...) or shorten the row"
+        )
+    if reason is not None:
+        if on_bad_rows == "skip":
+            return None, reason, False, 0
+        raise DatasetError(reason, row=ex.row)
+    record = _record(tokenizer, ex, prompt_as_text=prompt_as_text, with_tools=with_tools)
+    if with_images:  # every row has the column (a text row: no images), as Arrow needs
+        images = list(getattr(ex, "images", ()) or ())
+        record = {**record, "prompt": _as_parts(record["prompt"]) if images else record["prompt"], IMAGES: images}
+    tokens = min(sum(full), max_length * len(full)) if full else prompt_len
+    return record, None, bool(full and max(full) > max_length), tokens
+
+
 def prepare_rows(
     tokenizer: Any,
     norm: NormalisedData,
@@ -127,39 +201,17 @@ def prepare_rows(
     with_images = any(getattr(ex, "images", ()) for ex in norm.examples)
     prompt_as_text = norm.format == "prompt_only" and with_tools
     for ex in norm.examples:
-        if ex.prompt is None:
-            raise DatasetError(
-                f"row {ex.row}: expected a prompt (preference, unpaired preference or prompt-only data), "
-                f"got {norm.format!r} data"
-            )
-        prompt_len = _count(tokenizer, ex.prompt, generation_prompt=True, tools=ex.tools)
-        answers = [a for a in (ex.chosen, ex.rejected, ex.completion) if a is not None]
-        full = [_count(tokenizer, (*ex.prompt, *a), generation_prompt=False, tools=ex.tools) for a in answers]
-        reason = None
-        if prompt_len >= max_length:
-            reason = (
-                f"row {ex.row}: the prompt alone is {prompt_len} tokens, which fills max_length={max_length}; "
-                "raise Training(max_length=...) or shorten the prompt"
-            )
-        elif whole_pairs and full and max(full) > max_length:
-            reason = (
-                f"row {ex.row}: {max(full)} tokens, longer than max_length={max_length}, and a reward model cannot "
-                "score a truncated answer; raise Training(max_length=...) or shorten the row"
-            )
-        if reason is not None:
-            if on_bad_rows == "skip":
-                out.skipped.append((ex.row, reason))
-                continue
-            raise DatasetError(reason, row=ex.row)
-        if full and max(full) > max_length:
-            out.truncated += 1
-        record = _record(tokenizer, ex, prompt_as_text=prompt_as_text, with_tools=with_tools)
-        if with_images:  # every row has the column (a text row: no images), as Arrow needs
-            images = list(getattr(ex, "images", ()) or ())
-            record = {**record, "prompt": _as_parts(record["prompt"]) if images else record["prompt"], IMAGES: images}
-        out.records.append(record)
-        out.rows.append(ex.row)
-        out.num_tokens += min(sum(full), max_length * len(full)) if full else prompt_len
+        record, reason, truncated, tokens = prepare_row(
+            tokenizer, ex, norm.format, max_length=max_length, whole_pairs=whole_pairs, on_bad_rows=on_bad_rows,
+            prompt_as_text=prompt_as_text, with_tools=with_tools, with_images=with_images,
+        )  # fmt: skip
+        if record is None:
+            out.skipped.append((ex.row, str(reason)))
+            continue
+        out.truncated += truncated
+        out.records.append(record)  # type: ignore[attr-defined]
+        out.rows.append(ex.row)  # type: ignore[attr-defined]
+        out.num_tokens += tokens
     if not out.records:
         raise DatasetError(f"no row fits max_length={max_length}; raise Training(max_length=...)")
     return out

@@ -44,13 +44,13 @@ def _prompt_of(example: Example) -> Any:
 
 
 def _sample(norm: NormalisedData) -> list[Any]:
-    examples = list(norm.examples)
+    examples = norm.examples  # a list, or read from an Arrow table: only the sampled ones are read
     if not examples:
         return []
     step = max(1, len(examples) // MAX_KEPT_PROMPTS)  # spread over the data, deterministic
     out = []
-    for ex in examples[::step]:
-        p = _prompt_of(ex)
+    for k in range(0, len(examples), step):
+        p = _prompt_of(examples[k])
         if p is not None and p not in out:
             out.append(p)
         if len(out) == MAX_KEPT_PROMPTS:

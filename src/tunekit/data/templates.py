@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import ctypes
 import json
+import math
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -34,6 +36,7 @@ __all__ = [
     "options_baked_in",
     "reasoning_key",
     "render",
+    "render_many",
     "template_messages",
     "template_options",
     "template_source",
@@ -135,17 +138,24 @@ class _Watchdog:
     sleeps until the nearest deadline (with no render running, until the next one starts)."""
 
     def __init__(self) -> None:
+        self.restart()
+
+    def restart(self) -> None:
+        """No render running and no watching thread (a new process: a forked one starts so)."""
         self._deadlines: dict[int, float] = {}
         self._wake = threading.Condition()
         self._thread: threading.Thread | None = None
+        self._until = math.inf  # when the watching thread wakes next (it is woken only for an earlier deadline)
 
     def run(self, seconds: float, fn: Callable[[], _T]) -> _T:
         me = threading.get_ident()
         with self._wake:
             nested = me in self._deadlines  # a render inside a render: the outer one's clock runs
             if not nested:
-                self._deadlines[me] = time.monotonic() + seconds
-                self._wake.notify()
+                deadline = self._deadlines[me] = time.monotonic() + seconds
+                if deadline < self._until:  # else it wakes in time anyway: no thread switch per render
+                    self._until = deadline
+                    self._wake.notify()
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._watch, name="tunekit-template-watchdog", daemon=True)
                 self._thread.start()
@@ -167,10 +177,14 @@ class _Watchdog:
                             ctypes.c_ulong(ident), ctypes.py_object(_RenderTimeout)
                         )
                 nearest = min(self._deadlines.values(), default=None)
+                self._until = math.inf if nearest is None else nearest
                 self._wake.wait(None if nearest is None else max(nearest - time.monotonic(), 0.0) + 0.01)
 
 
 _WATCHDOG = _Watchdog()
+# A forked process (Training(data_workers=...)) has no watching thread and may hold a copy of a lock taken at the
+# fork: it starts afresh.
+os.register_at_fork(after_in_child=_WATCHDOG.restart)
 
 
 def template_source(tokenizer: Any) -> str:
@@ -307,6 +321,27 @@ def _render_raw(
             f"{template_source(tokenizer)} wrote {len(out):,} characters for one conversation (more than "
             f"{RENDER_CHARS:,}); fix the template or pass template=..."
         )
+    return out
+
+
+def render_many(tokenizer: Any, conversations: list[list[dict[str, Any]]]) -> list[str] | None:
+    """:func:`render` of each conversation (no tools, no generation prompt, no reasoning) in one call of the template
+    (the per-call cost of ``apply_chat_template`` paid once), or None when that call fails in any way (a refusal, a
+    runaway, a text over ``RENDER_CHARS``): the caller then renders them one at a time, which raises the row's own
+    error. The batch runs under the watchdog with one render's time limit."""
+    if not conversations:
+        return []
+    options = template_options(tokenizer)
+
+    def go() -> list[str]:
+        return [str(t) for t in tokenizer.apply_chat_template(conversations, tokenize=False, **options)]
+
+    try:
+        out = _WATCHDOG.run(RENDER_SECONDS, go)
+    except (_RenderTimeout, Exception):
+        return None
+    if len(out) != len(conversations) or any(len(t) > RENDER_CHARS for t in out):
+        return None
     return out
 
 

@@ -1,10 +1,13 @@
 """Which characters of a rendered conversation train: each assistant turn's span, found without trusting the template.
 
 For every assistant turn that trains, the conversation is rendered three ways: up to the turn with the generation
-prompt (what a server sends the model), up to and including the turn, and whole. The turn's span starts where the
-generation prompt ends (so the prompt served at inference is exactly the one trained on) and ends at the last control
-token of the turn (its end of turn: the model learns to stop). The span is then checked: it must hold the turn's
-content, its tool calls' names and, when kept, its reasoning, and end with a control token.
+prompt (what a server sends the model), up to and including the turn, and whole (the last turn's rendering is the
+whole one; and for a plain last turn whose template a probe showed writes the generation prompt exactly up to the
+turn's content, the generation prompt is read from the whole rendering: one render per row, see :func:`prompt_in`).
+The turn's span starts where the generation prompt ends (so the prompt served at inference is exactly the one trained
+on) and ends at the last control token of the turn (its end of turn: the model learns to stop). The span is then
+checked: it must hold the turn's content, its tool calls' names and, when kept, its reasoning, and end with a control
+token.
 
 A turn that cannot be found that way in the whole conversation (the template renders it differently in history than
 when it is the turn being generated: Qwen3 writes an empty ``<think></think>`` only on the last turn, and drops
@@ -25,10 +28,10 @@ from typing import Any, Literal
 
 from tunekit.data.control_tokens import control_tokens
 from tunekit.data.messages import Messages, strip_reasoning
-from tunekit.data.templates import render, template_source
+from tunekit.data.templates import render, template_source, try_render
 from tunekit.errors import DatasetError, IncompatibleError
 
-__all__ = ["Reasoning", "Rendered", "TrainOn", "render_turns", "supervised_turns"]
+__all__ = ["Reasoning", "Rendered", "TrainOn", "prompt_in", "render_turns", "supervised_turns"]
 
 Reasoning = Literal["inference", "keep", "drop"]
 TrainOn = Literal["all_assistant", "last_assistant"]
@@ -130,21 +133,76 @@ def _problem(body: str, message: dict[str, Any]) -> str | None:
     return None
 
 
+def _probe(tokenizer: Any, roles: tuple[str, ...]) -> str | None:
+    """What the template writes after the last message's content in a conversation of ``roles`` (its end of turn),
+    when the generation prompt before that message is exactly the whole rendering up to its content; else None.
+    Found once per tokenizer, template, options and roles, by rendering two conversations of plain sentinels (kept
+    on the tokenizer: a key of a few names, read per row)."""
+    probes = tokenizer.__dict__.setdefault("_tunekit_prompt_probes", {})
+    template = tokenizer.chat_template
+    template = template if isinstance(template, str) else repr(template)  # a dict of named templates
+    key = (template, repr(getattr(tokenizer, "_tunekit_template_options", None)), roles)
+    if key in probes:
+        return probes[key]  # type: ignore[no-any-return]
+    tails: set[str | None] = set()
+    for variant in ("first", "second one"):
+        probe = [{"role": r, "content": f"tunekit probe {variant} {k}"} for k, r in enumerate(roles)]
+        try:
+            prompt = try_render(tokenizer, probe[:-1], add_generation_prompt=True)
+            full = try_render(tokenizer, probe, add_generation_prompt=False)
+        except IncompatibleError:
+            prompt = full = None
+        content = probe[-1]["content"]
+        at = full.rfind(content) if full is not None else -1
+        if prompt is None or full is None or at < 0 or full[:at] != prompt:
+            tails.add(None)
+        else:
+            tails.add(full[at + len(content) :])
+    tail = tails.pop() if len(tails) == 1 else None
+    probes[key] = tail
+    return tail
+
+
+def prompt_in(tokenizer: Any, messages: Sequence[dict[str, Any]], full: str) -> str | None:
+    """The generation prompt before the last message of ``messages``, read from their whole rendering ``full``
+    instead of rendered again (one render per row, not two), where that is exact: a probe of the template with the
+    same roles (:func:`_probe`) showed the generation prompt is what precedes the last message's content, and the row
+    gives the template nothing else to read (each message only a role and plain text without markup or surrounding
+    space; no tools, reasoning or images). None: render it."""
+    for m in messages:
+        content = m.get("content")
+        if m.keys() - {"role", "content"} or not isinstance(content, str) or "<" in content or ">" in content:
+            return None
+    content = messages[-1]["content"]
+    if not content or content != content.strip():
+        return None
+    tail = _probe(tokenizer, tuple(m["role"] for m in messages))
+    if tail is None or not full.endswith(content + tail):
+        return None
+    return full[: len(full) - len(tail) - len(content)]
+
+
 def _locate(
     tokenizer: Any,
     messages: list[dict[str, Any]],
     turns: list[int],
     tools: Sequence[dict[str, Any]] | None,
     markers: Sequence[str],
+    full: str | None = None,
 ) -> tuple[Rendered, dict[int, str]]:
-    """The spans of ``turns`` in the rendering of ``messages``, and why each turn not found was not."""
-    full = render(tokenizer, messages, add_generation_prompt=False, tools=tools)
+    """The spans of ``turns`` in the rendering of ``messages`` (``full``, when the caller rendered it), and why each
+    turn not found was not."""
+    if full is None:
+        full = render(tokenizer, messages, add_generation_prompt=False, tools=tools)
     spans: list[tuple[int, int]] = []
     failed: dict[int, str] = {}
     done = 0
     for t in turns:
-        prompt = render(tokenizer, messages[:t], add_generation_prompt=True, tools=tools)
-        turn = render(tokenizer, messages[: t + 1], add_generation_prompt=False, tools=tools)
+        prompt = prompt_in(tokenizer, messages, full) if t + 1 == len(messages) and not tools else None
+        if prompt is None:
+            prompt = render(tokenizer, messages[:t], add_generation_prompt=True, tools=tools)
+        last = t + 1 == len(messages)  # the last turn's rendering is the whole one's: render it once
+        turn = full if last else render(tokenizer, messages[: t + 1], add_generation_prompt=False, tools=tools)
         if not (full.startswith(prompt) and full.startswith(turn) and len(prompt) >= done and len(turn) > len(prompt)):
             failed[t] = "the conversation's text before it differs from the generation prompt" + _where(prompt, full)
             continue
@@ -173,13 +231,18 @@ def render_turns(
     tools: Sequence[dict[str, Any]] | None = None,
     reasoning: Reasoning = "inference",
     row: int | None = None,
+    markers: Sequence[str] | None = None,
+    whole: str | None = None,
 ) -> list[Rendered]:
-    """The sequences that train ``turns`` of ``messages`` (usually one), each with its supervised spans."""
-    markers = control_tokens(tokenizer)
+    """The sequences that train ``turns`` of ``messages`` (usually one), each with its supervised spans
+    (``markers``: the tokenizer's control tokens, when the caller has them; ``whole``: the rendering of all of
+    ``messages`` without tools, when the caller rendered it, e.g. a batch at a time)."""
+    markers = control_tokens(tokenizer) if markers is None else markers
     out: list[Rendered] = []
     for shown, ts in _views(messages, turns, reasoning):
-        whole = shown[: ts[-1] + 1]
-        rendered, failed = _locate(tokenizer, whole, ts, tools, markers)
+        upto = shown[: ts[-1] + 1]
+        given = whole if whole is not None and not tools and upto == list(messages) else None
+        rendered, failed = _locate(tokenizer, upto, ts, tools, markers, given)
         if tools:
             text = rendered.text
             absent = [t["function"]["name"] for t in tools if t["function"]["name"] not in text]
