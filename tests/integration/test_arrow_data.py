@@ -12,13 +12,14 @@ import pytest
 
 import tunekit as tk
 from tunekit.data import load_rows, normalise
-from tunekit.data.arrow import ArrowNormalised, _Normalise, _Stops, default_workers, normalise_table, table_digest
+from tunekit.data.arrow import ArrowNormalised, _Normalise, default_workers, normalise_table, table_digest
 from tunekit.data.cache import example_digest, examples_digest
 from tunekit.data.control_tokens import control_tokens
 from tunekit.data.encoding import Encoded, encode_batch, encode_example
 from tunekit.data.formats import Example
 from tunekit.data.images import ImageOptions
 from tunekit.data.loading import base_dir_of, iter_parquet_rows
+from tunekit.data.tables import Stops
 from tunekit.errors import DatasetError
 from tunekit.testing import first_task, write_jsonl
 from tunekit.training_data import encode_for, normalise_for
@@ -321,7 +322,7 @@ def test_workers_stop_after_a_bad_row_and_the_first_one_is_raised(tmp_path: Path
 
 
 def test_a_batch_after_a_marked_bad_row_is_skipped(tmp_path: Path) -> None:
-    stops = _Stops(str(tmp_path))
+    stops = Stops(str(tmp_path))
     fn = _Normalise("prompt_completion", None, "", "error", raise_errors=False, stops=stops)
     batch = {"line": [None] * 2, "raw": [None] * 2, "pickled": [pickle.dumps(r) for r in first_task(2, seed=1)]}
     assert all(fn(batch, [10, 11])["example"])

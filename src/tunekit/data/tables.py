@@ -1,0 +1,271 @@
+"""The tables the Arrow data driver (:mod:`tunekit.data.arrow`) works on: rows read into a memory-mapped Arrow file,
+the ``datasets.map`` call its maps run through, and errors kept as data while several workers run.
+
+A ``.jsonl`` file is read in chunks as its raw lines (with their line numbers) into an Arrow file; a ``.csv`` or
+``.parquet`` file a chunk of rows at a time (:func:`tunekit.data.loading.iter_file_rows`), stored pickled, so every
+value comes back exactly as :func:`tunekit.data.loading.load_rows` reads it. Other inputs (a ``.json`` file, which is
+one JSON document, a :class:`tunekit.Data` mapping, a DataFrame, a ``datasets.Dataset``, a list of dicts) are read
+whole by :func:`tunekit.data.loading.load_rows` and stored the same way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+import pickle
+import shutil
+import tempfile
+import weakref
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, overload
+
+from tunekit.data.cache import cache_dir
+from tunekit.data.loading import UTF8, DataInput, empty_data_error, iter_file_rows, load_rows, parse_jsonl_line
+from tunekit.errors import DatasetError, IncompatibleError, TunekitError
+
+__all__ = [
+    "CHUNK", "ExampleColumn", "Stops", "Workdir", "default_workers", "disable_progress", "error_as_data",
+    "map_table", "named", "raise_first", "read_table", "row_of", "skipped_of", "stops_for",
+]  # fmt: skip
+
+CHUNK = 10_000  # rows a read chunk and a map batch hold
+WORKER_ROWS = 20_000  # below this many rows per worker, starting a worker costs more than it saves
+MAX_WORKERS = 8
+
+
+def default_workers(rows: int | None = None, configured: int | None = None) -> int:
+    """``Training(data_workers=...)``, or by default half the cores this process may use (at most 8), and only as
+    many as the data keeps busy (one per 20,000 rows): small data is prepared in this process."""
+    if configured is not None:
+        return max(1, configured)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    share = max(1, min(MAX_WORKERS, cores // 2))
+    return share if rows is None else max(1, min(share, rows // WORKER_ROWS))
+
+
+def disable_progress() -> None:
+    import datasets
+
+    datasets.disable_progress_bars()  # tunekit reports through its hooks and logger only
+
+
+# --- errors kept as data (several workers) -------------------------------------------------------------------------
+
+
+def error_as_data(e: TunekitError) -> str:
+    return json.dumps({"kind": type(e).__name__, "message": str(e), "row": getattr(e, "row", None),
+                       "field": getattr(e, "field", None)})  # fmt: skip
+
+
+def named(e: DatasetError, what: str) -> DatasetError:
+    """``e`` naming the data it is in when that is not the training data ("eval_data: row 3: ...")."""
+    return e if what == "training" else DatasetError(f"{what}_data: {e}", row=e.row, field=e.field)
+
+
+def raise_first(errors: Sequence[str | None]) -> None:
+    """Raise the first error kept as data (the rows are in order), as the error it was."""
+    first = next((e for e in errors if e is not None), None)
+    if first is None:
+        return
+    got = json.loads(first)
+    if got["kind"] == "IncompatibleError":
+        raise IncompatibleError(got["message"])
+    raise DatasetError(got["message"], row=got["row"], field=got["field"])
+
+
+@dataclass
+class Stops:
+    """Bad rows that workers met, as empty files named by their index in the table (``path``; None: one worker,
+    which raises at once). A worker skips a batch that starts after one of them: the run raises that row's error or
+    an earlier one's, and the rows between cannot change which, so the other workers stop early instead of finishing
+    the data first."""
+
+    path: str | None = None
+
+    def mark(self, index: int) -> None:
+        if self.path is not None:
+            Path(self.path, f"{index:012d}").touch()
+
+    def before(self, index: int) -> bool:
+        """Whether a bad row was met before table row ``index``."""
+        if self.path is None:
+            return False
+        names = os.listdir(self.path)
+        return bool(names) and int(min(names)) < index
+
+
+def stops_for(work: Path, name: str, workers: int) -> Stops:
+    if workers == 1:
+        return Stops()
+    return Stops(tempfile.mkdtemp(prefix=f"stops-{name}-", dir=work))  # a fresh one per map
+
+
+# --- reading -------------------------------------------------------------------------------------------------------
+
+
+class Workdir:
+    """A temporary directory under tunekit's cache for a run's intermediate tables, removed with its owner."""
+
+    def __init__(self, configured: str | None) -> None:
+        base = cache_dir(configured) / "work"
+        base.mkdir(parents=True, exist_ok=True)
+        self.path = Path(tempfile.mkdtemp(prefix="tables-", dir=base))
+
+    def own(self, owner: object) -> None:
+        weakref.finalize(owner, shutil.rmtree, str(self.path), True)
+
+
+def write_batches(path: Path, batches: Iterator[Any], schema: Any) -> None:
+    import pyarrow as pa
+
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
+        for batch in batches:
+            writer.write_batch(batch)
+
+
+def row_schema() -> Any:
+    import pyarrow as pa
+
+    return pa.schema([("line", pa.int64()), ("raw", pa.large_string()), ("pickled", pa.large_binary())])
+
+
+def jsonl_batches(path: Path) -> Iterator[Any]:
+    """The non-blank lines of a .jsonl file, CHUNK at a time, with their line numbers (parsed later, in the map)."""
+    import pyarrow as pa
+
+    schema = row_schema()
+    lines: list[int] = []
+    raws: list[str] = []
+    try:
+        with path.open(encoding=UTF8) as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                lines.append(lineno)
+                raws.append(line)
+                if len(lines) == CHUNK:
+                    yield pa.record_batch([pa.array(lines, pa.int64()), pa.array(raws, pa.large_string()),
+                                           pa.nulls(len(lines), pa.large_binary())], schema=schema)  # fmt: skip
+                    lines, raws = [], []
+    except UnicodeDecodeError:
+        load_rows(path)  # raises tunekit's message for a file that is not UTF-8
+        raise
+    if lines:
+        yield pa.record_batch([pa.array(lines, pa.int64()), pa.array(raws, pa.large_string()),
+                               pa.nulls(len(lines), pa.large_binary())], schema=schema)  # fmt: skip
+
+
+def pickled_batches(rows: Iterable[Any]) -> Iterator[Any]:
+    import pyarrow as pa
+
+    schema = row_schema()
+    it = iter(rows)
+    while chunk := list(itertools.islice(it, CHUNK)):
+        pickled = [pickle.dumps(r, protocol=pickle.HIGHEST_PROTOCOL) for r in chunk]
+        yield pa.record_batch([pa.nulls(len(chunk), pa.int64()), pa.nulls(len(chunk), pa.large_string()),
+                               pa.array(pickled, pa.large_binary())], schema=schema)  # fmt: skip
+
+
+def read_table(data: DataInput, directory: Path, *, what: str = "training") -> tuple[Any, str]:
+    """``data``'s rows as a memory-mapped ``datasets.Dataset`` (columns ``line``, ``raw``, ``pickled``) in
+    ``directory``, and where they came from (for messages). A ``.jsonl`` file (not mapped by :class:`tunekit.Data`)
+    is read line by line; anything else through :func:`tunekit.data.loading.load_rows`."""
+    from datasets import Dataset
+
+    out = directory / "rows.arrow"
+    path = Path(data) if isinstance(data, (str, Path)) and Path(data).is_file() else None
+    streamed = iter_file_rows(path) if path is not None else None
+    source = ""
+    if path is not None and path.suffix.lower() == ".jsonl":
+        write_batches(out, jsonl_batches(path), row_schema())
+        source = str(data)
+    elif path is not None and streamed is not None:  # .csv, .parquet: a chunk of rows at a time
+        try:
+            write_batches(out, pickled_batches(streamed), row_schema())
+        except UnicodeDecodeError:
+            load_rows(path)  # raises tunekit's message for a file that is not UTF-8
+            raise
+    else:
+        write_batches(out, pickled_batches(load_rows(data, what=what)), row_schema())
+    table = Dataset.from_file(str(out))
+    if len(table) == 0:
+        raise empty_data_error(data, what)
+    return table, source
+
+
+def row_of(batch: dict[str, list[Any]], k: int, source: str) -> Any:
+    if batch["raw"][k] is not None:
+        return parse_jsonl_line(batch["raw"][k], batch["line"][k], source)
+    return pickle.loads(batch["pickled"][k])
+
+
+def map_table(table: Any, fn: Any, workers: int, path: Path, *, with_indices: bool, remove: list[str]) -> Any:
+    disable_progress()
+    return table.map(
+        fn,
+        batched=True,
+        batch_size=CHUNK // 10,
+        with_indices=with_indices,
+        num_proc=workers if workers > 1 else None,
+        remove_columns=remove,
+        cache_file_name=str(path),
+        load_from_cache_file=False,
+        new_fingerprint=hashlib.sha256(str(path).encode()).hexdigest()[:16],  # never hash the tokenizer
+    )
+
+
+def skipped_of(cols: Any, rows: str) -> list[tuple[int, str]]:
+    """The ``(row, reason)`` pairs of a mapped table's ``skip`` column, the row numbers read from column ``rows``."""
+    import pyarrow.compute as pc
+
+    skip = cols.column("skip")
+    valid = pc.is_valid(skip)
+    return list(zip(pc.filter(cols.column(rows), valid).to_pylist(), pc.filter(skip, valid).to_pylist()))
+
+
+class ExampleColumn(Sequence[Any]):
+    """The normalised examples of an Arrow table (or another pickled ``column``: trl's records), decoded when read (a
+    list's reading, without the list)."""
+
+    def __init__(self, table: Any, positions: Sequence[int] | None = None, column: str = "example") -> None:
+        self.table = table
+        self.positions = positions  # the table's rows that hold an example (None: all)
+        self.column = column
+
+    def __len__(self) -> int:
+        return len(self.positions) if self.positions is not None else len(self.table)
+
+    def _at(self, k: int) -> int:
+        return int(self.positions[k]) if self.positions is not None else k
+
+    @overload
+    def __getitem__(self, k: int) -> Any: ...
+    @overload
+    def __getitem__(self, k: slice) -> list[Any]: ...
+    def __getitem__(self, k: int | slice) -> Any:
+        if isinstance(k, slice):
+            picks = [self._at(j) for j in range(*k.indices(len(self)))]
+            blobs = self.table.select_columns([self.column]).select(picks)[self.column] if picks else []
+            return [pickle.loads(b) for b in blobs]
+        if k < 0:
+            k += len(self)
+        if not 0 <= k < len(self):
+            raise IndexError(k)
+        return pickle.loads(self.table[self._at(k)][self.column])
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, (list, tuple, ExampleColumn)):
+            return len(self) == len(other) and list(self) == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __iter__(self) -> Iterator[Any]:
+        for batch in self.table.select_columns([self.column]).iter(CHUNK):
+            for blob in batch[self.column]:
+                if blob is not None:
+                    yield pickle.loads(blob)
