@@ -27,7 +27,7 @@ from typing import Any, Literal, TypeVar
 
 from tunekit.backends.base import Backend, LoadedModel, RunSpec
 from tunekit.data.formats import NormalisedData
-from tunekit.data.streaming import StreamedEncoded
+from tunekit.data.streaming import StreamedEncoded, StreamedRows
 from tunekit.distributed import world
 from tunekit.errors import ConfigError
 from tunekit.evaluation import EvalItem, items_of, training_evaluator
@@ -136,7 +136,9 @@ def execute(
             result = backend.fit(
                 spec, loaded, train, evaluation, dispatcher=dispatcher, resume_from=prepared.resume_from
             )
-            if isinstance(train, StreamedEncoded):  # what the stream gave, counted as the trainer read it
+            if isinstance(
+                train, (StreamedEncoded, StreamedRows)
+            ):  # what the stream gave, counted as the trainer read it
                 skipped = dict(sorted(train.skipped))  # once each, though a stream read twice meets them twice
                 update = {"num_examples": train.streamed.rows, "num_tokens": train.streamed.tokens}
                 result = result.model_copy(

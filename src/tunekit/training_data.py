@@ -32,19 +32,19 @@ from tunekit.data.layouts import Layout, detect_layout
 from tunekit.data.loading import base_dir_of
 from tunekit.data.mapping import Data
 from tunekit.data.mixture import Mix, MixedData, MixPart, interleave, mix_parts, unpair
-from tunekit.data.rows import TrainerRows, prepare_rows
-from tunekit.data.streaming import StreamedData, StreamedEncoded, first_rows
+from tunekit.data.rows import TrainerRows, prepare_row, prepare_rows
+from tunekit.data.streaming import StreamedData, StreamedEncoded, StreamedRows, first_rows
 from tunekit.data.templated import find_template_markers, template_warning
 from tunekit.data.templates import image_renders
 from tunekit.errors import ConfigError, DatasetError, IncompatibleError
 from tunekit.methods import Method
-from tunekit.objectives import DPO, Objective, infer_objective
+from tunekit.objectives import DPO, ORPO, Objective, infer_objective
 from tunekit.plan import SourceFigures
 from tunekit.training import Training
 
 __all__ = [
     "check_compatible", "check_image_template", "encode_for", "has_images", "named_error", "normalise_for",
-    "trains_on_images",
+    "streams", "trains_on_images",
 ]  # fmt: skip
 
 logger = logging.getLogger("tunekit")
@@ -111,10 +111,14 @@ def normalise_for(
             f"{chosen.name} takes {sorted(chosen.data_formats)}"
             + (" (raw text trains with tk.CausalLM())" if norm.format == "text" else "")
         )
-    if isinstance(norm, StreamedData) and not chosen.tokenised_by_tunekit:
+    if isinstance(norm, StreamedData) and not streams(chosen):
+        trainer = "CPO trainer (DPO's SimPO loss)" if isinstance(chosen, DPO) else f"{chosen.name} trainer"
         raise IncompatibleError(
-            f"tk.Data(..., streaming=True) trains SFT and CausalLM (tunekit tokenises their rows as they stream); "
-            f"{chosen.name}'s trainer reads its whole dataset: leave streaming out"
+            f"tk.Data(..., streaming=True) cannot train {chosen.name}"
+            + (" with loss='simpo'" if isinstance(chosen, DPO) else "")
+            + f": trl's {trainer} prepares its whole dataset at once (a map with num_proc, which a streamed "
+            "dataset does not take); leave streaming out, or train another objective (SFT, CausalLM, DPO with "
+            "another loss, KTO, reward modelling, GRPO and RLOO stream)"
         )
     if objective is None:
         check_compatible(method, chosen)
@@ -326,6 +330,15 @@ def check_image_template(tokenizer: Any, row: int) -> None:
         )
 
 
+def streams(objective: Objective) -> bool:
+    """Whether ``objective`` trains on a stream (``tk.Data(..., streaming=True)``): those tunekit tokenises, and the
+    trl trainers that take a ``datasets.IterableDataset`` (DPO, KTO, reward modelling, GRPO, RLOO); not ORPO nor
+    DPO's SimPO loss, whose trl trainers map their whole dataset with ``num_proc``."""
+    if isinstance(objective, ORPO):
+        return False
+    return not (isinstance(objective, DPO) and objective.loss == "simpo")
+
+
 def trains_on_images(objective: Objective) -> bool:
     """Whether ``objective`` trains on rows with images: SFT and CausalLM (tunekit encodes them with the model's
     processor) and DPO (trl's DPO trainer hands the images to the processor; not its SimPO loss, which trl's CPO
@@ -475,24 +488,69 @@ def _settings(spec: RunSpec) -> dict[str, Any]:
     }
 
 
-def _encode_stream(spec: RunSpec, norm: StreamedData, tokenizer: Any) -> StreamedEncoded:
+def _encode_stream(spec: RunSpec, norm: StreamedData, tokenizer: Any) -> StreamedEncoded | StreamedRows:
     """Streamed data: its first rows encoded now (the estimates; their errors raise before training), the rest
-    chunk by chunk as the trainer reads it (:class:`tunekit.data.streaming.StreamedEncoded`)."""
+    chunk by chunk as the trainer reads it (:class:`tunekit.data.streaming.StreamedEncoded`, or for trl's trainers
+    :class:`~tunekit.data.streaming.StreamedRows`)."""
     sample, _ = _encode(spec, norm, tokenizer)  # its skipped rows are logged as the stream reaches them
-    assert isinstance(sample, Encoded)  # streaming trains the objectives tunekit tokenises (normalise_for)
     settings = _settings(spec)
+    training = spec.training
+    source = norm.source
+    assert source is not None
+    buffer, seed = source.shuffle_buffer, training.seed
 
-    def encode(examples: list[Example]) -> Encoded:
+    def refuse_images(examples: list[Example]) -> None:
         pictured = next((ex for ex in examples if getattr(ex, "images", ())), None)
         if pictured is not None:  # past the rows checked before the run
             raise IncompatibleError(
                 f"row {pictured.row} holds an image: rows with images train from data held in memory, not yet from a "
                 "stream; drop streaming=True for them"
             )
+
+    if isinstance(sample, TrainerRows):  # trl's objectives: records prepared as theirs are (prepare_rows)
+        obj = spec.objective
+        whole_pairs = obj.model_head == "sequence_classification"
+        with_tools = _has_tools(norm)  # as prepare_rows decided for the first rows: every record has their columns
+        prompt_as_text = norm.format == "prompt_only" and with_tools
+
+        def prepare(examples: list[Example]) -> TrainerRows:
+            refuse_images(examples)
+            if not training.allow_control_tokens:
+                check_no_control_tokens(examples, tokenizer, objective=obj.name)
+            out = TrainerRows(norm.format, [], [])
+            for ex in examples:
+                record, reason, truncated, tokens = prepare_row(
+                    tokenizer, ex, norm.format, max_length=training.max_length, whole_pairs=whole_pairs,
+                    on_bad_rows=training.on_bad_rows, prompt_as_text=prompt_as_text, with_tools=with_tools,
+                )  # fmt: skip
+                if record is None:
+                    out.skipped.append((ex.row, str(reason)))
+                    continue
+                out.records.append(record)  # type: ignore[attr-defined]
+                out.rows.append(ex.row)  # type: ignore[attr-defined]
+                out.truncated += truncated
+                out.num_tokens += tokens
+            return out
+
+        return StreamedRows(
+            sample.format, sample.records, sample.rows, truncated=sample.truncated, num_tokens=sample.num_tokens,
+            data=norm, prepare=prepare, features=sample.to_dataset().features, shuffle_buffer=buffer,
+            seed=seed,
+        )  # fmt: skip
+
+    def encode(examples: list[Example]) -> Encoded:
+        refuse_images(examples)
         return encode_examples(tokenizer, examples, **settings)
 
     return StreamedEncoded(
-        sample.input_ids, sample.labels, sample.rows, truncated=sample.truncated, data=norm, encode=encode
+        sample.input_ids,
+        sample.labels,
+        sample.rows,
+        truncated=sample.truncated,
+        data=norm,
+        encode=encode,
+        shuffle_buffer=buffer,
+        seed=seed,
     )
 
 

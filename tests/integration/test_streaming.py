@@ -1,6 +1,7 @@
 """tk.Data(..., streaming=True) on a real tiny model: it learns while reading the file lazily (a bad row beyond what
-the run reads is never met; one within it stops the run naming its row), packs (and packs to a token budget), and
-a run killed mid-stream resumes at the same position (the same losses and weights as the uninterrupted run)."""
+the run reads is never met; one within it stops the run naming its row), packs (and packs to a token budget), a
+run killed mid-stream resumes at the same position (the same losses and weights as the uninterrupted run) by seeking
+there, a shuffled stream resumes exactly too, and preference, KTO and RL objectives stream."""
 
 from __future__ import annotations
 
@@ -12,9 +13,11 @@ import pytest
 import torch
 
 import tunekit as tk
+from tunekit.data import streaming
 from tunekit.testing import first_task, reverse_task
 
 from .helpers import StopAt, cpu, heldout_loss
+from .toy_tasks import prefers_chosen, say_prompts, sevens, sort_pairs, unpaired
 
 
 def write(path: Path, rows: list[dict[str, Any]]) -> Path:
@@ -79,3 +82,101 @@ def test_an_interrupted_stream_resumes_at_the_same_position(tiny_llama: Path, tm
     for (name, a), (_, b) in zip(reference.model.named_parameters(), again.model.named_parameters()):
         if a.requires_grad:
             torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=name)
+
+
+def test_a_resumed_stream_seeks_to_its_position_instead_of_reading_again(
+    tiny_llama: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A .jsonl stream checkpointed at step 10 (40 rows trained): the resumed run seeks to row 40's line and reads on
+    from there (a handful of rows, not the 40 again), and trains exactly as the uninterrupted run; once the file
+    changed, the resumed run warns and reads it again from the top."""
+    monkeypatch.setattr(streaming, "CHUNK_ROWS", 4)  # rows read as they are needed, so the counts tell
+    read: list[int] = []
+    normalise = streaming.normalise_row
+    monkeypatch.setattr(streaming, "normalise_row", lambda fmt, row, i, **kw: (read.append(i), normalise(fmt, row, i, **kw))[1])  # fmt: skip
+    path = write(tmp_path / "s.jsonl", reverse_task(300, seed=4))
+
+    def run(out: Path, hooks: list[tk.Hook], **kw: Any) -> tuple[tk.Tuner, tk.FitResult | None]:
+        training = cpu(max_steps=12, batch_size=4, learning_rate=1e-2, save_every=10, **kw)
+        t = tk.Tuner(tiny_llama, method=tk.LoRA(r=4, dropout=0.1), training=training, output_dir=out, hooks=hooks,
+                     progress=False)  # fmt: skip
+        try:
+            return t, t.fit(tk.Data(str(path), streaming=True))
+        except tk.TrainingError:
+            return t, None
+
+    reference, ref_result = run(tmp_path / "ref", [])
+    assert run(tmp_path / "run", [StopAt(10)])[1] is None
+    state = json.loads((tmp_path / "run" / "checkpoint-10" / streaming.STATE_FILE).read_text(encoding="utf-8"))
+    assert state["position"][2:5] == [40, 0, 40]  # row 40, its first sequence, 40 sequences streamed
+    read.clear()
+    again, result = run(tmp_path / "run", [])  # resume="auto": from checkpoint-10
+    assert read[0] == 40 and len(read) < 40, read  # from the checkpoint's row on, not rows 1-40 again
+    assert ref_result is not None and result is not None and result.steps == 12
+    assert 48 <= result.num_examples < 40 + len(read)  # counted on from the checkpoint's count
+    ref_losses = {h["step"]: h["loss"] for h in ref_result.history if "loss" in h}
+    got = {h["step"]: h["loss"] for h in result.history if "loss" in h and h["step"] > 10}
+    assert sorted(got) == [11, 12] and got == pytest.approx({s: ref_losses[s] for s in got}, rel=0, abs=1e-6)
+    for (name, a), (_, b) in zip(reference.model.named_parameters(), again.model.named_parameters()):
+        if a.requires_grad:
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=name)
+
+    assert run(tmp_path / "edited", [StopAt(10)])[1] is None
+    rows = reverse_task(300, seed=4)
+    rows[20] = {"prompt": rows[20]["prompt"], "completion": rows[20]["completion"] + " 1"}  # before the position
+    write(path, rows)
+    read.clear()
+    with caplog.at_level("WARNING", logger="tunekit"):
+        assert run(tmp_path / "edited", [], force_resume=True)[1] is not None  # its first rows changed too
+    assert "changed since checkpoint-10" in caplog.text and read[0] == 1 and len(read) > 40
+
+
+def test_a_shuffled_stream_is_drawn_by_the_seed_and_resumes_exactly(tiny_llama: Path, tmp_path: Path) -> None:
+    """shuffle_buffer: datasets' buffered shuffle by Training(seed); a run killed at step 4 resumes (by reading the
+    stream again up to its step, in the same order) with the uninterrupted run's losses."""
+    path = write(tmp_path / "s.jsonl", reverse_task(60, seed=5))
+    data = tk.Data(str(path), streaming=True, shuffle_buffer=16)
+
+    def run(out: Path, hooks: list[tk.Hook], seed: int = 0) -> tk.FitResult | None:
+        training = cpu(max_steps=6, batch_size=4, learning_rate=1e-2, save_every=4, seed=seed)
+        t = tk.Tuner(tiny_llama, method=tk.LoRA(r=4), training=training, output_dir=out, hooks=hooks, progress=False)
+        try:
+            return t.fit(data)
+        except tk.TrainingError:
+            return None
+
+    ref = run(tmp_path / "ref", [])
+    assert run(tmp_path / "run", [StopAt(4)]) is None
+    assert not (tmp_path / "run" / "checkpoint-4" / streaming.STATE_FILE).exists()  # no position: the trainer skips
+    result = run(tmp_path / "run", [])
+    assert ref is not None and result is not None
+    ref_losses = {h["step"]: h["loss"] for h in ref.history if "loss" in h}
+    got = {h["step"]: h["loss"] for h in result.history if "loss" in h and h["step"] > 4}
+    assert got == pytest.approx({s: ref_losses[s] for s in got}, rel=0, abs=1e-6) and sorted(got) == [5, 6]
+    assert ref.history[-1]["loss"] < ref.history[0]["loss"]  # and it learns
+
+
+def test_preference_and_rl_objectives_stream(tiny_llama_init02: Path, tmp_path: Path) -> None:
+    """DPO and KTO learn from a streamed file (trl reads the IterableDataset of records tunekit prepares a chunk at a
+    time); GRPO takes a streamed prompt file too."""
+    pairs = write(tmp_path / "pairs.jsonl", sort_pairs(400, seed=1))
+    held = sort_pairs(64, seed=2)
+    dpo = tk.Tuner(tiny_llama_init02, method=tk.LoRA(r=8), objective=tk.DPO(),
+                   training=cpu(max_steps=25, learning_rate=3e-3, batch_size=16))  # fmt: skip
+    before = prefers_chosen(dpo, held)
+    result = dpo.fit(tk.Data(str(pairs), streaming=True))
+    assert prefers_chosen(dpo, held) >= before + 0.15 and result.num_examples >= 25 * 16
+    labelled = write(tmp_path / "kto.jsonl", unpaired(sort_pairs(400, seed=1)))
+    kto = tk.Tuner(tiny_llama_init02, method=tk.LoRA(r=8), objective=tk.KTO(),
+                   training=cpu(max_steps=10, learning_rate=3e-3, batch_size=16))  # fmt: skip
+    history = kto.fit(tk.Data(str(labelled), streaming=True)).history
+    margin = [h["rewards/chosen"] - h["rewards/rejected"] for h in history if "rewards/chosen" in h]
+    assert margin[-1] > margin[0], margin
+    prompts = write(tmp_path / "prompts.jsonl", say_prompts(40, seed=1))
+    grpo = tk.Tuner(tiny_llama_init02, method=tk.LoRA(r=4),
+                    objective=tk.GRPO(reward=sevens, num_generations=4, max_completion_length=4),
+                    training=cpu(max_steps=2, batch_size=8, learning_rate=1e-2))  # fmt: skip
+    start = {n: p.detach().clone() for n, p in grpo.model.named_parameters() if p.requires_grad}
+    result = grpo.fit(tk.Data(str(prompts), streaming=True))
+    assert result.steps == 2 and result.num_examples > 0 and "reward" in result.history[-1]
+    assert any(not torch.equal(p, start[n]) for n, p in grpo.model.named_parameters() if n in start)

@@ -78,8 +78,15 @@ def test_what_streaming_cannot_take_is_refused_by_name(tmp_path: Path) -> None:
         tuner().fit(path, eval_data=stream)
     with pytest.raises(tk.ConfigError, match=r"is streamed .streaming=True., which a mixture cannot draw from"):
         tuner().fit(tk.Mix([path, stream]))
-    with pytest.raises(tk.IncompatibleError, match=r"streaming=True. trains SFT and CausalLM.*DPO.s trainer"):
-        tuner(objective=tk.DPO()).fit(tk.Data(str(DATA / "mix_trl_preference.jsonl"), streaming=True))
+    pairs = tk.Data(str(DATA / "mix_trl_preference.jsonl"), streaming=True)
+    with pytest.raises(tk.IncompatibleError, match=r"cannot train ORPO: trl's ORPO trainer .* num_proc"):
+        tuner(objective=tk.ORPO()).fit(pairs)
+    with pytest.raises(tk.IncompatibleError, match=r"cannot train DPO with loss='simpo': trl's CPO trainer"):
+        tuner(objective=tk.DPO(loss="simpo")).fit(pairs)
+    with pytest.raises(tk.ConfigError, match=r"shuffle_buffer=8. shuffles a stream: pass streaming=True"):
+        tk.Data(path, shuffle_buffer=8)
+    with pytest.raises(tk.ConfigError, match=r"shuffle_buffer=0.*expected a number of rows"):
+        tk.Data(path, streaming=True, shuffle_buffer=0)
     with pytest.raises(tk.DatasetError, match=r"a \.json file cannot be streamed .* stream a \.jsonl, \.csv or"):
         tuner().fit(tk.Data(str(DATA / "mix_alpaca.json"), streaming=True))
     with pytest.raises(tk.DatasetError, match=r"^data file not found"):

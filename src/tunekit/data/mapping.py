@@ -84,8 +84,9 @@ class Data(Config):
     DataFrame). A dataset name or directory is read through ``datasets`` (:mod:`tunekit.data.sources`; offline from
     the local ``datasets`` cache) with ``split`` (default: its only split, else ``train`` for training data),
     ``subset`` (the dataset's configuration) and ``revision`` (a branch, tag or commit on the hub). ``streaming=True``
-    reads the rows as training consumes them (:mod:`tunekit.data.streaming`: data larger than memory, SFT and CausalLM,
-    ``Training(max_steps=...)`` required). ``columns``
+    reads the rows as training consumes them (:mod:`tunekit.data.streaming`: data larger than memory, every objective
+    but ORPO and SimPO, ``Training(max_steps=...)`` required), in the file's order or, with ``shuffle_buffer=N``, drawn
+    at random from a buffer of ``N`` rows by ``Training(seed=...)``. ``columns``
     keys: ``messages``, ``conversations``, ``prompt``, ``completion``, ``chosen``, ``rejected``, ``label`` (or
     ``kto_tag``), ``instruction``, ``input``, ``output``, ``history``, ``text``, ``system``, ``tools``. ``roles`` keys:
     ``role`` and ``content`` (the message keys), ``user``, ``assistant``, ``system``, ``tool``, ``function_call``
@@ -100,6 +101,8 @@ class Data(Config):
         'test'
         >>> tk.Data("huge.jsonl", streaming=True).streaming
         True
+        >>> tk.Data("huge.jsonl", streaming=True, shuffle_buffer=10_000).shuffle_buffer
+        10000
     """
 
     source: Any = Field(
@@ -122,6 +125,11 @@ class Data(Config):
         False,
         description="Read the rows as training consumes them, never all at once (data larger than memory); needs "
         "Training(max_steps=...).",
+    )
+    shuffle_buffer: int | None = Field(
+        None,
+        description="A stream's rows drawn at random from a buffer of this many (datasets' buffered shuffle, by "
+        "Training(seed=...)); default: the file's order.",
     )
 
     def __init__(self, source: Any = None, /, **data: Any) -> None:
@@ -150,6 +158,22 @@ class Data(Config):
                 "Data(source=None): the data is missing; pass it first, e.g. tk.Data('train.jsonl', columns={...})"
             )
         return data
+
+    @field_validator("shuffle_buffer", mode="before")
+    @classmethod
+    def _buffer(cls, v: Any) -> Any:
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise ConfigError(f"Data(shuffle_buffer={v!r:.60}): expected a number of rows (1 or more), or leave it out")
+        return v
+
+    @model_validator(mode="after")
+    def _shuffled_stream(self) -> Data:
+        if self.shuffle_buffer is not None and not self.streaming:
+            raise ConfigError(
+                f"Data(shuffle_buffer={self.shuffle_buffer}) shuffles a stream: pass streaming=True too (data held in "
+                "memory is shuffled whole by the trainer already)"
+            )
+        return self
 
     @field_validator("source", mode="before")
     @classmethod

@@ -43,6 +43,7 @@ from tunekit.data.encoding import Encoded
 from tunekit.data.formats import NormalisedData
 from tunekit.data.replies import Reply, parse_reply
 from tunekit.data.rows import TrainerRows
+from tunekit.data.streaming import StreamedEncoded
 from tunekit.data.templates import ensure_template, render
 from tunekit.distributed import shards_parameters, world
 from tunekit.errors import IncompatibleError
@@ -145,6 +146,9 @@ class HFBackend:
         identity = RunIdentity(uuid.uuid4().hex, run_config(spec), data_fingerprint(data))
         if resume_from is not None:
             identity.run_id = check_identity(resume_from, identity, force=training.force_resume)
+        stream = data if isinstance(data, StreamedEncoded) else None  # its checkpoints record where it stood
+        # A stream that starts reading where the checkpoint's stood: the trainer must not skip batches itself.
+        seeks = stream is not None and resume_from is not None and stream.resume(resume_from)
         guard = NonFiniteGuard(
             training.on_nonfinite,
             sync_each_step=hf.device.type == "cpu",
@@ -176,7 +180,10 @@ class HFBackend:
                     callbacks=[bridge, *method_callbacks(spec.method, hf.model)],
                     processor=hf.processor,
                 )
-                return install(trainer, identity=identity, keep=t.keep_checkpoints, guard=guard)
+                trainer.args.ignore_data_skip = seeks
+                return install(
+                    trainer, identity=identity, keep=t.keep_checkpoints, guard=guard, stream=stream, seeks=seeks
+                )
 
             start = time.perf_counter()
             trainer, output = train_fitting(build, training, resume_from, lambda t: release_trainer(t, hf.model))

@@ -29,6 +29,7 @@ import logging
 import os
 import re
 import uuid
+from collections.abc import MutableMapping
 from array import array
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -39,6 +40,7 @@ from tunekit import _fs
 from tunekit._version import __version__
 from tunekit.backends.base import RunSpec
 from tunekit.backends.hf.processes import settle
+from tunekit.data.streaming import STATE_FILE
 from tunekit.distributed import world
 from tunekit.errors import CheckpointError
 
@@ -46,6 +48,7 @@ __all__ = [
     "MANIFEST",
     "RUN_STATE",
     "STAGING",
+    "STREAM_POSITION",
     "CheckpointMixin",
     "RunIdentity",
     "checkpoint_dirs",
@@ -64,6 +67,7 @@ logger = logging.getLogger("tunekit")
 MANIFEST = "tunekit-checkpoint.json"
 RUN_STATE = "tunekit-run.json"  # in output_dir: the run whose checkpoints are there, and whether it finished
 STAGING = ".tunekit-staging"
+STREAM_POSITION = "tunekit_stream_pos"  # a streamed batch's key: where the stream stood at its last sequence
 FORMAT = 1
 _NAME = re.compile(r"checkpoint-(\d+)")
 
@@ -367,6 +371,8 @@ class CheckpointMixin:
             self._tk_deferred = deferred
             try:
                 super(CheckpointMixin, self)._save_checkpoint(model, trial)  # type: ignore[misc]
+                if main:
+                    self._tk_stream_state(staging)
             except Exception:
                 if not deferred:
                     raise
@@ -399,6 +405,26 @@ class CheckpointMixin:
                     if staging_root.is_dir() and not any(staging_root.iterdir()):
                         _fs.remove_tree(staging_root, within=run_dir)
                 raise
+
+    def _tk_stream_state(self, directory: Path) -> None:
+        """A stream's position at this checkpoint (the last sequence trained), where a resumed run starts reading
+        (:meth:`tunekit.data.streaming.StreamedEncoded.resume`)."""
+        stream, position = getattr(self, "_tk_stream", None), getattr(self, "_tk_stream_pos", None)
+        if stream is not None and position is not None and directory.is_dir():
+            _fs.write_json(directory / STATE_FILE, stream.checkpoint_state(position))
+
+    def _load_rng_state(self, checkpoint: Any) -> None:
+        if getattr(self, "_tk_seeks", False):  # a stream that seeks: as transformers does after skipping batches,
+            self._tk_rng_from = checkpoint  # after the first batches are read (creating the data iterator draws)
+            return
+        super()._load_rng_state(checkpoint)  # type: ignore[misc]
+
+    def get_batch_samples(self, *args: Any, **kwargs: Any) -> Any:
+        batches = super().get_batch_samples(*args, **kwargs)  # type: ignore[misc]
+        checkpoint = self.__dict__.pop("_tk_rng_from", None)
+        if checkpoint is not None:
+            super()._load_rng_state(checkpoint)  # type: ignore[misc]
+        return batches
 
     def _tk_defer(self, write: Any, *args: Any, **kwargs: Any) -> Any:
         """A write of this process inside transformers' checkpoint save (model files, optimizer, scaler, RNG
@@ -438,8 +464,11 @@ class CheckpointMixin:
             tr_loss.zero_()
 
     # Numerical safety (tunekit.backends.hf.guards) sees every micro-batch loss and every gradient norm.
-    def training_step(self, *args: Any, **kwargs: Any) -> Any:
-        loss = super().training_step(*args, **kwargs)  # type: ignore[misc]
+    def training_step(self, model: Any, inputs: Any, *args: Any, **kwargs: Any) -> Any:
+        position = inputs.pop(STREAM_POSITION, None) if isinstance(inputs, MutableMapping) else None  # GRPO: a list
+        loss = super().training_step(model, inputs, *args, **kwargs)  # type: ignore[misc]
+        if position is not None:  # trained: a checkpoint from now on resumes after it
+            self._tk_stream_pos = position
         self._tk_guard.observe_loss(loss)
         return loss
 
@@ -452,13 +481,19 @@ class CheckpointMixin:
 _CLASSES: dict[type, type] = {}
 
 
-def install(trainer: Any, *, identity: RunIdentity, keep: int | None, guard: Any) -> Any:
-    """Give ``trainer`` tunekit's checkpointing and guards (its class gains :class:`CheckpointMixin`)."""
+def install(
+    trainer: Any, *, identity: RunIdentity, keep: int | None, guard: Any, stream: Any = None, seeks: bool = False
+) -> Any:
+    """Give ``trainer`` tunekit's checkpointing and guards (its class gains :class:`CheckpointMixin`); ``stream``: a
+    :class:`~tunekit.data.streaming.StreamedEncoded` whose position each checkpoint records; ``seeks``: it starts
+    reading where the resumed checkpoint's stood, so the trainer skips no batches."""
     cls = type(trainer)
     if not issubclass(cls, CheckpointMixin):
         if cls not in _CLASSES:
             _CLASSES[cls] = type(cls.__name__, (CheckpointMixin, cls), {"__module__": cls.__module__})
         trainer.__class__ = _CLASSES[cls]
     trainer._tk_identity, trainer._tk_keep, trainer._tk_guard = identity, keep, guard
+    trainer._tk_stream = stream
+    trainer._tk_seeks = seeks
     trainer.add_callback(guard)
     return trainer

@@ -15,8 +15,10 @@ from typing import Any
 from tunekit._torch import unwrap_peft
 from tunekit.backends.hf.args import Setup, training_args
 from tunekit.backends.hf.attention import VARLEN, attention_of, varlen_attention
+from tunekit.backends.hf.checkpoints import STREAM_POSITION
 from tunekit.backends.hf.fastpath import FastPath, choose, fused_loss_applies, pack_to_budget
 from tunekit.backends.hf.vision import VisionCollator, is_vision_model
+from tunekit.data.streaming import POSITION
 
 __all__ = ["ROUTER_FIELDS", "fast_sft_trainer", "packed_collator", "release", "router_settings_kept", "sft_trainer"]
 
@@ -34,7 +36,13 @@ class _PackedCollator:
         self.tokens = 0  # real tokens of the training batches collated, read by tokens_seen()
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        position = None
+        if examples and POSITION in examples[0]:  # a stream's: where it stood at the batch's last sequence
+            position = tuple(int(x) for x in examples[-1][POSITION])
+            examples = [{k: v for k, v in ex.items() if k != POSITION} for ex in examples]
         batch = self.inner(examples)
+        if position is not None:
+            batch[STREAM_POSITION] = position  # read by the trainer as it trains the batch (checkpoints.py)
         if self.packing:
             batch["tunekit_bounds"] = tuple(int(x) for x in batch["cu_seq_lens_q"].tolist())
             real = int(batch["input_ids"].shape[1])
@@ -155,6 +163,10 @@ def sft_trainer(setup: Setup) -> Any:
     train_dataset = setup.train_dataset
     batch = t.batch_size
     if t.tokens_per_batch is not None and path.packing:
+        if POSITION in (getattr(train_dataset, "column_names", None) or ()):
+            # Packing reorders a window of sequences: no batch ends at one position of the stream, so a resumed run
+            # reads the stream again up to its step (data.streaming).
+            train_dataset = train_dataset.remove_columns(POSITION)
         train_dataset = pack_to_budget(train_dataset, t.tokens_per_batch)
         batch = 1  # one packed row of at most tokens_per_batch tokens per micro-batch
     common = {**training_args(setup), "per_device_train_batch_size": batch}
