@@ -29,8 +29,8 @@ import logging
 import os
 import re
 import uuid
-from collections.abc import MutableMapping
 from array import array
+from collections.abc import MutableMapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
