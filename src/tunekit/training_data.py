@@ -33,7 +33,7 @@ from tunekit.data.loading import base_dir_of
 from tunekit.data.mapping import Data
 from tunekit.data.mixture import Mix, MixedData, MixPart, interleave, mix_parts, unpair
 from tunekit.data.rows import TrainerRows, prepare_row, prepare_rows
-from tunekit.data.streaming import StreamedData, StreamedEncoded, StreamedRows, first_rows
+from tunekit.data.streaming import SAMPLE_ROWS, StreamedData, StreamedEncoded, StreamedRows, first_rows
 from tunekit.data.templated import find_template_markers, template_warning
 from tunekit.data.templates import image_renders
 from tunekit.errors import ConfigError, DatasetError, IncompatibleError
@@ -519,6 +519,15 @@ def _encode_stream(spec: RunSpec, norm: StreamedData, tokenizer: Any) -> Streame
                 check_no_control_tokens(examples, tokenizer, objective=obj.name)
             out = TrainerRows(norm.format, [], [])
             for ex in examples:
+                if ex.tools and not with_tools:  # the records' columns were fixed by the rows read before the run
+                    raise IncompatibleError(
+                        f"row {ex.row} lists tools, but the stream's first {SAMPLE_ROWS} rows list none, so its "
+                        f"{obj.name} records were laid out without them: put a row with tools among the first "
+                        f"{SAMPLE_ROWS}, or leave streaming out"
+                        if obj.reads_tools
+                        else f"row {ex.row} lists tools, which {obj.name} training cannot show the model (trl's "
+                        f"{obj.name} renders prompts without them): remove the 'tools' column"
+                    )
                 record, reason, truncated, tokens = prepare_row(
                     tokenizer, ex, norm.format, max_length=training.max_length, whole_pairs=whole_pairs,
                     on_bad_rows=training.on_bad_rows, prompt_as_text=prompt_as_text, with_tools=with_tools,

@@ -186,3 +186,16 @@ def test_preference_and_rl_objectives_stream(tiny_llama_init02: Path, tmp_path: 
     result = grpo.fit(tk.Data(str(prompts), streaming=True))
     assert result.steps == 2 and result.num_examples > 0 and "reward" in result.history[-1]
     assert any(not torch.equal(p, start[n]) for n, p in grpo.model.named_parameters() if n in start)
+
+
+def test_a_streamed_row_with_tools_past_the_first_rows_is_refused_never_dropped(
+    tiny_llama: Path, tmp_path: Path
+) -> None:
+    """trl's records take their columns from the rows read before the run: a later row's tools would be lost."""
+    tools = [{"type": "function", "function": {"name": "sort", "parameters": {"type": "object", "properties": {}}}}]
+    rows = sort_pairs(streaming.SAMPLE_ROWS + 16, seed=3)
+    rows[streaming.SAMPLE_ROWS + 5]["tools"] = tools
+    data = write(tmp_path / "pairs.jsonl", rows)
+    tuner = tk.Tuner(tiny_llama, method=tk.LoRA(r=4), objective=tk.DPO(), training=cpu(max_steps=40, batch_size=4))
+    with pytest.raises(tk.IncompatibleError, match=rf"row {streaming.SAMPLE_ROWS + 6} lists tools.*first 64 rows"):
+        tuner.fit(tk.Data(str(data), streaming=True))
