@@ -169,3 +169,28 @@ def test_other_errors_are_the_whole_reads(tmp_path: Path, chunked: None) -> None
     (tmp_path / "rows.json").write_text('[{"text": "a"}]')
     for data in cases:
         assert _error(lambda: _read(data, tmp_path)) == _error(lambda: load_rows(data))  # noqa: B023
+
+
+def test_validate_data_reads_through_the_driver_and_lists_every_bad_row(tmp_path: Path, no_whole_read: None) -> None:
+    from tunekit.cli.validate_data import validate_data
+    from tunekit.data.formats import normalise_row
+
+    rows = [{"prompt": "2+2=", "completion": "4", "note": "x"}, {"prompt": "", "completion": "5"}]
+    rows += [{"prompt": f"{i}+1=", "completion": str(i + 1)} for i in range(3)] + [{"prompt": "a", "completion": None}]
+    path = tmp_path / "rows.json"
+    path.write_text(json.dumps(rows))
+    report = validate_data(path)
+    reasons = []
+    for i, row in enumerate(rows, 1):
+        try:
+            normalise_row("prompt_completion", row, i)
+        except DatasetError as e:
+            reasons.append({"row": i, "reason": str(e)})
+    assert (report["format"], report["rows"], report["valid_rows"]) == ("prompt_completion", 6, 4)
+    assert report["bad_rows"] == reasons and [b["row"] for b in reasons] == [2, 6]
+    assert report["unused_columns"] == ["note"]
+    kept = rows[:1] + rows[2:5]
+    assert report["characters"]["total"] == sum(len(f"{r['prompt']}\n{r['completion']}") for r in kept)
+    path.write_text(json.dumps([rows[1], rows[5]]))  # every row bad: the report lists them (fit refuses the data)
+    report = validate_data(path)
+    assert (report["valid_rows"], [b["row"] for b in report["bad_rows"]]) == (0, [1, 2])

@@ -173,10 +173,12 @@ def normalise_table(
     directory: str | None,
     what: str = "training",
     images: ImageOptions | None = None,
+    none_valid: bool = False,
 ) -> ArrowNormalised:
     """Read and normalise ``data`` (see the module docstring); the first bad row raises, or with ``on_bad_rows=
     "skip"`` bad rows are listed in ``skipped``. ``images``: how rows' images are read (the pixel budget, the folder
-    relative paths start from)."""
+    relative paths start from). ``none_valid``: data whose every row was skipped is returned (with no examples), not
+    refused (``tunekit validate-data`` lists the bad rows)."""
     work = Workdir(directory)
     try:
         rows, source = read_table(data, work.path, what=what)
@@ -200,7 +202,7 @@ def normalise_table(
 
             skipped = skipped_of(cols, "row")
             positions = [int(p) for p in pc.indices_nonzero(pc.is_null(skip)).to_pylist()]
-        if positions is not None and not positions:
+        if positions is not None and not positions and not none_valid:
             raise named(
                 DatasetError(f"no valid rows: all {len(table)} rows were malformed (first: {skipped[0][1]})"), what
             )
