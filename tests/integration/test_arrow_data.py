@@ -330,3 +330,17 @@ def test_a_batch_after_a_marked_bad_row_is_skipped(tmp_path: Path) -> None:
     assert not stops.before(5) and stops.before(6)
     assert fn(batch, [10, 11])["example"] == [None, None]  # after row 6: placeholders, the run raises row 6's error
     assert all(fn(batch, [3, 4])["example"])  # before it: still normalised (an earlier bad row would win)
+
+
+def test_trls_table_is_written_a_chunk_at_a_time_and_memory_mapped(tiny_qwen: Path, tmp_path: Path) -> None:
+    rows = [{"prompt": f"pick {i}", "chosen": f"yes {i}", "rejected": f"no {i}"} for i in range(5)]
+    rows[3]["tools"] = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+    tuner = _tuner(tiny_qwen, tmp_path, tk.DPO(), cache=False)
+    norm, _ = normalise_for(rows, training=tuner.training, method=tuner.method, objective=tk.DPO())
+    ours = encode_for(tuner._spec(), norm, tuner.tokenizer)
+    ours.chunk = 2
+    got = ours.to_dataset()
+    files = {Path(f["filename"]).parent for f in got.cache_files}
+    assert len(got.cache_files) == 3 and files == {norm.workdir.path}  # three parts, memory-mapped from the workdir
+    want = _list_path(tuner, rows)[1].to_dataset()
+    assert (got.features, got.to_list()) == (want.features, want.to_list())

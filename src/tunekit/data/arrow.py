@@ -397,5 +397,6 @@ def rows_table(
         truncated=int(pc.sum(pc.cast(cols.column("truncated"), "int64")).as_py() or 0),
         num_tokens=int(pc.sum(pc.filter(cols.column("tokens"), kept)).as_py() or 0),
         chunk=CHUNK,
+        directory=str(norm.workdir.path),  # trl's table is written there a chunk at a time (to_dataset)
     )
     return out
