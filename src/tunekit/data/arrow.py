@@ -134,6 +134,7 @@ class ArrowNormalised(NormalisedData):
     table: Any = None
     source_rows: Any = None  # the rows as read (for messages that quote a row)
     workdir: Any = None
+    parent: Any = None  # the data this was drawn from (a tk.Mix's source), kept alive with its tables
 
     @property
     def has_tools(self) -> bool:
@@ -174,14 +175,16 @@ def normalise_table(
     what: str = "training",
     images: ImageOptions | None = None,
     none_valid: bool = False,
+    read_as: str | None = None,
 ) -> ArrowNormalised:
     """Read and normalise ``data`` (see the module docstring); the first bad row raises, or with ``on_bad_rows=
     "skip"`` bad rows are listed in ``skipped``. ``images``: how rows' images are read (the pixel budget, the folder
     relative paths start from). ``none_valid``: data whose every row was skipped is returned (with no examples), not
-    refused (``tunekit validate-data`` lists the bad rows)."""
+    refused (``tunekit validate-data`` lists the bad rows). ``read_as``: what the reading calls the data (the
+    split a dataset name defaults to, the message for empty data), when not ``what`` (a tk.Mix's sources)."""
     work = Workdir(directory)
     try:
-        rows, source = read_table(data, work.path, what=what)
+        rows, source = read_table(data, work.path, what=read_as or what)
         first = row_of(rows[:1], 0, source)
         try:
             fmt = detect_format([first])

@@ -259,14 +259,18 @@ class ExampleColumn(Sequence[Any]):
     def __getitem__(self, k: slice) -> list[Any]: ...
     def __getitem__(self, k: int | slice) -> Any:
         if isinstance(k, slice):
-            picks = [self._at(j) for j in range(*k.indices(len(self)))]
-            blobs = self.table.select_columns([self.column]).select(picks)[self.column] if picks else []
-            return [pickle.loads(b) for b in blobs]
+            return self.take(range(*k.indices(len(self))))
         if k < 0:
             k += len(self)
         if not 0 <= k < len(self):
             raise IndexError(k)
         return pickle.loads(self.table[self._at(k)][self.column])
+
+    def take(self, ks: Iterable[int]) -> list[Any]:
+        """The items at ``ks`` (in that order, repeats included), read in one selection."""
+        picks = [self._at(j) for j in ks]
+        blobs = self.table.select_columns([self.column]).select(picks)[self.column] if picks else []
+        return [pickle.loads(b) for b in blobs]
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, (list, tuple, ExampleColumn)):
