@@ -530,6 +530,7 @@ def _encode_mix(spec: RunSpec, norm: MixedData, tokenizer: Any) -> Encoded | Tra
             num_tokens=sum(e.num_tokens for e in parts),
             chunk=CHUNK if workdir is not None else None,
             directory=str(workdir.path) if workdir is not None else None,
+            owner=norm,  # its parts' tables, and the work directory, stay while these rows are in use
         )
     else:
         encoded = [e for e in parts if isinstance(e, Encoded)]

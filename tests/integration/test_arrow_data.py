@@ -3,6 +3,7 @@ every format, one process equal to several, and errors that name the user's row 
 
 from __future__ import annotations
 
+import gc
 import json
 import pickle
 from pathlib import Path
@@ -339,9 +340,12 @@ def test_trls_table_is_written_a_chunk_at_a_time_and_memory_mapped(tiny_qwen: Pa
     norm, _ = normalise_for(rows, training=tuner.training, method=tuner.method, objective=tk.DPO())
     ours = encode_for(tuner._spec(), norm, tuner.tokenizer)
     ours.chunk = 2
+    workdir = norm.workdir.path
+    del norm  # the rows keep the tables they are read from, as when fit builds trl's table from prepare()'s rows
+    gc.collect()
     got = ours.to_dataset()
     files = {Path(f["filename"]).parent for f in got.cache_files}
-    assert len(got.cache_files) == 3 and files == {norm.workdir.path}  # three parts, memory-mapped from the workdir
+    assert len(got.cache_files) == 3 and files == {workdir}  # three parts, memory-mapped from the work directory
     want = _list_path(tuner, rows)[1].to_dataset()
     assert (got.features, got.to_list()) == (want.features, want.to_list())
 

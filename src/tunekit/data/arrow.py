@@ -401,5 +401,6 @@ def rows_table(
         num_tokens=int(pc.sum(pc.filter(cols.column("tokens"), kept)).as_py() or 0),
         chunk=CHUNK,
         directory=str(norm.workdir.path),  # trl's table is written there a chunk at a time (to_dataset)
+        owner=norm,  # which keeps it on disk while these rows are in use
     )
     return out

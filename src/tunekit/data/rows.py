@@ -46,6 +46,7 @@ class TrainerRows:
     chunk: int | None = None  # rows per table built at a time (None: all at once)
     sources: list[SourceFigures] = field(default_factory=list)  # per source of a tk.Mix
     directory: str | None = None  # where the chunks' tables are written (None: they are kept in memory)
+    owner: Any = None  # what keeps ``directory`` on disk (the normalised data whose work directory it is)
 
     def to_dataset(self) -> Any:
         """The rows as a ``datasets.Dataset``; with ``chunk``, built ``chunk`` rows at a time and concatenated (the
