@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from tunekit.backends.base import RunSpec, VisionRows
-from tunekit.data import encode_examples, load_rows, normalise
+from tunekit.data import encode_examples, normalise
 from tunekit.data.arrow import ArrowNormalised, encode_table, normalise_table, rows_table, table_digest
 from tunekit.data.cache import cache_key, cached_encode, entry_path
 from tunekit.data.columns import numeric_labels, renamed_answer_column, unused_columns
@@ -31,9 +31,11 @@ from tunekit.data.images import ImageOptions
 from tunekit.data.layouts import Layout, detect_layout
 from tunekit.data.loading import base_dir_of
 from tunekit.data.mapping import Data
-from tunekit.data.mixture import Mix, MixedData, MixPart, interleave, mix_parts, unpair
+from tunekit.data.mixed_tables import draw_table, interleave_encoded
+from tunekit.data.mixture import Interleaved, Mix, MixedData, MixPart, interleave, mix_parts, unpair
 from tunekit.data.rows import TrainerRows, prepare_row, prepare_rows
 from tunekit.data.streaming import SAMPLE_ROWS, StreamedData, StreamedEncoded, StreamedRows, first_rows
+from tunekit.data.tables import CHUNK
 from tunekit.data.templated import find_template_markers, template_warning
 from tunekit.data.templates import image_renders
 from tunekit.errors import ConfigError, DatasetError, IncompatibleError
@@ -146,10 +148,11 @@ def _normalise_source(
 
 
 def _normalise_table(
-    data: Any, *, training: Training, objective: Objective | None, what: str
+    data: Any, *, training: Training, objective: Objective | None, what: str, read_as: str | None = None
 ) -> tuple[ArrowNormalised, Layout | None]:
     """One source read into Arrow and normalised in the data workers (:func:`tunekit.data.arrow.normalise_table`),
-    with the warnings ``fit`` gives about it, from the per-row facts the map computed."""
+    with the warnings ``fit`` gives about it, from the per-row facts the map computed. ``read_as``: what reading
+    calls the data, when not ``what`` (a tk.Mix's sources, whose errors the mixture names)."""
     norm = normalise_table(
         data,
         on_bad_rows=training.on_bad_rows,
@@ -157,6 +160,7 @@ def _normalise_table(
         directory=training.cache_dir,
         what=what,
         images=ImageOptions.of(training, base_dir_of(data)),
+        read_as=read_as,
     )
     first = norm.source_row(1)
     layout = detect_layout([first])
@@ -214,8 +218,9 @@ def _normalise_stream(data: Data, *, training: Training, objective: Objective | 
 
 
 def _normalise_mix(mix: Mix, *, training: Training, objective: Objective | None, what: str) -> MixedData:
-    """Each source of ``mix`` loaded and normalised on its own (its errors and skipped rows named by the source),
-    then drawn and interleaved by ``training.seed``."""
+    """Each source of ``mix`` read and normalised on its own by the Arrow driver (its errors and skipped rows named
+    by the source), then drawn into tables of their own and interleaved by ``training.seed``
+    (:mod:`tunekit.data.mixed_tables`)."""
     parts = []
     for name, source in zip(mix.names, mix.sources):
         if isinstance(source, Data) and source.streaming:
@@ -224,14 +229,13 @@ def _normalise_mix(mix: Mix, *, training: Training, objective: Objective | None,
                 "position); leave streaming out, or train the stream on its own"
             )
         try:
-            rows = load_rows(source, what=what)
-            norm, _ = _normalise_source(rows, source, training=training, objective=objective, what="training")
+            norm, _ = _normalise_table(source, training=training, objective=objective, what="training", read_as=what)
         except (DatasetError, IncompatibleError) as e:
             raise named_error(e, name, what) from None
         norm.skipped = [(row, f"{name}: {reason}") for row, reason in norm.skipped]
         parts.append(MixPart(name, norm, len(norm.examples)))
     try:
-        return mix_parts(mix, parts, training.seed, what)
+        return mix_parts(mix, parts, training.seed, what, draw=draw_table)
     except DatasetError as e:
         raise named_error(e, "", what) from None
 
@@ -581,24 +585,37 @@ def _encode_mix(spec: RunSpec, norm: MixedData, tokenizer: Any) -> Encoded | Tra
     sources = [
         SourceFigures(p.name, p.available, len(p.data.examples), e.num_tokens) for p, e in zip(norm.parts, parts)
     ]
+    workdir = next((p.data.workdir for p in norm.parts if isinstance(p.data, ArrowNormalised)), None)
     out: Encoded | TrainerRows
-    if all(isinstance(e, TrainerRows) for e in parts):
-        records = interleave([list(zip(e.records, e.rows)) for e in parts if isinstance(e, TrainerRows)], seed)
+    if all(isinstance(e, TrainerRows) for e in parts):  # read from the parts' tables when trl's table is built
+        rows = [e for e in parts if isinstance(e, TrainerRows)]
         out = TrainerRows(
             norm.format,
-            [r for r, _ in records],
-            [i for _, i in records],
+            Interleaved([e.records for e in rows], seed),
+            Interleaved([e.rows for e in rows], seed),
             truncated=sum(e.truncated for e in parts),
             num_tokens=sum(e.num_tokens for e in parts),
+            chunk=CHUNK if workdir is not None else None,
+            directory=str(workdir.path) if workdir is not None else None,
+            owner=norm,  # its parts' tables, and the work directory, stay while these rows are in use
         )
     else:
-        triples = interleave([list(zip(e.input_ids, e.labels, e.rows)) for e in parts if isinstance(e, Encoded)], seed)
-        out = Encoded(
-            [ids for ids, _, _ in triples],
-            [labels for _, labels, _ in triples],
-            [row for _, _, row in triples],
-            truncated=sum(e.truncated for e in parts),
-        )
+        encoded = [e for e in parts if isinstance(e, Encoded)]
+        truncated = sum(e.truncated for e in parts)
+        mixed = None
+        if workdir is not None:  # the parts' memory-mapped sequences, interleaved into one file
+            mixed = interleave_encoded(encoded, seed, workdir.path, skipped=[], truncated=truncated)
+        if mixed is not None and workdir is not None:
+            out = mixed
+            workdir.own(out)  # removed when the encoded data is
+        else:
+            triples = interleave([list(zip(e.input_ids, e.labels, e.rows)) for e in encoded], seed)
+            out = Encoded(
+                [ids for ids, _, _ in triples],
+                [labels for _, labels, _ in triples],
+                [row for _, _, row in triples],
+                truncated=truncated,
+            )
     out.skipped = norm.skipped + skipped
     out.sources = sources
     _warn(out, skipped, spec.training.max_length)

@@ -3,6 +3,7 @@ every format, one process equal to several, and errors that name the user's row 
 
 from __future__ import annotations
 
+import gc
 import json
 import pickle
 from pathlib import Path
@@ -16,7 +17,7 @@ from tunekit.data.arrow import ArrowNormalised, _Normalise, default_workers, nor
 from tunekit.data.cache import example_digest, examples_digest
 from tunekit.data.control_tokens import control_tokens
 from tunekit.data.encoding import Encoded, encode_batch, encode_example
-from tunekit.data.formats import Example
+from tunekit.data.formats import Example, NormalisedData
 from tunekit.data.images import ImageOptions
 from tunekit.data.loading import base_dir_of, iter_parquet_rows
 from tunekit.data.tables import Stops
@@ -330,3 +331,58 @@ def test_a_batch_after_a_marked_bad_row_is_skipped(tmp_path: Path) -> None:
     assert not stops.before(5) and stops.before(6)
     assert fn(batch, [10, 11])["example"] == [None, None]  # after row 6: placeholders, the run raises row 6's error
     assert all(fn(batch, [3, 4])["example"])  # before it: still normalised (an earlier bad row would win)
+
+
+def test_trls_table_is_written_a_chunk_at_a_time_and_memory_mapped(tiny_qwen: Path, tmp_path: Path) -> None:
+    rows = [{"prompt": f"pick {i}", "chosen": f"yes {i}", "rejected": f"no {i}"} for i in range(5)]
+    rows[3]["tools"] = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+    tuner = _tuner(tiny_qwen, tmp_path, tk.DPO(), cache=False)
+    norm, _ = normalise_for(rows, training=tuner.training, method=tuner.method, objective=tk.DPO())
+    ours = encode_for(tuner._spec(), norm, tuner.tokenizer)
+    ours.chunk = 2
+    workdir = norm.workdir.path
+    del norm  # the rows keep the tables they are read from, as when fit builds trl's table from prepare()'s rows
+    gc.collect()
+    got = ours.to_dataset()
+    files = {Path(f["filename"]).parent for f in got.cache_files}
+    assert len(got.cache_files) == 3 and files == {workdir}  # three parts, memory-mapped from the work directory
+    want = _list_path(tuner, rows)[1].to_dataset()
+    assert (got.features, got.to_list()) == (want.features, want.to_list())
+
+
+@pytest.mark.parametrize("objective", [None, tk.DPO()])
+def test_a_mixtures_sources_are_drawn_from_tables_as_from_lists(
+    tiny_qwen: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, objective: Any
+) -> None:
+    from tunekit.data import tables as tables_module
+    from tunekit.data.mixture import MixPart, mix_parts
+
+    if objective is None:
+        a = [{"prompt": f"a{i}", "completion": f"x{i}"} for i in range(5)] + [{"prompt": "", "completion": "bad"}]
+        b = [{"instruction": f"b{i}", "output": f"y{i}"} for i in range(3)]
+    else:
+        a = [{"prompt": f"a{i}", "chosen": f"x{i}", "rejected": "n"} for i in range(5)]
+        a.append({"prompt": "", "chosen": "?"})
+        b = [{"prompt": [{"role": "user", "content": f"b{i}"}], "chosen": [{"role": "assistant", "content": "y"}],
+              "rejected": [{"role": "assistant", "content": "n"}]} for i in range(3)]  # fmt: skip
+    sources = [str(tmp_path / "a.json"), str(tmp_path / "b.jsonl")]
+    Path(sources[0]).write_text(json.dumps(a), encoding="utf-8")
+    write_jsonl(b, sources[1])
+    tuner = _tuner(tiny_qwen, tmp_path, objective, on_bad_rows="skip", seed=7)
+    for mix in (tk.Mix(sources, weights=[2, 1], size=11), tk.Mix(sources)):  # repeats and interleaving; concat
+        parts = [MixPart(s, normalise(load_rows(s), on_bad_rows="skip"), 0) for s in sources]
+        want = mix_parts(mix, parts, 7)
+        in_memory = NormalisedData(want.format, list(want.examples))  # one sequence (record) per example: same order
+        enc_want = encode_for(tuner._spec(), in_memory, tuner.tokenizer)
+        monkeypatch.setattr(tables_module, "CHUNK", 2)
+        monkeypatch.setattr(tables_module, "load_rows", lambda *a, **k: pytest.fail("read whole"))
+        norm, _ = normalise_for(mix, training=tuner.training, method=tuner.method, objective=objective)
+        assert all(isinstance(p.data, ArrowNormalised) for p in norm.parts)
+        assert list(norm.examples) == list(want.examples) and norm.examples[3:6] == want.examples[3:6]
+        assert [s[0] for s in norm.skipped] == [6]
+        ours = encode_for(tuner._spec(), norm, tuner.tokenizer)
+        enc_want.skipped = ours.skipped
+        if objective is None:
+            assert ours.table is not None  # interleaved into one memory-mapped file
+        _same(ours, enc_want)
+        monkeypatch.undo()

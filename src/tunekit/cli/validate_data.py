@@ -28,17 +28,18 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from tunekit._quiet import quiet
-from tunekit.data.columns import unused_columns
+from tunekit.data.arrow import normalise_table
 from tunekit.data.encoding import IGNORE, encode_examples
-from tunekit.data.formats import Example, detect_format, normalise_row
+from tunekit.data.formats import Example, detect_format
 from tunekit.data.images import ImageOptions, image_stats
 from tunekit.data.layouts import detect_layout
-from tunekit.data.loading import base_dir_of, load_rows
+from tunekit.data.loading import base_dir_of
 from tunekit.data.mapping import Data
 from tunekit.data.mixture import Mix, draw_counts, mixed_format
 from tunekit.data.templated import find_template_markers, template_warning
@@ -118,55 +119,97 @@ def _check_model(model: str) -> None:
         )
 
 
-def _conversations(examples: list[Example]) -> dict[str, Any] | None:
-    """Turns, tool calls and reasoning of the rows that are conversations (or prompt + answers)."""
-    chats = [(ex, [m for p in _pieces(ex) if not isinstance(p, str) for m in p]) for ex in examples]
-    chats = [(ex, msgs) for ex, msgs in chats if msgs]
-    if not chats:
+def _conversations(examples: Iterable[Example]) -> dict[str, Any] | None:
+    """Turns, tool calls and reasoning of the rows that are conversations (or prompt + answers), in one pass."""
+    turns: list[int] = []
+    with_calls = calls = with_tools = answers = reasoned = 0
+    for ex in examples:
+        msgs = [m for p in _pieces(ex) if not isinstance(p, str) for m in p]
+        if not msgs:
+            continue
+        turns.append(len(msgs))
+        with_calls += any(m.get("tool_calls") for m in msgs)
+        calls += sum(len(m.get("tool_calls", ())) for m in msgs)
+        with_tools += bool(ex.tools)
+        said = [m for m in msgs if m["role"] == "assistant"]
+        answers += len(said)
+        reasoned += sum(bool(m.get("reasoning_content")) for m in said)
+    if not turns:
         return None
-    answers = [m for _, msgs in chats for m in msgs if m["role"] == "assistant"]
-    calls = [len(m.get("tool_calls", ())) for _, msgs in chats for m in msgs]
     return {
-        "turns": _stats([len(msgs) for _, msgs in chats]),
-        "rows_with_tool_calls": sum(any(m.get("tool_calls") for m in msgs) for _, msgs in chats),
-        "tool_calls": sum(calls),
-        "rows_with_tools": sum(bool(ex.tools) for ex, _ in chats),
-        "reasoning_share": round(sum(bool(m.get("reasoning_content")) for m in answers) / max(len(answers), 1), 3),
+        "turns": _stats(turns),
+        "rows_with_tool_calls": with_calls,
+        "tool_calls": calls,
+        "rows_with_tools": with_tools,
+        "reasoning_share": round(reasoned / max(answers, 1), 3),
     }
 
 
-def _supervised(tokenizer: Any, examples: list[Example]) -> tuple[list[int], str | None, list[tuple[int, str]]]:
-    """Per conversation row, the tokens ``SFT()`` trains on; one row rendered with its trained spans marked; the rows
-    the template cannot train (their reasons)."""
+def _supervised(tokenizer: Any, examples: Sequence[Example]) -> tuple[list[int], str | None, list[tuple[int, str]]]:
+    """Per conversation row, the tokens ``SFT()`` trains on; one row (the first with tool calls, else the first)
+    rendered with its trained spans marked; the rows the template cannot train (their reasons)."""
     counts: list[int] = []
-    shown: str | None = None
     bad: list[tuple[int, str]] = []
-    chats = [ex for ex in examples if ex.messages is not None]
-    first = next(
-        (ex for ex in chats if any(m.get("tool_calls") for m in ex.messages or ())), chats[0] if chats else None
-    )
-    for ex in chats:
+    first: int | None = None  # the first conversation, and the first with tool calls: their places, and whether
+    first_calls: int | None = None  # they encoded
+    encoded: dict[int, bool] = {}
+    for k, ex in enumerate(examples):
+        if ex.messages is None:
+            continue
+        calls = any(m.get("tool_calls") for m in ex.messages or ())
+        if first is None or (calls and first_calls is None):
+            first = k if first is None else first
+            first_calls = k if calls and first_calls is None else first_calls
         try:
             enc = encode_examples(tokenizer, [ex], max_length=1 << 30)
         except (DatasetError, IncompatibleError) as e:
             bad.append((ex.row, str(e)))
+            encoded[k] = False
             continue
+        encoded[k] = True
         counts.append(sum(t != IGNORE for labels in enc.labels for t in labels))
-        if ex is first:
-            messages = ex.messages or ()
-            seq = render_turns(
-                tokenizer,
-                messages,
-                supervised_turns(messages, ex.trained, "all_assistant", row=ex.row),
-                tools=ex.tools,
-                row=ex.row,
-            )[0]
-            marked, cursor = [], 0
-            for start, end in seq.spans:
-                marked += [seq.text[cursor:start], "[[", seq.text[start:end], "]]"]
-                cursor = end
-            shown = f"row {ex.row}:\n" + "".join([*marked, seq.text[cursor:]])
+    chosen = first_calls if first_calls is not None else first
+    shown: str | None = None
+    if chosen is not None and encoded[chosen]:
+        ex = examples[chosen]
+        messages = ex.messages or ()
+        seq = render_turns(
+            tokenizer,
+            messages,
+            supervised_turns(messages, ex.trained, "all_assistant", row=ex.row),
+            tools=ex.tools,
+            row=ex.row,
+        )[0]
+        marked, cursor = [], 0
+        for start, end in seq.spans:
+            marked += [seq.text[cursor:start], "[[", seq.text[start:end], "]]"]
+            cursor = end
+        shown = f"row {ex.row}:\n" + "".join([*marked, seq.text[cursor:]])
     return counts, shown, bad
+
+
+class _Each(Sequence[Any]):
+    """``fn`` of each item of ``items``, computed when read (the examples are read from an Arrow table)."""
+
+    def __init__(self, items: Sequence[Any], fn: Callable[[Any], Any]) -> None:
+        self.items, self.fn = items, fn
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, k: Any) -> Any:
+        if isinstance(k, slice):
+            return [self.fn(item) for item in self.items[k]]
+        return self.fn(self.items[k])
+
+    def __iter__(self) -> Iterator[Any]:
+        return map(self.fn, self.items)
+
+
+class _Sized(NamedTuple):
+    """An image's size, all :func:`tunekit.data.images.image_stats` reads of it (its pixels are not kept)."""
+
+    size: tuple[int, int]
 
 
 def _load_tokenizer(model: str) -> Any:
@@ -240,30 +283,25 @@ def _validate_one(
     pixels: tuple[int | None, int | None, bool],
 ) -> dict[str, Any]:
     max_pixels, min_pixels, resize_images = pixels
-    rows = load_rows(path)
-    fmt = detect_format(rows)
-    layout = detect_layout(rows)
     options = ImageOptions(max_pixels, min_pixels, resize_images, base_dir_of(path))
-    examples: list[Example] = []
-    bad: list[tuple[int, str]] = []
-    for i, row in enumerate(rows, 1):
-        try:
-            examples.append(normalise_row(fmt, row, i, layout=layout, images=options))
-        except DatasetError as e:
-            bad.append((i, str(e)))
+    # The Arrow data driver, as fit reads data: a chunk of rows at a time, the bad rows listed as fit skips them.
+    norm = normalise_table(path, on_bad_rows="skip", workers=None, directory=None, images=options, none_valid=True)
+    first = norm.source_row(1)
+    fmt, layout = detect_format([first]), detect_layout([first])
+    examples: Sequence[Example] = norm.examples
     report: dict[str, Any] = {
         "file": str(path.source if isinstance(path, Data) else path),
         "format": fmt,
         **({"layout": layout.name} if layout is not None else {}),
-        "rows": len(rows),
+        "rows": len(norm.table),
         "valid_rows": len(examples),
-        "unused_columns": unused_columns(fmt, rows, layout.reads if layout is not None else frozenset()),
-        "bad_rows": [{"row": r, "reason": reason} for r, reason in bad],
+        "unused_columns": norm.unused(),
+        "bad_rows": [{"row": r, "reason": reason} for r, reason in norm.skipped],
     }
     if not examples:
         return report
     if fmt == "text":  # what fit warns about: an instruction template rendered by hand into raw text
-        found = find_template_markers([ex.text for ex in examples], rows=[ex.row for ex in examples])
+        found = find_template_markers(_Each(examples, lambda ex: ex.text), rows=_Each(examples, lambda ex: ex.row))
         if found is not None:
             report["template_markers"] = {
                 "rows": found.rows,
@@ -276,11 +314,10 @@ def _validate_one(
     chats = _conversations(examples)
     if chats is not None:
         report["conversations"] = chats
-    images = image_stats([ex.images for ex in examples])
-    if images is not None:
-        report["images"] = images
+    if norm.has_images:
+        report["images"] = image_stats([tuple(_Sized(im.size) for im in ex.images) for ex in examples])
     if tokenizer is not None:
-        examples = [_text_only(ex) for ex in examples]
+        examples = _Each(examples, _text_only)
         count = _token_counter(tokenizer)
         lengths = [max(count(p, ex.tools) for p in _pieces(ex)) for ex in examples]
         report["tokens"] = _stats(lengths)
@@ -295,8 +332,9 @@ def _validate_one(
             report["rendered_row"] = shown
         report["bad_rows"] += [{"row": r, "reason": reason} for r, reason in untrainable]
     else:
-        texts = [max((_as_text(p) for p in _pieces(ex)), key=len) for ex in examples]
-        report["characters"] = _stats([len(t) for t in texts])
+        texts = _Each(examples, lambda ex: max((_as_text(p) for p in _pieces(ex)), key=len))
+        lengths = [len(t) for t in texts]
+        report["characters"] = _stats(lengths)
         report["words"] = _stats([len(t.split()) for t in texts])
     return report
 

@@ -134,6 +134,7 @@ class ArrowNormalised(NormalisedData):
     table: Any = None
     source_rows: Any = None  # the rows as read (for messages that quote a row)
     workdir: Any = None
+    parent: Any = None  # the data this was drawn from (a tk.Mix's source), kept alive with its tables
 
     @property
     def has_tools(self) -> bool:
@@ -173,13 +174,17 @@ def normalise_table(
     directory: str | None,
     what: str = "training",
     images: ImageOptions | None = None,
+    none_valid: bool = False,
+    read_as: str | None = None,
 ) -> ArrowNormalised:
     """Read and normalise ``data`` (see the module docstring); the first bad row raises, or with ``on_bad_rows=
     "skip"`` bad rows are listed in ``skipped``. ``images``: how rows' images are read (the pixel budget, the folder
-    relative paths start from)."""
+    relative paths start from). ``none_valid``: data whose every row was skipped is returned (with no examples), not
+    refused (``tunekit validate-data`` lists the bad rows). ``read_as``: what the reading calls the data (the
+    split a dataset name defaults to, the message for empty data), when not ``what`` (a tk.Mix's sources)."""
     work = Workdir(directory)
     try:
-        rows, source = read_table(data, work.path, what=what)
+        rows, source = read_table(data, work.path, what=read_as or what)
         first = row_of(rows[:1], 0, source)
         try:
             fmt = detect_format([first])
@@ -200,7 +205,7 @@ def normalise_table(
 
             skipped = skipped_of(cols, "row")
             positions = [int(p) for p in pc.indices_nonzero(pc.is_null(skip)).to_pylist()]
-        if positions is not None and not positions:
+        if positions is not None and not positions and not none_valid:
             raise named(
                 DatasetError(f"no valid rows: all {len(table)} rows were malformed (first: {skipped[0][1]})"), what
             )
@@ -395,5 +400,7 @@ def rows_table(
         truncated=int(pc.sum(pc.cast(cols.column("truncated"), "int64")).as_py() or 0),
         num_tokens=int(pc.sum(pc.filter(cols.column("tokens"), kept)).as_py() or 0),
         chunk=CHUNK,
+        directory=str(norm.workdir.path),  # trl's table is written there a chunk at a time (to_dataset)
+        owner=norm,  # which keeps it on disk while these rows are in use
     )
     return out

@@ -1,4 +1,5 @@
-"""Read any supported input into a list of plain dict rows."""
+"""Read any supported input into plain dict rows: all at once (:func:`load_rows`, the reference), or one at a time
+(:func:`iter_rows`, what the Arrow data driver reads a chunk at a time from)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import ijson
+from ijson.common import ObjectBuilder
+
 from tunekit.data.columns import no_duplicate_keys
 from tunekit.data.mapping import Data, rename
 from tunekit.data.mixture import Mix
@@ -16,8 +20,8 @@ from tunekit.data.sources import load_directory, load_named, looks_like_name, pi
 from tunekit.errors import DatasetError
 
 __all__ = [
-    "UTF8", "DataInput", "base_dir_of", "clean", "empty_data_error", "iter_csv", "iter_file_rows", "iter_jsonl",
-    "iter_parquet_rows", "load_rows", "not_utf8", "parse_jsonl_line",
+    "UTF8", "DataInput", "NotStreamed", "base_dir_of", "clean", "empty_data_error", "iter_csv", "iter_file_rows",
+    "iter_json_rows", "iter_jsonl", "iter_parquet_rows", "iter_rows", "load_rows", "not_utf8", "parse_jsonl_line",
 ]  # fmt: skip
 
 DataInput = Any  # str | Path | datasets.Dataset | list[dict] | pandas.DataFrame | tk.Data (a name: org/name)
@@ -184,6 +188,62 @@ def iter_file_rows(path: Path) -> Iterator[dict[str, Any]] | None:
     return None
 
 
+class NotStreamed(Exception):
+    """A .json file that :func:`iter_json_rows` does not read exactly as ``json.loads`` does: not a list of rows (nor
+    ``{"data": [...]}``), invalid JSON or not UTF-8, a key twice in one object, ``NaN`` or a number beyond 64 bits.
+    Such a file is read whole by :func:`load_rows`, which returns its rows or raises tunekit's message for it."""
+
+
+class _UniqueKeys(dict):  # type: ignore[type-arg]
+    """An object of a streamed .json file: a key twice is left to the whole read (its message names the row)."""
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        if key in self:
+            raise NotStreamed(key)
+        super().__setitem__(key, value)
+
+
+_OPEN = frozenset({"start_map", "start_array"})
+_CLOSE = frozenset({"end_map", "end_array"})
+
+
+def iter_json_rows(path: Path) -> Iterator[Any]:
+    """The rows of a .json file (one JSON document: a list of rows, or ``{"data": [...]}`` with one key) one at a
+    time, with the values ``json.loads`` gives; raises :class:`NotStreamed` (possibly after some rows) for a file it
+    does not read that way, for :func:`load_rows` to read whole."""
+    # ijson (the usual incremental JSON parser, over yajl) rather than our own: json.loads needs the whole document.
+    with path.open("rb") as f:
+        if f.read(3) != b"\xef\xbb\xbf":  # a byte-order mark is skipped, as UTF8 reads it
+            f.seek(0)
+        try:
+            events = ijson.basic_parse(f, use_float=True)
+            event, _ = next(events, (None, None))
+            keyed = event == "start_map"
+            if keyed:  # {"data": [...]}: its one key's list
+                event, _ = next(events)
+                if event == "map_key":
+                    event, _ = next(events)
+            if event != "start_array":
+                raise NotStreamed(event)
+            depth = 0
+            builder = ObjectBuilder(map_type=_UniqueKeys)
+            for event, value in events:
+                if depth == 0:
+                    if event == "end_array":
+                        break
+                    builder = ObjectBuilder(map_type=_UniqueKeys)
+                builder.event(event, value)
+                depth += (event in _OPEN) - (event in _CLOSE)
+                if depth == 0:
+                    yield dict(builder.value) if isinstance(builder.value, dict) else builder.value
+            if keyed and next(events, (None, None))[0] != "end_map":  # a second key: not one list of rows
+                raise NotStreamed("keys")
+            for _ in events:  # the document must end here (ijson raises for anything after it)
+                raise NotStreamed("trailing")
+        except (ijson.JSONError, UnicodeDecodeError) as e:
+            raise NotStreamed(str(e)) from None
+
+
 def _read_csv(path: Path) -> list[dict[str, Any]]:
     return list(iter_csv(path))
 
@@ -332,6 +392,90 @@ def _load(
     if not out:
         raise empty_data_error(data, what)
     return out
+
+
+def iter_rows(data: DataInput, *, what: str = "training", chunk: int = 10_000) -> Iterator[dict[str, Any]]:
+    """The rows :func:`load_rows` returns, one at a time and read ``chunk`` at a time (never all in one list), with
+    the same values and errors; a :class:`tunekit.Data`'s rows *before* its renaming (:func:`tunekit.data.mapping.
+    rename_rows` renames them, once all are read, so that a reading error further down still comes first, as in
+    :func:`load_rows`). A .json file is streamed (:func:`iter_json_rows`): one it cannot stream raises
+    :class:`NotStreamed` for the caller to read it whole with :func:`load_rows`. Empty data is the caller's to
+    refuse (:func:`empty_data_error`)."""
+    if isinstance(data, Mix):
+        load_rows(data)  # raises its message
+    if isinstance(data, Data):
+        rows = _iter_source(data.source, what, chunk, split=data.split, subset=data.subset, revision=data.revision)
+    else:
+        rows = _iter_source(data, what, chunk)
+    for i, row in enumerate(rows, 1):
+        if not isinstance(row, dict):
+            raise DatasetError(
+                f"row {i}: expected an object with named fields, got {type(row).__name__}; write each row as an object",
+                row=i,
+            )
+        yield clean(row)
+
+
+def _dataset_rows(dataset: Any, chunk: int) -> Iterator[Any]:
+    """A ``datasets.Dataset``'s rows as ``to_list()`` gives them, ``chunk`` at a time (a contiguous ``select`` is a
+    slice of its memory-mapped table)."""
+    for k in range(0, len(dataset), chunk):
+        yield from dataset.select(range(k, min(k + chunk, len(dataset)))).to_list()
+
+
+def _iter_source(
+    data: DataInput,
+    what: str,
+    chunk: int,
+    split: str | None = None,
+    subset: str | None = None,
+    revision: str | None = None,
+) -> Iterator[Any]:
+    """:func:`_load`'s rows one at a time (checked and cleaned by :func:`iter_rows`)."""
+    if isinstance(data, (str, Path)):
+        path = Path(data)
+        if path.is_file():
+            named = {k: v for k, v in (("split", split), ("subset", subset), ("revision", revision)) if v is not None}
+            if named or path.suffix.lower() not in SUFFIXES:
+                _load(data, what, split, subset, revision)  # raises its message
+            yield from _iter_file(path)
+        elif path.is_dir() or (isinstance(data, str) and looks_like_name(data)):
+            if path.is_dir() and revision is not None:
+                _load(data, what, split, subset, revision)  # raises its message
+            loaded = (
+                load_directory(path, split=split, subset=subset, what=what)
+                if path.is_dir()
+                else load_named(str(data), split=split, subset=subset, revision=revision, what=what)
+            )
+            yield from _dataset_rows(loaded, chunk)
+        else:
+            _load(data, what)  # raises its message
+    elif isinstance(data, list):
+        yield from data
+    elif hasattr(data, "to_dict") and hasattr(data, "columns"):  # pandas DataFrame: no second list of all its rows
+        _frame_rows(data.iloc[:0], "the DataFrame")  # refuses a column named twice
+        for k in range(0, len(data), chunk):
+            yield from _frame_rows(data.iloc[k : k + chunk], "the DataFrame")
+    elif hasattr(data, "to_list") and hasattr(data, "column_names"):  # datasets.Dataset: by its batches
+        yield from _dataset_rows(data, chunk)
+    elif hasattr(data, "keys") and hasattr(data, "column_names") and split is not None:  # datasets.DatasetDict
+        yield from _dataset_rows(pick_split(data, split, "the DatasetDict", what=what), chunk)
+    else:
+        _load(data, what, split, subset, revision)  # raises its message
+
+
+def _iter_file(path: Path) -> Iterator[Any]:
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".jsonl":
+            yield from (row for _, row in iter_jsonl(path))
+        elif suffix == ".json":
+            yield from iter_json_rows(path)
+        else:
+            yield from iter_file_rows(path) or ()
+    except UnicodeDecodeError:
+        _read_file(path)  # raises tunekit's message for a file that is not UTF-8
+        raise
 
 
 def empty_data_error(data: DataInput, what: str) -> DatasetError:

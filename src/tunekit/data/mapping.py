@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import difflib
 import os
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from pydantic import Field, field_validator, model_validator
@@ -28,7 +29,7 @@ from tunekit._config import Config
 from tunekit.data.columns import FORMAT_COLUMNS, parse_json_cell
 from tunekit.errors import ConfigError, DatasetError
 
-__all__ = ["COLUMN_KEYS", "ROLE_KEYS", "Data", "rename", "rename_row"]
+__all__ = ["COLUMN_KEYS", "ROLE_KEYS", "Data", "rename", "rename_row", "rename_rows"]
 
 # tunekit's column names a mapping may name (and LLaMA-Factory's name for the KTO label).
 COLUMN_KEYS: dict[str, str] = {
@@ -222,19 +223,32 @@ class Data(Config):
 
 def rename(rows: list[dict[str, Any]], data: Data) -> list[dict[str, Any]]:
     """``rows`` with ``data``'s column, key and role names turned into tunekit's (one row out per row in)."""
-    columns = {COLUMN_KEYS[ours]: theirs for ours, theirs in data.columns.items()}
-    missing = [theirs for theirs in columns.values() if rows and theirs not in rows[0]]
+    if rows:
+        _check_first(rows[0], data)
+    if not data.columns and not data.roles:
+        return rows
+    return [rename_row(row, i, data) for i, row in enumerate(rows, 1)]
+
+
+def rename_rows(rows: Iterable[dict[str, Any]], data: Data) -> Iterator[dict[str, Any]]:
+    """:func:`rename` one row at a time (the Arrow data driver's rows, read a chunk at a time)."""
+    for i, row in enumerate(rows, 1):
+        if i == 1:
+            _check_first(row, data)
+        yield rename_row(row, i, data)
+
+
+def _check_first(first: dict[str, Any], data: Data) -> None:
+    """Refuse a mapping that names a column row 1 does not have."""
+    missing = [theirs for ours, theirs in data.columns.items() if theirs not in first]
     if missing:
         ours = next(k for k, v in data.columns.items() if v == missing[0])
         raise DatasetError(
             f"row 1: no column {missing[0]!r}, which Data(columns={{{ours!r}: {missing[0]!r}}}) names; row 1 has "
-            f"{sorted(map(str, rows[0]))}: fix the name in the mapping",
+            f"{sorted(map(str, first))}: fix the name in the mapping",
             row=1,
             field=missing[0],
         )
-    if not data.columns and not data.roles:
-        return rows
-    return [rename_row(row, i, data) for i, row in enumerate(rows, 1)]
 
 
 def rename_row(row: dict[str, Any], i: int, data: Data) -> dict[str, Any]:

@@ -34,9 +34,11 @@ Example:
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
@@ -50,12 +52,14 @@ from tunekit.errors import ConfigError, DatasetError
 
 __all__ = [
     "DEMONSTRATIONS",
+    "Interleaved",
     "Mix",
     "MixPart",
     "MixedData",
     "draw_counts",
     "draw_rows",
     "interleave",
+    "interleaved_order",
     "mix_parts",
     "mixed_format",
     "source_name",
@@ -311,19 +315,32 @@ def unpair(norm: NormalisedData) -> NormalisedData:
     return NormalisedData("unpaired_preference", examples, norm.skipped)
 
 
-def mix_parts(mix: Mix, parts: list[MixPart], seed: int, what: str = "training") -> MixedData:
+def mix_parts(
+    mix: Mix,
+    parts: list[MixPart],
+    seed: int,
+    what: str = "training",
+    draw: Callable[[NormalisedData, list[int]], NormalisedData] | None = None,
+) -> MixedData:
     """The mixture of ``parts`` (each with all its valid examples): rows drawn per :func:`draw_counts`, interleaved by
-    ``seed`` when drawn by weight or count, one source after the other otherwise."""
+    ``seed`` when drawn by weight or count, one source after the other otherwise. ``draw``: a source's drawn examples
+    (its examples at the indices given, repeats included) as their own data, e.g. an Arrow table of them; then the
+    mixture's examples are read from the parts (:class:`Interleaved`), not gathered in a list."""
     counts = draw_counts(mix, [len(p.data.examples) for p in parts])
     drawn: list[MixPart] = []
     for k, (part, count) in enumerate(zip(parts, counts)):
         rng = random.Random(f"{seed}:{k}")
         picked = draw_rows(len(part.data.examples), count, rng)
-        examples = [part.data.examples[i] for i in picked]
-        drawn.append(MixPart(part.name, NormalisedData(part.data.format, examples, part.data.skipped), part.available))
+        if draw is not None:
+            data = draw(part.data, picked)
+        else:
+            data = NormalisedData(part.data.format, [part.data.examples[i] for i in picked], part.data.skipped)
+        drawn.append(MixPart(part.name, data, part.available))
     fmt = mixed_format([p.name for p in drawn], [p.data.format for p in drawn], what)
     interleaved = mix.weights is not None or mix.counts is not None
-    examples = interleave([p.data.examples for p in drawn], seed if interleaved else None)
+    order = seed if interleaved else None
+    parted = [p.data.examples for p in drawn]
+    examples = Interleaved(parted, order) if draw is not None else interleave(parted, order)
     skipped = [s for p in drawn for s in p.data.skipped]
     return MixedData(fmt, examples, skipped, parts=drawn, interleaved=interleaved, seed=seed)
 
@@ -334,3 +351,71 @@ def interleave(parts: Sequence[Sequence[T]], seed: int | None) -> list[T]:
     if seed is not None:
         random.Random(f"{seed}:order").shuffle(out)
     return out
+
+
+def interleaved_order(total: int, seed: int | None) -> list[int] | None:
+    """Where :func:`interleave` takes each of its ``total`` items from (indices into the parts one after the other);
+    None when it keeps their order. Shuffling the indices as :func:`interleave` shuffles the items orders them
+    alike (the shuffle's swaps depend only on the length and the seed)."""
+    if seed is None:
+        return None
+    order = list(range(total))
+    random.Random(f"{seed}:order").shuffle(order)
+    return order
+
+
+class Interleaved(Sequence[Any]):
+    """:func:`interleave` of ``parts``, each item read from its part when asked for (parts read from Arrow tables
+    stay there: only the order, one index per item, is held). A part with ``take(indices)`` (an
+    :class:`tunekit.data.tables.ExampleColumn`) is read a batch of items at a time."""
+
+    def __init__(self, parts: Sequence[Sequence[Any]], seed: int | None) -> None:
+        self.parts = list(parts)
+        self.offsets = [0, *itertools.accumulate(len(p) for p in self.parts)]
+        self.order = interleaved_order(self.offsets[-1], seed)
+
+    def __len__(self) -> int:
+        return self.offsets[-1]
+
+    def _locate(self, j: int) -> tuple[int, int]:
+        at = self.order[j] if self.order is not None else j
+        part = bisect.bisect_right(self.offsets, at) - 1
+        return part, at - self.offsets[part]
+
+    def take(self, picks: Iterable[int]) -> list[Any]:
+        """The items at ``picks``, each part read once."""
+        located = [self._locate(j) for j in picks]
+        out: list[Any] = [None] * len(located)
+        for p, part in enumerate(self.parts):
+            slots = [n for n, (q, _) in enumerate(located) if q == p]
+            if not slots:
+                continue
+            local = [located[n][1] for n in slots]
+            got = part.take(local) if hasattr(part, "take") else [part[i] for i in local]
+            for n, item in zip(slots, got):
+                out[n] = item
+        return out
+
+    def __getitem__(self, k: Any) -> Any:
+        if isinstance(k, slice):
+            return self.take(range(*k.indices(len(self))))
+        if k < 0:
+            k += len(self)
+        if not 0 <= k < len(self):
+            raise IndexError(k)
+        part, i = self._locate(k)
+        return self.parts[part][i]
+
+    def __iter__(self) -> Iterator[Any]:
+        for k in range(0, len(self), _BATCH):
+            yield from self.take(range(k, min(k + _BATCH, len(self))))
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, (list, tuple, Interleaved)):
+            return len(self) == len(other) and list(self) == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+_BATCH = 1024  # items an Interleaved reads at a time

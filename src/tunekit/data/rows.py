@@ -10,6 +10,8 @@ drops rows that do not fit silently, and bad data must never train silently.
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,21 +45,41 @@ class TrainerRows:
     num_tokens: int = 0
     chunk: int | None = None  # rows per table built at a time (None: all at once)
     sources: list[SourceFigures] = field(default_factory=list)  # per source of a tk.Mix
+    directory: str | None = None  # where the chunks' tables are written (None: they are kept in memory)
+    owner: Any = None  # what keeps ``directory`` on disk (the normalised data whose work directory it is)
 
     def to_dataset(self) -> Any:
         """The rows as a ``datasets.Dataset``; with ``chunk``, built ``chunk`` rows at a time and concatenated (the
-        records never all in one list; ``datasets`` aligns a column that is empty in one part with the others)."""
+        records never all in one list; ``datasets`` aligns a column that is empty in one part with the others), each
+        part written to an Arrow file in ``directory`` and memory-mapped from there when it is given."""
         structured = _structured_columns(self.records)
         if self.chunk is None:
             return _dataset(self.records, structured)
-        from datasets import concatenate_datasets
+        from datasets import Dataset, concatenate_datasets
 
         n = len(self.records)
-        parts = [_dataset(self.records[k : k + self.chunk], structured) for k in range(0, n, self.chunk)]
+        parts = []
+        for k in range(0, n, self.chunk):
+            part = _dataset(self.records[k : k + self.chunk], structured)
+            if self.directory is not None:
+                part = Dataset.from_file(_written(part, self.directory))
+            parts.append(part)
         try:
             return concatenate_datasets(parts) if len(parts) > 1 else parts[0]
         except (TypeError, ValueError) as e:
             raise _table_error(self.records, e) from None
+
+
+def _written(part: Any, directory: str) -> str:
+    """``part``'s table (its features in its schema) written to a new Arrow file in ``directory``: its path."""
+    import pyarrow as pa
+
+    fd, path = tempfile.mkstemp(prefix="trl-rows-", suffix=".arrow", dir=directory)
+    os.close(fd)
+    table = part.data.table
+    with pa.OSFile(path, "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return path
 
 
 def _structured_columns(records: Sequence[dict[str, Any]]) -> list[str]:

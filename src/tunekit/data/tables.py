@@ -1,11 +1,12 @@
 """The tables the Arrow data driver (:mod:`tunekit.data.arrow`) works on: rows read into a memory-mapped Arrow file,
 the ``datasets.map`` call its maps run through, and errors kept as data while several workers run.
 
-A ``.jsonl`` file is read in chunks as its raw lines (with their line numbers) into an Arrow file; a ``.csv`` or
-``.parquet`` file a chunk of rows at a time (:func:`tunekit.data.loading.iter_file_rows`), stored pickled, so every
-value comes back exactly as :func:`tunekit.data.loading.load_rows` reads it. Other inputs (a ``.json`` file, which is
-one JSON document, a :class:`tunekit.Data` mapping, a DataFrame, a ``datasets.Dataset``, a list of dicts) are read
-whole by :func:`tunekit.data.loading.load_rows` and stored the same way.
+A ``.jsonl`` file is read in chunks as its raw lines (with their line numbers) into an Arrow file; every other input
+(a ``.json``, ``.csv`` or ``.parquet`` file, a :class:`tunekit.Data` mapping, a dataset name or directory, a
+``datasets.Dataset``, a DataFrame, a list of dicts) a chunk of rows at a time (:func:`tunekit.data.loading.iter_rows`),
+stored pickled, so every value comes back exactly as :func:`tunekit.data.loading.load_rows` reads it. A ``.json`` file
+is streamed with ijson; one that ijson does not read exactly as ``json.loads`` does (``NaN``, an integer beyond 64 bits,
+or a file tunekit refuses: invalid JSON, a key twice, not a list of rows) is read whole, for the same rows or message.
 """
 
 from __future__ import annotations
@@ -24,12 +25,13 @@ from pathlib import Path
 from typing import Any, overload
 
 from tunekit.data.cache import cache_dir
-from tunekit.data.loading import UTF8, DataInput, empty_data_error, iter_file_rows, load_rows, parse_jsonl_line
+from tunekit.data.loading import UTF8, DataInput, NotStreamed, empty_data_error, iter_rows, load_rows, parse_jsonl_line
+from tunekit.data.mapping import Data, rename_rows
 from tunekit.errors import DatasetError, IncompatibleError, TunekitError
 
 __all__ = [
     "CHUNK", "ExampleColumn", "Stops", "Workdir", "default_workers", "disable_progress", "error_as_data",
-    "map_table", "named", "raise_first", "read_table", "row_of", "skipped_of", "stops_for",
+    "map_table", "named", "pickled_rows", "raise_first", "read_table", "row_of", "skipped_of", "stops_for",
 ]  # fmt: skip
 
 CHUNK = 10_000  # rows a read chunk and a map batch hold
@@ -173,28 +175,37 @@ def pickled_batches(rows: Iterable[Any]) -> Iterator[Any]:
 def read_table(data: DataInput, directory: Path, *, what: str = "training") -> tuple[Any, str]:
     """``data``'s rows as a memory-mapped ``datasets.Dataset`` (columns ``line``, ``raw``, ``pickled``) in
     ``directory``, and where they came from (for messages). A ``.jsonl`` file (not mapped by :class:`tunekit.Data`)
-    is read line by line; anything else through :func:`tunekit.data.loading.load_rows`."""
+    is read line by line; anything else a chunk of rows at a time (:func:`tunekit.data.loading.iter_rows`), and a
+    :class:`tunekit.Data`'s rows renamed once all are read, a chunk at a time. Only a ``.json`` file that ijson
+    cannot read as ``json.loads`` does (:class:`tunekit.data.loading.NotStreamed`) is read whole."""
     from datasets import Dataset
 
     out = directory / "rows.arrow"
     path = Path(data) if isinstance(data, (str, Path)) and Path(data).is_file() else None
-    streamed = iter_file_rows(path) if path is not None else None
     source = ""
     if path is not None and path.suffix.lower() == ".jsonl":
         write_batches(out, jsonl_batches(path), row_schema())
         source = str(data)
-    elif path is not None and streamed is not None:  # .csv, .parquet: a chunk of rows at a time
-        try:
-            write_batches(out, pickled_batches(streamed), row_schema())
-        except UnicodeDecodeError:
-            load_rows(path)  # raises tunekit's message for a file that is not UTF-8
-            raise
     else:
-        write_batches(out, pickled_batches(load_rows(data, what=what)), row_schema())
+        try:
+            write_batches(out, pickled_batches(iter_rows(data, what=what, chunk=CHUNK)), row_schema())
+        except NotStreamed:  # read whole: its rows, or tunekit's message for it
+            write_batches(out, pickled_batches(load_rows(data, what=what)), row_schema())
+        else:
+            if isinstance(data, Data) and (data.columns or data.roles):
+                read = Dataset.from_file(str(out))
+                out = directory / "renamed.arrow"
+                write_batches(out, pickled_batches(rename_rows(pickled_rows(read), data)), row_schema())
     table = Dataset.from_file(str(out))
     if len(table) == 0:
-        raise empty_data_error(data, what)
+        raise empty_data_error(data.source if isinstance(data, Data) else data, what)
     return table, source
+
+
+def pickled_rows(table: Any) -> Iterator[Any]:
+    """The rows of a table of pickled rows, a chunk at a time."""
+    for batch in table.select_columns(["pickled"]).iter(CHUNK):
+        yield from (pickle.loads(blob) for blob in batch["pickled"])
 
 
 def row_of(batch: dict[str, list[Any]], k: int, source: str) -> Any:
@@ -248,14 +259,18 @@ class ExampleColumn(Sequence[Any]):
     def __getitem__(self, k: slice) -> list[Any]: ...
     def __getitem__(self, k: int | slice) -> Any:
         if isinstance(k, slice):
-            picks = [self._at(j) for j in range(*k.indices(len(self)))]
-            blobs = self.table.select_columns([self.column]).select(picks)[self.column] if picks else []
-            return [pickle.loads(b) for b in blobs]
+            return self.take(range(*k.indices(len(self))))
         if k < 0:
             k += len(self)
         if not 0 <= k < len(self):
             raise IndexError(k)
         return pickle.loads(self.table[self._at(k)][self.column])
+
+    def take(self, ks: Iterable[int]) -> list[Any]:
+        """The items at ``ks`` (in that order, repeats included), read in one selection."""
+        picks = [self._at(j) for j in ks]
+        blobs = self.table.select_columns([self.column]).select(picks)[self.column] if picks else []
+        return [pickle.loads(b) for b in blobs]
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, (list, tuple, ExampleColumn)):
