@@ -83,6 +83,8 @@ class _Normalise:
             out.update(unused=[[] for _ in indices], numeric=[False] * n, tools=[False] * n, images=[0] * n)
             return out
         reads = self.layout.reads if self.layout is not None else frozenset()
+        columns = [out[key] for key in ("row", "example", "digest", "skip", "error", "unused", "numeric", "tools",
+                                        "images")]  # fmt: skip
         for k, index in enumerate(indices):
             i = index + 1
             example = digest = skip = error = None
@@ -119,10 +121,8 @@ class _Normalise:
                     else:
                         error = error_as_data(named(e, self.what))
                         self.stops.mark(index)
-            for key, value in (("row", i), ("example", example), ("digest", digest), ("skip", skip), ("error", error),
-                               ("unused", unused), ("numeric", numeric), ("tools", tools),
-                               ("images", images)):  # fmt: skip
-                out[key].append(value)
+            for column, value in zip(columns, (i, example, digest, skip, error, unused, numeric, tools, images)):
+                column.append(value)
         return out
 
 

@@ -10,6 +10,7 @@ whole by :func:`tunekit.data.loading.load_rows` and stored the same way.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import itertools
 import json
@@ -19,6 +20,7 @@ import shutil
 import tempfile
 import weakref
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, overload
@@ -203,8 +205,31 @@ def row_of(batch: dict[str, list[Any]], k: int, source: str) -> Any:
     return pickle.loads(batch["pickled"][k])
 
 
+@contextmanager
+def frozen_heap() -> Iterator[None]:
+    """Within: the objects alive on entry (the imported libraries: torch, transformers, a million and more) are out of
+    the garbage collector's sight (``gc.freeze``), so its full collections, which a map's allocations set off, scan
+    only what the map made (the cycles it makes, e.g. a bad row's error and its traceback, are collected as before);
+    on exit they are back. After a fork the workers inherit the frozen heap. Measured on 20,000 chat rows: the two
+    full collections a map set off took 0.8 s of 5.6 s of CPU. Left alone when the caller froze objects already
+    (``gc.freeze`` has no nesting: unfreezing would undo theirs)."""
+    if gc.get_freeze_count():
+        yield
+        return
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
 def map_table(table: Any, fn: Any, workers: int, path: Path, *, with_indices: bool, remove: list[str]) -> Any:
     disable_progress()
+    with frozen_heap():
+        return _map(table, fn, workers, path, with_indices=with_indices, remove=remove)
+
+
+def _map(table: Any, fn: Any, workers: int, path: Path, *, with_indices: bool, remove: list[str]) -> Any:
     return table.map(
         fn,
         batched=True,
