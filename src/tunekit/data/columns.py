@@ -234,11 +234,14 @@ class _DuplicateKey(ValueError):
 
 def no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     """``json.loads(..., object_pairs_hook=...)``: refuse an object with a key twice (JSON would keep the last)."""
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
+    out = dict(pairs)
+    if len(out) == len(pairs):  # no key twice (built in C: the common case)
+        return out
+    seen: set[str] = set()
+    for key, _ in pairs:
+        if key in seen:
             raise _DuplicateKey(key)
-        out[key] = value
+        seen.add(key)
     return out
 
 

@@ -68,12 +68,15 @@ def named(e: DatasetError, what: str) -> DatasetError:
     return e if what == "training" else DatasetError(f"{what}_data: {e}", row=e.row, field=e.field)
 
 
-def raise_first(errors: Sequence[str | None]) -> None:
-    """Raise the first error kept as data (the rows are in order), as the error it was."""
-    first = next((e for e in errors if e is not None), None)
-    if first is None:
+def raise_first(errors: Any) -> None:
+    """Raise the first error kept as data (an Arrow column in row order; nulls where there was none), as the error it
+    was (read without a Python list of the whole column)."""
+    import pyarrow.compute as pc
+
+    found = pc.drop_null(errors)
+    if len(found) == 0:
         return
-    got = json.loads(first)
+    got = json.loads(found[0].as_py())
     if got["kind"] == "IncompatibleError":
         raise IncompatibleError(got["message"])
     raise DatasetError(got["message"], row=got["row"], field=got["field"])
@@ -223,15 +226,20 @@ def frozen_heap() -> Iterator[None]:
         gc.unfreeze()
 
 
-def map_table(table: Any, fn: Any, workers: int, path: Path, *, with_indices: bool, remove: list[str]) -> Any:
+def map_table(
+    table: Any, fn: Any, workers: int, path: Path, *, with_indices: bool, remove: list[str], features: Any = None
+) -> Any:
+    """``table.map(fn)`` in batches, in ``workers`` processes, into ``path``; ``features``: the output's types (else
+    inferred per batch)."""
     disable_progress()
     with frozen_heap():
-        return _map(table, fn, workers, path, with_indices=with_indices, remove=remove)
+        return _map(table, fn, workers, path, with_indices=with_indices, remove=remove, features=features)
 
 
-def _map(table: Any, fn: Any, workers: int, path: Path, *, with_indices: bool, remove: list[str]) -> Any:
+def _map(table: Any, fn: Any, workers: int, path: Path, *, with_indices: bool, remove: list[str], features: Any) -> Any:
     return table.map(
         fn,
+        features=features,
         batched=True,
         batch_size=CHUNK // 10,
         with_indices=with_indices,
