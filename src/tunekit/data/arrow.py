@@ -232,10 +232,11 @@ class _Encode:
         if indices and self.stops.before(indices[0]):
             return out  # the run raises an earlier row's error
 
+        columns = [out[key] for key in ("rows", "input_ids", "labels", "skip", "error", "truncated")]
+
         def add(row: int, ids: list[int], labels: list[int], skip: str | None, error: str | None, cut: int) -> None:
-            for key, value in (("rows", row), ("input_ids", ids), ("labels", labels), ("skip", skip),
-                               ("error", error), ("truncated", cut)):  # fmt: skip
-                out[key].append(value)
+            for column, value in zip(columns, (row, ids, labels, skip, error, cut)):
+                column.append(value)
 
         # skipped (or failed) while normalising: None
         examples: list[Example] = [pickle.loads(blob) for blob in batch["example"] if blob is not None]
@@ -265,12 +266,23 @@ def _encoded_features() -> Any:
                      "error": Value("string"), "truncated": Value("int64")})  # fmt: skip
 
 
+def _stored_batches(table: Any) -> Iterator[Any]:
+    """The record batches of a mapped table's files, read into memory a batch at a time rather than through the
+    table's memory map: the map's pages, once read, would stay in the process's resident memory (its peak RSS
+    growing with the rows) until the table is gone."""
+    import pyarrow as pa
+
+    for stored in table.cache_files:
+        with pa.OSFile(stored["filename"]) as source, pa.ipc.open_stream(source) as reader:
+            yield from reader
+
+
 def _final_batches(table: Any) -> Iterator[Any]:
     """The kept sequences (no skip, no error) as ``input_ids`` / ``labels`` / ``rows`` record batches."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    for batch in table.data.to_batches(max_chunksize=CHUNK):
+    for batch in _stored_batches(table):
         keep = pc.is_null(batch.column(batch.schema.get_field_index("skip")))
         kept = batch.filter(keep)
         yield pa.record_batch(
