@@ -15,6 +15,7 @@ import tunekit as tk
 from tunekit.data import load_rows, normalise
 from tunekit.data.arrow import ArrowNormalised, _Normalise, default_workers, normalise_table, table_digest
 from tunekit.data.cache import example_digest, examples_digest
+from tunekit.data.columns import unused_columns
 from tunekit.data.control_tokens import control_tokens
 from tunekit.data.encoding import Encoded, encode_batch, encode_example
 from tunekit.data.formats import Example, NormalisedData
@@ -164,6 +165,31 @@ def test_nan_cells_and_a_bom_read_as_before(tmp_path: Path) -> None:
     assert list(norm.examples) == normalise(load_rows(str(path))).examples
     assert norm.source_row(1) == {"prompt": "a", "completion": "b", "note": None}
     assert norm.unused() == ["note"]
+
+
+def test_unused_columns_and_duplicate_keys_read_as_the_list_path_reads_them(tmp_path: Path) -> None:
+    rows = [{"prompt": "a", "completion": "b", "zeta": 1}, {"prompt": "c", "completion": "d", "alpha": 2, "zeta": 3}]
+    path = write_jsonl(rows, tmp_path / "unused.jsonl")
+    norm = normalise_table(str(path), on_bad_rows="error", workers=1, directory=str(tmp_path))
+    assert norm.unused() == unused_columns("prompt_completion", rows) == ["zeta", "alpha"]  # the order first met
+    twice = tmp_path / "twice.jsonl"
+    twice.write_text('{"prompt": "a", "completion": "b"}\n{"prompt": "a", "completion": "b", "prompt": "c"}\n')
+    with pytest.raises(DatasetError, match="line 2: the key 'prompt' appears twice"):
+        normalise_table(str(twice), on_bad_rows="error", workers=1, directory=str(tmp_path))
+
+
+def test_the_maps_hide_the_heap_from_the_gc_and_give_it_back(tmp_path: Path) -> None:
+    path = write_jsonl(first_task(4, seed=0), tmp_path / "rows.jsonl")
+    assert gc.get_freeze_count() == 0
+    normalise_table(str(path), on_bad_rows="error", workers=1, directory=str(tmp_path))
+    assert gc.get_freeze_count() == 0  # unfrozen after the map
+    gc.freeze()  # a caller's own freeze (before a fork) is left as it was
+    try:
+        frozen = gc.get_freeze_count()
+        normalise_table(str(path), on_bad_rows="error", workers=1, directory=str(tmp_path))
+        assert gc.get_freeze_count() == frozen
+    finally:
+        gc.unfreeze()
 
 
 def test_default_workers_share_the_cores_and_keep_small_data_in_process() -> None:

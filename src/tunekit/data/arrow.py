@@ -83,6 +83,9 @@ class _Normalise:
             out.update(unused=[[] for _ in indices], numeric=[False] * n, tools=[False] * n, images=[0] * n)
             return out
         reads = self.layout.reads if self.layout is not None else frozenset()
+        batch = {key: batch[key] for key in ("line", "raw", "pickled")}  # each read once, not per row
+        columns = [out[key] for key in ("row", "example", "digest", "skip", "error", "unused", "numeric", "tools",
+                                        "images")]  # fmt: skip
         for k, index in enumerate(indices):
             i = index + 1
             example = digest = skip = error = None
@@ -119,10 +122,8 @@ class _Normalise:
                     else:
                         error = error_as_data(named(e, self.what))
                         self.stops.mark(index)
-            for key, value in (("row", i), ("example", example), ("digest", digest), ("skip", skip), ("error", error),
-                               ("unused", unused), ("numeric", numeric), ("tools", tools),
-                               ("images", images)):  # fmt: skip
-                out[key].append(value)
+            for column, value in zip(columns, (i, example, digest, skip, error, unused, numeric, tools, images)):
+                column.append(value)
         return out
 
 
@@ -149,11 +150,11 @@ class ArrowNormalised(NormalisedData):
         return bool(pc.max(self.table.data.column("images")).as_py() or 0)
 
     def unused(self) -> list[str]:
-        seen: dict[str, None] = {}
-        for batch in self.table.select_columns(["unused"]).iter(CHUNK):
-            for names in batch["unused"]:
-                seen.update(dict.fromkeys(names))
-        return list(seen)
+        """The rows' unused columns, each once, in the order first met (counted by Arrow, not row by row)."""
+        import pyarrow.compute as pc
+
+        names = pc.list_flatten(self.table.data.column("unused"))
+        return [str(name) for name in pc.unique(names).to_pylist() if name is not None]
 
     def numeric_label_rows(self) -> list[int]:
         import pyarrow.compute as pc
@@ -196,7 +197,7 @@ def normalise_table(
         fn = _Normalise(fmt, layout, source, on_bad_rows, raise_errors=n == 1, what=what, images=images, stops=stops)
         table = map_table(rows, fn, n, work.path / "examples.arrow", with_indices=True, remove=rows.column_names)
         cols = table.data
-        raise_first(cols.column("error").to_pylist())
+        raise_first(cols.column("error"))
         skip = cols.column("skip")
         skipped: list[tuple[int, str]] = []
         positions: list[int] | None = None
@@ -236,10 +237,11 @@ class _Encode:
         if indices and self.stops.before(indices[0]):
             return out  # the run raises an earlier row's error
 
+        columns = [out[key] for key in ("rows", "input_ids", "labels", "skip", "error", "truncated")]
+
         def add(row: int, ids: list[int], labels: list[int], skip: str | None, error: str | None, cut: int) -> None:
-            for key, value in (("rows", row), ("input_ids", ids), ("labels", labels), ("skip", skip),
-                               ("error", error), ("truncated", cut)):  # fmt: skip
-                out[key].append(value)
+            for column, value in zip(columns, (row, ids, labels, skip, error, cut)):
+                column.append(value)
 
         # skipped (or failed) while normalising: None
         examples: list[Example] = [pickle.loads(blob) for blob in batch["example"] if blob is not None]
@@ -259,12 +261,33 @@ class _Encode:
         return out
 
 
+def _encoded_features() -> Any:
+    """The encoding map's output types: token ids and labels as 32-bit integers (the cache entry's are 64-bit, cast a
+    batch at a time), so the intermediate file, which is read through once, is half the size."""
+    from datasets import Features, List, Value
+
+    ids = List(Value("int32"))
+    return Features({"rows": Value("int64"), "input_ids": ids, "labels": ids, "skip": Value("string"),
+                     "error": Value("string"), "truncated": Value("int64")})  # fmt: skip
+
+
+def _stored_batches(table: Any) -> Iterator[Any]:
+    """The record batches of a mapped table's files, read into memory a batch at a time rather than through the
+    table's memory map: the map's pages, once read, would stay in the process's resident memory (its peak RSS
+    growing with the rows) until the table is gone."""
+    import pyarrow as pa
+
+    for stored in table.cache_files:
+        with pa.OSFile(stored["filename"]) as source, pa.ipc.open_stream(source) as reader:
+            yield from reader
+
+
 def _final_batches(table: Any) -> Iterator[Any]:
     """The kept sequences (no skip, no error) as ``input_ids`` / ``labels`` / ``rows`` record batches."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    for batch in table.data.to_batches(max_chunksize=CHUNK):
+    for batch in _stored_batches(table):
         keep = pc.is_null(batch.column(batch.schema.get_field_index("skip")))
         kept = batch.filter(keep)
         yield pa.record_batch(
@@ -292,9 +315,9 @@ def encode_table(
     n = default_workers(len(norm.table), workers)
     fn = _Encode(tokenizer, args, tokens, raise_errors=n == 1, stops=stops_for(norm.workdir.path, "encode", n))
     encoded = map_table(norm.table, fn, n, norm.workdir.path / "encoded.arrow", with_indices=True,
-                   remove=norm.table.column_names)  # fmt: skip
+                        remove=norm.table.column_names, features=_encoded_features())  # fmt: skip
     cols = encoded.data
-    raise_first(cols.column("error").to_pylist())
+    raise_first(cols.column("error"))
     import pyarrow.compute as pc
 
     skipped = skipped_of(cols, "rows")
@@ -384,7 +407,7 @@ def rows_table(
     table = map_table(norm.table, fn, n, norm.workdir.path / "records.arrow", with_indices=True,
                  remove=norm.table.column_names)  # fmt: skip
     cols = table.data
-    raise_first(cols.column("error").to_pylist())
+    raise_first(cols.column("error"))
     import pyarrow.compute as pc
 
     skipped = skipped_of(cols, "rows")

@@ -91,7 +91,11 @@ def example_digest(ex: Example) -> bytes:
     fields: list[Any] = [ex.row, ex.text, ex.messages]
     fields += ([list(ex.trained)] if ex.trained is not None else []) + ([list(ex.tools)] if ex.tools else [])
     fields += [[_image_digest(image) for image in ex.images]] if ex.images else []  # text rows: keys unchanged
-    return hashlib.sha256(json.dumps(fields, ensure_ascii=False, default=str).encode("utf-8")).digest()
+    return hashlib.sha256(_ENCODER.encode(fields).encode("utf-8")).digest()
+
+
+# json.dumps(..., ensure_ascii=False, default=str), without building an encoder per example.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, default=str)
 
 
 def examples_digest(digests: Iterable[bytes]) -> bytes:

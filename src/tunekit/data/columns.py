@@ -145,20 +145,25 @@ def renamed_answer_column(row: dict[str, Any]) -> str | None:
     return None
 
 
-def _row_format(row: dict[str, Any]) -> Format | None:
-    """The format row ``row`` alone is in, judged from its filled columns (``None``: no format's)."""
-    filled = {k for k, v in row.items() if given(v)}
+def _row_format(row: dict[str, Any], filled: set[Any] | None = None) -> Format | None:
+    """The format row ``row`` alone is in, judged from its filled columns (``None``: no format's; ``filled``: its
+    given columns, when the caller has them)."""
+    filled = {k for k, v in row.items() if given(v)} if filled is None else filled
     for fmt, cols in SIGNATURES:
-        if fmt != "prompt_only" and all(c in filled for c in cols):
+        if fmt != "prompt_only" and filled.issuperset(cols):
             return fmt
     return None
 
 
+_SIGNATURE = {fmt: frozenset(cols) for fmt, cols in SIGNATURES}
+
+
 def check_columns(fmt: Format, row: dict[str, Any], i: int) -> None:
     """Refuse a row of another format than the data's, and columns the format does not read."""
-    own = _row_format(row)
-    mine = {k for k, v in row.items() if given(v)} >= set(dict(SIGNATURES)[fmt])
-    if own is not None and own != fmt and not mine and not set(dict(SIGNATURES)[own]) <= FORMAT_COLUMNS.get(fmt, set()):
+    present = {k for k, v in row.items() if given(v)}
+    own = _row_format(row, present)
+    mine = present >= _SIGNATURE[fmt]
+    if own is not None and own != fmt and not mine and not _SIGNATURE[own] <= FORMAT_COLUMNS.get(fmt, set()):
         raise DatasetError(
             f"row {i} is in the {own!r} format ({' + '.join(repr(c) for c in dict(SIGNATURES)[own])} columns) but the "
             f"data is in the {fmt!r} format (that of row 1); one dataset holds one format: convert row {i} to "
@@ -229,11 +234,14 @@ class _DuplicateKey(ValueError):
 
 def no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     """``json.loads(..., object_pairs_hook=...)``: refuse an object with a key twice (JSON would keep the last)."""
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
+    out = dict(pairs)
+    if len(out) == len(pairs):  # no key twice (built in C: the common case)
+        return out
+    seen: set[str] = set()
+    for key, _ in pairs:
+        if key in seen:
             raise _DuplicateKey(key)
-        out[key] = value
+        seen.add(key)
     return out
 
 

@@ -134,9 +134,11 @@ def _tokenize(tokenizer: Any, texts: list[str]) -> list[list[int]]:
     """Each text's ids, in one call (the tokenizer's per-call overhead dominates short texts); "" has none."""
     if not any(texts):
         return [[] for _ in texts]
-    unique = list(dict.fromkeys(t for t in texts if t))  # a batch repeats pieces (what follows a turn, a system)
-    ids = dict(zip(unique, token_ids(tokenizer, unique, add_special_tokens=False)))
-    return [list(ids[t]) if t else [] for t in texts]
+    unique = dict.fromkeys(texts)  # a batch repeats pieces (what follows a turn, a system)
+    unique.pop("", None)
+    ids = dict(zip(unique, token_ids(tokenizer, list(unique), add_special_tokens=False)))
+    ids[""] = []
+    return [ids[t] for t in texts]  # shared by equal pieces: read, never changed (_assemble copies them)
 
 
 def token_ids(tokenizer: Any, texts: list[str], *, add_special_tokens: bool) -> list[list[int]]:
@@ -357,7 +359,7 @@ def _add(out: Encoded, row: int, ids: list[int], labels: list[int], *, max_lengt
         ids, labels = ids[:max_length], labels[:max_length]
         out.truncated += 1
     # A causal LM never predicts the first token, so a label there alone supervises nothing.
-    if all(lab == IGNORE for lab in labels[1:]):
+    if labels[1:].count(IGNORE) >= len(labels) - 1:  # every label after the first is IGNORE (counted in C)
         if truncated:
             reason = (
                 f"row {row}: no supervised token left after truncation to max_length={max_length} "

@@ -31,6 +31,8 @@ SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 
 def clean(value: Any) -> Any:
     """A cell as tunekit reads it: NaN as None, numpy arrays as lists (recursively)."""
+    if isinstance(value, str):  # most cells: nothing to clean (and no attribute lookup that fails)
+        return value
     # pandas and parquet use NaN / None for missing cells; treat both as "absent".
     if isinstance(value, float) and math.isnan(value):
         return None
@@ -48,9 +50,15 @@ def clean(value: Any) -> Any:
 UTF8 = "utf-8-sig"
 
 
+# One decoder for every line (json.loads with an object_pairs_hook builds a new one per call).
+_DECODER = json.JSONDecoder(object_pairs_hook=no_duplicate_keys)
+
+
 def _parse_line(line: str, lineno: int, path: Path | str) -> Any:
     try:
-        return json.loads(line, object_pairs_hook=no_duplicate_keys)
+        if line.startswith("\ufeff"):  # json.loads's own message for a byte-order mark
+            return json.loads(line, object_pairs_hook=no_duplicate_keys)
+        return _DECODER.decode(line)
     except ValueError as e:
         if not isinstance(e, json.JSONDecodeError):  # a key twice in one object
             raise DatasetError(
