@@ -68,11 +68,14 @@ def _install(session: nox.Session, extras: str = "test", cpu: bool = True) -> No
     session.install("-e", f".[{extras}]")
 
 
+XDIST = ("-n", "auto", "--maxprocesses", "4", "--dist", "worksteal")  # the README's test command
+
+
 @nox.session(python="3.11")
 def tests(session: nox.Session) -> None:
-    """The default CPU suite (unit + integration on tiny models)."""
+    """The default CPU suite (unit + integration on tiny models), one process per core as CI runs it (pytest-xdist)."""
     _install(session)
-    _pytest(session, *session.posargs)
+    _pytest(session, *(session.posargs or XDIST))
 
 
 @nox.session(python="3.11")
