@@ -196,8 +196,9 @@ def _normalise_stream(data: Data, *, training: Training, objective: Objective | 
     training consumes it (:mod:`tunekit.data.streaming`)."""
     if what != "training":
         raise ConfigError(
-            f"{what}_data: tk.Data(..., streaming=True) is for training data; eval data is evaluated whole, so it "
-            "must fit in memory: leave streaming out (or pass a slice of it, e.g. split='test[:1000]')"
+            f"{what}_data: tk.Data(..., streaming=True) is for training data; eval data is evaluated whole at each "
+            "evaluation, so it is prepared once into a memory-mapped Arrow table (it need not fit in memory): leave "
+            "streaming out (or pass a slice of it, e.g. split='test[:1000]')"
         )
     if training.max_steps is None:
         raise ConfigError(
