@@ -30,7 +30,15 @@ from tunekit.inference import generate
 from tunekit.metrics import Metric, MetricFunction, check_metrics, mean
 from tunekit.objectives import CausalLM, Objective
 
-__all__ = ["EvalItem", "evaluate", "generation_options", "items_of", "read_items", "training_evaluator"]
+__all__ = [
+    "EvalItem",
+    "check_evaluation",
+    "evaluate",
+    "generation_options",
+    "items_of",
+    "read_items",
+    "training_evaluator",
+]
 
 _PROMPT_FIELDS = ("prompt", "question", "messages")
 
@@ -164,6 +172,29 @@ def _choice_row(row: Any, i: int) -> EvalItem:
             field="answer",
         )
     return EvalItem(i, prompt, choices[index], row, choices=tuple(choices), answer=index)
+
+
+def check_evaluation(
+    metrics: str | Sequence[str | MetricFunction],
+    objective: Objective,
+    *,
+    baseline: Any,
+    max_new_tokens: Any,
+    batch_size: Any,
+) -> list[Metric]:
+    """``Tuner.evaluate``'s options, checked before anything loads: the metrics as :class:`Metric` objects."""
+    checked = check_metrics(metrics)
+    if baseline not in (True, False):
+        raise ConfigError(f"evaluate(baseline={baseline!r}): must be True or False")
+    for name, value in (("max_new_tokens", max_new_tokens), ("batch_size", batch_size)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ConfigError(f"evaluate({name}={value!r}): {name} must be a whole number of at least 1")
+    if objective.model_head == "sequence_classification":
+        raise IncompatibleError(
+            f"evaluate(): this tuner is a reward model ({objective.name}), which scores text and does "
+            "not answer; use tuner.score([...])"
+        )
+    return checked
 
 
 def read_items(data: Any, *, need_reference: bool = True) -> list[EvalItem]:

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import contextlib
-import threading
 import weakref
 from collections.abc import Generator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from tunekit._config import suggest
 from tunekit.backends import get_backend
 from tunekit.backends.base import Backend, LoadedModel, RunSpec, Trained, VisionRows
 from tunekit.data.encoding import Encoded
@@ -20,13 +18,14 @@ from tunekit.data.summary import summarise_data
 from tunekit.data.templates import check_template_options
 from tunekit.errors import ConfigError, IncompatibleError
 from tunekit.eval_result import EvalResult
-from tunekit.evaluation import evaluate, generation_options, read_items
+from tunekit.evaluation import check_evaluation, evaluate, generation_options, read_items
 from tunekit.export import ExportResult, Verification, check_request, export_format, export_trained, verify_trained
 from tunekit.harness import check_tasks, run_benchmark
 from tunekit.hooks import Hook, HookErrors, check_hook_errors
 from tunekit.inference import check_items, check_options, check_prompts, generate, score, stream
 from tunekit.methods import LoRA, Method
-from tunekit.metrics import MetricFunction, check_metrics
+from tunekit.metrics import MetricFunction
+from tunekit.model_access import AddedAdapters, ModelAccess
 from tunekit.objectives import SFT, CausalLM, Objective
 from tunekit.plan import Plan
 from tunekit.results import FitResult
@@ -36,12 +35,6 @@ from tunekit.training import Training
 from tunekit.training_data import check_compatible, encode_for, normalise_for
 
 __all__ = ["Tuner", "verify_export"]
-
-
-_BUSY = (
-    "{what}: this Tuner is in use in another thread (generate(), score(), save(), merge() or export() is running); "
-    "call it after that returns (or use a second Tuner)"
-)
 
 
 class Tuner:
@@ -144,17 +137,8 @@ class Tuner:
         self.data_summary: dict[str, Any] | None = None
         self._loaded: LoadedModel | None = None
         self._objective_used: Objective | None = objective
-        # The background run, weakly: an ended run the application dropped (with a failed run's traceback, which
-        # holds the trainer) is not kept alive by its tuner; a running one is kept by its own thread.
-        self._active_run: weakref.ref[Run] | None = None
-        self._fitting: int | None = None  # the thread running fit(), while it runs
-        self._lock = threading.Lock()
-        # Held by fit() for its run and by generate/score/save/merge/export while they work: two threads never
-        # use the model at once (one would switch it to eval mode, or change the tokenizer's padding side, under
-        # the other). Re-entrant: a hook, in fit's thread, may generate or save.
-        self._use_lock = threading.RLock()
-        self._streaming: set[int] = set()  # threads with an open stream() (it holds the use lock)
-        self._adapters: dict[str, Path] = {}  # adapters added beside this tuner's own (add_adapter), for serving
+        self._access = ModelAccess()  # one fit at a time; no two threads use the model at once
+        self._adapters = AddedAdapters()  # adapters added beside this tuner's own (add_adapter), for serving
         if objective is not None:
             check_compatible(self.method, objective)
         if output_dir is not None and Path(output_dir).exists() and not Path(output_dir).is_dir():
@@ -244,7 +228,7 @@ class Tuner:
             >>> gpu = tk.Tuner("Qwen/Qwen2-0.5B", training=tk.Training(device="cuda"))  # doctest: +SKIP
             >>> gpu.plan("train.jsonl", device_memory_gib=24).fits  # doctest: +SKIP
         """
-        self._check_not_training("plan()")
+        self._access.check_not_training("plan()")
         memory = device_memory_gib
         if memory is not None and (isinstance(memory, bool) or not isinstance(memory, (int, float)) or memory <= 0):
             raise ConfigError(
@@ -270,16 +254,13 @@ class Tuner:
         directory; the optimizer, schedule, random state and position in the data are restored, so
         pass the same data (a different config or data raises ``CheckpointError``).
         """
-        with self._lock:  # one activity at a time: a second fit, or a start, from another thread is refused
+        with self._access.lock:  # one activity at a time: a second fit, or a start, from another thread is refused
             prepared = self._prepare_run(data, eval_data, resume)
-            if not self._use_lock.acquire(blocking=False):
-                raise ConfigError(_BUSY.format(what="fit()"))
-            self._fitting = threading.get_ident()
+            self._access.begin_fit("fit()")
         try:
             return execute(prepared, self.backend, self._model_for_run, on_result=self._keep_result)
         finally:
-            self._fitting = None
-            self._use_lock.release()
+            self._access.end_fit()
 
     def start(self, data: Any, *, eval_data: Any = None, resume: bool | str | Path | None = None) -> Run:
         """Like :meth:`fit`, in a background thread: returns a :class:`tunekit.Run` at once.
@@ -288,34 +269,17 @@ class Tuner:
         raise here); loading and training go on in the background. See :class:`tunekit.Run` for
         ``events()``, ``progress``, ``cancel()`` and ``wait()``.
         """
-        with self._lock:
+        with self._access.lock:
             prepared = self._prepare_run(data, eval_data, resume)
-            if not self._use_lock.acquire(blocking=False):
-                raise ConfigError(_BUSY.format(what="start()"))
-            self._use_lock.release()
+            self._access.check_free("start()")
             run = Run(prepared, self.backend, self._model_for_run, on_result=self._keep_result)
-            self._active_run = weakref.ref(run)
+            self._access.active_run = weakref.ref(run)
         return run
 
     def _prepare_run(self, data: Any, eval_data: Any, resume: bool | str | Path | None) -> Prepared:
         """Everything ``fit`` and ``start`` check in the caller's thread, before anything loads."""
-        self._single_adapter("fit()")
-        if self._fitting == threading.get_ident():
-            raise ConfigError(
-                "fit() was called from inside the running fit (a hook?); a hook may generate or save, but a new "
-                "run starts after this one returns"
-            )
-        if self._fitting is not None:
-            raise ConfigError(
-                "this Tuner is already training (fit() is running in another thread); wait for it to return before "
-                "fitting again (or use a second Tuner)"
-            )
-        active = self._running()
-        if active is not None:
-            raise ConfigError(
-                "this Tuner is already training in the background; wait for it with run.wait() or stop it with "
-                "run.cancel() before fitting again (or use a second Tuner)"
-            )
+        self._adapters.check_single("fit()")
+        self._access.check_can_fit()
         request = check_resume(resume, self.training, self.output_dir)
         train = self._normalise(data, "training")
         evaluation = self._normalise(eval_data, "eval") if eval_data is not None else None
@@ -323,43 +287,11 @@ class Tuner:
         self.data_summary = summarise_data(train, evaluation)
         return prepared
 
-    def _running(self) -> Run | None:
-        """The background run still going, if any."""
-        run = self._active_run() if self._active_run is not None else None
-        return run if run is not None and not run.done else None
-
     def _model_for_run(self) -> LoadedModel:
         return self.loaded
 
     def _keep_result(self, result: FitResult) -> None:
         self.last_result = result
-
-    @contextlib.contextmanager
-    def _using(self, what: str) -> Iterator[None]:
-        """Use of the model by ``what``: refused while a run trains in another thread; waits for another thread's
-        generate/save/... to finish (so a server may call generate from several threads)."""
-        self._check_not_training(what)
-        if threading.get_ident() in self._streaming:
-            raise ConfigError(f"{what}: a stream() of this Tuner is open in this thread; finish it or close() it first")
-        with self._use_lock:
-            self._check_not_training(what)  # a fit may have started while this one waited
-            yield
-
-    def _check_not_training(self, what: str) -> None:
-        """Refuse ``what`` while a fit runs in another thread: it would switch the shared model to eval mode and
-        swap its attention mid-training. A hook (in the training thread, between steps) may call it."""
-        fitting = self._fitting
-        if fitting is not None and fitting != threading.get_ident():
-            raise ConfigError(
-                f"{what}: this Tuner is training (fit() is running in another thread); call it after fit returns, "
-                "or from a hook, which runs between steps"
-            )
-        run = self._running()
-        if run is not None and not run.owns_current_thread():
-            raise ConfigError(
-                f"{what}: this Tuner is training in the background; call it after run.wait() (or run.cancel() "
-                "and run.wait()), or from a hook, which runs between steps"
-            )
 
     def generate(self, prompt: Any, *, adapter: str | None = None, **options: Any) -> Any:
         """Continue ``prompt`` with the training template; returns only the new text.
@@ -380,11 +312,11 @@ class Tuner:
         """
         prompts, single = check_prompts(prompt, self.objective_used, ImageOptions.of(self.training))  # before loading
         options = check_options(options)
-        self._check_adapter(adapter)
+        self._adapters.check_pick(adapter, self.method)
         if not prompts:
             return []
         options.setdefault("allow_control_tokens", self.training.allow_control_tokens)  # typed control tokens are text
-        with self._using("generate()"), self._adapter(adapter):
+        with self._access.using("generate()"), self._adapter(adapter):
             return generate(self.backend, self.loaded, self.objective_used, prompts, single=single, **options)
 
     def stream(
@@ -412,32 +344,26 @@ class Tuner:
         if parts not in (True, False):
             raise ConfigError(f"stream(parts={parts!r}): must be True or False")
         options = check_options(options)
-        self._check_adapter(adapter)
+        self._adapters.check_pick(adapter, self.method)
         options.setdefault("allow_control_tokens", self.training.allow_control_tokens)
         return self._stream(prompts[0], options, adapter=adapter, parts=parts)
 
     def _stream(
         self, prompt: Any, options: dict[str, Any], *, adapter: str | None, parts: bool
     ) -> Generator[Any, None, None]:
-        with self._using("stream()"), self._adapter(adapter):
-            self._streaming.add(threading.get_ident())
-            try:
-                for delta in stream(self.backend, self.loaded, self.objective_used, prompt, **options):
-                    if parts:
-                        yield delta
-                    elif delta.kind == "content":
-                        yield delta.text
-            finally:
-                self._streaming.discard(threading.get_ident())
+        with self._access.using("stream()"), self._adapter(adapter), self._access.stream_open():
+            for delta in stream(self.backend, self.loaded, self.objective_used, prompt, **options):
+                if parts:
+                    yield delta
+                elif delta.kind == "content":
+                    yield delta.text
 
     # --- several adapters on one base (for serving) ------------------------------------------------
     @property
     def adapters(self) -> list[str]:
         """The adapters ``generate(adapter=...)`` can pick: ``"default"`` (this tuner's own), those added with
         :meth:`add_adapter`, and ``"base"`` (no adapter); empty for a method that is no adapter."""
-        if not self.method.is_adapter:
-            return []
-        return ["default", *self._adapters, "base"]
+        return self._adapters.names(is_adapter=self.method.is_adapter)
 
     def add_adapter(self, name: str, path: str | Path, *, verify: bool = True) -> None:
         """Load the adapter saved at ``path`` (by ``Tuner.save``) beside this tuner's own, on the same copy of the
@@ -454,15 +380,8 @@ class Tuner:
             >>> tuner.add_adapter("sql", "runs/sql-bot")  # doctest: +SKIP
             >>> tuner.generate("List the tables", adapter="sql")  # doctest: +SKIP
         """
-        if not isinstance(name, str) or not name.strip() or name in ("default", "base") or name in self._adapters:
-            taken = "is taken" if name in self._adapters or name in ("default", "base") else "must be a non-empty name"
-            raise ConfigError(f"add_adapter(name={name!r}): the name {taken} ('default' and 'base' are reserved)")
-        if not self.method.is_adapter:
-            raise IncompatibleError(
-                f"add_adapter({name!r}): this tuner's method ({self.method.name}) is no adapter; adapters go beside "
-                "an adapter on its base (load an adapter save, or train one, first)"
-            )
-        self._check_not_training("add_adapter()")
+        self._adapters.check_new(name, self.method)
+        self._access.check_not_training("add_adapter()")
         saved = spec_from_save(path, base_model=self.model_ref, training=self.training, verify=verify)
         other = saved.spec
         if other.adapter_path is None or not other.method.is_adapter:
@@ -476,21 +395,9 @@ class Tuner:
                 f"than this tuner ({self.template_options}); it reads prompts differently, so it cannot share this "
                 "model: load it on its own"
             )
-        with self._using("add_adapter()"):
+        with self._access.using("add_adapter()"):
             self.backend.add_adapter(self.loaded, name, other)
-        self._adapters[name] = Path(path)
-
-    def _check_adapter(self, adapter: str | None) -> None:
-        if adapter is None:
-            return
-        names = self.adapters
-        if adapter not in names:
-            if not names:
-                raise IncompatibleError(
-                    f"adapter={adapter!r}: this tuner's method ({self.method.name}) is no adapter; there is "
-                    "nothing to pick"
-                )
-            raise ConfigError(f"adapter={adapter!r}: no such adapter; {suggest(str(adapter), names)}")
+        self._adapters.paths[name] = Path(path)
 
     @contextlib.contextmanager
     def _adapter(self, adapter: str | None) -> Iterator[None]:
@@ -499,14 +406,6 @@ class Tuner:
             return
         with self.backend.adapter(self.loaded, adapter):
             yield
-
-    def _single_adapter(self, what: str) -> None:
-        """Refuse ``what`` on a tuner that serves added adapters (peft would save or train them all)."""
-        if self._adapters:
-            raise IncompatibleError(
-                f"{what}: this tuner holds added adapters ({', '.join(self._adapters)}) for serving; {what} works "
-                "on a tuner with its own adapter only: load the save you want on its own (tk.load) for that"
-            )
 
     def score(self, texts: Sequence[Any]) -> list[float]:
         """Reward-model scores, one float per item (higher is better).
@@ -524,7 +423,7 @@ class Tuner:
         items = check_items(texts, self.objective_used)  # before anything loads
         if not items:
             return []
-        with self._using("score()"):
+        with self._access.using("score()"):
             return score(self.backend, self.loaded, items, max_length=self.training.max_length)
 
     def merge(self) -> Any:
@@ -540,8 +439,8 @@ class Tuner:
         """
         if not self.method.mergeable:
             raise IncompatibleError(f"{self.method.name} cannot be merged: {self.method.not_mergeable_because}")
-        self._single_adapter("merge()")
-        with self._using("merge()"):
+        self._adapters.check_single("merge()")
+        with self._access.using("merge()"):
             return self.backend.merge(self.loaded, self.method)
 
     def evaluate(
@@ -569,19 +468,11 @@ class Tuner:
             >>> print(result)  # doctest: +SKIP
             >>> result.to_jsonl("predictions.jsonl")  # doctest: +SKIP
         """
-        checked = check_metrics(metrics)  # before anything loads
-        if baseline not in (True, False):
-            raise ConfigError(f"evaluate(baseline={baseline!r}): must be True or False")
-        for name, value in (("max_new_tokens", max_new_tokens), ("batch_size", batch_size)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ConfigError(f"evaluate({name}={value!r}): {name} must be a whole number of at least 1")
-        if self.objective_used.model_head == "sequence_classification":
-            raise IncompatibleError(
-                f"evaluate(): this tuner is a reward model ({self.objective_used.name}), which scores text and does "
-                "not answer; use tuner.score([...])"
-            )
+        checked = check_evaluation(  # before anything loads
+            metrics, self.objective_used, baseline=baseline, max_new_tokens=max_new_tokens, batch_size=batch_size
+        )
         items = read_items(data)
-        with self._using("evaluate()"):
+        with self._access.using("evaluate()"):
             options = generation_options(self.loaded, items, max_new_tokens=max_new_tokens, batch_size=batch_size)
             result = evaluate(
                 self.backend, self._spec(), self.loaded, items, checked, baseline=baseline, options=options
@@ -612,7 +503,7 @@ class Tuner:
         names = check_tasks(tasks, limit)
         if self.objective_used.model_head == "sequence_classification":
             raise IncompatibleError(f"benchmark(): this tuner is a reward model ({self.objective_used.name})")
-        with self._using("benchmark()"):
+        with self._access.using("benchmark()"):
             return run_benchmark(
                 self.loaded,
                 names,
@@ -626,8 +517,8 @@ class Tuner:
     def save(self, path: str | Path) -> Path:
         """Write the adapter (or whole model for ``Full``), tokenizer, template and manifest."""
         target = Path(path)
-        self._single_adapter("save()")
-        with self._using("save()"):
+        self._adapters.check_single("save()")
+        with self._access.using("save()"):
             check_save(target, self._spec(), self.backend)  # before anything loads
             return write_save(self._trained(), target)
 
@@ -666,8 +557,8 @@ class Tuner:
             >>> print(result.size_report())  # doctest: +SKIP
             >>> tuner.export("out/gguf", format="gguf", dtype="q8_0")  # doctest: +SKIP
         """
-        self._single_adapter("export()")
-        with self._using("export()"):
+        self._adapters.check_single("export()")
+        with self._access.using("export()"):
             check_request(self._spec(), Path(path), format, merge, dtype, max_new_tokens=max_new_tokens)  # before load
             return export_trained(
                 self._trained(),

@@ -8,7 +8,7 @@ import pytest
 
 import tunekit as tk
 import tunekit.data.arrow as arrow
-import tunekit.training_data as training_data
+import tunekit.training_encoding as training_encoding
 from tunekit.data import cache
 from tunekit.testing import first_task, write_jsonl
 
@@ -35,7 +35,7 @@ def spy(monkeypatch: pytest.MonkeyPatch) -> list[int]:
             calls.append(encoded[0])
         return out
 
-    monkeypatch.setattr(training_data, "encode_table", counting)
+    monkeypatch.setattr(training_encoding, "encode_table", counting)
     return calls
 
 

@@ -189,7 +189,7 @@ def test_rl_prompts_with_tools_are_rendered_with_them_and_rewards_see_the_messag
 def test_generate_with_tools_renders_them_and_returns_a_reply(
     tiny_llama: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import tunekit.backends.hf.backend as hf_backend
+    import tunekit.backends.hf.generation as hf_generation
 
     prompts: list[str] = []
 
@@ -197,7 +197,7 @@ def test_generate_with_tools_renders_them_and_returns_a_reply(
         prompts.append(render(*args, **kwargs))
         return prompts[-1]
 
-    monkeypatch.setattr(hf_backend, "render", spy)
+    monkeypatch.setattr(hf_generation, "render", spy)
     tuner = tk.Tuner(tiny_llama, training=cpu())
     reply = tuner.generate([{"role": "user", "content": "Weather in Oslo?"}], tools=TOOLS, max_new_tokens=4)
     assert isinstance(reply, tk.Reply) and isinstance(reply, str) and isinstance(reply.tool_calls, list)

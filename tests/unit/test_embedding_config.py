@@ -325,4 +325,4 @@ def test_start_checks_data_and_resume_in_the_callers_thread(tmp_path: Path) -> N
         tuner.start(ROWS, resume=True)
     with pytest.raises(tk.ConfigError, match=r"resume=3: pass True"):
         tuner.start(ROWS, resume=3)  # type: ignore[arg-type]
-    assert tuner._active_run is None
+    assert tuner._access.active_run is None

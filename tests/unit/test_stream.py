@@ -45,13 +45,13 @@ def test_the_use_lock_is_held_while_streaming_and_released_on_close() -> None:
     with pytest.raises(tk.ConfigError, match=r"generate\(\): a stream\(\) of this Tuner is open in this thread"):
         tuner.generate("hi")
     got: list[bool] = []
-    other = threading.Thread(target=lambda: got.append(tuner._use_lock.acquire(timeout=0.2)))
+    other = threading.Thread(target=lambda: got.append(tuner._access.use_lock.acquire(timeout=0.2)))
     other.start()
     other.join()
     assert got == [False]  # another thread waits while the stream is open
     pieces.close()
     assert tuner.generate("hi") == "hello there, friend"
-    other = threading.Thread(target=lambda: got.append(tuner._use_lock.acquire(timeout=0.2)))
+    other = threading.Thread(target=lambda: got.append(tuner._access.use_lock.acquire(timeout=0.2)))
     other.start()
     other.join()
     assert got == [False, True]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -167,10 +167,6 @@ def _assemble(pieces: list[list[int]], train_on_prompt: bool) -> tuple[list[int]
     return ids, labels
 
 
-def _encode_text(tokenizer: Any, ex: Example, add_eos: bool) -> tuple[list[int], list[int]]:
-    return _text_ids(tokenizer, list(tokenizer(ex.text or "", add_special_tokens=True)["input_ids"]), add_eos)
-
-
 def _text_ids(tokenizer: Any, ids: list[int], add_eos: bool) -> tuple[list[int], list[int]]:
     if add_eos and tokenizer.eos_token_id is not None and (not ids or ids[-1] != tokenizer.eos_token_id):
         ids.append(tokenizer.eos_token_id)
@@ -238,18 +234,40 @@ def encode_example(
     ``allow_control_tokens``); raises DatasetError for a bad row unless ``on_bad_rows="skip"``."""
     out = Encoded([], [], [])
     plan = _plan(tokenizer, ex, tokens, on_bad_rows, train_on, reasoning, out)
+    _add_plan(
+        out, ex.row, plan, tokenizer,
+        text_ids=lambda text: list(tokenizer(text, add_special_tokens=True)["input_ids"]),
+        piece_ids=lambda texts: _tokenize(tokenizer, texts),
+        add_eos=add_eos, train_on_prompt=train_on_prompt, max_length=max_length, on_bad_rows=on_bad_rows,
+    )  # fmt: skip
+    return out
+
+
+def _add_plan(
+    out: Encoded,
+    row: int,
+    plan: list[_Pieces] | str | None,
+    tokenizer: Any,
+    *,
+    text_ids: Callable[[str], list[int]],
+    piece_ids: Callable[[list[str]], list[list[int]]],
+    add_eos: bool,
+    train_on_prompt: bool,
+    max_length: int,
+    on_bad_rows: str,
+) -> None:
+    """Tokenise what :func:`_plan` chose and keep each sequence in ``out``: ``text_ids`` gives a text row's ids (with
+    the tokenizer's special tokens), ``piece_ids`` the ids of a sequence's text pieces (one list per piece)."""
+    if plan is None:
+        return  # skipped
     if isinstance(plan, str):
-        sequences = [_encode_text(tokenizer, ex, add_eos)]
-    elif plan is None:
-        return out  # skipped
+        sequences = [_text_ids(tokenizer, text_ids(plan), add_eos)]
     else:
         sequences = [
-            _assemble(seq.ids if seq.ids is not None else _tokenize(tokenizer, seq.texts), train_on_prompt)
-            for seq in plan
+            _assemble(seq.ids if seq.ids is not None else piece_ids(seq.texts), train_on_prompt) for seq in plan
         ]
     for ids, labels in sequences:
-        _add(out, ex.row, ids, labels, max_length=max_length, on_bad_rows=on_bad_rows)
-    return out
+        _add(out, row, ids, labels, max_length=max_length, on_bad_rows=on_bad_rows)
 
 
 def _plan(
@@ -327,22 +345,23 @@ def encode_batch(
     chat_ids = iter(_tokenize(tokenizer, chat))
     texts = [p for p in plans if isinstance(p, str)]
     text_ids = iter(token_ids(tokenizer, texts, add_special_tokens=True) if texts else [])
+
+    def next_text(_text: str) -> list[int]:  # the next text row's ids, tokenised above
+        return list(next(text_ids))
+
+    def next_pieces(texts: list[str]) -> list[list[int]]:
+        return [next(chat_ids) for _ in texts]
+
     results: list[Encoded | DatasetError | IncompatibleError] = []
     for ex, out, plan in zip(examples, outs, plans):
         try:
             if isinstance(plan, (DatasetError, IncompatibleError)):
                 raise plan
-            if isinstance(plan, str):
-                sequences = [_text_ids(tokenizer, list(next(text_ids)), add_eos)]
-            elif plan is None:
-                sequences = []
-            else:
-                sequences = [
-                    _assemble(seq.ids if seq.ids is not None else [next(chat_ids) for _ in seq.texts], train_on_prompt)
-                    for seq in plan
-                ]
-            for ids, labels in sequences:
-                _add(out, ex.row, ids, labels, max_length=max_length, on_bad_rows=on_bad_rows)
+            _add_plan(
+                out, ex.row, plan, tokenizer,
+                text_ids=next_text, piece_ids=next_pieces,
+                add_eos=add_eos, train_on_prompt=train_on_prompt, max_length=max_length, on_bad_rows=on_bad_rows,
+            )  # fmt: skip
         except (DatasetError, IncompatibleError) as e:
             if raise_errors:
                 raise

@@ -262,33 +262,31 @@ def _rgb(pil: Any, image: Any) -> Any:
 
 
 def _fit(pil: Any, image: Any, options: ImageOptions, where: str, row: int | None, field: str | None) -> Any:
+    """The image within ``max_pixels`` and ``min_pixels``: resized (keeping its aspect) when ``options.resize``,
+    else refused with a DatasetError."""
     width, height = image.size
     pixels = width * height
     if options.max_pixels is not None and pixels > options.max_pixels:
-        if not options.resize:
-            raise DatasetError(
-                f"{where}: the image is {width}x{height} = {pixels:,} pixels, over max_pixels={options.max_pixels:,} "
-                f"({options.settings()}); shrink the image, raise max_pixels, or set resize_images=True to downscale "
-                "it",
-                row=row,
-                field=field,
-            )
-        scale = math.sqrt(options.max_pixels / pixels)
+        down, bound = True, options.max_pixels
+        fix = f"over max_pixels={bound:,} ({options.settings()}); shrink the image, raise max_pixels"
+    elif options.min_pixels is not None and pixels < options.min_pixels:
+        down, bound = False, options.min_pixels
+        fix = f"under min_pixels={bound:,} ({options.settings()}); give a larger image, lower min_pixels"
+    else:
+        return image
+    if not options.resize:
+        raise DatasetError(
+            f"{where}: the image is {width}x{height} = {pixels:,} pixels, {fix}, or set resize_images=True to "
+            f"{'downscale' if down else 'upscale'} it",
+            row=row,
+            field=field,
+        )
+    scale = math.sqrt(bound / pixels)
+    if down:
         size = (max(1, math.floor(width * scale)), max(1, math.floor(height * scale)))
-        return image.resize(size, pil.Resampling.BICUBIC)
-    if options.min_pixels is not None and pixels < options.min_pixels:
-        if not options.resize:
-            raise DatasetError(
-                f"{where}: the image is {width}x{height} = {pixels:,} pixels, under min_pixels={options.min_pixels:,} "
-                f"({options.settings()}); give a larger image, lower min_pixels, or set resize_images=True to upscale "
-                "it",
-                row=row,
-                field=field,
-            )
-        scale = math.sqrt(options.min_pixels / pixels)
+    else:
         size = (math.ceil(width * scale), math.ceil(height * scale))
-        return image.resize(size, pil.Resampling.BICUBIC)
-    return image
+    return image.resize(size, pil.Resampling.BICUBIC)
 
 
 def load_image(

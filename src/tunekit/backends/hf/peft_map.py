@@ -9,18 +9,18 @@ capabilities the method declares, in the functions at the end of this module.
 from __future__ import annotations
 
 import copy
-import fnmatch
 import logging
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tunekit._torch import is_quantized, unwrap_peft
 from tunekit.backends.base import builder_for
+from tunekit.backends.hf.build_context import BuildContext, task_type
 from tunekit.backends.hf.quantization import prepare_for_kbit_training
 from tunekit.backends.hf.vision import is_vision_model, part_of
+from tunekit.backends.hf.whole_model import build_freeze, build_full
 from tunekit.errors import ConfigError, IncompatibleError
 from tunekit.methods import (
     IA3,
@@ -51,26 +51,7 @@ __all__ = [
 logger = logging.getLogger("tunekit")
 
 
-@dataclass
-class BuildContext:
-    """What a translation may look at: the loaded model, its tokenizer, the tokens tunekit added."""
-
-    model: Any
-    tokenizer: Any = None
-    new_token_ids: list[int] = field(default_factory=list)
-    # Steps to run on the wrapped (peft) model once it exists, e.g. PromptTuning's text initialisation.
-    after: list[Callable[[Any], None]] = field(default_factory=list)
-
-
 # --- helpers ----------------------------------------------------------------------------------------
-def _task_type(model: Any) -> Any:
-    from peft import TaskType
-
-    # Reward models are sequence classifiers; peft then also trains their fresh score head.
-    name = type(model).__name__
-    return TaskType.SEQ_CLS if name.endswith("ForSequenceClassification") else TaskType.CAUSAL_LM
-
-
 def _embedding_names(model: Any) -> tuple[str | None, str | None]:
     """Names of the input and output embedding modules (None when absent)."""
     inp, out = model.get_input_embeddings(), model.get_output_embeddings()
@@ -243,7 +224,7 @@ def _lora(method: LoRA, ctx: BuildContext) -> Any:
 
     init: Any = True if method.init == "default" else method.init  # peft: True, "gaussian" or "pissa"
     return LoraConfig(
-        task_type=_task_type(ctx.model),
+        task_type=task_type(ctx.model),
         r=method.r,
         lora_alpha=method.alpha or 2 * method.r,
         lora_dropout=method.dropout,
@@ -260,7 +241,7 @@ def _lora(method: LoRA, ctx: BuildContext) -> Any:
 def _lycoris(method: LoHa | LoKr, ctx: BuildContext) -> dict[str, Any]:
     """The options peft's LoHa and LoKr configs share."""
     return {
-        "task_type": _task_type(ctx.model),
+        "task_type": task_type(ctx.model),
         "r": method.r,
         "alpha": method.alpha or method.r,
         "rank_dropout": method.rank_dropout,
@@ -290,7 +271,7 @@ def _adalora(method: AdaLoRA, ctx: BuildContext) -> Any:
     # total_step, tinit and tfinal depend on the run's schedule, which is known only when training
     # starts; AdaLoraStep (method_callbacks.py) sets them then. peft insists on a value now.
     return AdaLoraConfig(
-        task_type=_task_type(ctx.model),
+        task_type=task_type(ctx.model),
         init_r=method.init_r,
         target_r=method.target_r,
         lora_alpha=method.alpha or 2 * method.init_r,
@@ -311,7 +292,7 @@ def _vera(method: VeRA, ctx: BuildContext) -> Any:
     from peft import VeraConfig
 
     return VeraConfig(
-        task_type=_task_type(ctx.model),
+        task_type=task_type(ctx.model),
         r=method.r,
         vera_dropout=method.dropout,
         d_initial=method.d_initial,
@@ -326,7 +307,7 @@ def _oft(method: OFT, ctx: BuildContext) -> Any:
     from peft import OFTConfig
 
     return OFTConfig(
-        task_type=_task_type(ctx.model),
+        task_type=task_type(ctx.model),
         r=0,
         oft_block_size=method.block_size,
         module_dropout=method.module_dropout,
@@ -362,7 +343,7 @@ def _ia3(method: IA3, ctx: BuildContext) -> Any:
     else:
         _check_targets(ctx.model, ff, method, "feedforward_modules")
     return IA3Config(
-        task_type=_task_type(ctx.model),
+        task_type=task_type(ctx.model),
         target_modules=targets,
         feedforward_modules=ff,
         modules_to_save=_embeddings_to_save(ctx.model, ctx.new_token_ids),
@@ -396,7 +377,7 @@ def _prompt_tuning(method: PromptTuning, ctx: BuildContext) -> Any:
             raise ConfigError("PromptTuning(init_text=...): no tokenizer is available to encode the text")
         ctx.after.append(lambda peft_model: _init_prompt_from_text(peft_model, ctx.tokenizer, method.init_text or ""))
     return PromptTuningConfig(
-        task_type=_task_type(ctx.model),
+        task_type=task_type(ctx.model),
         num_virtual_tokens=method.num_virtual_tokens,
     )
 
@@ -427,7 +408,7 @@ def _prefix_tuning(method: PrefixTuning, ctx: BuildContext) -> Any:
 
     _no_new_tokens(method, ctx)
     return PrefixTuningConfig(
-        task_type=_task_type(ctx.model),
+        task_type=task_type(ctx.model),
         num_virtual_tokens=method.num_virtual_tokens,
         prefix_projection=method.projection,
         encoder_hidden_size=method.projection_hidden_size or ctx.model.config.hidden_size,
@@ -439,7 +420,7 @@ def _p_tuning(method: PTuning, ctx: BuildContext) -> Any:
 
     _no_new_tokens(method, ctx)
     return PromptEncoderConfig(
-        task_type=_task_type(ctx.model),
+        task_type=task_type(ctx.model),
         num_virtual_tokens=method.num_virtual_tokens,
         encoder_reparameterization_type=PromptEncoderReparameterizationType(method.encoder.upper()),
         encoder_hidden_size=method.encoder_hidden_size or ctx.model.config.hidden_size,
@@ -448,99 +429,10 @@ def _p_tuning(method: PTuning, ctx: BuildContext) -> Any:
     )
 
 
-def _full(method: Full, ctx: BuildContext) -> None:
-    for p in ctx.model.parameters():
-        p.requires_grad_(True)
-
-
-def _freeze(method: Freeze, ctx: BuildContext) -> None:
-    # peft has no "train these blocks of the base model" method (its modules_to_save trains copies
-    # beside the originals), and Freeze saves a whole model anyway: requires_grad is all it takes.
-    model = ctx.model
-    chosen: dict[str, Any] = {}
-    if method.last_layers is not None:
-        list_name, blocks = _blocks(model)
-        if method.last_layers > len(blocks):
-            raise ConfigError(
-                f"Freeze(last_layers={method.last_layers}): this model has {len(blocks)} blocks ({list_name}); "
-                f"use last_layers={len(blocks)} or fewer, or tk.Full() to train every weight"
-            )
-        first = len(blocks) - method.last_layers
-        for i in range(first, len(blocks)):
-            chosen[f"{list_name}.{i}"] = blocks[i]
-    if method.modules is not None:
-        names = dict(model.named_modules())
-        for pattern in method.modules:
-            hits = {n: m for n, m in names.items() if n and _matches(n, pattern)}
-            if not hits:
-                tops = sorted({n.split(".")[-1] for n in names if n and not n.split(".")[-1].isdigit()})
-                raise ConfigError(
-                    f"Freeze(modules={method.modules!r}): no module matches {pattern!r}; this model's modules "
-                    f"are named {tops} (use a last name part, a full dotted name or a glob like 'model.layers.*.mlp')"
-                )
-            chosen.update(hits)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    for module in chosen.values():
-        for p in module.parameters():
-            p.requires_grad_(True)
-    if _task_type(model).value == "SEQ_CLS":  # a reward model's fresh score head must train
-        head = getattr(model, "score", None) or getattr(model, "classifier", None)
-        if head is not None:
-            head.requires_grad_(True)
-    _train_new_token_rows(model, ctx.new_token_ids)
-
-
-def _matches(name: str, pattern: str) -> bool:
-    return name == pattern or name.split(".")[-1] == pattern or fnmatch.fnmatchcase(name, pattern)
-
-
-def _blocks(model: Any) -> tuple[str, Any]:
-    """The model's list of transformer blocks: the longest ``nn.ModuleList`` of same-typed modules (of the language
-    model, in a vision-language model)."""
-    import torch
-
-    best: tuple[str, Any] | None = None
-    vision = is_vision_model(model)
-    for name, m in model.named_modules():
-        if vision and part_of(name) != "language_model":
-            continue
-        if isinstance(m, torch.nn.ModuleList) and len(m) > 0 and len({type(c) for c in m}) == 1:
-            if best is None or len(m) > len(best[1]):
-                best = (name, m)
-    if best is None:
-        raise ConfigError(
-            "Freeze(last_layers=...): cannot find this model's list of transformer blocks; "
-            "name the modules to train instead, e.g. Freeze(modules=['model.layers.*'])"
-        )
-    return best
-
-
-def _train_new_token_rows(model: Any, new_token_ids: list[int]) -> None:
-    """Let the rows of tokens tunekit added train even when the embeddings are frozen.
-
-    A gradient mask keeps every other row at its value (with the default weight_decay=0; AdamW's
-    decoupled decay would still shrink frozen rows slightly when weight_decay > 0).
-    """
-    if not new_token_ids:
-        return
-    import torch
-
-    embeddings = (model.get_input_embeddings(), model.get_output_embeddings())
-    for emb in {id(e): e for e in embeddings if e is not None}.values():  # tied: one matrix
-        weight = emb.weight
-        if weight.requires_grad:
-            continue  # already trained whole
-        mask = torch.zeros(weight.shape[0], 1, dtype=weight.dtype, device=weight.device)
-        mask[new_token_ids] = 1
-        weight.requires_grad_(True)
-        weight.register_hook(lambda grad, mask=mask: grad * mask.to(grad.device, grad.dtype))
-
-
 # Method class -> builder of its peft config (None: the builder set which of the model's own weights train).
 TRANSLATIONS: dict[type[Method], Callable[[Any, BuildContext], Any]] = {
-    Full: _full,
-    Freeze: _freeze,
+    Full: build_full,
+    Freeze: build_freeze,
     LoRA: _lora,
     LoHa: _loha,
     LoKr: _lokr,
