@@ -44,6 +44,15 @@ MODULES: dict[str, tuple[str, list[str]]] = {
             "tests/integration/test_save_load.py",
         ],
     ),
+    # Full and Freeze (the methods without a peft config), moved out of peft_map.py
+    "whole_model": (
+        "src/tunekit/backends/hf/whole_model.py",
+        [
+            "tests/unit/test_options_reach_engine.py",
+            "tests/unit/test_method_catalogue.py",
+            "tests/integration/test_save_load.py",
+        ],
+    ),
     "trainers": (
         "src/tunekit/backends/hf/trainers.py",
         ["tests/unit/test_options_reach_engine.py", "tests/unit/test_seam.py", "tests/unit/test_trainer_table.py"],
