@@ -31,8 +31,8 @@ from tunekit.data.images import ImageOptions
 from tunekit.data.layouts import Layout, detect_layout
 from tunekit.data.loading import base_dir_of
 from tunekit.data.mapping import Data
-from tunekit.data.mixed_tables import draw_table, interleave_encoded
-from tunekit.data.mixture import Interleaved, Mix, MixedData, MixPart, interleave, mix_parts, unpair
+from tunekit.data.mixed_tables import draw_table, interleave_encoded, unpair_table
+from tunekit.data.mixture import Interleaved, Mix, MixedData, MixPart, interleave, mix_parts
 from tunekit.data.rows import TrainerRows, prepare_row, prepare_rows
 from tunekit.data.streaming import SAMPLE_ROWS, StreamedData, StreamedEncoded, StreamedRows, first_rows
 from tunekit.data.tables import CHUNK
@@ -574,7 +574,7 @@ def _encode_mix(spec: RunSpec, norm: MixedData, tokenizer: Any) -> Encoded | Tra
     for part in norm.parts:
         data = part.data
         if norm.format == "unpaired_preference" and data.format == "preference":  # pairs beside labelled answers
-            data = unpair(data)
+            data = unpair_table(data)  # a chunk at a time, into a table, for data in one
         try:
             enc, new = _encode(spec, data, tokenizer)
         except (DatasetError, IncompatibleError) as e:
