@@ -32,7 +32,6 @@ from tunekit.data.control_tokens import control_tokens
 from tunekit.data.encoding import Encoded, encode_batch
 from tunekit.data.formats import Example, NormalisedData, detect_format, normalise_row
 from tunekit.data.images import ImageOptions
-from tunekit.data.int_column import IntColumn
 from tunekit.data.layouts import Layout, detect_layout
 from tunekit.data.loading import DataInput
 from tunekit.data.rows import TrainerRows, prepare_row
@@ -45,10 +44,10 @@ from tunekit.data.tables import (
     error_as_data,
     map_table,
     named,
+    outcome,
     raise_first,
     read_table,
     row_of,
-    skipped_of,
     stops_for,
     table_batches,
 )  # fmt: skip
@@ -209,16 +208,10 @@ def normalise_table(
         fn = _Normalise(fmt, layout, source, on_bad_rows, raise_errors=n == 1, what=what, images=images, stops=stops)
         table = map_table(rows, fn, n, work.path / "examples.arrow", with_indices=True, remove=rows.column_names,
                           features=normalised_features())  # fmt: skip
-        cols = table.data
-        raise_first(cols.column("error"))
-        skip = cols.column("skip")
-        skipped: list[tuple[int, str]] = []
-        positions: IntColumn | None = None  # the rows not skipped: 8 bytes each, not a Python list
-        if skip.null_count < len(table):
-            import pyarrow.compute as pc
-
-            skipped = skipped_of(cols, "row")
-            positions = IntColumn(pc.indices_nonzero(pc.is_null(skip)))
+        got = outcome(table, "row")
+        raise_first(got.errors)
+        skipped = got.skipped
+        positions = got.kept if skipped else None  # the rows not skipped: 8 bytes each, not a Python list
         if positions is not None and not len(positions) and not none_valid:
             raise named(
                 DatasetError(f"no valid rows: all {len(table)} rows were malformed (first: {skipped[0][1]})"), what
@@ -318,12 +311,9 @@ def encode_table(
     fn = _Encode(tokenizer, args, tokens, raise_errors=n == 1, stops=stops_for(norm.workdir.path, "encode", n))
     encoded = map_table(norm.table, fn, n, norm.workdir.path / "encoded.arrow", with_indices=True,
                         remove=norm.table.column_names, features=_encoded_features())  # fmt: skip
-    cols = encoded.data
-    raise_first(cols.column("error"))
-    import pyarrow.compute as pc
-
-    skipped = skipped_of(cols, "rows")
-    truncated = int(pc.sum(cols.column("truncated")).as_py() or 0)
+    got = outcome(encoded, "rows", sums=["truncated"])
+    raise_first(got.errors)
+    skipped, truncated = got.skipped, got.sums["truncated"]
     if len(encoded) - len(skipped) == 0:
         if skipped and "control token" in skipped[0][1]:
             raise DatasetError(f"no row left to train on: every row was skipped, the first as {skipped[0][1]}")
@@ -416,22 +406,17 @@ def rows_table(
     fn = _Rows(tokenizer, norm.format, settings, raise_errors=n == 1, stops=stops_for(norm.workdir.path, "rows", n))
     table = map_table(norm.table, fn, n, norm.workdir.path / "records.arrow", with_indices=True,
                       remove=norm.table.column_names, features=_rows_features())  # fmt: skip
-    cols = table.data
-    raise_first(cols.column("error"))
-    import pyarrow.compute as pc
-
-    skipped = skipped_of(cols, "rows")
-    kept = pc.is_null(cols.column("skip"))
-    positions = IntColumn(pc.indices_nonzero(kept))  # 8 bytes a row, as the row numbers below
-    if not len(positions):
+    got = outcome(table, "rows", sums=["truncated"], kept_sums=["tokens"])
+    raise_first(got.errors)
+    if not len(got.kept):
         raise DatasetError(f"no row fits max_length={max_length}; raise Training(max_length=...)")
     out = TrainerRows(
         norm.format,
-        ExampleColumn(table, positions, column="record"),
-        IntColumn(pc.filter(cols.column("rows"), kept)),
-        skipped,
-        truncated=int(pc.sum(pc.cast(cols.column("truncated"), "int64")).as_py() or 0),
-        num_tokens=int(pc.sum(pc.filter(cols.column("tokens"), kept)).as_py() or 0),
+        ExampleColumn(table, got.kept, column="record"),  # positions and row numbers: 8 bytes a row, not lists
+        got.kept_rows,
+        got.skipped,
+        truncated=got.sums["truncated"],
+        num_tokens=got.sums["tokens"],
         chunk=CHUNK,
         directory=str(norm.workdir.path),  # trl's table is written there a chunk at a time (to_dataset)
         owner=norm,  # which keeps it on disk while these rows are in use

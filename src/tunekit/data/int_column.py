@@ -19,7 +19,9 @@ class IntColumn(Sequence[int]):
     def __init__(self, values: Any) -> None:
         import numpy as np
 
-        if hasattr(values, "to_numpy"):  # Arrow
+        if isinstance(values, IntColumn):
+            values = values.array
+        elif hasattr(values, "to_numpy"):  # Arrow
             values = values.to_numpy(zero_copy_only=False)
         self.array = np.asarray(values, dtype=np.int64)
 
