@@ -278,21 +278,33 @@ def _encoded_features() -> Any:
 
 
 def _final_batches(table: Any) -> Iterator[Any]:
-    """The kept sequences (no skip, no error) as ``input_ids`` / ``labels`` / ``rows`` record batches."""
+    """The kept sequences (no skip, no error) as ``input_ids`` / ``labels`` / ``rows`` record batches of about CHUNK
+    rows (several workers' maps write a batch per 1,000 rows: opening the cache entry reads each batch's header, and
+    the pages around a small batch's header are a good part of it)."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
+    held: list[Any] = []
+    rows = 0
     for batch in table_batches(table):
         keep = pc.is_null(batch.column(batch.schema.get_field_index("skip")))
         kept = batch.filter(keep)
-        yield pa.record_batch(
-            [
-                kept.column(kept.schema.get_field_index("input_ids")).cast(pa.list_(pa.int64())),
-                kept.column(kept.schema.get_field_index("labels")).cast(pa.list_(pa.int64())),
-                kept.column(kept.schema.get_field_index("rows")).cast(pa.int64()),
-            ],
-            names=["input_ids", "labels", "rows"],
+        held.append(
+            pa.record_batch(
+                [
+                    kept.column(kept.schema.get_field_index("input_ids")).cast(pa.list_(pa.int64())),
+                    kept.column(kept.schema.get_field_index("labels")).cast(pa.list_(pa.int64())),
+                    kept.column(kept.schema.get_field_index("rows")).cast(pa.int64()),
+                ],
+                names=["input_ids", "labels", "rows"],
+            )
         )
+        rows += len(kept)
+        if rows >= CHUNK:
+            yield from pa.Table.from_batches(held).combine_chunks().to_batches()
+            held, rows = [], 0
+    if rows:
+        yield from pa.Table.from_batches(held).combine_chunks().to_batches()
 
 
 def encode_table(
