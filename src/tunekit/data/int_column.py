@@ -23,7 +23,7 @@ class IntColumn(Sequence[int]):
             values = values.array
         elif hasattr(values, "to_numpy"):  # Arrow
             values = values.to_numpy(zero_copy_only=False)
-        self.array = np.asarray(values, dtype=np.int64)
+        self.array: Any = np.asarray(values, dtype=np.int64)
 
     def __len__(self) -> int:
         return len(self.array)
