@@ -15,8 +15,8 @@ from tunekit.data.cache import cache_key, cached_encode, entry_path
 from tunekit.data.control_tokens import check_no_control_tokens
 from tunekit.data.encoding import Encoded
 from tunekit.data.formats import Example, NormalisedData
-from tunekit.data.mixed_tables import interleave_encoded
-from tunekit.data.mixture import Interleaved, MixedData, interleave, unpair
+from tunekit.data.mixed_tables import interleave_encoded, unpair_table
+from tunekit.data.mixture import Interleaved, MixedData, interleave
 from tunekit.data.rows import TrainerRows, prepare_row, prepare_rows
 from tunekit.data.streaming import SAMPLE_ROWS, StreamedData, StreamedEncoded, StreamedRows
 from tunekit.data.tables import CHUNK
@@ -299,7 +299,7 @@ def _encode_mix(spec: RunSpec, norm: MixedData, tokenizer: Any) -> Encoded | Tra
     for part in norm.parts:
         data = part.data
         if norm.format == "unpaired_preference" and data.format == "preference":  # pairs beside labelled answers
-            data = unpair(data)
+            data = unpair_table(data)  # a chunk at a time, into a table, for data in one
         try:
             enc, new = _encode(spec, data, tokenizer)
         except (DatasetError, IncompatibleError) as e:

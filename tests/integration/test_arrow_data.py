@@ -412,3 +412,35 @@ def test_a_mixtures_sources_are_drawn_from_tables_as_from_lists(
             assert ours.table is not None  # interleaved into one memory-mapped file
         _same(ours, enc_want)
         monkeypatch.undo()
+
+
+def test_a_kto_mixtures_pairs_are_unpaired_a_chunk_at_a_time(
+    tiny_qwen: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tunekit.data import tables as tables_module
+    from tunekit.data.mixed_tables import unpair_table
+    from tunekit.data.mixture import MixPart, mix_parts, unpair
+
+    pairs = [{"prompt": f"a{i}", "chosen": f"x{i}", "rejected": f"n{i}"} for i in range(5)]
+    pairs.append({"prompt": "", "chosen": "?"})
+    answers = [{"prompt": f"b{i}", "completion": f"y{i}", "label": i % 2 == 0} for i in range(3)]
+    sources = [str(tmp_path / "pairs.json"), str(tmp_path / "answers.jsonl")]
+    Path(sources[0]).write_text(json.dumps(pairs), encoding="utf-8")
+    write_jsonl(answers, sources[1])
+    tuner = _tuner(tiny_qwen, tmp_path, tk.KTO(), on_bad_rows="skip", seed=7)
+    mix = tk.Mix(sources, weights=[2, 1], size=9)  # the pairs repeat; interleaved with the answers
+    parts = [MixPart(s, normalise(load_rows(s), on_bad_rows="skip"), 0) for s in sources]
+    want = encode_for(tuner._spec(), mix_parts(mix, parts, 7), tuner.tokenizer)  # today's lists: unpair in memory
+    monkeypatch.setattr(tables_module, "CHUNK", 2)
+    norm, _ = normalise_for(mix, training=tuner.training, method=tuner.method, objective=tk.KTO())
+    drawn = norm.parts[0].data
+    assert isinstance(drawn, ArrowNormalised) and drawn.format == "preference"
+    got = unpair_table(drawn)
+    assert isinstance(got, ArrowNormalised)  # a table of its own, written two pairs at a time
+    assert list(got.examples) == unpair(NormalisedData(drawn.format, list(drawn.examples), drawn.skipped)).examples
+    assert [(ex.row, ex.label) for ex in got.examples][:4] == [(r, lab) for r in (1, 2) for lab in (True, False)]
+    ours = encode_for(tuner._spec(), norm, tuner.tokenizer)
+    assert ours.format == "unpaired_preference" and len(ours.records) == 2 * 6 + 3
+    assert [row for row, _ in ours.skipped] == [row for row, _ in want.skipped] == [6]
+    want.skipped = ours.skipped  # named by its source in a tk.Mix, not in the parts built by hand
+    _same(ours, want)

@@ -5,6 +5,7 @@ there, a shuffled stream resumes exactly too, and preference, KTO and RL objecti
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -199,3 +200,36 @@ def test_a_streamed_row_with_tools_past_the_first_rows_is_refused_never_dropped(
     tuner = tk.Tuner(tiny_llama, method=tk.LoRA(r=4), objective=tk.DPO(), training=cpu(max_steps=40, batch_size=4))
     with pytest.raises(tk.IncompatibleError, match=rf"row {streaming.SAMPLE_ROWS + 6} lists tools.*first 64 rows"):
         tuner.fit(tk.Data(str(data), streaming=True))
+
+
+def test_a_resumed_stream_still_reports_the_rows_skipped_before_its_checkpoint(
+    tiny_llama: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The checkpoint records the rows skipped up to its position: the resumed run, which seeks past them and never
+    meets them again, lists them with the ones it skips itself (FitResult.skipped_rows reads this list)."""
+    from tunekit.training_data import encode_for, normalise_for
+
+    monkeypatch.setattr(streaming, "CHUNK_ROWS", 4)  # rows read as they are needed
+    rows = reverse_task(30, seed=4)
+    for bad in (3, 25):
+        rows[bad - 1] = {"prompt": rows[bad - 1]["prompt"], "completion": ""}
+    data = tk.Data(str(write(tmp_path / "s.jsonl", rows)), streaming=True)
+    tuner = tk.Tuner(tiny_llama, training=cpu(max_steps=2, on_bad_rows="skip"), progress=False)
+
+    def stream() -> Any:
+        norm, _ = normalise_for(data, training=tuner.training, method=tuner.method, objective=None)
+        return encode_for(tuner._spec(), norm, tuner.tokenizer)
+
+    first = stream()
+    trained = list(itertools.islice(iter(first.to_dataset()), 10))  # rows 1-11 but 3
+    checkpoint = tmp_path / "checkpoint-1"
+    checkpoint.mkdir()
+    state = first.checkpoint_state(trained[-1][streaming.POSITION])
+    (checkpoint / streaming.STATE_FILE).write_text(json.dumps(state), encoding="utf-8")
+    assert [row for row, _ in state["skipped"]] == [3]
+    resumed = stream()
+    assert resumed.resume(checkpoint)  # it seeks to row 11
+    read = [item[streaming.POSITION][2] for item in itertools.islice(iter(resumed.to_dataset()), 17)]
+    assert read[0] == 12 and 3 not in read and 25 not in read
+    assert sorted({row for row, _ in resumed.skipped}) == [3, 25]
+    assert dict(resumed.skipped)[3] == dict(first.skipped)[3]  # with its reason

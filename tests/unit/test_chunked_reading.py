@@ -194,3 +194,35 @@ def test_validate_data_reads_through_the_driver_and_lists_every_bad_row(tmp_path
     path.write_text(json.dumps([rows[1], rows[5]]))  # every row bad: the report lists them (fit refuses the data)
     report = validate_data(path)
     assert (report["valid_rows"], [b["row"] for b in report["bad_rows"]]) == (0, [1, 2])
+
+
+def test_per_row_integers_are_an_array_read_as_a_list(tmp_path: Path, chunked: None) -> None:
+    import statistics
+
+    import numpy as np
+    import pyarrow as pa
+
+    from tunekit.cli.validate_data import _stats
+    from tunekit.data.int_column import IntColumn
+    from tunekit.data.tables import ExampleColumn
+
+    values = [5, 3, 9, 3, 12, 7]
+    for given in (
+        values,
+        np.array(values, dtype=np.uint64),
+        pa.array(values),
+        pa.chunked_array([values[:2], values[2:]]),
+    ):
+        column = IntColumn(given)
+        assert column.array.dtype == np.int64 and column == values and list(column) == values
+        assert (column[1], column[-1], column[1:4], column.take([4, 0, 4])) == (3, 7, [3, 9, 3], [12, 5, 12])
+        assert all(type(v) is int for v in [*column, column[0], *column[:2]])
+    for n in (5, 6):  # odd and even: the median statistics.median gives
+        ordered = sorted(values[:n])
+        want = {"min": ordered[0], "mean": round(statistics.fmean(ordered), 1), "median": statistics.median(ordered),
+                "p95": ordered[int(0.95 * n)], "max": ordered[-1], "total": sum(ordered)}  # fmt: skip
+        assert _stats(values[:n]) == want and _stats(np.array(values[:n])) == want
+    # The items at positions held as an array (numpy, as normalise_table and rows_table keep them)
+    table, _ = read_table(ROWS, tmp_path)
+    examples = ExampleColumn(table, np.array([6, 1, 3]), column="pickled")
+    assert [ex["n"] for ex in examples.take([0, 1, 2])] == [6, 1, 3] and examples[2]["n"] == 3 and len(examples) == 3

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
+from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -83,15 +83,23 @@ def _text_only(ex: Example) -> Example:
     return replace(ex, **{n: flat(getattr(ex, n)) for n in names}, images=())
 
 
-def _stats(values: list[int]) -> dict[str, float]:
-    ordered = sorted(values)
+def _stats(values: Iterable[int]) -> dict[str, float]:
+    """Min, mean, median, 95th percentile, max and total of per-row integers (a list, an ``array('q')`` or a numpy
+    array: sorted as one int64 array, not a list of Python ints, for data of millions of rows)."""
+    import numpy as np
+
+    ordered = np.sort(np.asarray(values, dtype=np.int64))
+    n = len(ordered)
+    total = int(ordered.sum())
+    mid = n // 2
+    median = int(ordered[mid]) if n % 2 else (int(ordered[mid - 1]) + int(ordered[mid])) / 2  # statistics.median's
     return {
-        "min": ordered[0],
-        "mean": round(statistics.fmean(ordered), 1),
-        "median": statistics.median(ordered),
-        "p95": ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))],
-        "max": ordered[-1],
-        "total": sum(ordered),
+        "min": int(ordered[0]),
+        "mean": round(total / n, 1),  # statistics.fmean's: the exact sum, divided once
+        "median": median,
+        "p95": int(ordered[min(n - 1, int(0.95 * n))]),
+        "max": int(ordered[-1]),
+        "total": total,
     }
 
 
@@ -121,7 +129,7 @@ def _check_model(model: str) -> None:
 
 def _conversations(examples: Iterable[Example]) -> dict[str, Any] | None:
     """Turns, tool calls and reasoning of the rows that are conversations (or prompt + answers), in one pass."""
-    turns: list[int] = []
+    turns = array("q")  # per row: 8 bytes each, not a list of Python ints
     with_calls = calls = with_tools = answers = reasoned = 0
     for ex in examples:
         msgs = [m for p in _pieces(ex) if not isinstance(p, str) for m in p]
@@ -145,10 +153,10 @@ def _conversations(examples: Iterable[Example]) -> dict[str, Any] | None:
     }
 
 
-def _supervised(tokenizer: Any, examples: Sequence[Example]) -> tuple[list[int], str | None, list[tuple[int, str]]]:
+def _supervised(tokenizer: Any, examples: Sequence[Example]) -> tuple[Sequence[int], str | None, list[tuple[int, str]]]:
     """Per conversation row, the tokens ``SFT()`` trains on; one row (the first with tool calls, else the first)
     rendered with its trained spans marked; the rows the template cannot train (their reasons)."""
-    counts: list[int] = []
+    counts = array("q")  # per row: 8 bytes each
     bad: list[tuple[int, str]] = []
     first: int | None = None  # the first conversation, and the first with tool calls: their places, and whether
     first_calls: int | None = None  # they encoded
@@ -319,7 +327,7 @@ def _validate_one(
     if tokenizer is not None:
         examples = _Each(examples, _text_only)
         count = _token_counter(tokenizer)
-        lengths = [max(count(p, ex.tools) for p in _pieces(ex)) for ex in examples]
+        lengths = array("q", (max(count(p, ex.tools) for p in _pieces(ex)) for ex in examples))  # 8 bytes a row
         report["tokens"] = _stats(lengths)
         report["tokenizer"] = model
         if max_length is not None:
@@ -333,9 +341,8 @@ def _validate_one(
         report["bad_rows"] += [{"row": r, "reason": reason} for r, reason in untrainable]
     else:
         texts = _Each(examples, lambda ex: max((_as_text(p) for p in _pieces(ex)), key=len))
-        lengths = [len(t) for t in texts]
-        report["characters"] = _stats(lengths)
-        report["words"] = _stats([len(t.split()) for t in texts])
+        report["characters"] = _stats(array("q", (len(t) for t in texts)))
+        report["words"] = _stats(array("q", (len(t.split()) for t in texts)))
     return report
 
 

@@ -44,17 +44,18 @@ from tunekit.data.tables import (
     error_as_data,
     map_table,
     named,
+    outcome,
     raise_first,
     read_table,
     row_of,
-    skipped_of,
     stops_for,
+    table_batches,
 )  # fmt: skip
 from tunekit.errors import DatasetError
 
 __all__ = [
-    "ArrowNormalised", "ExampleColumn", "default_workers", "encode_table", "normalise_table", "rows_table",
-    "table_digest",
+    "ArrowNormalised", "ExampleColumn", "default_workers", "encode_table", "normalise_table", "normalised_features",
+    "rows_table", "table_digest",
 ]  # fmt: skip
 
 logger = logging.getLogger("tunekit")
@@ -127,6 +128,16 @@ class _Normalise:
         return out
 
 
+def normalised_features() -> Any:
+    """The columns of a table of normalised examples, as the normalising map writes them (their types given, not
+    inferred per batch: a map in this process writes them as it reads, :func:`tunekit.data.tables.map_table`)."""
+    from datasets import Features, List, Value
+
+    return Features({"row": Value("int64"), "example": Value("binary"), "digest": Value("binary"),
+                     "skip": Value("string"), "error": Value("string"), "unused": List(Value("string")),
+                     "numeric": Value("bool"), "tools": Value("bool"), "images": Value("int64")})  # fmt: skip
+
+
 @dataclass
 class ArrowNormalised(NormalisedData):
     """:class:`tunekit.data.formats.NormalisedData` whose examples live in an Arrow table (``table``), with what the
@@ -195,18 +206,13 @@ def normalise_table(
         n = default_workers(len(rows), workers)
         stops = stops_for(work.path, "normalise", n)
         fn = _Normalise(fmt, layout, source, on_bad_rows, raise_errors=n == 1, what=what, images=images, stops=stops)
-        table = map_table(rows, fn, n, work.path / "examples.arrow", with_indices=True, remove=rows.column_names)
-        cols = table.data
-        raise_first(cols.column("error"))
-        skip = cols.column("skip")
-        skipped: list[tuple[int, str]] = []
-        positions: list[int] | None = None
-        if skip.null_count < len(table):
-            import pyarrow.compute as pc
-
-            skipped = skipped_of(cols, "row")
-            positions = [int(p) for p in pc.indices_nonzero(pc.is_null(skip)).to_pylist()]
-        if positions is not None and not positions and not none_valid:
+        table = map_table(rows, fn, n, work.path / "examples.arrow", with_indices=True, remove=rows.column_names,
+                          features=normalised_features())  # fmt: skip
+        got = outcome(table, "row")
+        raise_first(got.errors)
+        skipped = got.skipped
+        positions = got.kept if skipped else None  # the rows not skipped: 8 bytes each, not a Python list
+        if positions is not None and not len(positions) and not none_valid:
             raise named(
                 DatasetError(f"no valid rows: all {len(table)} rows were malformed (first: {skipped[0][1]})"), what
             )
@@ -271,33 +277,34 @@ def _encoded_features() -> Any:
                      "error": Value("string"), "truncated": Value("int64")})  # fmt: skip
 
 
-def _stored_batches(table: Any) -> Iterator[Any]:
-    """The record batches of a mapped table's files, read into memory a batch at a time rather than through the
-    table's memory map: the map's pages, once read, would stay in the process's resident memory (its peak RSS
-    growing with the rows) until the table is gone."""
-    import pyarrow as pa
-
-    for stored in table.cache_files:
-        with pa.OSFile(stored["filename"]) as source, pa.ipc.open_stream(source) as reader:
-            yield from reader
-
-
 def _final_batches(table: Any) -> Iterator[Any]:
-    """The kept sequences (no skip, no error) as ``input_ids`` / ``labels`` / ``rows`` record batches."""
+    """The kept sequences (no skip, no error) as ``input_ids`` / ``labels`` / ``rows`` record batches of about CHUNK
+    rows (several workers' maps write a batch per 1,000 rows: opening the cache entry reads each batch's header, and
+    the pages around a small batch's header are a good part of it)."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    for batch in _stored_batches(table):
+    held: list[Any] = []
+    rows = 0
+    for batch in table_batches(table):
         keep = pc.is_null(batch.column(batch.schema.get_field_index("skip")))
         kept = batch.filter(keep)
-        yield pa.record_batch(
-            [
-                kept.column(kept.schema.get_field_index("input_ids")).cast(pa.list_(pa.int64())),
-                kept.column(kept.schema.get_field_index("labels")).cast(pa.list_(pa.int64())),
-                kept.column(kept.schema.get_field_index("rows")).cast(pa.int64()),
-            ],
-            names=["input_ids", "labels", "rows"],
+        held.append(
+            pa.record_batch(
+                [
+                    kept.column(kept.schema.get_field_index("input_ids")).cast(pa.list_(pa.int64())),
+                    kept.column(kept.schema.get_field_index("labels")).cast(pa.list_(pa.int64())),
+                    kept.column(kept.schema.get_field_index("rows")).cast(pa.int64()),
+                ],
+                names=["input_ids", "labels", "rows"],
+            )
         )
+        rows += len(kept)
+        if rows >= CHUNK:
+            yield from pa.Table.from_batches(held).combine_chunks().to_batches()
+            held, rows = [], 0
+    if rows:
+        yield from pa.Table.from_batches(held).combine_chunks().to_batches()
 
 
 def encode_table(
@@ -316,12 +323,9 @@ def encode_table(
     fn = _Encode(tokenizer, args, tokens, raise_errors=n == 1, stops=stops_for(norm.workdir.path, "encode", n))
     encoded = map_table(norm.table, fn, n, norm.workdir.path / "encoded.arrow", with_indices=True,
                         remove=norm.table.column_names, features=_encoded_features())  # fmt: skip
-    cols = encoded.data
-    raise_first(cols.column("error"))
-    import pyarrow.compute as pc
-
-    skipped = skipped_of(cols, "rows")
-    truncated = int(pc.sum(cols.column("truncated")).as_py() or 0)
+    got = outcome(encoded, "rows", sums=["truncated"])
+    raise_first(got.errors)
+    skipped, truncated = got.skipped, got.sums["truncated"]
     if len(encoded) - len(skipped) == 0:
         if skipped and "control token" in skipped[0][1]:
             raise DatasetError(f"no row left to train on: every row was skipped, the first as {skipped[0][1]}")
@@ -344,7 +348,7 @@ def table_digest(norm: ArrowNormalised) -> bytes:
     computed per example."""
 
     def digests() -> Iterator[bytes]:
-        for batch in norm.table.data.select(["digest"]).to_batches(max_chunksize=CHUNK * 10):
+        for batch in table_batches(norm.table, ["digest"]):  # read a batch at a time, not through the memory map
             yield from (d for d in batch.column(0).to_pylist() if d is not None)
 
     return examples_digest(digests())
@@ -387,6 +391,14 @@ class _Rows:
         return out
 
 
+def _rows_features() -> Any:
+    """The trl-rows map's output types."""
+    from datasets import Features, Value
+
+    return Features({"rows": Value("int64"), "record": Value("binary"), "skip": Value("string"),
+                     "error": Value("string"), "truncated": Value("bool"), "tokens": Value("int64")})  # fmt: skip
+
+
 def rows_table(
     tokenizer: Any,
     norm: ArrowNormalised,
@@ -405,23 +417,18 @@ def rows_table(
     n = default_workers(len(norm.table), workers)
     fn = _Rows(tokenizer, norm.format, settings, raise_errors=n == 1, stops=stops_for(norm.workdir.path, "rows", n))
     table = map_table(norm.table, fn, n, norm.workdir.path / "records.arrow", with_indices=True,
-                 remove=norm.table.column_names)  # fmt: skip
-    cols = table.data
-    raise_first(cols.column("error"))
-    import pyarrow.compute as pc
-
-    skipped = skipped_of(cols, "rows")
-    kept = pc.is_null(cols.column("skip"))
-    positions = [int(p) for p in pc.indices_nonzero(kept).to_pylist()]
-    if not positions:
+                      remove=norm.table.column_names, features=_rows_features())  # fmt: skip
+    got = outcome(table, "rows", sums=["truncated"], kept_sums=["tokens"])
+    raise_first(got.errors)
+    if not len(got.kept):
         raise DatasetError(f"no row fits max_length={max_length}; raise Training(max_length=...)")
     out = TrainerRows(
         norm.format,
-        ExampleColumn(table, positions, column="record"),
-        [int(r) for r in pc.filter(cols.column("rows"), kept).to_pylist()],
-        skipped,
-        truncated=int(pc.sum(pc.cast(cols.column("truncated"), "int64")).as_py() or 0),
-        num_tokens=int(pc.sum(pc.filter(cols.column("tokens"), kept)).as_py() or 0),
+        ExampleColumn(table, got.kept, column="record"),  # positions and row numbers: 8 bytes a row, not lists
+        got.kept_rows,
+        got.skipped,
+        truncated=got.sums["truncated"],
+        num_tokens=got.sums["tokens"],
         chunk=CHUNK,
         directory=str(norm.workdir.path),  # trl's table is written there a chunk at a time (to_dataset)
         owner=norm,  # which keeps it on disk while these rows are in use

@@ -8,17 +8,20 @@ are kept changes (tables on disk, not lists in memory).
 from __future__ import annotations
 
 import hashlib
+import itertools
+import pickle
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from tunekit.data.arrow import ArrowNormalised
-from tunekit.data.cache import write_entry
+from tunekit.data.arrow import ArrowNormalised, normalised_features
+from tunekit.data.cache import example_digest, write_entry
 from tunekit.data.encoding import Encoded
 from tunekit.data.formats import NormalisedData
-from tunekit.data.mixture import interleaved_order
-from tunekit.data.tables import CHUNK, ExampleColumn, disable_progress
+from tunekit.data.int_column import IntColumn
+from tunekit.data.mixture import interleaved_order, unpair, unpaired
+from tunekit.data.tables import CHUNK, ExampleColumn, disable_progress, write_batches
 
-__all__ = ["draw_table", "interleave_encoded"]
+__all__ = ["draw_table", "interleave_encoded", "unpair_table"]
 
 
 def draw_table(norm: NormalisedData, picked: list[int]) -> NormalisedData:
@@ -26,8 +29,12 @@ def draw_table(norm: NormalisedData, picked: list[int]) -> NormalisedData:
     own: an Arrow table of them, for data normalised into one (else a list)."""
     if not isinstance(norm, ArrowNormalised) or not isinstance(norm.examples, ExampleColumn):
         return NormalisedData(norm.format, [norm.examples[i] for i in picked], norm.skipped)
+    import numpy as np
+
     positions = norm.examples.positions
-    rows = [int(positions[i]) if positions is not None else i for i in picked]
+    rows = np.asarray(picked, dtype=np.int64)  # the table's rows: an array, not a list of the mixture's size
+    if positions is not None:
+        rows = positions.array[rows]
     path = norm.workdir.path / f"drawn-{len(list(norm.workdir.path.glob('drawn-*')))}.arrow"
     disable_progress()
     table = norm.table.select(rows).flatten_indices(
@@ -35,6 +42,49 @@ def draw_table(norm: NormalisedData, picked: list[int]) -> NormalisedData:
     )
     return ArrowNormalised(
         norm.format,
+        ExampleColumn(table),
+        norm.skipped,
+        table=table,
+        source_rows=norm.source_rows,
+        workdir=norm.workdir,
+        parent=norm,
+    )
+
+
+def unpair_table(norm: NormalisedData) -> NormalisedData:
+    """:func:`tunekit.data.mixture.unpair` (preference pairs as KTO's labelled answers: the same examples, in the same
+    order) of data in an Arrow table, a chunk of pairs at a time into a table of its own (else in a list)."""
+    if not isinstance(norm, ArrowNormalised) or not isinstance(norm.examples, ExampleColumn):
+        return unpair(norm)
+    import pyarrow as pa
+    from datasets import Dataset
+
+    features = normalised_features()
+    schema = features.arrow_schema
+
+    def batches() -> Iterator[Any]:
+        pairs = iter(norm.examples)
+        while chunk := list(itertools.islice(pairs, CHUNK or 1)):
+            answers = [answer for ex in chunk for answer in unpaired(ex)]
+            n = len(answers)
+            columns = {
+                "row": [ex.row for ex in answers],
+                "example": [pickle.dumps(ex, protocol=pickle.HIGHEST_PROTOCOL) for ex in answers],
+                "digest": [example_digest(ex) for ex in answers],
+                "skip": [None] * n,
+                "error": [None] * n,
+                "unused": [[] for _ in answers],
+                "numeric": [False] * n,
+                "tools": [bool(ex.tools) for ex in answers],
+                "images": [len(ex.images) for ex in answers],
+            }
+            yield pa.RecordBatch.from_pydict(columns, schema=schema)
+
+    path = norm.workdir.path / f"unpaired-{len(list(norm.workdir.path.glob('unpaired-*')))}.arrow"
+    write_batches(path, batches(), schema)
+    table = Dataset.from_file(str(path))
+    return ArrowNormalised(
+        "unpaired_preference",
         ExampleColumn(table),
         norm.skipped,
         table=table,
@@ -55,7 +105,9 @@ def interleave_encoded(
     if any(e.table is None for e in parts):
         return None
     whole = pa.concat_tables([e.table.data.table.replace_schema_metadata(None) for e in parts])
-    order = interleaved_order(len(whole), seed)
+    listed = interleaved_order(len(whole), seed)
+    order = IntColumn(listed).array if listed is not None else None  # 8 bytes a sequence, the list let go
+    del listed
 
     def batches() -> Iterator[Any]:
         if order is None:

@@ -46,7 +46,8 @@ from pydantic import Field, field_validator, model_validator
 
 from tunekit._config import Config
 from tunekit.data.columns import Format
-from tunekit.data.formats import NormalisedData
+from tunekit.data.formats import Example, NormalisedData
+from tunekit.data.int_column import IntColumn
 from tunekit.data.mapping import Data
 from tunekit.errors import ConfigError, DatasetError
 
@@ -64,6 +65,7 @@ __all__ = [
     "mixed_format",
     "source_name",
     "unpair",
+    "unpaired",
 ]
 
 T = TypeVar("T")
@@ -304,14 +306,19 @@ def mixed_format(names: list[str], formats: list[Format], what: str = "training"
     return "messages"  # demonstrations in several layouts: each became a conversation
 
 
-def unpair(norm: NormalisedData) -> NormalisedData:
-    """Preference pairs as KTO's labelled answers: the chosen answer desirable, the rejected one not (what trl's
-    ``unpair_preference_dataset`` does), each keeping its row number."""
-    examples = [
+def unpaired(ex: Example) -> list[Example]:
+    """One preference pair as KTO's two labelled answers: the chosen answer desirable, then the rejected one not,
+    both keeping the pair's row number."""
+    return [
         replace(ex, chosen=None, rejected=None, completion=answer, label=label)
-        for ex in norm.examples
         for answer, label in ((ex.chosen, True), (ex.rejected, False))
     ]
+
+
+def unpair(norm: NormalisedData) -> NormalisedData:
+    """Preference pairs as KTO's labelled answers (:func:`unpaired`, what trl's ``unpair_preference_dataset``
+    does), in a list (:func:`tunekit.data.mixed_tables.unpair_table` writes an Arrow table's a chunk at a time)."""
+    examples = [answer for ex in norm.examples for answer in unpaired(ex)]
     return NormalisedData("unpaired_preference", examples, norm.skipped)
 
 
@@ -372,7 +379,8 @@ class Interleaved(Sequence[Any]):
     def __init__(self, parts: Sequence[Sequence[Any]], seed: int | None) -> None:
         self.parts = list(parts)
         self.offsets = [0, *itertools.accumulate(len(p) for p in self.parts)]
-        self.order = interleaved_order(self.offsets[-1], seed)
+        order = interleaved_order(self.offsets[-1], seed)
+        self.order = IntColumn(order) if order is not None else None  # 8 bytes an item, not a Python list
 
     def __len__(self) -> int:
         return self.offsets[-1]

@@ -303,10 +303,13 @@ class StreamedEncoded(Encoded):
         return _shuffled(dataset, self.shuffle_buffer, self.seed)
 
     def checkpoint_state(self, position: Sequence[int]) -> dict[str, Any]:
-        """What a checkpoint records of the stream (:data:`STATE_FILE`): the last trained sequence's ``position``
-        and, for a .jsonl file, its size and a digest of what was read (:meth:`resume` checks them)."""
+        """What a checkpoint records of the stream (:data:`STATE_FILE`): the last trained sequence's ``position``,
+        the rows skipped up to it (a resumed run that seeks past them reports them still) and, for a .jsonl file, its
+        size and a digest of what was read (:meth:`resume` checks them)."""
         at = StreamPosition(*position)
-        state: dict[str, Any] = {"position": at.as_list()}
+        # the rows skipped up to the position: a resumed run that seeks there does not meet them again
+        passed = sorted({(row, reason) for row, reason in self.skipped if row <= at.row})
+        state: dict[str, Any] = {"position": at.as_list(), "skipped": [list(s) for s in passed]}
         assert self.data is not None and self.data.source is not None
         if at.offset >= 0:
             path = Path(str(self.data.source.source))
@@ -338,6 +341,8 @@ class StreamedEncoded(Encoded):
                 )
                 return False
         self.resume_at = at
+        # FitResult.skipped_rows lists them too (a checkpoint of an older run has none recorded)
+        self.skipped.extend((int(row), str(reason)) for row, reason in state.get("skipped", ()))
         return True
 
 

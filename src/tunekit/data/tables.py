@@ -27,13 +27,33 @@ from pathlib import Path
 from typing import Any, overload
 
 from tunekit.data.cache import cache_dir
+from tunekit.data.int_column import IntColumn
 from tunekit.data.loading import UTF8, DataInput, NotStreamed, empty_data_error, iter_rows, load_rows, parse_jsonl_line
 from tunekit.data.mapping import Data, rename_rows
 from tunekit.errors import DatasetError, IncompatibleError, TunekitError
 
 __all__ = [
-    "CHUNK", "ExampleColumn", "Stops", "Workdir", "default_workers", "disable_progress", "error_as_data",
-    "map_table", "named", "pickled_rows", "raise_first", "read_table", "row_of", "skipped_of", "stops_for",
+    "CHUNK",
+    "ExampleColumn",
+    "Outcome",
+    "Stops",
+    "Workdir",
+    "default_workers",
+    "disable_progress",
+    "error_as_data",
+    "map_table",
+    "named",
+    "outcome",
+    "pickled_rows",
+    "raise_first",
+    "read_table",
+    "row_of",
+    "skipped_of",
+    "stops_for",
+    "stored_batches",
+    "stored_files",
+    "table_batches",
+    "write_batches",
 ]  # fmt: skip
 
 CHUNK = 10_000  # rows a read chunk and a map batch hold
@@ -241,10 +261,84 @@ def map_table(
     table: Any, fn: Any, workers: int, path: Path, *, with_indices: bool, remove: list[str], features: Any = None
 ) -> Any:
     """``table.map(fn)`` in batches, in ``workers`` processes, into ``path``; ``features``: the output's types (else
-    inferred per batch)."""
+    inferred per batch). In this process (one worker) the table's files are read a batch at a time
+    (:func:`_map_in_process`), not through their memory map."""
     disable_progress()
     with frozen_heap():
+        if workers == 1 and with_indices and features is not None and set(remove) == set(table.column_names):
+            files = stored_files(table)
+            if files is not None:
+                return _map_in_process(files, fn, path, features)
         return _map(table, fn, workers, path, with_indices=with_indices, remove=remove, features=features)
+
+
+def stored_files(table: Any) -> list[str] | None:
+    """The Arrow files that hold ``table``'s rows, in order, or None when its rows are not just theirs (a table in
+    memory, or a selection of a file's rows)."""
+    files = [str(f["filename"]) for f in table.cache_files]
+    if not files or getattr(table, "_indices", None) is not None:  # datasets keeps a selection's rows there
+        return None
+    return files
+
+
+def stored_batches(files: Sequence[str], columns: Sequence[str] | None = None) -> Iterator[Any]:
+    """The record batches of Arrow stream files (``columns`` of them: all when None, none when empty), read into
+    memory a batch at a time rather than through a memory map: a map's pages, once read, stay in the process's
+    resident memory until the table is gone, so reading a table through would raise the peak RSS by its size."""
+    import pyarrow as pa
+
+    for name in files:
+        with pa.OSFile(name) as source, pa.ipc.open_stream(source) as reader:
+            for batch in reader:
+                yield batch if columns is None else batch.select(list(columns))
+
+
+def table_batches(table: Any, columns: Sequence[str] | None = None) -> Iterator[Any]:
+    """``table``'s record batches (``columns`` of them), read with :func:`stored_batches` when it is its files' rows,
+    else from the table."""
+    files = stored_files(table)
+    if files is not None:
+        yield from stored_batches(files, columns)
+        return
+    data = table.with_format("arrow")
+    for k in range(0, len(table), CHUNK):
+        part = data[k : k + CHUNK]
+        yield from (part if columns is None else part.select(list(columns))).to_batches()
+
+
+def _map_in_process(files: list[str], fn: Any, path: Path, features: Any) -> Any:
+    """What ``Dataset.map(fn, batched=True, with_indices=True, remove_columns=<all>, features=features)`` writes with
+    one worker, the input read with :func:`stored_batches`: ``datasets.map`` reads its input through the table's
+    memory map, whose pages (the whole input, once read through) count in the process's peak RSS. The output is
+    written CHUNK rows a record batch (``datasets.map`` writes one per call of ``fn``): opening the file reads each
+    batch's header, and the pages around a small batch's header are most of the batch."""
+    import pyarrow as pa
+    from datasets import Dataset
+    from datasets.arrow_writer import ArrowWriter
+
+    schema = features.arrow_schema
+    at, held = 0, 0
+    pending: list[Any] = []  # fn's outputs as Arrow tables (compact), until they make a record batch
+    try:
+        with ArrowWriter(features=features, path=str(path), writer_batch_size=max(1, CHUNK)) as writer:
+            for batch in stored_batches(files):
+                size = CHUNK // 10 or max(1, len(batch))  # 0: as datasets takes it, all at once
+                for start in range(0, len(batch), size):
+                    part = batch.slice(start, size)
+                    out = pa.Table.from_pydict(fn(part.to_pydict(), list(range(at, at + len(part)))), schema=schema)
+                    at += len(part)
+                    pending.append(out)
+                    held += len(out)
+                    if held >= CHUNK:
+                        writer.write_table(pa.concat_tables(pending))
+                        pending, held = [], 0
+            if held:
+                writer.write_table(pa.concat_tables(pending))
+            writer.finalize()
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    return Dataset.from_file(str(path))
 
 
 def _map(table: Any, fn: Any, workers: int, path: Path, *, with_indices: bool, remove: list[str], features: Any) -> Any:
@@ -271,13 +365,65 @@ def skipped_of(cols: Any, rows: str) -> list[tuple[int, str]]:
     return list(zip(pc.filter(cols.column(rows), valid).to_pylist(), pc.filter(skip, valid).to_pylist()))
 
 
+@dataclass
+class Outcome:
+    """What the driver reads of a mapped table's per-row columns (:func:`outcome`): its errors (in row order), its
+    skipped ``(row, reason)`` pairs, the positions and row numbers of the rows not skipped, and column sums."""
+
+    errors: Any
+    skipped: list[tuple[int, str]]
+    kept: IntColumn
+    kept_rows: IntColumn
+    sums: dict[str, int]
+
+
+def outcome(table: Any, rows: str, sums: Sequence[str] = (), kept_sums: Sequence[str] = ()) -> Outcome:
+    """The ``error`` and ``skip`` columns of a mapped table, its row numbers (column ``rows``), the sums of columns
+    ``sums`` (over every row) and ``kept_sums`` (over the rows not skipped), read in one pass a record batch at a
+    time (:func:`table_batches`): through the table's memory map, each small column read would leave the pages
+    around it resident (the kernel maps a 64 KiB window per fault), a few hundred bytes a row in all."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    errors: list[Any] = []
+    skipped: list[tuple[int, str]] = []
+    kept: list[Any] = []
+    kept_rows: list[Any] = []
+    totals = dict.fromkeys([*sums, *kept_sums], 0)
+    at = 0
+    for batch in table_batches(table, ["error", "skip", rows, *sums, *kept_sums]):
+        cols = dict(zip(batch.schema.names, batch.columns))
+        errors.append(pc.drop_null(cols["error"]))
+        skip = cols["skip"]
+        valid = pc.is_valid(skip)
+        skipped += zip(pc.filter(cols[rows], valid).to_pylist(), pc.filter(skip, valid).to_pylist())
+        keep = pc.invert(valid)
+        kept.append(pc.indices_nonzero(keep).to_numpy().astype(np.int64) + at)
+        kept_rows.append(pc.filter(cols[rows], keep).to_numpy(zero_copy_only=False).astype(np.int64))
+        for name in sums:
+            totals[name] += int(pc.sum(pc.cast(cols[name], pa.int64())).as_py() or 0)
+        for name in kept_sums:
+            totals[name] += int(pc.sum(pc.filter(pc.cast(cols[name], pa.int64()), keep)).as_py() or 0)
+        at += len(batch)
+    empty = np.zeros(0, dtype=np.int64)
+    return Outcome(
+        pa.chunked_array(errors, pa.string()),
+        skipped,
+        IntColumn(np.concatenate(kept) if kept else empty),
+        IntColumn(np.concatenate(kept_rows) if kept_rows else empty),
+        totals,
+    )
+
+
 class ExampleColumn(Sequence[Any]):
     """The normalised examples of an Arrow table (or another pickled ``column``: trl's records), decoded when read (a
     list's reading, without the list)."""
 
-    def __init__(self, table: Any, positions: Sequence[int] | None = None, column: str = "example") -> None:
+    def __init__(self, table: Any, positions: Any = None, column: str = "example") -> None:
         self.table = table
-        self.positions = positions  # the table's rows that hold an example (None: all)
+        # the table's rows that hold an example (None: all), as integers or an array of them (numpy or Arrow)
+        self.positions = None if positions is None else IntColumn(positions)
         self.column = column
 
     def __len__(self) -> int:
@@ -301,7 +447,7 @@ class ExampleColumn(Sequence[Any]):
 
     def take(self, ks: Iterable[int]) -> list[Any]:
         """The items at ``ks`` (in that order, repeats included), read in one selection."""
-        picks = [self._at(j) for j in ks]
+        picks = self.positions.take(ks) if self.positions is not None else [int(j) for j in ks]
         blobs = self.table.select_columns([self.column]).select(picks)[self.column] if picks else []
         return [pickle.loads(b) for b in blobs]
 
@@ -313,7 +459,7 @@ class ExampleColumn(Sequence[Any]):
     __hash__ = None  # type: ignore[assignment]
 
     def __iter__(self) -> Iterator[Any]:
-        for batch in self.table.select_columns([self.column]).iter(CHUNK):
-            for blob in batch[self.column]:
+        for batch in table_batches(self.table, [self.column]):  # a batch at a time, not through the memory map
+            for blob in batch.column(0).to_pylist():
                 if blob is not None:
                     yield pickle.loads(blob)
