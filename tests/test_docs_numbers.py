@@ -361,7 +361,7 @@ CLAIMS: list[Claim] = [
         "docs/guides/evaluation.md",
         "in batches (`batch_size`, default {})",
         "the hf backend's generate",
-        lambda: source_number(SRC / "backends/hf/backend.py", r'opts\.pop\("batch_size", (\d+)\)'),
+        lambda: source_number(SRC / "backends/hf/generation.py", r'opts\.pop\("batch_size", (\d+)\)'),
     ),
     C(
         "docs/guides/evaluation.md",
