@@ -217,6 +217,8 @@ def test_per_row_integers_are_an_array_read_as_a_list(tmp_path: Path, chunked: N
         assert column.array.dtype == np.int64 and column == values and list(column) == values
         assert (column[1], column[-1], column[1:4], column.take([4, 0, 4])) == (3, 7, [3, 9, 3], [12, 5, 12])
         assert all(type(v) is int for v in [*column, column[0], *column[:2]])
+        tail, head = [1], [1]
+        assert column + tail == [*values, 1] and head + column == [1, *values]  # as a list adds (rows + skipped)
     for n in (5, 6):  # odd and even: the median statistics.median gives
         ordered = sorted(values[:n])
         want = {"min": ordered[0], "mean": round(statistics.fmean(ordered), 1), "median": statistics.median(ordered),

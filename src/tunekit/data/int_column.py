@@ -53,6 +53,12 @@ class IntColumn(Sequence[int]):
             return len(self) == len(other) and list(self) == list(other)
         return NotImplemented
 
+    def __add__(self, other: Sequence[int]) -> list[int]:  # as a list adds: rows + skipped rows
+        return [*self, *other]
+
+    def __radd__(self, other: Sequence[int]) -> list[int]:
+        return [*other, *self]
+
     __hash__ = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:
