@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import os
 import random
+import shutil
 import statistics
 import sys
 import tempfile
@@ -35,7 +37,10 @@ def setup() -> None:
 
 
 def workdir() -> Path:
-    return Path(tempfile.mkdtemp(prefix="tunekit-bench-"))
+    """A fresh temporary folder, removed when the script exits (a benchmark writes models and data files of GBs)."""
+    path = Path(tempfile.mkdtemp(prefix="tunekit-bench-"))
+    atexit.register(shutil.rmtree, path, True)
+    return path
 
 
 def digit_texts(n: int, lengths: tuple[int, int], seed: int = 0) -> list[str]:
